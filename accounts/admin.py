@@ -1,0 +1,60 @@
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+
+from accounts.models import ApiKey, User
+from accounts.services import api_key_create, api_key_revoke
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    fields = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    inlines = [ApiKeyInline]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "name", "scope", "user", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("scope", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("prefix", "name", "user__username")
+    list_select_related = ("user",)
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    fields = ("user", "name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
+    autocomplete_fields = ("user",)
+    actions = ["revoke_keys"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None:
+            return (*self.readonly_fields, "user", "scope")
+        return self.readonly_fields
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        issued = api_key_create(user=obj.user, scope=obj.scope, name=obj.name)
+        obj.pk = issued.api_key.pk
+        obj.prefix = issued.api_key.prefix
+        self.message_user(
+            request,
+            f"New {obj.scope} key for {obj.user}: {issued.raw_key} — copy it now, it will not be shown again.",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected keys")
+    def revoke_keys(self, request, queryset):
+        revoked = 0
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            api_key_revoke(api_key=api_key)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)

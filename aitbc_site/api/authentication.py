@@ -1,0 +1,33 @@
+from rest_framework import authentication, exceptions
+
+from accounts.services import api_key_authenticate
+
+
+def raw_key_from_headers(headers) -> str | None:
+    """The API key from ``X-Api-Key`` or ``Authorization: Bearer``, if either is present."""
+    key = headers.get("X-Api-Key")
+    if key:
+        return key.strip()
+    scheme, _, credentials = (headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """Authenticates ``X-Api-Key: <key>`` or ``Authorization: Bearer <key>``.
+
+    ``request.auth`` is the :class:`accounts.models.ApiKey`, whose scope the permissions read.
+    """
+
+    def authenticate(self, request):
+        raw_key = raw_key_from_headers(request.headers)
+        if raw_key is None:
+            return None
+        api_key = api_key_authenticate(raw_key=raw_key)
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
+        return api_key.user, api_key
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="api"'

@@ -1,0 +1,60 @@
+from django.db import connection
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs.selectors import active_job_counts, queue_depth_by_model
+from miners.selectors import miner_counts
+
+HealthSerializer = inline_serializer(
+    "Health", {"status": serializers.CharField(), "time": serializers.DateTimeField()}
+)
+
+
+class PublicView(APIView):
+    authentication_classes = []
+    permission_classes = [AllowAny]
+
+
+class HealthView(PublicView):
+    """Liveness: the process answers."""
+
+    @extend_schema(summary="Health", responses={200: HealthSerializer})
+    def get(self, request):
+        return Response({"status": "ok", "time": timezone.now()})
+
+
+class ReadyView(PublicView):
+    """Readiness: the database answers too."""
+
+    @extend_schema(summary="Readiness (checks the database)", responses={200: HealthSerializer, 503: HealthSerializer})
+    def get(self, request):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        except Exception as exc:  # any database failure means "not ready"
+            return Response({"status": "unavailable", "time": timezone.now(), "reason": str(exc)[:200]}, status=503)
+        return Response({"status": "ok", "time": timezone.now()})
+
+
+class MetricsSummaryView(PublicView):
+    @extend_schema(
+        summary="Metrics summary (JSON)",
+        responses={
+            200: inline_serializer(
+                "MetricsSummary",
+                {
+                    "active_jobs": serializers.DictField(child=serializers.IntegerField()),
+                    "miners": serializers.DictField(child=serializers.IntegerField()),
+                    "queue_depth": serializers.ListField(child=serializers.DictField()),
+                },
+            )
+        },
+    )
+    def get(self, request):
+        return Response(
+            {"active_jobs": active_job_counts(), "miners": miner_counts(), "queue_depth": queue_depth_by_model()}
+        )

@@ -1,0 +1,14 @@
+from django.core.management.base import BaseCommand
+
+from aitbc_site.scheduler import run_blocking
+
+
+class Command(BaseCommand):
+    help = "Send the periodic housekeeping actors' messages to the Dramatiq broker (run one per deployment)."
+
+    def handle(self, *args, **options):
+        self.stdout.write("Housekeeping scheduler running; Ctrl-C to stop.")
+        try:
+            run_blocking()
+        except (KeyboardInterrupt, SystemExit):
+            pass

@@ -1,0 +1,3 @@
+"""WebSocket routes, served by daphne next to HTTP. Each app adds its consumers here."""
+
+websocket_urlpatterns: list = []

@@ -1,0 +1,59 @@
+"""The housekeeping schedule: sends the periodic actors' messages to the broker.
+
+In production it runs in its own process (``manage.py runscheduler``); embedded, it runs
+as a thread of the server next to in-process Dramatiq workers on the stub broker. The
+actors are idempotent, so a second scheduler only repeats harmless work.
+"""
+
+import logging
+import threading
+
+import dramatiq
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.blocking import BlockingScheduler
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+def housekeeping_actors() -> list[dramatiq.Actor]:
+    from jobs.tasks import expire_queued_jobs, requeue_lapsed_leases
+    from miners.tasks import mark_silent_miners_offline
+
+    return [expire_queued_jobs, requeue_lapsed_leases, mark_silent_miners_offline]
+
+
+def build_scheduler(scheduler_class):
+    scheduler = scheduler_class(timezone="UTC")
+    for actor in housekeeping_actors():
+        scheduler.add_job(
+            actor.send,
+            "interval",
+            seconds=settings.HOUSEKEEPING_INTERVAL_SECONDS,
+            id=actor.actor_name,
+            max_instances=1,
+            coalesce=True,
+        )
+    return scheduler
+
+
+def run_blocking() -> None:
+    build_scheduler(BlockingScheduler).start()
+
+
+_embedded_lock = threading.Lock()
+_embedded_started = False
+
+
+def start_embedded() -> None:
+    """Start Dramatiq worker threads on the stub broker and the schedule, once per process."""
+    global _embedded_started
+    with _embedded_lock:
+        if _embedded_started or not settings.EMBEDDED_WORKERS:
+            return
+        _embedded_started = True
+    housekeeping_actors()
+    worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=settings.EMBEDDED_WORKER_THREADS)
+    worker.start()
+    build_scheduler(BackgroundScheduler).start()
+    logger.info("embedded Dramatiq workers (%d threads) and housekeeping schedule started", settings.EMBEDDED_WORKER_THREADS)

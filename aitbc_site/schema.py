@@ -1,0 +1,12 @@
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "aitbc_site.api.authentication.ApiKeyAuthentication"
+    name = ["ApiKeyHeader", "BearerAuth"]
+
+    def get_security_definition(self, auto_schema):
+        return [
+            {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+            {"type": "http", "scheme": "bearer"},
+        ]

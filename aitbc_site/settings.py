@@ -1,0 +1,247 @@
+"""The AITBC Coordinator's one settings module, configured from the environment.
+
+The defaults give the embedded platform (SQLite, in-process broker and channel layer);
+production sets ``DATABASE_URL``, ``REDIS_URL`` and ``DRAMATIQ_BROKER_URL``.
+"""
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from aitbc_site.env import env_bool, env_int, env_list, env_rate, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("AITBC_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
+    SECRET_KEY = "insecure-development-key-only-for-debug"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ("localhost", "127.0.0.1", "[::1]"))
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "django_dramatiq",
+    "aitbc_site",
+    "accounts",
+    "miners",
+    "jobs",
+    "explorer",
+]
+
+MIDDLEWARE = [
+    "aitbc_site.metrics.MetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "aitbc_site.urls"
+WSGI_APPLICATION = "aitbc_site.wsgi.application"
+ASGI_APPLICATION = "aitbc_site.asgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'aitbc.sqlite3'}",
+    )
+}
+IS_POSTGRES = DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+if IS_POSTGRES:
+    # Django's psycopg 3 pool replaces persistent connections (CONN_MAX_AGE must stay 0).
+    if env_bool("DATABASE_POOL", True):
+        DATABASES["default"]["OPTIONS"] = {
+            "pool": {
+                "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
+                "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20, minimum=1),
+                "timeout": 10,
+            }
+        }
+    DATABASES["default"]["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME") or None}
+else:
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY", False) else None
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO").upper()},
+}
+
+# --- Redis, cache and channel layer --------------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py caps a pool at 100 connections unless told otherwise.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "max_connections": 5000}]},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Dramatiq -------------------------------------------------------------------------
+DRAMATIQ_BROKER_URL = env_str("DRAMATIQ_BROKER_URL")
+_DRAMATIQ_MIDDLEWARE = [
+    "dramatiq.middleware.AgeLimit",
+    "dramatiq.middleware.TimeLimit",
+    "dramatiq.middleware.Callbacks",
+    "dramatiq.middleware.Retries",
+    "django_dramatiq.middleware.DbConnectionsMiddleware",
+]
+if DRAMATIQ_BROKER_URL.startswith(("redis://", "rediss://")):
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.redis.RedisBroker",
+        "OPTIONS": {"url": DRAMATIQ_BROKER_URL},
+        "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE,
+    }
+elif DRAMATIQ_BROKER_URL.startswith(("amqp://", "amqps://")):
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.rabbitmq.RabbitmqBroker",
+        "OPTIONS": {"url": DRAMATIQ_BROKER_URL},
+        "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE,
+    }
+elif not DRAMATIQ_BROKER_URL:
+    DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.stub.StubBroker", "OPTIONS": {}, "MIDDLEWARE": _DRAMATIQ_MIDDLEWARE}
+else:
+    raise ImproperlyConfigured("DRAMATIQ_BROKER_URL must start with redis:// or amqp://")
+DRAMATIQ_AUTODISCOVER_MODULES = ["tasks"]
+# With the stub broker, the server process runs the actors and the schedule itself.
+EMBEDDED_WORKERS = env_bool("AITBC_EMBEDDED_WORKERS", not DRAMATIQ_BROKER_URL)
+EMBEDDED_WORKER_THREADS = env_int("AITBC_EMBEDDED_WORKER_THREADS", 4, minimum=1)
+
+# --- API ------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "aitbc_site.api.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["aitbc_site.api.throttling.ApiKeyRateThrottle"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "aitbc_site.api.exceptions.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AITBC Coordinator API",
+    "DESCRIPTION": (
+        "Marketplace coordinator for AI inference: clients submit jobs, GPU miners claim and "
+        "complete them, every completion is receipted with an Ed25519 signature."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "jobs.models.JobStatus",
+        "MinerStatusEnum": "miners.models.MinerStatus",
+    },
+}
+
+API_KEYS_FROM_ENV = {
+    "client": env_list("CLIENT_API_KEYS") + env_list("API_KEYS"),
+    "miner": env_list("MINER_API_KEYS"),
+    "admin": env_list("ADMIN_API_KEYS"),
+}
+RATE_LIMITS = {
+    "client": env_rate("RATE_LIMIT_CLIENT", "100/min"),
+    "miner": env_rate("RATE_LIMIT_MINER", "1000/min"),
+    "admin": env_rate("RATE_LIMIT_ADMIN", "1000/min"),
+    "user": env_rate("RATE_LIMIT_USER", "60/min"),
+    "anonymous": env_rate("RATE_LIMIT_ANONYMOUS", "60/min"),
+}
+RATE_LIMITS_ENABLED = env_bool("RATE_LIMITS_ENABLED", True)
+RATE_LIMIT_KEY_PREFIX = env_str("RATE_LIMIT_KEY_PREFIX", "aitbc:rl")
+
+# --- Jobs and miners ------------------------------------------------------------------
+JOB_DEFAULT_TTL_SECONDS = env_int("JOB_DEFAULT_TTL_SECONDS", 900, minimum=1)
+JOB_MAX_TTL_SECONDS = env_int("JOB_MAX_TTL_SECONDS", 7 * 24 * 3600, minimum=1)
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
+JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120, minimum=1)
+# A queued job gains one priority level for every this many seconds it waits.
+JOB_PRIORITY_AGEING_SECONDS = env_int("JOB_PRIORITY_AGEING_SECONDS", 120, minimum=1)
+MINER_HEARTBEAT_TIMEOUT_SECONDS = env_int("MINER_HEARTBEAT_TIMEOUT_SECONDS", 90, minimum=1)
+MINER_MAX_POLL_WAIT_SECONDS = env_int("MINER_MAX_POLL_WAIT_SECONDS", 60, minimum=0)
+MINER_MAX_CLAIM_BATCH = env_int("MINER_MAX_CLAIM_BATCH", 64, minimum=1)
+HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, minimum=1)
+
+RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")

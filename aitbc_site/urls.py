@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.decorators.http import require_GET
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from aitbc_site import health
+from aitbc_site.metrics import metrics_view
+
+urlpatterns = [
+    path("", include("jobs.api.urls")),
+    path("", include("miners.api.urls")),
+    path("health", health.HealthView.as_view(), name="health"),
+    path("v1/health", health.HealthView.as_view(), name="v1-health"),
+    path("health/live", health.HealthView.as_view(), name="health-live"),
+    path("health/ready", health.ReadyView.as_view(), name="health-ready"),
+    path("metrics", require_GET(metrics_view), name="metrics"),
+    path("v1/metrics", health.MetricsSummaryView.as_view(), name="v1-metrics"),
+    path("openapi.json", SpectacularAPIView.as_view(), name="openapi"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
+    path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "aitbc_site.api.exceptions.not_found"
+handler500 = "aitbc_site.api.exceptions.server_error"

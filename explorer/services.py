@@ -1,0 +1,37 @@
+import hashlib
+import uuid
+
+from explorer import signing
+from explorer.models import Receipt
+
+
+def sha256_of(value) -> str:
+    return hashlib.sha256(signing.canonical_json(value)).hexdigest()
+
+
+def receipt_issue(*, job) -> Receipt:
+    """Sign and store the receipt for ``job``, which the caller has just completed."""
+    usage = job.usage or {}
+    payload = {
+        "version": "1.0",
+        "receipt_id": f"rcpt_{uuid.uuid4().hex}",
+        "job_id": str(job.id),
+        "provider": job.miner.miner_id,
+        "client": job.client.username,
+        "status": job.status,
+        "units": usage.get("units", usage.get("total_tokens", 0)),
+        "unit_type": usage.get("unit_type", "tokens"),
+        "started_at": int(job.started_at.timestamp()),
+        "completed_at": int(job.completed_at.timestamp()),
+        "metadata": {
+            "model": job.model,
+            "attempt": job.attempt,
+            "input_sha256": sha256_of(job.payload),
+            "output_sha256": sha256_of(job.result),
+            "usage": usage,
+        },
+    }
+    document = signing.sign(payload, signing.coordinator_signing_key())
+    return Receipt.objects.create(
+        receipt_id=payload["receipt_id"], job=job, signed_json=signing.canonical_json(document).decode()
+    )

@@ -1,0 +1,103 @@
+"""Ed25519 receipts over canonical JSON, as API.md specifies.
+
+Canonical JSON is ``json.dumps(obj_without_None_values, separators=(",", ":"),
+sort_keys=True)`` in UTF-8. The signature covers the payload without its ``signature`` and
+``attestations`` fields. Kept free of Django imports except for loading the key, so the
+verifier can run anywhere.
+"""
+
+import base64
+import json
+import os
+import threading
+from pathlib import Path
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+ALGORITHM = "Ed25519"
+UNSIGNED_FIELDS = ("signature", "attestations")
+
+
+def _without_none(value):
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def canonical_json(obj) -> bytes:
+    return json.dumps(_without_none(obj), separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def key_id(verify_key: VerifyKey) -> str:
+    return b64url(bytes(verify_key))
+
+
+def signed_payload(document: dict) -> bytes:
+    return canonical_json({k: v for k, v in document.items() if k not in UNSIGNED_FIELDS})
+
+
+def sign(payload: dict, signing_key: SigningKey) -> dict:
+    """Return ``payload`` with its ``signature`` block added."""
+    document = _without_none(payload)
+    signature = signing_key.sign(signed_payload(document)).signature
+    document["signature"] = {"alg": ALGORITHM, "key_id": key_id(signing_key.verify_key), "sig": b64url(signature)}
+    return document
+
+
+def verify(document: dict, *, trusted_key_ids: set[str] | None = None) -> tuple[bool, str | None]:
+    """Check a receipt's signature. Returns ``(valid, reason)``; ``reason`` is None when valid."""
+    signature = document.get("signature")
+    if not isinstance(signature, dict):
+        return False, "missing signature"
+    if signature.get("alg") != ALGORITHM:
+        return False, f"unsupported algorithm {signature.get('alg')!r}"
+    key_text, sig_text = signature.get("key_id"), signature.get("sig")
+    if not isinstance(key_text, str) or not isinstance(sig_text, str):
+        return False, "malformed signature"
+    if trusted_key_ids is not None and key_text not in trusted_key_ids:
+        return False, "signed by an unknown key"
+    try:
+        VerifyKey(b64url_decode(key_text)).verify(signed_payload(document), b64url_decode(sig_text))
+    except (BadSignatureError, ValueError, TypeError):
+        return False, "signature does not match"
+    return True, None
+
+
+_key_lock = threading.Lock()
+_signing_key: SigningKey | None = None
+
+
+def coordinator_signing_key() -> SigningKey:
+    """The coordinator's key: ``RECEIPT_SIGNING_KEY_HEX``, else one generated once under the data dir."""
+    global _signing_key
+    with _key_lock:
+        if _signing_key is None:
+            _signing_key = _load_or_create_key()
+        return _signing_key
+
+
+def _load_or_create_key() -> SigningKey:
+    from django.conf import settings
+
+    if settings.RECEIPT_SIGNING_KEY_HEX:
+        return SigningKey(bytes.fromhex(settings.RECEIPT_SIGNING_KEY_HEX))
+    path = Path(settings.DATA_DIR) / "receipt_signing_key.hex"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return SigningKey(bytes.fromhex(path.read_text().strip()))
+    key = SigningKey.generate()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(bytes(key).hex())
+    return key

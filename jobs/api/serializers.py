@@ -1,0 +1,248 @@
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
+from rest_framework import serializers
+
+from aitbc_site.errors import Invalid
+from jobs.models import AITBC_STATE, Job, JobPriority, JobStatus, JobType
+
+# Spellings existing clients send for the job types.
+JOB_TYPE_ALIASES = {
+    "inference": JobType.INFERENCE,
+    "llm_inference": JobType.INFERENCE,
+    "text-generation": JobType.INFERENCE,
+    "text_generation": JobType.INFERENCE,
+    "completion": JobType.INFERENCE,
+    "chat": JobType.CHAT,
+    "embedding": JobType.EMBEDDING,
+    "embeddings": JobType.EMBEDDING,
+}
+PRIORITY_NAMES = {label: value for value, label in JobPriority.choices}
+# Top-level fields of a submission that are not part of the job's payload (body B).
+_ENVELOPE_FIELDS = {"payload", "constraints", "ttl_seconds", "priority", "payment_amount", "payment_currency", "max_attempts"}
+
+
+class ConstraintsSerializer(serializers.Serializer):
+    models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=64)
+    gpu = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    min_vram_gb = serializers.FloatField(required=False, min_value=0)
+    cuda = serializers.CharField(max_length=16, required=False, allow_blank=True)
+    region = serializers.CharField(max_length=64, required=False, allow_blank=True)
+    max_price = serializers.DecimalField(max_digits=18, decimal_places=8, required=False, min_value=0)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and isinstance(data.get("cuda"), (int, float)):
+            data = {**data, "cuda": str(data["cuda"])}
+        validated = super().to_internal_value(data)
+        # Keys we do not match on are kept, so clients see their constraints back unchanged.
+        return {**{k: v for k, v in data.items() if k not in self.fields}, **validated}
+
+
+class GenerationParamsSerializer(serializers.Serializer):
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32768)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
+    seed = serializers.IntegerField(required=False, min_value=0)
+    stop = serializers.JSONField(required=False)
+
+    def to_internal_value(self, data):
+        validated = super().to_internal_value(data)
+        return {**{k: v for k, v in data.items() if k not in self.fields}, **validated}
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "AITBC CLI",
+            value={
+                "payload": {"type": "inference", "prompt": "hi", "model": "llama3.2"},
+                "constraints": {},
+                "ttl_seconds": 900,
+            },
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Tutorial client",
+            value={"prompt": "Explain quantum computing", "model": "llama3.2", "params": {"max_tokens": 256}},
+            request_only=True,
+        ),
+    ]
+)
+class JobSubmitSerializer(serializers.Serializer):
+    """Either ``{"payload": {...}, "constraints", "ttl_seconds"}`` or ``{"prompt", "model", "params"}``."""
+
+    payload = serializers.DictField(required=False, help_text="The job: type, model, prompt/messages/input, params.")
+    prompt = serializers.CharField(required=False, allow_blank=False, trim_whitespace=False)
+    messages = serializers.ListField(child=serializers.DictField(), required=False, allow_empty=False)
+    input = serializers.JSONField(required=False, help_text="Text or list of texts to embed.")
+    model = serializers.CharField(required=False, max_length=200)
+    type = serializers.CharField(required=False, max_length=32)
+    params = GenerationParamsSerializer(required=False)
+    constraints = ConstraintsSerializer(required=False)
+    ttl_seconds = serializers.IntegerField(required=False, min_value=1)
+    priority = serializers.JSONField(required=False, help_text="urgent, critical, high, normal (default) or low.")
+    max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=10)
+    payment_amount = serializers.DecimalField(required=False, max_digits=18, decimal_places=8, min_value=0)
+    payment_currency = serializers.CharField(required=False, max_length=16)
+
+    def validate_ttl_seconds(self, value):
+        if value > settings.JOB_MAX_TTL_SECONDS:
+            raise serializers.ValidationError(f"Ensure this value is less than or equal to {settings.JOB_MAX_TTL_SECONDS}.")
+        return value
+
+    def validate_priority(self, value):
+        if isinstance(value, str) and value.lower() in PRIORITY_NAMES:
+            return PRIORITY_NAMES[value.lower()]
+        if isinstance(value, int) and not isinstance(value, bool) and value in JobPriority.values:
+            return value
+        raise serializers.ValidationError("Must be one of urgent, critical, high, normal, low.")
+
+    def validate(self, attrs):
+        raw = self.initial_data
+        if "payload" in attrs:
+            payload = dict(attrs["payload"])
+        else:
+            payload = {k: v for k, v in raw.items() if k not in _ENVELOPE_FIELDS}
+        if "params" in payload and not isinstance(payload["params"], dict):
+            raise serializers.ValidationError({"params": "Must be an object."})
+        if isinstance(payload.get("params"), dict):
+            params = GenerationParamsSerializer(data=payload["params"])
+            params.is_valid(raise_exception=True)
+            payload["params"] = params.validated_data
+
+        job_type = payload.get("type") or raw.get("type") or JobType.INFERENCE
+        if not isinstance(job_type, str) or job_type.lower() not in JOB_TYPE_ALIASES:
+            raise Invalid(
+                f"Unknown job type {job_type!r}; expected one of {', '.join(JobType.values)}.",
+                code="INVALID_JOB_TYPE",
+                errors={"type": [f"Unknown job type {job_type!r}."]},
+            )
+        job_type = JOB_TYPE_ALIASES[job_type.lower()]
+        payload["type"] = job_type
+
+        constraints = attrs.get("constraints", {})
+        model = payload.get("model") or (constraints.get("models") or [None])[0]
+        if not isinstance(model, str) or not model.strip() or len(model) > 200:
+            raise serializers.ValidationError({"model": "A model name is required (payload.model or model)."})
+        payload["model"] = model = model.strip()
+        _validate_content(job_type, payload)
+
+        return {
+            "job_type": job_type,
+            "model": model,
+            "payload": payload,
+            "constraints": constraints,
+            "ttl_seconds": attrs.get("ttl_seconds"),
+            "priority": attrs.get("priority", JobPriority.NORMAL),
+            "max_attempts": attrs.get("max_attempts"),
+        }
+
+
+def _validate_content(job_type: str, payload: dict) -> None:
+    prompt, messages, text_input = payload.get("prompt"), payload.get("messages"), payload.get("input")
+    if job_type == JobType.EMBEDDING:
+        if not (isinstance(text_input, str) and text_input) and not (
+            isinstance(text_input, list) and text_input and all(isinstance(t, str) for t in text_input)
+        ):
+            raise serializers.ValidationError({"input": "An embedding job needs input: a string or a list of strings."})
+        return
+    if messages is not None:
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise serializers.ValidationError({"messages": "Must be a non-empty list of {role, content} objects."})
+    elif not isinstance(prompt, str) or not prompt:
+        raise serializers.ValidationError({"prompt": "A prompt (or chat messages) is required."})
+
+
+class JobSerializer(serializers.ModelSerializer):
+    """JobView: a job as clients see it."""
+
+    job_id = serializers.CharField(source="id", read_only=True)
+    state = serializers.SerializerMethodField()
+    priority = serializers.CharField(source="get_priority_display")
+    error = serializers.SerializerMethodField()
+    miner_id = serializers.SerializerMethodField()
+    assigned_miner_id = serializers.SerializerMethodField()
+    requested_at = serializers.DateTimeField(source="created_at")
+    queue_position = serializers.SerializerMethodField()
+    estimated_wait_seconds = serializers.SerializerMethodField()
+    is_possible = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = [
+            "job_id", "status", "state", "type", "model", "payload", "constraints", "priority",
+            "result", "error", "error_code", "progress", "miner_id", "assigned_miner_id", "attempt",
+            "max_attempts", "created_at", "requested_at", "started_at", "completed_at", "expires_at",
+            "ttl_seconds", "queue_position", "estimated_wait_seconds", "is_possible", "usage",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.ChoiceField(choices=sorted(set(AITBC_STATE.values()))))
+    def get_state(self, job) -> str:
+        return job.state
+
+    def get_error(self, job) -> str | None:
+        return job.error_message or None
+
+    def get_miner_id(self, job) -> str | None:
+        return job.miner.miner_id if job.miner_id else None
+
+    def get_assigned_miner_id(self, job) -> str | None:
+        return self.get_miner_id(job)
+
+    def _outlook(self, job) -> dict:
+        return self.context.get("outlook", {}).get(job.pk, {})
+
+    def get_queue_position(self, job) -> int | None:
+        return getattr(job, "queue_position", None) if job.status == JobStatus.QUEUED else None
+
+    @extend_schema_field(OpenApiTypes.FLOAT)
+    def get_estimated_wait_seconds(self, job) -> float | None:
+        return self._outlook(job).get("estimated_wait_seconds")
+
+    def get_is_possible(self, job) -> bool | None:
+        return self._outlook(job).get("is_possible")
+
+
+class SignatureSerializer(serializers.Serializer):
+    alg = serializers.CharField(help_text="Ed25519")
+    key_id = serializers.CharField(help_text="URL-safe base64 public key, no padding")
+    sig = serializers.CharField(help_text="URL-safe base64 signature, no padding")
+
+
+class SignedReceiptSerializer(serializers.Serializer):
+    """A receipt: canonical JSON signed with Ed25519 (fields that are null are omitted)."""
+
+    version = serializers.CharField()
+    receipt_id = serializers.CharField()
+    job_id = serializers.CharField()
+    provider = serializers.CharField(help_text="The miner's id")
+    client = serializers.CharField()
+    status = serializers.CharField()
+    units = serializers.IntegerField()
+    unit_type = serializers.CharField()
+    started_at = serializers.IntegerField(help_text="Epoch seconds")
+    completed_at = serializers.IntegerField(help_text="Epoch seconds")
+    metadata = serializers.DictField(help_text="model, input_sha256, output_sha256, usage")
+    signature = SignatureSerializer()
+    attestations = SignatureSerializer(many=True, required=False)
+
+
+class JobResultSerializer(serializers.Serializer):
+    job_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    state = serializers.CharField()
+    result = serializers.JSONField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    error_code = serializers.CharField(allow_blank=True)
+    usage = serializers.DictField()
+    completed_at = serializers.DateTimeField(allow_null=True)
+    receipt = SignedReceiptSerializer(allow_null=True)
+
+
+class ReceiptListSerializer(serializers.Serializer):
+    items = SignedReceiptSerializer(many=True)
+    next_cursor = serializers.CharField(allow_null=True)

@@ -1,0 +1,30 @@
+import django_filters
+from django.db.models import Q
+
+from jobs.models import AITBC_STATE, Job, JobStatus
+
+_STATUS_BY_SPELLING = {**{s.value: s.value for s in JobStatus}, **{v.lower(): k for k, v in AITBC_STATE.items()}}
+
+
+class JobFilter(django_filters.FilterSet):
+    status = django_filters.CharFilter(method="filter_status", help_text="queued, running, completed, … (AITBC spellings too); comma-separated for several.")
+    type = django_filters.CharFilter(field_name="type")
+    job_type = django_filters.CharFilter(field_name="type")
+    model = django_filters.CharFilter(field_name="model")
+    from_time = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    to_time = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+
+    class Meta:
+        model = Job
+        fields = ["status", "type", "job_type", "model", "from_time", "to_time"]
+
+    def filter_status(self, queryset, name, value):
+        wanted = set()
+        for spelling in value.split(","):
+            status = _STATUS_BY_SPELLING.get(spelling.strip().lower())
+            if status is None:
+                from rest_framework.exceptions import ValidationError
+
+                raise ValidationError({"status": [f"Unknown status {spelling.strip()!r}."]})
+            wanted.add(status)
+        return queryset.filter(Q(status__in=wanted))

@@ -1,0 +1,136 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    EXPIRED = "expired", "Expired"
+
+
+JobStatus.ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+JobStatus.TERMINAL = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED)
+
+# The AITBC spelling of each status, served as ``state``.
+AITBC_STATE = {
+    JobStatus.QUEUED: "QUEUED",
+    JobStatus.RUNNING: "RUNNING",
+    JobStatus.COMPLETED: "COMPLETED",
+    JobStatus.FAILED: "FAILED",
+    JobStatus.CANCELLED: "CANCELED",
+    JobStatus.EXPIRED: "EXPIRED",
+}
+
+
+class JobType(models.TextChoices):
+    INFERENCE = "inference", "Inference (text generation)"
+    CHAT = "chat", "Chat"
+    EMBEDDING = "embedding", "Embedding"
+
+
+class JobPriority(models.IntegerChoices):
+    LOW = 0, "low"
+    NORMAL = 1, "normal"
+    HIGH = 2, "high"
+    CRITICAL = 3, "critical"
+    URGENT = 4, "urgent"
+
+
+class Job(models.Model):
+    """An inference job, from submission to its terminal state.
+
+    Queue order is ``rank_at``: the submission time moved earlier by the job's priority
+    (one level per ``JOB_PRIORITY_AGEING_SECONDS``). A waiting job therefore overtakes
+    newer jobs of higher priority once it has waited long enough, so nothing starves, and
+    the queue is one indexed column.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
+    type = models.CharField(max_length=16, choices=JobType.choices, default=JobType.INFERENCE)
+    model = models.CharField(max_length=200)
+    payload = models.JSONField(default=dict)
+    constraints = models.JSONField(default=dict, blank=True)
+    priority = models.PositiveSmallIntegerField(choices=JobPriority.choices, default=JobPriority.NORMAL)
+    rank_at = models.DateTimeField(editable=False)
+
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    ttl_seconds = models.PositiveIntegerField()
+    expires_at = models.DateTimeField(help_text="A job still queued at this time expires.")
+
+    # Constraints, denormalised so that claims match them in SQL.
+    req_gpu = models.CharField(max_length=200, blank=True)
+    req_min_vram_gb = models.FloatField(null=True, blank=True)
+    req_cuda_code = models.PositiveIntegerField(null=True, blank=True)
+    req_region = models.CharField(max_length=64, blank=True)
+    req_max_price = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+
+    # The current (or last) attempt and its lease. ``lease_token`` fences each attempt.
+    miner = models.ForeignKey("miners.Miner", on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
+    attempt = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField()
+    lease_token = models.CharField(max_length=36, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    result = models.JSONField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    progress = models.FloatField(default=0)
+    usage = models.JSONField(default=dict, blank=True)
+
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=JobStatus.values), name="job_status_valid"),
+            models.CheckConstraint(condition=Q(type__in=JobType.values), name="job_type_valid"),
+            models.CheckConstraint(condition=Q(priority__lte=JobPriority.URGENT), name="job_priority_valid"),
+            models.CheckConstraint(condition=Q(attempt__lte=models.F("max_attempts")), name="job_attempts_bounded"),
+            models.CheckConstraint(condition=Q(progress__gte=0, progress__lte=100), name="job_progress_percent"),
+            models.CheckConstraint(
+                condition=~Q(status="running") | Q(miner__isnull=False, lease_expires_at__isnull=False) & ~Q(lease_token=""),
+                name="job_running_has_lease",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="queued") | Q(lease_expires_at__isnull=True, lease_token=""),
+                name="job_queued_has_no_lease",
+            ),
+            models.UniqueConstraint(
+                fields=["client", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="job_idempotency_key_unique",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["model", "rank_at"], condition=Q(status="queued"), name="job_queue_model_idx"),
+            models.Index(fields=["expires_at"], condition=Q(status="queued"), name="job_queue_expiry_idx"),
+            models.Index(fields=["lease_expires_at"], condition=Q(status="running"), name="job_lease_idx"),
+            models.Index(fields=["miner"], condition=Q(status="running"), name="job_running_miner_idx"),
+            models.Index(fields=["client", "-created_at"], name="job_client_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="job_status_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} job {self.id} ({self.status})"
+
+    @property
+    def state(self) -> str:
+        return AITBC_STATE[self.status]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in JobStatus.TERMINAL

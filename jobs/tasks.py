@@ -1,0 +1,13 @@
+import dramatiq
+
+from jobs import services
+
+
+@dramatiq.actor(queue_name="housekeeping", time_limit=60_000, max_retries=0)
+def expire_queued_jobs() -> None:
+    services.jobs_expire_queued()
+
+
+@dramatiq.actor(queue_name="housekeeping", time_limit=60_000, max_retries=0)
+def requeue_lapsed_leases() -> None:
+    services.jobs_requeue_lapsed()

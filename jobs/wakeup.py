@@ -1,0 +1,112 @@
+"""Wake-ups for miners long-polling for work.
+
+A poll that finds nothing registers a :class:`Waiter` for the models its miner serves and
+sleeps on it. Submitting or re-queueing a job announces the job's model: on PostgreSQL with
+``NOTIFY`` inside the job's transaction (delivered at commit to every process, where a
+listener thread relays it), otherwise in-process after commit (the embedded server is one
+process). Each announcement wakes one waiter per process that serves the model; a woken
+waiter that loses the race simply waits again. Nothing here is the only record of a job:
+a missed wake-up costs latency until the next poll, never work.
+"""
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+from django.conf import settings
+from django.db import connection, transaction
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "aitbc_jobs"
+
+
+class Waiter:
+    def __init__(self, models: Iterable[str]):
+        self.models = frozenset(models)
+        self._event = threading.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        woke = self._event.wait(timeout)
+        self._event.clear()
+        return woke
+
+
+class WakeupHub:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._waiters: deque[Waiter] = deque()
+        self._listener: threading.Thread | None = None
+
+    @contextmanager
+    def waiter(self, models: Iterable[str]):
+        waiter = Waiter(models)
+        self._ensure_listener()
+        with self._lock:
+            self._waiters.append(waiter)
+        try:
+            yield waiter
+        finally:
+            with self._lock:
+                self._waiters.remove(waiter)
+
+    def notify(self, model: str, count: int = 1) -> None:
+        """Wake ``count`` waiters serving ``model``, longest-waiting first."""
+        with self._lock:
+            chosen = [w for w in self._waiters if model in w.models][:count]
+            for waiter in chosen:
+                # Rotate so the next job for this model wakes a different waiter.
+                self._waiters.remove(waiter)
+                self._waiters.append(waiter)
+        for waiter in chosen:
+            waiter.wake()
+
+    def notify_all(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters)
+        for waiter in waiters:
+            waiter.wake()
+
+    def _ensure_listener(self) -> None:
+        if not settings.IS_POSTGRES or (self._listener is not None and self._listener.is_alive()):
+            return
+        with self._lock:
+            if self._listener is None or not self._listener.is_alive():
+                self._listener = threading.Thread(target=self._listen_forever, name="aitbc-wakeup", daemon=True)
+                self._listener.start()
+
+    def _listen_forever(self) -> None:
+        import psycopg
+
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        while True:
+            try:
+                with psycopg.connect(**params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    # Anything announced while we were not listening: let every waiter look.
+                    self.notify_all()
+                    for notification in conn.notifies():
+                        self.notify(notification.payload)
+            except Exception:
+                logger.exception("wake-up listener lost its connection; reconnecting")
+                time.sleep(1)
+
+
+hub = WakeupHub()
+
+
+def announce(model: str) -> None:
+    """Announce work for ``model`` once the current transaction commits."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, model])
+    else:
+        transaction.on_commit(lambda: hub.notify(model))

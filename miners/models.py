@@ -1,0 +1,68 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class MinerStatus(models.TextChoices):
+    ONLINE = "online", "Online"
+    OFFLINE = "offline", "Offline"
+    DEREGISTERED = "deregistered", "Deregistered"
+
+
+class Miner(models.Model):
+    """A GPU host that takes jobs. ``miner_id`` is its public name (``X-Miner-ID``)."""
+
+    miner_id = models.CharField(max_length=128, unique=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="miners")
+    status = models.CharField(max_length=16, choices=MinerStatus.choices, default=MinerStatus.ONLINE)
+    draining = models.BooleanField(default=False, help_text="A draining miner finishes its jobs but gets no new ones.")
+
+    capabilities = models.JSONField(default=dict, blank=True, help_text="As the miner last reported them.")
+    gpu_name = models.CharField(max_length=200, blank=True)
+    vram_gb = models.FloatField(default=0)
+    cuda_version = models.CharField(max_length=16, blank=True)
+    cuda_code = models.PositiveIntegerField(null=True, blank=True, help_text="major × 1000 + minor, for matching.")
+    region = models.CharField(max_length=64, blank=True)
+    price = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+    max_concurrent_jobs = models.PositiveIntegerField(default=1)
+    public_key = models.CharField(max_length=128, blank=True)
+
+    inflight_reported = models.PositiveIntegerField(default=0)
+    metadata = models.JSONField(default=dict, blank=True)
+    session_token_hash = models.CharField(max_length=64, blank=True, editable=False)
+
+    registered_at = models.DateTimeField(auto_now_add=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["miner_id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=MinerStatus.values), name="miner_status_valid"),
+            models.CheckConstraint(condition=Q(max_concurrent_jobs__gte=1), name="miner_concurrency_positive"),
+            models.CheckConstraint(condition=Q(vram_gb__gte=0), name="miner_vram_non_negative"),
+        ]
+        indexes = [
+            models.Index(fields=["last_heartbeat_at"], condition=Q(status="online"), name="miner_online_hb_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.miner_id
+
+    @property
+    def accepts_work(self) -> bool:
+        return self.status == MinerStatus.ONLINE and not self.draining
+
+
+class ServedModel(models.Model):
+    """A model a miner serves; claims and ``is_possible`` match jobs against these rows."""
+
+    miner = models.ForeignKey(Miner, on_delete=models.CASCADE, related_name="served_models")
+    name = models.CharField(max_length=200, db_index=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["miner", "name"], name="served_model_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.miner_id}:{self.name}"

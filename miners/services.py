@@ -1,0 +1,126 @@
+"""Miner registry: registration, heartbeats, capability changes, draining and going offline."""
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from aitbc_site.errors import Conflict
+from jobs import wakeup
+from jobs.services import job_leases_extend, jobs_release_for_miner
+from miners.capabilities import Capabilities, cuda_code
+from miners.models import Miner, MinerStatus, ServedModel
+
+# Polling counts as a sign of life, recorded at most this often.
+LIVENESS_RESOLUTION = timedelta(seconds=10)
+
+
+def _apply_capabilities(miner: Miner, capabilities: Capabilities) -> None:
+    miner.capabilities = capabilities.raw
+    miner.gpu_name = capabilities.gpu_name
+    miner.vram_gb = capabilities.vram_gb
+    miner.cuda_version = capabilities.cuda_version
+    miner.cuda_code = cuda_code(capabilities.cuda_version)
+    miner.region = capabilities.region
+    miner.price = capabilities.price
+    miner.max_concurrent_jobs = capabilities.max_concurrent_jobs
+
+
+def _replace_served_models(miner: Miner, models: tuple[str, ...]) -> None:
+    wanted = set(models)
+    ServedModel.objects.filter(miner=miner).exclude(name__in=wanted).delete()
+    existing = set(ServedModel.objects.filter(miner=miner).values_list("name", flat=True))
+    ServedModel.objects.bulk_create([ServedModel(miner=miner, name=name) for name in sorted(wanted - existing)])
+
+
+def miner_register(*, owner, miner_id: str, capabilities: Capabilities, public_key: str = "") -> tuple[Miner, str]:
+    """Register a miner, or update it when it registers again. Returns it and a new session token."""
+    session_token = secrets.token_urlsafe(32)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            miner = Miner.objects.select_for_update().filter(miner_id=miner_id).first()
+            if miner is None:
+                miner = Miner(miner_id=miner_id, owner=owner)
+            elif miner.owner_id != owner.pk:
+                raise Conflict("This miner_id belongs to another account.", code="MINER_ID_TAKEN")
+            _apply_capabilities(miner, capabilities)
+            if public_key:
+                miner.public_key = public_key
+            miner.status = MinerStatus.ONLINE
+            miner.last_heartbeat_at = now
+            miner.session_token_hash = hashlib.sha256(session_token.encode()).hexdigest()
+            miner.save()
+            _replace_served_models(miner, capabilities.models)
+    except IntegrityError:  # registered concurrently under the same id
+        raise Conflict("This miner_id was registered concurrently; retry.", code="MINER_ID_TAKEN") from None
+    for model in capabilities.models:
+        transaction.on_commit(lambda m=model: wakeup.hub.notify(m))
+    return miner, session_token
+
+
+def miner_update_capabilities(*, miner: Miner, capabilities: Capabilities) -> Miner:
+    with transaction.atomic():
+        _apply_capabilities(miner, capabilities)
+        miner.save()
+        _replace_served_models(miner, capabilities.models)
+    return miner
+
+
+def miner_heartbeat(*, miner: Miner, inflight: int | None = None, metadata: dict | None = None) -> int:
+    """Record a heartbeat and extend every lease the miner holds. Returns the number extended."""
+    fields = {"last_heartbeat_at": timezone.now(), "status": MinerStatus.ONLINE}
+    if inflight is not None:
+        fields["inflight_reported"] = max(0, inflight)
+    if metadata is not None:
+        fields["metadata"] = metadata
+    with transaction.atomic():
+        Miner.objects.filter(pk=miner.pk).update(**fields, updated_at=timezone.now())
+        return job_leases_extend(miner=miner)
+
+
+def miner_touch(*, miner: Miner) -> None:
+    """A poll or claim is a sign of life too (miners on the tutorial protocol never heartbeat)."""
+    now = timezone.now()
+    if miner.status == MinerStatus.ONLINE and miner.last_heartbeat_at and now - miner.last_heartbeat_at < LIVENESS_RESOLUTION:
+        return
+    Miner.objects.filter(pk=miner.pk).exclude(status=MinerStatus.DEREGISTERED).update(
+        last_heartbeat_at=now, status=MinerStatus.ONLINE
+    )
+    miner.last_heartbeat_at, miner.status = now, MinerStatus.ONLINE
+
+
+def miner_set_draining(*, miner: Miner, draining: bool) -> Miner:
+    Miner.objects.filter(pk=miner.pk).update(draining=draining, updated_at=timezone.now())
+    miner.draining = draining
+    return miner
+
+
+def miner_deregister(*, miner: Miner) -> int:
+    """Take a miner out of the network; the jobs it holds go back to the queue."""
+    Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.DEREGISTERED, updated_at=timezone.now())
+    miner.status = MinerStatus.DEREGISTERED
+    return jobs_release_for_miner(miner=miner, reason="The miner deregistered.")
+
+
+def miners_mark_silent_offline() -> int:
+    """Miners silent past the heartbeat timeout go offline and their jobs return to the queue."""
+    cutoff = timezone.now() - timedelta(seconds=settings.MINER_HEARTBEAT_TIMEOUT_SECONDS)
+    silent = list(Miner.objects.filter(status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff))
+    for miner in silent:
+        updated = Miner.objects.filter(pk=miner.pk, status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff).update(
+            status=MinerStatus.OFFLINE, updated_at=timezone.now()
+        )
+        if updated:
+            jobs_release_for_miner(miner=miner, reason="The miner stopped sending heartbeats.")
+    return len(silent)
+
+
+def miner_take_offline(*, miner: Miner) -> int:
+    """Staff take a miner offline: its jobs return to the queue. Returns how many."""
+    Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.OFFLINE, updated_at=timezone.now())
+    miner.status = MinerStatus.OFFLINE
+    return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.")
