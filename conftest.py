@@ -16,6 +16,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_wakeup_listener(django_db_setup):
+    # Torn down before the test database is dropped: the LISTEN connection must be gone by then.
+    yield
+    from jobs.wakeup import hub
+
+    hub.stop_listener()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_rate_limits(settings):
     # Counters live in Redis when REDIS_URL is set: give every test its own namespace.
@@ -23,7 +32,7 @@ def _isolated_rate_limits(settings):
 
 
 @pytest.fixture
-def make_api():
+def make_api(db):
     """``make_api(scope, username)`` → an APIClient sending that user's new key as ``X-Api-Key``."""
 
     def make(scope: str, username: str, *, miner_id: str | None = None) -> APIClient:
@@ -58,7 +67,10 @@ def miner_api(db, make_api):
 @pytest.fixture
 def register_miner():
     def register(api: APIClient, models=("llama3.2",), **capabilities):
-        body = {"capabilities": {"models": list(models), **capabilities}, "concurrency": capabilities.get("max_concurrent_jobs", 1)}
+        body = {
+            "capabilities": {"models": list(models), **capabilities},
+            "concurrency": capabilities.get("max_concurrent_jobs", 1),
+        }
         response = api.post("/v1/miners/register", body, format="json")
         assert response.status_code == 200, response.content
         return response.json()

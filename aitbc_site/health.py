@@ -9,9 +9,7 @@ from rest_framework.views import APIView
 from jobs.selectors import active_job_counts, queue_depth_by_model
 from miners.selectors import miner_counts
 
-HealthSerializer = inline_serializer(
-    "Health", {"status": serializers.CharField(), "time": serializers.DateTimeField()}
-)
+HealthSerializer = inline_serializer("Health", {"status": serializers.CharField(), "time": serializers.DateTimeField()})
 
 
 class PublicView(APIView):

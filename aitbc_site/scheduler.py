@@ -41,19 +41,28 @@ def run_blocking() -> None:
     build_scheduler(BlockingScheduler).start()
 
 
+def start_workers() -> tuple[dramatiq.Worker, BackgroundScheduler]:
+    """Dramatiq worker threads on this process's broker plus the schedule, as background threads."""
+    housekeeping_actors()
+    worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=settings.EMBEDDED_WORKER_THREADS)
+    worker.start()
+    scheduler = build_scheduler(BackgroundScheduler)
+    scheduler.start()
+    return worker, scheduler
+
+
 _embedded_lock = threading.Lock()
 _embedded_started = False
 
 
 def start_embedded() -> None:
-    """Start Dramatiq worker threads on the stub broker and the schedule, once per process."""
+    """In the embedded setup, run the workers and the schedule inside the server, once per process."""
     global _embedded_started
     with _embedded_lock:
         if _embedded_started or not settings.EMBEDDED_WORKERS:
             return
         _embedded_started = True
-    housekeeping_actors()
-    worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=settings.EMBEDDED_WORKER_THREADS)
-    worker.start()
-    build_scheduler(BackgroundScheduler).start()
-    logger.info("embedded Dramatiq workers (%d threads) and housekeeping schedule started", settings.EMBEDDED_WORKER_THREADS)
+    start_workers()
+    logger.info(
+        "embedded Dramatiq workers (%d threads) and housekeeping schedule started", settings.EMBEDDED_WORKER_THREADS
+    )

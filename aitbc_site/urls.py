@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 from django.views.decorators.http import require_GET
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from aitbc_site import health
 from aitbc_site.metrics import metrics_view
@@ -15,9 +15,11 @@ urlpatterns = [
     path("health/ready", health.ReadyView.as_view(), name="health-ready"),
     path("metrics", require_GET(metrics_view), name="metrics"),
     path("v1/metrics", health.MetricsSummaryView.as_view(), name="v1-metrics"),
-    path("openapi.json", SpectacularAPIView.as_view(), name="openapi"),
+    path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
-    path("redoc", SpectacularRedocView.as_view(url_name="openapi"), name="redoc"),
+    path(
+        "redoc", SpectacularRedocView.as_view(url_name="openapi", template_name="aitbc_site/redoc.html"), name="redoc"
+    ),
     path("admin/", admin.site.urls),
 ]
 

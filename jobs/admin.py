@@ -7,7 +7,18 @@ from jobs.models import Job, JobStatus
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "type", "model", "status", "priority", "client", "miner", "attempt", "created_at", "completed_at")
+    list_display = (
+        "id",
+        "type",
+        "model",
+        "status",
+        "priority",
+        "client",
+        "miner",
+        "attempt",
+        "created_at",
+        "completed_at",
+    )
     list_filter = ("status", "type", "priority", "model", ("created_at", admin.DateFieldListFilter))
     search_fields = ("=id", "model", "client__username", "miner__miner_id", "idempotency_key")
     list_select_related = ("client", "miner")
@@ -30,13 +41,21 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-queue selected running jobs")
     def requeue_jobs(self, request, queryset):
-        self._apply(request, queryset.filter(status=JobStatus.RUNNING), "re-queued",
-                    lambda job: services.job_requeue(job_id=job.pk, reason=f"re-queued by {request.user}"))
+        self._apply(
+            request,
+            queryset.filter(status=JobStatus.RUNNING),
+            "re-queued",
+            lambda job: services.job_requeue(job_id=job.pk, reason=f"re-queued by {request.user}"),
+        )
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):
-        self._apply(request, queryset.filter(status__in=JobStatus.ACTIVE), "cancelled",
-                    lambda job: services.job_cancel(job_id=job.pk))
+        self._apply(
+            request,
+            queryset.filter(status__in=JobStatus.ACTIVE),
+            "cancelled",
+            lambda job: services.job_cancel(job_id=job.pk),
+        )
 
     def _apply(self, request, queryset, verb: str, action) -> None:
         done, failed = 0, []

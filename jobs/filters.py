@@ -7,7 +7,10 @@ _STATUS_BY_SPELLING = {**{s.value: s.value for s in JobStatus}, **{v.lower(): k 
 
 
 class JobFilter(django_filters.FilterSet):
-    status = django_filters.CharFilter(method="filter_status", help_text="queued, running, completed, … (AITBC spellings too); comma-separated for several.")
+    status = django_filters.CharFilter(
+        method="filter_status",
+        help_text="queued, running, completed, … (AITBC spellings too); comma-separated for several.",
+    )
     type = django_filters.CharFilter(field_name="type")
     job_type = django_filters.CharFilter(field_name="type")
     model = django_filters.CharFilter(field_name="model")

@@ -102,7 +102,8 @@ class Job(models.Model):
             models.CheckConstraint(condition=Q(attempt__lte=models.F("max_attempts")), name="job_attempts_bounded"),
             models.CheckConstraint(condition=Q(progress__gte=0, progress__lte=100), name="job_progress_percent"),
             models.CheckConstraint(
-                condition=~Q(status="running") | Q(miner__isnull=False, lease_expires_at__isnull=False) & ~Q(lease_token=""),
+                condition=~Q(status="running")
+                | Q(miner__isnull=False, lease_expires_at__isnull=False) & ~Q(lease_token=""),
                 name="job_running_has_lease",
             ),
             models.CheckConstraint(

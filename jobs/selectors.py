@@ -68,10 +68,9 @@ def jobs_visible_to(*, user, is_admin: bool = False) -> QuerySet[Job]:
 def average_run_seconds(*, model: str) -> float:
     since = timezone.now() - RECENT_RUNS_WINDOW
     duration = ExpressionWrapper(F("completed_at") - F("started_at"), output_field=DurationField())
-    average = (
-        Job.objects.filter(status=JobStatus.COMPLETED, model=model, completed_at__gte=since)
-        .aggregate(avg=Avg(duration))["avg"]
-    )
+    average = Job.objects.filter(status=JobStatus.COMPLETED, model=model, completed_at__gte=since).aggregate(
+        avg=Avg(duration)
+    )["avg"]
     return average.total_seconds() if average else DEFAULT_RUN_SECONDS
 
 

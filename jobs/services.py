@@ -7,6 +7,7 @@ job is completed at most once however many attempts ran.
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,7 +25,7 @@ from jobs import wakeup
 from jobs.models import Job, JobPriority, JobStatus, JobType
 from jobs.selectors import claimable_jobs
 from miners.capabilities import cuda_code
-from miners.models import Miner
+from miners.models import Miner, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,7 @@ def job_submit(
 
 def _replayed(job: Job, fingerprint: str) -> Submission:
     if job.request_fingerprint != fingerprint:
-        raise Conflict(
-            "This Idempotency-Key was already used with a different request.", code="IDEMPOTENCY_KEY_REUSED"
-        )
+        raise Conflict("This Idempotency-Key was already used with a different request.", code="IDEMPOTENCY_KEY_REUSED")
     return Submission(job=job, created=False)
 
 
@@ -184,6 +183,27 @@ def _lock_miner_with_load(miner: Miner) -> Miner | None:
     )
 
 
+def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) -> list[Job]:
+    """A long poll: claim now, or sleep until a job for one of the miner's models is announced.
+
+    No busy loop: between claims the thread sleeps on a wake-up (see ``jobs.wakeup``).
+    """
+    deadline = time.monotonic() + wait_seconds
+    models = ServedModel.objects.filter(miner=miner.pk).values_list("name", flat=True)
+    # Registered before the first claim, so a job committed in between still wakes us.
+    with wakeup.hub.waiter(list(models)) as waiter:
+        jobs = job_claim(miner=miner, limit=limit)
+        while not jobs:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not connection.in_atomic_block:
+                connection.close()  # hand the connection back to the pool while asleep
+            waiter.wait(remaining)
+            jobs = job_claim(miner=miner, limit=limit)
+    return jobs
+
+
 def job_claim_specific(*, miner: Miner, job_id) -> Job:
     """The tutorial protocol's ``POST /v1/jobs/{id}/claim``: lease exactly this job or fail."""
     claimed = job_claim(miner=miner, limit=1, job_id=job_id)
@@ -233,7 +253,9 @@ class Completion:
     receipt: Receipt | None
 
 
-def job_complete(*, job_id, miner: Miner, result, metrics: dict | None = None, lease_token: str | None = None) -> Completion:
+def job_complete(
+    *, job_id, miner: Miner, result, metrics: dict | None = None, lease_token: str | None = None
+) -> Completion:
     """Store the lease holder's result and sign its receipt; ``result.status == "failed"`` fails the attempt."""
     metrics = metrics or {}
     with transaction.atomic():
@@ -251,8 +273,17 @@ def job_complete(*, job_id, miner: Miner, result, metrics: dict | None = None, l
         job.lease_expires_at = None
         job.error_code = job.error_message = ""
         job.save(
-            update_fields=["status", "result", "usage", "progress", "completed_at", "lease_expires_at",
-                           "error_code", "error_message", "updated_at"]
+            update_fields=[
+                "status",
+                "result",
+                "usage",
+                "progress",
+                "completed_at",
+                "lease_expires_at",
+                "error_code",
+                "error_message",
+                "updated_at",
+            ]
         )
         receipt = receipt_issue(job=job)
     return Completion(job=job, receipt=receipt)
@@ -284,8 +315,18 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
         job.status = JobStatus.FAILED
         job.completed_at = now
     job.save(
-        update_fields=["status", "miner", "progress", "expires_at", "completed_at", "lease_token",
-                       "lease_expires_at", "error_code", "error_message", "updated_at"]
+        update_fields=[
+            "status",
+            "miner",
+            "progress",
+            "expires_at",
+            "completed_at",
+            "lease_token",
+            "lease_expires_at",
+            "error_code",
+            "error_message",
+            "updated_at",
+        ]
     )
 
 

@@ -43,6 +43,7 @@ class WakeupHub:
         self._lock = threading.Lock()
         self._waiters: deque[Waiter] = deque()
         self._listener: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @contextmanager
     def waiter(self, models: Iterable[str]):
@@ -73,28 +74,38 @@ class WakeupHub:
         for waiter in waiters:
             waiter.wake()
 
+    def stop_listener(self) -> None:
+        """Close the LISTEN connection (tests drop their database afterwards)."""
+        listener = self._listener
+        if listener is not None:
+            self._stopping.set()
+            listener.join(timeout=5)
+            self._stopping.clear()
+            self._listener = None
+
     def _ensure_listener(self) -> None:
         if not settings.IS_POSTGRES or (self._listener is not None and self._listener.is_alive()):
             return
         with self._lock:
             if self._listener is None or not self._listener.is_alive():
-                self._listener = threading.Thread(target=self._listen_forever, name="aitbc-wakeup", daemon=True)
+                self._listener = threading.Thread(target=self._listen, name="aitbc-wakeup", daemon=True)
                 self._listener.start()
 
-    def _listen_forever(self) -> None:
+    def _listen(self) -> None:
         import psycopg
 
         params = connection.get_connection_params()
         params.pop("cursor_factory", None)
         params.pop("context", None)
-        while True:
+        while not self._stopping.is_set():
             try:
                 with psycopg.connect(**params, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     # Anything announced while we were not listening: let every waiter look.
                     self.notify_all()
-                    for notification in conn.notifies():
-                        self.notify(notification.payload)
+                    while not self._stopping.is_set():
+                        for notification in conn.notifies(timeout=1.0):
+                            self.notify(notification.payload)
             except Exception:
                 logger.exception("wake-up listener lost its connection; reconnecting")
                 time.sleep(1)

@@ -18,8 +18,18 @@ class ServedModelInline(admin.TabularInline):
 
 @admin.register(Miner)
 class MinerAdmin(admin.ModelAdmin):
-    list_display = ("miner_id", "owner", "status", "draining", "gpu_name", "vram_gb", "region",
-                    "running_jobs", "max_concurrent_jobs", "last_heartbeat_at")
+    list_display = (
+        "miner_id",
+        "owner",
+        "status",
+        "draining",
+        "gpu_name",
+        "vram_gb",
+        "region",
+        "running_jobs",
+        "max_concurrent_jobs",
+        "last_heartbeat_at",
+    )
     list_filter = ("status", "draining", "region", "served_models__name")
     search_fields = ("miner_id", "owner__username", "gpu_name", "served_models__name")
     list_select_related = ("owner",)
@@ -28,9 +38,12 @@ class MinerAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Miner._meta.fields if f.name != "draining"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            running=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING))
-        ).distinct()
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(running=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)))
+            .distinct()
+        )
 
     @admin.display(ordering="running", description="running")
     def running_jobs(self, miner):
@@ -53,8 +66,5 @@ class MinerAdmin(admin.ModelAdmin):
 
     @admin.action(description="Take offline now and re-queue their jobs")
     def take_offline(self, request, queryset):
-        released = sum(
-            services.miner_take_offline(miner=miner)
-            for miner in queryset.filter(status=MinerStatus.ONLINE)
-        )
+        released = sum(services.miner_take_offline(miner=miner) for miner in queryset.filter(status=MinerStatus.ONLINE))
         self.message_user(request, f"Miners taken offline; {released} job(s) returned to the queue.", messages.SUCCESS)

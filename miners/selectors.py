@@ -16,10 +16,6 @@ def miner_for_owner(*, owner, miner_id: str, any_owner: bool = False) -> Miner:
     return miner
 
 
-def miner_served_models(*, miner: Miner) -> list[str]:
-    return list(miner.served_models.values_list("name", flat=True))
-
-
 def jobs_of_miner(*, miner: Miner) -> QuerySet[Job]:
     return Job.objects.filter(miner=miner).select_related("miner").order_by("-started_at", "-id")
 

@@ -85,7 +85,11 @@ def miner_heartbeat(*, miner: Miner, inflight: int | None = None, metadata: dict
 def miner_touch(*, miner: Miner) -> None:
     """A poll or claim is a sign of life too (miners on the tutorial protocol never heartbeat)."""
     now = timezone.now()
-    if miner.status == MinerStatus.ONLINE and miner.last_heartbeat_at and now - miner.last_heartbeat_at < LIVENESS_RESOLUTION:
+    if (
+        miner.status == MinerStatus.ONLINE
+        and miner.last_heartbeat_at
+        and now - miner.last_heartbeat_at < LIVENESS_RESOLUTION
+    ):
         return
     Miner.objects.filter(pk=miner.pk).exclude(status=MinerStatus.DEREGISTERED).update(
         last_heartbeat_at=now, status=MinerStatus.ONLINE

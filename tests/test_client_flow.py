@@ -6,7 +6,10 @@ from explorer import signing
 def test_existing_client_and_miner_flow(client_api, miner_api):
     registered = miner_api.post(
         "/v1/miners/register",
-        {"capabilities": {"gpus": [{"name": "RTX 4090", "memory_mb": 24576}], "models": ["llama3.2"]}, "concurrency": 1},
+        {
+            "capabilities": {"gpus": [{"name": "RTX 4090", "memory_mb": 24576}], "models": ["llama3.2"]},
+            "concurrency": 1,
+        },
         format="json",
     )
     assert registered.status_code == 200

@@ -5,25 +5,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('jobs', '0001_initial'),
+        ("jobs", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Receipt',
+            name="Receipt",
             fields=[
-                ('receipt_id', models.CharField(max_length=64, primary_key=True, serialize=False)),
-                ('signed_json', models.TextField(editable=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='receipts', to='jobs.job')),
+                ("receipt_id", models.CharField(max_length=64, primary_key=True, serialize=False)),
+                ("signed_json", models.TextField(editable=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="receipts", to="jobs.job"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'indexes': [models.Index(fields=['job', '-created_at'], name='receipt_job_idx')],
+                "ordering": ["-created_at"],
+                "indexes": [models.Index(fields=["job", "-created_at"], name="receipt_job_idx")],
             },
         ),
     ]

@@ -19,7 +19,15 @@ JOB_TYPE_ALIASES = {
 }
 PRIORITY_NAMES = {label: value for value, label in JobPriority.choices}
 # Top-level fields of a submission that are not part of the job's payload (body B).
-_ENVELOPE_FIELDS = {"payload", "constraints", "ttl_seconds", "priority", "payment_amount", "payment_currency", "max_attempts"}
+_ENVELOPE_FIELDS = {
+    "payload",
+    "constraints",
+    "ttl_seconds",
+    "priority",
+    "payment_amount",
+    "payment_currency",
+    "max_attempts",
+}
 
 
 class ConstraintsSerializer(serializers.Serializer):
@@ -33,9 +41,9 @@ class ConstraintsSerializer(serializers.Serializer):
     def to_internal_value(self, data):
         if isinstance(data, dict) and isinstance(data.get("cuda"), (int, float)):
             data = {**data, "cuda": str(data["cuda"])}
-        validated = super().to_internal_value(data)
-        # Keys we do not match on are kept, so clients see their constraints back unchanged.
-        return {**{k: v for k, v in data.items() if k not in self.fields}, **validated}
+        super().to_internal_value(data)
+        # Stored as sent (valid, and JSON as the client wrote it), so clients see them back unchanged.
+        return dict(data)
 
 
 class GenerationParamsSerializer(serializers.Serializer):
@@ -87,7 +95,9 @@ class JobSubmitSerializer(serializers.Serializer):
 
     def validate_ttl_seconds(self, value):
         if value > settings.JOB_MAX_TTL_SECONDS:
-            raise serializers.ValidationError(f"Ensure this value is less than or equal to {settings.JOB_MAX_TTL_SECONDS}.")
+            raise serializers.ValidationError(
+                f"Ensure this value is less than or equal to {settings.JOB_MAX_TTL_SECONDS}."
+            )
         return value
 
     def validate_priority(self, value):
@@ -147,9 +157,13 @@ def _validate_content(job_type: str, payload: dict) -> None:
             raise serializers.ValidationError({"input": "An embedding job needs input: a string or a list of strings."})
         return
     if messages is not None:
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
         ):
             raise serializers.ValidationError({"messages": "Must be a non-empty list of {role, content} objects."})
     elif not isinstance(prompt, str) or not prompt:
@@ -173,10 +187,32 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = [
-            "job_id", "status", "state", "type", "model", "payload", "constraints", "priority",
-            "result", "error", "error_code", "progress", "miner_id", "assigned_miner_id", "attempt",
-            "max_attempts", "created_at", "requested_at", "started_at", "completed_at", "expires_at",
-            "ttl_seconds", "queue_position", "estimated_wait_seconds", "is_possible", "usage",
+            "job_id",
+            "status",
+            "state",
+            "type",
+            "model",
+            "payload",
+            "constraints",
+            "priority",
+            "result",
+            "error",
+            "error_code",
+            "progress",
+            "miner_id",
+            "assigned_miner_id",
+            "attempt",
+            "max_attempts",
+            "created_at",
+            "requested_at",
+            "started_at",
+            "completed_at",
+            "expires_at",
+            "ttl_seconds",
+            "queue_position",
+            "estimated_wait_seconds",
+            "is_possible",
+            "usage",
         ]
         read_only_fields = fields
 

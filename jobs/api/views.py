@@ -23,7 +23,10 @@ from jobs.filters import JobFilter
 from jobs.models import Job, JobStatus
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
-    "Idempotency-Key", str, OpenApiParameter.HEADER, required=False,
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
     description="Repeat a submission safely: the same key returns the job created first.",
 )
 ERRORS = {
@@ -204,4 +207,3 @@ class JobReceiptsView(ClientJobMixin, APIView):
         paginator = ReceiptCursorPagination()
         page = paginator.paginate_queryset(receipts_for_job(job_id=job.pk), request, view=self)
         return paginator.get_paginated_response([receipt.document for receipt in page])
-

@@ -101,7 +101,9 @@ def parse_capabilities(data: dict, *, concurrency=None, region=None, gpu_info=No
 )
 class MinerRegisterSerializer(serializers.Serializer):
     miner_id = serializers.CharField(required=False, max_length=128)
-    capabilities = serializers.JSONField(required=False, help_text="An object (gpus, cuda, models, …) or a list of models.")
+    capabilities = serializers.JSONField(
+        required=False, help_text="An object (gpus, cuda, models, …) or a list of models."
+    )
     concurrency = serializers.IntegerField(required=False, min_value=1, max_value=1024)
     region = serializers.CharField(required=False, allow_blank=True, max_length=64)
     public_key = serializers.CharField(required=False, allow_blank=True, max_length=128)
@@ -112,7 +114,10 @@ class MinerRegisterSerializer(serializers.Serializer):
         if not isinstance(capabilities, (dict, list)):
             raise serializers.ValidationError({"capabilities": "Must be an object or a list of models."})
         attrs["parsed"] = parse_capabilities(
-            capabilities, concurrency=attrs.get("concurrency"), region=attrs.get("region"), gpu_info=attrs.get("gpu_info")
+            capabilities,
+            concurrency=attrs.get("concurrency"),
+            region=attrs.get("region"),
+            gpu_info=attrs.get("gpu_info"),
         )
         return attrs
 
@@ -208,8 +213,19 @@ class MinerSerializer(serializers.ModelSerializer):
     class Meta:
         model = Miner
         fields = [
-            "miner_id", "status", "draining", "gpu_name", "vram_gb", "cuda_version", "region", "price",
-            "max_concurrent_jobs", "models", "capabilities", "registered_at", "last_heartbeat_at",
+            "miner_id",
+            "status",
+            "draining",
+            "gpu_name",
+            "vram_gb",
+            "cuda_version",
+            "region",
+            "price",
+            "max_concurrent_jobs",
+            "models",
+            "capabilities",
+            "registered_at",
+            "last_heartbeat_at",
         ]
         read_only_fields = fields
 

@@ -1,7 +1,4 @@
-import time
-
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, status
@@ -12,7 +9,6 @@ from aitbc_site.api.pagination import ItemsLimitOffsetPagination
 from aitbc_site.api.permissions import IsMiner, is_admin
 from aitbc_site.errors import NotFound
 from jobs import services as job_services
-from jobs import wakeup
 from jobs.api.serializers import JobSerializer
 from jobs.models import Job
 from jobs.selectors import claimable_jobs
@@ -38,7 +34,10 @@ from miners.api.serializers import (
 from miners.models import Miner
 
 MINER_ID_HEADER = OpenApiParameter(
-    "X-Miner-ID", str, OpenApiParameter.HEADER, required=False,
+    "X-Miner-ID",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
     description="Which of the key owner's miners is speaking (defaults to the owner's username).",
 )
 ERRORS = {
@@ -59,7 +58,9 @@ class MinerView(APIView):
 
     def miner(self, miner_id: str | None = None) -> Miner:
         miner_id = miner_id or _named_miner_id(self.request) or self.request.user.username
-        return selectors.miner_for_owner(owner=self.request.user, miner_id=str(miner_id), any_owner=is_admin(self.request))
+        return selectors.miner_for_owner(
+            owner=self.request.user, miner_id=str(miner_id), any_owner=is_admin(self.request)
+        )
 
     def miner_for_job(self, job_id) -> Miner:
         """The speaking miner; without a name, the caller's miner that holds the job."""
@@ -74,7 +75,10 @@ class MinerView(APIView):
 
     def accept_result(self, *, job_id, miner: Miner, data: dict) -> Response:
         completion = job_services.job_complete(
-            job_id=job_id, miner=miner, result=data["result"], metrics=data.get("metrics"),
+            job_id=job_id,
+            miner=miner,
+            result=data["result"],
+            metrics=data.get("metrics"),
             lease_token=data.get("lease_token") or None,
         )
         body = {
@@ -135,11 +139,18 @@ POLL_RESPONSES = {
 class PollView(MinerView):
     """Lease the next job(s) this miner can run, waiting up to ``max_wait_seconds`` for one."""
 
-    @extend_schema(summary="Poll for work (long poll)", request=PollSerializer, parameters=[MINER_ID_HEADER], responses=POLL_RESPONSES)
+    @extend_schema(
+        summary="Poll for work (long poll)",
+        request=PollSerializer,
+        parameters=[MINER_ID_HEADER],
+        responses=POLL_RESPONSES,
+    )
     def post(self, request):
         return self._poll(request.data)
 
-    @extend_schema(summary="Poll for work (long poll)", parameters=[MINER_ID_HEADER, PollSerializer], responses=POLL_RESPONSES)
+    @extend_schema(
+        summary="Poll for work (long poll)", parameters=[MINER_ID_HEADER, PollSerializer], responses=POLL_RESPONSES
+    )
     def get(self, request):
         return self._poll(request.query_params)
 
@@ -150,28 +161,12 @@ class PollView(MinerView):
         wait = min(poll.validated_data["max_wait_seconds"], settings.MINER_MAX_POLL_WAIT_SECONDS)
         miner = self.miner()
         services.miner_touch(miner=miner)
-        jobs = wait_for_jobs(miner=miner, limit=max_jobs, wait_seconds=wait)
+        jobs = job_services.job_claim_waiting(miner=miner, limit=max_jobs, wait_seconds=wait)
         if not jobs:
             return Response(status=status.HTTP_204_NO_CONTENT)
         if max_jobs == 1:
             return Response(LeasedJobSerializer(jobs[0]).data)
         return Response(LeasedJobBatchSerializer({"jobs": jobs}).data)
-
-
-def wait_for_jobs(*, miner: Miner, limit: int, wait_seconds: float) -> list[Job]:
-    deadline = time.monotonic() + wait_seconds
-    # Registered before the first claim, so a job committed meanwhile still wakes us.
-    with wakeup.hub.waiter(selectors.miner_served_models(miner=miner)) as waiter:
-        jobs = job_services.job_claim(miner=miner, limit=limit)
-        while not jobs:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if not connection.in_atomic_block:
-                connection.close()  # hand the connection back to the pool while we sleep
-            waiter.wait(remaining)
-            jobs = job_services.job_claim(miner=miner, limit=limit)
-    return jobs
 
 
 class ResultView(MinerView):
@@ -213,8 +208,11 @@ class FailView(MinerView):
         failure.is_valid(raise_exception=True)
         data = failure.validated_data
         job_services.job_fail(
-            job_id=job_id, miner=self.miner_for_job(job_id), error_code=data["error_code"],
-            error_message=data["error_message"], lease_token=data.get("lease_token") or None,
+            job_id=job_id,
+            miner=self.miner_for_job(job_id),
+            error_code=data["error_code"],
+            error_message=data["error_message"],
+            lease_token=data.get("lease_token") or None,
         )
         return Response({"status": "ok"})
 
@@ -235,7 +233,9 @@ class MinerEarningsView(MinerView):
     @extend_schema(summary="A miner's work and earnings", request=None, responses={200: EarningsSerializer, **ERRORS})
     def post(self, request, miner_id):
         miner = self.miner(miner_id)
-        return Response(EarningsSerializer({"miner_id": miner.miner_id, **selectors.miner_work_summary(miner=miner)}).data)
+        return Response(
+            EarningsSerializer({"miner_id": miner.miner_id, **selectors.miner_work_summary(miner=miner)}).data
+        )
 
 
 class MinerCapabilitiesView(MinerView):

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,62 +14,96 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='Miner',
+            name="Miner",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('miner_id', models.CharField(max_length=128, unique=True)),
-                ('status', models.CharField(choices=[('online', 'Online'), ('offline', 'Offline'), ('deregistered', 'Deregistered')], default='online', max_length=16)),
-                ('draining', models.BooleanField(default=False, help_text='A draining miner finishes its jobs but gets no new ones.')),
-                ('capabilities', models.JSONField(blank=True, default=dict, help_text='As the miner last reported them.')),
-                ('gpu_name', models.CharField(blank=True, max_length=200)),
-                ('vram_gb', models.FloatField(default=0)),
-                ('cuda_version', models.CharField(blank=True, max_length=16)),
-                ('cuda_code', models.PositiveIntegerField(blank=True, help_text='major × 1000 + minor, for matching.', null=True)),
-                ('region', models.CharField(blank=True, max_length=64)),
-                ('price', models.DecimalField(blank=True, decimal_places=8, max_digits=18, null=True)),
-                ('max_concurrent_jobs', models.PositiveIntegerField(default=1)),
-                ('public_key', models.CharField(blank=True, max_length=128)),
-                ('inflight_reported', models.PositiveIntegerField(default=0)),
-                ('metadata', models.JSONField(blank=True, default=dict)),
-                ('session_token_hash', models.CharField(blank=True, editable=False, max_length=64)),
-                ('registered_at', models.DateTimeField(auto_now_add=True)),
-                ('last_heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='miners', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("miner_id", models.CharField(max_length=128, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[("online", "Online"), ("offline", "Offline"), ("deregistered", "Deregistered")],
+                        default="online",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "draining",
+                    models.BooleanField(
+                        default=False, help_text="A draining miner finishes its jobs but gets no new ones."
+                    ),
+                ),
+                (
+                    "capabilities",
+                    models.JSONField(blank=True, default=dict, help_text="As the miner last reported them."),
+                ),
+                ("gpu_name", models.CharField(blank=True, max_length=200)),
+                ("vram_gb", models.FloatField(default=0)),
+                ("cuda_version", models.CharField(blank=True, max_length=16)),
+                (
+                    "cuda_code",
+                    models.PositiveIntegerField(blank=True, help_text="major × 1000 + minor, for matching.", null=True),
+                ),
+                ("region", models.CharField(blank=True, max_length=64)),
+                ("price", models.DecimalField(blank=True, decimal_places=8, max_digits=18, null=True)),
+                ("max_concurrent_jobs", models.PositiveIntegerField(default=1)),
+                ("public_key", models.CharField(blank=True, max_length=128)),
+                ("inflight_reported", models.PositiveIntegerField(default=0)),
+                ("metadata", models.JSONField(blank=True, default=dict)),
+                ("session_token_hash", models.CharField(blank=True, editable=False, max_length=64)),
+                ("registered_at", models.DateTimeField(auto_now_add=True)),
+                ("last_heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="miners", to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'ordering': ['miner_id'],
+                "ordering": ["miner_id"],
             },
         ),
         migrations.CreateModel(
-            name='ServedModel',
+            name="ServedModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(db_index=True, max_length=200)),
-                ('miner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='served_models', to='miners.miner')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(db_index=True, max_length=200)),
+                (
+                    "miner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="served_models", to="miners.miner"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.AddIndex(
-            model_name='miner',
-            index=models.Index(condition=models.Q(('status', 'online')), fields=['last_heartbeat_at'], name='miner_online_hb_idx'),
+            model_name="miner",
+            index=models.Index(
+                condition=models.Q(("status", "online")), fields=["last_heartbeat_at"], name="miner_online_hb_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='miner',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['online', 'offline', 'deregistered'])), name='miner_status_valid'),
+            model_name="miner",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["online", "offline", "deregistered"])), name="miner_status_valid"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='miner',
-            constraint=models.CheckConstraint(condition=models.Q(('max_concurrent_jobs__gte', 1)), name='miner_concurrency_positive'),
+            model_name="miner",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("max_concurrent_jobs__gte", 1)), name="miner_concurrency_positive"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='miner',
-            constraint=models.CheckConstraint(condition=models.Q(('vram_gb__gte', 0)), name='miner_vram_non_negative'),
+            model_name="miner",
+            constraint=models.CheckConstraint(condition=models.Q(("vram_gb__gte", 0)), name="miner_vram_non_negative"),
         ),
         migrations.AddConstraint(
-            model_name='servedmodel',
-            constraint=models.UniqueConstraint(fields=('miner', 'name'), name='served_model_unique'),
+            model_name="servedmodel",
+            constraint=models.UniqueConstraint(fields=("miner", "name"), name="served_model_unique"),
         ),
     ]

@@ -21,7 +21,9 @@ class Command(BaseCommand):
         for scope, username in (("client", "demo-client"), ("miner", "demo-miner")):
             raw = keys.get(scope)
             if not raw or not ApiKey.objects.filter(key_hash=hash_key(raw), revoked_at__isnull=True).exists():
-                keys[scope] = api_key_create(user=user_get_or_create(username=username), scope=scope, name="demo").raw_key
+                keys[scope] = api_key_create(
+                    user=user_get_or_create(username=username), scope=scope, name="demo"
+                ).raw_key
         path.write_text(json.dumps(keys, indent=2))
         os.chmod(path, 0o600)
         self.stdout.write(
@@ -32,5 +34,5 @@ class Command(BaseCommand):
             f"  Client key: {keys['client']}\n"
             f"  Miner key:  {keys['miner']}\n"
             f"  Try:        curl -H 'X-Api-Key: {keys['client']}' -H 'Content-Type: application/json' "
-            f"-d '{{\"prompt\": \"hi\", \"model\": \"llama3.2\"}}' {url}/v1/jobs\n"
+            f'-d \'{{"prompt": "hi", "model": "llama3.2"}}\' {url}/v1/jobs\n'
         )

@@ -1,0 +1,133 @@
+import hashlib
+import re
+
+import pytest
+from django.contrib.messages import get_messages
+from django.urls import reverse
+
+from accounts.models import ApiKey, User
+
+CHANGELIST = reverse("admin:accounts_apikey_changelist")
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def listed_prefixes(response) -> set[str]:
+    return {key.prefix for key in response.context["cl"].result_list}
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    # admin_client's superuser gets a password; the default hasher costs half a second a test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def keys(make_api):
+    return {
+        "alice-client": make_api("client", "alice").api_key,
+        "alice-miner": make_api("miner", "alice").api_key,
+        "bob-client": make_api("client", "bob").api_key,
+    }
+
+
+def test_user_changelist_opens(admin_client, keys):
+    response = admin_client.get(reverse("admin:accounts_user_changelist"))
+    assert response.status_code == 200
+    assert {user.username for user in response.context["cl"].result_list} >= {"alice", "bob"}
+
+
+def test_user_search_finds_the_user(admin_client, keys):
+    response = admin_client.get(reverse("admin:accounts_user_changelist"), {"q": "bob"})
+    assert [user.username for user in response.context["cl"].result_list] == ["bob"]
+
+
+def test_user_change_page_lists_the_users_keys(admin_client, keys):
+    alice = User.objects.get(username="alice")
+    response = admin_client.get(reverse("admin:accounts_user_change", args=[alice.pk]))
+    assert response.status_code == 200
+    assert keys["alice-client"].prefix in response.content.decode()
+    assert keys["bob-client"].prefix not in response.content.decode()
+
+
+def test_api_key_changelist_opens(admin_client, keys):
+    response = admin_client.get(CHANGELIST)
+    assert response.status_code == 200
+    assert listed_prefixes(response) == {key.prefix for key in keys.values()}
+
+
+def test_api_key_change_page_opens(admin_client, keys):
+    response = admin_client.get(reverse("admin:accounts_apikey_change", args=[keys["bob-client"].pk]))
+    assert response.status_code == 200
+    assert keys["bob-client"].prefix in response.content.decode()
+
+
+def test_api_key_search_by_username(admin_client, keys):
+    response = admin_client.get(CHANGELIST, {"q": "bob"})
+    assert response.status_code == 200
+    assert listed_prefixes(response) == {keys["bob-client"].prefix}
+
+
+def test_api_key_filter_by_scope(admin_client, keys):
+    response = admin_client.get(CHANGELIST, {"scope__exact": "miner"})
+    assert response.status_code == 200
+    assert listed_prefixes(response) == {keys["alice-miner"].prefix}
+
+
+def test_api_key_filter_by_revoked(admin_client, keys):
+    admin_client.post(CHANGELIST, {"action": "revoke_keys", "_selected_action": [keys["alice-miner"].pk]})
+    revoked = admin_client.get(CHANGELIST, {"revoked_at__isempty": "0"})
+    active = admin_client.get(CHANGELIST, {"revoked_at__isempty": "1"})
+    assert listed_prefixes(revoked) == {keys["alice-miner"].prefix}
+    assert listed_prefixes(active) == {keys["alice-client"].prefix, keys["bob-client"].prefix}
+
+
+def test_revoke_action_revokes_the_selected_keys_and_reports(admin_client, client_api, keys):
+    response = admin_client.post(
+        CHANGELIST,
+        {"action": "revoke_keys", "_selected_action": [client_api.api_key.pk, keys["bob-client"].pk]},
+        follow=True,
+    )
+    assert "Revoked 2 key(s)." in messages_of(response)
+    assert set(ApiKey.objects.filter(revoked_at__isnull=False).values_list("pk", flat=True)) == {
+        client_api.api_key.pk,
+        keys["bob-client"].pk,
+    }
+    assert client_api.get("/v1/jobs").status_code == 401
+
+
+def test_revoke_action_counts_only_keys_not_already_revoked(admin_client, keys):
+    selected = {"action": "revoke_keys", "_selected_action": [keys["bob-client"].pk]}
+    admin_client.post(CHANGELIST, selected)
+    first_revoked_at = ApiKey.objects.get(pk=keys["bob-client"].pk).revoked_at
+    response = admin_client.post(CHANGELIST, selected, follow=True)
+    assert "Revoked 0 key(s)." in messages_of(response)
+    assert ApiKey.objects.get(pk=keys["bob-client"].pk).revoked_at == first_revoked_at
+
+
+def test_adding_a_key_shows_the_raw_key_once_and_stores_its_hash(admin_client, client_api):
+    response = admin_client.post(
+        reverse("admin:accounts_apikey_add"),
+        {"user": client_api.user.pk, "name": "ci", "scope": "client"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    shown = [m for m in messages_of(response) if "copy it now" in m]
+    assert len(shown) == 1
+    raw_key = re.search(r"(aitbc_\S+)", shown[0]).group(1)
+    added = ApiKey.objects.get(name="ci")
+    assert added.key_hash == hashlib.sha256(raw_key.encode()).hexdigest()
+    assert ApiKey.objects.filter(user=client_api.user).count() == 2
+    change_page = admin_client.get(reverse("admin:accounts_apikey_change", args=[added.pk]))
+    assert raw_key not in change_page.content.decode()
+
+
+def test_key_added_in_the_admin_authenticates(admin_client, client_api):
+    response = admin_client.post(
+        reverse("admin:accounts_apikey_add"), {"user": client_api.user.pk, "name": "ci", "scope": "client"}, follow=True
+    )
+    raw_key = re.search(r"(aitbc_\S+)", " ".join(messages_of(response))).group(1)
+    client_api.credentials(HTTP_X_API_KEY=raw_key)
+    assert client_api.get("/v1/jobs").status_code == 200

@@ -1,0 +1,298 @@
+import pytest
+
+from jobs.models import Job, JobStatus
+from miners.models import Miner, MinerStatus
+
+
+def poll(api, **body):
+    return api.post("/v1/miners/poll", {"max_wait_seconds": 0, **body}, format="json")
+
+
+def test_register_is_idempotent_and_updates(miner_api, register_miner):
+    register_miner(miner_api, models=["a"])
+    register_miner(miner_api, models=["b", "c"], region="eu")
+    miner = Miner.objects.get()
+    assert miner.miner_id == "miner-1"
+    assert sorted(miner.served_models.values_list("name", flat=True)) == ["b", "c"]
+    assert miner.region == "eu"
+
+
+def test_register_reads_the_aitbc_capabilities_shape(miner_api):
+    miner_api.post(
+        "/v1/miners/register",
+        {
+            "capabilities": {
+                "gpus": [{"name": "RTX 3060", "memory_mb": 12288}, {"name": "RTX 4090", "memory_mb": 24576}],
+                "cuda": "12.4",
+                "models": ["llama3.2"],
+                "price": 0.5,
+                "region": "us",
+                "max_concurrent_jobs": 3,
+            },
+        },
+        format="json",
+    )
+    miner = Miner.objects.get()
+    assert (miner.gpu_name, miner.vram_gb, miner.cuda_code, miner.max_concurrent_jobs) == ("RTX 4090", 24.0, 12004, 3)
+
+
+def test_register_reads_the_tutorial_shape(make_api):
+    api = make_api("miner", "tutorial-owner")
+    response = api.post(
+        "/v1/miners/register",
+        {
+            "miner_id": "my-miner-001",
+            "capabilities": ["llama3.2", "codellama"],
+            "gpu_info": {"name": "RTX 4090", "memory": "24GB"},
+        },
+        format="json",
+    )
+    assert response.json()["miner_id"] == "my-miner-001"
+    miner = Miner.objects.get(miner_id="my-miner-001")
+    assert miner.vram_gb == 24.0
+    assert set(miner.served_models.values_list("name", flat=True)) == {"llama3.2", "codellama"}
+
+
+def test_one_owner_runs_many_miners_but_ids_are_not_shared(make_api, register_miner):
+    owner = make_api("miner", "farm", miner_id="rig-1")
+    register_miner(owner)
+    owner.credentials(HTTP_X_API_KEY=owner.raw_key, HTTP_X_MINER_ID="rig-2")
+    register_miner(owner)
+    assert Miner.objects.filter(owner=owner.user).count() == 2
+    thief = make_api("miner", "thief", miner_id="rig-1")
+    response = thief.post("/v1/miners/register", {"capabilities": {"models": ["x"]}}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error_code"] == "MINER_ID_TAKEN"
+
+
+def test_heartbeat_of_unregistered_miner_is_404(miner_api):
+    response = miner_api.post("/v1/miners/heartbeat", {"inflight": 0}, format="json")
+    assert response.status_code == 404
+    assert response.json()["error_code"] == "MINER_NOT_FOUND"
+
+
+def test_heartbeat_ignores_unknown_keys(miner_api, register_miner):
+    register_miner(miner_api)
+    response = miner_api.post(
+        "/v1/miners/heartbeat", {"inflight": 1, "status": "ONLINE", "gpu_util": 93}, format="json"
+    )
+    assert response.json() == {"status": "ok"}
+
+
+def test_poll_without_work_is_204(miner_api, register_miner):
+    register_miner(miner_api)
+    response = poll(miner_api)
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+def test_miner_gets_only_models_it_serves(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api, models=["other"])
+    submit_job(client_api, model="llama3.2")
+    assert poll(miner_api).status_code == 204
+
+
+@pytest.mark.parametrize(
+    "constraints, capabilities, matches",
+    [
+        ({"min_vram_gb": 16}, {"gpus": [{"name": "RTX 4090", "memory_mb": 24576}]}, True),
+        ({"min_vram_gb": 48}, {"gpus": [{"name": "RTX 4090", "memory_mb": 24576}]}, False),
+        ({"gpu": "4090"}, {"gpus": [{"name": "NVIDIA RTX 4090", "memory_mb": 1}]}, True),
+        ({"gpu": "H100"}, {"gpus": [{"name": "NVIDIA RTX 4090", "memory_mb": 1}]}, False),
+        ({"cuda": "12.1"}, {"cuda": "12.4"}, True),
+        ({"cuda": "12.10"}, {"cuda": "12.4"}, False),
+        ({"region": "eu-west"}, {"region": "EU-WEST"}, True),
+        ({"region": "eu-west"}, {"region": "us-east"}, False),
+        ({"max_price": 1}, {"price": 0.5}, True),
+        ({"max_price": 0.1}, {"price": 0.5}, False),
+    ],
+)
+def test_constraints_are_matched_against_capabilities(
+    client_api, miner_api, register_miner, constraints, capabilities, matches
+):
+    register_miner(miner_api, models=["llama3.2"], **capabilities)
+    response = client_api.post(
+        "/v1/jobs", {"prompt": "x", "model": "llama3.2", "constraints": constraints}, format="json"
+    )
+    assert response.json()["is_possible"] is matches
+    assert poll(miner_api).status_code == (200 if matches else 204)
+
+
+def test_concurrency_limit_per_miner(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api, max_concurrent_jobs=2)
+    for _ in range(3):
+        submit_job(client_api)
+    assert poll(miner_api).status_code == 200
+    assert poll(miner_api, max_jobs=5).json()["jobs"].__len__() == 1
+    assert poll(miner_api).status_code == 204
+
+
+def test_batch_poll_takes_jobs_in_priority_order(client_api, miner_api, register_miner):
+    register_miner(miner_api, max_concurrent_jobs=10)
+    for priority in ["low", "normal", "urgent", "high", "critical"]:
+        client_api.post("/v1/jobs", {"prompt": priority, "model": "llama3.2", "priority": priority}, format="json")
+    jobs = poll(miner_api, max_jobs=10).json()["jobs"]
+    assert [j["payload"]["prompt"] for j in jobs] == ["urgent", "critical", "high", "normal", "low"]
+
+
+def test_result_from_a_miner_without_the_lease_is_409_and_changes_nothing(
+    client_api, miner_api, make_api, register_miner, submit_job
+):
+    register_miner(miner_api)
+    other = make_api("miner", "other-owner", miner_id="miner-2")
+    register_miner(other)
+    job = submit_job(client_api)
+    leased = poll(miner_api).json()
+    response = other.post(f"/v1/miners/{job['job_id']}/result", {"result": {"output": "stolen"}}, format="json")
+    assert response.status_code == 409
+    assert response.json()["error_code"] == "LEASE_NOT_HELD"
+    stored = Job.objects.get(pk=job["job_id"])
+    assert stored.status == JobStatus.RUNNING
+    assert stored.result is None
+    assert stored.lease_token == leased["lease_token"]
+
+
+def test_result_with_a_stale_lease_token_is_409(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    response = miner_api.post(
+        f"/v1/miners/{job['job_id']}/result", {"result": {"output": "x"}, "lease_token": "stale"}, format="json"
+    )
+    assert response.status_code == 409
+
+
+def test_second_result_is_409(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    first = miner_api.post(f"/v1/miners/{job['job_id']}/result", {"result": {"output": "a"}}, format="json")
+    second = miner_api.post(f"/v1/miners/{job['job_id']}/result", {"result": {"output": "b"}}, format="json")
+    assert first.status_code == 200
+    assert second.status_code == 409
+    assert Job.objects.get(pk=job["job_id"]).result == {"output": "a"}
+
+
+def test_result_with_failed_status_fails_the_attempt(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    response = miner_api.post(
+        f"/v1/miners/{job['job_id']}/result",
+        {"result": {"status": "failed", "error": "CUDA out of memory"}},
+        format="json",
+    )
+    assert response.json()["job_status"] == "queued"
+    assert response.json()["receipt"] is None
+    stored = Job.objects.get(pk=job["job_id"])
+    assert (stored.status, stored.error_message, stored.miner_id) == (JobStatus.QUEUED, "CUDA out of memory", None)
+
+
+def test_job_exhausting_its_attempts_fails_with_its_last_error(client_api, miner_api, register_miner):
+    register_miner(miner_api)
+    job = client_api.post("/v1/jobs", {"prompt": "x", "model": "llama3.2", "max_attempts": 2}, format="json").json()
+    for message in ["first", "second"]:
+        assert poll(miner_api).status_code == 200
+        response = miner_api.post(
+            f"/v1/miners/{job['job_id']}/fail",
+            {"error_code": "INFERENCE_FAILED", "error_message": message},
+            format="json",
+        )
+        assert response.json() == {"status": "ok"}
+    view = client_api.get(f"/v1/jobs/{job['job_id']}").json()
+    assert (view["status"], view["error"], view["error_code"], view["attempt"]) == (
+        "failed",
+        "second",
+        "INFERENCE_FAILED",
+        2,
+    )
+    assert poll(miner_api).status_code == 204
+
+
+def test_non_retryable_failure_fails_at_once(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    miner_api.post(f"/v1/miners/{job['job_id']}/fail", {"error_code": "INPUT_TOO_LONG"}, format="json")
+    assert Job.objects.get(pk=job["job_id"]).status == JobStatus.FAILED
+
+
+def test_cancelled_running_job_rejects_the_result(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    client_api.post(f"/v1/jobs/{job['job_id']}/cancel")
+    response = miner_api.post(f"/v1/miners/{job['job_id']}/result", {"result": {"output": "late"}}, format="json")
+    assert response.status_code == 409
+    assert Job.objects.get(pk=job["job_id"]).status == JobStatus.CANCELLED
+
+
+def test_legacy_miner_routes(client_api, miner_api, submit_job):
+    assert (
+        miner_api.post("/v1/miner/register", {"capabilities": {"models": ["llama3.2"]}}, format="json").status_code
+        == 200
+    )
+    assert miner_api.post("/v1/miner/heartbeat", {}, format="json").status_code == 200
+    job = submit_job(client_api)
+    leased = miner_api.get("/v1/miner/jobs")
+    assert leased.json()["job_id"] == job["job_id"]
+    done = miner_api.post("/v1/miner/result", {"job_id": job["job_id"], "result": {"output": "ok"}}, format="json")
+    assert done.json()["job_status"] == "completed"
+
+
+def test_tutorial_claim_protocol(client_api, make_api, submit_job):
+    api = make_api("miner", "tutorial")
+    api.post("/v1/miners/register", {"miner_id": "my-miner-001", "capabilities": ["llama3.2"]}, format="json")
+    job = submit_job(client_api)
+    available = api.get("/v1/jobs/available?miner_id=my-miner-001").json()
+    assert [j["job_id"] for j in available["items"]] == [job["job_id"]]
+    claimed = api.post(f"/v1/jobs/{job['job_id']}/claim", {"miner_id": "my-miner-001"}, format="json")
+    assert claimed.status_code == 200
+    assert api.post(f"/v1/jobs/{job['job_id']}/claim", {"miner_id": "my-miner-001"}, format="json").status_code == 409
+    done = api.post(
+        f"/v1/jobs/{job['job_id']}/complete",
+        {"miner_id": "my-miner-001", "result": "The generated output...", "completed_at": "2026-01-24T15:00:05Z"},
+        format="json",
+    )
+    assert done.status_code == 200
+    assert client_api.get(f"/v1/jobs/{job['job_id']}").json()["result"] == "The generated output..."
+
+
+def test_miner_jobs_earnings_capabilities_and_deregister(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    miner_api.post(
+        f"/v1/miners/{job['job_id']}/result", {"result": {"output": "x"}, "metrics": {"units": 7}}, format="json"
+    )
+    assert miner_api.post("/v1/miners/miner-1/jobs").json()["total"] == 1
+    earnings = miner_api.post("/v1/miners/miner-1/earnings").json()
+    assert (earnings["jobs_completed"], earnings["units_served"]) == (1, 7)
+    updated = miner_api.put("/v1/miners/miner-1/capabilities", {"capabilities": {"models": ["new"]}}, format="json")
+    assert updated.json()["models"] == ["new"]
+    assert miner_api.delete("/v1/miners/miner-1").json() == {"status": "ok"}
+    assert Miner.objects.get().status == MinerStatus.DEREGISTERED
+    assert miner_api.post("/v1/miners/heartbeat", {}, format="json").status_code == 404
+
+
+def test_deregistering_returns_held_jobs_to_the_queue(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    miner_api.delete("/v1/miners/miner-1")
+    assert Job.objects.get(pk=job["job_id"]).status == JobStatus.QUEUED
+
+
+def test_another_owners_miner_is_404(miner_api, make_api, register_miner):
+    register_miner(miner_api)
+    stranger = make_api("miner", "stranger")
+    assert stranger.post("/v1/miners/miner-1/earnings").status_code == 404
+
+
+def test_draining_miner_gets_no_new_jobs(client_api, miner_api, register_miner, submit_job):
+    from miners.services import miner_set_draining
+
+    register_miner(miner_api)
+    submit_job(client_api)
+    miner_set_draining(miner=Miner.objects.get(), draining=True)
+    assert poll(miner_api).status_code == 204

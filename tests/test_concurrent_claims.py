@@ -1,0 +1,71 @@
+"""Many OS processes claiming and completing at once: every job exactly once."""
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+from django.db import connections
+
+from accounts.services import user_get_or_create
+from explorer.models import Receipt
+from jobs.models import Job, JobStatus
+from jobs.services import job_claim, job_complete, job_submit
+from miners.capabilities import Capabilities
+from miners.models import Miner
+from miners.services import miner_register
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+PROCESSES = 8
+JOBS = 2000
+
+
+def _claim_and_complete_until_empty(miner_pk: int, batch: int) -> tuple[int, list]:
+    connections.close_all()  # never share the parent's socket
+    miner = Miner.objects.get(pk=miner_pk)
+    claimed, empty_polls = [], 0
+    while empty_polls < 3:
+        jobs = job_claim(miner=miner, limit=batch)
+        if not jobs:
+            empty_polls += 1
+            continue
+        empty_polls = 0
+        for job in jobs:
+            claimed.append((str(job.pk), job.lease_token))
+            job_complete(
+                job_id=job.pk, miner=miner, result={"output": f"done by {miner.miner_id}"}, lease_token=job.lease_token
+            )
+    connections.close_all()
+    return os.getpid(), claimed
+
+
+def test_eight_processes_claim_and_complete_2000_jobs_exactly_once():
+    client = user_get_or_create(username="load-client")
+    owner = user_get_or_create(username="farm")
+    for i in range(JOBS):
+        job_submit(client=client, model="llama3.2", payload={"prompt": f"job {i}"})
+    miners = [
+        miner_register(
+            owner=owner, miner_id=f"rig-{i}", capabilities=Capabilities(models=("llama3.2",), max_concurrent_jobs=JOBS)
+        )[0]
+        for i in range(PROCESSES)
+    ]
+    connections.close_all()
+
+    with ProcessPoolExecutor(max_workers=PROCESSES, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [
+            pool.submit(_claim_and_complete_until_empty, miner.pk, 1 if i % 2 else 10) for i, miner in enumerate(miners)
+        ]
+        outcomes = [future.result(timeout=300) for future in futures]
+    assert len({pid for pid, _ in outcomes}) == PROCESSES
+    claimed = [item for _, items in outcomes for item in items]
+
+    claimed_ids = [job_id for job_id, _ in claimed]
+    assert len(claimed_ids) == JOBS
+    assert len(set(claimed_ids)) == JOBS, "a job was claimed twice"
+    assert Job.objects.filter(status=JobStatus.COMPLETED, attempt=1).count() == JOBS
+    assert Receipt.objects.count() == JOBS
+    assert Receipt.objects.values("job").distinct().count() == JOBS
+    assert {c for c in Job.objects.values_list("miner__miner_id", flat=True).distinct()} <= {m.miner_id for m in miners}
+    assert Job.objects.values("miner").distinct().count() > 1, "work was not shared between processes"

@@ -1,0 +1,89 @@
+"""A miner that dies mid-job loses its lease; the job is finished by another miner, once."""
+
+import time
+
+import pytest
+
+from aitbc_site.scheduler import start_workers
+from explorer.models import Receipt
+from jobs.models import Job, JobStatus
+from miners.models import Miner, MinerStatus
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+LEASE_SECONDS = 2
+SWEEP_SECONDS = 1
+
+
+@pytest.fixture
+def housekeeping(settings):
+    """The real schedule and Dramatiq workers (stub broker), as the embedded server runs them."""
+    settings.JOB_LEASE_SECONDS = LEASE_SECONDS
+    settings.HOUSEKEEPING_INTERVAL_SECONDS = SWEEP_SECONDS
+    settings.EMBEDDED_WORKER_THREADS = 1
+    worker, scheduler = start_workers()
+    yield
+    scheduler.shutdown(wait=False)
+    worker.stop()
+
+
+def test_job_of_a_silent_miner_is_requeued_and_completed_by_another(
+    housekeeping, client_api, make_api, register_miner, submit_job
+):
+    dead = make_api("miner", "owner-a", miner_id="dies")
+    alive = make_api("miner", "owner-b", miner_id="survives")
+    register_miner(dead)
+    job = submit_job(client_api)
+    assert dead.post("/v1/miners/poll", {}, format="json").json()["job_id"] == job["job_id"]
+    leased_at = time.monotonic()
+
+    # The dead miner sends nothing more. The sweep re-queues the job once the lease lapses.
+    while Job.objects.get(pk=job["job_id"]).status != JobStatus.QUEUED:
+        assert time.monotonic() - leased_at < LEASE_SECONDS + SWEEP_SECONDS + 2, "job was not re-queued in time"
+        time.sleep(0.05)
+    assert Job.objects.get(pk=job["job_id"]).error_code == "LEASE_EXPIRED"
+
+    register_miner(alive)
+    second = alive.post("/v1/miners/poll", {}, format="json").json()
+    assert second["job_id"] == job["job_id"]
+    assert second["attempt"] == 2
+    done = alive.post(f"/v1/miners/{job['job_id']}/result", {"result": {"output": "from survivor"}}, format="json")
+    assert done.status_code == 200
+
+    late = dead.post(f"/v1/miners/{job['job_id']}/result", {"result": {"output": "late"}}, format="json")
+    assert late.status_code == 409
+    stored = Job.objects.get(pk=job["job_id"])
+    assert stored.result == {"output": "from survivor"}
+    assert stored.miner.miner_id == "survives"
+    assert Receipt.objects.filter(job=stored).count() == 1
+
+
+def test_heartbeats_keep_the_lease(housekeeping, client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    miner_api.post("/v1/miners/poll", {}, format="json")
+    deadline = time.monotonic() + LEASE_SECONDS + SWEEP_SECONDS + 1
+    while time.monotonic() < deadline:
+        assert miner_api.post("/v1/miners/heartbeat", {"inflight": 1}, format="json").status_code == 200
+        assert Job.objects.get(pk=job["job_id"]).status == JobStatus.RUNNING
+        time.sleep(0.5)
+    assert (
+        miner_api.post(f"/v1/miners/{job['job_id']}/result", {"result": {"output": "ok"}}, format="json").status_code
+        == 200
+    )
+
+
+def test_silent_miner_goes_offline_and_its_jobs_return_at_once(
+    settings, client_api, miner_api, register_miner, submit_job
+):
+    from miners.services import miners_mark_silent_offline
+
+    settings.MINER_HEARTBEAT_TIMEOUT_SECONDS = 1
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    miner_api.post("/v1/miners/poll", {}, format="json")
+    time.sleep(1.2)
+    assert miners_mark_silent_offline() == 1
+    assert Miner.objects.get().status == MinerStatus.OFFLINE
+    stored = Job.objects.get(pk=job["job_id"])
+    assert (stored.status, stored.error_code) == (JobStatus.QUEUED, "MINER_OFFLINE")

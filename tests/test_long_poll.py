@@ -1,0 +1,98 @@
+"""Long polls sleep until work is announced and wake within milliseconds of its commit."""
+
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+
+from accounts.services import user_get_or_create
+from jobs import services
+from jobs.services import job_claim_waiting, job_submit
+from miners.capabilities import Capabilities
+from miners.services import miner_register
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+def _poll_in_thread(miner, wait_seconds):
+    outcome = {}
+
+    def run():
+        from django.db import connection
+
+        outcome["jobs"] = job_claim_waiting(miner=miner, limit=1, wait_seconds=wait_seconds)
+        outcome["returned_at"] = time.perf_counter()
+        connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.fixture
+def miner():
+    owner = user_get_or_create(username="owner")
+    return miner_register(
+        owner=owner, miner_id="waiter", capabilities=Capabilities(models=("llama3.2",), max_concurrent_jobs=100)
+    )[0]
+
+
+def test_waiting_poll_returns_within_50ms_of_the_commit(miner):
+    client = user_get_or_create(username="client")
+    latencies = []
+    for _ in range(7):
+        thread, outcome = _poll_in_thread(miner, wait_seconds=10)
+        time.sleep(0.2)  # the poll is now asleep
+        job = job_submit(client=client, model="llama3.2", payload={"prompt": "hi"}).job
+        committed_at = time.perf_counter()
+        thread.join(timeout=10)
+        assert [j.pk for j in outcome["jobs"]] == [job.pk]
+        latencies.append(outcome["returned_at"] - committed_at)
+    assert statistics.median(latencies) < 0.05, latencies
+
+
+def test_poll_is_not_woken_by_other_models_and_does_not_busy_loop(miner, monkeypatch):
+    claims = []
+    real_claim = services.job_claim
+    monkeypatch.setattr(services, "job_claim", lambda **kw: claims.append(1) or real_claim(**kw))
+    client = user_get_or_create(username="client")
+    started = time.perf_counter()
+    thread, outcome = _poll_in_thread(miner, wait_seconds=1.0)
+    time.sleep(0.2)
+    job_submit(client=client, model="some-other-model", payload={"prompt": "hi"})
+    thread.join(timeout=5)
+    assert outcome["jobs"] == []
+    assert time.perf_counter() - started >= 1.0
+    assert len(claims) == 2  # once on arrival, once at the deadline
+
+
+def test_http_long_poll_wakes_on_submit(live_server, make_api, register_miner):
+    miner_api = make_api("miner", "http-owner", miner_id="http-miner")
+    client_api = make_api("client", "http-client")
+    register_miner(miner_api)
+    result = {}
+
+    def poll():
+        response = httpx.post(
+            f"{live_server.url}/v1/miners/poll",
+            json={"max_wait_seconds": 10},
+            headers={"X-Api-Key": miner_api.raw_key, "X-Miner-ID": "http-miner"},
+            timeout=15,
+        )
+        result["response"], result["at"] = response, time.perf_counter()
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.5)
+    submitted = httpx.post(
+        f"{live_server.url}/v1/jobs",
+        json={"prompt": "hi", "model": "llama3.2"},
+        headers={"X-Api-Key": client_api.raw_key},
+    )
+    committed_at = time.perf_counter()
+    thread.join(timeout=15)
+    assert result["response"].status_code == 200
+    assert result["response"].json()["job_id"] == submitted.json()["job_id"]
+    assert result["at"] - committed_at < 0.5
