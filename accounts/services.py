@@ -70,10 +70,15 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
 
 
 def _api_key_import_from_settings(*, raw_key: str) -> ApiKey | None:
-    for scope, keys in settings.API_KEYS_FROM_ENV.items():
-        if any(hmac.compare_digest(raw_key.encode(), k.encode()) for k in keys):
-            break
-    else:
+    scope = next(
+        (
+            scope
+            for scope, keys in settings.API_KEYS_FROM_ENV.items()
+            if any(hmac.compare_digest(raw_key.encode(), k.encode()) for k in keys)
+        ),
+        None,
+    )
+    if scope is None:
         return None
     digest = hash_key(raw_key)
     user = user_get_or_create(username=f"{scope}-{digest[:12]}")

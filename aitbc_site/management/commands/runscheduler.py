@@ -1,3 +1,5 @@
+import contextlib
+
 from django.core.management.base import BaseCommand
 
 from aitbc_site.scheduler import run_blocking
@@ -8,7 +10,5 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         self.stdout.write("Housekeeping scheduler running; Ctrl-C to stop.")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             run_blocking()
-        except (KeyboardInterrupt, SystemExit):
-            pass

@@ -1,0 +1,119 @@
+import base64
+import json
+
+import pytest
+from nacl.signing import SigningKey, VerifyKey
+
+from explorer import signing
+
+
+def independent_canonical(obj) -> bytes:
+    """The rule of API.md, written out again: drop None values, sort keys, no spaces, UTF-8."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return json.dumps(strip(obj), separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
+
+
+def unpadded_b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+PAYLOAD = {
+    "version": "1.0",
+    "receipt_id": "rcpt_1",
+    "job_id": "j",
+    "provider": "miner-1",
+    "client": "alice",
+    "status": "completed",
+    "units": 12,
+    "unit_type": "tokens",
+    "price": None,
+    "started_at": 1,
+    "completed_at": 2,
+    "metadata": {"model": "m", "usage": {"total_tokens": 12}, "note": "héllo"},
+}
+
+
+def test_signature_verifies_with_an_independent_implementation():
+    key = SigningKey.generate()
+    document = signing.sign(PAYLOAD, key)
+    assert "price" not in document
+    body = {k: v for k, v in document.items() if k not in ("signature", "attestations")}
+    VerifyKey(unpadded_b64decode(document["signature"]["key_id"])).verify(
+        independent_canonical(body), unpadded_b64decode(document["signature"]["sig"])
+    )
+    assert "=" not in document["signature"]["sig"]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d.update(units=13),
+        lambda d: d["metadata"].update(model="other"),
+        lambda d: d["signature"].update(sig=d["signature"]["sig"][:-2] + ("AA" if d["signature"]["sig"][-2:] != "AA" else "BB")),
+        lambda d: d["signature"].update(alg="RSA"),
+        lambda d: d.pop("signature"),
+    ],
+)
+def test_any_change_breaks_the_signature(tamper):
+    document = json.loads(json.dumps(signing.sign(PAYLOAD, SigningKey.generate())))
+    tamper(document)
+    valid, reason = signing.verify(document)
+    assert not valid
+    assert reason
+
+
+def test_verify_can_require_a_known_key():
+    document = signing.sign(PAYLOAD, SigningKey.generate())
+    assert signing.verify(document, trusted_key_ids={"someone-else"}) == (False, "signed by an unknown key")
+
+
+def test_key_is_generated_once_and_kept_under_the_data_dir(settings, tmp_path, monkeypatch):
+    settings.DATA_DIR = tmp_path
+    settings.RECEIPT_SIGNING_KEY_HEX = ""
+    monkeypatch.setattr(signing, "_signing_key", None)
+    first = signing.coordinator_signing_key()
+    monkeypatch.setattr(signing, "_signing_key", None)
+    assert bytes(signing.coordinator_signing_key()) == bytes(first)
+    assert (tmp_path / "receipt_signing_key.hex").stat().st_mode & 0o777 == 0o600
+
+
+def test_key_from_the_environment_setting(settings, monkeypatch):
+    seed = SigningKey.generate()
+    settings.RECEIPT_SIGNING_KEY_HEX = bytes(seed).hex()
+    monkeypatch.setattr(signing, "_signing_key", None)
+    assert bytes(signing.coordinator_signing_key().verify_key) == bytes(seed.verify_key)
+    monkeypatch.setattr(signing, "_signing_key", None)
+
+
+@pytest.mark.django_db
+def test_completed_job_receipt_binds_request_result_and_usage(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api, prompt="bind me")
+    miner_api.post("/v1/miners/poll", {}, format="json")
+    receipt = miner_api.post(
+        f"/v1/miners/{job['job_id']}/result",
+        {"result": {"output": "bound"}, "metrics": {"duration_ms": 50, "prompt_tokens": 3, "completion_tokens": 4}},
+        format="json",
+    ).json()["receipt"]
+    stored_job = client_api.get(f"/v1/jobs/{job['job_id']}").json()
+    assert receipt["job_id"] == job["job_id"]
+    assert receipt["provider"] == "miner-1"
+    assert receipt["client"] == "alice"
+    assert receipt["units"] == 7
+    assert receipt["metadata"]["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "compute_ms": 50}
+    assert receipt["metadata"]["input_sha256"] == signing_sha(stored_job["payload"])
+    assert receipt["metadata"]["output_sha256"] == signing_sha({"output": "bound"})
+    assert signing.verify(receipt) == (True, None)
+
+
+def signing_sha(value) -> str:
+    import hashlib
+
+    return hashlib.sha256(independent_canonical(value)).hexdigest()
