@@ -13,11 +13,20 @@ HealthSerializer = inline_serializer("Health", {"status": serializers.CharField(
 
 
 class PublicView(APIView):
+    """Open to probes and scrapers: no key, no rate limit."""
+
     authentication_classes = []
     permission_classes = [AllowAny]
+    throttle_classes = []
 
 
-class HealthView(PublicView):
+class ProbeView(PublicView):
+    # Probes come from a few load-balancer and kubelet addresses whose per-IP budget is shared
+    # by every process through Redis: a 429 here would take healthy servers out of rotation.
+    throttle_classes = []
+
+
+class HealthView(ProbeView):
     """Liveness: the process answers."""
 
     @extend_schema(summary="Health", responses={200: HealthSerializer})
@@ -25,7 +34,7 @@ class HealthView(PublicView):
         return Response({"status": "ok", "time": timezone.now()})
 
 
-class ReadyView(PublicView):
+class ReadyView(ProbeView):
     """Readiness: the database answers too."""
 
     @extend_schema(summary="Readiness (checks the database)", responses={200: HealthSerializer, 503: HealthSerializer})

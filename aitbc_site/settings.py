@@ -197,6 +197,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "aitbc_site.api.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    # Anonymous rate limits count per client IP. X-Forwarded-For is trusted only for the
+    # reverse proxies in front of us (NUM_PROXIES); otherwise any caller could forge it.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0, minimum=0),
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")

@@ -131,3 +131,23 @@ def test_key_added_in_the_admin_authenticates(admin_client, client_api):
     raw_key = re.search(r"(aitbc_\S+)", " ".join(messages_of(response))).group(1)
     client_api.credentials(HTTP_X_API_KEY=raw_key)
     assert client_api.get("/v1/jobs").status_code == 200
+
+
+def test_staff_can_add_a_user(admin_client):
+    response = admin_client.post(
+        reverse("admin:accounts_user_add"),
+        {
+            "username": "dave",
+            "usable_password": "true",
+            "password1": "a-long-passphrase-42",
+            "password2": "a-long-passphrase-42",
+        },
+    )
+    assert response.status_code == 302
+    assert User.objects.get(username="dave").check_password("a-long-passphrase-42")
+
+
+def test_api_key_add_page_opens(admin_client):
+    response = admin_client.get(reverse("admin:accounts_apikey_add"))
+    assert response.status_code == 200
+    assert 'name="scope"' in response.content.decode()

@@ -8,8 +8,10 @@ import time
 import pytest
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import OperationalError
 from rest_framework.test import APIClient
 
+from aitbc_site import health
 from aitbc_site.api import throttling
 from aitbc_site.env import env_bool, env_int
 
@@ -23,6 +25,18 @@ def test_health_endpoints_answer_without_a_key(path):
     assert response.status_code == 200
     assert response["Content-Type"] == "application/json"
     assert response.json()["status"] == "ok"
+
+
+@pytest.mark.django_db
+def test_readiness_is_503_when_the_database_does_not_answer(monkeypatch):
+    class BrokenConnection:
+        def cursor(self):
+            raise OperationalError("connection refused")
+
+    monkeypatch.setattr(health, "connection", BrokenConnection())
+    response = APIClient().get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable"
 
 
 @pytest.mark.django_db
@@ -131,6 +145,36 @@ def test_miner_limit_is_separate_from_the_client_limit(three_per_minute_for_clie
     register_miner(miner_api)
     for _ in range(5):
         assert miner_api.post("/v1/miners/heartbeat", {"inflight": 0}, format="json").status_code == 200
+
+
+@pytest.fixture
+def three_per_minute_for_anonymous(settings):
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "anonymous": "3/min"}
+    if time.time() % 60 > 55:
+        time.sleep(60 - time.time() % 60)
+
+
+@pytest.mark.django_db
+def test_anonymous_limit_cannot_be_dodged_with_a_forged_forwarded_for(three_per_minute_for_anonymous):
+    statuses = [APIClient().get("/v1/metrics", HTTP_X_FORWARDED_FOR=f"198.51.100.{n}").status_code for n in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+@pytest.mark.django_db
+def test_behind_a_proxy_anonymous_callers_are_limited_by_the_address_it_saw(settings, three_per_minute_for_anonymous):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+
+    def get(forged: str, seen_by_proxy: str) -> int:
+        return APIClient().get("/v1/metrics", HTTP_X_FORWARDED_FOR=f"{forged}, {seen_by_proxy}").status_code
+
+    assert [get(f"10.0.0.{n}", "203.0.113.7") for n in range(4)] == [200, 200, 200, 429]
+    assert get("10.0.0.9", "203.0.113.8") == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/health", "/health/live", "/health/ready"])
+def test_health_probes_are_never_rate_limited(three_per_minute_for_anonymous, path):
+    assert {APIClient().get(path).status_code for _ in range(5)} == {200}
 
 
 def _hit_many(key: str, times: int) -> None:
