@@ -41,7 +41,11 @@ class ReadyView(PublicView):
         return Response({"status": "ok", "time": timezone.now()})
 
 
-class MetricsSummaryView(PublicView):
+class MetricsSummaryView(APIView):
+    """Public, but rate limited like any anonymous caller: it queries the database."""
+
+    permission_classes = [AllowAny]
+
     @extend_schema(
         summary="Metrics summary (JSON)",
         responses={

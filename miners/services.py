@@ -9,7 +9,6 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from aitbc_site.errors import Conflict
-from jobs import wakeup
 from jobs.services import job_leases_extend, jobs_release_for_miner
 from miners.capabilities import Capabilities, cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
@@ -57,8 +56,6 @@ def miner_register(*, owner, miner_id: str, capabilities: Capabilities, public_k
             _replace_served_models(miner, capabilities.models)
     except IntegrityError:  # registered concurrently under the same id
         raise Conflict("This miner_id was registered concurrently; retry.", code="MINER_ID_TAKEN") from None
-    for model in capabilities.models:
-        transaction.on_commit(lambda m=model: wakeup.hub.notify(m))
     return miner, session_token
 
 

@@ -56,7 +56,9 @@ def test_signature_verifies_with_an_independent_implementation():
     [
         lambda d: d.update(units=13),
         lambda d: d["metadata"].update(model="other"),
-        lambda d: d["signature"].update(sig=d["signature"]["sig"][:-2] + ("AA" if d["signature"]["sig"][-2:] != "AA" else "BB")),
+        lambda d: d["signature"].update(
+            sig=d["signature"]["sig"][:-2] + ("AA" if d["signature"]["sig"][-2:] != "AA" else "BB")
+        ),
         lambda d: d["signature"].update(alg="RSA"),
         lambda d: d.pop("signature"),
     ],
@@ -107,7 +109,12 @@ def test_completed_job_receipt_binds_request_result_and_usage(client_api, miner_
     assert receipt["provider"] == "miner-1"
     assert receipt["client"] == "alice"
     assert receipt["units"] == 7
-    assert receipt["metadata"]["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "compute_ms": 50}
+    assert receipt["metadata"]["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+        "compute_ms": 50,
+    }
     assert receipt["metadata"]["input_sha256"] == signing_sha(stored_job["payload"])
     assert receipt["metadata"]["output_sha256"] == signing_sha({"output": "bound"})
     assert signing.verify(receipt) == (True, None)

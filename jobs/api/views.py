@@ -111,16 +111,19 @@ class JobsView(JobListView, JobSubmitView):
     """``/v1/jobs``: list (GET) and submit (POST)."""
 
 
+CANCEL_SCHEMA = extend_schema(
+    summary="Cancel a job",
+    request=None,
+    responses={200: JobSerializer, 409: OpenApiResponse(description="Job already finished"), **ERRORS},
+)
+
+
 class JobDetailView(ClientJobMixin, generics.GenericAPIView):
     @extend_schema(summary="Get a job", responses={200: JobSerializer, **ERRORS})
     def get(self, request, job_id):
         return self.job_response(self.get_object())
 
-    @extend_schema(
-        summary="Cancel a job",
-        request=None,
-        responses={200: JobSerializer, 409: OpenApiResponse(description="Job already finished"), **ERRORS},
-    )
+    @CANCEL_SCHEMA
     def delete(self, request, job_id):
         return self._cancel()
 
@@ -137,11 +140,7 @@ class JobStatusView(JobDetailView):
 class JobCancelView(JobDetailView):
     http_method_names = ["post", "options"]
 
-    @extend_schema(
-        summary="Cancel a job",
-        request=None,
-        responses={200: JobSerializer, 409: OpenApiResponse(description="Job already finished"), **ERRORS},
-    )
+    @CANCEL_SCHEMA
     def post(self, request, job_id):
         return self._cancel()
 
