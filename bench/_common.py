@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -48,7 +49,7 @@ def percentile(values, q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1
     return ordered[rank]
 
 
@@ -97,12 +98,14 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, total, steal) CPU seconds of the whole machine since boot, from /proc/stat.
+    ``busy`` excludes steal (time the hypervisor gave to other guests)."""
     values = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
+    steal = values[7] if len(values) > 7 else 0
     total = sum(values[:8])
-    return (total - idle) / _CLK_TCK, total / _CLK_TCK
+    return (total - idle - steal) / _CLK_TCK, total / _CLK_TCK, steal / _CLK_TCK
 
 
 class CpuMeter:
@@ -127,6 +130,7 @@ class CpuMeter:
         m1 = machine_cpu()
         self.machine_busy = m1[0] - self.m0[0]
         self.machine_total = m1[1] - self.m0[1]
+        self.machine_steal = m1[2] - self.m0[2]
         self.used = {}
         for name, get in self.groups.items():
             pids = set(get()) | set(self.start[name])
@@ -137,6 +141,7 @@ class CpuMeter:
         out = {
             "window_s": round(self.elapsed, 2),
             "machine_busy_pct_of_all_cores": round(100 * self.machine_busy / max(self.machine_total, 1e-9), 1),
+            "steal_pct_of_all_cores": round(100 * self.machine_steal / max(self.machine_total, 1e-9), 1),
             "cores_used": {name: round(sec / self.elapsed, 2) for name, sec in self.used.items()},
         }
         ours = sum(self.used.values())
@@ -271,7 +276,9 @@ def make_key(username: str, scope: str) -> str:
     return api_key_create(user=user_get_or_create(username=username), scope=scope).raw_key
 
 
-def make_miner(owner_username: str, miner_id: str, *, max_concurrent_jobs: int = 1024, models=(MODEL,)):
+def make_miner(
+    owner_username: str, miner_id: str, *, max_concurrent_jobs: int = 1024, models=(MODEL,), vram_gb: float = 24.0
+):
     from accounts.services import user_get_or_create
     from miners.capabilities import Capabilities
     from miners.services import miner_register
@@ -279,11 +286,11 @@ def make_miner(owner_username: str, miner_id: str, *, max_concurrent_jobs: int =
     caps = Capabilities(
         models=tuple(models),
         gpu_name="NVIDIA RTX 4090",
-        vram_gb=24.0,
+        vram_gb=vram_gb,
         cuda_version="12.4",
         max_concurrent_jobs=max_concurrent_jobs,
         raw={
-            "gpus": [{"name": "NVIDIA RTX 4090", "memory_mb": 24576}],
+            "gpus": [{"name": "NVIDIA RTX 4090", "memory_mb": int(vram_gb * 1024)}],
             "cuda": "12.4",
             "models": list(models),
             "max_concurrent_jobs": max_concurrent_jobs,
@@ -380,7 +387,7 @@ class Gunicorn:
             "--timeout",
             "120",
         ]
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while gunicorn runs; closed in stop()
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )

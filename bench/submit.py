@@ -42,6 +42,7 @@ from _common import (
     make_key,
     make_miner,
     pg_backend_pids,
+    prefill_jobs,
     target,
 )
 
@@ -95,7 +96,7 @@ def run_wrk(wrk: str, port: int, script: Path, *, connections: int, seconds: flo
         "-c",
         str(connections),
         "-d",
-        f"{max(1, int(round(seconds)))}s",
+        f"{max(1, round(seconds))}s",
         "--timeout",
         "10s",
         "-s",
@@ -106,7 +107,7 @@ def run_wrk(wrk: str, port: int, script: Path, *, connections: int, seconds: flo
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    line = next((l for l in out.splitlines() if l.startswith("WRKJSON ")), None)
+    line = next((ln for ln in out.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
     raw = json.loads(line[len("WRKJSON ") :])
@@ -166,11 +167,15 @@ async def open_loop(port: int, raws: list[bytes], *, rate: float, seconds: float
     """Send request i at t0 + i/rate whatever happened before; latency = done - scheduled."""
     loop = asyncio.get_running_loop()
     idle: list[AsyncConn] = []
+    # Open the connections ahead and use each once: a gthread worker hands a freshly accepted
+    # connection to a thread that blocks until its first request arrives, so idle unused
+    # connections would pin the server's threads (seen as 5-15 s stalls at the start of a run).
+    health = build_request(port, "GET", "/health/live")
     for _ in range(preopen):
         conn = AsyncConn(port)
-        await conn._open()
+        await conn.request(health)
         idle.append(conn)
-    latencies, lags, statuses = [], [], Counter()
+    latencies, lags, statuses, timeline = [], [], Counter(), []
     in_flight = peak = 0
 
     async def one(t_sched: float, raw: bytes):
@@ -185,6 +190,7 @@ async def open_loop(port: int, raws: list[bytes], *, rate: float, seconds: float
             status = type(exc).__name__
             conn.close()
         latencies.append(loop.time() - t_sched)
+        timeline.append((t_sched, latencies[-1]))
         statuses[status] += 1
         in_flight -= 1
         idle.append(conn)
@@ -212,6 +218,9 @@ async def open_loop(port: int, raws: list[bytes], *, rate: float, seconds: float
         "achieved_per_s": round(statuses[201] / elapsed, 1),
         "peak_in_flight": peak,
         "send_lag_p99_ms": round(sorted(lags)[int(0.99 * (len(lags) - 1))] * 1000, 2) if lags else None,
+        "slowest_5 [scheduled_at_s, latency_ms]": [
+            [round(t - t0, 3), round(x * 1000, 1)] for t, x in sorted(timeline, key=lambda p: -p[1])[:5]
+        ],
         **latency_summary_ms(latencies),
     }
 
@@ -255,14 +264,16 @@ def server_breakdown(key: str, n: int = 200) -> dict:
 
     pieces = {
         "whole request (django test client, no HTTP server)": lambda: client.post(
-            "/v1/jobs", body, content_type="application/json", HTTP_X_API_KEY=key),
+            "/v1/jobs", body, content_type="application/json", HTTP_X_API_KEY=key
+        ),
         "middleware floor: GET /health/live": lambda: client.get("/health/live"),
         "auth: accounts.services.api_key_authenticate": lambda: api_key_authenticate(raw_key=key),
         "JobSubmitSerializer.is_valid": validated,
         "jobs.services.job_submit (INSERT + pg_notify + COMMIT)": lambda: services.job_submit(client=user, **data),
         "view re-read: get_object_by_pk (with_queue_position)": lambda: visible().get(pk=job.pk),
         "selectors.queue_outlook (miners_able_to_run + average_run_seconds)": lambda: selectors.queue_outlook(
-            jobs=[annotated]),
+            jobs=[annotated]
+        ),
         "JobSerializer(job).data": lambda: JobSerializer(annotated, context={"outlook": outlook}).data,
         "one ORM-free round trip: SELECT 1 through Django's cursor": cursor_select_1,
     }
@@ -306,8 +317,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="measured closed-loop runs per combo (median kept)")
     parser.add_argument("--rate", type=float, default=300, help="open-loop offered jobs/s (the target's rate)")
     parser.add_argument("--open-duration", type=float, default=10)
-    parser.add_argument("--sustainable-rate", type=float, default=-1,
-                        help="a second open-loop run at this rate; -1: half the best closed-loop jobs/s; 0: skip")
+    parser.add_argument(
+        "--sustainable-rate",
+        type=float,
+        default=-1,
+        help="a second open-loop run at this rate; -1: half the best closed-loop jobs/s; 0: skip",
+    )
+    parser.add_argument(
+        "--queue-depth", type=int, default=0, help="jobs already queued (same model) at the start of every measured run"
+    )
     parser.add_argument("--keys", type=int, default=8, help="client API keys (users) to rotate")
     parser.add_argument("--no-pool-compare", action="store_true", help="skip the DATABASE_POOL=false run")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the in-process per-piece timing")
@@ -323,8 +341,12 @@ def main() -> None:
     if wrk is None:
         log("wrk unavailable: falling back to the Python closed-loop generator")
 
-    result: dict = {"benchmark": "submit", "endpoint": "POST /v1/jobs", "body": SUBMIT_BODY,
-                    "machine": {"cpus": os.cpu_count(), "loadavg_start": load_average()}}
+    result: dict = {
+        "benchmark": "submit",
+        "endpoint": "POST /v1/jobs",
+        "body": SUBMIT_BODY,
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": load_average()},
+    }
     with bench_env(args.db, keep_db=args.keep_db, throttle=args.throttle) as env:
         env.django_setup()
         keys = [make_key(f"bench-client-{i}", "client") for i in range(args.keys)]
@@ -333,15 +355,26 @@ def main() -> None:
         script = Path(tempfile.mkstemp(suffix=".lua", dir=env.data_dir)[1])
         script.write_text(lua_script(keys))
 
+        def start_queue() -> None:
+            """Empty the jobs table, then (``--queue-depth``) queue a backlog the submits land behind."""
+            reset_jobs()
+            if args.queue_depth:
+                from django.db import connection
+
+                prefill_jobs(args.queue_depth, client_username="bench-backlog")
+                connection.close()
+
         def raws_for(port: int) -> list[bytes]:
             return [build_request(port, "POST", "/v1/jobs", {"X-Api-Key": k}, SUBMIT_BODY) for k in keys]
 
         def cpu_meter(server: Gunicorn) -> CpuMeter:
-            return CpuMeter({
-                "gunicorn": lambda: ([server.proc.pid] if server.proc else []) + server.worker_pids(),
-                "postgres_backends": lambda: pg_backend_pids(args.db),
-                "bench_process": lambda: [os.getpid()],
-            })
+            return CpuMeter(
+                {
+                    "gunicorn": lambda: ([server.proc.pid] if server.proc else []) + server.worker_pids(),
+                    "postgres_backends": lambda: pg_backend_pids(args.db),
+                    "bench_process": lambda: [os.getpid()],
+                }
+            )
 
         def closed_run(server: Gunicorn) -> dict:
             if wrk:
@@ -350,29 +383,34 @@ def main() -> None:
                 asyncio.run(_closed_loop_py(server.port, raws_for(server.port), args.connections, args.warmup))
             runs = []
             for _ in range(args.repeats):
-                reset_jobs()
+                start_queue()
                 with cpu_meter(server) as meter:
                     if wrk:
                         run = run_wrk(wrk, server.port, script, connections=args.connections, seconds=args.duration)
                     else:
-                        run = asyncio.run(_closed_loop_py(server.port, raws_for(server.port), args.connections,
-                                                          args.duration))
+                        run = asyncio.run(
+                            _closed_loop_py(server.port, raws_for(server.port), args.connections, args.duration)
+                        )
                 run["cpu"] = meter.report(run["requests"])
                 run["jobs_in_db_after"] = reset_jobs()
                 runs.append(run)
-                log(f"    run: {run['jobs_per_s']} jobs/s p50 {run['p50_ms']} ms p99 {run['p99_ms']} ms; "
-                    f"cores used {run['cpu']['cores_used']}")
+                log(
+                    f"    run: {run['jobs_per_s']} jobs/s p50 {run['p50_ms']} ms p99 {run['p99_ms']} ms; "
+                    f"cores used {run['cpu']['cores_used']}"
+                )
             med = sorted(runs, key=lambda r: r["jobs_per_s"])[len(runs) // 2]  # the median run
             return {**med, "jobs_per_s_all_runs": [r["jobs_per_s"] for r in runs]}
 
         def open_run(server: Gunicorn, rate: float, seconds: float) -> dict:
-            reset_jobs()
+            start_queue()
             with cpu_meter(server) as meter:
                 run = asyncio.run(open_loop(server.port, raws_for(server.port), rate=rate, seconds=seconds))
             run["cpu"] = meter.report(run["requests"])
             run["jobs_in_db_after"] = reset_jobs()
-            log(f"  open loop {rate}/s: p50 {run.get('p50_ms')} ms p99 {run.get('p99_ms')} ms, "
-                f"achieved {run['achieved_per_s']}/s")
+            log(
+                f"  open loop {rate}/s: p50 {run.get('p50_ms')} ms p99 {run.get('p99_ms')} ms, "
+                f"achieved {run['achieved_per_s']}/s"
+            )
             return run
 
         closed = {}
@@ -412,17 +450,20 @@ def main() -> None:
             "server_breakdown_median_ms": breakdown,
             "targets": {
                 "closed_loop_jobs_per_s": target(best["jobs_per_s"], TARGET_JOBS_PER_S, higher_is_better=True),
-                "open_loop_p99_ms_at_%g_per_s" % args.rate: target(opened.get("p99_ms"), TARGET_OPEN_P99_MS,
-                                                                   higher_is_better=False),
+                f"open_loop_p99_ms_at_{args.rate:g}_per_s": target(
+                    opened.get("p99_ms"), TARGET_OPEN_P99_MS, higher_is_better=False
+                ),
             },
             "notes": [
-                "closed loop: wrk (C) with a Lua script rotating client keys; figure = median of the repeats" if wrk
+                "closed loop: wrk (C) with a Lua script rotating client keys; figure = median of the repeats"
+                if wrk
                 else "closed loop: Python asyncio generator (wrk unavailable) - it competes for the 2 cores",
                 "open loop: wrk2 is not packaged here; Python asyncio raw-HTTP/1.1 keep-alive generator on a fixed "
                 "schedule, latency measured from the scheduled send time (no coordinated omission)",
-                "jobs table truncated before every measured run (queue depth starts at 0)",
+                f"jobs table truncated before every measured run; queue depth at start = {args.queue_depth}",
                 "cpu.cores_used.other_processes_on_machine = CPU used by processes that are not this benchmark's "
-                "(the machine is shared)",
+                "(the machine is shared); with DATABASE_POOL=false every request opens a connection whose backend "
+                "exits with it, so PostgreSQL's CPU lands there instead of in postgres_backends",
                 f"rate limits {'on via Redis (very high limits)' if args.throttle else 'off'}; "
                 f"{'no miner registered' if args.no_miner else 'one miner registered for ' + MODEL}",
             ],
