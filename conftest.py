@@ -31,6 +31,11 @@ def _isolated_rate_limits(settings):
     settings.RATE_LIMIT_KEY_PREFIX = f"aitbc-test:{uuid.uuid4().hex}"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_queue_outlook(settings):
+    settings.JOB_OUTLOOK_CACHE_SECONDS = 0
+
+
 @pytest.fixture
 def make_api(db):
     """``make_api(scope, username)`` → an APIClient sending that user's new key as ``X-Api-Key``."""

@@ -95,6 +95,13 @@ if IS_POSTGRES:
                 "timeout": 10,
             }
         }
+    # Server-side binding lets PostgreSQL reuse the plans of the queue's hot statements.
+    if env_bool("DATABASE_PREPARED_STATEMENTS", True):
+        DATABASES["default"]["OPTIONS"] = {
+            **DATABASES["default"].get("OPTIONS", {}),
+            "server_side_binding": True,
+            "prepare_threshold": 2,
+        }
     DATABASES["default"]["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME") or None}
 else:
     DATABASES["default"]["OPTIONS"] = {
@@ -247,6 +254,8 @@ JOB_PRIORITY_AGEING_SECONDS = env_int("JOB_PRIORITY_AGEING_SECONDS", 120, minimu
 MINER_HEARTBEAT_TIMEOUT_SECONDS = env_int("MINER_HEARTBEAT_TIMEOUT_SECONDS", 90, minimum=1)
 MINER_MAX_POLL_WAIT_SECONDS = env_int("MINER_MAX_POLL_WAIT_SECONDS", 60, minimum=0)
 MINER_MAX_CLAIM_BATCH = env_int("MINER_MAX_CLAIM_BATCH", 64, minimum=1)
+# How long a queue outlook (is_possible, wait estimate) for one kind of job may be reused.
+JOB_OUTLOOK_CACHE_SECONDS = env_int("JOB_OUTLOOK_CACHE_SECONDS", 2, minimum=0)
 HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, minimum=1)
 
 RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")

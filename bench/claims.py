@@ -58,51 +58,14 @@ METRICS = {"duration_ms": 5, "units": 3}
 # --- service-layer workers ----------------------------------------------------------------
 
 
-def _install_indexed_claim_what_if() -> None:
-    """Bench-only what-if (``--what-if-indexed-claim``): the claim's model filter becomes a literal
-    list instead of a sub-select, so PostgreSQL walks job_queue_model_idx in rank order and stops
-    after LIMIT rows instead of sorting the whole queue. It patches this worker process only; the
-    app's code is unchanged. (One model per miner here, so ``IN ('m')`` is planned as ``= 'm'``.)"""
-    from jobs import services
-    from miners.models import ServedModel
-
-    def claimable_jobs(*, miner, now):
-        names = list(ServedModel.objects.filter(miner=miner.pk).values_list("name", flat=True))
-        return _claimable_with_names(miner=miner, now=now, names=names)
-
-    services.claimable_jobs = claimable_jobs
-
-
-def _claimable_with_names(*, miner, now, names):
-    from django.db.models import F, Q, Value
-
-    from jobs.models import Job, JobStatus
-
-    jobs = Job.objects.filter(status=JobStatus.QUEUED, expires_at__gt=now, model__in=names)
-    jobs = jobs.filter(Q(req_min_vram_gb__isnull=True) | Q(req_min_vram_gb__lte=miner.vram_gb))
-    jobs = jobs.filter(Q(req_cuda_code__isnull=True) | Q(req_cuda_code__lte=miner.cuda_code or 0))
-    jobs = jobs.filter(Q(req_region="") | Q(req_region__iexact=miner.region))
-    if miner.price is not None:
-        jobs = jobs.filter(Q(req_max_price__isnull=True) | Q(req_max_price__gte=miner.price))
-    if miner.gpu_name:
-        jobs = jobs.alias(miner_gpu=Value(miner.gpu_name)).filter(Q(req_gpu="") | Q(miner_gpu__icontains=F("req_gpu")))
-    else:
-        jobs = jobs.filter(req_gpu="")
-    return jobs
-
-
-def service_worker(
-    env: dict, miner_id: str, batch: int, seconds: float, what_if: bool, ready, go, results, release
-) -> None:
+def service_worker(env: dict, miner_id: str, batch: int, seconds: float, ready, go, results, release) -> None:
     django_setup_from_env({**env, "DATABASE_POOL": "false"})  # one plain connection per process
     from django.db import connection
 
     from explorer.signing import coordinator_signing_key
-    from jobs.services import job_claim, job_complete
+    from jobs.services import Outcome, job_claim, job_complete, jobs_complete
     from miners.models import Miner
 
-    if what_if:
-        _install_indexed_claim_what_if()
     miner = Miner.objects.get(miner_id=miner_id)
     coordinator_signing_key()
     connection.ensure_connection()
@@ -127,17 +90,25 @@ def service_worker(
             time.sleep(0.005)
             continue
         empty = 0
-        for job in jobs:  # finish every claimed job, even past the deadline
-            claimed.append(str(job.id))
-            t1 = time.monotonic()
-            try:
-                done = job_complete(
-                    job_id=job.id, miner=miner, result=RESULT, metrics=METRICS, lease_token=job.lease_token
-                )
-                receipts.append(done.receipt.receipt_id if done.receipt else None)
-            except Exception as exc:
-                errors[f"complete:{type(exc).__name__}:{exc}"[:200]] += 1
-            complete_lat.append(time.monotonic() - t1)
+        claimed.extend(str(job.id) for job in jobs)
+        t1 = time.monotonic()
+        try:  # finish every claimed job, even past the deadline
+            if len(jobs) == 1:
+                job = jobs[0]
+                done = [
+                    job_complete(
+                        job_id=job.id, miner=miner, result=RESULT, metrics=METRICS, lease_token=job.lease_token
+                    )
+                ]
+            else:  # a batch worker finishes its batch in one transaction
+                outcomes = [
+                    Outcome(job_id=j.id, result=RESULT, metrics=METRICS, lease_token=j.lease_token) for j in jobs
+                ]
+                done = jobs_complete(miner=miner, outcomes=outcomes)
+            receipts.extend(d.receipt.receipt_id if d.receipt else None for d in done)
+        except Exception as exc:
+            errors[f"complete:{type(exc).__name__}:{exc}"[:200]] += 1
+        complete_lat.append((time.monotonic() - t1) / len(jobs))
     results.put(
         {
             "pid": os.getpid(),
@@ -156,11 +127,11 @@ def service_worker(
     connection.close()
 
 
-def run_service_phase(env, *, db: str, miners: list[str], batch: int, seconds: float, what_if: bool) -> dict:
+def run_service_phase(env, *, db: str, miners: list[str], batch: int, seconds: float) -> dict:
     ctx = mp.get_context("spawn")
     ready, results, go, release = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
     procs = [
-        ctx.Process(target=service_worker, args=(env.env, m, batch, seconds, what_if, ready, go, results, release))
+        ctx.Process(target=service_worker, args=(env.env, m, batch, seconds, ready, go, results, release))
         for m in miners
     ]
     for p in procs:
@@ -356,11 +327,6 @@ def main() -> None:
     parser.add_argument("--gunicorn", default="2x8", help="WORKERSxTHREADS for the HTTP phase")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
-    parser.add_argument(
-        "--what-if-indexed-claim",
-        action="store_true",
-        help="also run the service phases with a bench-only patch of the claim query (see report)",
-    )
     parser.add_argument("--db", default="aitbc_bench")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
@@ -377,39 +343,31 @@ def main() -> None:
 
         connection.close()
 
-        variants = [False] + ([True] if args.what_if_indexed_claim else [])
         if not args.skip_service:
             service = {}
-            for what_if in variants:
-                for batch in batches:
-                    name = f"batch_{batch}" + ("_what_if_indexed_claim" if what_if else "")
-                    log(f"service layer, {args.workers} workers, {name}")
-                    filled = fill(args.jobs)["jobs"]
-                    phase, reports = run_service_phase(
-                        env,
-                        db=args.db,
-                        miners=miners[: args.workers],
-                        batch=batch,
-                        seconds=args.max_seconds,
-                        what_if=what_if,
-                    )
-                    phase["queue_depth_at_start"] = filled
-                    phase["checks"] = verify(
-                        env,
-                        filled=filled,
-                        claimed_lists=[r["claimed"] for r in reports],
-                        receipt_ids=[x for r in reports for x in r["receipts"]],
-                    )
-                    if not what_if:
-                        phase["target"] = target(
-                            phase["completions_per_s"], TARGETS.get(batch, TARGETS[10]), higher_is_better=True
-                        )
-                    log(
-                        f"  {name}: {phase['completions_per_s']}/s ({phase['completed']} in {phase['seconds']}s); "
-                        f"claim p50 {phase['claim_latency'].get('p50_ms')} ms; "
-                        f"double claims {phase['checks']['double_claims']}, lost {phase['checks']['lost_jobs']}"
-                    )
-                    service[name] = phase
+            for batch in batches:
+                name = f"batch_{batch}"
+                log(f"service layer, {args.workers} workers, {name}")
+                filled = fill(args.jobs)["jobs"]
+                phase, reports = run_service_phase(
+                    env, db=args.db, miners=miners[: args.workers], batch=batch, seconds=args.max_seconds
+                )
+                phase["queue_depth_at_start"] = filled
+                phase["checks"] = verify(
+                    env,
+                    filled=filled,
+                    claimed_lists=[r["claimed"] for r in reports],
+                    receipt_ids=[x for r in reports for x in r["receipts"]],
+                )
+                phase["target"] = target(
+                    phase["completions_per_s"], TARGETS.get(batch, TARGETS[10]), higher_is_better=True
+                )
+                log(
+                    f"  {name}: {phase['completions_per_s']}/s ({phase['completed']} in {phase['seconds']}s); "
+                    f"claim p50 {phase['claim_latency'].get('p50_ms')} ms; "
+                    f"double claims {phase['checks']['double_claims']}, lost {phase['checks']['lost_jobs']}"
+                )
+                service[name] = phase
             result["service_layer"] = service
 
         if not args.skip_http:

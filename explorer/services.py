@@ -9,15 +9,14 @@ def sha256_of(value) -> str:
     return hashlib.sha256(signing.canonical_json(value)).hexdigest()
 
 
-def receipt_issue(*, job) -> Receipt:
-    """Sign and store the receipt for ``job``, which the caller has just completed."""
+def _signed_receipt(job, *, provider: str, client: str) -> Receipt:
     usage = job.usage or {}
     payload = {
         "version": "1.0",
         "receipt_id": f"rcpt_{uuid.uuid4().hex}",
         "job_id": str(job.id),
-        "provider": job.miner.miner_id,
-        "client": job.client.username,
+        "provider": provider,
+        "client": client,
         "status": job.status,
         "units": usage.get("units", usage.get("total_tokens", 0)),
         "unit_type": usage.get("unit_type", "tokens"),
@@ -32,6 +31,10 @@ def receipt_issue(*, job) -> Receipt:
         },
     }
     document = signing.sign(payload, signing.coordinator_signing_key())
-    return Receipt.objects.create(
-        receipt_id=payload["receipt_id"], job=job, signed_json=signing.canonical_json(document).decode()
-    )
+    return Receipt(receipt_id=payload["receipt_id"], job=job, signed_json=signing.canonical_json(document).decode())
+
+
+def receipts_issue(*, completed: list[tuple]) -> list[Receipt]:
+    """Sign and store receipts for jobs the caller has just completed: ``(job, provider, client)`` each."""
+    receipts = [_signed_receipt(job, provider=provider, client=client) for job, provider, client in completed]
+    return Receipt.objects.bulk_create(receipts)

@@ -121,6 +121,9 @@ class Job(models.Model):
             models.Index(fields=["expires_at"], condition=Q(status="queued"), name="job_queue_expiry_idx"),
             models.Index(fields=["lease_expires_at"], condition=Q(status="running"), name="job_lease_idx"),
             models.Index(fields=["miner"], condition=Q(status="running"), name="job_running_miner_idx"),
+            models.Index(
+                fields=["model", "-completed_at"], condition=Q(status="completed"), name="job_completed_model_idx"
+            ),
             models.Index(fields=["client", "-created_at"], name="job_client_created_idx"),
             models.Index(fields=["status", "-created_at"], name="job_status_created_idx"),
         ]

@@ -1,5 +1,7 @@
+import time
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import (
     Avg,
     Case,
@@ -8,21 +10,22 @@ from django.db.models import (
     ExpressionWrapper,
     F,
     IntegerField,
-    OuterRef,
     Q,
     QuerySet,
     Subquery,
     Value,
     When,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus, ServedModel
 
 RECENT_RUNS_WINDOW = timedelta(minutes=15)
+RECENT_RUNS = 200
 DEFAULT_RUN_SECONDS = 10.0
+QUEUE_POSITION_CAP = 1000
 
 
 def claimable_jobs(*, miner: Miner, now: datetime) -> QuerySet[Job]:
@@ -66,11 +69,12 @@ def jobs_visible_to(*, user, is_admin: bool = False) -> QuerySet[Job]:
 
 
 def average_run_seconds(*, model: str) -> float:
+    """Mean run time of the model's last ``RECENT_RUNS`` jobs completed in the last 15 minutes."""
     since = timezone.now() - RECENT_RUNS_WINDOW
+    recent = Job.objects.filter(status=JobStatus.COMPLETED, model=model, completed_at__gte=since)
+    recent_ids = recent.order_by("-completed_at").values("id")[:RECENT_RUNS]
     duration = ExpressionWrapper(F("completed_at") - F("started_at"), output_field=DurationField())
-    average = Job.objects.filter(status=JobStatus.COMPLETED, model=model, completed_at__gte=since).aggregate(
-        avg=Avg(duration)
-    )["avg"]
+    average = Job.objects.filter(pk__in=Subquery(recent_ids)).aggregate(avg=Avg(duration))["avg"]
     return average.total_seconds() if average else DEFAULT_RUN_SECONDS
 
 
@@ -84,35 +88,57 @@ def queue_depth_by_model() -> list[dict]:
 
 
 def with_queue_position(jobs: QuerySet[Job]) -> QuerySet[Job]:
-    """Annotate ``queue_position`` (None unless queued) in the same query."""
-    ahead = (
-        Job.objects.filter(status=JobStatus.QUEUED, model=OuterRef("model"), rank_at__lt=OuterRef("rank_at"))
-        .order_by()
-        .values("model")
-        .annotate(n=Count("*"))
-        .values("n")
+    """Annotate ``queue_position`` (None unless queued) in the same query, counting at most
+    ``QUEUE_POSITION_CAP`` jobs ahead so that reads stay fast however long the queue is."""
+    table = Job._meta.db_table
+    ahead = RawSQL(
+        f"SELECT count(*) FROM (SELECT 1 FROM {table} q WHERE q.status = %s AND q.model = {table}.model"
+        f" AND q.rank_at < {table}.rank_at LIMIT %s) ahead",
+        (JobStatus.QUEUED, QUEUE_POSITION_CAP),
+        output_field=IntegerField(),
     )
     return jobs.annotate(
-        queue_position=Case(
-            When(status=JobStatus.QUEUED, then=Coalesce(Subquery(ahead, output_field=IntegerField()), 0) + 1),
-            default=None,
-            output_field=IntegerField(),
-        )
+        queue_position=Case(When(status=JobStatus.QUEUED, then=ahead + 1), default=None, output_field=IntegerField())
     )
+
+
+def queue_position(*, job: Job) -> int:
+    """1 for the next job of its model to be claimed (capped like ``with_queue_position``)."""
+    ahead = Job.objects.filter(status=JobStatus.QUEUED, model=job.model, rank_at__lt=job.rank_at)
+    return ahead.values("id")[:QUEUE_POSITION_CAP].count() + 1
+
+
+_capacity_cache: dict[tuple, tuple[float, int, float | None]] = {}
+
+
+def _capacity(job: Job, *, seen: dict) -> tuple[int, float | None]:
+    """Slots of online miners able to run ``job`` and the model's recent run time. Shared by jobs
+    alike in one call (``seen``) and cached briefly across calls: every submission asks, and the
+    answer only changes as miners come and go."""
+    signature = (job.model, job.req_gpu, job.req_min_vram_gb, job.req_cuda_code, job.req_region, job.req_max_price)
+    cached = seen.get(signature) or _capacity_cache.get(signature)
+    if cached and (signature in seen or cached[0] > time.monotonic()):
+        return cached[1], cached[2]
+    slots = sum(miners_able_to_run(job=job).values_list("max_concurrent_jobs", flat=True))
+    run_seconds = average_run_seconds(model=job.model) if slots else None
+    if len(_capacity_cache) > 10_000:
+        _capacity_cache.clear()
+    seen[signature] = _capacity_cache[signature] = (
+        time.monotonic() + settings.JOB_OUTLOOK_CACHE_SECONDS,
+        slots,
+        run_seconds,
+    )
+    return slots, run_seconds
 
 
 def queue_outlook(*, jobs: list[Job]) -> dict:
-    """For each queued job (annotated with ``queue_position``): whether an online miner can run
-    it now and a wait estimate. Jobs with the same model and constraints share their look-ups."""
-    outlook, by_signature = {}, {}
+    """For each queued job (with ``queue_position``): whether an online miner can run it now
+    and a wait estimate."""
+    outlook, seen = {}, {}
     for job in jobs:
         if job.status != JobStatus.QUEUED:
             continue
-        signature = (job.model, job.req_gpu, job.req_min_vram_gb, job.req_cuda_code, job.req_region, job.req_max_price)
-        if signature not in by_signature:
-            slots = sum(miners_able_to_run(job=job).values_list("max_concurrent_jobs", flat=True))
-            by_signature[signature] = (slots, average_run_seconds(model=job.model) if slots else None)
-        slots, run_seconds = by_signature[signature]
+        slots, run_seconds = _capacity(job, seen=seen)
         position = getattr(job, "queue_position", None) or 1
         outlook[job.pk] = {
             "is_possible": slots > 0,

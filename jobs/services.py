@@ -8,24 +8,23 @@ job is completed at most once however many attempts ran.
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
 from aitbc_site.errors import Conflict, NotFound
 from explorer import signing
 from explorer.models import Receipt
-from explorer.services import receipt_issue
-from jobs import wakeup
+from explorer.services import receipts_issue
+from jobs import sql, wakeup
 from jobs.models import Job, JobPriority, JobStatus, JobType
 from jobs.selectors import claimable_jobs
 from miners.capabilities import cuda_code
-from miners.models import Miner, ServedModel
+from miners.models import Miner, MinerStatus, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -121,66 +120,66 @@ def job_cancel(*, job_id) -> Job:
 # --- Claims ----------------------------------------------------------------------------
 
 
-def _new_token_sql() -> str:
-    if connection.vendor == "postgresql":
-        return "gen_random_uuid()::text"
-    return "lower(hex(randomblob(16)))"
-
-
 def job_claim(*, miner: Miner, limit: int = 1, job_id=None) -> list[Job]:
     """Lease up to ``limit`` of the best queued jobs this miner can run (or the job ``job_id``).
 
     The miner's row is locked so that its concurrency limit holds against parallel polls;
-    the jobs are taken in one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)``,
-    so concurrent miners never wait for, or double-claim, each other's jobs.
+    the jobs are taken with ``FOR UPDATE SKIP LOCKED``, so concurrent miners never wait for,
+    or double-claim, each other's jobs.
     """
+    limit = min(limit, settings.MINER_MAX_CLAIM_BATCH)
+    if limit <= 0:
+        return []
     now = timezone.now()
+    lease_until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+    claim = _claim_postgres if connection.vendor == "postgresql" else _claim_portable
     with transaction.atomic():
-        locked = _lock_miner_with_load(miner)
-        if locked is None or not locked.accepts_work:
-            return []
-        free = locked.max_concurrent_jobs - locked.running
-        limit = min(limit, free, settings.MINER_MAX_CLAIM_BATCH)
-        if limit <= 0:
-            return []
-        candidates = claimable_jobs(miner=locked, now=now).order_by("rank_at")
-        if job_id is not None:
-            candidates = candidates.filter(pk=job_id)
-        candidates = candidates.values("id")[:limit]
-        if connection.features.has_select_for_update_skip_locked:
-            candidates = candidates.select_for_update(skip_locked=True)
-        sub_sql, sub_params = candidates.query.sql_with_params()
-
-        adapt = connection.ops.adapt_datetimefield_value
-        table = Job._meta.db_table
-        sql = (
-            f"UPDATE {table} SET status = %s, miner_id = %s, attempt = attempt + 1, "
-            f"lease_token = {_new_token_sql()}, lease_expires_at = %s, "
-            "started_at = %s, progress = 0, updated_at = %s "
-            f"WHERE id IN ({sub_sql}) RETURNING *"
-        )
-        lease_until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
-        params = [JobStatus.RUNNING, locked.pk, adapt(lease_until), adapt(now), adapt(now), *sub_params]
-        jobs = list(Job.objects.raw(sql, params))
+        jobs = claim(miner_pk=miner.pk, limit=limit, job_id=job_id, now=now, lease_until=lease_until)
     jobs.sort(key=lambda j: j.rank_at)
     return jobs
 
 
-def _lock_miner_with_load(miner: Miner) -> Miner | None:
-    """The miner's row, locked, annotated with its number of running jobs."""
-    running = (
-        Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.RUNNING)
-        .order_by()
-        .values("miner")
-        .annotate(n=Count("*"))
-        .values("n")
+def _claim_postgres(*, miner_pk: int, limit: int, job_id, now, lease_until) -> list[Job]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql.LOCK_MINER, {"miner": miner_pk})
+        row = cursor.fetchone()
+        if row is None:
+            return []
+        status, draining, vram, cuda, region, price, gpu, capacity = row
+        if status != MinerStatus.ONLINE or draining:
+            return []
+        params = {
+            "miner": miner_pk, "limit": limit, "capacity": capacity, "job_id": job_id, "now": now,
+            "lease_until": lease_until, "vram": vram, "cuda": cuda or 0, "region": region, "price": price, "gpu": gpu,
+        }  # fmt: skip
+        cursor.execute(sql.CLAIM, params)
+        return sql.jobs_from_rows(cursor.fetchall())
+
+
+def _claim_portable(*, miner_pk: int, limit: int, job_id, now, lease_until) -> list[Job]:
+    # SQLite serialises writers (IMMEDIATE transactions), so no row locks are needed here.
+    miner = Miner.objects.filter(pk=miner_pk).first()
+    if miner is None or not miner.accepts_work:
+        return []
+    running = Job.objects.filter(miner=miner_pk, status=JobStatus.RUNNING).count()
+    limit = min(limit, miner.max_concurrent_jobs - running)
+    if limit <= 0:
+        return []
+    candidates = claimable_jobs(miner=miner, now=now).order_by("rank_at")
+    if job_id is not None:
+        candidates = candidates.filter(pk=job_id)
+    ids = list(candidates.values_list("id", flat=True)[:limit])
+    Job.objects.filter(pk__in=ids, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING,
+        miner=miner_pk,
+        attempt=F("attempt") + 1,
+        lease_token=Func(function="lower", template="lower(hex(randomblob(16)))", output_field=CharField()),
+        lease_expires_at=lease_until,
+        started_at=now,
+        progress=0,
+        updated_at=now,
     )
-    return (
-        Miner.objects.select_for_update(of=("self",))
-        .annotate(running=Coalesce(Subquery(running, output_field=IntegerField()), 0))
-        .filter(pk=miner.pk)
-        .first()
-    )
+    return list(Job.objects.filter(pk__in=ids))
 
 
 def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) -> list[Job]:
@@ -188,10 +187,13 @@ def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) 
 
     No busy loop: between claims the thread sleeps on a wake-up (see ``jobs.wakeup``).
     """
+    jobs = job_claim(miner=miner, limit=limit)
+    if jobs or wait_seconds <= 0:
+        return jobs
     deadline = time.monotonic() + wait_seconds
-    models = ServedModel.objects.filter(miner=miner.pk).values_list("name", flat=True)
-    # Registered before the first claim, so a job committed in between still wakes us.
-    with wakeup.hub.waiter(list(models)) as waiter:
+    models = list(ServedModel.objects.filter(miner=miner.pk).values_list("name", flat=True))
+    with wakeup.hub.waiter(models) as waiter:
+        # Claim again now that we are registered: a job committed in between still wakes us.
         jobs = job_claim(miner=miner, limit=limit)
         while not jobs:
             remaining = deadline - time.monotonic()
@@ -199,8 +201,13 @@ def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) 
                 break
             if not connection.in_atomic_block:
                 connection.close()  # hand the connection back to the pool while asleep
-            waiter.wait(remaining)
-            jobs = job_claim(miner=miner, limit=limit)
+            if waiter.wait(remaining):
+                jobs = job_claim(miner=miner, limit=limit)
+                # Wake-ups beyond what we claimed go to the next waiter (another miner may
+                # meet constraints this one does not); leaving the waiter hands on the rest.
+                waiter.claimed(len(jobs))
+                if not jobs:
+                    waiter.pass_on()
     return jobs
 
 
@@ -215,19 +222,6 @@ def job_claim_specific(*, miner: Miner, job_id) -> Job:
 
 
 # --- Results ---------------------------------------------------------------------------
-
-
-def _lock_leased_job(*, job_id, miner: Miner, lease_token: str | None) -> Job:
-    """The running job, locked, if ``miner`` holds its current lease; else a 409 that changes nothing."""
-    job = Job.objects.select_for_update(of=("self",)).select_related("client").filter(pk=job_id).first()
-    if job is None:
-        raise NotFound("Job not found.", code="JOB_NOT_FOUND")
-    if job.status != JobStatus.RUNNING or job.miner_id != miner.pk:
-        raise Conflict("This miner does not hold the job's lease.", code="LEASE_NOT_HELD")
-    if lease_token and lease_token != job.lease_token:
-        raise Conflict("This result belongs to a superseded attempt.", code="LEASE_NOT_HELD")
-    job.miner = miner
-    return job
 
 
 def _usage_from(result, metrics: dict) -> dict:
@@ -248,6 +242,20 @@ def _usage_from(result, metrics: dict) -> dict:
 
 
 @dataclass(frozen=True)
+class Outcome:
+    """A result a miner reports: ``result`` and ``metrics`` as sent."""
+
+    job_id: object
+    result: object
+    metrics: dict = field(default_factory=dict)
+    lease_token: str | None = None
+
+    @property
+    def reports_failure(self) -> bool:
+        return isinstance(self.result, dict) and self.result.get("status") == "failed"
+
+
+@dataclass(frozen=True)
 class Completion:
     job: Job
     receipt: Receipt | None
@@ -256,37 +264,106 @@ class Completion:
 def job_complete(
     *, job_id, miner: Miner, result, metrics: dict | None = None, lease_token: str | None = None
 ) -> Completion:
-    """Store the lease holder's result and sign its receipt; ``result.status == "failed"`` fails the attempt."""
-    metrics = metrics or {}
+    """Store the lease holder's result and sign its receipt; ``result.status == "failed"`` fails the attempt.
+
+    Anything but the current lease holder's attempt is a 409 that changes nothing.
+    """
+    outcome = Outcome(job_id=job_id, result=result, metrics=metrics or {}, lease_token=lease_token)
+    if outcome.reports_failure:
+        return _complete_with_failure(outcome, miner=miner)
+    completed = jobs_complete(miner=miner, outcomes=[outcome])
+    if not completed:
+        _raise_lease_error(job_id=job_id, miner=miner, lease_token=lease_token)
+    return completed[0]
+
+
+def jobs_complete(*, miner: Miner, outcomes: list[Outcome]) -> list[Completion]:
+    """Complete a batch of the miner's jobs in one transaction (in-cluster workers finish batches).
+
+    Returns a completion for every outcome the miner held the lease for; the others change
+    nothing. Outcomes reporting a failure fail their attempt instead.
+    """
+    completions = [_complete_with_failure(o, miner=miner) for o in outcomes if o.reports_failure]
+    successes = {str(o.job_id): o for o in outcomes if not o.reports_failure}
+    if not successes:
+        return completions
+    now = timezone.now()
     with transaction.atomic():
-        job = _lock_leased_job(job_id=job_id, miner=miner, lease_token=lease_token)
-        if isinstance(result, dict) and result.get("status") == "failed":
-            error = result.get("error")
-            message = error if isinstance(error, str) else str(result.get("error_message") or "miner reported failure")
-            _fail_attempt(job, code=str(result.get("error_code") or "INFERENCE_FAILED"), message=message)
-            return Completion(job=job, receipt=None)
+        if connection.vendor == "postgresql":
+            finished = _complete_postgres(miner=miner, outcomes=successes, now=now)
+        else:
+            finished = _complete_portable(miner=miner, outcomes=successes, now=now)
+        receipts = receipts_issue(completed=[(job, miner.miner_id, client) for job, client in finished])
+    return completions + [
+        Completion(job=job, receipt=receipt) for (job, _), receipt in zip(finished, receipts, strict=True)
+    ]
+
+
+def _complete_postgres(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, str]]:
+    rows = [
+        {"id": job_id, "result": o.result, "usage": _usage_from(o.result, o.metrics), "lease_token": o.lease_token}
+        for job_id, o in outcomes.items()
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.COMPLETE, {"outcomes": sql.jsonb_param(rows), "miner": miner.pk, "now": now})
+        returned = cursor.fetchall()
+    return list(zip(sql.jobs_from_rows(returned), [row[-1] for row in returned], strict=True))
+
+
+def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, str]]:
+    finished = []
+    for job in Job.objects.select_related("client").filter(
+        pk__in=list(outcomes), miner=miner, status=JobStatus.RUNNING
+    ):
+        outcome = outcomes[str(job.pk)]
+        if outcome.lease_token and outcome.lease_token != job.lease_token:
+            continue
         job.status = JobStatus.COMPLETED
-        job.result = result
-        job.usage = _usage_from(result, metrics)
+        job.result = outcome.result
+        job.usage = _usage_from(outcome.result, outcome.metrics)
         job.progress = 100
-        job.completed_at = timezone.now()
+        job.completed_at = now
         job.lease_expires_at = None
         job.error_code = job.error_message = ""
-        job.save(
-            update_fields=[
-                "status",
-                "result",
-                "usage",
-                "progress",
-                "completed_at",
-                "lease_expires_at",
-                "error_code",
-                "error_message",
-                "updated_at",
-            ]
-        )
-        receipt = receipt_issue(job=job)
-    return Completion(job=job, receipt=receipt)
+        job.save(update_fields=[
+            "status", "result", "usage", "progress", "completed_at", "lease_expires_at", "error_code",
+            "error_message", "updated_at",
+        ])  # fmt: skip
+        finished.append((job, job.client.username))
+    return finished
+
+
+def _complete_with_failure(outcome: Outcome, *, miner: Miner) -> Completion:
+    result = outcome.result
+    error = result.get("error")
+    message = error if isinstance(error, str) else str(result.get("error_message") or "miner reported failure")
+    job = job_fail(
+        job_id=outcome.job_id, miner=miner, error_code=str(result.get("error_code") or "INFERENCE_FAILED"),
+        error_message=message, lease_token=outcome.lease_token,
+    )  # fmt: skip
+    return Completion(job=job, receipt=None)
+
+
+def _raise_lease_error(*, job_id, miner: Miner, lease_token: str | None):
+    job = Job.objects.filter(pk=job_id).only("status", "miner", "lease_token").first()
+    if job is None:
+        raise NotFound("Job not found.", code="JOB_NOT_FOUND")
+    if job.status == JobStatus.RUNNING and job.miner_id == miner.pk and lease_token:
+        raise Conflict("This result belongs to a superseded attempt.", code="LEASE_NOT_HELD")
+    raise Conflict("This miner does not hold the job's lease.", code="LEASE_NOT_HELD")
+
+
+def _lock_leased_job(*, job_id, miner: Miner, lease_token: str | None) -> Job:
+    """The running job, locked, if ``miner`` holds its current lease; else a 409 that changes nothing."""
+    job = Job.objects.select_for_update(of=("self",)).select_related("client").filter(pk=job_id).first()
+    if job is None:
+        raise NotFound("Job not found.", code="JOB_NOT_FOUND")
+    if job.status != JobStatus.RUNNING or job.miner_id != miner.pk:
+        raise Conflict("This miner does not hold the job's lease.", code="LEASE_NOT_HELD")
+    if lease_token and lease_token != job.lease_token:
+        raise Conflict("This result belongs to a superseded attempt.", code="LEASE_NOT_HELD")
+    job.miner = miner
+    return job
 
 
 def job_fail(*, job_id, miner: Miner, error_code: str, error_message: str, lease_token: str | None = None) -> Job:

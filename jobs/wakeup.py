@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -24,18 +25,42 @@ logger = logging.getLogger(__name__)
 CHANNEL = "aitbc_jobs"
 
 
+@dataclass
+class Wakeup:
+    """One announcement of work for ``model``, handed from waiter to waiter until one claims it."""
+
+    model: str
+    tried: set = field(default_factory=set)
+
+
 class Waiter:
-    def __init__(self, models: Iterable[str]):
+    def __init__(self, hub: "WakeupHub", models: Iterable[str]):
+        self.hub = hub
         self.models = frozenset(models)
         self._event = threading.Event()
+        self._pending: list[Wakeup] = []
 
-    def wake(self) -> None:
+    def wake(self, wakeup: Wakeup) -> None:
+        with self.hub._lock:
+            self._pending.append(wakeup)
         self._event.set()
 
     def wait(self, timeout: float) -> bool:
         woke = self._event.wait(timeout)
         self._event.clear()
         return woke
+
+    def claimed(self, count: int) -> None:
+        """``count`` jobs were claimed after the wake-ups received so far: those are used up."""
+        with self.hub._lock:
+            del self._pending[:count]
+
+    def pass_on(self) -> None:
+        """Hand the unused wake-ups to other waiters (this miner could not take the work)."""
+        with self.hub._lock:
+            pending, self._pending = self._pending, []
+        for wakeup in pending:
+            self.hub.relay(wakeup)
 
 
 class WakeupHub:
@@ -47,7 +72,7 @@ class WakeupHub:
 
     @contextmanager
     def waiter(self, models: Iterable[str]):
-        waiter = Waiter(models)
+        waiter = Waiter(self, models)
         self._ensure_listener()
         with self._lock:
             self._waiters.append(waiter)
@@ -56,23 +81,28 @@ class WakeupHub:
         finally:
             with self._lock:
                 self._waiters.remove(waiter)
+            waiter.pass_on()
 
-    def notify(self, model: str, count: int = 1) -> None:
-        """Wake ``count`` waiters serving ``model``, longest-waiting first."""
+    def notify(self, model: str) -> None:
+        """Wake the longest-waiting waiter serving ``model``."""
+        self.relay(Wakeup(model))
+
+    def relay(self, wakeup: Wakeup) -> None:
         with self._lock:
-            chosen = [w for w in self._waiters if model in w.models][:count]
-            for waiter in chosen:
-                # Rotate so the next job for this model wakes a different waiter.
-                self._waiters.remove(waiter)
-                self._waiters.append(waiter)
-        for waiter in chosen:
-            waiter.wake()
+            chosen = next((w for w in self._waiters if wakeup.model in w.models and id(w) not in wakeup.tried), None)
+            if chosen is None:
+                return
+            wakeup.tried.add(id(chosen))
+            # Rotate so the next job for this model wakes a different waiter.
+            self._waiters.remove(chosen)
+            self._waiters.append(chosen)
+        chosen.wake(wakeup)
 
     def notify_all(self) -> None:
         with self._lock:
             waiters = list(self._waiters)
         for waiter in waiters:
-            waiter.wake()
+            waiter.wake(Wakeup(model="", tried={id(w) for w in waiters}))
 
     def stop_listener(self) -> None:
         """Close the LISTEN connection (tests drop their database afterwards)."""

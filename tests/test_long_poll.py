@@ -96,3 +96,31 @@ def test_http_long_poll_wakes_on_submit(live_server, make_api, register_miner):
     assert result["response"].status_code == 200
     assert result["response"].json()["job_id"] == submitted.json()["job_id"]
     assert result["at"] - committed_at < 0.5
+
+
+def test_wake_up_passes_to_a_miner_that_meets_the_constraints():
+    owner = user_get_or_create(username="owner")
+    small = miner_register(
+        owner=owner,
+        miner_id="small",
+        capabilities=Capabilities(models=("llama3.2",), vram_gb=24, max_concurrent_jobs=4),
+    )[0]
+    big = miner_register(
+        owner=owner, miner_id="big", capabilities=Capabilities(models=("llama3.2",), vram_gb=80, max_concurrent_jobs=4)
+    )[0]
+    small_thread, small_outcome = _poll_in_thread(small, wait_seconds=3)
+    time.sleep(0.1)  # the small miner waits longest, so it is woken first
+    big_thread, big_outcome = _poll_in_thread(big, wait_seconds=3)
+    time.sleep(0.2)
+    job = job_submit(
+        client=user_get_or_create(username="client"),
+        model="llama3.2",
+        payload={"prompt": "needs a big GPU"},
+        constraints={"min_vram_gb": 48},
+    ).job
+    committed_at = time.perf_counter()
+    big_thread.join(timeout=5)
+    assert [j.pk for j in big_outcome["jobs"]] == [job.pk]
+    assert big_outcome["returned_at"] - committed_at < 0.5
+    small_thread.join(timeout=5)
+    assert small_outcome["jobs"] == []

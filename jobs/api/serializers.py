@@ -1,10 +1,10 @@
 from django.conf import settings
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from aitbc_site.errors import Invalid
-from jobs.models import AITBC_STATE, Job, JobPriority, JobStatus, JobType
+from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
+from jobs.selectors import QUEUE_POSITION_CAP
 
 # Spellings existing clients send for the job types.
 JOB_TYPE_ALIASES = {
@@ -170,77 +170,78 @@ def _validate_content(job_type: str, payload: dict) -> None:
         raise serializers.ValidationError({"prompt": "A prompt (or chat messages) is required."})
 
 
-class JobSerializer(serializers.ModelSerializer):
-    """JobView: a job as clients see it."""
+class JobSerializer(serializers.Serializer):
+    """JobView: a job as clients see it. The fields describe the schema; ``to_representation``
+    builds the same shape directly, since it runs on every submit and status poll."""
 
-    job_id = serializers.CharField(source="id", read_only=True)
-    state = serializers.SerializerMethodField()
-    priority = serializers.CharField(source="get_priority_display")
-    error = serializers.SerializerMethodField()
-    miner_id = serializers.SerializerMethodField()
-    assigned_miner_id = serializers.SerializerMethodField()
-    requested_at = serializers.DateTimeField(source="created_at")
-    queue_position = serializers.SerializerMethodField()
-    estimated_wait_seconds = serializers.SerializerMethodField()
-    is_possible = serializers.SerializerMethodField()
+    job_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    state = serializers.ChoiceField(choices=sorted(set(AITBC_STATE.values())), help_text="The status, AITBC spelling")
+    type = serializers.ChoiceField(choices=JobType.choices)
+    model = serializers.CharField()
+    payload = serializers.DictField()
+    constraints = serializers.DictField()
+    priority = serializers.ChoiceField(choices=[label for _, label in JobPriority.choices])
+    result = serializers.JSONField(allow_null=True)
+    error = serializers.CharField(allow_null=True, help_text="The last attempt's error message")
+    error_code = serializers.CharField(allow_blank=True)
+    progress = serializers.FloatField(help_text="Percent")
+    miner_id = serializers.CharField(allow_null=True)
+    assigned_miner_id = serializers.CharField(allow_null=True)
+    attempt = serializers.IntegerField()
+    max_attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    requested_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(help_text="A job still queued then expires")
+    ttl_seconds = serializers.IntegerField()
+    queue_position = serializers.IntegerField(
+        allow_null=True, help_text=f"While queued: 1 is next (counted up to {QUEUE_POSITION_CAP + 1})"
+    )
+    estimated_wait_seconds = serializers.FloatField(allow_null=True)
+    is_possible = serializers.BooleanField(allow_null=True, help_text="While queued: can an online miner run it?")
+    usage = serializers.DictField(help_text="prompt_tokens, completion_tokens, total_tokens, compute_ms, …")
 
-    class Meta:
-        model = Job
-        fields = [
-            "job_id",
-            "status",
-            "state",
-            "type",
-            "model",
-            "payload",
-            "constraints",
-            "priority",
-            "result",
-            "error",
-            "error_code",
-            "progress",
-            "miner_id",
-            "assigned_miner_id",
-            "attempt",
-            "max_attempts",
-            "created_at",
-            "requested_at",
-            "started_at",
-            "completed_at",
-            "expires_at",
-            "ttl_seconds",
-            "queue_position",
-            "estimated_wait_seconds",
-            "is_possible",
-            "usage",
-        ]
-        read_only_fields = fields
+    def to_representation(self, job):
+        miner_id = job.miner.miner_id if job.miner_id else None
+        outlook = self.context.get("outlook", {}).get(job.pk, {})
+        queued = job.status == JobStatus.QUEUED
+        return {
+            "job_id": str(job.pk),
+            "status": job.status,
+            "state": job.state,
+            "type": job.type,
+            "model": job.model,
+            "payload": job.payload,
+            "constraints": job.constraints,
+            "priority": job.get_priority_display(),
+            "result": job.result,
+            "error": job.error_message or None,
+            "error_code": job.error_code,
+            "progress": job.progress,
+            "miner_id": miner_id,
+            "assigned_miner_id": miner_id,
+            "attempt": job.attempt,
+            "max_attempts": job.max_attempts,
+            "created_at": _iso(job.created_at),
+            "requested_at": _iso(job.created_at),
+            "started_at": _iso(job.started_at),
+            "completed_at": _iso(job.completed_at),
+            "expires_at": _iso(job.expires_at),
+            "ttl_seconds": job.ttl_seconds,
+            "queue_position": getattr(job, "queue_position", None) if queued else None,
+            "estimated_wait_seconds": outlook.get("estimated_wait_seconds"),
+            "is_possible": outlook.get("is_possible"),
+            "usage": job.usage,
+        }
 
-    @extend_schema_field(serializers.ChoiceField(choices=sorted(set(AITBC_STATE.values()))))
-    def get_state(self, job) -> str:
-        return job.state
 
-    def get_error(self, job) -> str | None:
-        return job.error_message or None
-
-    def get_miner_id(self, job) -> str | None:
-        return job.miner.miner_id if job.miner_id else None
-
-    def get_assigned_miner_id(self, job) -> str | None:
-        return self.get_miner_id(job)
-
-    def _outlook(self, job) -> dict:
-        return self.context.get("outlook", {}).get(job.pk, {})
-
-    def get_queue_position(self, job) -> int | None:
-        return getattr(job, "queue_position", None) if job.status == JobStatus.QUEUED else None
-
-    @extend_schema_field(OpenApiTypes.FLOAT)
-    def get_estimated_wait_seconds(self, job) -> float | None:
-        return self._outlook(job).get("estimated_wait_seconds")
-
-    def get_is_possible(self, job) -> bool | None:
-        return self._outlook(job).get("is_possible")
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
 class SignatureSerializer(serializers.Serializer):

@@ -97,14 +97,13 @@ class JobSubmitView(ClientJobMixin, generics.GenericAPIView):
         if key is not None and not 0 < len(key) <= 255:
             raise ServiceError("Idempotency-Key must be 1 to 255 characters.", code="VALIDATION_ERROR", status_code=422)
         submission = services.job_submit(client=request.user, idempotency_key=key, **submit.validated_data)
-        job = self.get_object_by_pk(submission.job.pk)
+        job = submission.job
+        if job.status == JobStatus.QUEUED:
+            job.queue_position = selectors.queue_position(job=job)
         headers = {"Location": f"/v1/jobs/{job.pk}"}
         if not submission.created:
             headers["Idempotent-Replayed"] = "true"
         return self.job_response(job, status.HTTP_201_CREATED, headers)
-
-    def get_object_by_pk(self, pk):
-        return self.get_queryset().get(pk=pk)
 
 
 class JobsView(JobListView, JobSubmitView):
