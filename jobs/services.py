@@ -6,7 +6,6 @@ job is completed at most once however many attempts ran.
 """
 
 import hashlib
-import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,8 +24,6 @@ from jobs.models import Job, JobPriority, JobStatus, JobType
 from jobs.selectors import claimable_jobs
 from miners.capabilities import cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
-
-logger = logging.getLogger(__name__)
 
 # Failures that another attempt cannot fix: the job fails at once.
 NON_RETRYABLE_ERRORS = frozenset({"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL"})
@@ -173,7 +170,7 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, now, lease_until) -> l
         status=JobStatus.RUNNING,
         miner=miner_pk,
         attempt=F("attempt") + 1,
-        lease_token=Func(function="lower", template="lower(hex(randomblob(16)))", output_field=CharField()),
+        lease_token=Func(template="lower(hex(randomblob(16)))", output_field=CharField()),
         lease_expires_at=lease_until,
         started_at=now,
         progress=0,

@@ -95,7 +95,9 @@ def test_http_long_poll_wakes_on_submit(live_server, make_api, register_miner):
     thread.join(timeout=15)
     assert result["response"].status_code == 200
     assert result["response"].json()["job_id"] == submitted.json()["job_id"]
-    assert result["at"] - committed_at < 0.5
+    # Woken by the submission, not by the 10 s deadline (the 50 ms bound is checked above,
+    # without an HTTP server and client sharing the CPU).
+    assert result["at"] - committed_at < 2
 
 
 def test_wake_up_passes_to_a_miner_that_meets_the_constraints():
