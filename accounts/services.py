@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, ApiKeyScope, User
+from aitbc_site import rawsql
 
 KEY_TAG = "aitbc_"
 PREFIX_LENGTH = 12
@@ -59,14 +60,30 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     they can be listed and revoked like any other key.
     """
     digest = hash_key(raw_key)
-    candidates = ApiKey.objects.select_related("user").filter(prefix=key_prefix(raw_key))
-    api_key = next((k for k in candidates if hmac.compare_digest(k.key_hash, digest)), None)
+    api_key = next((k for k in _keys_with_prefix(key_prefix(raw_key)) if hmac.compare_digest(k.key_hash, digest)), None)
     if api_key is None:
         api_key = _api_key_import_from_settings(raw_key=raw_key)
     if api_key is None or api_key.revoked_at is not None or not api_key.user.is_active:
         return None
     _api_key_touch(api_key=api_key)
     return api_key
+
+
+_KEYS_WITH_PREFIX = (
+    f"SELECT {rawsql.columns(ApiKey, 'k')}, {rawsql.columns(User, 'u')} "
+    "FROM accounts_apikey k JOIN accounts_user u ON u.id = k.user_id WHERE k.prefix = %s"
+)
+
+
+def _keys_with_prefix(prefix: str) -> list[ApiKey]:
+    # Runs on every API request: one prepared statement rather than an ORM query.
+    with connection.cursor() as cursor:
+        cursor.execute(_KEYS_WITH_PREFIX, [prefix])
+        rows = cursor.fetchall()
+    keys = rawsql.instances(ApiKey, rows)
+    for api_key, user in zip(keys, rawsql.instances(User, rows, start=len(ApiKey._meta.concrete_fields)), strict=True):
+        api_key.user = user
+    return keys
 
 
 def _api_key_import_from_settings(*, raw_key: str) -> ApiKey | None:

@@ -2,6 +2,7 @@ import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import (
     Avg,
     Case,
@@ -19,6 +20,7 @@ from django.db.models import (
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
+from jobs import sql
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus, ServedModel
 
@@ -104,8 +106,10 @@ def with_queue_position(jobs: QuerySet[Job]) -> QuerySet[Job]:
 
 def queue_position(*, job: Job) -> int:
     """1 for the next job of its model to be claimed (capped like ``with_queue_position``)."""
-    ahead = Job.objects.filter(status=JobStatus.QUEUED, model=job.model, rank_at__lt=job.rank_at)
-    return ahead.values("id")[:QUEUE_POSITION_CAP].count() + 1
+    with connection.cursor() as cursor:
+        rank_at = connection.ops.adapt_datetimefield_value(job.rank_at)
+        cursor.execute(sql.QUEUE_AHEAD, [job.model, rank_at, QUEUE_POSITION_CAP])
+        return cursor.fetchone()[0] + 1
 
 
 _capacity_cache: dict[tuple, tuple[float, int, float | None]] = {}

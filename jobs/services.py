@@ -15,6 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
+from aitbc_site import rawsql
 from aitbc_site.errors import Conflict, NotFound
 from explorer import signing
 from explorer.models import Receipt
@@ -138,6 +139,7 @@ def job_claim(*, miner: Miner, limit: int = 1, job_id=None) -> list[Job]:
 
 def _claim_postgres(*, miner_pk: int, limit: int, job_id, now, lease_until) -> list[Job]:
     with connection.cursor() as cursor:
+        cursor.execute(sql.GENERIC_PLAN)
         cursor.execute(sql.LOCK_MINER, {"miner": miner_pk})
         row = cursor.fetchone()
         if row is None:
@@ -150,7 +152,7 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, now, lease_until) -> l
             "lease_until": lease_until, "vram": vram, "cuda": cuda or 0, "region": region, "price": price, "gpu": gpu,
         }  # fmt: skip
         cursor.execute(sql.CLAIM, params)
-        return sql.jobs_from_rows(cursor.fetchall())
+        return rawsql.instances(Job, cursor.fetchall())
 
 
 def _claim_portable(*, miner_pk: int, limit: int, job_id, now, lease_until) -> list[Job]:
@@ -304,7 +306,7 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, 
     with connection.cursor() as cursor:
         cursor.execute(sql.COMPLETE, {"outcomes": sql.jsonb_param(rows), "miner": miner.pk, "now": now})
         returned = cursor.fetchall()
-    return list(zip(sql.jobs_from_rows(returned), [row[-1] for row in returned], strict=True))
+    return list(zip(rawsql.instances(Job, returned), [row[-1] for row in returned], strict=True))
 
 
 def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, str]]:

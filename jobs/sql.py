@@ -8,19 +8,10 @@ paths in ``jobs.services`` instead.
 
 import json
 
-from django.db import DEFAULT_DB_ALIAS, connection
-from django.db.models import JSONField
-
+from aitbc_site.rawsql import columns
 from jobs.models import Job, JobStatus
 
-_FIELDS = Job._meta.concrete_fields
-_ATTNAMES = [field.attname for field in _FIELDS]
-_JSON_POSITIONS = [i for i, field in enumerate(_FIELDS) if isinstance(field, JSONField)]
-
-
-def _returning(alias: str) -> str:
-    return ", ".join(f'{alias}."{field.column}"' for field in _FIELDS)
-
+GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan"
 
 LOCK_MINER = """
 SELECT m.status, m.draining, m.vram_gb, m.cuda_code, m.region, m.price, m.gpu_name, m.max_concurrent_jobs
@@ -28,7 +19,8 @@ FROM miners_miner m WHERE m.id = %(miner)s FOR UPDATE
 """
 
 # Runs after LOCK_MINER, in a new statement, so the running-jobs count sees every claim
-# committed before we got the miner's lock.
+# committed before we got the miner's lock. Planned once per connection (a generic plan):
+# the status tests are literals, so the plan can use the queue's partial index.
 CLAIM = f"""
 WITH picked AS (
     SELECT c.id FROM miners_servedmodel s
@@ -55,7 +47,7 @@ UPDATE jobs_job j SET status = '{JobStatus.RUNNING}', miner_id = %(miner)s, atte
     lease_token = gen_random_uuid()::text, lease_expires_at = %(lease_until)s, started_at = %(now)s,
     progress = 0, updated_at = %(now)s
 FROM picked WHERE j.id = picked.id
-RETURNING {_returning("j")}
+RETURNING {columns(Job, "j")}
 """
 
 COMPLETE = f"""
@@ -65,21 +57,17 @@ FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS v(id uuid, result jsonb, usage j
      accounts_user u
 WHERE j.id = v.id AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s
   AND (v.lease_token IS NULL OR j.lease_token = v.lease_token) AND u.id = j.client_id
-RETURNING {_returning("j")}, u.username
+RETURNING {columns(Job, "j")}, u.username
 """
-
-
-def jobs_from_rows(rows) -> list[Job]:
-    """Job instances from rows whose first columns are the job's, in model order."""
-    jobs = []
-    width = len(_FIELDS)
-    for row in rows:
-        values = list(row[:width])
-        for i in _JSON_POSITIONS:
-            values[i] = _FIELDS[i].from_db_value(values[i], None, connection)
-        jobs.append(Job.from_db(DEFAULT_DB_ALIAS, _ATTNAMES, values))
-    return jobs
 
 
 def jsonb_param(value) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+# The jobs ahead of one in its model's queue, counted up to a cap (index-only, no sort).
+QUEUE_AHEAD = f"""
+SELECT count(*) FROM (
+    SELECT 1 FROM jobs_job q WHERE q.status = '{JobStatus.QUEUED}' AND q.model = %s AND q.rank_at < %s LIMIT %s
+) ahead
+"""

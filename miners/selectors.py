@@ -1,17 +1,21 @@
+from django.db import connection
 from django.db.models import Count, Q, QuerySet
 
+from aitbc_site import rawsql
 from aitbc_site.errors import NotFound
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus
 
+_MINER_BY_NAME = f"SELECT {rawsql.columns(Miner, 'm')} FROM miners_miner m WHERE m.miner_id = %s AND m.status <> %s"
+
 
 def miner_for_owner(*, owner, miner_id: str, any_owner: bool = False) -> Miner:
     """The caller's registered miner named ``miner_id`` (any owner's for admin keys)."""
-    miners = Miner.objects.exclude(status=MinerStatus.DEREGISTERED).filter(miner_id=miner_id)
-    if not any_owner:
-        miners = miners.filter(owner=owner)
-    miner = miners.first()
-    if miner is None:
+    # Runs on every miner request: one prepared statement rather than an ORM query.
+    with connection.cursor() as cursor:
+        cursor.execute(_MINER_BY_NAME, [miner_id, MinerStatus.DEREGISTERED])
+        miner = next(iter(rawsql.instances(Miner, cursor.fetchall())), None)
+    if miner is None or not (any_owner or miner.owner_id == owner.pk):
         raise NotFound(f"Miner {miner_id!r} is not registered.", code="MINER_NOT_FOUND")
     return miner
 
