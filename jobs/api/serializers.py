@@ -224,11 +224,11 @@ class JobSerializer(serializers.Serializer):
             "assigned_miner_id": miner_id,
             "attempt": job.attempt,
             "max_attempts": job.max_attempts,
-            "created_at": _iso(job.created_at),
-            "requested_at": _iso(job.created_at),
-            "started_at": _iso(job.started_at),
-            "completed_at": _iso(job.completed_at),
-            "expires_at": _iso(job.expires_at),
+            "created_at": iso_datetime(job.created_at),
+            "requested_at": iso_datetime(job.created_at),
+            "started_at": iso_datetime(job.started_at),
+            "completed_at": iso_datetime(job.completed_at),
+            "expires_at": iso_datetime(job.expires_at),
             "ttl_seconds": job.ttl_seconds,
             "queue_position": getattr(job, "queue_position", None) if queued else None,
             "estimated_wait_seconds": outlook.get("estimated_wait_seconds"),
@@ -237,7 +237,7 @@ class JobSerializer(serializers.Serializer):
         }
 
 
-def _iso(value) -> str | None:
+def iso_datetime(value) -> str | None:
     if value is None:
         return None
     text = value.isoformat()

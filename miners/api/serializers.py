@@ -4,7 +4,7 @@ from decimal import Decimal, InvalidOperation
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
-from jobs.api.serializers import SignedReceiptSerializer
+from jobs.api.serializers import SignedReceiptSerializer, iso_datetime
 from miners.capabilities import Capabilities
 from miners.models import Miner
 
@@ -168,6 +168,19 @@ class LeasedJobSerializer(serializers.Serializer):
     attempt = serializers.IntegerField()
     lease_token = serializers.CharField(help_text="Send it back with the result: it fences this attempt.")
     lease_expires_at = serializers.DateTimeField()
+
+    def to_representation(self, job):
+        # Every poll that gets work: built directly rather than field by field.
+        return {
+            "job_id": str(job.pk),
+            "type": job.type,
+            "model": job.model,
+            "payload": job.payload,
+            "constraints": job.constraints,
+            "attempt": job.attempt,
+            "lease_token": job.lease_token,
+            "lease_expires_at": iso_datetime(job.lease_expires_at),
+        }
 
 
 class LeasedJobBatchSerializer(serializers.Serializer):
