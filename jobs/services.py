@@ -7,11 +7,12 @@ job is completed at most once however many attempts ran.
 
 import hashlib
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
@@ -22,7 +23,7 @@ from explorer.models import Receipt
 from explorer.services import receipts_issue
 from jobs import sql, wakeup
 from jobs.models import Job, JobPriority, JobStatus, JobType
-from jobs.selectors import claimable_jobs
+from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
 from miners.capabilities import cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
 
@@ -34,6 +35,7 @@ NON_RETRYABLE_ERRORS = frozenset({"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_
 class Submission:
     job: Job
     created: bool
+    queue_position: int | None = None
 
 
 def _fingerprint(**request) -> str:
@@ -85,14 +87,30 @@ def job_submit(
         created_at=now,
     )
     try:
-        with transaction.atomic():
-            job.save(force_insert=True)
-            wakeup.announce(job.model)
+        if connection.vendor == "postgresql":
+            position = _insert_postgres(job)
+        else:
+            with transaction.atomic():
+                job.save(force_insert=True)
+                wakeup.announce(job.model)
+            position = queue_position(job=job)
     except IntegrityError:
         if not idempotency_key:
             raise
         return _replayed(Job.objects.get(client=client, idempotency_key=idempotency_key), fingerprint)
-    return Submission(job=job, created=True)
+    return Submission(job=job, created=True, queue_position=position)
+
+
+def _insert_postgres(job: Job) -> int:
+    """Insert and announce the job in one statement (its own transaction outside an atomic
+    block); return its queue position."""
+    statement, params = sql.insert_and_announce(job)
+    # Inside a caller's transaction, a savepoint keeps a duplicate Idempotency-Key recoverable.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        cursor.execute(statement, [*params, wakeup.CHANNEL, QUEUE_POSITION_CAP])
+        ahead = cursor.fetchone()[1]
+    job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS
+    return ahead + 1
 
 
 def _replayed(job: Job, fingerprint: str) -> Submission:

@@ -8,6 +8,8 @@ paths in ``jobs.services`` instead.
 
 import json
 
+from django.db import connection
+
 from aitbc_site.rawsql import columns
 from jobs.models import Job, JobStatus
 
@@ -71,3 +73,22 @@ SELECT count(*) FROM (
     SELECT 1 FROM jobs_job q WHERE q.status = '{JobStatus.QUEUED}' AND q.model = %s AND q.rank_at < %s LIMIT %s
 ) ahead
 """
+
+
+def insert_and_announce(job: Job) -> tuple[str, list]:
+    """One statement that inserts ``job``, announces it (NOTIFY is delivered at commit) and
+    counts the jobs ahead of it, so a submission is a single round trip in autocommit."""
+    fields = Job._meta.concrete_fields
+    names = ", ".join(f'"{field.column}"' for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    statement = f"""
+WITH ins AS (INSERT INTO jobs_job ({names}) VALUES ({placeholders}) RETURNING model, rank_at),
+announced AS (SELECT pg_notify(%s, ins.model) FROM ins)
+SELECT (SELECT count(*) FROM announced), (
+    SELECT count(*) FROM (
+        SELECT 1 FROM jobs_job q, ins
+        WHERE q.status = '{JobStatus.QUEUED}' AND q.model = ins.model AND q.rank_at < ins.rank_at LIMIT %s
+    ) ahead
+)
+"""
+    return statement, [field.get_db_prep_save(field.pre_save(job, True), connection) for field in fields]

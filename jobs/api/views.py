@@ -99,7 +99,7 @@ class JobSubmitView(ClientJobMixin, generics.GenericAPIView):
         submission = services.job_submit(client=request.user, idempotency_key=key, **submit.validated_data)
         job = submission.job
         if job.status == JobStatus.QUEUED:
-            job.queue_position = selectors.queue_position(job=job)
+            job.queue_position = submission.queue_position or selectors.queue_position(job=job)
         headers = {"Location": f"/v1/jobs/{job.pk}"}
         if not submission.created:
             headers["Idempotent-Replayed"] = "true"
