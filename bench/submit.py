@@ -269,11 +269,10 @@ def server_breakdown(key: str, n: int = 200) -> dict:
         "middleware floor: GET /health/live": lambda: client.get("/health/live"),
         "auth: accounts.services.api_key_authenticate": lambda: api_key_authenticate(raw_key=key),
         "JobSubmitSerializer.is_valid": validated,
-        "jobs.services.job_submit (INSERT + pg_notify + COMMIT)": lambda: services.job_submit(client=user, **data),
-        "view re-read: get_object_by_pk (with_queue_position)": lambda: visible().get(pk=job.pk),
-        "selectors.queue_outlook (miners_able_to_run + average_run_seconds)": lambda: selectors.queue_outlook(
-            jobs=[annotated]
+        "jobs.services.job_submit (one statement: INSERT + NOTIFY + queue position)": lambda: services.job_submit(
+            client=user, **data
         ),
+        "selectors.queue_outlook (cached per kind of job)": lambda: selectors.queue_outlook(jobs=[annotated]),
         "JobSerializer(job).data": lambda: JobSerializer(annotated, context={"outlook": outlook}).data,
         "one ORM-free round trip: SELECT 1 through Django's cursor": cursor_select_1,
     }
