@@ -9,7 +9,7 @@ class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     extra = 0
     fields = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
-    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("name", "scope", "prefix", "created_at", "last_used_at", "revoked_at")
     can_delete = False
     show_change_link = True
 

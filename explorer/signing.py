@@ -28,7 +28,7 @@ def _without_none(value):
 
 
 def canonical_json(obj) -> bytes:
-    return json.dumps(_without_none(obj), separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    return json.dumps(_without_none(obj), separators=(",", ":"), sort_keys=True).encode()
 
 
 def b64url(data: bytes) -> str:

@@ -39,6 +39,10 @@ class JobAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        # Jobs change only through the actions (services), never by saving the form.
+        return False
+
     @admin.action(description="Re-queue selected running jobs")
     def requeue_jobs(self, request, queryset):
         self._apply(

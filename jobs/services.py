@@ -7,7 +7,7 @@ job is completed at most once however many attempts ran.
 
 import hashlib
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -17,7 +17,7 @@ from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
 from aitbc_site import rawsql
-from aitbc_site.errors import Conflict, NotFound
+from aitbc_site.errors import Conflict, NotFound, ServiceError
 from explorer import signing
 from explorer.models import Receipt
 from explorer.services import receipts_issue
@@ -92,7 +92,7 @@ def job_submit(
         else:
             with transaction.atomic():
                 job.save(force_insert=True)
-                wakeup.announce(job.model)
+                wakeup.announce(job)
             position = queue_position(job=job)
     except IntegrityError:
         if not idempotency_key:
@@ -242,8 +242,9 @@ def job_claim_specific(*, miner: Miner, job_id) -> Job:
 
 
 def _usage_from(result, metrics: dict) -> dict:
-    reported = dict(result.get("usage") or {}) if isinstance(result, dict) else {}
-    usage = {k: v for k, v in reported.items() if isinstance(v, int) and not isinstance(v, bool)}
+    reported = result.get("usage") if isinstance(result, dict) else None
+    reported = reported if isinstance(reported, dict) else {}
+    usage = {k: v for k, v in reported.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
     for key in ("prompt_tokens", "completion_tokens", "total_tokens", "units"):
         value = metrics.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
@@ -298,9 +299,13 @@ def jobs_complete(*, miner: Miner, outcomes: list[Outcome]) -> list[Completion]:
     """Complete a batch of the miner's jobs in one transaction (in-cluster workers finish batches).
 
     Returns a completion for every outcome the miner held the lease for; the others change
-    nothing. Outcomes reporting a failure fail their attempt instead.
+    nothing. Outcomes reporting a failure fail their attempt instead (each on its own).
     """
-    completions = [_complete_with_failure(o, miner=miner) for o in outcomes if o.reports_failure]
+    completions = []
+    for outcome in outcomes:
+        if outcome.reports_failure:
+            with suppress(ServiceError):  # not this miner's lease: changes nothing
+                completions.append(_complete_with_failure(outcome, miner=miner))
     successes = {str(o.job_id): o for o in outcomes if not o.reports_failure}
     if not successes:
         return completions
@@ -404,7 +409,7 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
         job.progress = 0
         # An accepted job is not lost to a dead miner: it gets a full TTL in the queue again.
         job.expires_at = max(job.expires_at, now + timedelta(seconds=job.ttl_seconds))
-        wakeup.announce(job.model)
+        wakeup.announce(job)
     else:
         job.status = JobStatus.FAILED
         job.completed_at = now
@@ -431,13 +436,15 @@ def job_leases_extend(*, miner: Miner) -> int:
 
 
 def job_requeue(*, job_id, reason: str = "re-queued by staff") -> Job:
-    """Put a running job back in the queue now (its attempt ends), as if its lease had lapsed."""
+    """Put a running job back in the queue now. Its attempt ends without counting against it."""
     with transaction.atomic():
         job = Job.objects.select_for_update(of=("self",)).filter(pk=job_id).first()
         if job is None:
             raise NotFound("Job not found.", code="JOB_NOT_FOUND")
         if job.status != JobStatus.RUNNING:
             raise Conflict(f"Only running jobs can be re-queued; this one is {job.status}.", code="JOB_NOT_RUNNING")
+        job.max_attempts = max(job.max_attempts, job.attempt + 1)
+        job.save(update_fields=["max_attempts", "updated_at"])
         _fail_attempt(job, code="REQUEUED", message=reason)
     return job
 

@@ -41,9 +41,9 @@ WITH picked AS (
     ) c
     WHERE s.miner_id = %(miner)s
     ORDER BY c.rank_at
-    LIMIT GREATEST(0, %(capacity)s - (
+    LIMIT LEAST(%(limit)s, GREATEST(0, %(capacity)s - (
         SELECT count(*) FROM jobs_job r WHERE r.miner_id = %(miner)s AND r.status = '{JobStatus.RUNNING}'
-    ))
+    )))
 )
 UPDATE jobs_job j SET status = '{JobStatus.RUNNING}', miner_id = %(miner)s, attempt = j.attempt + 1,
     lease_token = gen_random_uuid()::text, lease_expires_at = %(lease_until)s, started_at = %(now)s,
@@ -82,8 +82,8 @@ def insert_and_announce(job: Job) -> tuple[str, list]:
     names = ", ".join(f'"{field.column}"' for field in fields)
     placeholders = ", ".join(["%s"] * len(fields))
     statement = f"""
-WITH ins AS (INSERT INTO jobs_job ({names}) VALUES ({placeholders}) RETURNING model, rank_at),
-announced AS (SELECT pg_notify(%s, ins.model) FROM ins)
+WITH ins AS (INSERT INTO jobs_job ({names}) VALUES ({placeholders}) RETURNING id, model, rank_at),
+announced AS (SELECT pg_notify(%s, ins.id::text || ' ' || ins.model) FROM ins)
 SELECT (SELECT count(*) FROM announced), (
     SELECT count(*) FROM (
         SELECT 1 FROM jobs_job q, ins

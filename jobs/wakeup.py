@@ -135,7 +135,8 @@ class WakeupHub:
                     self.notify_all()
                     while not self._stopping.is_set():
                         for notification in conn.notifies(timeout=1.0):
-                            self.notify(notification.payload)
+                            _job_id, _, model = notification.payload.partition(" ")
+                            self.notify(model)
             except Exception:
                 logger.exception("wake-up listener lost its connection; reconnecting")
                 time.sleep(1)
@@ -144,10 +145,14 @@ class WakeupHub:
 hub = WakeupHub()
 
 
-def announce(model: str) -> None:
-    """Announce work for ``model`` once the current transaction commits."""
+def announce(job) -> None:
+    """Announce ``job``'s model once the current transaction commits.
+
+    The payload names the job too: PostgreSQL folds identical notifications of one
+    transaction into one, and a sweep re-queueing many jobs of a model must wake as many
+    waiters."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, model])
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{job.pk} {job.model}"])
     else:
-        transaction.on_commit(lambda: hub.notify(model))
+        transaction.on_commit(lambda: hub.notify(job.model))

@@ -52,6 +52,10 @@ class MinerAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def save_model(self, request, obj, form, change):
+        # Only ``draining`` is editable here, and it changes through its service.
+        services.miner_set_draining(miner=obj, draining=obj.draining)
+
     @admin.action(description="Drain: finish current jobs, take no new ones")
     def drain(self, request, queryset):
         for miner in queryset:

@@ -11,6 +11,8 @@ _MINER_BY_NAME = f"SELECT {rawsql.columns(Miner, 'm')} FROM miners_miner m WHERE
 
 def miner_for_owner(*, owner, miner_id: str, any_owner: bool = False) -> Miner:
     """The caller's registered miner named ``miner_id`` (any owner's for admin keys)."""
+    if not 0 < len(miner_id) <= 128 or "\x00" in miner_id:
+        raise NotFound(f"Miner {miner_id[:128]!r} is not registered.", code="MINER_NOT_FOUND")
     # Runs on every miner request: one prepared statement rather than an ORM query.
     with connection.cursor() as cursor:
         cursor.execute(_MINER_BY_NAME, [miner_id, MinerStatus.DEREGISTERED])

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from aitbc_site.errors import Conflict
+from aitbc_site.errors import Conflict, NotFound
 from jobs.services import job_leases_extend, jobs_release_for_miner
 from miners.capabilities import Capabilities, cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
@@ -75,7 +75,13 @@ def miner_heartbeat(*, miner: Miner, inflight: int | None = None, metadata: dict
     if metadata is not None:
         fields["metadata"] = metadata
     with transaction.atomic():
-        Miner.objects.filter(pk=miner.pk).update(**fields, updated_at=timezone.now())
+        updated = (
+            Miner.objects.filter(pk=miner.pk)
+            .exclude(status=MinerStatus.DEREGISTERED)
+            .update(**fields, updated_at=timezone.now())
+        )
+        if not updated:
+            raise NotFound("This miner was deregistered.", code="MINER_NOT_FOUND")
         return job_leases_extend(miner=miner)
 
 
@@ -100,6 +106,7 @@ def miner_set_draining(*, miner: Miner, draining: bool) -> Miner:
     return miner
 
 
+@transaction.atomic
 def miner_deregister(*, miner: Miner) -> int:
     """Take a miner out of the network; the jobs it holds go back to the queue."""
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.DEREGISTERED, updated_at=timezone.now())
@@ -110,16 +117,20 @@ def miner_deregister(*, miner: Miner) -> int:
 def miners_mark_silent_offline() -> int:
     """Miners silent past the heartbeat timeout go offline and their jobs return to the queue."""
     cutoff = timezone.now() - timedelta(seconds=settings.MINER_HEARTBEAT_TIMEOUT_SECONDS)
-    silent = list(Miner.objects.filter(status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff))
-    for miner in silent:
-        updated = Miner.objects.filter(pk=miner.pk, status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff).update(
-            status=MinerStatus.OFFLINE, updated_at=timezone.now()
-        )
-        if updated:
-            jobs_release_for_miner(miner=miner, reason="The miner stopped sending heartbeats.")
-    return len(silent)
+    taken_offline = 0
+    for miner in Miner.objects.filter(status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff):
+        # One transaction: a heartbeat arriving meanwhile waits for it, then finds no leases to extend.
+        with transaction.atomic():
+            updated = Miner.objects.filter(pk=miner.pk, status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff).update(
+                status=MinerStatus.OFFLINE, updated_at=timezone.now()
+            )
+            if updated:
+                jobs_release_for_miner(miner=miner, reason="The miner stopped sending heartbeats.")
+        taken_offline += updated
+    return taken_offline
 
 
+@transaction.atomic
 def miner_take_offline(*, miner: Miner) -> int:
     """Staff take a miner offline: its jobs return to the queue. Returns how many."""
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.OFFLINE, updated_at=timezone.now())

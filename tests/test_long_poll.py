@@ -126,3 +126,30 @@ def test_wake_up_passes_to_a_miner_that_meets_the_constraints():
     assert big_outcome["returned_at"] - committed_at < 0.5
     small_thread.join(timeout=5)
     assert small_outcome["jobs"] == []
+
+
+def test_a_sweep_requeueing_several_jobs_wakes_as_many_miners(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from jobs.services import job_claim, jobs_requeue_lapsed
+
+    owner = user_get_or_create(username="owner")
+    capabilities = Capabilities(models=("llama3.2",), max_concurrent_jobs=1)
+    holder = miner_register(
+        owner=owner, miner_id="holder", capabilities=Capabilities(models=("llama3.2",), max_concurrent_jobs=4)
+    )[0]
+    client = user_get_or_create(username="client")
+    for _ in range(2):
+        job_submit(client=client, model="llama3.2", payload={"prompt": "hi"})
+    assert len(job_claim(miner=holder, limit=2)) == 2
+    waiting = [miner_register(owner=owner, miner_id=f"w{i}", capabilities=capabilities)[0] for i in range(2)]
+    polls = [_poll_in_thread(miner, wait_seconds=3) for miner in waiting]
+    time.sleep(0.3)
+    swept_at = time.perf_counter()
+    assert jobs_requeue_lapsed(now=timezone.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS + 1)) == 2
+    for thread, outcome in polls:
+        thread.join(timeout=5)
+        assert len(outcome["jobs"]) == 1
+        assert outcome["returned_at"] - swept_at < 1

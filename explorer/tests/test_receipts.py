@@ -17,7 +17,7 @@ def independent_canonical(obj) -> bytes:
             return [strip(v) for v in value]
         return value
 
-    return json.dumps(strip(obj), separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return json.dumps(strip(obj), separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
 def unpadded_b64decode(text: str) -> bytes:
@@ -124,3 +124,7 @@ def signing_sha(value) -> str:
     import hashlib
 
     return hashlib.sha256(independent_canonical(value)).hexdigest()
+
+
+def test_canonical_json_escapes_non_ascii_as_api_md_specifies():
+    assert signing.canonical_json({"b": None, "a": "é"}) == b'{"a":"\\u00e9"}'

@@ -94,7 +94,7 @@ class JobSubmitView(ClientJobMixin, generics.GenericAPIView):
         submit = JobSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not 0 < len(key) <= 255:
+        if key is not None and (not 0 < len(key) <= 255 or "\x00" in key):
             raise ServiceError("Idempotency-Key must be 1 to 255 characters.", code="VALIDATION_ERROR", status_code=422)
         submission = services.job_submit(client=request.user, idempotency_key=key, **submit.validated_data)
         job = submission.job

@@ -112,3 +112,14 @@ def test_each_claim_gets_a_new_fencing_token(client, miner, settings):
     assert second.pk == job.pk
     assert second.attempt == 2
     assert first and second.lease_token and second.lease_token != first
+
+
+def test_staff_requeue_on_the_last_attempt_gives_one_more(client, miner):
+    from jobs.services import job_requeue
+
+    job = submit(client, max_attempts=1)
+    job_claim(miner=miner)
+    job_requeue(job_id=job.pk)
+    job.refresh_from_db()
+    assert (job.status, job.max_attempts) == (JobStatus.QUEUED, 2)
+    assert job_claim(miner=miner)[0].pk == job.pk

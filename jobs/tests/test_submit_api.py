@@ -147,3 +147,22 @@ def test_unknown_and_malformed_job_ids_are_404(client_api):
     response = client_api.get("/v1/jobs/not-a-uuid")
     assert response.status_code == 404
     assert response.json()["error_code"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "nul \x00 inside", "model": "m"},
+        {"prompt": "x", "model": "m\x00"},
+        {"payload": {"prompt": "x", "model": "m", "extra": {"k\x00": 1}}},
+    ],
+)
+def test_nul_characters_are_422_not_500(client_api, body):
+    response = client_api.post("/v1/jobs", body, format="json")
+    assert response.status_code == 422
+    assert not Job.objects.exists()
+
+
+def test_nul_in_the_idempotency_key_is_422(client_api):
+    response = client_api.post("/v1/jobs", {"prompt": "x", "model": "m"}, format="json", HTTP_IDEMPOTENCY_KEY="a\x00b")
+    assert response.status_code == 422

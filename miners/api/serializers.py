@@ -8,13 +8,16 @@ from jobs.api.serializers import SignedReceiptSerializer, iso_datetime
 from miners.capabilities import Capabilities
 from miners.models import Miner
 
-_MEMORY = re.compile(r"^\s*([\d.]+)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
+MAX_PRICE = Decimal(10**10)
 _MEMORY_UNITS_GB = {"k": 1 / 1024**2, "m": 1 / 1024, "g": 1, "t": 1024}
 
 
 def _memory_gb(value) -> float:
     """GPU memory in GB from ``memory_mb``-style numbers or strings like ``"24GB"``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not 0 <= value < 1e9:
+            raise serializers.ValidationError(f"GPU memory {value!r} is out of range.")
         return float(value)
     match = _MEMORY.match(str(value or ""))
     if not match:
@@ -52,8 +55,8 @@ def parse_capabilities(data: dict, *, concurrency=None, region=None, gpu_info=No
         price = None if price is None else Decimal(str(price))
     except InvalidOperation:
         raise serializers.ValidationError({"capabilities": "price must be a number."}) from None
-    if price is not None and price < 0:
-        raise serializers.ValidationError({"capabilities": "price must not be negative."})
+    if price is not None and not (price.is_finite() and 0 <= price < MAX_PRICE):
+        raise serializers.ValidationError({"capabilities": "price must be a number from 0 to 10^10."})
     max_jobs = caps.get("max_concurrent_jobs", concurrency) or 1
     if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or not 1 <= max_jobs <= 1024:
         raise serializers.ValidationError({"concurrency": "Must be an integer from 1 to 1024."})
@@ -147,7 +150,7 @@ class OkSerializer(serializers.Serializer):
 
 
 class HeartbeatSerializer(serializers.Serializer):
-    inflight = serializers.IntegerField(required=False, min_value=0)
+    inflight = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000)
     status = serializers.CharField(required=False, max_length=32)
     metadata = serializers.DictField(required=False)
 

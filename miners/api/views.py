@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 
 from aitbc_site.api.pagination import ItemsLimitOffsetPagination
 from aitbc_site.api.permissions import IsMiner, is_admin
-from aitbc_site.errors import NotFound
+from aitbc_site.errors import Invalid, NotFound
 from jobs import services as job_services
 from jobs.api.serializers import JobSerializer
 from jobs.models import Job
@@ -98,6 +98,8 @@ class RegisterView(MinerView):
         registration.is_valid(raise_exception=True)
         data = registration.validated_data
         miner_id = request.headers.get("X-Miner-ID") or data.get("miner_id") or request.user.username
+        if len(miner_id) > 128 or "\x00" in miner_id:
+            raise Invalid("A miner id is at most 128 characters.", code="VALIDATION_ERROR")
         miner, session_token = services.miner_register(
             owner=request.user, miner_id=miner_id, capabilities=data["parsed"], public_key=data.get("public_key", "")
         )

@@ -296,3 +296,50 @@ def test_draining_miner_gets_no_new_jobs(client_api, miner_api, register_miner, 
     submit_job(client_api)
     miner_set_draining(miner=Miner.objects.get(), draining=True)
     assert poll(miner_api).status_code == 204
+
+
+def test_a_miner_serving_several_models_leases_only_what_it_asked_for(client_api, miner_api, register_miner):
+    register_miner(miner_api, models=["a", "b", "c"], max_concurrent_jobs=8)
+    for model in ["a", "b", "c"]:
+        client_api.post("/v1/jobs", {"prompt": "x", "model": model}, format="json")
+    assert poll(miner_api).status_code == 200
+    assert Job.objects.filter(status=JobStatus.RUNNING).count() == 1
+    assert len(poll(miner_api, max_jobs=5).json()["jobs"]) == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"result": {"usage": "lots"}},
+        {"result": {"usage": [[1, 5]]}, "metrics": {"units": 3}},
+        {"result": {"output": "x"}, "metrics": {"duration_ms": "slow"}},
+    ],
+)
+def test_odd_usage_reports_are_ignored_not_500(client_api, miner_api, register_miner, submit_job, body):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    assert miner_api.post(f"/v1/miners/{job['job_id']}/result", body, format="json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "capabilities",
+    [
+        {"models": ["m"], "gpus": [{"name": "g", "memory": "1.2.3GB"}]},
+        {"models": ["m"], "price": "NaN"},
+        {"models": ["m"], "price": "Infinity"},
+        {"models": ["m"], "price": 1e20},
+        {"models": ["m"], "gpus": [{"name": "g", "memory_mb": -5}]},
+    ],
+)
+def test_unreadable_capabilities_are_422(miner_api, capabilities):
+    response = miner_api.post("/v1/miners/register", {"capabilities": capabilities}, format="json")
+    assert response.status_code == 422
+
+
+def test_overlong_or_nul_miner_ids_are_rejected(make_api):
+    api = make_api("miner", "odd")
+    api.credentials(HTTP_X_API_KEY=api.raw_key, HTTP_X_MINER_ID="x" * 129)
+    assert api.post("/v1/miners/register", {"capabilities": {"models": ["m"]}}, format="json").status_code == 422
+    api.credentials(HTTP_X_API_KEY=api.raw_key)
+    assert api.get("/v1/jobs/available", {"miner_id": "a\x00b"}).status_code == 404
