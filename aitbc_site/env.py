@@ -47,10 +47,30 @@ def env_list(name: str, default: tuple[str, ...] = ()) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+RATE_PERIODS = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+    "d": 86400,
+    "day": 86400,
+}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """``"100/min"`` → (100, 60): requests per window of seconds."""
+    count, _, period = rate.partition("/")
+    return int(count), RATE_PERIODS[period]
+
+
 def env_rate(name: str, default: str) -> str:
     """A rate such as ``100/min``: requests per second, minute, hour or day."""
     value = env_str(name, default)
     count, _, period = value.partition("/")
-    if not count.isdigit() or period not in {"s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day"}:
+    if not count.isdigit() or period not in RATE_PERIODS:
         raise ImproperlyConfigured(f"{name} must look like 100/min, got {value!r}")
     return value

@@ -1,5 +1,6 @@
 import django_filters
 from django.db.models import Q
+from rest_framework.exceptions import ValidationError
 
 from jobs.models import AITBC_STATE, Job, JobStatus
 
@@ -26,8 +27,6 @@ class JobFilter(django_filters.FilterSet):
         for spelling in value.split(","):
             status = _STATUS_BY_SPELLING.get(spelling.strip().lower())
             if status is None:
-                from rest_framework.exceptions import ValidationError
-
                 raise ValidationError({"status": [f"Unknown status {spelling.strip()!r}."]})
             wanted.add(status)
         return queryset.filter(Q(status__in=wanted))

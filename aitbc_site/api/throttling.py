@@ -5,6 +5,7 @@ Each request increments a fixed-window counter: in Redis (``INCR`` + ``EXPIRE`` 
 process, which in the embedded setup is the only one.
 """
 
+import logging
 import threading
 import time
 from functools import lru_cache
@@ -15,24 +16,7 @@ from rest_framework.throttling import BaseThrottle
 
 from accounts.models import ApiKey
 from aitbc_site.api.permissions import request_scope
-
-_PERIODS = {
-    "s": 1,
-    "sec": 1,
-    "second": 1,
-    "m": 60,
-    "min": 60,
-    "minute": 60,
-    "h": 3600,
-    "hour": 3600,
-    "d": 86400,
-    "day": 86400,
-}
-
-
-def parse_rate(rate: str) -> tuple[int, int]:
-    count, _, period = rate.partition("/")
-    return int(count), _PERIODS[period]
+from aitbc_site.env import parse_rate
 
 
 class _LocalCounter:
@@ -53,21 +37,26 @@ class _LocalCounter:
 
 
 _local_counter = _LocalCounter()
+logger = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+@lru_cache(maxsize=4)
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
 
 
 def hit(key: str, window_seconds: int) -> int:
     """Count one request against ``key`` in the current window; return the window's count."""
     if settings.REDIS_URL:
-        pipe = _redis().pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, window_seconds + 1, nx=True)
-        count, _ = pipe.execute()
-        return int(count)
+        try:
+            pipe = _redis(settings.REDIS_URL).pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, window_seconds + 1, nx=True)
+            count, _ = pipe.execute()
+            return int(count)
+        except redis.RedisError:
+            # Limits are a guard, not the service: without Redis, count in this process.
+            logger.warning("rate-limit counter unavailable in Redis; counting in this process", exc_info=True)
     return _local_counter.incr(key, window_seconds)
 
 

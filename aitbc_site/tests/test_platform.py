@@ -192,7 +192,7 @@ def test_rate_limit_counter_is_exact_across_processes(settings):
     for worker in workers:
         worker.join(timeout=60)
     assert [worker.exitcode for worker in workers] == [0] * 6
-    assert int(throttling._redis().get(key)) == 300
+    assert int(throttling._redis(django_settings.REDIS_URL).get(key)) == 300
 
 
 # --- Configuration from the environment -----------------------------------------------
@@ -277,3 +277,11 @@ def test_settings_refuse_an_unparseable_debug_flag(tmp_path):
     started = start_django(tmp_path, SECRET_KEY="s3cret", DEBUG="maybe")
     assert started.returncode != 0
     assert "DEBUG must be a boolean" in started.stderr
+
+
+def test_rate_limit_counts_locally_when_redis_is_unreachable(settings):
+    from aitbc_site.api import throttling
+
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    assert throttling.hit("aitbc-test:redis-down", 60) == 1
+    assert throttling.hit("aitbc-test:redis-down", 60) == 2

@@ -287,6 +287,7 @@ class ClaimView(MinerView):
         responses={200: LeasedJobSerializer, 409: OpenApiResponse(description="Job not available"), **ERRORS},
     )
     def post(self, request, job_id):
+        ClaimSerializer(data=request.data).is_valid(raise_exception=True)
         miner = self.miner()
         services.miner_touch(miner=miner)
         job = job_services.job_claim_specific(miner=miner, job_id=job_id)
