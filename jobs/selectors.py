@@ -18,6 +18,7 @@ from django.db.models import (
     When,
 )
 from django.db.models.expressions import RawSQL
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from jobs import sql
@@ -55,7 +56,8 @@ def miners_able_to_run(*, job: Job) -> QuerySet[Miner]:
     if job.req_min_vram_gb is not None:
         miners = miners.filter(vram_gb__gte=job.req_min_vram_gb)
     if job.req_cuda_code is not None:
-        miners = miners.filter(cuda_code__gte=job.req_cuda_code)
+        # A miner that reported no CUDA version counts as 0, as in the claim.
+        miners = miners.alias(cuda=Coalesce("cuda_code", 0)).filter(cuda__gte=job.req_cuda_code)
     if job.req_region:
         miners = miners.filter(region__iexact=job.req_region)
     if job.req_max_price is not None:

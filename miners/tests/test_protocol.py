@@ -343,3 +343,12 @@ def test_overlong_or_nul_miner_ids_are_rejected(make_api):
     assert api.post("/v1/miners/register", {"capabilities": {"models": ["m"]}}, format="json").status_code == 422
     api.credentials(HTTP_X_API_KEY=api.raw_key)
     assert api.get("/v1/jobs/available", {"miner_id": "a\x00b"}).status_code == 404
+
+
+def test_is_possible_agrees_with_the_claim_for_a_miner_without_cuda(client_api, miner_api, register_miner):
+    register_miner(miner_api, models=["llama3.2"])
+    response = client_api.post(
+        "/v1/jobs", {"prompt": "x", "model": "llama3.2", "constraints": {"cuda": "0"}}, format="json"
+    )
+    assert response.json()["is_possible"] is True
+    assert poll(miner_api).status_code == 200
