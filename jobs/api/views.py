@@ -41,7 +41,6 @@ class ClientJobMixin:
 
     permission_classes = [IsClient]
     serializer_class = JobSerializer
-    lookup_url_kwarg = "job_id"
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
