@@ -57,10 +57,12 @@ def job_submit(
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job."""
     constraints = constraints or {}
     ttl_seconds = ttl_seconds or settings.JOB_DEFAULT_TTL_SECONDS
-    fingerprint = _fingerprint(
-        type=job_type, model=model, payload=payload, constraints=constraints, priority=priority, ttl=ttl_seconds
-    )
+    fingerprint = ""
     if idempotency_key:
+        # Only keyed submissions are compared with a replay.
+        fingerprint = _fingerprint(
+            type=job_type, model=model, payload=payload, constraints=constraints, priority=priority, ttl=ttl_seconds
+        )
         existing = Job.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _replayed(existing, fingerprint)
@@ -417,6 +419,7 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
         update_fields=[
             "status",
             "miner",
+            "max_attempts",
             "progress",
             "expires_at",
             "completed_at",
@@ -444,7 +447,6 @@ def job_requeue(*, job_id, reason: str = "re-queued by staff") -> Job:
         if job.status != JobStatus.RUNNING:
             raise Conflict(f"Only running jobs can be re-queued; this one is {job.status}.", code="JOB_NOT_RUNNING")
         job.max_attempts = max(job.max_attempts, job.attempt + 1)
-        job.save(update_fields=["max_attempts", "updated_at"])
         _fail_attempt(job, code="REQUEUED", message=reason)
     return job
 

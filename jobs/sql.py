@@ -75,14 +75,12 @@ SELECT count(*) FROM (
 """
 
 
-def insert_and_announce(job: Job) -> tuple[str, list]:
-    """One statement that inserts ``job``, announces it (NOTIFY is delivered at commit) and
-    counts the jobs ahead of it, so a submission is a single round trip in autocommit."""
-    fields = Job._meta.concrete_fields
-    names = ", ".join(f'"{field.column}"' for field in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    statement = f"""
-WITH ins AS (INSERT INTO jobs_job ({names}) VALUES ({placeholders}) RETURNING id, model, rank_at),
+_INSERT_FIELDS = Job._meta.concrete_fields
+_INSERT_AND_ANNOUNCE = f"""
+WITH ins AS (
+    INSERT INTO jobs_job ({", ".join(f'"{field.column}"' for field in _INSERT_FIELDS)})
+    VALUES ({", ".join(["%s"] * len(_INSERT_FIELDS))}) RETURNING id, model, rank_at
+),
 announced AS (SELECT pg_notify(%s, ins.id::text || ' ' || ins.model) FROM ins)
 SELECT (SELECT count(*) FROM announced), (
     SELECT count(*) FROM (
@@ -91,4 +89,10 @@ SELECT (SELECT count(*) FROM announced), (
     ) ahead
 )
 """
-    return statement, [field.get_db_prep_save(field.pre_save(job, True), connection) for field in fields]
+
+
+def insert_and_announce(job: Job) -> tuple[str, list]:
+    """One statement that inserts ``job``, announces it (NOTIFY is delivered at commit) and
+    counts the jobs ahead of it, so a submission is a single round trip in autocommit."""
+    params = [field.get_db_prep_save(field.pre_save(job, True), connection) for field in _INSERT_FIELDS]
+    return _INSERT_AND_ANNOUNCE, params

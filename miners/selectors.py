@@ -1,5 +1,7 @@
 from django.db import connection
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, IntegerField, Q, QuerySet, Sum, Value
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce
 
 from aitbc_site import rawsql
 from aitbc_site.errors import NotFound
@@ -27,16 +29,16 @@ def jobs_of_miner(*, miner: Miner) -> QuerySet[Job]:
 
 
 def miner_work_summary(*, miner: Miner) -> dict:
-    """What a miner has done: jobs completed and units (tokens) served."""
+    """What a miner has done: jobs completed and units (tokens) served, counted in SQL."""
+    units = Coalesce(
+        Cast(KT("usage__units"), IntegerField()), Cast(KT("usage__total_tokens"), IntegerField()), Value(0)
+    )
     totals = Job.objects.filter(miner=miner).aggregate(
         completed=Count("id", filter=Q(status=JobStatus.COMPLETED)),
         running=Count("id", filter=Q(status=JobStatus.RUNNING)),
+        units=Sum(units, filter=Q(status=JobStatus.COMPLETED), default=0),
     )
-    units = sum(
-        int(usage.get("units", usage.get("total_tokens", 0)) or 0)
-        for usage in Job.objects.filter(miner=miner, status=JobStatus.COMPLETED).values_list("usage", flat=True)
-    )
-    return {"jobs_completed": totals["completed"], "jobs_running": totals["running"], "units_served": units}
+    return {"jobs_completed": totals["completed"], "jobs_running": totals["running"], "units_served": totals["units"]}
 
 
 def miner_counts() -> dict[str, int]:

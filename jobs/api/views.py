@@ -41,12 +41,16 @@ class ClientJobMixin:
 
     permission_classes = [IsClient]
     serializer_class = JobSerializer
+    # Views that answer with a JobView show queued jobs' positions; the others skip the count.
+    shows_queue_position = True
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Job.objects.none()
         jobs = selectors.jobs_visible_to(user=self.request.user, is_admin=is_admin(self.request))
-        return selectors.with_queue_position(jobs).order_by("-created_at", "-id")
+        if self.shows_queue_position:
+            jobs = selectors.with_queue_position(jobs)
+        return jobs.order_by("-created_at", "-id")
 
     def get_object(self):
         job = self.get_queryset().filter(pk=self.kwargs["job_id"]).first()
@@ -144,6 +148,8 @@ class JobCancelView(JobDetailView):
 
 
 class JobResultView(ClientJobMixin, generics.GenericAPIView):
+    shows_queue_position = False
+
     @extend_schema(
         summary="Get a job's result and receipt",
         responses={200: JobResultSerializer, 425: OpenApiResponse(description="job not ready"), **ERRORS},
@@ -171,6 +177,8 @@ class JobResultView(ClientJobMixin, generics.GenericAPIView):
 
 
 class JobReceiptView(ClientJobMixin, generics.GenericAPIView):
+    shows_queue_position = False
+
     @extend_schema(
         summary="Get a job's latest signed receipt",
         responses={200: SignedReceiptSerializer, **ERRORS},
@@ -194,6 +202,8 @@ class ReceiptCursorPagination(CursorPagination):
 
 
 class JobReceiptsView(ClientJobMixin, APIView):
+    shows_queue_position = False
+
     @extend_schema(
         summary="List a job's signed receipts",
         parameters=[OpenApiParameter("cursor", str, required=False)],
