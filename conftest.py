@@ -92,3 +92,10 @@ def submit_job():
         return response.json()
 
     return submit
+
+
+@pytest.fixture(autouse=True)
+def _no_inference_host(settings):
+    # Worker threads started by a test must not load the real models unless the test asks.
+    settings.INFERENCE_MODELS = []
+    settings.MODEL_CATALOG_CACHE_SECONDS = 0

@@ -17,10 +17,11 @@ logger = logging.getLogger(__name__)
 
 
 def housekeeping_actors() -> list[dramatiq.Actor]:
+    from inference.tasks import announce_waiting_models
     from jobs.tasks import expire_queued_jobs, requeue_lapsed_leases
     from miners.tasks import mark_silent_miners_offline
 
-    return [expire_queued_jobs, requeue_lapsed_leases, mark_silent_miners_offline]
+    return [expire_queued_jobs, requeue_lapsed_leases, mark_silent_miners_offline, announce_waiting_models]
 
 
 def build_scheduler(scheduler_class):

@@ -4,6 +4,7 @@ The defaults give the embedded platform (SQLite, in-process broker and channel l
 production sets ``DATABASE_URL``, ``REDIS_URL`` and ``DRAMATIQ_BROKER_URL``.
 """
 
+import socket
 from pathlib import Path
 
 import dj_database_url
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
     "accounts",
     "miners",
     "jobs",
+    "inference",
     "explorer",
 ]
 
@@ -167,6 +169,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Retries",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "inference.middleware.InferenceHostMiddleware",
 ]
 if DRAMATIQ_BROKER_URL.startswith(("redis://", "rediss://")):
     DRAMATIQ_BROKER = {
@@ -259,3 +262,19 @@ JOB_OUTLOOK_CACHE_SECONDS = env_int("JOB_OUTLOOK_CACHE_SECONDS", 2, minimum=0)
 HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, minimum=1)
 
 RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
+
+# --- Inference ------------------------------------------------------------------------
+# The catalog models this process serves as an in-cluster worker (its Dramatiq workers load
+# them and claim their jobs). Embedded, the server serves the two offline models itself.
+INFERENCE_MODELS = env_list("INFERENCE_MODELS", ("smollm2-135m", "minilm-l6") if EMBEDDED_WORKERS else ())
+INFERENCE_MINER_ID = env_str("INFERENCE_MINER_ID", f"{socket.gethostname()}-cluster")
+INFERENCE_OWNER_USERNAME = env_str("INFERENCE_OWNER_USERNAME", "cluster")
+INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 16, minimum=1)
+# CPU threads for inference in this process; 0 leaves torch's default (one per core).
+INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0, minimum=0)
+INFERENCE_DEVICE = env_str("INFERENCE_DEVICE")  # "cuda", "cpu"…; empty picks CUDA when present
+INFERENCE_HEARTBEAT_SECONDS = env_int("INFERENCE_HEARTBEAT_SECONDS", max(1, JOB_LEASE_SECONDS // 4), minimum=1)
+INFERENCE_DRAIN_TIME_LIMIT_MS = env_int("INFERENCE_DRAIN_TIME_LIMIT_SECONDS", 3600, minimum=1) * 1000
+MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(DATA_DIR / "models"))).resolve()
+# How long a process may reuse what it read of the model catalog.
+MODEL_CATALOG_CACHE_SECONDS = env_int("MODEL_CATALOG_CACHE_SECONDS", 5, minimum=0)

@@ -9,6 +9,7 @@ from aitbc_site.metrics import metrics_view
 urlpatterns = [
     path("", include("jobs.api.urls")),
     path("", include("miners.api.urls")),
+    path("", include("inference.api.urls")),
     path("health", health.HealthView.as_view(), name="health"),
     path("v1/health", health.HealthView.as_view(), name="v1-health"),
     path("health/live", health.HealthView.as_view(), name="health-live"),

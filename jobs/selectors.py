@@ -158,3 +158,8 @@ def active_job_counts() -> dict[str, int]:
         Job.objects.filter(status__in=JobStatus.ACTIVE).values_list("status").annotate(n=Count("id")).order_by()
     )
     return {status: counts.get(status, 0) for status in JobStatus.ACTIVE}
+
+
+def models_with_queued_jobs(models) -> set[str]:
+    """Those of ``models`` that have a job waiting (one index probe each)."""
+    return {model for model in models if Job.objects.filter(status=JobStatus.QUEUED, model=model).exists()}

@@ -10,6 +10,7 @@ import time
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
@@ -17,11 +18,13 @@ from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
 from aitbc_site import rawsql
-from aitbc_site.errors import Conflict, NotFound, ServiceError
+from aitbc_site.errors import Conflict, Invalid, NotFound, ServiceError
 from explorer import signing
 from explorer.models import Receipt
 from explorer.services import receipts_issue
-from jobs import sql, wakeup
+from inference.selectors import catalog_entry, cluster_served_models
+from inference.tasks import announce_to_workers
+from jobs import events, sql, wakeup
 from jobs.models import Job, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
 from miners.capabilities import cuda_code
@@ -54,8 +57,15 @@ def job_submit(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
 ) -> Submission:
-    """Queue a job. With an ``idempotency_key`` a repeated request returns the first job."""
+    """Queue a job. With an ``idempotency_key`` a repeated request returns the first job.
+
+    A model of the catalog must be enabled and fit the job; other models are for the miners
+    that bring them.
+    """
     constraints = constraints or {}
+    entry = catalog_entry(model)
+    if entry is not None:
+        _check_against_catalog(entry, job_type=job_type, payload=payload)
     ttl_seconds = ttl_seconds or settings.JOB_DEFAULT_TTL_SECONDS
     fingerprint = ""
     if idempotency_key:
@@ -100,7 +110,28 @@ def job_submit(
         if not idempotency_key:
             raise
         return _replayed(Job.objects.get(client=client, idempotency_key=idempotency_key), fingerprint)
+    if model in cluster_served_models():
+        transaction.on_commit(partial(announce_to_workers, model))
     return Submission(job=job, created=True, queue_position=position)
+
+
+def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
+    if not entry.enabled:
+        raise Invalid(f"Model {entry.name!r} is disabled.", code="MODEL_UNAVAILABLE", errors={"model": ["Disabled."]})
+    if (job_type == JobType.EMBEDDING) == entry.generates_text:
+        raise Invalid(
+            f"Model {entry.name!r} is a {entry.task} model and cannot run {job_type} jobs.",
+            code="UNSUPPORTED_TASK",
+            errors={"type": [f"{entry.name} runs {entry.task} jobs."]},
+        )
+    params = payload.get("params") if isinstance(payload.get("params"), dict) else payload
+    max_tokens = params.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens > entry.max_tokens:
+        raise Invalid(
+            f"max_tokens may be at most {entry.max_tokens} for {entry.name}.",
+            code="INVALID_PARAMS",
+            errors={"params": {"max_tokens": [f"Ensure this value is less than or equal to {entry.max_tokens}."]}},
+        )
 
 
 def _insert_postgres(job: Job) -> int:
@@ -132,14 +163,22 @@ def job_cancel(*, job_id) -> Job:
     job.completed_at = timezone.now()
     job.lease_expires_at = None
     job.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
+    _publish_after_commit([job])
     return job
+
+
+def _publish_after_commit(jobs: list[Job]) -> None:
+    """Tell the jobs' WebSocket subscribers about their new status once it is committed."""
+    if jobs:
+        transaction.on_commit(partial(events.publish_job_statuses, jobs))
 
 
 # --- Claims ----------------------------------------------------------------------------
 
 
-def job_claim(*, miner: Miner, limit: int = 1, job_id=None) -> list[Job]:
-    """Lease up to ``limit`` of the best queued jobs this miner can run (or the job ``job_id``).
+def job_claim(*, miner: Miner, limit: int = 1, job_id=None, models: list[str] | None = None) -> list[Job]:
+    """Lease up to ``limit`` of the best queued jobs this miner can run (or the job ``job_id``),
+    only of ``models`` when given (a worker batching one model's jobs).
 
     The miner's row is locked so that its concurrency limit holds against parallel polls;
     the jobs are taken with ``FOR UPDATE SKIP LOCKED``, so concurrent miners never wait for,
@@ -152,12 +191,15 @@ def job_claim(*, miner: Miner, limit: int = 1, job_id=None) -> list[Job]:
     lease_until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
     claim = _claim_postgres if connection.vendor == "postgresql" else _claim_portable
     with transaction.atomic():
-        jobs = claim(miner_pk=miner.pk, limit=limit, job_id=job_id, now=now, lease_until=lease_until)
+        jobs = claim(miner_pk=miner.pk, limit=limit, job_id=job_id, models=models, now=now, lease_until=lease_until)
+        for job in jobs:
+            job.miner = miner
+        _publish_after_commit(jobs)
     jobs.sort(key=lambda j: j.rank_at)
     return jobs
 
 
-def _claim_postgres(*, miner_pk: int, limit: int, job_id, now, lease_until) -> list[Job]:
+def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
     with connection.cursor() as cursor:
         cursor.execute(sql.GENERIC_PLAN)
         cursor.execute(sql.LOCK_MINER, {"miner": miner_pk})
@@ -168,14 +210,14 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, now, lease_until) -> l
         if status != MinerStatus.ONLINE or draining:
             return []
         params = {
-            "miner": miner_pk, "limit": limit, "capacity": capacity, "job_id": job_id, "now": now,
+            "miner": miner_pk, "limit": limit, "capacity": capacity, "job_id": job_id, "models": models, "now": now,
             "lease_until": lease_until, "vram": vram, "cuda": cuda or 0, "region": region, "price": price, "gpu": gpu,
         }  # fmt: skip
         cursor.execute(sql.CLAIM, params)
         return rawsql.instances(Job, cursor.fetchall())
 
 
-def _claim_portable(*, miner_pk: int, limit: int, job_id, now, lease_until) -> list[Job]:
+def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
     # SQLite serialises writers (IMMEDIATE transactions), so no row locks are needed here.
     miner = Miner.objects.filter(pk=miner_pk).first()
     if miner is None or not miner.accepts_work:
@@ -187,6 +229,8 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, now, lease_until) -> l
     candidates = claimable_jobs(miner=miner, now=now).order_by("rank_at")
     if job_id is not None:
         candidates = candidates.filter(pk=job_id)
+    if models is not None:
+        candidates = candidates.filter(model__in=models)
     ids = list(candidates.values_list("id", flat=True)[:limit])
     Job.objects.filter(pk__in=ids, status=JobStatus.QUEUED).update(
         status=JobStatus.RUNNING,
@@ -318,6 +362,9 @@ def jobs_complete(*, miner: Miner, outcomes: list[Outcome]) -> list[Completion]:
         else:
             finished = _complete_portable(miner=miner, outcomes=successes, now=now)
         receipts = receipts_issue(completed=[(job, miner.miner_id, client) for job, client in finished])
+        for job, _ in finished:
+            job.miner = miner
+        _publish_after_commit([job for job, _ in finished])
     return completions + [
         Completion(job=job, receipt=receipt) for (job, _), receipt in zip(finished, receipts, strict=True)
     ]
@@ -395,6 +442,7 @@ def job_fail(*, job_id, miner: Miner, error_code: str, error_message: str, lease
     with transaction.atomic():
         job = _lock_leased_job(job_id=job_id, miner=miner, lease_token=lease_token)
         _fail_attempt(job, code=error_code or "INFERENCE_FAILED", message=error_message)
+        _publish_after_commit([job])
     return job
 
 
@@ -432,10 +480,13 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
     )
 
 
-def job_leases_extend(*, miner: Miner) -> int:
-    """A heartbeat: every lease the miner holds runs for another lease period."""
+def job_leases_extend(*, miner: Miner, job_ids: list | None = None) -> int:
+    """A heartbeat: the leases the miner holds (of ``job_ids`` when given) run for another lease period."""
     until = timezone.now() + timedelta(seconds=settings.JOB_LEASE_SECONDS)
-    return Job.objects.filter(miner=miner, status=JobStatus.RUNNING).update(lease_expires_at=until)
+    leased = Job.objects.filter(miner=miner, status=JobStatus.RUNNING)
+    if job_ids is not None:
+        leased = leased.filter(pk__in=job_ids)
+    return leased.update(lease_expires_at=until)
 
 
 def job_requeue(*, job_id, reason: str = "re-queued by staff") -> Job:

@@ -39,7 +39,7 @@ WITH picked AS (
         LIMIT %(limit)s
         FOR UPDATE OF j SKIP LOCKED
     ) c
-    WHERE s.miner_id = %(miner)s
+    WHERE s.miner_id = %(miner)s AND (%(models)s::text[] IS NULL OR s.name = ANY(%(models)s::text[]))
     ORDER BY c.rank_at
     LIMIT LEAST(%(limit)s, GREATEST(0, %(capacity)s - (
         SELECT count(*) FROM jobs_job r WHERE r.miner_id = %(miner)s AND r.status = '{JobStatus.RUNNING}'

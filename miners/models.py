@@ -16,6 +16,10 @@ class Miner(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="miners")
     status = models.CharField(max_length=16, choices=MinerStatus.choices, default=MinerStatus.ONLINE)
     draining = models.BooleanField(default=False, help_text="A draining miner finishes its jobs but gets no new ones.")
+    in_cluster = models.BooleanField(
+        default=False,
+        help_text="A Dramatiq worker host of this platform (woken through the broker), not an HTTP miner.",
+    )
 
     capabilities = models.JSONField(default=dict, blank=True, help_text="As the miner last reported them.")
     gpu_name = models.CharField(max_length=200, blank=True)

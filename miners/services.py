@@ -35,7 +35,9 @@ def _replace_served_models(miner: Miner, models: tuple[str, ...]) -> None:
     ServedModel.objects.bulk_create([ServedModel(miner=miner, name=name) for name in sorted(wanted - existing)])
 
 
-def miner_register(*, owner, miner_id: str, capabilities: Capabilities, public_key: str = "") -> tuple[Miner, str]:
+def miner_register(
+    *, owner, miner_id: str, capabilities: Capabilities, public_key: str = "", in_cluster: bool = False
+) -> tuple[Miner, str]:
     """Register a miner, or update it when it registers again. Returns it and a new session token."""
     session_token = secrets.token_urlsafe(32)
     now = timezone.now()
@@ -49,6 +51,7 @@ def miner_register(*, owner, miner_id: str, capabilities: Capabilities, public_k
             _apply_capabilities(miner, capabilities)
             if public_key:
                 miner.public_key = public_key
+            miner.in_cluster = in_cluster
             miner.status = MinerStatus.ONLINE
             miner.last_heartbeat_at = now
             miner.session_token_hash = hashlib.sha256(session_token.encode()).hexdigest()
@@ -67,8 +70,11 @@ def miner_update_capabilities(*, miner: Miner, capabilities: Capabilities) -> Mi
     return miner
 
 
-def miner_heartbeat(*, miner: Miner, inflight: int | None = None, metadata: dict | None = None) -> int:
-    """Record a heartbeat and extend every lease the miner holds. Returns the number extended."""
+def miner_heartbeat(
+    *, miner: Miner, inflight: int | None = None, metadata: dict | None = None, job_ids: list | None = None
+) -> int:
+    """Record a heartbeat and extend the leases the miner holds (only ``job_ids`` when given: a
+    process sharing its miner with others vouches for its own jobs alone). Returns the number extended."""
     fields = {"last_heartbeat_at": timezone.now(), "status": MinerStatus.ONLINE}
     if inflight is not None:
         fields["inflight_reported"] = max(0, inflight)
@@ -82,7 +88,7 @@ def miner_heartbeat(*, miner: Miner, inflight: int | None = None, metadata: dict
         )
         if not updated:
             raise NotFound("This miner was deregistered.", code="MINER_NOT_FOUND")
-        return job_leases_extend(miner=miner)
+        return job_leases_extend(miner=miner, job_ids=job_ids)
 
 
 def miner_touch(*, miner: Miner) -> None:

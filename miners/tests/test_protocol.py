@@ -307,6 +307,17 @@ def test_a_miner_serving_several_models_leases_only_what_it_asked_for(client_api
     assert len(poll(miner_api, max_jobs=5).json()["jobs"]) == 2
 
 
+def test_a_claim_limited_to_some_models_leases_only_their_jobs(client_api, miner_api, register_miner):
+    from jobs.services import job_claim
+
+    register_miner(miner_api, models=["a", "b"], max_concurrent_jobs=8)
+    for model in ["a", "b", "a", "b"]:
+        client_api.post("/v1/jobs", {"prompt": "x", "model": model}, format="json")
+    claimed = job_claim(miner=Miner.objects.get(), limit=8, models=["b"])
+    assert [job.model for job in claimed] == ["b", "b"]
+    assert Job.objects.filter(status=JobStatus.QUEUED, model="a").count() == 2
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -33,6 +33,8 @@ class Command(BaseCommand):
             f"  Health:     {url}/health  Metrics: {url}/metrics\n"
             f"  Client key: {keys['client']}\n"
             f"  Miner key:  {keys['miner']}\n"
+            f"  Models:     smollm2-135m (chat), minilm-l6 (embeddings), answered inside this server\n"
             f"  Try:        curl -H 'X-Api-Key: {keys['client']}' -H 'Content-Type: application/json' "
-            f'-d \'{{"prompt": "hi", "model": "llama3.2"}}\' {url}/v1/jobs\n'
+            f'-d \'{{"prompt": "What is the capital of France?", "model": "smollm2-135m"}}\' {url}/v1/jobs\n'
+            f"              then GET {url}/v1/jobs/<job_id>/result with the same key\n"
         )

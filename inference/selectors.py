@@ -1,0 +1,74 @@
+import threading
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+
+from inference.models import CatalogModel
+from miners.models import MinerStatus, ServedModel
+
+
+class _Snapshot:
+    """A value read from the database and reused for ``MODEL_CATALOG_CACHE_SECONDS`` in this process:
+    the submit path consults the catalog on every request."""
+
+    def __init__(self, load: Callable[[], object]):
+        self._load = load
+        self._lock = threading.Lock()
+        self._value, self._read_at = None, float("-inf")
+
+    def get(self):
+        with self._lock:
+            if time.monotonic() - self._read_at >= settings.MODEL_CATALOG_CACHE_SECONDS:
+                self._value, self._read_at = self._load(), time.monotonic()
+            return self._value
+
+
+_catalog = _Snapshot(lambda: {entry.name: entry for entry in CatalogModel.objects.all()})
+_cluster_models = _Snapshot(
+    lambda: frozenset(
+        ServedModel.objects.filter(
+            miner__in_cluster=True, miner__status=MinerStatus.ONLINE, miner__draining=False
+        ).values_list("name", flat=True)
+    )
+)
+
+
+def catalog_entry(name: str) -> CatalogModel | None:
+    return _catalog.get().get(name)
+
+
+def cluster_served_models() -> frozenset[str]:
+    """Models that an online in-cluster worker serves: their jobs are announced on the broker."""
+    return _cluster_models.get()
+
+
+def model_spec(entry: CatalogModel):
+    """What the engine needs to load ``entry`` (imported here: web processes never load torch)."""
+    from inference.engine import ModelSpec
+
+    return ModelSpec(
+        name=entry.name,
+        task=entry.task,
+        source_kind=entry.source_kind,
+        source=entry.source,
+        default_max_tokens=entry.default_max_tokens,
+        max_tokens=entry.max_tokens,
+    )
+
+
+def catalog_with_miner_counts(*, enabled_only: bool = True) -> QuerySet[CatalogModel]:
+    """The catalog, each model annotated with ``online_miners``: how many online miners serve it."""
+    serving = (
+        ServedModel.objects.filter(name=OuterRef("name"), miner__status=MinerStatus.ONLINE, miner__draining=False)
+        .order_by()
+        .values("name")
+        .annotate(n=Count("miner", distinct=True))
+        .values("n")
+    )
+    models = CatalogModel.objects.annotate(
+        online_miners=Coalesce(Subquery(serving, output_field=IntegerField()), 0)
+    ).order_by("name")
+    return models.filter(enabled=True) if enabled_only else models

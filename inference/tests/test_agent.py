@@ -1,0 +1,117 @@
+"""The external miner agent (``runminer``) against a live coordinator."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from inference.agent import AgentError, MinerAgent
+from inference.tests.conftest import TINY
+from jobs.models import Job, JobStatus
+from miners.models import Miner
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def submit(api, prompt="The coordinator", max_tokens=8):
+    body = {"prompt": prompt, "model": TINY, "params": {"max_tokens": max_tokens, "temperature": 0}}
+    response = api.post("/v1/jobs", body, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()["job_id"]
+
+
+def wait_for(condition, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def miner_key(make_api):
+    return make_api("miner", "gpu-owner").raw_key
+
+
+def test_agent_completes_a_job_against_a_live_server(live_server, tiny_model, client_api, miner_key, tmp_path):
+    job_id = submit(client_api)
+    agent = MinerAgent(
+        url=live_server.url, api_key=miner_key, models=[TINY], miner_id="agent-1",
+        poll_wait=1, heartbeat_seconds=1, cache_dir=tmp_path, max_jobs=1,
+    )  # fmt: skip
+    watchdog = threading.Timer(60, agent.abort)
+    watchdog.start()
+    try:
+        assert agent.run() == 1
+    finally:
+        watchdog.cancel()
+    job = Job.objects.get(pk=job_id)
+    assert job.status == JobStatus.COMPLETED
+    assert job.miner.miner_id == "agent-1"
+    assert isinstance(job.result["text"], str)
+    assert job.usage["completion_tokens"] > 0
+    assert client_api.get(f"/v1/jobs/{job_id}/receipt").status_code == 200
+
+
+def test_agent_registers_what_it_serves(live_server, tiny_model, miner_key, tmp_path):
+    agent = MinerAgent(url=live_server.url, api_key=miner_key, models=[TINY], miner_id="agent-2", cache_dir=tmp_path)
+    agent.load_models()
+    agent.register()
+    miner = Miner.objects.get(miner_id="agent-2")
+    assert list(miner.served_models.values_list("name", flat=True)) == [TINY]
+    assert miner.gpu_name
+    assert not miner.in_cluster
+
+
+def test_agent_refuses_models_the_catalog_does_not_list(live_server, tiny_model, miner_key):
+    agent = MinerAgent(url=live_server.url, api_key=miner_key, models=["gpt-17"], miner_id="agent-3")
+    with pytest.raises(AgentError, match="gpt-17"):
+        agent.load_models()
+
+
+def test_agent_with_a_refused_key_stops_with_a_readable_error(live_server, tiny_model):
+    agent = MinerAgent(url=live_server.url, api_key="wrong", models=[TINY], miner_id="agent-4")
+    with pytest.raises(AgentError, match="401"):
+        agent.run()
+
+
+def start_runminer(live_server, key, tmp_path, *extra):
+    command = [
+        sys.executable, "manage.py", "runminer", "--url", live_server.url, "--api-key", key, "--models", TINY,
+        "--miner-id", "sigterm-miner", "--poll-wait", "1", "--heartbeat", "1", "--cache-dir", str(tmp_path), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "DEBUG": "true", "AITBC_DATA_DIR": str(tmp_path)}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_until_job_is_running(live_server, client_api, key, tmp_path, *extra):
+    process = start_runminer(live_server, key, tmp_path, *extra)
+    try:
+        assert wait_for(lambda: Miner.objects.filter(miner_id="sigterm-miner").exists()), process.stdout.read()
+        job_id = submit(client_api, max_tokens=1900)
+        assert wait_for(lambda: Job.objects.get(pk=job_id).status == JobStatus.RUNNING)
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return process.returncode, output, Job.objects.get(pk=job_id)
+
+
+def test_sigterm_finishes_the_running_batch_then_exits(live_server, tiny_model, client_api, miner_key, tmp_path):
+    returncode, output, job = run_until_job_is_running(live_server, client_api, miner_key, tmp_path)
+    assert returncode == 0, output
+    assert job.status == JobStatus.COMPLETED
+
+
+def test_sigterm_past_the_grace_period_hands_the_job_back(live_server, tiny_model, client_api, miner_key, tmp_path):
+    returncode, output, job = run_until_job_is_running(live_server, client_api, miner_key, tmp_path, "--grace", "0")
+    assert returncode == 0, output
+    assert job.status == JobStatus.QUEUED
+    assert job.error_code == "MINER_SHUTDOWN"

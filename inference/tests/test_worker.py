@@ -1,0 +1,219 @@
+import asyncio
+import time
+
+import dramatiq
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from explorer.models import Receipt
+from inference import engine
+from inference.tests.conftest import TINY
+from inference.worker import worker_queue
+from jobs.events import job_group
+from jobs.models import Job, JobStatus
+from jobs.services import job_claim, job_complete, job_submit
+from miners.models import Miner
+
+
+def submit(client, prompt="The coordinator", model=TINY, **params):
+    params = {"max_tokens": 8, "temperature": 0, **params}
+    payload = {"type": "inference", "model": model, "prompt": prompt, "params": params}
+    return job_submit(client=client, model=model, payload=payload).job
+
+
+def test_cluster_host_registers_as_an_in_cluster_miner_serving_its_models(cluster_host):
+    miner = Miner.objects.get(miner_id="test-cluster")
+    assert miner.in_cluster
+    assert list(miner.served_models.values_list("name", flat=True)) == [TINY]
+    assert miner.owner.username == "cluster"
+    assert miner.gpu_name
+
+
+def test_drained_job_completes_with_text_usage_and_receipt(cluster_host, client_api):
+    job = submit(client_api.user)
+    assert cluster_host.drain(TINY) == 1
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED
+    assert isinstance(job.result["text"], str)
+    assert job.result["finish_reason"] in {"stop", "length"}
+    assert job.usage["prompt_tokens"] > 0
+    assert 0 < job.usage["completion_tokens"] <= 8
+    assert job.usage["compute_ms"] >= 0
+    assert Receipt.objects.filter(job=job).exists()
+
+
+def test_queued_jobs_of_a_model_run_as_one_batch_with_one_by_one_outputs(cluster_host, client_api, monkeypatch):
+    prompts = ["The coordinator", "A miner claims", "Receipts are signed with Ed25519", "Clients"]
+    jobs = [submit(client_api.user, prompt, max_tokens=6 + i) for i, prompt in enumerate(prompts)]
+    batches = []
+    execute = engine.execute
+
+    def recording(model, items, **kwargs):
+        batches.append(len(items))
+        return execute(model, items, **kwargs)
+
+    monkeypatch.setattr(engine, "execute", recording)
+    cluster_host.drain(TINY)
+    assert batches == [4]
+
+    model = cluster_host.models[TINY]
+    for job in jobs:
+        job.refresh_from_db()
+        alone = execute(model, [(str(job.pk), job.payload)])[0]
+        assert job.result["text"] == alone.result["text"]
+
+
+def test_the_worker_claims_only_jobs_for_the_models_it_loaded(cluster_host, client_api):
+    from miners.models import ServedModel
+
+    # Even a model the miner row lists but this process never loaded stays in the queue.
+    ServedModel.objects.create(miner=Miner.objects.get(miner_id="test-cluster"), name="other")
+    other = job_submit(client=client_api.user, model="other", payload={"type": "inference", "prompt": "x"}).job
+    mine = submit(client_api.user)
+    cluster_host.drain(TINY)
+    assert Job.objects.get(pk=other.pk).status == JobStatus.QUEUED
+    assert Job.objects.get(pk=mine.pk).status == JobStatus.COMPLETED
+    assert cluster_host.drain("other") == 0
+
+
+def test_an_input_too_long_fails_the_job_with_its_error_code(cluster_host, client_api):
+    job = submit(client_api.user, prompt="The coordinator " * 400, max_tokens=2000)
+    cluster_host.drain(TINY)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error_code == "INPUT_TOO_LONG"
+    assert job.error_message
+
+
+def test_an_engine_fault_fails_the_attempt_and_requeues(cluster_host, client_api, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setattr(engine, "execute", broken)
+    job = submit(client_api.user)
+    cluster_host.run_batch(TINY, job_claim(miner=cluster_host.miner, limit=1, models=[TINY]))
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+    assert job.error_code == "INFERENCE_FAILED"
+    assert "kernel exploded" in job.error_message
+
+
+def test_stopping_the_host_hands_a_running_batch_back_to_the_queue(cluster_host, client_api, monkeypatch):
+    execute = engine.execute
+
+    def stop_midway(model, items, **kwargs):
+        cluster_host.stop()
+        return execute(model, items, **kwargs)
+
+    monkeypatch.setattr(engine, "execute", stop_midway)
+    job = submit(client_api.user, max_tokens=500)
+    cluster_host.run_batch(TINY, job_claim(miner=cluster_host.miner, limit=1, models=[TINY]))
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+    assert job.error_code == "MINER_SHUTDOWN"
+
+
+def test_heartbeat_extends_only_the_leases_this_process_runs(cluster_host, client_api):
+    from django.utils import timezone
+
+    running_here, orphan = submit(client_api.user), submit(client_api.user)
+    claimed = job_claim(miner=cluster_host.miner, limit=2, models=[TINY])
+    Job.objects.filter(pk__in=[running_here.pk, orphan.pk]).update(lease_expires_at=timezone.now())
+    cluster_host._inflight = {str(running_here.pk): claimed[0]}
+    assert cluster_host.heartbeat() == 1
+    assert Job.objects.get(pk=running_here.pk).lease_expires_at > Job.objects.get(pk=orphan.pk).lease_expires_at
+
+
+def test_streamed_tokens_reach_the_jobs_group_in_order_before_the_final_status(
+    cluster_host, client_api, django_capture_on_commit_callbacks
+):
+    job = submit(client_api.user, max_tokens=12)
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(job_group(job.pk), channel)
+    with django_capture_on_commit_callbacks(execute=True):
+        cluster_host.drain(TINY)
+
+    async def receive():
+        return await asyncio.wait_for(layer.receive(channel), timeout=10)
+
+    received = []
+    while True:
+        message = async_to_sync(receive)()
+        received.append(message)
+        if message["type"] == "job.status" and message["status"] == "completed":
+            break
+    tokens = [m for m in received if m["type"] == "job.token"]
+    job.refresh_from_db()
+    assert [m["index"] for m in tokens] == list(range(len(tokens)))
+    assert "".join(m["text"] for m in tokens) == job.result["text"]
+    assert [m["progress"] for m in tokens] == sorted(m["progress"] for m in tokens)
+    assert received[-1]["result"]["text"] == job.result["text"]
+
+
+def test_a_submission_wakes_the_workers_on_the_models_queue(
+    cluster_host, client_api, django_capture_on_commit_callbacks
+):
+    broker = dramatiq.get_broker()
+    broker.declare_queue(worker_queue(TINY))
+    broker.flush(worker_queue(TINY))
+    with django_capture_on_commit_callbacks(execute=True):
+        submit(client_api.user)
+    assert broker.queues[worker_queue(TINY)].qsize() == 1
+
+
+def test_jobs_for_models_no_cluster_worker_serves_send_no_wakeup(
+    tiny_model, client_api, django_capture_on_commit_callbacks
+):
+    broker = dramatiq.get_broker()
+    broker.declare_queue(worker_queue(TINY))
+    broker.flush(worker_queue(TINY))
+    with django_capture_on_commit_callbacks(execute=True):
+        submit(client_api.user)
+    assert broker.queues[worker_queue(TINY)].qsize() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_embedded_workers_answer_a_submitted_job(tiny_model_dir, settings, tmp_path, make_api):
+    from aitbc_site.scheduler import start_workers
+    from inference.models import CatalogModel
+    from inference.worker import stop_host
+
+    CatalogModel.objects.create(
+        name=TINY, task="text-generation", source_kind="directory", source=str(tiny_model_dir), max_tokens=256
+    )
+    settings.INFERENCE_MODELS = [TINY]
+    settings.MODEL_CACHE_DIR = tmp_path
+    api = make_api("client", "embedded-user")
+    worker, scheduler = start_workers()
+    try:
+        response = api.post("/v1/jobs", {"prompt": "The coordinator", "model": TINY}, format="json")
+        job_id = response.json()["job_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status = api.get(f"/v1/jobs/{job_id}").json()["status"]
+            if status == "completed":
+                break
+            time.sleep(0.1)
+        assert status == "completed"
+        assert isinstance(api.get(f"/v1/jobs/{job_id}/result").json()["result"]["text"], str)
+    finally:
+        scheduler.shutdown(wait=False)
+        worker.stop()
+        stop_host()
+
+
+def test_late_result_of_a_superseded_attempt_is_rejected(cluster_host, client_api):
+    from aitbc_site.errors import Conflict
+    from jobs.services import job_requeue
+
+    job = submit(client_api.user)
+    first = job_claim(miner=cluster_host.miner, limit=1, models=[TINY])[0]
+    job_requeue(job_id=job.pk)
+    cluster_host.drain(TINY)
+    with pytest.raises(Conflict):
+        job_complete(job_id=job.pk, miner=cluster_host.miner, result={"text": "late"}, lease_token=first.lease_token)
+    job.refresh_from_db()
+    assert job.result["text"] != "late"
+    assert job.attempt == 2

@@ -1,0 +1,252 @@
+"""In-cluster inference: this process as a miner that loads catalog models and runs their jobs.
+
+A host loads its models once, registers itself as an in-cluster miner and heartbeats. When a
+wake-up for a model arrives (``inference.tasks.run_inference``) it drains that model's queue:
+it claims up to ``INFERENCE_BATCH_SIZE`` jobs in one statement, runs them as one batched
+forward pass while streaming tokens to each job's channel group, completes them in one
+transaction and claims again until nothing is left. Wake-ups arriving meanwhile fold into the
+running drain, so one model never runs two batches at once in a process.
+"""
+
+import logging
+import threading
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+
+from accounts.services import user_get_or_create
+from aitbc_site.errors import ServiceError
+from inference import engine
+from inference.selectors import catalog_entry, model_spec
+from jobs import events
+from jobs.models import Job
+from jobs.services import Outcome, job_claim, job_fail, jobs_complete
+from miners.capabilities import Capabilities
+from miners.models import Miner
+from miners.services import miner_heartbeat, miner_register
+
+logger = logging.getLogger(__name__)
+
+
+def worker_queue(model: str) -> str:
+    """The Dramatiq queue whose messages wake the workers serving ``model``."""
+    return f"inference.{model}"
+
+
+@dataclass
+class _Drain:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: bool = False
+    pending: bool = False
+
+
+class ClusterHost:
+    """The models this process serves and the miner it claims their jobs as."""
+
+    def __init__(self, model_names, *, miner_id: str, batch_size: int, device: str | None = None):
+        self.model_names = list(dict.fromkeys(model_names))
+        self.miner_id = miner_id
+        self.batch_size = batch_size
+        self.device = device or None
+        self.models: dict[str, engine.LoadedModel] = {}
+        self.miner: Miner | None = None
+        self._drains: dict[str, _Drain] = {}
+        self._inflight: dict[str, Job] = {}
+        self._inflight_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the models, register as a miner and start heartbeating."""
+        engine.use_threads(settings.INFERENCE_THREADS)
+        for name in self.model_names:
+            entry = catalog_entry(name)
+            if entry is None or not entry.enabled:
+                logger.error("not serving %r: it is not an enabled model of the catalog", name)
+                continue
+            try:
+                self.models[name] = engine.load(
+                    model_spec(entry), cache_dir=settings.MODEL_CACHE_DIR, device=self.device
+                )
+            except engine.InferenceError as error:
+                logger.error("not serving %r: %s", name, error.message)
+        self._drains = {name: _Drain() for name in self.models}
+        self.miner = self._register()
+        self._heartbeat = threading.Thread(target=self._beat, name="inference-heartbeat", daemon=True)
+        self._heartbeat.start()
+        logger.info("in-cluster miner %s serves %s", self.miner_id, ", ".join(self.models) or "nothing")
+
+    def _register(self) -> Miner:
+        gpu = engine.gpu_info()
+        tasks = sorted({model.spec.task for model in self.models.values()})
+        capabilities = Capabilities(
+            models=tuple(self.models),
+            gpu_name=gpu["gpu_name"],
+            vram_gb=round(gpu["memory_mb"] / 1024, 2),
+            cuda_version=gpu.get("cuda_version", ""),
+            max_concurrent_jobs=self.batch_size * max(1, len(self.models)),
+            supported_tasks=tuple(tasks),
+            raw={"models": list(self.models), "gpus": [gpu], "supported_tasks": tasks},
+        )
+        owner = user_get_or_create(username=settings.INFERENCE_OWNER_USERNAME)
+        miner, _ = miner_register(owner=owner, miner_id=self.miner_id, capabilities=capabilities, in_cluster=True)
+        return miner
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop: a running batch aborts and its jobs go back to the queue (``MINER_SHUTDOWN``)."""
+        self._stopping.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def _beat(self) -> None:
+        while not self._stopping.wait(settings.INFERENCE_HEARTBEAT_SECONDS):
+            try:
+                self.heartbeat()
+            except Exception:
+                logger.exception("heartbeat of %s failed", self.miner_id)
+            finally:
+                close_old_connections()
+        connection.close()
+
+    def heartbeat(self) -> int:
+        """Report liveness and GPU use; extend the leases of the jobs this process is running."""
+        with self._inflight_lock:
+            job_ids = list(self._inflight)
+        metadata = {"gpu": engine.gpu_info(), "models": list(self.models), "in_cluster": True}
+        return miner_heartbeat(miner=self.miner, inflight=len(job_ids), metadata=metadata, job_ids=job_ids)
+
+    # --- work ----------------------------------------------------------------------------
+
+    def drain(self, model_name: str) -> int:
+        """Run ``model_name``'s queued jobs until none is left; returns how many ran here.
+
+        A call while another thread drains the model only asks that thread for one more pass.
+        """
+        state = self._drains.get(model_name)
+        if state is None or self.stopping:
+            return 0
+        with state.lock:
+            if state.running:
+                state.pending = True
+                return 0
+            state.running = True
+        ran = 0
+        try:
+            while True:
+                with state.lock:
+                    state.pending = False
+                ran += self._drain_pass(model_name)
+                with state.lock:
+                    if not state.pending or self.stopping:
+                        state.running = False
+                        return ran
+        except BaseException:
+            with state.lock:
+                state.running = False
+            raise
+
+    def _drain_pass(self, model_name: str) -> int:
+        ran = 0
+        while not self.stopping:
+            jobs = job_claim(miner=self.miner, limit=self.batch_size, models=[model_name])
+            if not jobs:
+                break
+            self.run_batch(model_name, jobs)
+            ran += len(jobs)
+        return ran
+
+    def run_batch(self, model_name: str, jobs: list[Job]) -> None:
+        """Run claimed jobs as one batch, then complete or fail each under its lease."""
+        with self._inflight_lock:
+            self._inflight.update({str(job.pk): job for job in jobs})
+        try:
+            answers = self._execute(model_name, jobs)
+            self._report(jobs, answers)
+        finally:
+            with self._inflight_lock:
+                for job in jobs:
+                    self._inflight.pop(str(job.pk), None)
+
+    def _execute(self, model_name: str, jobs: list[Job]) -> list[engine.Answer]:
+        items = [(str(job.pk), job.payload) for job in jobs]
+        try:
+            return engine.execute(
+                self.models[model_name],
+                items,
+                on_tokens=events.publish_token_events,
+                should_stop=self._stopping.is_set,
+            )
+        except Exception as error:  # the engine reports per item; this is a fault in the engine itself
+            logger.exception("batch of %d %s jobs failed", len(jobs), model_name)
+            failure = engine.InferenceError("INFERENCE_FAILED", f"Inference failed: {error}"[:500])
+            return [engine.Answer(key=key, result=None, metrics={}, error=failure) for key, _ in items]
+
+    def _report(self, jobs: list[Job], answers: list[engine.Answer]) -> None:
+        by_key = {str(job.pk): job for job in jobs}
+        outcomes = [
+            Outcome(
+                job_id=answer.key,
+                result=answer.result,
+                metrics=answer.metrics,
+                lease_token=by_key[answer.key].lease_token,
+            )
+            for answer in answers
+            if answer.error is None
+        ]
+        if outcomes:
+            jobs_complete(miner=self.miner, outcomes=outcomes)
+        for answer in answers:
+            if answer.error is not None:
+                with suppress(ServiceError):  # the lease lapsed meanwhile: the job is someone else's now
+                    job_fail(
+                        job_id=answer.key,
+                        miner=self.miner,
+                        error_code=answer.error.code,
+                        error_message=answer.error.message,
+                        lease_token=by_key[answer.key].lease_token,
+                    )
+
+
+_host: ClusterHost | None = None
+_host_lock = threading.Lock()
+
+
+def current_host() -> ClusterHost | None:
+    return _host
+
+
+def start_host() -> ClusterHost | None:
+    """Start this process's host for ``INFERENCE_MODELS`` (once), and drain what waits for it."""
+    global _host
+    with _host_lock:
+        if _host is not None or not settings.INFERENCE_MODELS:
+            return _host
+        host = ClusterHost(
+            settings.INFERENCE_MODELS,
+            miner_id=settings.INFERENCE_MINER_ID,
+            batch_size=settings.INFERENCE_BATCH_SIZE,
+            device=settings.INFERENCE_DEVICE,
+        )
+        host.start()
+        _host = host
+    from inference.tasks import announce_to_workers
+
+    for name in host.models:
+        announce_to_workers(name)
+    return host
+
+
+def stop_host() -> None:
+    global _host
+    with _host_lock:
+        host, _host = _host, None
+    if host is not None:
+        host.stop()

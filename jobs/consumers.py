@@ -1,0 +1,141 @@
+import asyncio
+import json
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.utils.datastructures import CaseInsensitiveMapping
+
+from accounts.models import ApiKeyScope
+from accounts.services import api_key_authenticate
+from aitbc_site.api.authentication import raw_key_from_headers
+from jobs import events, selectors
+from jobs.models import JobStatus
+
+CLOSE_DONE = 1000
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+KEY_SUBPROTOCOL_PREFIX = "aitbc.key."
+
+
+@dataclass(frozen=True)
+class Credentials:
+    raw_key: str | None
+    # The offered subprotocol that carried the key: the handshake must echo it.
+    subprotocol: str | None
+
+
+class JobConsumer(AsyncJsonWebsocketConsumer):
+    """``ws/jobs/<job_id>/``: one job's status changes and generated tokens, as they happen.
+
+    Credentials: an API key in ``X-Api-Key`` or ``Authorization: Bearer``, else in
+    ``Sec-WebSocket-Protocol`` (``aitbc.key.<KEY>``, or the bare key as the first subprotocol
+    offered; the handshake echoes it, as browsers require), else the session's user. A key that
+    is present but invalid is refused, not passed over for the next source. The job's client
+    and admins (admin-scope keys, staff users) may subscribe.
+
+    On connect the socket joins the job's group, is accepted and gets a ``job.status`` snapshot
+    (the REST JobView), then every ``job.status`` and ``job.token`` event published. Joining
+    first means nothing published meanwhile is lost; it may repeat what the snapshot shows.
+    Once the job is terminal — in the snapshot or a later event — the server sends that status
+    and closes with 1000: clients read until the socket closes.
+
+    Refusals are sent after accepting, so that clients see the code (a handshake refused
+    outright reaches them as HTTP 403): 4401 no or invalid credentials; 4403 a key whose scope
+    (miner) does not allow this; 4404 no such job, or not yours.
+
+    Client messages are ignored, except ``{"type": "ping"}``, answered ``{"type": "pong"}``.
+    """
+
+    job_group: str | None = None
+    finished = False
+
+    async def connect(self):
+        events.use_server_loop(asyncio.get_running_loop())
+        job_id = self.scope["url_route"]["kwargs"]["job_id"]
+        credentials = _credentials(self.scope)
+        user = self.scope.get("user")
+        if credentials.raw_key is None and not (user and user.is_authenticated):
+            await self._refuse(CLOSE_UNAUTHENTICATED, credentials)
+            return
+        group = events.job_group(job_id)
+        await self.channel_layer.group_add(group, self.channel_name)
+        self.job_group = group
+        close_code, snapshot = await database_sync_to_async(_subscription)(
+            job_id=job_id, raw_key=credentials.raw_key, user=user
+        )
+        if close_code is not None:
+            await self._leave_group()
+            await self._refuse(close_code, credentials)
+            return
+        await self.accept(credentials.subprotocol)
+        await self.job_status(snapshot)
+
+    async def disconnect(self, code):
+        await self._leave_group()
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        try:
+            content = json.loads(text_data) if text_data else None
+        except ValueError:
+            return
+        if isinstance(content, dict) and content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+
+    async def job_status(self, event):
+        if self.finished:
+            return
+        await self.send_json(event)
+        if event["status"] in JobStatus.TERMINAL:
+            # Events already queued for this socket arrive after the close: they are dropped.
+            self.finished = True
+            await self._leave_group()
+            await self.close(code=CLOSE_DONE)
+
+    async def job_token(self, event):
+        if not self.finished:
+            await self.send_json(event)
+
+    async def _refuse(self, code: int, credentials: Credentials) -> None:
+        await self.accept(credentials.subprotocol)
+        await self.close(code=code)
+
+    async def _leave_group(self) -> None:
+        if self.job_group is not None:
+            group, self.job_group = self.job_group, None
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+
+def _credentials(scope) -> Credentials:
+    headers = CaseInsensitiveMapping(
+        {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
+    )
+    raw_key = raw_key_from_headers(headers)
+    offered = scope.get("subprotocols") or []
+    if raw_key is not None:
+        return Credentials(raw_key=raw_key, subprotocol=None)
+    for subprotocol in offered:
+        if subprotocol.startswith(KEY_SUBPROTOCOL_PREFIX) and len(subprotocol) > len(KEY_SUBPROTOCOL_PREFIX):
+            return Credentials(raw_key=subprotocol.removeprefix(KEY_SUBPROTOCOL_PREFIX), subprotocol=subprotocol)
+    if offered:
+        return Credentials(raw_key=offered[0], subprotocol=offered[0])
+    return Credentials(raw_key=None, subprotocol=None)
+
+
+def _subscription(*, job_id, raw_key: str | None, user) -> tuple[int | None, dict | None]:
+    """``(None, snapshot)`` if the caller may follow the job, else ``(close code, None)``."""
+    if raw_key is not None:
+        api_key = api_key_authenticate(raw_key=raw_key)
+        if api_key is None:
+            return CLOSE_UNAUTHENTICATED, None
+        user, scope = api_key.user, api_key.scope
+    else:
+        scope = ApiKeyScope.ADMIN if user.is_staff else ApiKeyScope.CLIENT
+    if scope not in (ApiKeyScope.CLIENT, ApiKeyScope.ADMIN):
+        return CLOSE_FORBIDDEN, None
+    jobs = selectors.jobs_visible_to(user=user, is_admin=scope == ApiKeyScope.ADMIN)
+    job = selectors.with_queue_position(jobs).filter(pk=job_id).first()
+    if job is None:
+        return CLOSE_NOT_FOUND, None
+    return None, events.job_status_event(job, outlook=selectors.queue_outlook(jobs=[job]))

@@ -1,0 +1,165 @@
+"""Live job events for ``ws/jobs/<job_id>/`` subscribers: status changes and generated tokens.
+
+The publishing functions are synchronous and safe to call from any thread: request threads,
+worker threads, ``transaction.on_commit`` callbacks. They are best effort: a channel layer that
+is down or slow is logged and skipped, never raised, so it cannot break a request or a decoding
+step.
+
+Each call is one hop: its messages go out in one coroutine on a long-lived event loop, each
+group's messages in order. That loop is the one serving this process's WebSockets where there
+is one (consumers register it), so that the in-memory layer of the embedded platform wakes them
+at once; else a private loop thread, which keeps its Redis connections between calls.
+"""
+
+import asyncio
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterable
+
+from channels.layers import get_channel_layer
+
+from jobs.api.serializers import JobSerializer
+from jobs.models import Job
+
+logger = logging.getLogger(__name__)
+
+JOB_STATUS = "job.status"
+JOB_TOKEN = "job.token"
+PUBLISH_TIMEOUT_SECONDS = 2.0
+
+_server_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
+_private_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
+_private_loop_lock = threading.Lock()
+_background_tasks: set[asyncio.Task] = set()
+
+
+def job_group(job_id) -> str:
+    return f"job-{uuid.UUID(str(job_id))}"
+
+
+def job_status_event(job: Job, *, outlook: dict | None = None) -> dict:
+    """The job as the REST JobView shows it, as a ``job.status`` event.
+
+    ``type`` is the event's, so the job's type is ``job_type``; the submitted ``payload`` is left
+    out (the client has it, and it can be large).
+    """
+    view = JobSerializer(context={"outlook": outlook or {}}).to_representation(job)
+    del view["payload"]
+    return {"type": JOB_STATUS, "job_type": view.pop("type"), **view}
+
+
+def job_token_event(*, job_id, index: int, text: str, completion_tokens: int, max_tokens: int | None) -> dict:
+    progress = min(99, max(0, int(100 * completion_tokens / max_tokens))) if max_tokens else None
+    return {"type": JOB_TOKEN, "job_id": str(job_id), "index": index, "text": text, "progress": progress}
+
+
+def publish_job_status(job: Job) -> None:
+    """Send the job's current status to its subscribers. Never raises."""
+    publish_job_statuses([job])
+
+
+def publish_job_statuses(jobs: Iterable[Job]) -> None:
+    """Send each job's current status to its subscribers, all in one hop. Never raises."""
+    try:
+        messages = [(job_group(job.pk), job_status_event(job)) for job in jobs]
+    except Exception as error:
+        logger.warning("status events not published: %r", error)
+        return
+    _deliver(messages)
+
+
+def publish_token_events(events: Iterable) -> None:
+    """Send generated tokens to their jobs' subscribers, all in one hop. Never raises.
+
+    Each event is an object with ``key`` (or ``job_id``), ``index``, ``text``,
+    ``completion_tokens`` and ``max_tokens`` — an ``inference.engine.TokenEvent`` — or a tuple of
+    those five in that order.
+    """
+    try:
+        messages = [_token_message(event) for event in events]
+    except Exception as error:
+        logger.warning("token events not published: %r", error)
+        return
+    _deliver(messages)
+
+
+def use_server_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Publish on ``loop``, the event loop serving this process's WebSockets (consumers call it)."""
+    global _server_loop
+    _server_loop = (os.getpid(), loop)
+
+
+def _token_message(event) -> tuple[str, dict]:
+    if hasattr(event, "completion_tokens"):
+        job_id = getattr(event, "key", None) or event.job_id
+        index, text = event.index, event.text
+        completion_tokens, max_tokens = event.completion_tokens, event.max_tokens
+    else:
+        job_id, index, text, completion_tokens, max_tokens = event
+    message = job_token_event(
+        job_id=job_id, index=index, text=text, completion_tokens=completion_tokens, max_tokens=max_tokens
+    )
+    return job_group(job_id), message
+
+
+def _deliver(messages: list[tuple[str, dict]]) -> None:
+    if not messages:
+        return
+    try:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            # Called from async code: it must not block its own loop, so the send runs as a task.
+            task = running.create_task(_send_all(layer, messages))
+            _background_tasks.add(task)
+            task.add_done_callback(_task_done)
+            return
+        future = asyncio.run_coroutine_threadsafe(_send_all(layer, messages), _publishing_loop())
+        future.result(timeout=PUBLISH_TIMEOUT_SECONDS + 1)
+    except Exception as error:
+        logger.warning("%d job event(s) not published: %r", len(messages), error)
+
+
+async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
+    by_group: dict[str, list[dict]] = {}
+    for group, message in messages:
+        by_group.setdefault(group, []).append(message)
+
+    async def send_in_order(group: str, group_messages: list[dict]) -> None:
+        for message in group_messages:
+            await layer.group_send(group, message)
+
+    sends = asyncio.gather(*(send_in_order(g, ms) for g, ms in by_group.items()), return_exceptions=True)
+    results = await asyncio.wait_for(sends, PUBLISH_TIMEOUT_SECONDS)
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if failures:
+        logger.warning("job events for %d of %d job(s) not published: %r", len(failures), len(by_group), failures[0])
+
+
+def _task_done(task: asyncio.Task) -> None:
+    _background_tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("job events not published: %r", task.exception())
+
+
+def _publishing_loop() -> asyncio.AbstractEventLoop:
+    # A forked child inherits these loops but not the threads that run them.
+    pid = os.getpid()
+    if _server_loop is not None:
+        server_pid, server_loop = _server_loop
+        if server_pid == pid and server_loop.is_running() and not server_loop.is_closed():
+            return server_loop
+    global _private_loop
+    with _private_loop_lock:
+        if _private_loop is None or _private_loop[0] != pid:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="job-events", daemon=True).start()
+            _private_loop = (pid, loop)
+        return _private_loop[1]

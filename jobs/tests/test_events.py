@@ -1,0 +1,232 @@
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings as django_settings
+
+from jobs import events
+from jobs.models import Job
+
+IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+needs_redis = pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs Redis (set REDIS_URL); CI always runs it")
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Shaped like ``inference.engine.TokenEvent``."""
+
+    key: str
+    index: int
+    text: str
+    completion_tokens: int
+    max_tokens: int | None
+
+
+@pytest.fixture(autouse=True)
+def _in_memory_layer(settings):
+    settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+def layer_kind(request, settings):
+    if request.param == "redis":
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                # Other test runs share the Redis database.
+                "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": f"aitbc-test-{uuid.uuid4().hex}"},
+            }
+        }
+    return request.param
+
+
+def receive_on_groups(group_names, publish, *, count):
+    """Join a fresh channel to each group, run ``publish`` in a worker thread, collect ``count`` messages per group."""
+
+    async def scenario():
+        layer = get_channel_layer()
+        channels = {}
+        for group in group_names:
+            channels[group] = await layer.new_channel()
+            await layer.group_add(group, channels[group])
+        await sync_to_async(publish, thread_sensitive=False)()
+        received = {}
+        for group, channel in channels.items():
+            received[group] = [await asyncio.wait_for(layer.receive(channel), 2) for _ in range(count)]
+            await layer.group_discard(group, channel)
+        return received
+
+    return async_to_sync(scenario)()
+
+
+def test_token_events_arrive_on_each_jobs_group_in_order(layer_kind):
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    tokens = [
+        TokenEvent(key=first, index=0, text="Hel", completion_tokens=1, max_tokens=4),
+        TokenEvent(key=second, index=0, text="Bon", completion_tokens=1, max_tokens=10),
+        TokenEvent(key=first, index=1, text="lo", completion_tokens=2, max_tokens=4),
+        TokenEvent(key=second, index=1, text="jour", completion_tokens=2, max_tokens=10),
+        TokenEvent(key=first, index=2, text=" there", completion_tokens=3, max_tokens=4),
+        TokenEvent(key=second, index=2, text="!", completion_tokens=3, max_tokens=10),
+    ]
+
+    received = receive_on_groups(
+        [events.job_group(first), events.job_group(second)], lambda: events.publish_token_events(tokens), count=3
+    )
+
+    assert received[events.job_group(first)] == [
+        {"type": "job.token", "job_id": first, "index": 0, "text": "Hel", "progress": 25},
+        {"type": "job.token", "job_id": first, "index": 1, "text": "lo", "progress": 50},
+        {"type": "job.token", "job_id": first, "index": 2, "text": " there", "progress": 75},
+    ]
+    assert [m["text"] for m in received[events.job_group(second)]] == ["Bon", "jour", "!"]
+
+
+def test_token_events_are_sent_in_one_hop(monkeypatch):
+    hops = []
+    original = events._send_all
+
+    async def counting_send_all(layer, messages):
+        hops.append(len(messages))
+        await original(layer, messages)
+
+    monkeypatch.setattr(events, "_send_all", counting_send_all)
+    job_ids = [str(uuid.uuid4()) for _ in range(3)]
+
+    events.publish_token_events([TokenEvent(job_id, 0, "x", 1, 8) for job_id in job_ids])
+
+    assert hops == [3]
+
+
+def test_token_events_accept_tuples_and_objects_with_job_id():
+    @dataclass
+    class WithJobId:
+        job_id: str
+        index: int
+        text: str
+        completion_tokens: int
+        max_tokens: int
+
+    job_id = str(uuid.uuid4())
+
+    received = receive_on_groups(
+        [events.job_group(job_id)],
+        lambda: events.publish_token_events([(job_id, 0, "a", 1, 2), WithJobId(job_id, 1, "b", 2, 2)]),
+        count=2,
+    )
+
+    assert [(m["index"], m["text"]) for m in received[events.job_group(job_id)]] == [(0, "a"), (1, "b")]
+
+
+@pytest.mark.parametrize(
+    "completion_tokens, max_tokens, progress",
+    [(1, 3, 33), (3, 3, 99), (50, 3, 99), (0, 3, 0), (5, None, None), (5, 0, None)],
+)
+def test_token_progress_is_a_percent_of_max_tokens_below_100(completion_tokens, max_tokens, progress):
+    event = events.job_token_event(
+        job_id="j", index=0, text="", completion_tokens=completion_tokens, max_tokens=max_tokens
+    )
+    assert event["progress"] == progress
+
+
+def test_job_group_names_the_job_by_its_canonical_uuid():
+    job_id = uuid.uuid4()
+    assert events.job_group(job_id) == events.job_group(str(job_id)) == f"job-{job_id}"
+    assert events.job_group(job_id.hex) == f"job-{job_id}"
+
+
+def test_status_event_has_the_rest_job_views_fields(client_api, submit_job):
+    job_id = submit_job(client_api, prompt="hello")["job_id"]
+    view = client_api.get(f"/v1/jobs/{job_id}").json()
+
+    event = events.job_status_event(Job.objects.get(pk=job_id))
+
+    assert event["type"] == "job.status"
+    assert event["job_type"] == view.pop("type") == "inference"
+    del view["payload"], view["queue_position"], view["estimated_wait_seconds"], view["is_possible"]
+    assert {k: v for k, v in event.items() if k in view} == view
+    assert "payload" not in event
+
+
+@pytest.mark.django_db(transaction=True)
+def test_publish_job_status_reaches_the_jobs_group(layer_kind, client_api, submit_job):
+    job = Job.objects.get(pk=submit_job(client_api)["job_id"])
+    Job.objects.filter(pk=job.pk).update(status="failed", error_code="INFERENCE_FAILED", error_message="boom")
+    job.refresh_from_db()
+
+    received = receive_on_groups([events.job_group(job.pk)], lambda: events.publish_job_status(job), count=1)
+
+    [event] = received[events.job_group(job.pk)]
+    assert event["type"] == "job.status"
+    assert (event["job_id"], event["status"], event["state"]) == (str(job.pk), "failed", "FAILED")
+    assert (event["error_code"], event["error"], event["result"]) == ("INFERENCE_FAILED", "boom", None)
+
+
+def test_publish_job_statuses_sends_each_job_its_own_status_in_one_hop(monkeypatch, client_api, submit_job):
+    jobs = [Job.objects.get(pk=submit_job(client_api, prompt=prompt)["job_id"]) for prompt in ("a", "b")]
+    hops = []
+    original = events._send_all
+
+    async def counting_send_all(layer, messages):
+        hops.append(len(messages))
+        await original(layer, messages)
+
+    monkeypatch.setattr(events, "_send_all", counting_send_all)
+
+    received = receive_on_groups(
+        [events.job_group(job.pk) for job in jobs], lambda: events.publish_job_statuses(jobs), count=1
+    )
+
+    assert hops == [2]
+    assert [received[events.job_group(job.pk)][0]["job_id"] for job in jobs] == [str(job.pk) for job in jobs]
+
+
+def test_publish_from_async_code_does_not_block_its_loop():
+    job_id = str(uuid.uuid4())
+
+    async def scenario():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(events.job_group(job_id), channel)
+        events.publish_token_events([TokenEvent(job_id, 0, "x", 1, 4)])
+        return await asyncio.wait_for(layer.receive(channel), 2)
+
+    assert async_to_sync(scenario)()["text"] == "x"
+
+
+def test_publish_functions_swallow_channel_layer_errors(monkeypatch, caplog, client_api, submit_job):
+    job = Job.objects.get(pk=submit_job(client_api)["job_id"])
+
+    async def failing_group_send(group, message):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(get_channel_layer(), "group_send", failing_group_send)
+    with caplog.at_level(logging.WARNING, logger="jobs.events"):
+        events.publish_job_status(job)
+        events.publish_job_statuses([job, job])
+        events.publish_token_events([TokenEvent(str(job.pk), 0, "x", 1, 4)])
+
+    assert len([r for r in caplog.records if "redis is down" in r.getMessage()]) == 3
+
+
+def test_publishing_gives_up_on_a_layer_that_hangs(monkeypatch, caplog):
+    async def hanging_group_send(group, message):
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(events, "PUBLISH_TIMEOUT_SECONDS", 0.1)
+    monkeypatch.setattr(get_channel_layer(), "group_send", hanging_group_send)
+    with caplog.at_level(logging.WARNING, logger="jobs.events"):
+        events.publish_token_events([TokenEvent(str(uuid.uuid4()), 0, "x", 1, 4)])
+
+    assert "not published" in caplog.text
+
+
+def test_malformed_token_events_are_logged_not_raised(caplog):
+    with caplog.at_level(logging.WARNING, logger="jobs.events"):
+        events.publish_token_events([("not-a-uuid", 0, "x", 1, 4)])
+
+    assert "not published" in caplog.text
