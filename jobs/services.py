@@ -110,9 +110,14 @@ def job_submit(
         if not idempotency_key:
             raise
         return _replayed(Job.objects.get(client=client, idempotency_key=idempotency_key), fingerprint)
+    _wake_cluster_workers(model)
+    return Submission(job=job, created=True, queue_position=position)
+
+
+def _wake_cluster_workers(model: str) -> None:
+    """Once committed, wake the in-cluster workers serving ``model`` (HTTP miners hear NOTIFY)."""
     if model in cluster_served_models():
         transaction.on_commit(partial(announce_to_workers, model))
-    return Submission(job=job, created=True, queue_position=position)
 
 
 def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
@@ -460,6 +465,7 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
         # An accepted job is not lost to a dead miner: it gets a full TTL in the queue again.
         job.expires_at = max(job.expires_at, now + timedelta(seconds=job.ttl_seconds))
         wakeup.announce(job)
+        _wake_cluster_workers(job.model)
     else:
         job.status = JobStatus.FAILED
         job.completed_at = now
@@ -499,6 +505,7 @@ def job_requeue(*, job_id, reason: str = "re-queued by staff") -> Job:
             raise Conflict(f"Only running jobs can be re-queued; this one is {job.status}.", code="JOB_NOT_RUNNING")
         job.max_attempts = max(job.max_attempts, job.attempt + 1)
         _fail_attempt(job, code="REQUEUED", message=reason)
+        _publish_after_commit([job])
     return job
 
 
@@ -527,6 +534,7 @@ def jobs_expire_queued(*, now: datetime | None = None) -> int:
                 error_message="No miner took the job before its TTL ran out.",
                 updated_at=now,
             )
+            _publish_after_commit(list(Job.objects.select_related("miner").filter(pk__in=ids)))
 
 
 def jobs_requeue_lapsed(*, now: datetime | None = None) -> int:
@@ -547,12 +555,14 @@ def _fail_running(condition: Q, *, code: str, message: str) -> int:
     while True:
         with transaction.atomic():
             jobs = list(
-                Job.objects.select_for_update(skip_locked=True)
+                Job.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("miner")
                 .filter(condition, status=JobStatus.RUNNING)
                 .order_by("lease_expires_at")[:SWEEP_BATCH]
             )
             for job in jobs:
                 _fail_attempt(job, code=code, message=message)
+            _publish_after_commit(jobs)
         released += len(jobs)
         if len(jobs) < SWEEP_BATCH:
             return released

@@ -123,3 +123,29 @@ def test_staff_requeue_on_the_last_attempt_gives_one_more(client, miner):
     job.refresh_from_db()
     assert (job.status, job.max_attempts) == (JobStatus.QUEUED, 2)
     assert job_claim(miner=miner)[0].pk == job.pk
+
+
+@pytest.fixture
+def published(monkeypatch):
+    """The job statuses sent to WebSocket subscribers, as (job id, status)."""
+    sent = []
+    monkeypatch.setattr(
+        "jobs.events.publish_job_statuses", lambda jobs: sent.extend((str(job.pk), job.status) for job in jobs)
+    )
+    return sent
+
+
+def test_expiry_is_published_to_the_jobs_subscribers(client, published, django_capture_on_commit_callbacks):
+    job = submit(client, ttl_seconds=60)
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs_expire_queued(now=timezone.now() + timedelta(seconds=61))
+    assert published == [(str(job.pk), JobStatus.EXPIRED)]
+
+
+def test_lapsed_lease_requeue_is_published(client, miner, published, django_capture_on_commit_callbacks):
+    job = submit(client)
+    job_claim(miner=miner)
+    published.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        jobs_requeue_lapsed(now=timezone.now() + timedelta(hours=1))
+    assert published == [(str(job.pk), JobStatus.QUEUED)]
