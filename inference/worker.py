@@ -1,8 +1,11 @@
 """In-cluster inference: this process as a miner that loads catalog models and runs their jobs.
 
 A host loads its models once, registers itself as an in-cluster miner and heartbeats. When a
-wake-up for a model arrives (``inference.tasks.run_inference``) it drains that model's queue:
-it claims up to ``INFERENCE_BATCH_SIZE`` jobs in one statement, runs them as one batched
+job for one of its models is committed it drains that model's queue. Two signals say so: the
+database's own announcement (``jobs.wakeup``: PostgreSQL NOTIFY, or in-process when embedded),
+which a listener thread per model waits on, and the Dramatiq message on the model's queue
+(``inference.tasks.run_inference``), which also carries housekeeping's re-sends. A drain
+claims up to ``INFERENCE_BATCH_SIZE`` jobs in one statement, runs them as one batched
 forward pass while streaming tokens to each job's channel group, completes them in one
 transaction and claims again until nothing is left. Wake-ups arriving meanwhile fold into the
 running drain, so one model never runs two batches at once in a process.
@@ -20,7 +23,7 @@ from accounts.services import user_get_or_create
 from aitbc_site.errors import ServiceError
 from inference import engine
 from inference.selectors import catalog_entry, model_spec
-from jobs import events
+from jobs import events, wakeup
 from jobs.models import Job
 from jobs.services import Outcome, job_claim, job_fail, jobs_complete
 from miners.capabilities import Capabilities
@@ -28,6 +31,10 @@ from miners.models import Miner
 from miners.services import miner_heartbeat, miner_register
 
 logger = logging.getLogger(__name__)
+
+
+# A drain runs every job queued for the model: it uses up every wake-up received before it.
+WAKEUPS_ALL = 1 << 30
 
 
 def worker_queue(model: str) -> str:
@@ -45,18 +52,21 @@ class _Drain:
 class ClusterHost:
     """The models this process serves and the miner it claims their jobs as."""
 
-    def __init__(self, model_names, *, miner_id: str, batch_size: int, device: str | None = None):
+    def __init__(
+        self, model_names, *, miner_id: str, batch_size: int, device: str | None = None, listen: bool = True
+    ):
         self.model_names = list(dict.fromkeys(model_names))
         self.miner_id = miner_id
         self.batch_size = batch_size
         self.device = device or None
+        self.listen = listen
         self.models: dict[str, engine.LoadedModel] = {}
         self.miner: Miner | None = None
         self._drains: dict[str, _Drain] = {}
         self._inflight: dict[str, Job] = {}
         self._inflight_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # --- life cycle ----------------------------------------------------------------------
 
@@ -76,8 +86,14 @@ class ClusterHost:
                 logger.error("not serving %r: %s", name, error.message)
         self._drains = {name: _Drain() for name in self.models}
         self.miner = self._register()
-        self._heartbeat = threading.Thread(target=self._beat, name="inference-heartbeat", daemon=True)
-        self._heartbeat.start()
+        self._threads = [threading.Thread(target=self._beat, name="inference-heartbeat", daemon=True)]
+        if self.listen:
+            self._threads += [
+                threading.Thread(target=self._listen, args=(name,), name=f"inference-{name}", daemon=True)
+                for name in self.models
+            ]
+        for thread in self._threads:
+            thread.start()
         logger.info("in-cluster miner %s serves %s", self.miner_id, ", ".join(self.models) or "nothing")
 
     def _register(self) -> Miner:
@@ -99,8 +115,8 @@ class ClusterHost:
     def stop(self, timeout: float = 30) -> None:
         """Stop: a running batch aborts and its jobs go back to the queue (``MINER_SHUTDOWN``)."""
         self._stopping.set()
-        if self._heartbeat is not None:
-            self._heartbeat.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)
 
     @property
     def stopping(self) -> bool:
@@ -115,6 +131,22 @@ class ClusterHost:
             finally:
                 close_old_connections()
         connection.close()
+
+    def _listen(self, model_name: str) -> None:
+        """Drain ``model_name`` whenever one of its jobs is announced."""
+        with wakeup.hub.waiter([model_name]) as waiter:
+            try:
+                while not self._stopping.is_set():
+                    if not waiter.wait(1.0):
+                        continue
+                    if self.drain(model_name):
+                        waiter.claimed(WAKEUPS_ALL)
+                    else:  # nothing this host can run (constraints): let an HTTP miner have it
+                        waiter.pass_on()
+            except Exception:
+                logger.exception("the %s listener stopped", model_name)
+            finally:
+                connection.close()
 
     def heartbeat(self) -> int:
         """Report liveness and GPU use; extend the leases of the jobs this process is running."""

@@ -217,3 +217,22 @@ def test_late_result_of_a_superseded_attempt_is_rejected(cluster_host, client_ap
     job.refresh_from_db()
     assert job.result["text"] != "late"
     assert job.attempt == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_host_runs_a_committed_job_as_soon_as_it_is_announced(tiny_model_dir, settings, tmp_path, make_api):
+    from inference.models import CatalogModel
+    from inference.worker import ClusterHost
+
+    CatalogModel.objects.create(name=TINY, task="text-generation", source_kind="directory", source=str(tiny_model_dir))
+    settings.MODEL_CACHE_DIR = tmp_path
+    host = ClusterHost([TINY], miner_id="listening-host", batch_size=4)
+    host.start()
+    try:
+        job = submit(make_api("client", "eager").user)
+        deadline = time.monotonic() + 20
+        while Job.objects.get(pk=job.pk).status != JobStatus.COMPLETED and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+    finally:
+        host.stop()
