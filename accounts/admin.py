@@ -1,8 +1,8 @@
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from accounts.models import ApiKey, User
-from accounts.services import api_key_create, api_key_revoke
+from accounts.models import ApiKey, User, UserSession, WalletNonce
+from accounts.services import api_key_create, api_key_revoke, user_session_revoke
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -58,3 +58,49 @@ class ApiKeyAdmin(admin.ModelAdmin):
             api_key_revoke(api_key=api_key)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows only services write: staff look, never add or edit."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(UserSession)
+class UserSessionAdmin(ReadOnlyAdmin):
+    list_display = ("prefix", "user", "wallet_address", "created_at", "expires_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "expires_at")
+    search_fields = ("prefix", "wallet_address", "user__username")
+    list_select_related = ("user",)
+    fields = ("user", "wallet_address", "prefix", "created_at", "expires_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+    date_hierarchy = "created_at"
+    actions = ["revoke_sessions"]
+
+    def has_revoke_permission(self, request):
+        return request.user.has_perm("accounts.change_usersession")
+
+    @admin.action(description="Revoke selected sessions", permissions=["revoke"])
+    def revoke_sessions(self, request, queryset):
+        revoked = 0
+        for session in queryset.filter(revoked_at__isnull=True):
+            user_session_revoke(session=session)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} session(s).", messages.SUCCESS)
+
+
+@admin.register(WalletNonce)
+class WalletNonceAdmin(ReadOnlyAdmin):
+    list_display = ("address", "nonce", "created_at", "expires_at", "used_at")
+    list_filter = (("used_at", admin.EmptyFieldListFilter), "expires_at")
+    search_fields = ("address", "nonce")
+    fields = ("address", "nonce", "message", "created_at", "expires_at", "used_at")
+    readonly_fields = fields
+    date_hierarchy = "created_at"

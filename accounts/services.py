@@ -2,14 +2,21 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
-from accounts.models import ApiKey, ApiKeyScope, User
+from accounts.models import ApiKey, ApiKeyScope, User, UserSession, WalletNonce
 from aitbc_site import rawsql
+from aitbc_site.errors import Conflict, ServiceError
+from payments.addresses import wallet_address
+from payments.models import Wallet
+from payments.selectors import wallet_by_address
+from payments.services import wallet_open
 
 KEY_TAG = "aitbc_"
 PREFIX_LENGTH = 12
@@ -113,3 +120,149 @@ def _api_key_touch(*, api_key: ApiKey) -> None:
     if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+# --- Wallet sign-in --------------------------------------------------------------------
+
+SESSION_TAG = "aitbcs_"
+SESSION_PREFIX_LENGTH = 16
+# A login without ``nonce`` is checked against this many of the address's newest challenges.
+LOGIN_CANDIDATE_NONCES = 32
+# Used and expired challenges are kept this long, so a replay is told apart from a forgery.
+NONCE_RETENTION = timedelta(hours=1)
+SESSION_RETENTION = timedelta(days=30)
+
+
+class SignInRejected(ServiceError):
+    """The caller did not prove control of the wallet: 401 with a precise ``error_code``."""
+
+    status_code = 401
+
+
+@dataclass(frozen=True)
+class IssuedSession:
+    session: UserSession
+    raw_token: str
+
+
+@dataclass(frozen=True)
+class WalletLogin:
+    user: User
+    wallet: Wallet
+    issued: IssuedSession
+
+
+def sign_in_message(*, domain: str, address: str, nonce: str, issued_at: datetime, expires_at: datetime) -> str:
+    """The text a wallet signs to sign in: readable by a person, bound to one address and nonce."""
+    return (
+        "Sign in to AITBC Coordinator\n"
+        f"Domain: {domain}\n"
+        f"Address: {address}\n"
+        f"Nonce: {nonce}\n"
+        f"Issued: {issued_at.isoformat()}\n"
+        f"Expires: {expires_at.isoformat()}"
+    )
+
+
+def wallet_nonce_issue(*, address: str, domain: str) -> WalletNonce:
+    """A new single-use challenge for ``address``, valid for ``WALLET_NONCE_TTL_SECONDS``."""
+    now = timezone.now().replace(microsecond=0)
+    expires_at = now + timedelta(seconds=settings.WALLET_NONCE_TTL_SECONDS)
+    nonce = secrets.token_hex(16)
+    message = sign_in_message(domain=domain, address=address, nonce=nonce, issued_at=now, expires_at=expires_at)
+    return WalletNonce.objects.create(address=address, nonce=nonce, message=message, expires_at=expires_at)
+
+
+def _signed_nonce(*, address: str, verify_key: VerifyKey, signature: bytes, nonce: str | None) -> WalletNonce:
+    candidates = WalletNonce.objects.filter(address=address)
+    if nonce is not None:
+        candidates = candidates.filter(nonce=nonce)
+    candidates = list(candidates.order_by("-created_at", "-id")[:LOGIN_CANDIDATE_NONCES])
+    if not candidates:
+        raise SignInRejected("No sign-in nonce was issued for this address.", code="NONCE_NOT_FOUND")
+    for candidate in candidates:
+        try:
+            verify_key.verify(candidate.message.encode(), signature)
+        except BadSignatureError:
+            continue
+        return candidate
+    raise SignInRejected("The signature does not match a sign-in message for this address.", code="INVALID_SIGNATURE")
+
+
+def _nonce_rejection(nonce: WalletNonce) -> SignInRejected:
+    if nonce.used_at is not None:
+        return SignInRejected("This nonce has already been used; request a new one.", code="NONCE_USED")
+    return SignInRejected("This nonce has expired; request a new one.", code="NONCE_EXPIRED")
+
+
+def _wallet_owner(*, address: str, public_key: bytes) -> tuple[User, Wallet]:
+    wallet = wallet_by_address(address)
+    if wallet is not None:
+        if wallet.user is None:
+            raise ServiceError("This address cannot sign in.", code="WALLET_NOT_LOGINABLE", status_code=403)
+        return wallet.user, wallet
+    user = user_get_or_create(username=address)
+    wallet = wallet_open(user=user, public_key=public_key)
+    if wallet.address != address:  # an account was given this address as its name by someone else
+        raise Conflict("An account with this address as its name already has another wallet.", code="WALLET_TAKEN")
+    return user, wallet
+
+
+@transaction.atomic
+def wallet_login(*, address: str, public_key: bytes, signature: bytes, nonce: str | None = None) -> WalletLogin:
+    """Sign in with a wallet: ``signature`` over one of the address's unused, unexpired nonces'
+    messages, by the key the address derives from. Consumes the nonce (once, whoever races),
+    finds the wallet's user or creates one named after the address, and opens a session."""
+    if wallet_address(public_key) != address:
+        raise SignInRejected("The public key does not derive this wallet address.", code="ADDRESS_MISMATCH")
+    signed = _signed_nonce(address=address, verify_key=VerifyKey(public_key), signature=signature, nonce=nonce)
+    now = timezone.now()
+    consumed = WalletNonce.objects.filter(pk=signed.pk, used_at__isnull=True, expires_at__gt=now).update(used_at=now)
+    if not consumed:
+        signed.refresh_from_db(fields=["used_at"])
+        raise _nonce_rejection(signed)
+    user, wallet = _wallet_owner(address=address, public_key=public_key)
+    if not user.is_active:
+        raise ServiceError("This account is disabled.", code="ACCOUNT_DISABLED", status_code=403)
+    return WalletLogin(user=user, wallet=wallet, issued=user_session_create(user=user, wallet_address=address))
+
+
+def user_session_create(*, user: User, wallet_address: str = "") -> IssuedSession:
+    """A new session token for ``user``; the raw token is returned here once and never stored."""
+    raw_token = SESSION_TAG + secrets.token_urlsafe(32)
+    session = UserSession.objects.create(
+        user=user,
+        wallet_address=wallet_address,
+        prefix=raw_token[:SESSION_PREFIX_LENGTH],
+        token_hash=hash_key(raw_token),
+        expires_at=timezone.now() + timedelta(seconds=settings.USER_SESSION_TTL_SECONDS),
+    )
+    return IssuedSession(session=session, raw_token=raw_token)
+
+
+def user_session_revoke(*, session: UserSession) -> UserSession:
+    UserSession.objects.filter(pk=session.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    session.refresh_from_db(fields=["revoked_at"])
+    return session
+
+
+def user_session_authenticate(*, raw_token: str) -> UserSession | None:
+    """The active, unexpired session whose token is ``raw_token`` (its user active), or None."""
+    digest = hash_key(raw_token)
+    sessions = UserSession.objects.select_related("user").filter(prefix=raw_token[:SESSION_PREFIX_LENGTH])
+    session = next((s for s in sessions if hmac.compare_digest(s.token_hash, digest)), None)
+    now = timezone.now()
+    if session is None or not session.is_active_at(now) or not session.user.is_active:
+        return None
+    if session.last_used_at is None or now - session.last_used_at >= LAST_USED_RESOLUTION:
+        UserSession.objects.filter(pk=session.pk).update(last_used_at=now)
+        session.last_used_at = now
+    return session
+
+
+def sign_in_records_purge() -> tuple[int, int]:
+    """Delete nonces and sessions that ended long enough ago; returns (nonces, sessions) deleted."""
+    now = timezone.now()
+    nonces, _ = WalletNonce.objects.filter(expires_at__lt=now - NONCE_RETENTION).delete()
+    sessions, _ = UserSession.objects.filter(expires_at__lt=now - SESSION_RETENTION).delete()
+    return nonces, sessions

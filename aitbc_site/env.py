@@ -4,6 +4,7 @@ A value that cannot be parsed is a configuration error at start-up, never a sile
 """
 
 import os
+from decimal import Decimal, InvalidOperation
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -37,6 +38,19 @@ def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
     if minimum is not None and value < minimum:
         raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_decimal(name: str, default: str) -> Decimal:
+    """A non-negative, finite decimal (money, percentages)."""
+    raw = os.environ.get(name)
+    text = default if raw is None or not raw.strip() else raw.strip()
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a decimal number, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ImproperlyConfigured(f"{name} must be a non-negative number, got {raw!r}")
     return value
 
 

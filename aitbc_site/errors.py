@@ -23,3 +23,7 @@ class Conflict(ServiceError):
 
 class Invalid(ServiceError):
     status_code = 422
+
+
+class PaymentRequired(ServiceError):
+    status_code = 402

@@ -17,11 +17,22 @@ logger = logging.getLogger(__name__)
 
 
 def housekeeping_actors() -> list[dramatiq.Actor]:
+    from accounts.tasks import purge_ended_sign_ins
+    from explorer.tasks import seal_block
     from inference.tasks import announce_waiting_models
     from jobs.tasks import expire_queued_jobs, requeue_lapsed_leases
     from miners.tasks import mark_silent_miners_offline
+    from payments.tasks import exchange_payments_expire
 
-    return [expire_queued_jobs, requeue_lapsed_leases, mark_silent_miners_offline, announce_waiting_models]
+    return [
+        expire_queued_jobs,
+        requeue_lapsed_leases,
+        mark_silent_miners_offline,
+        announce_waiting_models,
+        seal_block,
+        purge_ended_sign_ins,
+        exchange_payments_expire,
+    ]
 
 
 def build_scheduler(scheduler_class):

@@ -10,3 +10,11 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
             {"type": "http", "scheme": "bearer"},
         ]
+
+
+class SessionTokenAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "aitbc_site.api.authentication.SessionTokenAuthentication"
+    name = "SessionToken"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "apiKey", "in": "header", "name": "X-Session-Token"}

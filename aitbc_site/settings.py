@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from aitbc_site.env import env_bool, env_int, env_list, env_rate, env_str
+from aitbc_site.env import env_bool, env_decimal, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("AITBC_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "miners",
     "jobs",
     "inference",
+    "payments",
     "explorer",
 ]
 
@@ -196,6 +197,7 @@ EMBEDDED_WORKER_THREADS = env_int("AITBC_EMBEDDED_WORKER_THREADS", 4, minimum=1)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "aitbc_site.api.authentication.ApiKeyAuthentication",
+        "aitbc_site.api.authentication.SessionTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -229,6 +231,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "JobStatusEnum": "jobs.models.JobStatus",
         "MinerStatusEnum": "miners.models.MinerStatus",
+        "PaymentStatusEnum": "payments.models.PaymentStatus",
     },
 }
 
@@ -247,6 +250,10 @@ RATE_LIMITS = {
 RATE_LIMITS_ENABLED = env_bool("RATE_LIMITS_ENABLED", True)
 RATE_LIMIT_KEY_PREFIX = env_str("RATE_LIMIT_KEY_PREFIX", "aitbc:rl")
 
+# --- Wallet sign-in -------------------------------------------------------------------
+WALLET_NONCE_TTL_SECONDS = env_int("WALLET_NONCE_TTL_SECONDS", 300, minimum=1)
+USER_SESSION_TTL_SECONDS = env_int("USER_SESSION_TTL_SECONDS", 86400, minimum=1)
+
 # --- Jobs and miners ------------------------------------------------------------------
 JOB_DEFAULT_TTL_SECONDS = env_int("JOB_DEFAULT_TTL_SECONDS", 900, minimum=1)
 JOB_MAX_TTL_SECONDS = env_int("JOB_MAX_TTL_SECONDS", 7 * 24 * 3600, minimum=1)
@@ -263,6 +270,12 @@ HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, mini
 
 RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 
+# --- Money ----------------------------------------------------------------------------
+# Credits every new account starts with (minted by the treasury), so the embedded demo works.
+AITBC_WELCOME_CREDITS = env_decimal("AITBC_WELCOME_CREDITS", "100")
+# The platform's share of what a job pays its miner, in percent.
+PLATFORM_FEE_PERCENT = env_decimal("PLATFORM_FEE_PERCENT", "5")
+
 # --- Inference ------------------------------------------------------------------------
 # The catalog models this process serves as an in-cluster worker (its Dramatiq workers load
 # them and claim their jobs). Embedded, the server serves the two offline models itself.
@@ -278,3 +291,41 @@ INFERENCE_DRAIN_TIME_LIMIT_MS = env_int("INFERENCE_DRAIN_TIME_LIMIT_SECONDS", 36
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(DATA_DIR / "models"))).resolve()
 # How long a process may reuse what it read of the model catalog.
 MODEL_CATALOG_CACHE_SECONDS = env_int("MODEL_CATALOG_CACHE_SECONDS", 5, minimum=0)
+
+# --- Explorer: receipts and blocks ------------------------------------------------------
+# Earlier coordinator key ids (URL-safe base64) whose receipts and blocks still verify.
+RECEIPT_TRUSTED_KEY_IDS = env_list("RECEIPT_TRUSTED_KEY_IDS")
+# At most this many receipts and ledger transactions go into one block.
+BLOCK_MAX_LEAVES = env_int("BLOCK_MAX_LEAVES", 1000, minimum=1)
+# One housekeeping run seals at most this many blocks; the next run goes on.
+BLOCK_MAX_BLOCKS_PER_RUN = env_int("BLOCK_MAX_BLOCKS_PER_RUN", 100, minimum=1)
+# How far behind the newest sealed item sealing looks for items that committed late.
+BLOCK_SEAL_LOOKBACK_SECONDS = env_int("BLOCK_SEAL_LOOKBACK_SECONDS", 120, minimum=0)
+BLOCK_LEDGER_LOOKBACK_ROWS = env_int("BLOCK_LEDGER_LOOKBACK_ROWS", 1000, minimum=0)
+EXPLORER_STATS_CACHE_SECONDS = env_int("EXPLORER_STATS_CACHE_SECONDS", 5, minimum=0)
+
+# --- Exchange: buying AITBC with Bitcoin -------------------------------------------------
+# AITBC minted per BTC received.
+BTC_TO_AITBC_RATE = env_decimal("BTC_TO_AITBC_RATE", "100000")
+if BTC_TO_AITBC_RATE <= 0:
+    raise ImproperlyConfigured("BTC_TO_AITBC_RATE must be positive")
+EXCHANGE_NETWORK = env_str("EXCHANGE_NETWORK", "testnet").lower()
+if EXCHANGE_NETWORK not in ("mainnet", "testnet", "signet", "regtest"):
+    raise ImproperlyConfigured(
+        f"EXCHANGE_NETWORK must be mainnet, testnet, signet or regtest, got {EXCHANGE_NETWORK!r}"
+    )
+# Watch-only account key of the wallet receiving deposits (xpub/zpub; tpub/vpub off mainnet):
+# request n pays to the P2WPKH address at m/0/n below it. The test-network default is BIP-84's
+# published test account, m/84'/1'/0' of the mnemonic "abandon abandon … abandon about", whose
+# private keys are public knowledge: it makes the embedded demo work, and must never hold real coins.
+EXCHANGE_XPUB = env_str("EXCHANGE_XPUB")
+if not EXCHANGE_XPUB:
+    if EXCHANGE_NETWORK == "mainnet":
+        raise ImproperlyConfigured("EXCHANGE_XPUB is required when EXCHANGE_NETWORK is mainnet")
+    EXCHANGE_XPUB = "vpub5Y6cjg78GGuNLsaPhmYsiw4gYX3HoQiRBiSwDaBXKUafCt9bNwWQiitDk5VZ5BVxYnQdwoTyXSs2JHRPAgjAvtbBrf8ZhDYe2jWAqvZVnsc"
+# How long a payment request stays open for its deposit.
+EXCHANGE_PAYMENT_TTL_SECONDS = env_int("EXCHANGE_PAYMENT_TTL_SECONDS", 3600, minimum=1)
+# A webhook reporting fewer confirmations than this is refused.
+EXCHANGE_MIN_CONFIRMATIONS = env_int("EXCHANGE_MIN_CONFIRMATIONS", 1, minimum=0)
+# Shared with the payment processor, which signs its confirmations with it; empty turns the webhook off.
+EXCHANGE_WEBHOOK_SECRET = env_str("EXCHANGE_WEBHOOK_SECRET")

@@ -1,16 +1,13 @@
 from django.contrib import admin
 
-from explorer.models import Receipt
+from explorer import selectors
+from explorer.models import Block, BlockLeaf, Receipt, ReceiptAttestation
 
 
-@admin.register(Receipt)
-class ReceiptAdmin(admin.ModelAdmin):
-    list_display = ("receipt_id", "job", "created_at")
-    search_fields = ("=receipt_id", "=job__id")
-    readonly_fields = ("receipt_id", "job", "signed_json", "created_at")
-    list_select_related = ("job",)
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Receipts and blocks are evidence: staff look, nobody edits."""
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request, obj=None):
         return False
 
     def has_delete_permission(self, request, obj=None):
@@ -18,3 +15,66 @@ class ReceiptAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class ReceiptAttestationInline(admin.TabularInline):
+    model = ReceiptAttestation
+    fields = ("alg", "key_id", "sig", "created_at")
+    readonly_fields = fields
+    extra = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Receipt)
+class ReceiptAdmin(ReadOnlyAdmin):
+    list_display = ("receipt_id", "job", "created_at")
+    search_fields = ("=receipt_id", "=job__id")
+    readonly_fields = ("receipt_id", "job", "signed_json", "created_at")
+    list_select_related = ("job",)
+    inlines = [ReceiptAttestationInline]
+
+
+class BlockLeafInline(admin.TabularInline):
+    model = BlockLeaf
+    fields = ("position", "kind", "ref", "leaf_hash")
+    readonly_fields = fields
+    extra = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Block)
+class BlockAdmin(ReadOnlyAdmin):
+    list_display = ("height", "hash", "tx_count", "timestamp", "proposer")
+    search_fields = ("=hash", "=height")
+    readonly_fields = ("height", "hash", "prev_hash", "merkle_root", "timestamp", "tx_count", "proposer", "signature")
+    date_hierarchy = "timestamp"
+    inlines = [BlockLeafInline]
+    actions = ["verify_chain"]
+
+    @admin.action(description="Verify the whole chain from genesis")
+    def verify_chain(self, request, queryset):
+        problems = list(selectors.chain_problems())
+        if problems:
+            shown = "; ".join(problems[:10])
+            self.message_user(request, f"{len(problems)} problem(s): {shown}", level="error")
+        else:
+            self.message_user(request, "The chain verifies from genesis.")
+
+
+@admin.register(BlockLeaf)
+class BlockLeafAdmin(ReadOnlyAdmin):
+    list_display = ("leaf_hash", "kind", "ref", "block", "position")
+    list_filter = ("kind",)
+    search_fields = ("=leaf_hash", "=ref")
+    list_select_related = ("block",)
+    readonly_fields = ("block", "position", "kind", "ref", "leaf_hash")

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 from nacl.exceptions import BadSignatureError
@@ -29,6 +30,14 @@ def _without_none(value):
 
 def canonical_json(obj) -> bytes:
     return json.dumps(_without_none(obj), separators=(",", ":"), sort_keys=True).encode()
+
+
+def decimal_text(value) -> str | None:
+    """A Decimal as canonical JSON can carry it: a plain string, no exponent, no trailing zeros."""
+    if value is None:
+        return None
+    text = format(Decimal(value).normalize(), "f")
+    return "0" if text == "-0" else text
 
 
 def b64url(data: bytes) -> str:
@@ -68,7 +77,13 @@ def verify(document: dict, *, trusted_key_ids: set[str] | None = None) -> tuple[
     if trusted_key_ids is not None and key_text not in trusted_key_ids:
         return False, "signed by an unknown key"
     try:
-        VerifyKey(b64url_decode(key_text)).verify(signed_payload(document), b64url_decode(sig_text))
+        key, sig = b64url_decode(key_text), b64url_decode(sig_text)
+    except (ValueError, TypeError):
+        return False, "malformed signature"
+    if b64url(key) != key_text or b64url(sig) != sig_text:
+        return False, "malformed signature"  # one spelling only: unpadded URL-safe base64
+    try:
+        VerifyKey(key).verify(signed_payload(document), sig)
     except (BadSignatureError, ValueError, TypeError):
         return False, "signature does not match"
     return True, None
@@ -101,3 +116,19 @@ def _load_or_create_key() -> SigningKey:
     with os.fdopen(fd, "w") as handle:
         handle.write(bytes(key).hex())
     return key
+
+
+def coordinator_key_id() -> str:
+    return key_id(coordinator_signing_key().verify_key)
+
+
+def trusted_key_ids() -> set[str]:
+    """Keys whose receipts and blocks we vouch for: the current one and earlier ones still trusted."""
+    from django.conf import settings
+
+    return {coordinator_key_id(), *settings.RECEIPT_TRUSTED_KEY_IDS}
+
+
+def sign_bytes(data: bytes) -> str:
+    """The coordinator's signature of ``data``, URL-safe base64 without padding."""
+    return b64url(coordinator_signing_key().sign(data).signature)

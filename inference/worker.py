@@ -52,9 +52,7 @@ class _Drain:
 class ClusterHost:
     """The models this process serves and the miner it claims their jobs as."""
 
-    def __init__(
-        self, model_names, *, miner_id: str, batch_size: int, device: str | None = None, listen: bool = True
-    ):
+    def __init__(self, model_names, *, miner_id: str, batch_size: int, device: str | None = None, listen: bool = True):
         self.model_names = list(dict.fromkeys(model_names))
         self.miner_id = miner_id
         self.batch_size = batch_size

@@ -85,6 +85,16 @@ class Job(models.Model):
     progress = models.FloatField(default=0)
     usage = models.JSONField(default=dict, blank=True)
 
+    price = models.DecimalField(
+        max_digits=24, decimal_places=8, null=True, blank=True, help_text="Held in escrow at submission."
+    )
+    unit_price = models.DecimalField(
+        max_digits=24, decimal_places=8, null=True, blank=True, help_text="Per 1,000 tokens, from the catalog."
+    )
+    amount_charged = models.DecimalField(max_digits=24, decimal_places=8, null=True, blank=True)
+    payment_id = models.CharField(max_length=40, blank=True)
+    payment_status = models.CharField(max_length=16, blank=True)
+
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
 

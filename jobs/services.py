@@ -10,6 +10,7 @@ import time
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import partial
 
 from django.conf import settings
@@ -29,6 +30,8 @@ from jobs.models import Job, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
 from miners.capabilities import cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
+from payments.models import Payment, PaymentStatus
+from payments.services import credits, escrow_hold, escrow_refund, escrow_settle, new_payment_id
 
 # Failures that another attempt cannot fix: the job fails at once.
 NON_RETRYABLE_ERRORS = frozenset({"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL"})
@@ -56,11 +59,13 @@ def job_submit(
     ttl_seconds: int | None = None,
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
+    payment_amount: Decimal | None = None,
 ) -> Submission:
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job.
 
     A model of the catalog must be enabled and fit the job; other models are for the miners
-    that bring them.
+    that bring them. The job's price (``payment_amount``, else the catalog's price for its
+    ``max_tokens``) is held in escrow from the client's wallet in the same transaction.
     """
     constraints = constraints or {}
     entry = catalog_entry(model)
@@ -71,12 +76,15 @@ def job_submit(
     if idempotency_key:
         # Only keyed submissions are compared with a replay.
         fingerprint = _fingerprint(
-            type=job_type, model=model, payload=payload, constraints=constraints, priority=priority, ttl=ttl_seconds
-        )
+            type=job_type, model=model, payload=payload, constraints=constraints, priority=priority, ttl=ttl_seconds,
+            payment=str(payment_amount) if payment_amount is not None else None,
+        )  # fmt: skip
         existing = Job.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _replayed(existing, fingerprint)
 
+    unit_price = entry.price_per_1k_tokens if entry is not None and entry.price_per_1k_tokens > 0 else None
+    price = payment_amount if payment_amount is not None else _catalog_price(entry, unit_price, payload)
     now = timezone.now()
     job = Job(
         client=client,
@@ -98,13 +106,21 @@ def job_submit(
         request_fingerprint=fingerprint,
         created_at=now,
     )
+    if price:
+        job.price, job.unit_price = credits(price), unit_price
+        job.payment_id, job.payment_status = new_payment_id(), PaymentStatus.ESCROWED
     try:
-        if connection.vendor == "postgresql":
-            position = _insert_postgres(job)
-        else:
-            with transaction.atomic():
-                job.save(force_insert=True)
-                wakeup.announce(job)
+        with transaction.atomic() if price else nullcontext():
+            if connection.vendor == "postgresql":
+                position = _insert_postgres(job)
+            else:
+                with transaction.atomic():
+                    job.save(force_insert=True)
+                    wakeup.announce(job)
+                position = None
+            if price:
+                escrow_hold(job=job, client=client, amount=job.price, payment_id=job.payment_id)
+        if position is None:
             position = queue_position(job=job)
     except IntegrityError:
         if not idempotency_key:
@@ -118,6 +134,21 @@ def _wake_cluster_workers(model: str) -> None:
     """Once committed, wake the in-cluster workers serving ``model`` (HTTP miners hear NOTIFY)."""
     if model in cluster_served_models():
         transaction.on_commit(partial(announce_to_workers, model))
+
+
+def _catalog_price(entry, unit_price, payload: dict) -> Decimal:
+    """What the catalog charges at most for the job: its price per 1k tokens times the tokens it
+    may produce (generation) or read (embeddings: the model's limit for every input)."""
+    if unit_price is None:
+        return Decimal(0)
+    if not entry.generates_text:
+        inputs = payload.get("input")
+        tokens = entry.max_tokens * (len(inputs) if isinstance(inputs, list) else 1)
+    else:
+        params = payload.get("params") if isinstance(payload.get("params"), dict) else payload
+        max_tokens = params.get("max_tokens")
+        tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else entry.default_max_tokens
+    return credits(unit_price * tokens / 1000)
 
 
 def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
@@ -167,9 +198,75 @@ def job_cancel(*, job_id) -> Job:
     job.status = JobStatus.CANCELLED
     job.completed_at = timezone.now()
     job.lease_expires_at = None
-    job.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
+    _refund(job, reason="The client cancelled the job.")
+    job.save(update_fields=["status", "completed_at", "lease_expires_at", "payment_status", "updated_at"])
     _publish_after_commit([job])
     return job
+
+
+def job_attach_payment(
+    *, job_id, client, amount, currency: str = "AITBC", payment_method: str = "aitbc_token"
+) -> Payment:
+    """Pay for a job submitted without a price (``POST /v1/payments``): hold ``amount`` in escrow."""
+    with transaction.atomic():
+        job = Job.objects.select_for_update().filter(pk=job_id, client=client).first()
+        if job is None:
+            raise NotFound("Job not found.", code="JOB_NOT_FOUND")
+        if job.payment_id:
+            raise Conflict("This job is already paid for.", code="PAYMENT_EXISTS")
+        if job.is_terminal:
+            raise Conflict(f"Job is {job.status}: there is nothing left to pay for.", code="JOB_TERMINAL")
+        if credits(amount) <= 0:
+            raise Invalid("The amount must be positive.", code="INVALID_AMOUNT", errors={"amount": ["Must be > 0."]})
+        job.price, job.payment_id, job.payment_status = credits(amount), new_payment_id(), PaymentStatus.ESCROWED
+        payment = escrow_hold(
+            job=job, client=client, amount=job.price, payment_id=job.payment_id, currency=currency,
+            payment_method=payment_method,
+        )  # fmt: skip
+        job.save(update_fields=["price", "payment_id", "payment_status", "updated_at"])
+    return payment
+
+
+def _locked_job_with_escrow(job_id) -> tuple[Job, Payment]:
+    job = Job.objects.select_for_update(of=("self",)).select_related("miner__owner").filter(pk=job_id).first()
+    if job is None:
+        raise NotFound("Job not found.", code="JOB_NOT_FOUND")
+    payment = Payment.objects.filter(job=job).first()
+    if payment is None:
+        raise NotFound("This job has no payment.", code="PAYMENT_NOT_FOUND")
+    if payment.status != PaymentStatus.ESCROWED:
+        raise Conflict(f"The payment is {payment.status}, no longer in escrow.", code="PAYMENT_NOT_ESCROWED")
+    return job, payment
+
+
+def job_payment_release(*, job_id) -> Payment:
+    """Settle a completed job whose escrow is still held (completion normally settles it)."""
+    with transaction.atomic():
+        job, payment = _locked_job_with_escrow(job_id)
+        if job.status != JobStatus.COMPLETED or job.miner is None:
+            raise Conflict(f"Job is {job.status}: only a completed job's escrow is released.", code="JOB_NOT_COMPLETED")
+        _settle([job], miner=job.miner)
+    return Payment.objects.get(pk=payment.pk)
+
+
+def job_payment_refund(*, job_id, reason: str) -> Payment:
+    """Refund a finished, unpaid job's escrow (failed, expired and cancelled jobs refund by themselves)."""
+    with transaction.atomic():
+        job, payment = _locked_job_with_escrow(job_id)
+        if job.status in JobStatus.ACTIVE:
+            raise Conflict(f"Job is {job.status}: cancel it instead, which refunds its escrow.", code="JOB_ACTIVE")
+        if job.status == JobStatus.COMPLETED:
+            raise Conflict("A completed job's escrow is released to its miner, not refunded.", code="JOB_COMPLETED")
+        _refund(job, reason=reason)
+        job.save(update_fields=["payment_status", "updated_at"])
+    return Payment.objects.get(pk=payment.pk)
+
+
+def _refund(job: Job, *, reason: str) -> None:
+    """Give a job that ends unpaid its escrow back (its ``payment_status`` is saved by the caller)."""
+    if job.payment_id:
+        payment = escrow_refund(job=job, reason=reason)
+        job.payment_status = payment.status if payment is not None else job.payment_status
 
 
 def _publish_after_commit(jobs: list[Job]) -> None:
@@ -366,6 +463,7 @@ def jobs_complete(*, miner: Miner, outcomes: list[Outcome]) -> list[Completion]:
             finished = _complete_postgres(miner=miner, outcomes=successes, now=now)
         else:
             finished = _complete_portable(miner=miner, outcomes=successes, now=now)
+        _settle([job for job, _ in finished], miner=miner)
         receipts = receipts_issue(completed=[(job, miner.miner_id, client) for job, client in finished])
         for job, _ in finished:
             job.miner = miner
@@ -373,6 +471,26 @@ def jobs_complete(*, miner: Miner, outcomes: list[Outcome]) -> list[Completion]:
     return completions + [
         Completion(job=job, receipt=receipt) for (job, _), receipt in zip(finished, receipts, strict=True)
     ]
+
+
+def _settle(jobs: list[Job], *, miner: Miner) -> None:
+    """Pay for completed jobs from their escrow: the catalog price of the tokens used (capped by
+    what was held), or what was held when the job has no unit price."""
+    paid = [job for job in jobs if job.payment_id]
+    if not paid:
+        return
+    payee = miner.owner
+    for job in paid:
+        tokens = (job.usage or {}).get("total_tokens")
+        if job.unit_price is not None and isinstance(tokens, int):
+            charge = min(job.price, credits(job.unit_price * tokens / 1000))
+        else:
+            charge = job.price
+        payment = escrow_settle(job=job, payee=payee, charge=charge)
+        if payment is None:
+            continue
+        job.amount_charged, job.payment_status = payment.amount_paid, payment.status
+        Job.objects.filter(pk=job.pk).update(amount_charged=job.amount_charged, payment_status=job.payment_status)
 
 
 def _complete_postgres(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, str]]:
@@ -469,9 +587,11 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
     else:
         job.status = JobStatus.FAILED
         job.completed_at = now
+        _refund(job, reason=f"The job failed: {code}.")
     job.save(
         update_fields=[
             "status",
+            "payment_status",
             "miner",
             "max_attempts",
             "progress",
@@ -534,7 +654,12 @@ def jobs_expire_queued(*, now: datetime | None = None) -> int:
                 error_message="No miner took the job before its TTL ran out.",
                 updated_at=now,
             )
-            _publish_after_commit(list(Job.objects.select_related("miner").filter(pk__in=ids)))
+            expired_jobs = list(Job.objects.select_related("miner").filter(pk__in=ids))
+            for job in expired_jobs:
+                if job.payment_id:
+                    _refund(job, reason="The job expired in the queue.")
+                    Job.objects.filter(pk=job.pk).update(payment_status=job.payment_status)
+            _publish_after_commit(expired_jobs)
 
 
 def jobs_requeue_lapsed(*, now: datetime | None = None) -> int:

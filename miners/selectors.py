@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 from django.db import connection
 from django.db.models import Count, IntegerField, Q, QuerySet, Sum, Value
 from django.db.models.fields.json import KT
@@ -7,6 +9,7 @@ from aitbc_site import rawsql
 from aitbc_site.errors import NotFound
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus
+from payments.models import LedgerEntry, TransactionKind
 
 _MINER_BY_NAME = f"SELECT {rawsql.columns(Miner, 'm')} FROM miners_miner m WHERE m.miner_id = %s AND m.status <> %s"
 
@@ -38,7 +41,21 @@ def miner_work_summary(*, miner: Miner) -> dict:
         running=Count("id", filter=Q(status=JobStatus.RUNNING)),
         units=Sum(units, filter=Q(status=JobStatus.COMPLETED), default=0),
     )
-    return {"jobs_completed": totals["completed"], "jobs_running": totals["running"], "units_served": totals["units"]}
+    return {
+        "jobs_completed": totals["completed"],
+        "jobs_running": totals["running"],
+        "units_served": totals["units"],
+        "earned": miner_earnings(miner=miner),
+    }
+
+
+def miner_earnings(*, miner: Miner) -> Decimal:
+    """AITBC paid to the miner's owner for the jobs this miner completed (settlements' credits)."""
+    return LedgerEntry.objects.filter(
+        transaction__kind=TransactionKind.SETTLE,
+        transaction__job__miner=miner,
+        wallet__user=miner.owner_id,
+    ).aggregate(total=Sum("amount", default=Decimal(0)))["total"]
 
 
 def miner_counts() -> dict[str, int]:

@@ -1,6 +1,6 @@
 from rest_framework import authentication, exceptions
 
-from accounts.services import api_key_authenticate
+from accounts.services import api_key_authenticate, user_session_authenticate
 
 
 def raw_key_from_headers(headers) -> str | None:
@@ -31,3 +31,22 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'
+
+
+class SessionTokenAuthentication(authentication.BaseAuthentication):
+    """Authenticates ``X-Session-Token: <token>`` from a wallet sign-in (``POST /v1/users/login``).
+
+    ``request.auth`` is the :class:`accounts.models.UserSession`; its user acts as a client.
+    """
+
+    def authenticate(self, request):
+        raw_token = (request.headers.get("X-Session-Token") or "").strip()
+        if not raw_token:
+            return None
+        session = user_session_authenticate(raw_token=raw_token)
+        if session is None:
+            raise exceptions.AuthenticationFailed("Invalid, expired or revoked session token.")
+        return session.user, session
+
+    def authenticate_header(self, request):
+        return 'Session realm="api"'

@@ -128,3 +128,124 @@ def signing_sha(value) -> str:
 
 def test_canonical_json_escapes_non_ascii_as_api_md_specifies():
     assert signing.canonical_json({"b": None, "a": "é"}) == b'{"a":"\\u00e9"}'
+
+
+@pytest.mark.django_db
+def test_receipt_carries_the_charged_price_and_unit_price_as_decimal_strings(make_receipts):
+    from decimal import Decimal
+
+    from explorer.services import receipts_issue
+    from explorer.tests.conftest import completed_jobs
+
+    job = completed_jobs(1)[0]
+    job.price, job.amount_charged, job.unit_price = Decimal("2.00000000"), Decimal("1.50000000"), Decimal("0.00012")
+    document = receipts_issue(completed=[(job, "miner-1", "alice")])[0].document
+    assert document["price"] == "1.5"
+    assert document["unit_price"] == "0.00012"
+    assert signing.verify(document) == (True, None)
+
+
+@pytest.mark.django_db
+def test_receipt_falls_back_to_the_escrowed_price_and_omits_absent_prices(make_receipts):
+    from decimal import Decimal
+
+    from explorer.services import receipts_issue
+    from explorer.tests.conftest import completed_jobs
+
+    held, plain = completed_jobs(2)
+    held.price = Decimal("3")
+    documents = [
+        r.document for r in receipts_issue(completed=[(held, "miner-1", "alice"), (plain, "miner-1", "alice")])
+    ]
+    assert documents[0]["price"] == "3"
+    assert "unit_price" not in documents[0]
+    assert "price" not in documents[1]
+
+
+def test_offline_verifier_accepts_a_signed_receipt_and_names_its_key():
+    from explorer import verify
+
+    key = SigningKey.generate()
+    document = json.loads(json.dumps(signing.sign(PAYLOAD, key)))
+    assert verify.verify_receipt(document) == (True, None)
+    assert verify.verify_receipt(document, bytes(key.verify_key).hex()) == (True, None)
+    assert verify.verify_receipt(document, document["signature"]["key_id"]) == (True, None)
+    other = bytes(SigningKey.generate().verify_key).hex()
+    assert verify.verify_receipt(document, other) == (False, "signed by an unknown key")
+
+
+def test_offline_verifier_agrees_with_an_independent_canonical_rule():
+    from explorer import verify
+
+    document = signing.sign(PAYLOAD, SigningKey.generate())
+    assert verify.canonical(document) == independent_canonical(document)
+    assert verify.signed_bytes(document) == independent_canonical(
+        {k: v for k, v in document.items() if k not in ("signature", "attestations")}
+    )
+
+
+def test_offline_verifier_rejects_any_single_changed_byte():
+    from explorer import verify
+
+    text = signing.canonical_json(signing.sign(PAYLOAD, SigningKey.generate()))
+    still_json = 0
+    for index in range(len(text)):
+        changed = bytearray(text)
+        changed[index] = ord("1") if changed[index] != ord("1") else ord("2")
+        try:
+            document = json.loads(bytes(changed))
+        except ValueError:
+            continue  # no longer JSON: nothing a verifier could accept
+        still_json += 1
+        assert verify.verify_receipt(document)[0] is False, f"byte {index} changed, still valid"
+    assert still_json > len(text) // 2
+
+
+def test_attestations_are_checked_against_their_own_keys():
+    from explorer import verify
+
+    document = signing.sign(PAYLOAD, SigningKey.generate())
+    miner_key = SigningKey.generate()
+    sig = miner_key.sign(independent_canonical({k: v for k, v in document.items() if k != "signature"})).signature
+    attestation = {"alg": "Ed25519", "key_id": signing.b64url(bytes(miner_key.verify_key)), "sig": signing.b64url(sig)}
+    assert verify.verify_receipt({**document, "attestations": [attestation]}) == (True, None)
+    forged = {**attestation, "key_id": signing.b64url(bytes(SigningKey.generate().verify_key))}
+    assert verify.verify_receipt({**document, "attestations": [forged]}) == (
+        False,
+        "attestation 0: signature does not match",
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "00" * 32,
+        base64.urlsafe_b64encode(b"\x01" * 32).decode(),
+        base64.urlsafe_b64encode(b"\x01" * 32).decode().rstrip("="),
+        base64.b64encode(b"\xfb" * 32).decode(),
+    ],
+)
+def test_public_keys_are_read_as_hex_or_base64(text):
+    from explorer import verify
+
+    assert len(verify.decode_public_key(text)) == 32
+
+
+@pytest.mark.parametrize("text", ["", "00" * 31, "not a key!", base64.b64encode(b"\x01" * 31).decode()])
+def test_malformed_public_keys_are_refused(text):
+    from explorer import verify
+
+    with pytest.raises(ValueError):
+        verify.decode_public_key(text)
+
+
+def test_a_signature_spelled_another_way_is_refused():
+    from explorer import verify
+
+    document = signing.sign(PAYLOAD, SigningKey.generate())
+    padded = {**document, "signature": {**document["signature"], "sig": document["signature"]["sig"] + "=="}}
+    assert verify.verify_receipt(padded) == (False, "malformed signature")
+    assert signing.verify(padded) == (False, "malformed signature")
+    standard = base64.b64encode(unpadded_b64decode(document["signature"]["sig"])).decode()
+    respelled = {**document, "signature": {**document["signature"], "sig": standard}}
+    assert verify.verify_receipt(respelled)[0] is False

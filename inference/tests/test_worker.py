@@ -174,6 +174,9 @@ def test_jobs_for_models_no_cluster_worker_serves_send_no_wakeup(
     assert broker.queues[worker_queue(TINY)].qsize() == 0
 
 
+# SQLite's in-memory test database locks whole tables between threads; the embedded server's
+# file database does not, and CI runs this on PostgreSQL.
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_embedded_workers_answer_a_submitted_job(tiny_model_dir, settings, tmp_path, make_api):
     from aitbc_site.scheduler import start_workers

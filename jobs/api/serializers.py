@@ -145,7 +145,13 @@ class JobSubmitSerializer(serializers.Serializer):
             "ttl_seconds": attrs.get("ttl_seconds"),
             "priority": attrs.get("priority", JobPriority.NORMAL),
             "max_attempts": attrs.get("max_attempts"),
+            "payment_amount": attrs.get("payment_amount"),
         }
+
+    def validate_payment_currency(self, value):
+        if value.upper() != "AITBC":
+            raise serializers.ValidationError("Jobs are paid in AITBC.")
+        return value.upper()
 
 
 def _validate_content(job_type: str, payload: dict) -> None:
@@ -202,6 +208,14 @@ class JobSerializer(serializers.Serializer):
     estimated_wait_seconds = serializers.FloatField(allow_null=True)
     is_possible = serializers.BooleanField(allow_null=True, help_text="While queued: can an online miner run it?")
     usage = serializers.DictField(help_text="prompt_tokens, completion_tokens, total_tokens, compute_ms, …")
+    price = serializers.DecimalField(
+        max_digits=24, decimal_places=8, allow_null=True, help_text="AITBC held in escrow at submission"
+    )
+    amount_charged = serializers.DecimalField(
+        max_digits=24, decimal_places=8, allow_null=True, help_text="AITBC paid on completion (the rest refunded)"
+    )
+    payment_id = serializers.CharField(allow_null=True)
+    payment_status = serializers.CharField(allow_null=True, help_text="escrowed, released or refunded")
 
     def to_representation(self, job):
         miner_id = job.miner.miner_id if job.miner_id else None
@@ -234,7 +248,15 @@ class JobSerializer(serializers.Serializer):
             "estimated_wait_seconds": outlook.get("estimated_wait_seconds"),
             "is_possible": outlook.get("is_possible"),
             "usage": job.usage,
+            "price": decimal_text(job.price),
+            "amount_charged": decimal_text(job.amount_charged),
+            "payment_id": job.payment_id or None,
+            "payment_status": job.payment_status or None,
         }
+
+
+def decimal_text(value) -> str | None:
+    return None if value is None else f"{value:.8f}"
 
 
 def iso_datetime(value) -> str | None:

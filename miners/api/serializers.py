@@ -254,3 +254,6 @@ class EarningsSerializer(serializers.Serializer):
     jobs_completed = serializers.IntegerField()
     jobs_running = serializers.IntegerField()
     units_served = serializers.IntegerField()
+    earned = serializers.DecimalField(
+        max_digits=24, decimal_places=8, help_text="AITBC paid to the owner for this miner's jobs"
+    )

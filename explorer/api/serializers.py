@@ -1,0 +1,193 @@
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
+from rest_framework import serializers
+
+from jobs.api.serializers import iso_datetime
+
+
+class ReceiptSignatureSerializer(serializers.Serializer):
+    alg = serializers.CharField(help_text="Ed25519")
+    key_id = serializers.CharField(help_text="URL-safe base64 public key, no padding")
+    sig = serializers.CharField(help_text="URL-safe base64 signature, no padding")
+
+
+class ReceiptDocumentSerializer(serializers.Serializer):
+    """A receipt as signed (canonical JSON, null fields omitted), with attestations given since."""
+
+    version = serializers.CharField()
+    receipt_id = serializers.CharField()
+    job_id = serializers.CharField()
+    provider = serializers.CharField(help_text="The miner's id")
+    client = serializers.CharField()
+    status = serializers.CharField()
+    units = serializers.IntegerField()
+    unit_type = serializers.CharField()
+    unit_price = serializers.CharField(required=False, help_text="Decimal as a string")
+    price = serializers.CharField(required=False, help_text="What the client paid; decimal as a string")
+    started_at = serializers.IntegerField(help_text="Epoch seconds")
+    completed_at = serializers.IntegerField(help_text="Epoch seconds")
+    metadata = serializers.DictField(help_text="model, attempt, input_sha256, output_sha256, usage")
+    signature = ReceiptSignatureSerializer()
+    attestations = ReceiptSignatureSerializer(
+        many=True, required=False, help_text="Co-signatures of the payload (without signature and attestations)"
+    )
+
+    def to_representation(self, document):
+        return document
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Attestation",
+            request_only=True,
+            value={"alg": "Ed25519", "key_id": "m1n3r-public-key-b64url", "sig": "signature-b64url"},
+        )
+    ]
+)
+class ReceiptAttestationRequestSerializer(serializers.Serializer):
+    """The provider miner's Ed25519 signature of the receipt's signed payload."""
+
+    alg = serializers.CharField(max_length=16, default="Ed25519")
+    key_id = serializers.CharField(max_length=88, help_text="The miner's registered public key (b64url or hex)")
+    sig = serializers.CharField(max_length=128, help_text="URL-safe base64 signature, no padding")
+
+
+class ReceiptVerificationSerializer(serializers.Serializer):
+    valid = serializers.BooleanField()
+    reason = serializers.CharField(required=False, help_text="Why the receipt is not valid")
+
+
+class ReceiptPublicKeySerializer(serializers.Serializer):
+    alg = serializers.CharField(help_text="Ed25519")
+    key_id = serializers.CharField(help_text="URL-safe base64 public key, no padding: receipts' signature.key_id")
+    public_key = serializers.CharField(help_text="The same key, hex")
+
+
+class ProofSiblingSerializer(serializers.Serializer):
+    position = serializers.ChoiceField(choices=["left", "right"], help_text="Which side the sibling is on")
+    hash = serializers.CharField(help_text="hex")
+
+
+class MerkleProofSerializer(serializers.Serializer):
+    """An RFC 6962 inclusion proof: fold ``siblings`` from the leaf up to reach ``merkle_root``."""
+
+    leaf_hash = serializers.CharField(
+        help_text="hex SHA-256(0x00 ‖ canonical JSON of the document as sealed; a receipt without attestations)"
+    )
+    siblings = ProofSiblingSerializer(many=True)
+    merkle_root = serializers.CharField()
+    block_height = serializers.IntegerField()
+    block_hash = serializers.CharField()
+
+
+class ExplorerBlockSerializer(serializers.Serializer):
+    height = serializers.IntegerField()
+    hash = serializers.CharField()
+    timestamp = serializers.CharField()
+    txCount = serializers.IntegerField(source="tx_count")  # the explorer's spelling
+    proposer = serializers.CharField(help_text="The sealing coordinator key's id")
+    merkle_root = serializers.CharField()
+    prev_hash = serializers.CharField()
+
+    def to_representation(self, block):
+        return {
+            "height": block.height,
+            "hash": block.hash,
+            "timestamp": iso_datetime(block.timestamp),
+            "txCount": block.tx_count,
+            "proposer": block.proposer,
+            "merkle_root": block.merkle_root,
+            "prev_hash": block.prev_hash,
+        }
+
+
+class ExplorerBlockLeafSerializer(serializers.Serializer):
+    position = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=["receipt", "transaction"])
+    ref = serializers.CharField(help_text="Receipt id or ledger transaction id")
+    hash = serializers.CharField(source="leaf_hash")
+
+
+class ExplorerBlockDetailSerializer(ExplorerBlockSerializer):
+    signature = serializers.CharField(help_text="Ed25519 signature of the header's canonical JSON, b64url")
+    header = serializers.DictField(help_text="What hash and signature cover")
+    transactions = ExplorerBlockLeafSerializer(many=True)
+
+    def to_representation(self, block):
+        return {
+            **super().to_representation(block),
+            "signature": block.signature,
+            "header": block.header(),
+            "transactions": [
+                {"position": leaf.position, "kind": leaf.kind, "ref": leaf.ref, "hash": leaf.leaf_hash}
+                for leaf in block.sealed_leaves
+            ],
+        }
+
+
+class ExplorerTransactionSerializer(serializers.Serializer):
+    """A sealed item: a receipt or a ledger transaction."""
+
+    hash = serializers.CharField(help_text="The leaf hash (hex)")
+    kind = serializers.ChoiceField(choices=["receipt", "transaction"])
+    ref = serializers.CharField()
+    block_height = serializers.IntegerField()
+    position = serializers.IntegerField()
+    timestamp = serializers.CharField(help_text="The block's time")
+    document = serializers.JSONField(allow_null=True, help_text="The receipt or transaction document")
+
+    def to_representation(self, leaf):
+        documents = self.context.get("documents", {})
+        return {
+            "hash": leaf.leaf_hash,
+            "kind": leaf.kind,
+            "ref": leaf.ref,
+            "block_height": leaf.block_id,
+            "position": leaf.position,
+            "timestamp": iso_datetime(leaf.block.timestamp),
+            "document": documents.get((leaf.kind, leaf.ref)),
+        }
+
+
+class ExplorerReceiptSerializer(serializers.Serializer):
+    receiptId = serializers.CharField()  # the explorer's spelling
+    jobId = serializers.CharField()
+    miner = serializers.CharField()
+    issuedAt = serializers.CharField()
+    status = serializers.CharField()
+    payload = ReceiptDocumentSerializer()
+    blockHeight = serializers.IntegerField(allow_null=True, help_text="null until sealed")
+
+    def to_representation(self, receipt):
+        document = receipt.served_document()
+        return {
+            "receiptId": receipt.receipt_id,
+            "jobId": document.get("job_id"),
+            "miner": document.get("provider"),
+            "issuedAt": iso_datetime(receipt.created_at),
+            "status": document.get("status"),
+            "payload": document,
+            "blockHeight": receipt.block_height,
+        }
+
+
+class ExplorerAddressSerializer(serializers.Serializer):
+    address = serializers.CharField(help_text="ait1… bech32 wallet address")
+    balance = serializers.CharField(allow_null=True, help_text="Decimal as a string")
+
+
+class ExplorerAddressDetailSerializer(ExplorerAddressSerializer):
+    entries = serializers.ListField(child=serializers.DictField(), help_text="Ledger entries, newest first")
+    next_offset = serializers.IntegerField(allow_null=True)
+
+
+class NetworkStatsSerializer(serializers.Serializer):
+    jobs = serializers.DictField(child=serializers.IntegerField(), help_text="Jobs by status")
+    jobs_total = serializers.IntegerField()
+    miners_online = serializers.IntegerField()
+    miners = serializers.DictField(child=serializers.IntegerField(), help_text="Miners by status")
+    receipts = serializers.IntegerField()
+    blocks = serializers.IntegerField()
+    height = serializers.IntegerField(allow_null=True)
+    transactions = serializers.IntegerField(help_text="Receipts and ledger transactions sealed")
+    last_block_time = serializers.CharField(allow_null=True)

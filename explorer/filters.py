@@ -1,0 +1,12 @@
+import django_filters
+
+from explorer.models import Receipt
+
+
+class ReceiptFilter(django_filters.FilterSet):
+    client = django_filters.CharFilter(field_name="job__client__username", help_text="The client's name")
+    job_id = django_filters.UUIDFilter(field_name="job_id")
+
+    class Meta:
+        model = Receipt
+        fields = ["client", "job_id"]

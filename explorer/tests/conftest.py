@@ -1,0 +1,77 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from accounts.services import user_get_or_create
+from explorer import sources
+from explorer.services import receipts_issue
+from jobs.models import Job, JobStatus
+from miners.capabilities import Capabilities
+from miners.models import Miner
+from miners.services import miner_register
+
+LEDGER_FUNCTIONS = {"ledger_transactions_unsealed", "transaction_document", "ledger_transactions_by_ids"}
+_payments_function = sources.payments_function
+
+
+@pytest.fixture(autouse=True)
+def _uncached_stats(settings):
+    settings.EXPLORER_STATS_CACHE_SECONDS = 0
+
+
+@pytest.fixture(autouse=True)
+def _receipts_only(monkeypatch):
+    """Blocks seal receipts only unless a test brings a ledger (``real_ledger``, ``fake_ledger``):
+    ledger postings made elsewhere (welcome credits) must not change what these tests count."""
+    monkeypatch.setattr(
+        sources, "payments_function", lambda name: None if name in LEDGER_FUNCTIONS else _payments_function(name)
+    )
+
+
+@pytest.fixture
+def real_ledger(monkeypatch):
+    monkeypatch.setattr(sources, "payments_function", _payments_function)
+
+
+def completed_jobs(count: int, *, client_name: str = "alice", miner: Miner | None = None, **fields) -> list[Job]:
+    """Completed jobs as ``jobs_complete`` leaves them, built directly: tests need many, fast."""
+    client = user_get_or_create(username=client_name)
+    if miner is None:
+        owner = user_get_or_create(username="gpu-owner")
+        miner = (
+            Miner.objects.filter(miner_id="miner-1").first()
+            or miner_register(owner=owner, miner_id="miner-1", capabilities=Capabilities(models=("llama3.2",)))[0]
+        )
+    now = timezone.now()
+    return [
+        Job.objects.create(
+            client=client,
+            model="llama3.2",
+            payload={"type": "inference", "prompt": f"prompt {i}", "model": "llama3.2"},
+            rank_at=now,
+            ttl_seconds=900,
+            expires_at=now + timedelta(seconds=900),
+            max_attempts=3,
+            attempt=1,
+            status=JobStatus.COMPLETED,
+            miner=miner,
+            started_at=now - timedelta(seconds=2),
+            completed_at=now,
+            progress=100,
+            result={"output": f"result {i}"},
+            usage={"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
+            **fields,
+        )
+        for i in range(count)
+    ]
+
+
+def issue_receipts(count: int, **kwargs):
+    jobs = completed_jobs(count, **kwargs)
+    return receipts_issue(completed=[(job, job.miner.miner_id, job.client.username) for job in jobs])
+
+
+@pytest.fixture
+def make_receipts(db):
+    return issue_receipts

@@ -1,0 +1,287 @@
+import hashlib
+import io
+import json
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+from nacl.signing import VerifyKey
+
+from explorer import selectors, services, signing, sources
+from explorer.models import Block, BlockLeaf, LeafKind, Receipt
+from explorer.tasks import seal_block
+from explorer.tests.independent import canonical, leaf, proof_leads_to_root, tree_root, unpadded_b64decode
+
+pytestmark = pytest.mark.django_db
+
+
+def run_verify_chain() -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        call_command("verify_chain", stdout=out, stderr=err)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_first_seal_creates_an_empty_signed_genesis_block():
+    assert services.block_seal() is None
+    genesis = Block.objects.get()
+    assert (genesis.height, genesis.tx_count, genesis.prev_hash) == (0, 0, "0" * 64)
+    assert genesis.merkle_root == hashlib.sha256(b"").hexdigest()
+    assert genesis.proposer == signing.coordinator_key_id()
+
+
+def test_block_seals_waiting_receipts_over_their_stored_bytes(make_receipts):
+    receipts = make_receipts(5)
+    block = services.block_seal()
+    assert (block.height, block.tx_count) == (1, 5)
+    leaves = list(block.leaves.order_by("position"))
+    stored = {r.receipt_id: r.signed_json.encode() for r in Receipt.objects.all()}
+    assert {lf.ref for lf in leaves} == {r.receipt_id for r in receipts}
+    assert [lf.leaf_hash for lf in leaves] == [leaf(stored[lf.ref]) for lf in leaves]
+    assert block.merkle_root == tree_root([bytes.fromhex(lf.leaf_hash) for lf in leaves]).hex()
+    assert services.block_seal() is None, "nothing is sealed twice"
+
+
+def test_block_header_hash_and_signature_check_out_independently(make_receipts):
+    make_receipts(2)
+    block = services.block_seal()
+    genesis = Block.objects.get(height=0)
+    header = {
+        "height": block.height,
+        "prev_hash": block.prev_hash,
+        "merkle_root": block.merkle_root,
+        "timestamp": block.timestamp.isoformat().replace("+00:00", "Z"),
+        "tx_count": block.tx_count,
+        "proposer": block.proposer,
+    }
+    assert block.prev_hash == genesis.hash
+    assert hashlib.sha256(canonical(header)).hexdigest() == block.hash
+    VerifyKey(unpadded_b64decode(block.proposer)).verify(canonical(header), unpadded_b64decode(block.signature))
+
+
+def test_blocks_are_sealed_in_chunks_of_block_max_leaves(settings, make_receipts):
+    settings.BLOCK_MAX_LEAVES = 4
+    make_receipts(10)
+    sealed = services.blocks_seal_pending()
+    assert [b.tx_count for b in sealed] == [4, 4, 2]
+    assert [b.height for b in sealed] == [1, 2, 3]
+    assert BlockLeaf.objects.count() == 10
+
+
+def test_seal_block_actor_is_a_housekeeping_actor_that_seals(make_receipts):
+    from aitbc_site.scheduler import housekeeping_actors
+
+    make_receipts(3)
+    assert seal_block in housekeeping_actors()
+    assert seal_block.queue_name == "housekeeping"
+    assert seal_block.options["max_retries"] == 0
+    assert seal_block.options["time_limit"] > 0
+    seal_block()
+    assert Block.objects.filter(height=1, tx_count=3).exists()
+
+
+def test_a_receipt_that_committed_late_within_the_look_back_is_still_sealed(make_receipts):
+    make_receipts(2)
+    services.block_seal()
+    late = make_receipts(1)[0]
+    newest_sealed = Receipt.objects.exclude(pk=late.pk).latest("created_at").created_at
+    Receipt.objects.filter(pk=late.pk).update(created_at=newest_sealed - timedelta(seconds=30))
+    block = services.block_seal()
+    assert [lf.ref for lf in block.leaves.all()] == [late.receipt_id]
+
+
+def test_a_receipt_older_than_the_look_back_waits_for_a_full_scan(settings, make_receipts):
+    settings.BLOCK_SEAL_LOOKBACK_SECONDS = 60
+    make_receipts(1)
+    services.block_seal()
+    stray = make_receipts(1)[0]
+    Receipt.objects.filter(pk=stray.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    assert services.block_seal() is None
+    block = services.block_seal(full_scan=True)
+    assert [lf.ref for lf in block.leaves.all()] == [stray.receipt_id]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 17])
+def test_receipt_proofs_verify_against_the_block_root(client, make_receipts, count):
+    receipts = make_receipts(count)
+    block = services.block_seal()
+    for receipt in receipts:
+        proof = client.get(f"/v1/receipts/{receipt.receipt_id}/proof").json()
+        assert proof["block_height"] == block.height
+        assert proof["merkle_root"] == block.merkle_root
+        assert proof["leaf_hash"] == leaf(canonical(receipt.document))
+        assert proof_leads_to_root(proof["leaf_hash"], proof["siblings"], proof["merkle_root"])
+
+
+def test_proof_is_not_found_until_sealed(client, make_receipts):
+    receipt = make_receipts(1)[0]
+    response = client.get(f"/v1/receipts/{receipt.receipt_id}/proof")
+    assert response.status_code == 404
+    assert response.json()["error_code"] == "NOT_SEALED"
+    assert client.get("/v1/receipts/rcpt_nope/proof").json()["error_code"] == "RECEIPT_NOT_FOUND"
+
+
+def test_verify_chain_passes_on_a_clean_chain(settings, make_receipts):
+    settings.BLOCK_MAX_LEAVES = 3
+    make_receipts(7)
+    services.blocks_seal_pending()
+    code, out, err = run_verify_chain()
+    assert code == 0, err
+    assert "4 block(s)" in out
+
+
+def test_verify_chain_reports_an_edited_receipt_row_with_its_id(make_receipts):
+    receipts = make_receipts(3)
+    services.block_seal()
+    victim = receipts[1]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE explorer_receipt SET signed_json = REPLACE(signed_json, %s, %s) WHERE receipt_id = %s",
+            ['"units":5', '"units":50', victim.receipt_id],
+        )
+    assert Receipt.objects.get(pk=victim.pk).signed_json != victim.signed_json
+    code, _, err = run_verify_chain()
+    assert code == 1
+    assert f"receipt {victim.receipt_id}" in err
+    assert "changed after sealing" in err
+    assert receipts[0].receipt_id not in err
+
+
+def test_verify_chain_reports_a_broken_link_and_a_forged_header(make_receipts):
+    make_receipts(1)
+    services.block_seal()
+    make_receipts(1)
+    services.block_seal()
+    Block.objects.filter(height=2).update(prev_hash="ab" * 32)
+    Block.objects.filter(height=1).update(tx_count=9)
+    code, _, err = run_verify_chain()
+    assert code == 1
+    assert "block 2: prev_hash does not link to block 1" in err
+    assert "block 1: hash does not match its header" in err
+
+
+def test_verify_chain_reports_a_deleted_leaf(make_receipts):
+    make_receipts(2)
+    block = services.block_seal()
+    BlockLeaf.objects.filter(block=block, position=1).delete()
+    code, _, err = run_verify_chain()
+    assert code == 1
+    assert "block 1: has 1 leaves" in err
+
+
+class FakeLedger:
+    """What ``payments.selectors`` offers the explorer, over a list of dicts."""
+
+    def __init__(self, count: int):
+        self.rows = {i: {"id": i, "debit": f"ait1from{i}", "credit": f"ait1to{i}", "amount": f"{i}.5"} for i in range(1, count + 1)}  # fmt: skip
+
+    def ledger_transactions_unsealed(self, *, after_id: int, limit: int):
+        return [SimpleNamespace(pk=pk) for pk in sorted(self.rows) if pk > after_id][:limit]
+
+    def transaction_document(self, tx) -> dict:
+        return dict(self.rows[tx.pk])
+
+    def ledger_transactions_by_ids(self, ids):
+        return [SimpleNamespace(pk=pk) for pk in ids if pk in self.rows]
+
+
+@pytest.fixture
+def fake_ledger(monkeypatch):
+    ledger = FakeLedger(5)
+    monkeypatch.setattr(sources, "payments_function", lambda name: getattr(ledger, name, None))
+    return ledger
+
+
+def test_ledger_transactions_are_sealed_after_receipts_and_prove_by_hash(client, make_receipts, fake_ledger):
+    receipts = make_receipts(2)
+    block = services.block_seal()
+    leaves = list(block.leaves.order_by("position"))
+    assert [(lf.kind, lf.ref) for lf in leaves] == [
+        *((LeafKind.RECEIPT, r.receipt_id) for r in sorted(receipts, key=lambda r: r.receipt_id)),
+        *((LeafKind.TRANSACTION, str(i)) for i in range(1, 6)),
+    ]
+    tx_leaf = leaves[3]
+    assert tx_leaf.leaf_hash == leaf(canonical(fake_ledger.rows[2]))
+    proof = client.get(f"/v1/explorer/transactions/{tx_leaf.leaf_hash}/proof").json()
+    assert proof_leads_to_root(proof["leaf_hash"], proof["siblings"], block.merkle_root)
+    detail = client.get(f"/v1/explorer/transactions/{tx_leaf.leaf_hash}").json()
+    assert detail["document"] == fake_ledger.rows[2]
+    assert detail["kind"] == "transaction"
+
+
+def test_ledger_source_seals_only_new_transactions(fake_ledger):
+    services.block_seal()
+    fake_ledger.rows[6] = {"id": 6, "amount": "1"}
+    block = services.block_seal()
+    assert [lf.ref for lf in block.leaves.all()] == ["6"]
+
+
+def test_verify_chain_reports_an_edited_ledger_transaction(fake_ledger):
+    services.block_seal()
+    fake_ledger.rows[3]["amount"] = "1000"
+    code, _, err = run_verify_chain()
+    assert code == 1
+    assert "transaction 3 (position 2) was changed after sealing" in err
+
+
+def test_without_the_ledger_only_receipts_are_sealed(monkeypatch, make_receipts):
+    monkeypatch.setattr(sources, "payments_function", lambda name: None)
+    make_receipts(2)
+    assert services.block_seal().tx_count == 2
+
+
+def test_ledger_transactions_of_real_payments_are_sealed(client, real_ledger):
+    if not all(sources.payments_function(name) for name in ("ledger_transactions_unsealed", "transaction_document")):
+        pytest.skip("payments.selectors does not offer ledger_transactions_unsealed / transaction_document yet")
+    payments = pytest.importorskip("payments.services")
+    if not hasattr(payments, "wallet_open") or not hasattr(payments, "treasury_mint"):
+        pytest.skip("payments.services has no wallet_open / treasury_mint to post with")
+    from accounts.services import user_get_or_create
+
+    wallet = payments.wallet_open(user=user_get_or_create(username="carol"))
+    minted = payments.treasury_mint(wallet=wallet, amount="7.5")
+    posted = sources.payments_function("ledger_transactions_unsealed")(after_id=0, limit=10_000)
+    assert minted.pk in {tx.pk for tx in posted}
+
+    services.blocks_seal_pending()
+    sealed = {row.ref: row for row in BlockLeaf.objects.filter(kind=LeafKind.TRANSACTION)}
+    assert set(sealed) == {str(tx.pk) for tx in posted}
+    mint_leaf = sealed[str(minted.pk)]
+    proof = client.get(f"/v1/explorer/transactions/{mint_leaf.leaf_hash}/proof").json()
+    assert proof_leads_to_root(proof["leaf_hash"], proof["siblings"], proof["merkle_root"])
+    detail = client.get(f"/v1/explorer/transactions/{mint_leaf.leaf_hash}").json()
+    assert detail["document"]["id"] == minted.pk
+    assert mint_leaf.leaf_hash == leaf(canonical(detail["document"]))
+    code, _, err = run_verify_chain()
+    assert code == 0, err
+    assert services.block_seal() is None
+
+
+def test_seal_blocks_command_reports_what_it_sealed(make_receipts):
+    make_receipts(2)
+    out = io.StringIO()
+    call_command("seal_blocks", stdout=out)
+    assert "block 1: 2 leaves" in out.getvalue()
+    assert "sealed 1 block(s)" in out.getvalue()
+
+
+def test_block_leaf_documents_are_returned_per_kind(make_receipts):
+    receipts = make_receipts(2)
+    services.block_seal()
+    documents = selectors.leaf_documents(BlockLeaf.objects.all())
+    assert documents[(LeafKind.RECEIPT, receipts[0].receipt_id)] == json.loads(receipts[0].signed_json)
+
+
+def test_the_database_refuses_to_seal_a_leaf_twice(make_receipts):
+    from django.db import IntegrityError, transaction
+
+    receipt = make_receipts(1)[0]
+    block = services.block_seal()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        BlockLeaf.objects.create(block=block, position=1, kind=LeafKind.RECEIPT, ref=receipt.pk, leaf_hash="00" * 32)

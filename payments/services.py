@@ -1,0 +1,203 @@
+"""Every movement of credits: wallets, minting, escrow hold, settlement and refund.
+
+All of it goes through ``ledger_post``: one balanced transaction whose business key makes it
+happen at most once, with each wallet's balance moved in the same database transaction (and
+kept non-negative by a constraint). Callers run these inside their own transaction, so a job's
+state change and its money move together or not at all.
+"""
+
+import hashlib
+import secrets
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from nacl.signing import SigningKey
+
+from aitbc_site.errors import Invalid, PaymentRequired
+from payments.addresses import HRP, wallet_address
+from payments.models import (
+    LedgerEntry,
+    LedgerTransaction,
+    Payment,
+    PaymentStatus,
+    TransactionKind,
+    Wallet,
+    WalletKind,
+)
+
+CENT = Decimal("0.00000001")
+
+
+def credits(value) -> Decimal:
+    """An amount as the ledger stores it: 8 decimal places."""
+    return Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP)
+
+
+def _derived_address(label: str) -> str:
+    # System and escrow wallets have no key; their addresses hash a label through the same encoding.
+    return wallet_address(hashlib.sha256(f"{HRP}:{label}".encode()).digest())
+
+
+def system_wallet(kind: str) -> Wallet:
+    wallet = Wallet.objects.filter(kind=kind).first()
+    if wallet is not None:
+        return wallet
+    try:
+        with transaction.atomic():
+            return Wallet.objects.create(kind=kind, address=_derived_address(kind))
+    except IntegrityError:
+        return Wallet.objects.get(kind=kind)
+
+
+def wallet_open(*, user, public_key: bytes | None = None) -> Wallet:
+    """The user's wallet, opened (with the welcome credits) on first use.
+
+    Without ``public_key`` the platform makes a key pair and keeps only the public half: the
+    wallet is custodial, moved by the platform on the user's behalf.
+    """
+    wallet = Wallet.objects.filter(user=user).first()
+    if wallet is not None:
+        return wallet
+    key = public_key or SigningKey.generate().verify_key.encode()
+    try:
+        with transaction.atomic():
+            wallet = Wallet.objects.create(
+                kind=WalletKind.USER, user=user, address=wallet_address(key), public_key=key.hex()
+            )
+            welcome = credits(settings.AITBC_WELCOME_CREDITS)
+            if welcome > 0:
+                ledger_post(
+                    business_key=f"welcome:{wallet.address}",
+                    kind=TransactionKind.WELCOME,
+                    legs=[(system_wallet(WalletKind.TREASURY), -welcome), (wallet, welcome)],
+                    memo="Welcome credits",
+                )
+                wallet.balance = welcome
+    except IntegrityError:
+        existing = Wallet.objects.filter(user=user).first()
+        if existing is None:
+            raise Invalid("This key's wallet belongs to another account.", code="WALLET_TAKEN") from None
+        return existing
+    return wallet
+
+
+def ledger_post(
+    *, business_key: str, kind: str, legs: list[tuple[Wallet, Decimal]], job=None, memo: str = "", actor=None
+) -> LedgerTransaction:
+    """Post one balanced transaction, once: a business key already posted returns that transaction.
+
+    A leg that would take a wallet below zero fails the whole posting with 402 ``INSUFFICIENT_FUNDS``.
+    """
+    amounts: dict[int, Decimal] = {}
+    for wallet, amount in legs:
+        amounts[wallet.pk] = amounts.get(wallet.pk, Decimal(0)) + credits(amount)
+    amounts = {pk: amount for pk, amount in amounts.items() if amount != 0}
+    if sum(amounts.values()) != 0:
+        raise ValueError(f"unbalanced ledger transaction {business_key}: {amounts}")
+    try:
+        with transaction.atomic():
+            posted = LedgerTransaction.objects.create(
+                business_key=business_key, kind=kind, job=job, memo=memo[:300], actor=actor
+            )
+            LedgerEntry.objects.bulk_create(
+                LedgerEntry(transaction=posted, wallet_id=pk, amount=amount) for pk, amount in amounts.items()
+            )
+            for pk in sorted(amounts):  # one lock order everywhere: no deadlocks between postings
+                Wallet.objects.filter(pk=pk).update(balance=F("balance") + amounts[pk])
+    except IntegrityError as error:
+        if "wallet_balance_non_negative" in str(error):
+            raise PaymentRequired("Insufficient funds in the wallet.", code="INSUFFICIENT_FUNDS") from None
+        existing = LedgerTransaction.objects.filter(business_key=business_key).first()
+        if existing is None:
+            raise
+        return existing
+    return posted
+
+
+def treasury_mint(*, wallet: Wallet, amount, actor=None, memo: str = "", business_key: str | None = None):
+    """Create credits: the treasury goes down, ``wallet`` up. Staff mints are audited by actor."""
+    amount = credits(amount)
+    if amount <= 0:
+        raise Invalid("The amount must be positive.", code="INVALID_AMOUNT")
+    return ledger_post(
+        business_key=business_key or f"mint:{secrets.token_hex(12)}",
+        kind=TransactionKind.MINT,
+        legs=[(system_wallet(WalletKind.TREASURY), -amount), (wallet, amount)],
+        memo=memo or "Minted",
+        actor=actor,
+    )
+
+
+# --- Escrow ----------------------------------------------------------------------------
+
+
+def new_payment_id() -> str:
+    return f"pay_{secrets.token_hex(12)}"
+
+
+def escrow_hold(
+    *, job, client, amount, payment_id: str, currency: str = "AITBC", payment_method: str = "aitbc_token"
+) -> Payment:
+    """Move ``amount`` from the client's wallet into the job's own escrow wallet (``escrow:<job>``)."""
+    amount = credits(amount)
+    payer = wallet_open(user=client)
+    escrow = Wallet.objects.create(kind=WalletKind.ESCROW, address=_derived_address(f"escrow:{job.pk}"))
+    ledger_post(
+        business_key=f"escrow:{job.pk}",
+        kind=TransactionKind.ESCROW,
+        legs=[(payer, -amount), (escrow, amount)],
+        job=job,
+        memo=f"Escrow for job {job.pk}",
+    )
+    return Payment.objects.create(
+        payment_id=payment_id,
+        job=job,
+        payer=payer,
+        escrow=escrow,
+        amount=amount,
+        currency=currency,
+        payment_method=payment_method,
+        status=PaymentStatus.ESCROWED,
+    )
+
+
+def escrow_settle(*, job, payee, charge) -> Payment | None:
+    """Pay for a completed job from its escrow (``settle:<job>``): ``charge`` split between the
+    miner's owner ``payee`` and the platform fee, the rest back to the client."""
+    payment = Payment.objects.select_for_update().select_related("payer", "escrow").filter(job=job).first()
+    if payment is None or payment.status != PaymentStatus.ESCROWED:
+        return payment
+    charge = min(credits(charge), payment.amount)
+    fee = credits(charge * settings.PLATFORM_FEE_PERCENT / 100)
+    refund = payment.amount - charge
+    legs = [(payment.escrow, -payment.amount), (wallet_open(user=payee), charge - fee), (payment.payer, refund)]
+    if fee:
+        legs.append((system_wallet(WalletKind.FEES), fee))
+    ledger_post(business_key=f"settle:{job.pk}", kind=TransactionKind.SETTLE, legs=legs, job=job, memo="Job settled")
+    payment.status = PaymentStatus.RELEASED
+    payment.amount_paid, payment.amount_refunded = charge, refund
+    payment.settled_at = timezone.now()
+    payment.save(update_fields=["status", "amount_paid", "amount_refunded", "settled_at", "updated_at"])
+    return payment
+
+
+def escrow_refund(*, job, reason: str) -> Payment | None:
+    """Give a job's whole escrow back to the client (``refund:<job>``); once, whatever calls it."""
+    payment = Payment.objects.select_for_update().select_related("payer", "escrow").filter(job=job).first()
+    if payment is None or payment.status != PaymentStatus.ESCROWED:
+        return payment
+    ledger_post(
+        business_key=f"refund:{job.pk}",
+        kind=TransactionKind.REFUND,
+        legs=[(payment.escrow, -payment.amount), (payment.payer, payment.amount)],
+        job=job,
+        memo=reason[:300],
+    )
+    payment.status = PaymentStatus.REFUNDED
+    payment.amount_refunded = payment.amount
+    payment.settled_at = timezone.now()
+    payment.save(update_fields=["status", "amount_refunded", "settled_at", "updated_at"])
+    return payment
