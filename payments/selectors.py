@@ -48,4 +48,3 @@ def ledger_transactions_by_ids(ids: list[int]) -> list[LedgerTransaction]:
 def wallets_list() -> QuerySet[Wallet]:
     """Every wallet, oldest first (the explorer's address list)."""
     return Wallet.objects.order_by("id")
-
