@@ -5,24 +5,8 @@ import pytest
 from nacl.signing import SigningKey, VerifyKey
 
 from explorer import signing
-
-
-def independent_canonical(obj) -> bytes:
-    """The rule of API.md, written out again: drop None values, sort keys, no spaces, UTF-8."""
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if v is not None}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
-
-    return json.dumps(strip(obj), separators=(",", ":"), sort_keys=True).encode("utf-8")
-
-
-def unpadded_b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
+from explorer.tests.independent import canonical as independent_canonical
+from explorer.tests.independent import unpadded_b64decode
 
 PAYLOAD = {
     "version": "1.0",

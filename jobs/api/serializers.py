@@ -2,7 +2,9 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
+from aitbc_site.api.formats import iso_datetime
 from aitbc_site.errors import Invalid
+from explorer.api.serializers import ReceiptDocumentSerializer
 from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP
 
@@ -259,37 +261,6 @@ def decimal_text(value) -> str | None:
     return None if value is None else f"{value:.8f}"
 
 
-def iso_datetime(value) -> str | None:
-    if value is None:
-        return None
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
-class SignatureSerializer(serializers.Serializer):
-    alg = serializers.CharField(help_text="Ed25519")
-    key_id = serializers.CharField(help_text="URL-safe base64 public key, no padding")
-    sig = serializers.CharField(help_text="URL-safe base64 signature, no padding")
-
-
-class SignedReceiptSerializer(serializers.Serializer):
-    """A receipt: canonical JSON signed with Ed25519 (fields that are null are omitted)."""
-
-    version = serializers.CharField()
-    receipt_id = serializers.CharField()
-    job_id = serializers.CharField()
-    provider = serializers.CharField(help_text="The miner's id")
-    client = serializers.CharField()
-    status = serializers.CharField()
-    units = serializers.IntegerField()
-    unit_type = serializers.CharField()
-    started_at = serializers.IntegerField(help_text="Epoch seconds")
-    completed_at = serializers.IntegerField(help_text="Epoch seconds")
-    metadata = serializers.DictField(help_text="model, input_sha256, output_sha256, usage")
-    signature = SignatureSerializer()
-    attestations = SignatureSerializer(many=True, required=False)
-
-
 class JobResultSerializer(serializers.Serializer):
     job_id = serializers.CharField()
     status = serializers.ChoiceField(choices=JobStatus.choices)
@@ -299,9 +270,9 @@ class JobResultSerializer(serializers.Serializer):
     error_code = serializers.CharField(allow_blank=True)
     usage = serializers.DictField()
     completed_at = serializers.DateTimeField(allow_null=True)
-    receipt = SignedReceiptSerializer(allow_null=True)
+    receipt = ReceiptDocumentSerializer(allow_null=True)
 
 
 class ReceiptListSerializer(serializers.Serializer):
-    items = SignedReceiptSerializer(many=True)
+    items = ReceiptDocumentSerializer(many=True)
     next_cursor = serializers.CharField(allow_null=True)

@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 from aitbc_site.api.pagination import ItemsLimitOffsetPagination
 from aitbc_site.api.permissions import IsClient, is_admin
 from aitbc_site.errors import NotFound, ServiceError
+from explorer.api.serializers import ReceiptDocumentSerializer
 from explorer.selectors import receipts_for_job
 from jobs import selectors, services
 from jobs.api.serializers import (
@@ -17,7 +18,6 @@ from jobs.api.serializers import (
     JobSerializer,
     JobSubmitSerializer,
     ReceiptListSerializer,
-    SignedReceiptSerializer,
 )
 from jobs.filters import JobFilter
 from jobs.models import Job, JobStatus
@@ -181,7 +181,7 @@ class JobReceiptView(ClientJobMixin, generics.GenericAPIView):
 
     @extend_schema(
         summary="Get a job's latest signed receipt",
-        responses={200: SignedReceiptSerializer, **ERRORS},
+        responses={200: ReceiptDocumentSerializer, **ERRORS},
     )
     def get(self, request, job_id):
         job = self.get_object()

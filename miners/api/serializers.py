@@ -4,7 +4,8 @@ from decimal import Decimal, InvalidOperation
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
-from jobs.api.serializers import SignedReceiptSerializer, iso_datetime
+from aitbc_site.api.formats import iso_datetime
+from explorer.api.serializers import ReceiptDocumentSerializer
 from miners.capabilities import Capabilities
 from miners.models import Miner
 
@@ -209,7 +210,7 @@ class TutorialCompleteSerializer(ResultSerializer):
 class ResultAcceptedSerializer(serializers.Serializer):
     status = serializers.CharField(default="ok")
     job_status = serializers.CharField(help_text="completed, or queued/failed when the result reported a failure")
-    receipt = SignedReceiptSerializer(allow_null=True)
+    receipt = ReceiptDocumentSerializer(allow_null=True)
 
 
 class FailSerializer(serializers.Serializer):
