@@ -8,12 +8,13 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery, Sum
 
-from explorer import merkle, signing, sources, verify
+from explorer import merkle, signing, verify
 from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, LeafKind, Receipt
-from explorer.sources import LEAF_SOURCES, SourceUnavailable, leaf_source
+from explorer.sources import LEAF_SOURCES, leaf_source
 from jobs.models import Job, JobStatus
 from miners.models import MinerStatus
 from miners.selectors import miner_counts
+from payments import selectors as ledger
 
 STATS_CACHE_KEY = "explorer:network-stats"
 
@@ -127,46 +128,26 @@ def jsonable(value):
     return str(value)
 
 
-def wallets():
-    """The ledger's wallets for the explorer (an empty list until ``payments`` offers ``wallets_list``)."""
-    wallets_list = sources.payments_function("wallets_list")
-    return wallets_list() if wallets_list else []
-
-
-def wallet_by_address(address: str):
-    find = sources.payments_function("wallet_by_address")
-    return find(address) if find else None
-
-
 def wallet_summary(wallet) -> dict:
-    return {"address": wallet.address, "balance": signing.decimal_text(getattr(wallet, "balance", None))}
+    return {"address": wallet.address, "balance": signing.decimal_text(wallet.balance)}
 
 
 def wallet_entries(wallet):
-    entries = sources.payments_function("wallet_entries")
-    if entries is None:
-        return []
-    found = entries(wallet)
-    if isinstance(found, QuerySet) and any(field.name == "transaction" for field in found.model._meta.get_fields()):
-        # Each entry shows its whole transaction: read them all in three queries.
-        found = found.prefetch_related("transaction__entries__wallet")
-    return found
+    # Each entry shows its whole transaction: read them all in three queries.
+    return ledger.wallet_entries(wallet).prefetch_related("transaction__entries__wallet")
 
 
 def entry_document(entry) -> dict:
     """A ledger entry for the explorer: its amount and its transaction (with the leaf hash it seals under)."""
-    if isinstance(entry, dict):
-        return jsonable(entry)
-    document_of = sources.payments_function("entry_document")
-    if document_of is not None:
-        return jsonable(document_of(entry))
-    document = {"id": entry.pk, "amount": getattr(entry, "amount", None)}
-    transaction = getattr(entry, "transaction", None)
-    transaction_document = sources.payments_function("transaction_document")
-    if transaction is not None and transaction_document is not None:
-        document["transaction"] = transaction_document(transaction)
-        document["transaction_hash"] = merkle.leaf_hash(signing.canonical_json(document["transaction"])).hex()
-    return jsonable(document)
+    transaction = ledger.transaction_document(entry.transaction)
+    return jsonable(
+        {
+            "id": entry.pk,
+            "amount": entry.amount,
+            "transaction": transaction,
+            "transaction_hash": merkle.leaf_hash(signing.canonical_json(transaction)).hex(),
+        }
+    )
 
 
 # --- Network statistics ------------------------------------------------------------------
@@ -240,10 +221,7 @@ def _leaf_problems(block: Block) -> Iterator[str]:
         refs = [leaf.ref for leaf in leaves if leaf.kind == source.kind]
         if not refs:
             continue
-        try:
-            current.update({(source.kind, ref): data for ref, data in source.current(refs).items()})
-        except SourceUnavailable as error:
-            yield f"{where}: cannot re-read its {source.kind}s: {error}"
+        current.update({(source.kind, ref): data for ref, data in source.current(refs).items()})
     recomputed = []
     for leaf in leaves:
         data = current.get((leaf.kind, leaf.ref))

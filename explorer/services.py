@@ -20,9 +20,8 @@ def sha256_of(value) -> str:
 
 def _signed_receipt(job, *, provider: str, client: str) -> Receipt:
     usage = job.usage or {}
-    # What the client paid: the settled charge, else the amount held (absent before payments exist).
-    charged = getattr(job, "amount_charged", None)
-    price = charged if charged is not None else getattr(job, "price", None)
+    # What the client paid: the settled charge, else the amount held.
+    price = job.amount_charged if job.amount_charged is not None else job.price
     payload = {
         "version": "1.0",
         "receipt_id": f"rcpt_{uuid.uuid4().hex}",
@@ -32,7 +31,7 @@ def _signed_receipt(job, *, provider: str, client: str) -> Receipt:
         "status": job.status,
         "units": usage.get("units", usage.get("total_tokens", 0)),
         "unit_type": usage.get("unit_type", "tokens"),
-        "unit_price": signing.decimal_text(getattr(job, "unit_price", None)),
+        "unit_price": signing.decimal_text(job.unit_price),
         "price": signing.decimal_text(price),
         "started_at": int(job.started_at.timestamp()),
         "completed_at": int(job.completed_at.timestamp()),

@@ -27,6 +27,7 @@ from explorer.api.serializers import (
 from explorer.filters import ReceiptFilter
 from explorer.models import Receipt
 from miners.selectors import miner_for_owner
+from payments.selectors import wallet_by_address, wallets_list
 
 ERRORS = {
     401: OpenApiResponse(description="No or invalid API key"),
@@ -248,7 +249,7 @@ class ExplorerAddressListView(ExplorerListView):
     serializer_class = ExplorerAddressSerializer
 
     def get_queryset(self):
-        return selectors.wallets()
+        return wallets_list()
 
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.get_queryset())
@@ -269,7 +270,7 @@ class ExplorerAddressDetailView(ExplorerView):
         responses={200: ExplorerAddressDetailSerializer, **NOT_FOUND},
     )
     def get(self, request, address):
-        wallet = selectors.wallet_by_address(address)
+        wallet = wallet_by_address(address)
         if wallet is None:
             raise NotFound("No wallet has this address.", code="ADDRESS_NOT_FOUND")
         paginator = NextOffsetPagination()

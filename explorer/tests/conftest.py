@@ -4,34 +4,16 @@ import pytest
 from django.utils import timezone
 
 from accounts.services import user_get_or_create
-from explorer import sources
 from explorer.services import receipts_issue
 from jobs.models import Job, JobStatus
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_register
 
-LEDGER_FUNCTIONS = {"ledger_transactions_unsealed", "transaction_document", "ledger_transactions_by_ids"}
-_payments_function = sources.payments_function
-
 
 @pytest.fixture(autouse=True)
 def _uncached_stats(settings):
     settings.EXPLORER_STATS_CACHE_SECONDS = 0
-
-
-@pytest.fixture(autouse=True)
-def _receipts_only(monkeypatch):
-    """Blocks seal receipts only unless a test brings a ledger (``real_ledger``, ``fake_ledger``):
-    ledger postings made elsewhere (welcome credits) must not change what these tests count."""
-    monkeypatch.setattr(
-        sources, "payments_function", lambda name: None if name in LEDGER_FUNCTIONS else _payments_function(name)
-    )
-
-
-@pytest.fixture
-def real_ledger(monkeypatch):
-    monkeypatch.setattr(sources, "payments_function", _payments_function)
 
 
 def completed_jobs(count: int, *, client_name: str = "alice", miner: Miner | None = None, **fields) -> list[Job]:

@@ -1,15 +1,16 @@
 import io
 import json
-from types import SimpleNamespace
 
 import pytest
 from django.core.management import call_command
 from nacl.signing import SigningKey
 from rest_framework.test import APIClient
 
-from explorer import services, signing, sources
+from accounts.services import user_get_or_create
+from explorer import services, signing
 from explorer.models import Receipt
 from explorer.tests.independent import payload_of, unpadded_b64encode
+from payments.services import treasury_mint, wallet_open
 
 pytestmark = pytest.mark.django_db
 
@@ -276,45 +277,29 @@ def test_explorer_is_rate_limited_for_anonymous_callers(settings, anonymous):
     assert statuses == [200, 200, 429]
 
 
-class FakeWallets:
-    def __init__(self):
-        self.wallets = [SimpleNamespace(address=f"ait1wallet{i}", balance=f"{i}.50000000") for i in range(3)]
-        self.entries = [{"id": i, "amount": f"{i}"} for i in range(5)]
-
-    def wallets_list(self):
-        return self.wallets
-
-    def wallet_by_address(self, address):
-        return next((w for w in self.wallets if w.address == address), None)
-
-    def wallet_entries(self, wallet):
-        return self.entries
-
-
-def test_explorer_addresses_come_from_the_ledger(monkeypatch, anonymous):
-    fake = FakeWallets()
-    monkeypatch.setattr(sources, "payments_function", lambda name: getattr(fake, name, None))
+def test_explorer_addresses_come_from_the_ledger(settings, anonymous):
+    settings.AITBC_WELCOME_CREDITS = 0
+    wallets = [wallet_open(user=user_get_or_create(username=f"holder-{i}")) for i in range(3)]
+    for wallet, amount in zip(wallets[:2], ("0.5", "1.5"), strict=True):
+        treasury_mint(wallet=wallet, amount=amount)
+    for amount in ("0.1", "0.2", "0.3", "0.4", "1.5"):
+        treasury_mint(wallet=wallets[2], amount=amount)
     listed = anonymous.get("/v1/explorer/addresses?limit=2").json()
     assert listed["items"] == [
-        {"address": "ait1wallet0", "balance": "0.5"},
-        {"address": "ait1wallet1", "balance": "1.5"},
+        {"address": wallets[0].address, "balance": "0.5"},
+        {"address": wallets[1].address, "balance": "1.5"},
     ]
     assert listed["next_offset"] == 2
-    detail = anonymous.get("/explorer/addresses/ait1wallet2?limit=3").json()
-    assert (detail["address"], detail["balance"]) == ("ait1wallet2", "2.5")
-    assert detail["entries"] == fake.entries[:3]
+    detail = anonymous.get(f"/explorer/addresses/{wallets[2].address}?limit=3").json()
+    assert (detail["address"], detail["balance"]) == (wallets[2].address, "2.5")
+    assert [entry["amount"] for entry in detail["entries"]] == ["1.5", "0.4", "0.3"]
     assert detail["next_offset"] == 3
     assert anonymous.get("/v1/explorer/addresses/ait1nobody").json()["error_code"] == "ADDRESS_NOT_FOUND"
 
 
-def test_explorer_address_of_a_real_wallet(anonymous, real_ledger):
-    payments = pytest.importorskip("payments.services")
-    if not hasattr(payments, "wallet_open") or sources.payments_function("wallet_by_address") is None:
-        pytest.skip("payments offers no wallets yet")
-    from accounts.services import user_get_or_create
-
-    wallet = payments.wallet_open(user=user_get_or_create(username="dave"))
-    payments.treasury_mint(wallet=wallet, amount="2")
+def test_explorer_address_of_a_real_wallet(anonymous):
+    wallet = wallet_open(user=user_get_or_create(username="dave"))
+    treasury_mint(wallet=wallet, amount="2")
     detail = anonymous.get(f"/v1/explorer/addresses/{wallet.address}").json()
     wallet.refresh_from_db()
     assert detail["balance"] == signing.decimal_text(wallet.balance)
