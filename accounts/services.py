@@ -248,6 +248,8 @@ def user_session_revoke(*, session: UserSession) -> UserSession:
 
 def user_session_authenticate(*, raw_token: str) -> UserSession | None:
     """The active, unexpired session whose token is ``raw_token`` (its user active), or None."""
+    if "\x00" in raw_token:
+        return None
     digest = hash_key(raw_token)
     sessions = UserSession.objects.select_related("user").filter(prefix=raw_token[:SESSION_PREFIX_LENGTH])
     session = next((s for s in sessions if hmac.compare_digest(s.token_hash, digest)), None)

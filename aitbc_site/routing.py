@@ -1,9 +1,30 @@
 """WebSocket routes, served by daphne next to HTTP. Each app adds its consumers here."""
 
+from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.security.websocket import OriginValidator
+from django.conf import settings
 from django.urls import path
 
-from jobs.consumers import JobConsumer
+from jobs.consumers import DashboardConsumer, JobConsumer
+from miners.consumers import MinerConsumer
 
 websocket_urlpatterns: list = [
     path("ws/jobs/<uuid:job_id>/", JobConsumer.as_asgi()),
+    path("ws/dashboard/", DashboardConsumer.as_asgi()),
+    path("ws/miners/", MinerConsumer.as_asgi()),
 ]
+
+
+class BrowserOriginValidator(OriginValidator):
+    """A browser always sends ``Origin``: it must be one of ``ALLOWED_HOSTS``, so a page elsewhere
+    cannot open a socket with its visitor's session. Programs (CLIs, miners) send none and
+    authenticate with their key, which the consumers check."""
+
+    def valid_origin(self, parsed_origin):
+        return parsed_origin is None or super().valid_origin(parsed_origin)
+
+
+def websocket_application():
+    allowed = settings.ALLOWED_HOSTS or (["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
+    return BrowserOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), allowed)

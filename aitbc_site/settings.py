@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "inference",
     "payments",
     "explorer",
+    "dashboard",
 ]
 
 MIDDLEWARE = [

@@ -25,6 +25,7 @@ urlpatterns = [
         "redoc", SpectacularRedocView.as_view(url_name="openapi", template_name="aitbc_site/redoc.html"), name="redoc"
     ),
     path("admin/", admin.site.urls),
+    path("", include("dashboard.urls")),
 ]
 
 handler404 = "aitbc_site.api.exceptions.not_found"

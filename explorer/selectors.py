@@ -49,7 +49,7 @@ def blocks() -> QuerySet[Block]:
 
 
 def block_by_height_or_hash(key: str) -> Block | None:
-    if key.isdigit() and len(key) < 19:
+    if key.isascii() and key.isdigit() and len(key) < 19:
         return Block.objects.filter(height=int(key)).first()
     if len(key) == 64:
         return Block.objects.filter(hash=key.lower()).first()

@@ -40,6 +40,8 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+from inference.params import generation_params
+
 logger = logging.getLogger(__name__)
 
 TASKS = ("text-generation", "chat", "embedding")
@@ -47,7 +49,6 @@ SOURCE_KINDS = ("directory", "package", "hub")
 GENERATION_TASKS = frozenset({"text-generation", "chat"})
 # Job payload "type" → whether it asks for embeddings.
 PAYLOAD_TYPES = {"inference": False, "chat": False, "embedding": True}
-PARAM_NAMES = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 1.0
@@ -508,13 +509,10 @@ def _validate_embedding(model: LoadedModel, position: int, key: str, payload: di
 
 
 def _params(payload: dict) -> dict:
-    """Generation parameters, from "params" or (older clients) the payload's top level; "params" wins.
-    A null counts as not given."""
-    nested = payload.get("params") or {}
-    if not isinstance(nested, dict):
-        raise InferenceError("INVALID_PAYLOAD", "params must be a JSON object")
-    merged = {name: payload[name] for name in PARAM_NAMES if name in payload} | nested
-    return {name: value for name, value in merged.items() if value is not None}
+    try:
+        return generation_params(payload)
+    except ValueError as error:
+        raise InferenceError("INVALID_PAYLOAD", str(error)) from None
 
 
 def _int_param(params: dict, name: str, low: int, high: int) -> int | None:
@@ -573,6 +571,11 @@ def _apply_chat_template(model: LoadedModel, messages: list[dict]) -> str:
 # --- generation ---------------------------------------------------------------------------
 
 
+def _printable(text: str) -> str:
+    # Byte-level tokenizers can produce NUL, which JSON stores (PostgreSQL's jsonb) refuse.
+    return text.replace("\x00", "")
+
+
 class _Row:
     """One request's sequence inside a generation batch."""
 
@@ -611,7 +614,7 @@ class _Row:
         if decode or self.request.stop:
             self._decode_increment(content_end, final=ended_by_eos or at_limit)
         elif ended_by_eos or at_limit:
-            self.text = self._model.tokenizer.decode(self.tokens[:content_end], skip_special_tokens=True)
+            self.text = _printable(self._model.tokenizer.decode(self.tokens[:content_end], skip_special_tokens=True))
         if ended_by_eos:
             self.finish_reason = "stop"
             return
@@ -631,7 +634,7 @@ class _Row:
         before = decode(self.tokens[self._prefix_offset : self._read_offset], skip_special_tokens=True)
         current = decode(self.tokens[self._prefix_offset : end], skip_special_tokens=True)
         if len(current) > len(before) and (final or not current.endswith("\ufffd")):
-            self.text += current[len(before) :]
+            self.text += _printable(current[len(before) :])
             self._prefix_offset, self._read_offset = self._read_offset, end
 
     def visible_text(self) -> str:

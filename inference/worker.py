@@ -133,18 +133,19 @@ class ClusterHost:
     def _listen(self, model_name: str) -> None:
         """Drain ``model_name`` whenever one of its jobs is announced."""
         with wakeup.hub.waiter([model_name]) as waiter:
-            try:
-                while not self._stopping.is_set():
-                    if not waiter.wait(1.0):
-                        continue
+            while not self._stopping.is_set():
+                if not waiter.wait(1.0):
+                    continue
+                try:
                     if self.drain(model_name):
                         waiter.claimed(WAKEUPS_ALL)
                     else:  # nothing this host can run (constraints): let an HTTP miner have it
                         waiter.pass_on()
-            except Exception:
-                logger.exception("the %s listener stopped", model_name)
-            finally:
-                connection.close()
+                except Exception:  # a database hiccup: the jobs stay queued for the next wake-up
+                    logger.exception("draining %s failed", model_name)
+                finally:
+                    close_old_connections()
+        connection.close()
 
     def heartbeat(self) -> int:
         """Report liveness and GPU use; extend the leases of the jobs this process is running."""

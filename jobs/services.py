@@ -23,15 +23,16 @@ from aitbc_site.errors import Conflict, Invalid, NotFound, ServiceError
 from explorer import signing
 from explorer.models import Receipt
 from explorer.services import receipts_issue
+from inference.params import generation_params
 from inference.selectors import catalog_entry, cluster_served_models
 from inference.tasks import announce_to_workers
-from jobs import events, sql, wakeup
+from jobs import events, feed, sql, wakeup
 from jobs.models import Job, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
 from miners.capabilities import cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
 from payments.models import Payment, PaymentStatus
-from payments.services import credits, escrow_hold, escrow_refund, escrow_settle, new_payment_id
+from payments.services import credits, escrow_hold, escrow_refund, escrows_settle, new_payment_id
 
 # Failures that another attempt cannot fix: the job fails at once.
 NON_RETRYABLE_ERRORS = frozenset({"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL"})
@@ -84,7 +85,15 @@ def job_submit(
             return _replayed(existing, fingerprint)
 
     unit_price = entry.price_per_1k_tokens if entry is not None and entry.price_per_1k_tokens > 0 else None
-    price = payment_amount if payment_amount is not None else _catalog_price(entry, unit_price, payload)
+    price = _catalog_price(entry, unit_price, payload)
+    if payment_amount is not None:
+        if payment_amount < price:
+            raise Invalid(
+                f"This job costs up to {price} AITBC at {entry.name}'s price; payment_amount may not be less.",
+                code="INSUFFICIENT_PAYMENT",
+                errors={"payment_amount": [f"Ensure this value is at least {price}."]},
+            )
+        price = payment_amount
     now = timezone.now()
     job = Job(
         client=client,
@@ -127,6 +136,7 @@ def job_submit(
             raise
         return _replayed(Job.objects.get(client=client, idempotency_key=idempotency_key), fingerprint)
     _wake_cluster_workers(model)
+    transaction.on_commit(partial(feed.publish_jobs_submitted, [job]))
     return Submission(job=job, created=True, queue_position=position)
 
 
@@ -145,10 +155,17 @@ def _catalog_price(entry, unit_price, payload: dict) -> Decimal:
         inputs = payload.get("input")
         tokens = entry.max_tokens * (len(inputs) if isinstance(inputs, list) else 1)
     else:
-        params = payload.get("params") if isinstance(payload.get("params"), dict) else payload
-        max_tokens = params.get("max_tokens")
-        tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else entry.default_max_tokens
+        max_tokens = _requested_max_tokens(payload)
+        tokens = max_tokens if max_tokens is not None else entry.default_max_tokens
     return credits(unit_price * tokens / 1000)
+
+
+def _requested_max_tokens(payload: dict) -> int | None:
+    try:
+        max_tokens = generation_params(payload).get("max_tokens")
+    except ValueError:
+        return None
+    return max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0 else None
 
 
 def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
@@ -160,9 +177,8 @@ def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
             code="UNSUPPORTED_TASK",
             errors={"type": [f"{entry.name} runs {entry.task} jobs."]},
         )
-    params = payload.get("params") if isinstance(payload.get("params"), dict) else payload
-    max_tokens = params.get("max_tokens")
-    if isinstance(max_tokens, int) and max_tokens > entry.max_tokens:
+    max_tokens = _requested_max_tokens(payload)
+    if max_tokens is not None and max_tokens > entry.max_tokens:
         raise Invalid(
             f"max_tokens may be at most {entry.max_tokens} for {entry.name}.",
             code="INVALID_PARAMS",
@@ -273,6 +289,7 @@ def _publish_after_commit(jobs: list[Job]) -> None:
     """Tell the jobs' WebSocket subscribers about their new status once it is committed."""
     if jobs:
         transaction.on_commit(partial(events.publish_job_statuses, jobs))
+        transaction.on_commit(partial(feed.publish_jobs_finished, jobs))
 
 
 # --- Claims ----------------------------------------------------------------------------
@@ -392,10 +409,10 @@ def job_claim_specific(*, miner: Miner, job_id) -> Job:
 def _usage_from(result, metrics: dict) -> dict:
     reported = result.get("usage") if isinstance(result, dict) else None
     reported = reported if isinstance(reported, dict) else {}
-    usage = {k: v for k, v in reported.items() if isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)}
+    usage = {k: v for k, v in reported.items() if isinstance(k, str) and _is_count(v)}
     for key in ("prompt_tokens", "completion_tokens", "total_tokens", "units"):
         value = metrics.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if _is_count(value):
             usage.setdefault(key, value)
     if "total_tokens" not in usage and {"prompt_tokens", "completion_tokens"} <= usage.keys():
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -405,6 +422,10 @@ def _usage_from(result, metrics: dict) -> dict:
     if isinstance(metrics.get("unit_type"), str):
         usage["unit_type"] = metrics["unit_type"][:32]
     return usage
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass(frozen=True)
@@ -474,23 +495,23 @@ def jobs_complete(*, miner: Miner, outcomes: list[Outcome]) -> list[Completion]:
 
 
 def _settle(jobs: list[Job], *, miner: Miner) -> None:
-    """Pay for completed jobs from their escrow: the catalog price of the tokens used (capped by
-    what was held), or what was held when the job has no unit price."""
-    paid = [job for job in jobs if job.payment_id]
-    if not paid:
+    """Pay for completed jobs from their escrow: the catalog price of the tokens the hold was
+    for (generated ones; every token for embeddings), capped by what was held, or what was held
+    when the job has no unit price."""
+    charges = [(job, _charge(job)) for job in jobs if job.payment_id]
+    if not charges:
         return
-    payee = miner.owner
-    for job in paid:
-        tokens = (job.usage or {}).get("total_tokens")
-        if job.unit_price is not None and isinstance(tokens, int):
-            charge = min(job.price, credits(job.unit_price * tokens / 1000))
-        else:
-            charge = job.price
-        payment = escrow_settle(job=job, payee=payee, charge=charge)
-        if payment is None:
-            continue
+    for job, payment in escrows_settle(charges=charges, payee=miner.owner):
         job.amount_charged, job.payment_status = payment.amount_paid, payment.status
         Job.objects.filter(pk=job.pk).update(amount_charged=job.amount_charged, payment_status=job.payment_status)
+
+
+def _charge(job: Job) -> Decimal:
+    usage = job.usage or {}
+    tokens = usage.get("total_tokens") if job.type == JobType.EMBEDDING else usage.get("completion_tokens")
+    if job.unit_price is None or not _is_count(tokens):
+        return job.price
+    return min(job.price, credits(job.unit_price * tokens / 1000))
 
 
 def _complete_postgres(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, str]]:

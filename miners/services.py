@@ -3,12 +3,14 @@
 import hashlib
 import secrets
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from aitbc_site.errors import Conflict, NotFound
+from jobs import feed
 from jobs.services import job_leases_extend, jobs_release_for_miner
 from miners.capabilities import Capabilities, cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
@@ -59,6 +61,7 @@ def miner_register(
             _replace_served_models(miner, capabilities.models)
     except IntegrityError:  # registered concurrently under the same id
         raise Conflict("This miner_id was registered concurrently; retry.", code="MINER_ID_TAKEN") from None
+    transaction.on_commit(partial(feed.publish_miner_online, miner, models=capabilities.models))
     return miner, session_token
 
 
@@ -117,6 +120,7 @@ def miner_deregister(*, miner: Miner) -> int:
     """Take a miner out of the network; the jobs it holds go back to the queue."""
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.DEREGISTERED, updated_at=timezone.now())
     miner.status = MinerStatus.DEREGISTERED
+    transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
     return jobs_release_for_miner(miner=miner, reason="The miner deregistered.")
 
 
@@ -132,6 +136,7 @@ def miners_mark_silent_offline() -> int:
             )
             if updated:
                 jobs_release_for_miner(miner=miner, reason="The miner stopped sending heartbeats.")
+                transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
         taken_offline += updated
     return taken_offline
 
@@ -141,4 +146,5 @@ def miner_take_offline(*, miner: Miner) -> int:
     """Staff take a miner offline: its jobs return to the queue. Returns how many."""
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.OFFLINE, updated_at=timezone.now())
     miner.status = MinerStatus.OFFLINE
+    transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
     return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.")

@@ -37,6 +37,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def has_move_money_permission(self, request) -> bool:
+        # Seeing the ledger is not enough to mint, refund or confirm: that takes the ledger's own
+        # "add" permission (superusers have it).
+        return request.user.has_perm("payments.add_ledgertransaction")
+
 
 class CreditForm(forms.Form):
     amount = forms.DecimalField(**AMOUNT, min_value=Decimal("0.00000001"), help_text="AITBC to mint into each wallet")
@@ -54,7 +59,7 @@ class WalletAdmin(ReadOnlyAdmin):
     ordering = ("id",)
     actions = ["credit"]
 
-    @admin.action(description="Credit… (mint credits into the selected user wallets)")
+    @admin.action(description="Credit… (mint credits into the selected user wallets)", permissions=["move_money"])
     def credit(self, request, queryset):
         if "apply" in request.POST:
             form = CreditForm(request.POST)
@@ -143,7 +148,7 @@ class PaymentAdmin(ReadOnlyAdmin):
     ordering = ("-created_at",)
     actions = ["refund"]
 
-    @admin.action(description="Refund selected escrowed payments")
+    @admin.action(description="Refund selected escrowed payments", permissions=["move_money"])
     def refund(self, request, queryset):
         refunded, refused = 0, []
         for payment in queryset.filter(status=PaymentStatus.ESCROWED):
@@ -180,7 +185,7 @@ class ExchangePaymentAdmin(ReadOnlyAdmin):
     ordering = ("-created_at",)
     actions = ["confirm"]
 
-    @admin.action(description="Confirm selected (mint credits)")
+    @admin.action(description="Confirm selected (mint credits)", permissions=["move_money"])
     def confirm(self, request, queryset):
         confirmed, repeated, refused = 0, 0, []
         for payment in queryset:

@@ -164,24 +164,48 @@ def escrow_hold(
     )
 
 
-def escrow_settle(*, job, payee, charge) -> Payment | None:
-    """Pay for a completed job from its escrow (``settle:<job>``): ``charge`` split between the
-    miner's owner ``payee`` and the platform fee, the rest back to the client."""
-    payment = Payment.objects.select_for_update().select_related("payer", "escrow").filter(job=job).first()
-    if payment is None or payment.status != PaymentStatus.ESCROWED:
-        return payment
-    charge = min(credits(charge), payment.amount)
-    fee = credits(charge * settings.PLATFORM_FEE_PERCENT / 100)
-    refund = payment.amount - charge
-    legs = [(payment.escrow, -payment.amount), (wallet_open(user=payee), charge - fee), (payment.payer, refund)]
-    if fee:
-        legs.append((system_wallet(WalletKind.FEES), fee))
-    ledger_post(business_key=f"settle:{job.pk}", kind=TransactionKind.SETTLE, legs=legs, job=job, memo="Job settled")
-    payment.status = PaymentStatus.RELEASED
-    payment.amount_paid, payment.amount_refunded = charge, refund
-    payment.settled_at = timezone.now()
-    payment.save(update_fields=["status", "amount_paid", "amount_refunded", "settled_at", "updated_at"])
-    return payment
+def escrows_settle(*, charges: list[tuple], payee) -> list[tuple]:
+    """Pay for completed jobs from their escrow (``settle:<job>`` each): every ``(job, charge)``
+    split between the miner's owner ``payee`` and the platform fee, the rest back to the client.
+    Returns ``(job, payment)`` for the escrows it settled.
+
+    All the wallets a batch touches are locked first, in one order, so concurrent batches
+    never deadlock on one another's wallets.
+    """
+    payments = {
+        payment.job_id: payment
+        for payment in Payment.objects.select_for_update()
+        .filter(job__in=[job.pk for job, _ in charges], status=PaymentStatus.ESCROWED)
+        .order_by("pk")
+    }
+    if not payments:
+        return []
+    payee_wallet, fees = wallet_open(user=payee), system_wallet(WalletKind.FEES)
+    involved = {payee_wallet.pk, fees.pk} | {w for p in payments.values() for w in (p.payer_id, p.escrow_id)}
+    wallets = {w.pk: w for w in Wallet.objects.select_for_update().filter(pk__in=involved).order_by("pk")}
+    settled = []
+    now = timezone.now()
+    for job, charge in charges:
+        payment = payments.get(job.pk)
+        if payment is None:
+            continue
+        charge = max(Decimal(0), min(credits(charge), payment.amount))
+        fee = credits(charge * settings.PLATFORM_FEE_PERCENT / 100)
+        refund = payment.amount - charge
+        legs = [
+            (wallets[payment.escrow_id], -payment.amount),
+            (payee_wallet, charge - fee),
+            (wallets[payment.payer_id], refund),
+            (fees, fee),
+        ]
+        ledger_post(
+            business_key=f"settle:{job.pk}", kind=TransactionKind.SETTLE, legs=legs, job=job, memo="Job settled"
+        )
+        payment.status = PaymentStatus.RELEASED
+        payment.amount_paid, payment.amount_refunded, payment.settled_at = charge, refund, now
+        payment.save(update_fields=["status", "amount_paid", "amount_refunded", "settled_at", "updated_at"])
+        settled.append((job, payment))
+    return settled
 
 
 def escrow_refund(*, job, reason: str) -> Payment | None:

@@ -6,12 +6,12 @@ from accounts.services import api_key_authenticate, user_session_authenticate
 def raw_key_from_headers(headers) -> str | None:
     """The API key from ``X-Api-Key`` or ``Authorization: Bearer``, if either is present."""
     key = headers.get("X-Api-Key")
-    if key:
-        return key.strip()
-    scheme, _, credentials = (headers.get("Authorization") or "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
-        return credentials.strip()
-    return None
+    if not key:
+        scheme, _, credentials = (headers.get("Authorization") or "").partition(" ")
+        key = credentials if scheme.lower() == "bearer" else None
+    key = (key or "").strip()
+    # A NUL can't be part of any key, and the database refuses to compare with one.
+    return key if key and "\x00" not in key else None
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

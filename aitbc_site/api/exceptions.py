@@ -1,6 +1,7 @@
 """The error format: DRF's ``{"detail": ...}`` plus a machine-readable ``error_code``."""
 
 from django.core.exceptions import PermissionDenied
+from django.db import DataError
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
@@ -31,6 +32,9 @@ def _error_code(exc: Exception) -> str:
 
 
 def api_exception_handler(exc, context):
+    if isinstance(exc, (DataError, OverflowError)):
+        # A value the database cannot hold (NUL in a path, a huge offset): bad input, not a fault.
+        exc = exceptions.ValidationError({"non_field_errors": ["A value in the request is out of range or invalid."]})
     if isinstance(exc, ServiceError):
         body = {"detail": exc.detail, "error_code": exc.code}
         if exc.errors:

@@ -16,7 +16,10 @@ class StrictJSONParser(JSONParser):
     """JSON bodies, refusing NUL characters, which PostgreSQL cannot store in text or jsonb."""
 
     def parse(self, stream, media_type=None, parser_context=None):
-        data = super().parse(stream, media_type, parser_context)
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON nested too deeply.") from None
         if contains_nul(data):
             raise ParseError("JSON strings may not contain NUL (\\u0000) characters.")
         return data

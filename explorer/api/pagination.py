@@ -11,6 +11,11 @@ class NextOffsetPagination(LimitOffsetPagination):
 
     default_limit = 50
     max_limit = 500
+    # Past any real chain, and small enough for every database's integers.
+    max_offset = 10**12
+
+    def get_offset(self, request):
+        return min(super().get_offset(request), self.max_offset)
 
     def paginate_queryset(self, queryset, request, view=None):
         self.request = request

@@ -308,3 +308,31 @@ def test_ping_is_answered_with_pong_and_other_messages_are_ignored(client_api, j
 
     assert reply == {"type": "pong"}
     assert nothing_more
+
+
+def connects_through_the_production_stack(job_id, headers) -> bool:
+    from aitbc_site.routing import websocket_application
+
+    async def scenario():
+        socket = WebsocketCommunicator(
+            websocket_application(),
+            f"/ws/jobs/{job_id}/",
+            headers=[(name.lower().encode(), value.encode()) for name, value in headers.items()],
+        )
+        connected, _ = await socket.connect()
+        await socket.disconnect()
+        return connected
+
+    return async_to_sync(scenario)()
+
+
+def test_a_program_without_an_origin_connects_with_its_key(client_api, job_id):
+    assert connects_through_the_production_stack(job_id, {"X-Api-Key": client_api.raw_key})
+
+
+def test_a_browser_page_from_another_site_is_refused(client_api, job_id, settings):
+    settings.ALLOWED_HOSTS = ["coordinator.example.com"]
+    headers = {"X-Api-Key": client_api.raw_key, "Origin": "https://evil.example.net"}
+    assert not connects_through_the_production_stack(job_id, headers)
+    headers["Origin"] = "https://coordinator.example.com"
+    assert connects_through_the_production_stack(job_id, headers)

@@ -203,3 +203,19 @@ def test_refund_action_leaves_active_jobs_and_settled_payments_alone(admin_clien
     assert "Refunded 0 payment(s)." in shown
     assert any(queued.payment_id in message and "cancel" in message for message in shown)
     assert Payment.objects.get(pk=queued.payment.pk).status == PaymentStatus.ESCROWED
+
+
+def test_staff_who_may_only_view_the_ledger_cannot_mint(client, alice_wallet):
+    from django.contrib.auth.models import Permission
+
+    viewer = user_get_or_create(username="viewer")
+    viewer.is_staff = True
+    viewer.set_password("pw")
+    viewer.save()
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_wallet", "view_ledgertransaction"]))
+    client.force_login(viewer)
+    page = client.get(WALLETS)
+    assert page.status_code == 200
+    assert b'value="credit"' not in page.content
+    credit(client, [alice_wallet])
+    assert not LedgerTransaction.objects.filter(kind=TransactionKind.MINT).exists()

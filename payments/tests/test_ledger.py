@@ -123,8 +123,37 @@ def test_a_catalog_job_is_charged_for_the_tokens_it_used(alice, settings):
         job_id=job.pk, miner=rig, result={"text": "ok", "usage": {"prompt_tokens": 50, "completion_tokens": 200}}
     )
     job.refresh_from_db()
-    assert job.amount_charged == Decimal("0.5")  # 250 tokens used
-    assert balance(alice) == Decimal("99.5")
+    assert job.amount_charged == Decimal("0.4")  # 200 tokens generated, of the 1,000 held for
+    assert balance(alice) == Decimal("99.6")
+    assert_conserved()
+
+
+def test_a_payment_amount_below_the_catalog_price_is_422(alice):
+    from aitbc_site.errors import Invalid
+
+    payload = {"type": "inference", "prompt": "x", "params": {"max_tokens": 1000}}
+    with pytest.raises(Invalid) as raised:
+        job_submit(client=alice, model="smollm2-135m", payload=payload, payment_amount=Decimal("0"))
+    assert raised.value.code == "INSUFFICIENT_PAYMENT"
+
+
+def test_max_tokens_at_the_payloads_top_level_is_priced_and_limited_like_params(alice):
+    from aitbc_site.errors import Invalid
+
+    top_level = {"type": "inference", "prompt": "x", "max_tokens": 1000, "params": {"temperature": 0}}
+    job = job_submit(client=alice, model="smollm2-135m", payload=top_level).job
+    assert job.price == Decimal("0.002")  # 1,000 tokens at 0.002 per 1k
+    with pytest.raises(Invalid):
+        job_submit(client=alice, model="smollm2-135m", payload={**top_level, "max_tokens": 100_000})
+
+
+def test_a_negative_usage_report_cannot_turn_a_charge_around(alice, miner):
+    job = submit(alice, "10")
+    job_claim(miner=miner)
+    job_complete(job_id=job.pk, miner=miner, result={"text": "ok", "usage": {"total_tokens": -5_000_000}})
+    job.refresh_from_db()
+    assert job.usage.get("total_tokens") is None
+    assert job.amount_charged == Decimal("10")
     assert_conserved()
 
 

@@ -1,0 +1,83 @@
+from decimal import Decimal
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import UserCreationForm
+
+from inference.models import CatalogModel
+
+PROMPT_MAX_LENGTH = 20_000
+
+
+class SignUpForm(UserCreationForm):
+    class Meta(UserCreationForm.Meta):
+        model = get_user_model()
+        fields = ("username",)
+
+
+class ApiKeyCreateForm(forms.Form):
+    name = forms.CharField(
+        max_length=100,
+        required=False,
+        help_text="Something to recognise the key by, e.g. the program using it.",
+    )
+
+
+class JobSubmitForm(forms.Form):
+    """A job for a model of the catalog: a prompt to complete, or a text to embed."""
+
+    model = forms.ChoiceField()
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5}),
+        max_length=PROMPT_MAX_LENGTH,
+        strip=False,
+        help_text="The prompt to complete, or the text to embed for an embedding model.",
+    )
+    max_tokens = forms.IntegerField(min_value=1, required=False, help_text="Leave empty for the model's default.")
+    temperature = forms.FloatField(
+        min_value=0, max_value=2, initial=0.7, required=False, help_text="0 is greedy and deterministic."
+    )
+
+    def __init__(self, *args, catalog: list[CatalogModel], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.catalog = {entry.name: entry for entry in catalog}
+        self.fields["model"].choices = [(entry.name, _model_label(entry)) for entry in catalog]
+
+    def clean(self):
+        cleaned = super().clean()
+        entry = self.catalog.get(cleaned.get("model"))
+        max_tokens = cleaned.get("max_tokens")
+        if entry is not None and max_tokens is not None and max_tokens > entry.max_tokens:
+            self.add_error("max_tokens", f"{entry.name} produces at most {entry.max_tokens} tokens.")
+        return cleaned
+
+    def submission(self) -> dict:
+        """The keyword arguments of ``jobs.services.job_submit`` for this form (client aside)."""
+        entry = self.catalog[self.cleaned_data["model"]]
+        if not entry.generates_text:
+            payload = {"type": "embedding", "model": entry.name, "input": self.cleaned_data["prompt"]}
+            return {"model": entry.name, "job_type": "embedding", "payload": payload}
+        params = {}
+        if self.cleaned_data.get("max_tokens") is not None:
+            params["max_tokens"] = self.cleaned_data["max_tokens"]
+        if self.cleaned_data.get("temperature") is not None:
+            params["temperature"] = self.cleaned_data["temperature"]
+        payload = {"type": "inference", "model": entry.name, "prompt": self.cleaned_data["prompt"], "params": params}
+        return {"model": entry.name, "job_type": "inference", "payload": payload}
+
+
+def _model_label(entry: CatalogModel) -> str:
+    miners = f"{entry.online_miners} miner{'' if entry.online_miners == 1 else 's'} online"
+    return f"{entry.name} ({entry.get_task_display().lower()}, {miners})"
+
+
+class TopUpForm(forms.Form):
+    """Buy AITBC with Bitcoin: the BTC amount is quoted from the configured rate."""
+
+    aitbc_amount = forms.DecimalField(
+        label="AITBC to buy", min_value=Decimal("0.00000001"), max_digits=18, decimal_places=8
+    )
+
+    def btc_amount(self) -> Decimal:
+        return (self.cleaned_data["aitbc_amount"] / settings.BTC_TO_AITBC_RATE).quantize(Decimal("0.00000001"))

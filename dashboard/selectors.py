@@ -1,0 +1,133 @@
+"""Reads the pages need beyond the other apps' selectors: each list in a fixed number of queries."""
+
+import statistics
+from datetime import timedelta
+from decimal import Decimal
+
+from django.db.models import Count, DecimalField, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce
+from django.utils import timezone
+
+from explorer.models import Receipt
+from jobs.models import Job, JobStatus
+from miners.models import Miner, MinerStatus, ServedModel
+from miners.selectors import miner_counts
+from payments.models import ExchangePayment, LedgerEntry, TransactionKind
+
+THROUGHPUT_WINDOW = timedelta(hours=1)
+NETWORK_WINDOW = timedelta(minutes=5)
+NETWORK_SAMPLE = 500
+
+
+def jobs_of_client(*, user) -> QuerySet[Job]:
+    """The user's jobs, newest first, with what the list shows (the miner)."""
+    return Job.objects.filter(client=user).select_related("miner").order_by("-created_at", "-id")
+
+
+def job_of_client(*, user, job_id) -> Job | None:
+    return jobs_of_client(user=user).filter(pk=job_id).first()
+
+
+def latest_receipt_of_job(*, job: Job) -> Receipt | None:
+    return (
+        Receipt.objects.filter(job=job).prefetch_related("attestations").order_by("-created_at", "-receipt_id").first()
+    )
+
+
+def exchange_payments_of(*, user) -> QuerySet[ExchangePayment]:
+    return ExchangePayment.objects.filter(user=user).order_by("-created_at", "-id")
+
+
+def _units():
+    # The same count as miners.selectors.miner_work_summary: units reported, else total tokens.
+    return Coalesce(Cast(KT("usage__units"), IntegerField()), Cast(KT("usage__total_tokens"), IntegerField()), Value(0))
+
+
+def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
+    """Online miners with their models and, in subqueries of the same statement, what
+    ``miner_work_summary`` reports for one miner: jobs completed and running, units served,
+    earnings; plus units served in the last hour (throughput)."""
+    since = (now or timezone.now()) - THROUGHPUT_WINDOW
+    completed = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED).order_by().values("miner")
+    running = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.RUNNING).order_by().values("miner")
+    earned = (
+        LedgerEntry.objects.filter(
+            transaction__kind=TransactionKind.SETTLE,
+            transaction__job__miner=OuterRef("pk"),
+            wallet__user=OuterRef("owner_id"),
+        )
+        .order_by()
+        .values("wallet__user")
+        .annotate(total=Sum("amount"))
+        .values("total")
+    )
+    money = DecimalField(max_digits=24, decimal_places=8)
+    return (
+        Miner.objects.filter(status=MinerStatus.ONLINE)
+        .select_related("owner")
+        .prefetch_related(Prefetch("served_models", queryset=ServedModel.objects.order_by("name")))
+        .annotate(
+            jobs_completed=Coalesce(Subquery(completed.annotate(n=Count("id")).values("n"), IntegerField()), 0),
+            jobs_running=Coalesce(Subquery(running.annotate(n=Count("id")).values("n"), IntegerField()), 0),
+            units_served=Coalesce(Subquery(completed.annotate(n=Sum(_units())).values("n"), IntegerField()), 0),
+            units_last_hour=Coalesce(
+                Subquery(
+                    completed.filter(completed_at__gte=since).annotate(n=Sum(_units())).values("n"), IntegerField()
+                ),
+                0,
+            ),
+            earned=Coalesce(Subquery(earned, money), Value(Decimal(0)), output_field=money),
+        )
+        .order_by("miner_id")
+    )
+
+
+def network_snapshot(*, now=None) -> dict:
+    """The figures of a ``network.stats`` event, read now: the page shows them before its socket connects.
+
+    Rates are over the last five minutes; medians over at most the last 500 jobs of that window.
+    """
+    now = now or timezone.now()
+    since = now - NETWORK_WINDOW
+    window_seconds = NETWORK_WINDOW.total_seconds()
+    depth = Job.objects.filter(status=JobStatus.QUEUED).values_list("model").annotate(n=Count("id")).order_by("model")
+    started = list(
+        Job.objects.filter(started_at__gte=since)
+        .order_by("-started_at")
+        .values_list("created_at", "started_at")[:NETWORK_SAMPLE]
+    )
+    finished = list(
+        Job.objects.filter(status=JobStatus.COMPLETED, completed_at__gte=since, started_at__isnull=False)
+        .order_by("-completed_at")
+        .values_list("started_at", "completed_at", "usage")[:NETWORK_SAMPLE]
+    )
+    completed_in_window = Job.objects.filter(status=JobStatus.COMPLETED, completed_at__gte=since).count()
+    tokens = sum(_completion_tokens(usage) for _, _, usage in finished)
+    return {
+        "jobs_per_minute": round(completed_in_window / (window_seconds / 60), 2),
+        "queue_depth": dict(depth),
+        "median_wait_seconds": _median_seconds(started),
+        "median_run_seconds": _median_seconds([(start, end) for start, end, _ in finished]),
+        "tokens_per_second": round(tokens / window_seconds, 2),
+        "miners_online": miner_counts()[MinerStatus.ONLINE],
+    }
+
+
+def _median_seconds(spans) -> float | None:
+    durations = [(end - start).total_seconds() for start, end in spans if start and end]
+    return round(statistics.median(durations), 2) if durations else None
+
+
+def _completion_tokens(usage) -> int:
+    value = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return value if isinstance(value, int) else 0
+
+
+def job_counts_of_client(*, user) -> dict[str, int]:
+    counts = Job.objects.filter(client=user).aggregate(
+        total=Count("id"),
+        active=Count("id", filter=Q(status__in=JobStatus.ACTIVE)),
+        completed=Count("id", filter=Q(status=JobStatus.COMPLETED)),
+    )
+    return counts

@@ -1,0 +1,104 @@
+// The network page: the server-rendered snapshot, then live ``network.stats`` events from
+// ws/dashboard/, drawn as inline SVG sparklines and bars. Without a socket the snapshot stays.
+(function () {
+  "use strict";
+  var root = document.getElementById("network");
+  if (!root) return;
+  var SVG = "http://www.w3.org/2000/svg";
+  var SERIES = ["jobs_per_minute", "tokens_per_second", "median_wait_seconds", "median_run_seconds", "miners_online"];
+  var HISTORY = 60;
+  var history = {};
+  var status = document.getElementById("network-live");
+  SERIES.forEach(function (name) { history[name] = []; });
+
+  function sparkline(name) {
+    var svg = document.getElementById("spark-" + name);
+    var points = history[name];
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    if (points.length < 2) return;
+    var max = Math.max.apply(null, points.concat([1]));
+    var step = 200 / (HISTORY - 1);
+    var offset = (HISTORY - points.length) * step;
+    var path = points.map(function (value, i) {
+      return (i ? "L" : "M") + (offset + i * step).toFixed(1) + " " + (38 - (value / max) * 36).toFixed(1);
+    }).join(" ");
+    var line = document.createElementNS(SVG, "path");
+    line.setAttribute("d", path);
+    line.setAttribute("class", "spark-line");
+    svg.appendChild(line);
+  }
+
+  function queueBars(depths) {
+    var chart = document.getElementById("queue-chart");
+    var models = Object.keys(depths || {}).sort();
+    chart.textContent = "";
+    if (!models.length) {
+      var empty = document.createElement("p");
+      empty.className = "muted";
+      empty.textContent = "No job is waiting.";
+      chart.appendChild(empty);
+      return;
+    }
+    var max = Math.max.apply(null, models.map(function (m) { return depths[m]; }).concat([1]));
+    var rowHeight = 24;
+    var svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 400 " + models.length * rowHeight);
+    svg.setAttribute("class", "bars-chart");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", models.map(function (m) { return m + ": " + depths[m] + " queued"; }).join(", "));
+    models.forEach(function (model, i) {
+      var y = i * rowHeight;
+      var label = document.createElementNS(SVG, "text");
+      label.setAttribute("x", 0);
+      label.setAttribute("y", y + 16);
+      label.textContent = model;
+      var bar = document.createElementNS(SVG, "rect");
+      bar.setAttribute("x", 140);
+      bar.setAttribute("y", y + 4);
+      bar.setAttribute("height", 16);
+      bar.setAttribute("width", Math.max(2, (depths[model] / max) * 220));
+      bar.setAttribute("class", "bar");
+      var value = document.createElementNS(SVG, "text");
+      value.setAttribute("x", 140 + Math.max(2, (depths[model] / max) * 220) + 6);
+      value.setAttribute("y", y + 16);
+      value.textContent = depths[model];
+      svg.appendChild(label);
+      svg.appendChild(bar);
+      svg.appendChild(value);
+    });
+    chart.appendChild(svg);
+  }
+
+  function show(stats) {
+    SERIES.forEach(function (name) {
+      var value = stats[name];
+      var element = document.getElementById("stat-" + name);
+      element.textContent = value === null || value === undefined ? "—" : value;
+      if (typeof value === "number") {
+        history[name].push(value);
+        if (history[name].length > HISTORY) history[name].shift();
+      }
+      sparkline(name);
+    });
+    queueBars(stats.queue_depth);
+  }
+
+  show(JSON.parse(document.getElementById("network-snapshot").textContent));
+
+  var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+  var socket;
+  try {
+    socket = new WebSocket(scheme + window.location.host + root.dataset.socketPath);
+  } catch (error) {
+    return;
+  }
+  socket.addEventListener("open", function () { status.textContent = "Live."; });
+  socket.addEventListener("message", function (message) {
+    var event;
+    try { event = JSON.parse(message.data); } catch (error) { return; }
+    if (event.type === "dashboard.event" && event.kind === "network.stats" && event.data) show(event.data);
+  });
+  socket.addEventListener("close", function () {
+    status.textContent = "Live updates are off; figures as of the last update.";
+  });
+})();

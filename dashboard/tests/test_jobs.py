@@ -1,0 +1,110 @@
+import json
+import uuid
+from decimal import Decimal
+
+from jobs.models import Job, JobStatus
+
+
+def test_submitting_a_prompt_queues_a_job_for_the_catalog_model_and_opens_its_page(browser, alice):
+    response = browser.post(
+        "/jobs/", {"model": "smollm2-135m", "prompt": "Say hi", "max_tokens": "20", "temperature": "0"}
+    )
+    job = Job.objects.get(client=alice)
+    assert response.status_code == 302
+    assert response["Location"] == f"/jobs/{job.pk}/"
+    assert job.status == JobStatus.QUEUED
+    assert job.payload == {
+        "type": "inference",
+        "model": "smollm2-135m",
+        "prompt": "Say hi",
+        "params": {"max_tokens": 20, "temperature": 0.0},
+    }
+    assert job.price == Decimal("0.00004000"), "0.002 per 1k tokens × 20 tokens, held in escrow"
+
+
+def test_submitting_to_an_embedding_model_sends_the_text_as_input(browser, alice):
+    browser.post("/jobs/", {"model": "minilm-l6", "prompt": "embed me"})
+    job = Job.objects.get(client=alice)
+    assert (job.type, job.payload) == ("embedding", {"type": "embedding", "model": "minilm-l6", "input": "embed me"})
+
+
+def test_max_tokens_above_the_models_limit_is_refused_without_a_job(browser, alice):
+    response = browser.post("/jobs/", {"model": "smollm2-135m", "prompt": "hi", "max_tokens": "999999"})
+    assert response.status_code == 200
+    assert response.context["form"].errors["max_tokens"]
+    assert not Job.objects.exists()
+
+
+def test_a_model_outside_the_catalog_cannot_be_picked(browser):
+    response = browser.post("/jobs/", {"model": "not-a-model", "prompt": "hi"})
+    assert response.context["form"].errors["model"]
+    assert not Job.objects.exists()
+
+
+def test_a_job_the_wallet_cannot_pay_for_shows_the_services_reason(browser, settings):
+    settings.AITBC_WELCOME_CREDITS = Decimal(0)
+    response = browser.post("/jobs/", {"model": "smollm2-135m", "prompt": "hi", "max_tokens": "100"})
+    assert response.status_code == 200
+    assert response.context["form"].non_field_errors()
+    assert not Job.objects.exists()
+
+
+def test_job_list_shows_my_jobs_newest_first(browser, alice, bob, queued_job):
+    first, second = queued_job(alice, "one"), queued_job(alice, "two")
+    queued_job(bob, "not mine")
+    response = browser.get("/jobs/")
+    assert list(response.context["page"].object_list) == [second, first]
+    assert [m for m, _ in response.context["form"].fields["model"].choices] == ["minilm-l6", "smollm2-135m"]
+
+
+def test_job_list_is_paginated(browser, alice, queued_job):
+    jobs = [queued_job(alice, f"prompt {i}") for i in range(23)]
+    second_page = browser.get("/jobs/?page=2")
+    assert list(second_page.context["page"].object_list) == jobs[:3][::-1]
+
+
+def test_job_list_reads_a_fixed_number_of_queries(browser, alice, finished_job, django_assert_max_num_queries):
+    for i in range(12):
+        finished_job(alice, f"answer {i}")
+    with django_assert_max_num_queries(8):
+        response = browser.get("/jobs/")
+    assert len(response.context["page"].object_list) == 12
+
+
+def test_job_page_shows_result_usage_payment_and_receipt(browser, alice, finished_job):
+    job = finished_job(alice, "The capital of France is Paris.")
+    response = browser.get(f"/jobs/{job.pk}/")
+    content = response.content.decode()
+    assert response.status_code == 200
+    assert "The capital of France is Paris." in content
+    assert job.payment_status == "released"
+    assert "released" in content
+    assert f"{job.amount_charged} AITBC" in content
+    receipt = response.context["receipt"]
+    assert receipt["job_id"] == str(job.pk)
+    assert json.loads(response.context["receipt_pretty"]) == receipt
+    assert 'id="verify-button"' in content
+    assert 'data-verify-url="/v1/receipts/verify"' in content
+    assert "data-socket-path" not in content, "a finished job has nothing more to stream"
+
+
+def test_job_page_of_a_running_job_follows_its_socket(browser, alice, queued_job):
+    job = queued_job(alice)
+    content = browser.get(f"/jobs/{job.pk}/").content.decode()
+    assert f'data-socket-path="/ws/jobs/{job.pk}/"' in content
+    assert 'aria-live="polite"' in content
+
+
+def test_another_users_job_is_not_found(browser, bob, queued_job):
+    job = queued_job(bob)
+    assert browser.get(f"/jobs/{job.pk}/").status_code == 404
+    assert browser.get(f"/jobs/{uuid.uuid4()}/").status_code == 404
+
+
+def test_the_receipt_shown_verifies_through_the_api(browser, alice, finished_job):
+    job = finished_job(alice)
+    receipt = browser.get(f"/jobs/{job.pk}/").context["receipt"]
+    answer = browser.post("/v1/receipts/verify", receipt, content_type="application/json")
+    assert answer.json() == {"valid": True}
+    tampered = {**receipt, "units": 1_000_000}
+    assert browser.post("/v1/receipts/verify", tampered, content_type="application/json").json()["valid"] is False

@@ -1,0 +1,229 @@
+"""The live network feed of ``ws/dashboard/``: jobs submitted and finished, miners coming and
+going, blocks sealed, and periodic network figures.
+
+The feed is shared by every signed-in user, so its events carry only what anyone may see: ids,
+models, statuses, block headers — never a payload, prompt or result.
+
+Publishing is cheap because submit and complete run thousands of times a second: the publish
+functions build events from the objects in hand (no queries), append them to this process's
+buffer and return. The buffer is flushed as one ``group_send`` at most every
+``FLUSH_INTERVAL_SECONDS`` — at once when the feed has been quiet, so a lone event is not
+delayed — on the long-lived loop ``jobs.events`` publishes on. At most ``MAX_EVENTS_PER_FLUSH``
+go out per flush; the oldest of a larger burst are dropped (a browser cannot show more, and
+``network.stats`` still counts every job). Like ``jobs.events`` it is best effort: a channel
+layer that is down is logged, never raised.
+"""
+
+import asyncio
+import logging
+import os
+import statistics
+import threading
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from channels.layers import get_channel_layer
+from django.db import connection
+from django.db.models import Aggregate, Count, FloatField, IntegerField, Sum
+from django.db.models.expressions import RawSQL
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
+from django.utils import timezone
+
+from jobs.events import PUBLISH_TIMEOUT_SECONDS, _publishing_loop
+from jobs.models import Job, JobStatus
+from jobs.selectors import queue_depth_by_model
+from miners.selectors import miner_counts
+
+logger = logging.getLogger(__name__)
+
+DASHBOARD_GROUP = "dashboard"
+DASHBOARD_EVENT = "dashboard.event"
+# A channel-layer message carrying several feed events; consumers send each as its own frame.
+DASHBOARD_BATCH = "dashboard.batch"
+
+JOB_SUBMITTED = "job.submitted"
+JOB_FINISHED = "job.finished"
+MINER_ONLINE = "miner.online"
+MINER_OFFLINE = "miner.offline"
+BLOCK_SEALED = "block.sealed"
+NETWORK_STATS = "network.stats"
+
+FLUSH_INTERVAL_SECONDS = 0.05
+MAX_EVENTS_PER_FLUSH = 500
+STATS_WINDOW = timedelta(minutes=5)
+# Finished jobs are found through the (status, created_at) index: a job that finishes more than
+# this long after its submission is left out of the figures.
+STATS_LOOKBACK = timedelta(hours=1)
+
+
+def dashboard_event(kind: str, data: dict) -> dict:
+    return {"type": DASHBOARD_EVENT, "kind": kind, "data": data}
+
+
+def job_event(kind: str, job: Job) -> dict:
+    return dashboard_event(kind, {"job_id": str(job.pk), "model": job.model, "status": job.status})
+
+
+def publish_jobs_submitted(jobs: Iterable[Job]) -> None:
+    """Announce newly queued jobs. Never raises."""
+    _post_built(lambda: [job_event(JOB_SUBMITTED, job) for job in jobs])
+
+
+def publish_jobs_finished(jobs: Iterable[Job]) -> None:
+    """Announce those of ``jobs`` that are terminal (others are passed over). Never raises."""
+    _post_built(lambda: [job_event(JOB_FINISHED, job) for job in jobs if job.status in JobStatus.TERMINAL])
+
+
+def publish_miner_online(miner, *, models: Iterable[str]) -> None:
+    _post_built(lambda: [dashboard_event(MINER_ONLINE, {"miner_id": miner.miner_id, "models": sorted(models)})])
+
+
+def publish_miners_offline(miners: Iterable) -> None:
+    """Announce miners gone offline or deregistered, with the models they served (one query)."""
+
+    def build():
+        from miners.models import ServedModel
+
+        miners_by_pk = {miner.pk: miner for miner in miners}
+        served: dict[int, list[str]] = {pk: [] for pk in miners_by_pk}
+        for miner_pk, name in ServedModel.objects.filter(miner__in=list(miners_by_pk)).values_list("miner", "name"):
+            served[miner_pk].append(name)
+        return [
+            dashboard_event(MINER_OFFLINE, {"miner_id": miner.miner_id, "models": sorted(served[pk])})
+            for pk, miner in miners_by_pk.items()
+        ]
+
+    _post_built(build)
+
+
+def publish_blocks_sealed(blocks: Iterable) -> None:
+    _post_built(
+        lambda: [
+            dashboard_event(BLOCK_SEALED, {"height": block.height, "hash": block.hash, "tx_count": block.tx_count})
+            for block in blocks
+        ]
+    )
+
+
+def network_stats(*, now: datetime | None = None) -> dict:
+    """The network over the last ``STATS_WINDOW``: completed jobs per minute, their median wait
+    (submission → last claim) and run time, generated tokens per second, the queue by model and
+    the miners online. Three queries."""
+    now = now or timezone.now()
+    since = now - STATS_WINDOW
+    finished = Job.objects.filter(
+        status=JobStatus.COMPLETED, created_at__gte=since - STATS_LOOKBACK, completed_at__gte=since
+    )
+    figures = {"count": Count("id"), "tokens": Sum(Cast(KT("usage__completion_tokens"), IntegerField()), default=0)}
+    if connection.vendor == "postgresql":
+        figures["wait"] = _Median(RawSQL("EXTRACT(EPOCH FROM started_at - created_at)", ()))
+        figures["run"] = _Median(RawSQL("EXTRACT(EPOCH FROM completed_at - started_at)", ()))
+    totals = finished.aggregate(**figures)
+    if connection.vendor != "postgresql":
+        # SQLite (development) has no percentile function; its windows hold few jobs.
+        rows = list(finished.values_list("created_at", "started_at", "completed_at"))
+        totals["wait"] = _median([(started - created).total_seconds() for created, started, _ in rows if started])
+        totals["run"] = _median([(completed - started).total_seconds() for _, started, completed in rows if started])
+    queue_depth: dict[str, int] = {}
+    for row in queue_depth_by_model():
+        queue_depth[row["model"]] = queue_depth.get(row["model"], 0) + row["depth"]
+    window = STATS_WINDOW.total_seconds()
+    return {
+        "jobs_per_minute": round(totals["count"] * 60 / window, 2),
+        "queue_depth": queue_depth,
+        "median_wait_seconds": _rounded(totals["wait"]),
+        "median_run_seconds": _rounded(totals["run"]),
+        "tokens_per_second": round(totals["tokens"] / window, 2),
+        "miners_online": miner_counts()["online"],
+    }
+
+
+def network_stats_event(stats: dict) -> dict:
+    return dashboard_event(NETWORK_STATS, stats)
+
+
+class _Median(Aggregate):
+    function = "percentile_cont"
+    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _rounded(seconds) -> float | None:
+    return None if seconds is None else round(float(seconds), 3)
+
+
+# --- Delivery ----------------------------------------------------------------------------
+
+_pending: list[dict] = []
+_pending_lock = threading.Lock()
+# The loop a flush is scheduled on, if any: a flush lost with its loop (a test's, a stopped
+# server's) must not keep later events waiting.
+_flush_loop: asyncio.AbstractEventLoop | None = None
+_last_flush = 0.0
+_background_tasks: set[asyncio.Task] = set()
+
+
+def _reset_after_fork() -> None:
+    global _flush_loop, _last_flush
+    _pending.clear()
+    _flush_loop, _last_flush = None, 0.0
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _post_built(build) -> None:
+    try:
+        _post(build())
+    except Exception as error:
+        logger.warning("dashboard events not published: %r", error)
+
+
+def _post(events: list[dict]) -> None:
+    """Queue ``events`` for the next flush, scheduling one if none is."""
+    global _flush_loop
+    if not events:
+        return
+    with _pending_lock:
+        _pending.extend(events)
+        if _flush_loop is not None and _flush_loop.is_running():
+            return
+        loop = _flush_loop = _publishing_loop()
+    loop.call_soon_threadsafe(_schedule_flush, loop)
+
+
+def _schedule_flush(loop: asyncio.AbstractEventLoop) -> None:
+    delay = max(0.0, _last_flush + FLUSH_INTERVAL_SECONDS - time.monotonic())
+    loop.call_later(delay, _start_flush, loop)
+
+
+def _start_flush(loop: asyncio.AbstractEventLoop) -> None:
+    global _flush_loop, _last_flush
+    with _pending_lock:
+        events = _pending[-MAX_EVENTS_PER_FLUSH:]
+        dropped = len(_pending) - len(events)
+        _pending.clear()
+        _flush_loop = None
+        _last_flush = time.monotonic()
+    if dropped:
+        logger.info("dashboard feed: %d event(s) of a burst dropped", dropped)
+    task = loop.create_task(_send(events))
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+async def _send(events: list[dict]) -> None:
+    try:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        message = events[0] if len(events) == 1 else {"type": DASHBOARD_BATCH, "events": events}
+        await asyncio.wait_for(layer.group_send(DASHBOARD_GROUP, message), PUBLISH_TIMEOUT_SECONDS)
+    except Exception as error:
+        logger.warning("%d dashboard event(s) not published: %r", len(events), error)
