@@ -8,11 +8,12 @@ state change and its money move together or not at all.
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, DecimalField, F, Q, Value, When
 from django.utils import timezone
 from nacl.signing import SigningKey
 
@@ -29,6 +30,7 @@ from payments.models import (
 )
 
 CENT = Decimal("0.00000001")
+AMOUNT_FIELD = DecimalField(max_digits=24, decimal_places=8)
 
 
 def credits(value) -> Decimal:
@@ -84,6 +86,27 @@ def wallet_open(*, user, public_key: bytes | None = None) -> Wallet:
     return wallet
 
 
+@dataclass(frozen=True)
+class Posting:
+    """One balanced transaction to write: ``legs`` are ``(wallet, amount)``."""
+
+    business_key: str
+    kind: str
+    legs: list
+    job: object = None
+    memo: str = ""
+    actor: object = None
+
+    def amounts(self) -> dict[int, Decimal]:
+        amounts: dict[int, Decimal] = {}
+        for wallet, amount in self.legs:
+            amounts[wallet.pk] = amounts.get(wallet.pk, Decimal(0)) + credits(amount)
+        amounts = {pk: amount for pk, amount in amounts.items() if amount != 0}
+        if sum(amounts.values()) != 0:
+            raise ValueError(f"unbalanced ledger transaction {self.business_key}: {amounts}")
+        return amounts
+
+
 def ledger_post(
     *, business_key: str, kind: str, legs: list[tuple[Wallet, Decimal]], job=None, memo: str = "", actor=None
 ) -> LedgerTransaction:
@@ -91,22 +114,10 @@ def ledger_post(
 
     A leg that would take a wallet below zero fails the whole posting with 402 ``INSUFFICIENT_FUNDS``.
     """
-    amounts: dict[int, Decimal] = {}
-    for wallet, amount in legs:
-        amounts[wallet.pk] = amounts.get(wallet.pk, Decimal(0)) + credits(amount)
-    amounts = {pk: amount for pk, amount in amounts.items() if amount != 0}
-    if sum(amounts.values()) != 0:
-        raise ValueError(f"unbalanced ledger transaction {business_key}: {amounts}")
+    posting = Posting(business_key=business_key, kind=kind, legs=legs, job=job, memo=memo, actor=actor)
     try:
         with transaction.atomic():
-            posted = LedgerTransaction.objects.create(
-                business_key=business_key, kind=kind, job=job, memo=memo[:300], actor=actor
-            )
-            LedgerEntry.objects.bulk_create(
-                LedgerEntry(transaction=posted, wallet_id=pk, amount=amount) for pk, amount in amounts.items()
-            )
-            for pk in sorted(amounts):  # one lock order everywhere: no deadlocks between postings
-                Wallet.objects.filter(pk=pk).update(balance=F("balance") + amounts[pk])
+            return _write_postings([posting])[0]
     except IntegrityError as error:
         if "wallet_balance_non_negative" in str(error):
             raise PaymentRequired("Insufficient funds in the wallet.", code="INSUFFICIENT_FUNDS") from None
@@ -114,6 +125,32 @@ def ledger_post(
         if existing is None:
             raise
         return existing
+
+
+def _write_postings(postings: list[Posting], *, wallets_locked: bool = False) -> list[LedgerTransaction]:
+    """Write postings in a fixed number of statements, however many: their transactions, their
+    entries, and one update of every balance they move. The wallets are locked first in one
+    order (unless the caller did), so concurrent postings never deadlock."""
+    amounts = [posting.amounts() for posting in postings]
+    posted = LedgerTransaction.objects.bulk_create(
+        LedgerTransaction(business_key=p.business_key, kind=p.kind, job=p.job, memo=p.memo[:300], actor=p.actor)
+        for p in postings
+    )
+    LedgerEntry.objects.bulk_create(
+        LedgerEntry(transaction=tx, wallet_id=pk, amount=amount)
+        for tx, legs in zip(posted, amounts, strict=True)
+        for pk, amount in legs.items()
+    )
+    deltas: dict[int, Decimal] = {}
+    for legs in amounts:
+        for pk, amount in legs.items():
+            deltas[pk] = deltas.get(pk, Decimal(0)) + amount
+    deltas = {pk: delta for pk, delta in deltas.items() if delta != 0}
+    if deltas:
+        if not wallets_locked:
+            list(Wallet.objects.select_for_update().filter(pk__in=deltas).order_by("pk").values_list("pk"))
+        change = Case(*(When(pk=pk, then=Value(delta)) for pk, delta in deltas.items()), output_field=AMOUNT_FIELD)
+        Wallet.objects.filter(pk__in=deltas).update(balance=F("balance") + change)
     return posted
 
 
@@ -169,8 +206,8 @@ def escrows_settle(*, charges: list[tuple], payee) -> list[tuple]:
     split between the miner's owner ``payee`` and the platform fee, the rest back to the client.
     Returns ``(job, payment)`` for the escrows it settled.
 
-    All the wallets a batch touches are locked first, in one order, so concurrent batches
-    never deadlock on one another's wallets.
+    A batch costs the same few statements however many jobs it holds, and locks every wallet
+    it touches first, in one order, so concurrent batches never deadlock.
     """
     payments = {
         payment.job_id: payment
@@ -180,11 +217,17 @@ def escrows_settle(*, charges: list[tuple], payee) -> list[tuple]:
     }
     if not payments:
         return []
-    payee_wallet, fees = wallet_open(user=payee), system_wallet(WalletKind.FEES)
-    involved = {payee_wallet.pk, fees.pk} | {w for p in payments.values() for w in (p.payer_id, p.escrow_id)}
-    wallets = {w.pk: w for w in Wallet.objects.select_for_update().filter(pk__in=involved).order_by("pk")}
-    settled = []
+    involved = Q(pk__in={w for p in payments.values() for w in (p.payer_id, p.escrow_id)})
+    involved |= Q(user=payee) | Q(kind=WalletKind.FEES)
+    wallets = list(Wallet.objects.select_for_update().filter(involved).order_by("pk"))
+    payee_wallet = next((w for w in wallets if w.user_id == payee.pk), None)
+    fees = next((w for w in wallets if w.kind == WalletKind.FEES), None)
+    if payee_wallet is None or fees is None:  # the first settlement of this payee, or of all
+        wallet_open(user=payee)
+        system_wallet(WalletKind.FEES)
+        return escrows_settle(charges=charges, payee=payee)
     now = timezone.now()
+    postings, settled = [], []
     for job, charge in charges:
         payment = payments.get(job.pk)
         if payment is None:
@@ -193,18 +236,24 @@ def escrows_settle(*, charges: list[tuple], payee) -> list[tuple]:
         fee = credits(charge * settings.PLATFORM_FEE_PERCENT / 100)
         refund = payment.amount - charge
         legs = [
-            (wallets[payment.escrow_id], -payment.amount),
+            (Wallet(pk=payment.escrow_id), -payment.amount),
             (payee_wallet, charge - fee),
-            (wallets[payment.payer_id], refund),
+            (Wallet(pk=payment.payer_id), refund),
             (fees, fee),
         ]
-        ledger_post(
-            business_key=f"settle:{job.pk}", kind=TransactionKind.SETTLE, legs=legs, job=job, memo="Job settled"
+        postings.append(
+            Posting(
+                business_key=f"settle:{job.pk}", kind=TransactionKind.SETTLE, legs=legs, job=job, memo="Job settled"
+            )
         )
         payment.status = PaymentStatus.RELEASED
-        payment.amount_paid, payment.amount_refunded, payment.settled_at = charge, refund, now
-        payment.save(update_fields=["status", "amount_paid", "amount_refunded", "settled_at", "updated_at"])
+        payment.amount_paid, payment.amount_refunded = charge, refund
+        payment.settled_at = payment.updated_at = now
         settled.append((job, payment))
+    _write_postings(postings, wallets_locked=True)
+    Payment.objects.bulk_update(
+        [payment for _, payment in settled], ["status", "amount_paid", "amount_refunded", "settled_at", "updated_at"]
+    )
     return settled
 
 
