@@ -501,10 +501,9 @@ def _settle(jobs: list[Job], *, miner: Miner) -> None:
     charges = [(job, _charge(job)) for job in jobs if job.payment_id]
     if not charges:
         return
-    settled = escrows_settle(charges=charges, payee=miner.owner)
-    for job, payment in settled:
+    for job, payment in escrows_settle(charges=charges, payee=miner.owner):
         job.amount_charged, job.payment_status = payment.amount_paid, payment.status
-    Job.objects.bulk_update([job for job, _ in settled], ["amount_charged", "payment_status"])
+        Job.objects.filter(pk=job.pk).update(amount_charged=job.amount_charged, payment_status=job.payment_status)
 
 
 def _charge(job: Job) -> Decimal:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Case, DecimalField, F, Q, Value, When
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 from nacl.signing import SigningKey
 
@@ -30,7 +30,6 @@ from payments.models import (
 )
 
 CENT = Decimal("0.00000001")
-AMOUNT_FIELD = DecimalField(max_digits=24, decimal_places=8)
 
 
 def credits(value) -> Decimal:
@@ -149,9 +148,19 @@ def _write_postings(postings: list[Posting], *, wallets_locked: bool = False) ->
     if deltas:
         if not wallets_locked:
             list(Wallet.objects.select_for_update().filter(pk__in=deltas).order_by("pk").values_list("pk"))
-        change = Case(*(When(pk=pk, then=Value(delta)) for pk, delta in deltas.items()), output_field=AMOUNT_FIELD)
-        Wallet.objects.filter(pk__in=deltas).update(balance=F("balance") + change)
+        _move_balances(deltas)
     return posted
+
+
+def _move_balances(deltas: dict[int, Decimal]) -> None:
+    # Written out: the ORM's Case/When costs more Python than the statement costs the database.
+    cases = " ".join(["WHEN %s THEN %s"] * len(deltas))
+    ids = ", ".join(["%s"] * len(deltas))
+    params = [value for pk, delta in deltas.items() for value in (pk, delta)] + list(deltas)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE payments_wallet SET balance = balance + (CASE id {cases} END) WHERE id IN ({ids})", params
+        )
 
 
 def treasury_mint(*, wallet: Wallet, amount, actor=None, memo: str = "", business_key: str | None = None):
@@ -251,9 +260,11 @@ def escrows_settle(*, charges: list[tuple], payee) -> list[tuple]:
         payment.settled_at = payment.updated_at = now
         settled.append((job, payment))
     _write_postings(postings, wallets_locked=True)
-    Payment.objects.bulk_update(
-        [payment for _, payment in settled], ["status", "amount_paid", "amount_refunded", "settled_at", "updated_at"]
-    )
+    fields = ["status", "amount_paid", "amount_refunded", "settled_at", "updated_at"]
+    if len(settled) == 1:  # the common case (one result over HTTP): a plain UPDATE is far cheaper
+        settled[0][1].save(update_fields=fields)
+    else:
+        Payment.objects.bulk_update([payment for _, payment in settled], fields)
     return settled
 
 
