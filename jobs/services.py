@@ -501,9 +501,16 @@ def _settle(jobs: list[Job], *, miner: Miner) -> None:
     charges = [(job, _charge(job)) for job in jobs if job.payment_id]
     if not charges:
         return
-    for job, payment in escrows_settle(charges=charges, payee=miner.owner):
-        job.amount_charged, job.payment_status = payment.amount_paid, payment.status
-        Job.objects.filter(pk=job.pk).update(amount_charged=job.amount_charged, payment_status=job.payment_status)
+    paid = escrows_settle(charges=charges, payee=miner.owner)
+    settled = [job for job, _ in charges if job.pk in paid]
+    for job in settled:
+        job.amount_charged, job.payment_status = paid[job.pk], PaymentStatus.RELEASED
+    if settled and connection.vendor == "postgresql":
+        rows = [{"id": str(job.pk), "paid": str(job.amount_charged)} for job in settled]
+        with connection.cursor() as cursor:
+            cursor.execute(sql.MARK_SETTLED, {"paid": sql.jsonb_param(rows), "status": PaymentStatus.RELEASED})
+    else:
+        Job.objects.bulk_update(settled, ["amount_charged", "payment_status"])
 
 
 def _charge(job: Job) -> Decimal:

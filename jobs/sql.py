@@ -63,6 +63,14 @@ RETURNING {columns(Job, "j")}, u.username
 """
 
 
+# The payment mirror of jobs just settled (``payments`` settles; the job records what was paid).
+MARK_SETTLED = """
+UPDATE jobs_job j SET amount_charged = v.paid, payment_status = %(status)s
+FROM jsonb_to_recordset(%(paid)s::jsonb) AS v(id uuid, paid numeric)
+WHERE j.id = v.id
+"""
+
+
 def jsonb_param(value) -> str:
     return json.dumps(value, separators=(",", ":"))
 

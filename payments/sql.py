@@ -1,0 +1,74 @@
+"""Settlement as one statement on PostgreSQL: it runs with every paid completion.
+
+The portable path in ``payments.services`` does the same through the ORM (SQLite, the
+embedded store); this one saves a dozen round trips and the ORM's own cost.
+"""
+
+from payments.models import PaymentStatus, TransactionKind
+
+WALLETS_OF_SETTLEMENT = """
+SELECT (SELECT id FROM payments_wallet WHERE user_id = %(payee)s),
+       (SELECT id FROM payments_wallet WHERE kind = 'fees')
+"""
+
+# For each escrowed payment of the given jobs (locked): the charge capped by what was held, the
+# fee, a balanced ledger transaction (escrow → miner's owner, platform, client), the balances
+# moved once per wallet after locking every wallet in id order, and the payment updated.
+SETTLE = f"""
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(charges)s::jsonb) AS v(job_id uuid, charge numeric)
+),
+pay AS (
+    SELECT p.id, p.job_id, p.payer_id, p.escrow_id, p.amount, LEAST(GREATEST(i.charge, 0), p.amount) AS charge
+    FROM payments_payment p JOIN input i ON i.job_id = p.job_id
+    WHERE p.status = '{PaymentStatus.ESCROWED}'
+    ORDER BY p.id
+    FOR UPDATE OF p
+),
+split AS (
+    SELECT pay.*, round(pay.charge * %(fee_percent)s::numeric / 100, 8) AS fee FROM pay
+),
+locked AS (
+    SELECT w.id FROM payments_wallet w
+    WHERE w.id IN (SELECT payer_id FROM split UNION SELECT escrow_id FROM split)
+       OR w.id = %(payee_wallet)s OR w.id = %(fees_wallet)s
+    ORDER BY w.id
+    FOR UPDATE
+),
+tx AS (
+    INSERT INTO payments_ledgertransaction (business_key, kind, job_id, memo, created_at)
+    SELECT 'settle:' || split.job_id::text, '{TransactionKind.SETTLE}', split.job_id, 'Job settled', %(now)s
+    FROM split
+    RETURNING id, job_id
+),
+legs AS (
+    SELECT tx.id AS transaction_id, leg.wallet_id, leg.amount
+    FROM tx JOIN split ON split.job_id = tx.job_id
+    CROSS JOIN LATERAL (VALUES
+        (split.escrow_id, -split.amount),
+        (%(payee_wallet)s::bigint, split.charge - split.fee),
+        (split.payer_id, split.amount - split.charge),
+        (%(fees_wallet)s::bigint, split.fee)
+    ) AS leg(wallet_id, amount)
+    WHERE leg.amount <> 0
+),
+entries AS (
+    INSERT INTO payments_ledgerentry (transaction_id, wallet_id, amount)
+    SELECT transaction_id, wallet_id, amount FROM legs
+    RETURNING 1
+),
+moved AS (
+    UPDATE payments_wallet w SET balance = w.balance + d.delta
+    FROM (SELECT wallet_id, sum(amount) AS delta FROM legs GROUP BY wallet_id) d
+    WHERE w.id = d.wallet_id AND (SELECT count(*) FROM locked) > 0
+    RETURNING 1
+),
+paid AS (
+    UPDATE payments_payment p
+    SET status = '{PaymentStatus.RELEASED}', amount_paid = split.charge, amount_refunded = split.amount - split.charge,
+        settled_at = %(now)s, updated_at = %(now)s
+    FROM split WHERE p.id = split.id
+    RETURNING p.job_id, p.amount_paid
+)
+SELECT paid.job_id, paid.amount_paid, (SELECT count(*) FROM entries), (SELECT count(*) FROM moved) FROM paid
+"""
