@@ -100,15 +100,8 @@ class PaymentDetailView(PaymentMixin, generics.GenericAPIView):
         return Response(self.get_serializer(self.get_object()).data)
 
 
-class PaymentStatusView(PaymentMixin, generics.GenericAPIView):
-    @extend_schema(
-        summary="Get a payment's status",
-        description="The payment as GET /v1/payments/{payment_id} shows it; `status` is pending, escrowed, "
-        "released, refunded or failed.",
-        responses={200: PaymentViewSerializer, **ERRORS},
-    )
-    def get(self, request, payment_id):
-        return Response(self.get_serializer(self.get_object()).data)
+class PaymentStatusView(PaymentDetailView):
+    """``/status``: the payment as ``GET /v1/payments/{payment_id}`` shows it (clients poll this route)."""
 
 
 class PaymentReceiptView(PaymentMixin, generics.GenericAPIView):
