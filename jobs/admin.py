@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from aitbc_site.errors import ServiceError
 from jobs import services
 from jobs.models import Job, JobStatus
+from payments.models import PaymentStatus
 
 
 @admin.register(Job)
@@ -19,7 +20,14 @@ class JobAdmin(admin.ModelAdmin):
         "created_at",
         "completed_at",
     )
-    list_filter = ("status", "type", "priority", "model", ("created_at", admin.DateFieldListFilter))
+    list_filter = (
+        "status",
+        "type",
+        "priority",
+        "model",
+        ("miner", admin.RelatedOnlyFieldListFilter),
+        ("created_at", admin.DateFieldListFilter),
+    )
     search_fields = ("=id", "model", "client__username", "miner__miner_id", "idempotency_key")
     list_select_related = ("client", "miner")
     date_hierarchy = "created_at"
@@ -52,23 +60,26 @@ class JobAdmin(admin.ModelAdmin):
             lambda job: services.job_requeue(job_id=job.pk, reason=f"re-queued by {request.user}"),
         )
 
-    @admin.action(description="Cancel selected jobs")
+    @admin.action(description="Cancel selected jobs and refund their escrow")
     def cancel_jobs(self, request, queryset):
-        self._apply(
+        cancelled = self._apply(
             request,
             queryset.filter(status__in=JobStatus.ACTIVE),
             "cancelled",
             lambda job: services.job_cancel(job_id=job.pk),
         )
+        refunded = sum(job.payment_status == PaymentStatus.REFUNDED for job in cancelled)
+        self.message_user(request, f"{refunded} escrow(s) refunded.", messages.SUCCESS)
 
-    def _apply(self, request, queryset, verb: str, action) -> None:
-        done, failed = 0, []
+    def _apply(self, request, queryset, verb: str, action) -> list:
+        """Run ``action`` on each job; report how many it changed and why the others were not. Returns its results."""
+        done, failed = [], []
         for job in queryset:
             try:
-                action(job)
-                done += 1
+                done.append(action(job))
             except ServiceError as exc:
                 failed.append(f"{job.pk}: {exc.detail}")
-        self.message_user(request, f"{done} job(s) {verb}.", messages.SUCCESS)
+        self.message_user(request, f"{len(done)} job(s) {verb}.", messages.SUCCESS)
         if failed:
             self.message_user(request, "Not changed: " + "; ".join(failed), messages.WARNING)
+        return done

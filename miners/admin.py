@@ -1,9 +1,44 @@
+from decimal import Decimal
+
 from django.contrib import admin, messages
-from django.db.models import Count, Q
+from django.db.models import Count, DecimalField, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce
 
 from jobs.models import JobStatus
 from miners import services
 from miners.models import Miner, MinerStatus, ServedModel
+from payments.models import LedgerEntry, TransactionKind
+
+
+def _earnings_subquery() -> Subquery:
+    """AITBC paid to the miner's owner for its completed jobs, as ``miners.selectors.miner_earnings`` counts it."""
+    credits = (
+        LedgerEntry.objects.filter(
+            transaction__kind=TransactionKind.SETTLE,
+            transaction__job__miner=OuterRef("pk"),
+            wallet__user=OuterRef("owner_id"),
+        )
+        .order_by()
+        .values("transaction__job__miner")
+        .annotate(total=Sum("amount"))
+        .values("total")
+    )
+    return Subquery(credits, output_field=DecimalField(max_digits=24, decimal_places=8))
+
+
+class BannedFilter(admin.SimpleListFilter):
+    title = "banned"
+    parameter_name = "banned"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Yes"), ("no", "No"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(banned_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(banned_at__isnull=True)
+        return queryset
 
 
 class ServedModelInline(admin.TabularInline):
@@ -26,28 +61,42 @@ class MinerAdmin(admin.ModelAdmin):
         "gpu_name",
         "vram_gb",
         "region",
-        "running_jobs",
-        "max_concurrent_jobs",
         "last_heartbeat_at",
+        "load",
+        "jobs_completed",
+        "earnings",
+        "banned_at",
     )
-    list_filter = ("status", "draining", "region", "served_models__name")
+    list_filter = ("status", "draining", BannedFilter, "region", "served_models__name")
     search_fields = ("miner_id", "owner__username", "gpu_name", "served_models__name")
     list_select_related = ("owner",)
     inlines = [ServedModelInline]
-    actions = ["drain", "undrain", "take_offline"]
+    actions = ["drain", "undrain", "take_offline", "ban", "approve"]
     readonly_fields = [f.name for f in Miner._meta.fields if f.name != "draining"]
 
     def get_queryset(self, request):
         return (
             super()
             .get_queryset(request)
-            .annotate(running=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)))
+            .annotate(
+                running=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)),
+                completed=Count("jobs", filter=Q(jobs__status=JobStatus.COMPLETED)),
+                earned=Coalesce(_earnings_subquery(), Decimal(0)),
+            )
             .distinct()
         )
 
-    @admin.display(ordering="running", description="running")
-    def running_jobs(self, miner):
-        return miner.running
+    @admin.display(ordering="running", description="load")
+    def load(self, miner):
+        return f"{miner.running}/{miner.max_concurrent_jobs}"
+
+    @admin.display(ordering="completed", description="jobs completed")
+    def jobs_completed(self, miner):
+        return miner.completed
+
+    @admin.display(ordering="earned", description="earned (AITBC)")
+    def earnings(self, miner):
+        return miner.earned
 
     def has_add_permission(self, request):
         return False
@@ -72,3 +121,23 @@ class MinerAdmin(admin.ModelAdmin):
     def take_offline(self, request, queryset):
         released = sum(services.miner_take_offline(miner=miner) for miner in queryset.filter(status=MinerStatus.ONLINE))
         self.message_user(request, f"Miners taken offline; {released} job(s) returned to the queue.", messages.SUCCESS)
+
+    @admin.action(description="Ban: take offline, re-queue their jobs, refuse them until approved")
+    def ban(self, request, queryset):
+        banned = released = 0
+        for miner in queryset.filter(banned_at__isnull=True):
+            released += services.miner_ban(
+                miner=miner, reason=f"Banned by {request.user} from the admin.", actor=request.user
+            )
+            banned += 1
+        self.message_user(
+            request, f"{banned} miner(s) banned; {released} job(s) returned to the queue.", messages.SUCCESS
+        )
+
+    @admin.action(description="Approve: lift the ban of banned miners")
+    def approve(self, request, queryset):
+        approved = 0
+        for miner in queryset.filter(banned_at__isnull=False):
+            services.miner_unban(miner=miner, actor=request.user)
+            approved += 1
+        self.message_user(request, f"{approved} miner(s) approved.", messages.SUCCESS)

@@ -35,6 +35,14 @@ class Miner(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     session_token_hash = models.CharField(max_length=64, blank=True, editable=False)
 
+    banned_at = models.DateTimeField(
+        null=True, blank=True, help_text="A banned miner may not register, heartbeat or claim until unbanned."
+    )
+    banned_reason = models.CharField(max_length=300, blank=True)
+    banned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
     registered_at = models.DateTimeField(auto_now_add=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -45,6 +53,9 @@ class Miner(models.Model):
             models.CheckConstraint(condition=Q(status__in=MinerStatus.values), name="miner_status_valid"),
             models.CheckConstraint(condition=Q(max_concurrent_jobs__gte=1), name="miner_concurrency_positive"),
             models.CheckConstraint(condition=Q(vram_gb__gte=0), name="miner_vram_non_negative"),
+            models.CheckConstraint(
+                condition=Q(banned_at__isnull=True) | ~Q(status=MinerStatus.ONLINE), name="miner_banned_not_online"
+            ),
         ]
         indexes = [
             models.Index(fields=["last_heartbeat_at"], condition=Q(status="online"), name="miner_online_hb_idx"),

@@ -1,6 +1,7 @@
 """Miner registry: registration, heartbeats, capability changes, draining and going offline."""
 
 import hashlib
+import logging
 import secrets
 from datetime import timedelta
 from functools import partial
@@ -9,11 +10,13 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from aitbc_site.errors import Conflict, NotFound
+from aitbc_site.errors import Conflict, NotFound, ServiceError
 from jobs import feed
 from jobs.services import job_leases_extend, jobs_release_for_miner
 from miners.capabilities import Capabilities, cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
+
+logger = logging.getLogger(__name__)
 
 # Polling counts as a sign of life, recorded at most this often.
 LIVENESS_RESOLUTION = timedelta(seconds=10)
@@ -50,6 +53,8 @@ def miner_register(
                 miner = Miner(miner_id=miner_id, owner=owner)
             elif miner.owner_id != owner.pk:
                 raise Conflict("This miner_id belongs to another account.", code="MINER_ID_TAKEN")
+            elif miner.banned_at:
+                raise _banned(miner)
             _apply_capabilities(miner, capabilities)
             if public_key:
                 miner.public_key = public_key
@@ -85,11 +90,14 @@ def miner_heartbeat(
         fields["metadata"] = metadata
     with transaction.atomic():
         updated = (
-            Miner.objects.filter(pk=miner.pk)
+            Miner.objects.filter(pk=miner.pk, banned_at__isnull=True)
             .exclude(status=MinerStatus.DEREGISTERED)
             .update(**fields, updated_at=timezone.now())
         )
         if not updated:
+            banned = Miner.objects.filter(pk=miner.pk, banned_at__isnull=False).first()
+            if banned is not None:
+                raise _banned(banned)
             raise NotFound("This miner was deregistered.", code="MINER_NOT_FOUND")
         return job_leases_extend(miner=miner, job_ids=job_ids)
 
@@ -103,10 +111,14 @@ def miner_touch(*, miner: Miner) -> None:
         and now - miner.last_heartbeat_at < LIVENESS_RESOLUTION
     ):
         return
-    Miner.objects.filter(pk=miner.pk).exclude(status=MinerStatus.DEREGISTERED).update(
-        last_heartbeat_at=now, status=MinerStatus.ONLINE
+    # A banned miner stays offline, so the claim that follows (which checks the status) gets nothing.
+    touched = (
+        Miner.objects.filter(pk=miner.pk, banned_at__isnull=True)
+        .exclude(status=MinerStatus.DEREGISTERED)
+        .update(last_heartbeat_at=now, status=MinerStatus.ONLINE)
     )
-    miner.last_heartbeat_at, miner.status = now, MinerStatus.ONLINE
+    if touched:
+        miner.last_heartbeat_at, miner.status = now, MinerStatus.ONLINE
 
 
 def miner_set_draining(*, miner: Miner, draining: bool) -> Miner:
@@ -148,3 +160,41 @@ def miner_take_offline(*, miner: Miner) -> int:
     miner.status = MinerStatus.OFFLINE
     transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
     return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.")
+
+
+def _banned(miner: Miner) -> ServiceError:
+    return ServiceError(
+        f"This miner is banned: {miner.banned_reason or 'no reason given'}.", code="MINER_BANNED", status_code=403
+    )
+
+
+@transaction.atomic
+def miner_ban(*, miner: Miner, reason: str, actor) -> int:
+    """Staff ban a miner: it goes offline, its jobs return to the queue, and it may not register,
+    heartbeat or claim until unbanned. Returns how many jobs went back to the queue."""
+    locked = Miner.objects.select_for_update().get(pk=miner.pk)
+    was_online = locked.status == MinerStatus.ONLINE
+    if was_online:
+        locked.status = MinerStatus.OFFLINE
+    locked.banned_at, locked.banned_reason, locked.banned_by = timezone.now(), reason[:300], actor
+    locked.save(update_fields=["status", "banned_at", "banned_reason", "banned_by", "updated_at"])
+    miner.status, miner.banned_at, miner.banned_reason, miner.banned_by = (
+        locked.status,
+        locked.banned_at,
+        locked.banned_reason,
+        actor,
+    )
+    logger.info("miner %s banned by %s: %s", miner.miner_id, actor, reason)
+    if was_online:
+        transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
+    return jobs_release_for_miner(miner=miner, reason="The miner was banned by staff.")
+
+
+def miner_unban(*, miner: Miner, actor) -> Miner:
+    """Staff approve a banned miner again: it comes back online when it next registers, heartbeats or polls."""
+    Miner.objects.filter(pk=miner.pk).update(
+        banned_at=None, banned_reason="", banned_by=None, updated_at=timezone.now()
+    )
+    miner.banned_at, miner.banned_reason, miner.banned_by = None, "", None
+    logger.info("miner %s unbanned by %s", miner.miner_id, actor)
+    return miner
