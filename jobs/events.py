@@ -5,13 +5,16 @@ worker threads, ``transaction.on_commit`` callbacks. They are best effort: a cha
 is down or slow is logged and skipped, never raised, so it cannot break a request or a decoding
 step.
 
-Each call is one hop: its messages go out in one coroutine on a long-lived event loop, each
-group's messages in order. That loop is the one serving this process's WebSockets where there
-is one (consumers register it), so that the in-memory layer of the embedded platform wakes them
-at once; else a private loop thread, which keeps its Redis connections between calls.
+Each call is one hop, and nobody waits for it: its messages are handed to one sender per
+event loop, which sends every batch after the one before, so events keep the order they were
+published in. That loop is the one serving this process's WebSockets where there is one
+(consumers register it), so that the in-memory layer of the embedded platform wakes them at
+once; else a private loop thread, which keeps its Redis connections between calls. ``flush()``
+waits until everything handed over so far has gone out.
 """
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
@@ -33,6 +36,8 @@ _server_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
 _private_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
 _private_loop_lock = threading.Lock()
 _background_tasks: set[asyncio.Task] = set()
+# Batches waiting on one loop past this are dropped (logged): a dead layer must not grow memory.
+MAX_PENDING_BATCHES = 10_000
 
 
 def job_group(job_id) -> str:
@@ -121,8 +126,7 @@ def _deliver(messages: list[tuple[str, dict]]) -> None:
             _background_tasks.add(task)
             task.add_done_callback(_task_done)
             return
-        future = asyncio.run_coroutine_threadsafe(_send_all(layer, messages), _publishing_loop())
-        future.result(timeout=PUBLISH_TIMEOUT_SECONDS + 1)
+        _sender(_publishing_loop()).submit(layer, messages)
     except Exception as error:
         logger.warning("%d job event(s) not published: %r", len(messages), error)
 
@@ -163,3 +167,62 @@ def _publishing_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, name="job-events", daemon=True).start()
             _private_loop = (pid, loop)
         return _private_loop[1]
+
+
+class _OrderedSender:
+    """Sends the batches handed to it on ``loop``, one after another, in the order received."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue | None = None
+
+    def submit(self, layer, messages) -> None:
+        """From any thread: queue a batch (returns at once)."""
+        self.loop.call_soon_threadsafe(self._enqueue, (layer, messages))
+
+    def flush(self, timeout: float) -> None:
+        """From any thread but the loop's: wait until every batch queued before has been sent."""
+        done = concurrent.futures.Future()
+        self.loop.call_soon_threadsafe(self._enqueue, done)
+        done.result(timeout)
+
+    def _enqueue(self, item) -> None:
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            task = self.loop.create_task(self._run())
+            _background_tasks.add(task)
+        if self.queue.qsize() >= MAX_PENDING_BATCHES and not isinstance(item, concurrent.futures.Future):
+            logger.warning("job events dropped: %d batches already wait for the channel layer", self.queue.qsize())
+            return
+        self.queue.put_nowait(item)
+
+    async def _run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, concurrent.futures.Future):
+                item.set_result(None)
+                continue
+            try:
+                await _send_all(*item)
+            except Exception as error:
+                logger.warning("%d job event(s) not published: %r", len(item[1]), error)
+
+
+_senders: dict[int, _OrderedSender] = {}
+_senders_lock = threading.Lock()
+
+
+def _sender(loop: asyncio.AbstractEventLoop) -> _OrderedSender:
+    with _senders_lock:
+        sender = _senders.get(id(loop))
+        if sender is None or sender.loop is not loop:
+            sender = _senders[id(loop)] = _OrderedSender(loop)
+        return sender
+
+
+def flush(timeout: float = PUBLISH_TIMEOUT_SECONDS + 1) -> None:
+    """Wait until the events published so far from outside the event loop have been sent."""
+    try:
+        _sender(_publishing_loop()).flush(timeout)
+    except Exception as error:
+        logger.warning("job events not flushed: %r", error)

@@ -10,6 +10,7 @@ from explorer.models import Receipt
 from inference import engine
 from inference.tests.conftest import TINY
 from inference.worker import worker_queue
+from jobs import events
 from jobs.events import job_group
 from jobs.models import Job, JobStatus
 from jobs.services import job_claim, job_complete, job_submit
@@ -134,6 +135,7 @@ def test_streamed_tokens_reach_the_jobs_group_in_order_before_the_final_status(
     async_to_sync(layer.group_add)(job_group(job.pk), channel)
     with django_capture_on_commit_callbacks(execute=True):
         cluster_host.drain(TINY)
+    events.flush()
 
     async def receive():
         return await asyncio.wait_for(layer.receive(channel), timeout=10)

@@ -1,5 +1,6 @@
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -98,6 +99,7 @@ def test_token_events_are_sent_in_one_hop(monkeypatch):
     job_ids = [str(uuid.uuid4()) for _ in range(3)]
 
     events.publish_token_events([TokenEvent(job_id, 0, "x", 1, 8) for job_id in job_ids])
+    events.flush()
 
     assert hops == [3]
 
@@ -209,6 +211,7 @@ def test_publish_functions_swallow_channel_layer_errors(monkeypatch, caplog, cli
         events.publish_job_status(job)
         events.publish_job_statuses([job, job])
         events.publish_token_events([TokenEvent(str(job.pk), 0, "x", 1, 4)])
+        events.flush()
 
     assert len([r for r in caplog.records if "redis is down" in r.getMessage()]) == 3
 
@@ -221,6 +224,7 @@ def test_publishing_gives_up_on_a_layer_that_hangs(monkeypatch, caplog):
     monkeypatch.setattr(get_channel_layer(), "group_send", hanging_group_send)
     with caplog.at_level(logging.WARNING, logger="jobs.events"):
         events.publish_token_events([TokenEvent(str(uuid.uuid4()), 0, "x", 1, 4)])
+        events.flush()
 
     assert "not published" in caplog.text
 
@@ -230,3 +234,20 @@ def test_malformed_token_events_are_logged_not_raised(caplog):
         events.publish_token_events([("not-a-uuid", 0, "x", 1, 4)])
 
     assert "not published" in caplog.text
+
+
+def test_publishing_does_not_wait_for_the_layer_and_keeps_the_order(monkeypatch):
+    sent = []
+
+    async def slow_group_send(group, message):
+        await asyncio.sleep(0.05)
+        sent.append(message["index"])
+
+    monkeypatch.setattr(get_channel_layer(), "group_send", slow_group_send)
+    job_id = str(uuid.uuid4())
+    started = time.monotonic()
+    for index in range(5):
+        events.publish_token_events([TokenEvent(job_id, index, "x", index + 1, 8)])
+    assert time.monotonic() - started < 0.1  # five sends of 50 ms each did not hold the caller
+    events.flush()
+    assert sent == [0, 1, 2, 3, 4]
