@@ -49,7 +49,9 @@ def run_one(model, payload: dict, **kwargs) -> Answer:
 
 
 def generation(prompt: str, **params) -> dict:
-    return {"type": "inference", "prompt": prompt, "params": params}
+    """A generation payload, greedy unless the test asks otherwise: sampling from the random
+    model could end a sequence early."""
+    return {"type": "inference", "prompt": prompt, "params": {"temperature": 0, **params}}
 
 
 def text_of(answer: Answer) -> str:
