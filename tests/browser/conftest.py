@@ -1,0 +1,154 @@
+"""Browser tests: Debian's Chromium, driven by Playwright, against the app served by daphne.
+
+daphne runs in a subprocess on the test database (so tests are transactional), with the
+embedded workers and an in-process inference host serving the tiny GPT-2.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from inference.models import CatalogModel
+from inference.testing import build_tiny_gpt2
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+TINY = "tiny-gpt2"
+
+pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.path.exists(CHROMIUM):
+        return
+    skip = pytest.mark.skip(reason=f"needs Chromium at {CHROMIUM} (apt-get install chromium; .ci/run does)")
+    for item in items:
+        if "tests/browser" in str(item.path):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def browser_tiny_model_dir(tmp_path_factory):
+    return build_tiny_gpt2(tmp_path_factory.mktemp("browser-models") / TINY)
+
+
+@pytest.fixture
+def tiny_model(transactional_db, browser_tiny_model_dir):
+    return CatalogModel.objects.create(
+        name=TINY,
+        task="text-generation",
+        source_kind="directory",
+        source=str(browser_tiny_model_dir),
+        default_max_tokens=16,
+        max_tokens=2000,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server_url(tiny_model, tmp_path):
+    """The app served over HTTP and WebSockets by daphne on the test database."""
+    database = connection.settings_dict
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DEBUG": "true",
+        "SECRET_KEY": "browser-test-secret-key",
+        "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+        "DATABASE_POOL": "false",
+        "AITBC_DATA_DIR": str(tmp_path),
+        "AITBC_EMBEDDED_WORKERS": "true",
+        "INFERENCE_MODELS": TINY,
+        "MODEL_CACHE_DIR": str(tmp_path / "models"),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
+    env.pop("DRAMATIQ_BROKER_URL", None)
+    if settings.REDIS_URL:
+        env["REDIS_URL"] = settings.REDIS_URL
+    log = open(tmp_path / "daphne.log", "w+b")  # noqa: SIM115
+    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "aitbc_site.asgi:application"]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, _read(log)
+            try:
+                if httpx.get(f"{url}/health/live", timeout=1).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "daphne did not start:\n" + _read(log)
+            time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        print("daphne's log:\n" + _read(log))  # shown when the test fails
+        log.close()
+
+
+def _read(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read().decode(errors="replace")[-5000:]
+
+
+@pytest.fixture
+def browser(transactional_db):
+    """Chromium, for one test: Playwright's sync API runs an event loop in this thread while it
+    lives, so the test's own ORM calls are allowed meanwhile, and it stops before the database
+    is flushed (and before any other test runs)."""
+    from playwright.sync_api import sync_playwright
+
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser, server_url):
+    context = browser.new_context(base_url=server_url)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def log_in():
+    def log_in(page, username: str, password: str, path: str = "/login/"):
+        page.goto(path)
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Log in").click()
+        page.wait_for_load_state()
+
+    return log_in
