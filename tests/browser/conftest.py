@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 from inference.models import CatalogModel
 from inference.testing import build_tiny_gpt2
@@ -126,6 +126,9 @@ def browser(transactional_db):
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
             yield browser
             browser.close()
+            # The test's ORM calls ran inside Playwright's loop, on a connection of that context:
+            # close it here, or the test database can't be dropped at the end of the run.
+            connections.close_all()
     finally:
         if previous is None:
             del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
