@@ -99,3 +99,26 @@ def _no_inference_host(settings):
     # Worker threads started by a test must not load the real models unless the test asks.
     settings.INFERENCE_MODELS = []
     settings.MODEL_CATALOG_CACHE_SECONDS = 0
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from inference.testing import TINY, build_tiny_gpt2
+
+    return build_tiny_gpt2(tmp_path_factory.mktemp("models") / TINY)
+
+
+@pytest.fixture
+def tiny_model(db, tiny_model_dir):
+    """The tiny GPT-2 as a catalog model."""
+    from inference.models import CatalogModel
+    from inference.testing import TINY
+
+    return CatalogModel.objects.create(
+        name=TINY,
+        task="text-generation",
+        source_kind="directory",
+        source=str(tiny_model_dir),
+        default_max_tokens=16,
+        max_tokens=2000,
+    )

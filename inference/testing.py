@@ -2,6 +2,9 @@
 
 from pathlib import Path
 
+# The name the tiny model has in tests' catalogs.
+TINY = "tiny-gpt2"
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"

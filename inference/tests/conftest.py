@@ -1,27 +1,6 @@
 import pytest
 
-from inference.models import CatalogModel
-from inference.testing import build_tiny_gpt2
-
-TINY = "tiny-gpt2"
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    return build_tiny_gpt2(tmp_path_factory.mktemp("models") / TINY)
-
-
-@pytest.fixture
-def tiny_model(db, tiny_model_dir):
-    """The tiny GPT-2 as a catalog model."""
-    return CatalogModel.objects.create(
-        name=TINY,
-        task="text-generation",
-        source_kind="directory",
-        source=str(tiny_model_dir),
-        default_max_tokens=16,
-        max_tokens=2000,
-    )
+from inference.testing import TINY
 
 
 @pytest.fixture

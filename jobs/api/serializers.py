@@ -7,6 +7,7 @@ from aitbc_site.errors import Invalid
 from explorer.api.serializers import ReceiptDocumentSerializer
 from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP
+from payments.api.serializers import aitbc_currency
 
 # Spellings existing clients send for the job types.
 JOB_TYPE_ALIASES = {
@@ -151,9 +152,7 @@ class JobSubmitSerializer(serializers.Serializer):
         }
 
     def validate_payment_currency(self, value):
-        if value.upper() != "AITBC":
-            raise serializers.ValidationError("Jobs are paid in AITBC.")
-        return value.upper()
+        return aitbc_currency(value)
 
 
 def _validate_content(job_type: str, payload: dict) -> None:

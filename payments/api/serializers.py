@@ -43,6 +43,13 @@ PAYMENT_EXAMPLE = {
         )
     ]
 )
+def aitbc_currency(value: str) -> str:
+    """The one currency jobs are paid in, whatever its spelling's case."""
+    if value.upper() != "AITBC":
+        raise serializers.ValidationError("Jobs are paid in AITBC.")
+    return "AITBC"
+
+
 class PaymentCreateSerializer(serializers.Serializer):
     job_id = serializers.UUIDField(help_text="A job of yours that has no payment yet.")
     amount = serializers.DecimalField(**AMOUNT, min_value=SMALLEST_AMOUNT, help_text="AITBC to hold in escrow")
@@ -56,9 +63,7 @@ class PaymentCreateSerializer(serializers.Serializer):
     )
 
     def validate_currency(self, value):
-        if value.upper() != "AITBC":
-            raise serializers.ValidationError("Jobs are paid in AITBC.")
-        return "AITBC"
+        return aitbc_currency(value)
 
 
 @extend_schema_serializer(

@@ -17,12 +17,10 @@ import pytest
 from django.conf import settings
 from django.db import connection, connections
 
-from inference.models import CatalogModel
-from inference.testing import build_tiny_gpt2
+from inference.testing import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-TINY = "tiny-gpt2"
 
 pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
 
@@ -34,23 +32,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/browser" in str(item.path):
             item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def browser_tiny_model_dir(tmp_path_factory):
-    return build_tiny_gpt2(tmp_path_factory.mktemp("browser-models") / TINY)
-
-
-@pytest.fixture
-def tiny_model(transactional_db, browser_tiny_model_dir):
-    return CatalogModel.objects.create(
-        name=TINY,
-        task="text-generation",
-        source_kind="directory",
-        source=str(browser_tiny_model_dir),
-        default_max_tokens=16,
-        max_tokens=2000,
-    )
 
 
 def _free_port() -> int:
