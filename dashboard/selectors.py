@@ -12,7 +12,7 @@ from django.utils import timezone
 from explorer.models import Receipt
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus, ServedModel
-from miners.selectors import miner_counts
+from miners.selectors import miner_counts, with_reputation
 from payments.models import ExchangePayment, LedgerEntry, TransactionKind
 
 THROUGHPUT_WINDOW = timedelta(hours=1)
@@ -47,7 +47,7 @@ def _units():
 def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
     """Online miners with their models and, in subqueries of the same statement, what
     ``miner_work_summary`` reports for one miner: jobs completed and running, units served,
-    earnings; plus units served in the last hour (throughput)."""
+    earnings; plus units served in the last hour (throughput) and the miner's reputation."""
     since = (now or timezone.now()) - THROUGHPUT_WINDOW
     completed = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED).order_by().values("miner")
     running = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.RUNNING).order_by().values("miner")
@@ -64,7 +64,7 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
     )
     money = DecimalField(max_digits=24, decimal_places=8)
     return (
-        Miner.objects.filter(status=MinerStatus.ONLINE)
+        with_reputation(Miner.objects.filter(status=MinerStatus.ONLINE), now=now)
         .select_related("owner")
         .prefetch_related(Prefetch("served_models", queryset=ServedModel.objects.order_by("name")))
         .annotate(

@@ -21,6 +21,7 @@ from explorer import selectors as explorer
 from inference.selectors import catalog_with_miner_counts
 from jobs.models import JobStatus
 from jobs.services import job_submit
+from miners.selectors import REPUTATION_WINDOW
 from payments.exchange import exchange_payment_create, exchange_rates
 from payments.selectors import wallet_by_address, wallet_entries
 from payments.services import wallet_open
@@ -205,7 +206,11 @@ class MinerListView(SignedInMixin, TemplateView):
         miners = list(selectors.online_miners_with_work())
         for miner in miners:
             miner.tokens_per_second = miner.units_last_hour / selectors.THROUGHPUT_WINDOW.total_seconds()
-        return {**super().get_context_data(**kwargs), "miners": miners}
+        return {
+            **super().get_context_data(**kwargs),
+            "miners": miners,
+            "reputation_days": REPUTATION_WINDOW.days,
+        }
 
 
 class NetworkView(TemplateView):

@@ -2,8 +2,19 @@ from django.contrib import admin, messages
 
 from aitbc_site.errors import ServiceError
 from jobs import services
-from jobs.models import Job, JobStatus
+from jobs.models import FailedAttempt, Job, JobStatus
 from payments.models import PaymentStatus
+
+
+class FailedAttemptInline(admin.TabularInline):
+    model = FailedAttempt
+    fields = ("created_at", "attempt", "miner", "error_code", "error_message")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Job)
@@ -34,6 +45,7 @@ class JobAdmin(admin.ModelAdmin):
     ordering = ("-created_at",)
     actions = ["requeue_jobs", "cancel_jobs"]
     readonly_fields = [f.name for f in Job._meta.fields]
+    inlines = [FailedAttemptInline]
     fieldsets = (
         (None, {"fields": ("id", "client", "type", "model", "status", "priority", "payload", "constraints")}),
         ("Attempt and lease", {"fields": ("miner", "attempt", "max_attempts", "lease_token", "lease_expires_at")}),
@@ -83,3 +95,23 @@ class JobAdmin(admin.ModelAdmin):
         if failed:
             self.message_user(request, "Not changed: " + "; ".join(failed), messages.WARNING)
         return done
+
+
+@admin.register(FailedAttempt)
+class FailedAttemptAdmin(admin.ModelAdmin):
+    """Read-only: the attempts held against miners' reputations."""
+
+    list_display = ("created_at", "miner", "job", "attempt", "error_code")
+    list_filter = ("error_code", ("miner", admin.RelatedOnlyFieldListFilter), ("created_at", admin.DateFieldListFilter))
+    search_fields = ("=job__id", "miner__miner_id", "error_code")
+    list_select_related = ("miner", "job")
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

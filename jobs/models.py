@@ -148,3 +148,26 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in JobStatus.TERMINAL
+
+
+class FailedAttempt(models.Model):
+    """An attempt a miner took and did not finish through a fault of its own: it reported a failure,
+    let its lease lapse, or went offline holding the job. Miners' reputations are counted from these.
+
+    Attempts that end through nobody's fault on the miner's side are not recorded: staff re-queued
+    the job, the miner handed it back as it shut down, or the request itself cannot be run.
+    """
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="failed_attempts")
+    miner = models.ForeignKey("miners.Miner", on_delete=models.CASCADE, related_name="failed_attempts")
+    attempt = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["miner", "-created_at"], name="failed_attempt_miner_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.error_code} on attempt {self.attempt} of job {self.job_id}"

@@ -27,7 +27,7 @@ from inference.params import generation_params
 from inference.selectors import catalog_entry, cluster_served_models
 from inference.tasks import announce_to_workers
 from jobs import events, feed, sql, wakeup
-from jobs.models import Job, JobPriority, JobStatus, JobType
+from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
 from miners.capabilities import cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
@@ -36,6 +36,9 @@ from payments.services import credits, escrow_hold, escrow_refund, escrows_settl
 
 # Failures that another attempt cannot fix: the job fails at once.
 NON_RETRYABLE_ERRORS = frozenset({"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL"})
+# Attempts ending so are not held against the miner: the request can't be run, staff re-queued
+# the job, or the miner handed it back as it shut down.
+BLAMELESS_ERRORS = NON_RETRYABLE_ERRORS | {"REQUEUED", "MINER_SHUTDOWN"}
 
 
 @dataclass(frozen=True)
@@ -592,15 +595,27 @@ def job_fail(*, job_id, miner: Miner, error_code: str, error_message: str, lease
     """The lease holder gives up its attempt: the job is re-queued, or fails once attempts run out."""
     with transaction.atomic():
         job = _lock_leased_job(job_id=job_id, miner=miner, lease_token=lease_token)
-        _fail_attempt(job, code=error_code or "INFERENCE_FAILED", message=error_message)
-        _publish_after_commit([job])
+        _fail_attempts([job], code=error_code or "INFERENCE_FAILED", message=error_message)
     return job
 
 
+def _fail_attempts(jobs: list[Job], *, code: str, message: str) -> None:
+    """End the current attempt of each of these locked running jobs, record it against the miner
+    unless the code is blameless, and publish the jobs' new status after commit."""
+    code = code[:64]
+    if code not in BLAMELESS_ERRORS:
+        FailedAttempt.objects.bulk_create(
+            FailedAttempt(job=job, miner_id=job.miner_id, attempt=job.attempt, error_code=code, error_message=message)
+            for job in jobs
+        )
+    for job in jobs:
+        _fail_attempt(job, code=code, message=message)
+    _publish_after_commit(jobs)
+
+
 def _fail_attempt(job: Job, *, code: str, message: str) -> None:
-    """End the current attempt of a locked running job."""
     now = timezone.now()
-    job.error_code = code[:64]
+    job.error_code = code
     job.error_message = message
     job.lease_token = ""
     job.lease_expires_at = None
@@ -652,8 +667,7 @@ def job_requeue(*, job_id, reason: str = "re-queued by staff") -> Job:
         if job.status != JobStatus.RUNNING:
             raise Conflict(f"Only running jobs can be re-queued; this one is {job.status}.", code="JOB_NOT_RUNNING")
         job.max_attempts = max(job.max_attempts, job.attempt + 1)
-        _fail_attempt(job, code="REQUEUED", message=reason)
-        _publish_after_commit([job])
+        _fail_attempts([job], code="REQUEUED", message=reason)
     return job
 
 
@@ -713,9 +727,7 @@ def _fail_running(condition: Q, *, code: str, message: str) -> int:
                 .filter(condition, status=JobStatus.RUNNING)
                 .order_by("lease_expires_at")[:SWEEP_BATCH]
             )
-            for job in jobs:
-                _fail_attempt(job, code=code, message=message)
-            _publish_after_commit(jobs)
+            _fail_attempts(jobs, code=code, message=message)
         released += len(jobs)
         if len(jobs) < SWEEP_BATCH:
             return released

@@ -7,6 +7,7 @@ from django.db.models.functions import Coalesce
 from jobs.models import JobStatus
 from miners import services
 from miners.models import Miner, MinerStatus, ServedModel
+from miners.selectors import REPUTATION_WINDOW, with_reputation
 from payments.models import LedgerEntry, TransactionKind
 
 
@@ -65,6 +66,7 @@ class MinerAdmin(admin.ModelAdmin):
         "load",
         "jobs_completed",
         "earnings",
+        "reputation",
         "banned_at",
     )
     list_filter = ("status", "draining", BannedFilter, "region", "served_models__name")
@@ -76,8 +78,7 @@ class MinerAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return (
-            super()
-            .get_queryset(request)
+            with_reputation(super().get_queryset(request))
             .annotate(
                 running=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)),
                 completed=Count("jobs", filter=Q(jobs__status=JobStatus.COMPLETED)),
@@ -97,6 +98,12 @@ class MinerAdmin(admin.ModelAdmin):
     @admin.display(ordering="earned", description="earned (AITBC)")
     def earnings(self, miner):
         return miner.earned
+
+    @admin.display(ordering="reputation", description=f"reputation ({REPUTATION_WINDOW.days} days)")
+    def reputation(self, miner):
+        if miner.reputation is None:
+            return "—"
+        return f"{miner.reputation:.0%} ({miner.recent_completed} done, {miner.recent_failed} failed)"
 
     def has_add_permission(self, request):
         return False

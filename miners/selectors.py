@@ -1,15 +1,20 @@
+from datetime import timedelta
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Count, IntegerField, Q, QuerySet, Sum, Value
+from django.db.models import Count, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce
+from django.db.models.functions import Cast, Coalesce, NullIf
+from django.utils import timezone
 
 from aitbc_site import rawsql
 from aitbc_site.errors import NotFound
-from jobs.models import Job, JobStatus
+from jobs.models import FailedAttempt, Job, JobStatus
 from miners.models import Miner, MinerStatus
 from payments.models import LedgerEntry, TransactionKind
+
+# A miner's reputation: of the attempts it ended in this window, the share that completed.
+REPUTATION_WINDOW = timedelta(days=7)
 
 _MINER_BY_NAME = f"SELECT {rawsql.columns(Miner, 'm')} FROM miners_miner m WHERE m.miner_id = %s AND m.status <> %s"
 
@@ -41,12 +46,43 @@ def miner_work_summary(*, miner: Miner) -> dict:
         running=Count("id", filter=Q(status=JobStatus.RUNNING)),
         units=Sum(units, filter=Q(status=JobStatus.COMPLETED), default=0),
     )
+    reputation = with_reputation(Miner.objects.filter(pk=miner.pk)).values_list("reputation", flat=True).first()
     return {
         "jobs_completed": totals["completed"],
         "jobs_running": totals["running"],
         "units_served": totals["units"],
         "earned": miner_earnings(miner=miner),
+        "reputation": reputation,
     }
+
+
+def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
+    """``miners`` annotated, over the last ``REPUTATION_WINDOW``, with ``recent_completed`` (jobs
+    it completed), ``recent_failed`` (attempts it failed, let lapse or abandoned: see
+    ``jobs.models.FailedAttempt``) and ``reputation``, the completed share of both (0 to 1;
+    ``None`` for a miner that ended no attempt in the window). Subqueries of the same statement."""
+    since = (now or timezone.now()) - REPUTATION_WINDOW
+    completed = (
+        Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED, completed_at__gte=since)
+        .order_by()
+        .values("miner")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    failed = (
+        FailedAttempt.objects.filter(miner=OuterRef("pk"), created_at__gte=since)
+        .order_by()
+        .values("miner")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return miners.annotate(
+        recent_completed=Coalesce(Subquery(completed, IntegerField()), 0),
+        recent_failed=Coalesce(Subquery(failed, IntegerField()), 0),
+    ).annotate(
+        reputation=Cast(F("recent_completed"), FloatField())
+        / NullIf(F("recent_completed") + F("recent_failed"), 0, output_field=FloatField())
+    )
 
 
 def miner_earnings(*, miner: Miner) -> Decimal:

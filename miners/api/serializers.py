@@ -8,6 +8,7 @@ from aitbc_site.api.formats import iso_datetime
 from explorer.api.serializers import ReceiptDocumentSerializer
 from miners.capabilities import Capabilities
 from miners.models import Miner
+from miners.selectors import REPUTATION_WINDOW
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
 MAX_PRICE = Decimal(10**10)
@@ -257,4 +258,9 @@ class EarningsSerializer(serializers.Serializer):
     units_served = serializers.IntegerField()
     earned = serializers.DecimalField(
         max_digits=24, decimal_places=8, help_text="AITBC paid to the owner for this miner's jobs"
+    )
+    reputation = serializers.FloatField(
+        allow_null=True,
+        help_text=f"Of the attempts the miner ended in the last {REPUTATION_WINDOW.days} days, the share that "
+        "completed (0 to 1); null when it ended none",
     )

@@ -1,3 +1,4 @@
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -164,9 +165,27 @@ def test_changelist_shows_load_completed_jobs_and_earnings(admin_client, miner, 
     assert f"1/{row.max_concurrent_jobs}" in page
 
 
-def test_changelist_shows_zero_earnings_for_a_new_miner(admin_client, miner):
-    [row] = admin_client.get(MINERS).context["cl"].result_list
-    assert (row.running, row.completed, row.earned) == (0, 0, Decimal(0))
+def test_changelist_shows_zero_earnings_and_no_reputation_for_a_new_miner(admin_client, miner):
+    response = admin_client.get(MINERS)
+    [row] = response.context["cl"].result_list
+    assert (row.running, row.completed, row.earned, row.reputation) == (0, 0, Decimal(0), None)
+
+
+def test_changelist_shows_reputation_and_failed_attempts_are_listed(
+    admin_client, miner, miner_api, client_api, submit_job
+):
+    for outcome in ({"result": {"output": "ok"}}, {"result": {"status": "failed", "error": "out of memory"}}):
+        job = submit_job(client_api)
+        assert poll(miner_api).json()["job_id"] == job["job_id"]
+        assert miner_api.post(f"/v1/miners/{job['job_id']}/result", outcome, format="json").status_code == 200
+    response = admin_client.get(MINERS)
+    [row] = response.context["cl"].result_list
+    assert row.reputation == 0.5
+    assert "50% (1 done, 1 failed)" in response.content.decode()
+    failures = admin_client.get("/admin/jobs/failedattempt/")
+    assert [a.job_id for a in failures.context["cl"].result_list] == [uuid.UUID(job["job_id"])]
+    job_page = admin_client.get(reverse("admin:jobs_job_change", args=[job["job_id"]]))
+    assert "out of memory" in job_page.content.decode()
 
 
 def test_changelist_query_count_does_not_grow_with_miners(

@@ -267,7 +267,7 @@ def test_miner_jobs_earnings_capabilities_and_deregister(client_api, miner_api, 
     )
     assert miner_api.post("/v1/miners/miner-1/jobs").json()["total"] == 1
     earnings = miner_api.post("/v1/miners/miner-1/earnings").json()
-    assert (earnings["jobs_completed"], earnings["units_served"]) == (1, 7)
+    assert (earnings["jobs_completed"], earnings["units_served"], earnings["reputation"]) == (1, 7, 1.0)
     updated = miner_api.put("/v1/miners/miner-1/capabilities", {"capabilities": {"models": ["new"]}}, format="json")
     assert updated.json()["models"] == ["new"]
     assert miner_api.delete("/v1/miners/miner-1").json() == {"status": "ok"}
