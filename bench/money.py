@@ -139,7 +139,7 @@ def install_pieces() -> Pieces:
     pieces.wrap(explorer.services, "_signed_receipt", "receipt_signing")
     pieces.wrap(jobs.events, "publish_job_statuses", "status_publish")
     if importlib.util.find_spec("jobs.feed") is not None:  # the dashboard feed, where it exists
-        pieces.wrap_first(importlib.import_module("jobs.feed"), ("publish_jobs_finished",), "feed_publish")
+        pieces.wrap_first(importlib.import_module("jobs.feed"), ("publish_jobs_changed",), "feed_publish")
     pieces.wrap(connections["default"], "_commit", "commit")
     # Inside _settle (reported, not added up again): the escrow settlement and its ledger posting.
     pieces.wrap_first(jobs.services, ("escrows_settle", "escrow_settle"), "in_settle.{name}")

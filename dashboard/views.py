@@ -8,7 +8,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.mixins import LoginRequiredMixin
 from django.core.paginator import Paginator
 from django.http import Http404
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse_lazy
 from django.views.generic import FormView, TemplateView, View
 
@@ -118,9 +118,17 @@ class JobListView(SignedInMixin, FormView):
     def get_form_kwargs(self):
         return {**super().get_form_kwargs(), "catalog": list(catalog_with_miner_counts())}
 
+    def get(self, request, *args, **kwargs):
+        if "rows" in request.GET:
+            # The live list (jobs.js) re-reads its rows when one of the user's jobs changes.
+            return render(request, "dashboard/_job_rows.html", {"jobs": self._page().object_list})
+        return super().get(request, *args, **kwargs)
+
     def get_context_data(self, **kwargs):
-        page = _page(self.request, selectors.jobs_of_client(user=self.request.user))
-        return {**super().get_context_data(**kwargs), "page": page}
+        return {**super().get_context_data(**kwargs), "page": self._page()}
+
+    def _page(self):
+        return _page(self.request, selectors.jobs_of_client(user=self.request.user))
 
     def form_valid(self, form):
         try:

@@ -152,7 +152,8 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     Credentials as for ``ws/jobs/<id>/``: an API key (header or subprotocol) of any scope, else
     the session's user; none, or an invalid key, is closed 4401 after accepting. The socket gets a
     ``network.stats`` snapshot first, then every feed event published from then on:
-    ``{"type": "dashboard.event", "kind": ..., "data": {...}}``.
+    ``{"type": "dashboard.event", "kind": ..., "data": {...}}``, and ``job.updated`` events for
+    each status change of the user's own jobs (the key's user's, for a key).
 
     The sockets of one server process do not join the ``dashboard`` group each: the process
     joins it once (see ``_DashboardHub``) and copies each event to its sockets. A Redis channel
@@ -163,19 +164,25 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     """
 
     watching = False
+    own_group: str | None = None
 
     async def connect(self):
         events.use_server_loop(asyncio.get_running_loop())
         credentials = _credentials(self.scope)
         user = self.scope.get("user")
         if credentials.raw_key is None:
-            allowed = bool(user and user.is_authenticated)
+            user_id = user.pk if user and user.is_authenticated else None
         else:
-            allowed = await database_sync_to_async(api_key_authenticate)(raw_key=credentials.raw_key) is not None
-        if not allowed:
+            api_key = await database_sync_to_async(api_key_authenticate)(raw_key=credentials.raw_key)
+            user_id = api_key.user_id if api_key is not None else None
+        if user_id is None:
             await self.accept(credentials.subprotocol)
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        # The user's own jobs: joined before accepting, so a page reading its list on ``open``
+        # misses no change.
+        self.own_group = feed.user_group(user_id)
+        await self.channel_layer.group_add(self.own_group, self.channel_name)
         await self.accept(credentials.subprotocol)
         # The snapshot comes first; the socket's feed starts once it is sent.
         await self.send_json(feed.network_stats_event(await _dashboard_hub.latest_stats()))
@@ -183,9 +190,20 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         self.watching = True
 
     async def disconnect(self, code):
+        if self.own_group is not None:
+            group, self.own_group = self.own_group, None
+            await self.channel_layer.group_discard(group, self.channel_name)
         if self.watching:
             self.watching = False
             await _dashboard_hub.unwatch(self)
+
+    async def dashboard_event(self, event):
+        """One of the user's own ``job.updated`` events."""
+        await self.send_json(event)
+
+    async def dashboard_batch(self, message):
+        for event in message["events"]:
+            await self.send_json(event)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         try:

@@ -1,17 +1,19 @@
 """The live network feed of ``ws/dashboard/``: jobs submitted and finished, miners coming and
-going, blocks sealed, and periodic network figures.
+going, blocks sealed, and periodic network figures; plus, to each user's own sockets, every
+status change of that user's jobs (``job.updated``, on the group ``user_group(user_id)``).
 
-The feed is shared by every signed-in user, so its events carry only what anyone may see: ids,
-models, statuses, block headers — never a payload, prompt or result.
+The network feed is shared by every signed-in user, so its events carry only what anyone may
+see: ids, models, statuses, block headers — never a payload, prompt or result.
 
 Publishing is cheap because submit and complete run thousands of times a second: the publish
 functions build events from the objects in hand (no queries), append them to this process's
-buffer and return. The buffer is flushed as one ``group_send`` at most every
+buffer and return. The buffer is flushed as one ``group_send`` per group at most every
 ``FLUSH_INTERVAL_SECONDS`` — at once when the feed has been quiet, so a lone event is not
-delayed — on the long-lived loop ``jobs.events`` publishes on. At most ``MAX_EVENTS_PER_FLUSH``
-go out per flush; the oldest of a larger burst are dropped (a browser cannot show more, and
-``network.stats`` still counts every job). Like ``jobs.events`` it is best effort: a channel
-layer that is down is logged, never raised.
+delayed — on the long-lived loop ``jobs.events`` publishes on. A user's events are coalesced
+to the latest per job. At most ``MAX_EVENTS_PER_FLUSH`` go out per group and flush; the oldest
+of a larger burst are dropped (a browser cannot show more, ``network.stats`` still counts every
+job, and a page told of a change re-reads its list). Like ``jobs.events`` it is best effort: a
+channel layer that is down is logged, never raised.
 """
 
 import asyncio
@@ -45,6 +47,7 @@ DASHBOARD_BATCH = "dashboard.batch"
 
 JOB_SUBMITTED = "job.submitted"
 JOB_FINISHED = "job.finished"
+JOB_UPDATED = "job.updated"
 MINER_ONLINE = "miner.online"
 MINER_OFFLINE = "miner.offline"
 BLOCK_SEALED = "block.sealed"
@@ -58,6 +61,11 @@ STATS_WINDOW = timedelta(minutes=5)
 STATS_LOOKBACK = timedelta(hours=1)
 
 
+def user_group(user_id) -> str:
+    """The group of one user's sockets on ``ws/dashboard/``."""
+    return f"user-{int(user_id)}"
+
+
 def dashboard_event(kind: str, data: dict) -> dict:
     return {"type": DASHBOARD_EVENT, "kind": kind, "data": data}
 
@@ -67,17 +75,34 @@ def job_event(kind: str, job: Job) -> dict:
 
 
 def publish_jobs_submitted(jobs: Iterable[Job]) -> None:
-    """Announce newly queued jobs. Never raises."""
-    _post_built(lambda: [job_event(JOB_SUBMITTED, job) for job in jobs])
+    """Announce newly queued jobs to the network and to their owners. Never raises."""
+    _post_built(lambda: [item for job in jobs for item in _submitted(job)])
 
 
-def publish_jobs_finished(jobs: Iterable[Job]) -> None:
-    """Announce those of ``jobs`` that are terminal (others are passed over). Never raises."""
-    _post_built(lambda: [job_event(JOB_FINISHED, job) for job in jobs if job.status in JobStatus.TERMINAL])
+def publish_jobs_changed(jobs: Iterable[Job]) -> None:
+    """Tell each job's owner its new status, and the network about those now terminal. Never raises."""
+    _post_built(lambda: [item for job in jobs for item in _changed(job)])
+
+
+def _submitted(job: Job) -> list[tuple[str, dict]]:
+    return [(DASHBOARD_GROUP, job_event(JOB_SUBMITTED, job)), (user_group(job.client_id), job_event(JOB_UPDATED, job))]
+
+
+def _changed(job: Job) -> list[tuple[str, dict]]:
+    items = [(user_group(job.client_id), job_event(JOB_UPDATED, job))]
+    if job.status in JobStatus.TERMINAL:
+        items.append((DASHBOARD_GROUP, job_event(JOB_FINISHED, job)))
+    return items
+
+
+def _to_all(events: Iterable[dict]) -> list[tuple[str, dict]]:
+    return [(DASHBOARD_GROUP, event) for event in events]
 
 
 def publish_miner_online(miner, *, models: Iterable[str]) -> None:
-    _post_built(lambda: [dashboard_event(MINER_ONLINE, {"miner_id": miner.miner_id, "models": sorted(models)})])
+    _post_built(
+        lambda: _to_all([dashboard_event(MINER_ONLINE, {"miner_id": miner.miner_id, "models": sorted(models)})])
+    )
 
 
 def publish_miners_offline(miners: Iterable) -> None:
@@ -90,20 +115,20 @@ def publish_miners_offline(miners: Iterable) -> None:
         served: dict[int, list[str]] = {pk: [] for pk in miners_by_pk}
         for miner_pk, name in ServedModel.objects.filter(miner__in=list(miners_by_pk)).values_list("miner", "name"):
             served[miner_pk].append(name)
-        return [
+        return _to_all(
             dashboard_event(MINER_OFFLINE, {"miner_id": miner.miner_id, "models": sorted(served[pk])})
             for pk, miner in miners_by_pk.items()
-        ]
+        )
 
     _post_built(build)
 
 
 def publish_blocks_sealed(blocks: Iterable) -> None:
     _post_built(
-        lambda: [
+        lambda: _to_all(
             dashboard_event(BLOCK_SEALED, {"height": block.height, "hash": block.hash, "tx_count": block.tx_count})
             for block in blocks
-        ]
+        )
     )
 
 
@@ -160,7 +185,8 @@ def _rounded(seconds) -> float | None:
 
 # --- Delivery ----------------------------------------------------------------------------
 
-_pending: list[dict] = []
+# (group, event) in the order published.
+_pending: list[tuple[str, dict]] = []
 _pending_lock = threading.Lock()
 # The loop a flush is scheduled on, if any: a flush lost with its loop (a test's, a stopped
 # server's) must not keep later events waiting.
@@ -185,13 +211,13 @@ def _post_built(build) -> None:
         logger.warning("dashboard events not published: %r", error)
 
 
-def _post(events: list[dict]) -> None:
-    """Queue ``events`` for the next flush, scheduling one if none is."""
+def _post(items: list[tuple[str, dict]]) -> None:
+    """Queue ``(group, event)`` items for the next flush, scheduling one if none is."""
     global _flush_loop
-    if not events:
+    if not items:
         return
     with _pending_lock:
-        _pending.extend(events)
+        _pending.extend(items)
         if _flush_loop is not None and _flush_loop.is_running():
             return
         loop = _flush_loop = _publishing_loop()
@@ -206,24 +232,51 @@ def _schedule_flush(loop: asyncio.AbstractEventLoop) -> None:
 def _start_flush(loop: asyncio.AbstractEventLoop) -> None:
     global _flush_loop, _last_flush
     with _pending_lock:
-        events = _pending[-MAX_EVENTS_PER_FLUSH:]
-        dropped = len(_pending) - len(events)
+        items = _pending[:]
         _pending.clear()
         _flush_loop = None
         _last_flush = time.monotonic()
-    if dropped:
-        logger.info("dashboard feed: %d event(s) of a burst dropped", dropped)
-    task = loop.create_task(_send(events))
+    task = loop.create_task(_send(_by_group(items)))
     _background_tasks.add(task)
     task.add_done_callback(_background_tasks.discard)
 
 
-async def _send(events: list[dict]) -> None:
+def _by_group(items: list[tuple[str, dict]]) -> dict[str, list[dict]]:
+    """Each group's events in order: a user's coalesced to the latest per job, and at most
+    ``MAX_EVENTS_PER_FLUSH`` (the newest) per group."""
+    by_group: dict[str, dict] = {}
+    for index, (group, event) in enumerate(items):
+        key = event["data"]["job_id"] if event["kind"] == JOB_UPDATED else index
+        events = by_group.setdefault(group, {})
+        events.pop(key, None)  # the latest goes last
+        events[key] = event
+    batches = {}
+    for group, events in by_group.items():
+        kept = list(events.values())[-MAX_EVENTS_PER_FLUSH:]
+        if len(kept) < len(events):
+            logger.info("%s feed: %d event(s) of a burst dropped", group, len(events) - len(kept))
+        batches[group] = kept
+    return batches
+
+
+async def _send(batches: dict[str, list[dict]]) -> None:
+    async def send(layer, group: str, events: list[dict]) -> None:
+        message = events[0] if len(events) == 1 else {"type": DASHBOARD_BATCH, "events": events}
+        await layer.group_send(group, message)
+
     try:
         layer = get_channel_layer()
         if layer is None:
             return
-        message = events[0] if len(events) == 1 else {"type": DASHBOARD_BATCH, "events": events}
-        await asyncio.wait_for(layer.group_send(DASHBOARD_GROUP, message), PUBLISH_TIMEOUT_SECONDS)
+        sends = asyncio.gather(
+            *(send(layer, group, events) for group, events in batches.items()), return_exceptions=True
+        )
+        results = await asyncio.wait_for(sends, PUBLISH_TIMEOUT_SECONDS)
     except Exception as error:
-        logger.warning("%d dashboard event(s) not published: %r", len(events), error)
+        logger.warning("dashboard events for %d group(s) not published: %r", len(batches), error)
+        return
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if failures:
+        logger.warning(
+            "dashboard events for %d of %d group(s) not published: %r", len(failures), len(batches), failures[0]
+        )

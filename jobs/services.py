@@ -292,7 +292,7 @@ def _publish_after_commit(jobs: list[Job]) -> None:
     """Tell the jobs' WebSocket subscribers about their new status once it is committed."""
     if jobs:
         transaction.on_commit(partial(events.publish_job_statuses, jobs))
-        transaction.on_commit(partial(feed.publish_jobs_finished, jobs))
+        transaction.on_commit(partial(feed.publish_jobs_changed, jobs))
 
 
 # --- Claims ----------------------------------------------------------------------------

@@ -92,6 +92,64 @@ def test_signed_in_user_sees_jobs_submitted_and_finished_without_their_payload(
     }
 
 
+def test_a_users_socket_follows_each_status_of_its_own_jobs_and_no_one_elses(
+    client_api, other_client_api, miner_api, register_miner, submit_job
+):
+    register_miner(miner_api)
+
+    async def scenario():
+        socket = open_socket(headers={"X-Api-Key": client_api.raw_key})
+        assert (await socket.connect())[0]
+        assert (await socket.receive_json_from())["kind"] == feed.NETWORK_STATS
+        mine = (await sync_to_async(submit_job)(client_api))["job_id"]
+        seen = [await next_event(socket, feed.JOB_UPDATED, job_id=mine, status="queued")]
+        await sync_to_async(miner_api.post)("/v1/miners/poll", {"max_wait_seconds": 0}, format="json")
+        seen.append(await next_event(socket, feed.JOB_UPDATED, job_id=mine, status="running"))
+        await sync_to_async(miner_api.post)(f"/v1/miners/{mine}/result", {"result": {"output": "x"}}, format="json")
+        seen.append(await next_event(socket, feed.JOB_UPDATED, job_id=mine, status="completed"))
+        others = (await sync_to_async(submit_job)(other_client_api))["job_id"]
+        await sync_to_async(other_client_api.post)(f"/v1/jobs/{others}/cancel")
+        rest = []
+        while not await socket.receive_nothing(timeout=0.3):
+            rest.append(await socket.receive_json_from())
+        await socket.disconnect()
+        return others, mine, seen, rest
+
+    others, mine, seen, rest = async_to_sync(scenario)()
+
+    assert [event["data"] for event in seen] == [
+        {"job_id": mine, "model": "llama3.2", "status": status} for status in ("queued", "running", "completed")
+    ]
+    assert not [event for event in rest if event["kind"] == feed.JOB_UPDATED]
+    assert {"job_id": others, "model": "llama3.2", "status": "cancelled"} in [event["data"] for event in rest]
+
+
+def test_a_flush_keeps_each_users_latest_status_per_job_and_every_network_event():
+    def updated(job_id, status):
+        return feed.dashboard_event(feed.JOB_UPDATED, {"job_id": job_id, "model": "m", "status": status})
+
+    submitted = feed.dashboard_event(feed.JOB_SUBMITTED, {"job_id": "a", "model": "m", "status": "queued"})
+    finished = feed.dashboard_event(feed.JOB_FINISHED, {"job_id": "a", "model": "m", "status": "completed"})
+    items = [
+        (feed.DASHBOARD_GROUP, submitted),
+        ("user-1", updated("a", "queued")),
+        ("user-1", updated("b", "queued")),
+        ("user-2", updated("c", "queued")),
+        ("user-1", updated("a", "running")),
+        ("user-1", updated("a", "completed")),
+        (feed.DASHBOARD_GROUP, finished),
+        (feed.DASHBOARD_GROUP, finished),
+    ]
+
+    batches = feed._by_group(items)
+
+    assert batches == {
+        feed.DASHBOARD_GROUP: [submitted, finished, finished],
+        "user-1": [updated("b", "queued"), updated("a", "completed")],
+        "user-2": [updated("c", "queued")],
+    }
+
+
 def test_snapshot_on_connect_counts_the_queue_and_the_miners_online(client_api, miner_api, register_miner, submit_job):
     register_miner(miner_api, models=("llama3.2", "mistral"))
     submit_job(client_api)

@@ -3,10 +3,12 @@
 import re
 import time
 
+import httpx
 import pytest
 from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
+from inference.testing import TINY
 from jobs.models import Job, JobStatus
 from miners import services as miner_services
 from miners.models import Miner
@@ -36,6 +38,26 @@ def test_submitted_job_streams_its_tokens_and_its_receipt_verifies(page, log_in)
     expect(page.locator("#receipt-box")).to_be_visible()
     page.get_by_role("button", name="Verify").click()
     expect(page.locator("#verify-result")).to_have_text(re.compile("Valid"))
+
+
+def test_my_jobs_list_shows_a_job_submitted_elsewhere_and_follows_it_to_completion(page, log_in, make_api, server_url):
+    api = make_api("client", "frank")
+    api.user.set_password(PASSWORD)
+    api.user.save(update_fields=["password"])
+    log_in(page, "frank", PASSWORD)
+    page.goto("/jobs/")
+    expect(page.locator("#job-rows")).to_contain_text("No jobs yet.")
+    expect(page.locator("#jobs-live")).to_have_text("Live.")
+    page.evaluate("window.__notReloaded = true")
+
+    payload = {"model": TINY, "prompt": "Submitted from a program", "params": {"max_tokens": 8}}
+    submitted = httpx.post(f"{server_url}/v1/jobs", json={"payload": payload}, headers={"X-Api-Key": api.raw_key})
+    assert submitted.status_code == 201, submitted.text
+    row = page.locator(f'#job-rows tr[data-job-id="{submitted.json()["job_id"]}"]')
+    expect(row).to_be_visible(timeout=10_000)
+    expect(row.locator(".badge")).to_have_text("Completed", timeout=20_000)
+    expect(page.locator("#job-rows")).not_to_contain_text("No jobs yet.")
+    assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
 
 
 def test_network_page_moves_when_a_job_completes(page, log_in):
