@@ -3,6 +3,7 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from accounts.models import ApiKey, User, UserSession, WalletNonce
 from accounts.services import api_key_create, api_key_revoke, user_session_revoke
+from aitbc_site.admin_bases import ReadOnlyAdmin
 
 
 class ApiKeyInline(admin.TabularInline):
@@ -58,19 +59,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
             api_key_revoke(api_key=api_key)
             revoked += 1
         self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows only services write: staff look, never add or edit."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(UserSession)

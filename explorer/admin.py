@@ -1,33 +1,13 @@
 from django.contrib import admin
 
+from aitbc_site.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from explorer import selectors
 from explorer.models import Block, BlockLeaf, Receipt, ReceiptAttestation
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Receipts and blocks are evidence: staff look, nobody edits."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
-class ReceiptAttestationInline(admin.TabularInline):
+class ReceiptAttestationInline(ReadOnlyInline):
     model = ReceiptAttestation
     fields = ("alg", "key_id", "sig", "created_at")
-    readonly_fields = fields
-    extra = 0
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Receipt)
@@ -39,17 +19,9 @@ class ReceiptAdmin(ReadOnlyAdmin):
     inlines = [ReceiptAttestationInline]
 
 
-class BlockLeafInline(admin.TabularInline):
+class BlockLeafInline(ReadOnlyInline):
     model = BlockLeaf
     fields = ("position", "kind", "ref", "leaf_hash")
-    readonly_fields = fields
-    extra = 0
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Block)

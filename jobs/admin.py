@@ -1,20 +1,15 @@
 from django.contrib import admin, messages
 
+from aitbc_site.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from aitbc_site.errors import ServiceError
 from jobs import services
 from jobs.models import FailedAttempt, Job, JobStatus
 from payments.models import PaymentStatus
 
 
-class FailedAttemptInline(admin.TabularInline):
+class FailedAttemptInline(ReadOnlyInline):
     model = FailedAttempt
     fields = ("created_at", "attempt", "miner", "error_code", "error_message")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Job)
@@ -98,7 +93,7 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(FailedAttempt)
-class FailedAttemptAdmin(admin.ModelAdmin):
+class FailedAttemptAdmin(ReadOnlyAdmin):
     """Read-only: the attempts held against miners' reputations."""
 
     list_display = ("created_at", "miner", "job", "attempt", "error_code")
@@ -106,12 +101,3 @@ class FailedAttemptAdmin(admin.ModelAdmin):
     search_fields = ("=job__id", "miner__miner_id", "error_code")
     list_select_related = ("miner", "job")
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.template.response import TemplateResponse
 
+from aitbc_site.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from aitbc_site.errors import ServiceError
 from jobs import services as job_services
 from payments import exchange
@@ -25,17 +26,9 @@ from payments.models import (
 from payments.services import treasury_mint
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """The ledger is append-only (PostgreSQL triggers refuse the rest): staff may look, not touch."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+class MoneyAdmin(ReadOnlyAdmin):
+    """The ledger is append-only (PostgreSQL triggers refuse the rest): staff may look, not touch;
+    money moves only through the actions, which call services."""
 
     def has_move_money_permission(self, request) -> bool:
         # Seeing the ledger is not enough to mint, refund or confirm: that takes the ledger's own
@@ -51,7 +44,7 @@ class CreditForm(forms.Form):
 
 
 @admin.register(Wallet)
-class WalletAdmin(ReadOnlyAdmin):
+class WalletAdmin(MoneyAdmin):
     list_display = ("address", "kind", "user", "balance", "created_at")
     list_filter = ("kind",)
     search_fields = ("address", "user__username")
@@ -98,25 +91,16 @@ class WalletAdmin(ReadOnlyAdmin):
             self.message_user(request, f"{skipped} system or escrow wallet(s) skipped.", messages.WARNING)
 
 
-class LedgerEntryInline(admin.TabularInline):
+class LedgerEntryInline(ReadOnlyInline):
     model = LedgerEntry
     fields = ("wallet", "amount")
-    readonly_fields = ("wallet", "amount")
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("wallet")
 
 
 @admin.register(LedgerTransaction)
-class LedgerTransactionAdmin(ReadOnlyAdmin):
+class LedgerTransactionAdmin(MoneyAdmin):
     list_display = ("id", "created_at", "kind", "business_key", "actor", "memo")
     list_filter = ("kind", ("created_at", admin.DateFieldListFilter))
     search_fields = ("business_key", "memo", "actor__username", "entries__wallet__address")
@@ -129,7 +113,7 @@ class LedgerTransactionAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Payment)
-class PaymentAdmin(ReadOnlyAdmin):
+class PaymentAdmin(MoneyAdmin):
     list_display = (
         "payment_id",
         "job_id",
@@ -163,7 +147,7 @@ class PaymentAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ExchangePayment)
-class ExchangePaymentAdmin(ReadOnlyAdmin):
+class ExchangePaymentAdmin(MoneyAdmin):
     """Bitcoin purchases of AITBC. Staff confirm a deposit they have seen arrive; the mint is audited by name."""
 
     list_display = (
