@@ -12,8 +12,8 @@ from django.utils import timezone
 from explorer.models import Receipt
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus, ServedModel
-from miners.selectors import miner_counts, with_reputation
-from payments.models import ExchangePayment, LedgerEntry, TransactionKind
+from miners.selectors import earnings_subquery, miner_counts, with_reputation
+from payments.models import ExchangePayment
 
 THROUGHPUT_WINDOW = timedelta(hours=1)
 NETWORK_WINDOW = timedelta(minutes=5)
@@ -51,17 +51,6 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
     since = (now or timezone.now()) - THROUGHPUT_WINDOW
     completed = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED).order_by().values("miner")
     running = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.RUNNING).order_by().values("miner")
-    earned = (
-        LedgerEntry.objects.filter(
-            transaction__kind=TransactionKind.SETTLE,
-            transaction__job__miner=OuterRef("pk"),
-            wallet__user=OuterRef("owner_id"),
-        )
-        .order_by()
-        .values("wallet__user")
-        .annotate(total=Sum("amount"))
-        .values("total")
-    )
     money = DecimalField(max_digits=24, decimal_places=8)
     return (
         with_reputation(Miner.objects.filter(status=MinerStatus.ONLINE), now=now)
@@ -77,7 +66,7 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
                 ),
                 0,
             ),
-            earned=Coalesce(Subquery(earned, money), Value(Decimal(0)), output_field=money),
+            earned=Coalesce(earnings_subquery(), Value(Decimal(0)), output_field=money),
         )
         .order_by("miner_id")
     )

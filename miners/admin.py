@@ -1,30 +1,13 @@
 from decimal import Decimal
 
 from django.contrib import admin, messages
-from django.db.models import Count, DecimalField, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Q
 from django.db.models.functions import Coalesce
 
 from jobs.models import JobStatus
 from miners import services
 from miners.models import Miner, MinerStatus, ServedModel
-from miners.selectors import REPUTATION_WINDOW, with_reputation
-from payments.models import LedgerEntry, TransactionKind
-
-
-def _earnings_subquery() -> Subquery:
-    """AITBC paid to the miner's owner for its completed jobs, as ``miners.selectors.miner_earnings`` counts it."""
-    credits = (
-        LedgerEntry.objects.filter(
-            transaction__kind=TransactionKind.SETTLE,
-            transaction__job__miner=OuterRef("pk"),
-            wallet__user=OuterRef("owner_id"),
-        )
-        .order_by()
-        .values("transaction__job__miner")
-        .annotate(total=Sum("amount"))
-        .values("total")
-    )
-    return Subquery(credits, output_field=DecimalField(max_digits=24, decimal_places=8))
+from miners.selectors import REPUTATION_WINDOW, earnings_subquery, with_reputation
 
 
 class BannedFilter(admin.SimpleListFilter):
@@ -82,7 +65,7 @@ class MinerAdmin(admin.ModelAdmin):
             .annotate(
                 running=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)),
                 completed=Count("jobs", filter=Q(jobs__status=JobStatus.COMPLETED)),
-                earned=Coalesce(_earnings_subquery(), Decimal(0)),
+                earned=Coalesce(earnings_subquery(), Decimal(0)),
             )
             .distinct()
         )

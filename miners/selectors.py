@@ -2,7 +2,19 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Count, F, FloatField, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import (
+    Count,
+    DecimalField,
+    F,
+    FloatField,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
@@ -83,6 +95,22 @@ def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
         reputation=Cast(F("recent_completed"), FloatField())
         / NullIf(F("recent_completed") + F("recent_failed"), 0, output_field=FloatField())
     )
+
+
+def earnings_subquery() -> Subquery:
+    """For each miner row of the outer query: what ``miner_earnings`` counts (``NULL`` for none)."""
+    credits = (
+        LedgerEntry.objects.filter(
+            transaction__kind=TransactionKind.SETTLE,
+            transaction__job__miner=OuterRef("pk"),
+            wallet__user=OuterRef("owner_id"),
+        )
+        .order_by()
+        .values("transaction__job__miner")
+        .annotate(total=Sum("amount"))
+        .values("total")
+    )
+    return Subquery(credits, output_field=DecimalField(max_digits=24, decimal_places=8))
 
 
 def miner_earnings(*, miner: Miner) -> Decimal:

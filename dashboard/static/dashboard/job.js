@@ -61,20 +61,14 @@
   }
 
   function follow(path) {
-    var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-    var socket;
-    try {
-      socket = new WebSocket(scheme + window.location.host + path);
-    } catch (error) {
-      liveNote.textContent = "Live updates are unavailable; reload the page to see the latest status.";
-      return;
-    }
-    socket.addEventListener("message", function (message) {
-      var event;
-      try { event = JSON.parse(message.data); } catch (error) { return; }
+    var socket = window.aitbcSocket(path, function (event) {
       if (event.type === "job.token") appendToken(event);
       else if (event.type === "job.status") showStatus(event);
     });
+    if (socket === null) {
+      liveNote.textContent = "Live updates are unavailable; reload the page to see the latest status.";
+      return;
+    }
     socket.addEventListener("close", function (close) {
       if (close.code !== 1000) {
         liveNote.textContent = "Live updates stopped; reload the page to see the latest status.";

@@ -46,23 +46,15 @@
     return root.hasAttribute("data-first-page") || rows.querySelector('tr[data-job-id="' + jobId + '"]') !== null;
   }
 
-  var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-  var socket;
-  try {
-    socket = new WebSocket(scheme + window.location.host + root.dataset.socketPath);
-  } catch (error) {
-    return;
-  }
-  socket.addEventListener("open", function () {
-    status.textContent = "Live.";
-    schedule();
-  });
-  socket.addEventListener("message", function (message) {
-    var event;
-    try { event = JSON.parse(message.data); } catch (error) { return; }
+  var socket = window.aitbcSocket(root.dataset.socketPath, function (event) {
     if (event.type === "dashboard.event" && event.kind === "job.updated" && event.data && concerns(event.data.job_id)) {
       schedule();
     }
+  });
+  if (socket === null) return;
+  socket.addEventListener("open", function () {
+    status.textContent = "Live.";
+    schedule();
   });
   socket.addEventListener("close", function () {
     status.textContent = "Live updates are off; reload the page for the latest.";

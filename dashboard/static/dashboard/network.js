@@ -85,19 +85,11 @@
 
   show(JSON.parse(document.getElementById("network-snapshot").textContent));
 
-  var scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-  var socket;
-  try {
-    socket = new WebSocket(scheme + window.location.host + root.dataset.socketPath);
-  } catch (error) {
-    return;
-  }
-  socket.addEventListener("open", function () { status.textContent = "Live."; });
-  socket.addEventListener("message", function (message) {
-    var event;
-    try { event = JSON.parse(message.data); } catch (error) { return; }
+  var socket = window.aitbcSocket(root.dataset.socketPath, function (event) {
     if (event.type === "dashboard.event" && event.kind === "network.stats" && event.data) show(event.data);
   });
+  if (socket === null) return;
+  socket.addEventListener("open", function () { status.textContent = "Live."; });
   socket.addEventListener("close", function () {
     status.textContent = "Live updates are off; figures as of the last update.";
   });
