@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from channels.layers import get_channel_layer
 
-from jobs.api.serializers import JobSerializer
+from jobs.api.serializers import job_view
 from jobs.models import Job
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def job_status_event(job: Job, *, outlook: dict | None = None) -> dict:
     ``type`` is the event's, so the job's type is ``job_type``; the submitted ``payload`` is left
     out (the client has it, and it can be large).
     """
-    view = JobSerializer(context={"outlook": outlook or {}}).to_representation(job)
+    view = job_view(job, outlook=(outlook or {}).get(job.pk, {}))
     del view["payload"]
     return {"type": JOB_STATUS, "job_type": view.pop("type"), **view}
 
