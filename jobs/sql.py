@@ -14,7 +14,8 @@ from aitbc_site.rawsql import columns
 from jobs.models import Job, JobStatus
 
 # ``jobs_claim`` (created by migration jobs 0003) locks the miner's row, then leases the best
-# queued jobs it can run: one round trip, its own transaction when called outside one.
+# queued jobs it can run: one round trip, its own transaction when called outside one. The
+# function lives in the database: changing how claims match takes a migration replacing it.
 CLAIM = f"""
 SELECT {columns(Job, "c")}
 FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
