@@ -60,14 +60,17 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     return api_key
 
 
-def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
+def api_key_authenticate(*, raw_key: str, candidates: list[ApiKey] | None = None) -> ApiKey | None:
     """Return the active key matching ``raw_key``, or None.
 
-    Keys configured through ``*_API_KEYS`` settings are imported (hashed) on first use, so
-    they can be listed and revoked like any other key.
+    ``candidates`` are the keys with ``raw_key``'s prefix when the caller has read them already
+    (``keys_from_rows``). Keys configured through ``*_API_KEYS`` settings are imported (hashed)
+    on first use, so they can be listed and revoked like any other key.
     """
     digest = hash_key(raw_key)
-    api_key = next((k for k in _keys_with_prefix(key_prefix(raw_key)) if hmac.compare_digest(k.key_hash, digest)), None)
+    if candidates is None:
+        candidates = _keys_with_prefix(key_prefix(raw_key))
+    api_key = next((k for k in candidates if hmac.compare_digest(k.key_hash, digest)), None)
     if api_key is None:
         api_key = _api_key_import_from_settings(raw_key=raw_key)
     if api_key is None or api_key.revoked_at is not None or not api_key.user.is_active:
@@ -76,17 +79,22 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     return api_key
 
 
-_KEYS_WITH_PREFIX = (
-    f"SELECT {rawsql.columns(ApiKey, 'k')}, {rawsql.columns(User, 'u')} "
-    "FROM accounts_apikey k JOIN accounts_user u ON u.id = k.user_id WHERE k.prefix = %s"
-)
+# The keys with a prefix and their users: ``KEY_COLUMNS`` from ``KEY_TABLES``, ``k.prefix`` to match.
+KEY_COLUMNS = f"{rawsql.columns(ApiKey, 'k')}, {rawsql.columns(User, 'u')}"
+KEY_TABLES = "accounts_apikey k JOIN accounts_user u ON u.id = k.user_id"
+_KEYS_WITH_PREFIX = f"SELECT {KEY_COLUMNS} FROM {KEY_TABLES} WHERE k.prefix = %s"
+KEY_COLUMN_COUNT = len(ApiKey._meta.concrete_fields) + len(User._meta.concrete_fields)
 
 
 def _keys_with_prefix(prefix: str) -> list[ApiKey]:
     # Runs on every API request: one prepared statement rather than an ORM query.
     with connection.cursor() as cursor:
         cursor.execute(_KEYS_WITH_PREFIX, [prefix])
-        rows = cursor.fetchall()
+        return keys_from_rows(cursor.fetchall())
+
+
+def keys_from_rows(rows) -> list[ApiKey]:
+    """The keys, with their users, of rows that start with ``KEY_COLUMNS``."""
     keys = rawsql.instances(ApiKey, rows)
     for api_key, user in zip(keys, rawsql.instances(User, rows, start=len(ApiKey._meta.concrete_fields)), strict=True):
         api_key.user = user

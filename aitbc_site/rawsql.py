@@ -7,6 +7,8 @@ written once (and prepared once per connection on PostgreSQL) instead.
 from functools import cache
 
 from django.db import DEFAULT_DB_ALIAS, connection
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 
 
 def columns(model, alias: str) -> str:
@@ -31,11 +33,21 @@ def instances(model, rows, *, start: int = 0) -> list:
     fields = model._meta.concrete_fields
     attnames = [field.attname for field in fields]
     converters = _converters(model, connection.vendor)
+    # ``Model.__init__`` sets the fields one by one; with no init signal to send, filling the
+    # instance's dict is the same instance at a fraction of the cost.
+    direct = not (pre_init.has_listeners(model) or post_init.has_listeners(model))
     built = []
     for row in rows:
         values = list(row[start : start + len(fields)])
         for i, found, column in converters:
             for convert in found:
                 values[i] = convert(values[i], column, connection)
-        built.append(model.from_db(DEFAULT_DB_ALIAS, attnames, values))
+        if direct:
+            instance = model.__new__(model)
+            instance.__dict__.update(zip(attnames, values, strict=True))
+            instance._state = state = ModelState()
+            state.adding, state.db = False, DEFAULT_DB_ALIAS
+        else:
+            instance = model.from_db(DEFAULT_DB_ALIAS, attnames, values)
+        built.append(instance)
     return built

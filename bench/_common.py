@@ -260,8 +260,11 @@ class BenchEnv:
 def django_setup_from_env(env: dict) -> None:
     """For child processes: adopt the parent's app environment and set Django up."""
     os.environ.update(env)
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
+    # The project root goes first: a spawned child re-runs the script, which puts bench/ ahead of
+    # it, and bench/inference.py would shadow the ``inference`` app.
+    with contextlib.suppress(ValueError):
+        sys.path.remove(str(ROOT))
+    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()

@@ -300,7 +300,8 @@ def reset_jobs() -> None:
     from jobs.models import Job
 
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {Receipt._meta.db_table}, {Job._meta.db_table}")
+        # CASCADE: attestations, payments and ledger transactions point at receipts and jobs.
+        cursor.execute(f"TRUNCATE {Receipt._meta.db_table}, {Job._meta.db_table} CASCADE")
     connection.close()
 
 

@@ -43,8 +43,8 @@ def _signed_receipt(job, *, provider: str, client: str) -> Receipt:
             "usage": usage,
         },
     }
-    document = signing.sign(payload, signing.coordinator_signing_key())
-    return Receipt(receipt_id=payload["receipt_id"], job=job, signed_json=signing.canonical_json(document).decode())
+    _, signed_json = signing.signed_document(payload, signing.coordinator_signing_key())
+    return Receipt(receipt_id=payload["receipt_id"], job=job, signed_json=signed_json.decode())
 
 
 def receipts_issue(*, completed: list[tuple]) -> list[Receipt]:

@@ -21,15 +21,20 @@ UNSIGNED_FIELDS = ("signature", "attestations")
 
 
 def _without_none(value):
+    # Scalars are kept without a call each: every receipt runs this over a job's payload and result.
     if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items() if v is not None}
+        return {k: _without_none(v) if isinstance(v, (dict, list)) else v for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_without_none(v) for v in value]
+        return [_without_none(v) if isinstance(v, (dict, list)) else v for v in value]
     return value
 
 
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
 def canonical_json(obj) -> bytes:
-    return json.dumps(_without_none(obj), separators=(",", ":"), sort_keys=True).encode()
+    return _dumps(_without_none(obj))
 
 
 def decimal_text(value) -> str | None:
@@ -58,10 +63,16 @@ def signed_payload(document: dict) -> bytes:
 
 def sign(payload: dict, signing_key: SigningKey) -> dict:
     """Return ``payload`` with its ``signature`` block added."""
+    return signed_document(payload, signing_key)[0]
+
+
+def signed_document(payload: dict, signing_key: SigningKey) -> tuple[dict, bytes]:
+    """``sign(payload)`` and its canonical JSON, with ``payload`` walked once."""
     document = _without_none(payload)
-    signature = signing_key.sign(signed_payload(document)).signature
+    # ``document`` holds no None any more: its canonical forms are plain sorted dumps.
+    signature = signing_key.sign(_dumps({k: v for k, v in document.items() if k not in UNSIGNED_FIELDS})).signature
     document["signature"] = {"alg": ALGORITHM, "key_id": key_id(signing_key.verify_key), "sig": b64url(signature)}
-    return document
+    return document, _dumps(document)
 
 
 def verify(document: dict, *, trusted_key_ids: set[str] | None = None) -> tuple[bool, str | None]:

@@ -18,12 +18,14 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 
 from channels.layers import get_channel_layer
+from channels_redis.core import RedisChannelLayer
 
-from jobs.api.serializers import JobSerializer
+from jobs.api.serializers import job_view
 from jobs.models import Job
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ def job_status_event(job: Job, *, outlook: dict | None = None) -> dict:
     ``type`` is the event's, so the job's type is ``job_type``; the submitted ``payload`` is left
     out (the client has it, and it can be large).
     """
-    view = JobSerializer(context={"outlook": outlook or {}}).to_representation(job)
+    view = job_view(job, outlook=(outlook or {}).get(job.pk, {}))
     del view["payload"]
     return {"type": JOB_STATUS, "job_type": view.pop("type"), **view}
 
@@ -140,11 +142,45 @@ async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
         for message in group_messages:
             await layer.group_send(group, message)
 
-    sends = asyncio.gather(*(send_in_order(g, ms) for g, ms in by_group.items()), return_exceptions=True)
+    groups = list(by_group)
+    if isinstance(layer, RedisChannelLayer):
+        groups = await asyncio.wait_for(_groups_with_members(layer, groups), PUBLISH_TIMEOUT_SECONDS)
+        if not groups:
+            return
+    sends = asyncio.gather(*(send_in_order(g, by_group[g]) for g in groups), return_exceptions=True)
     results = await asyncio.wait_for(sends, PUBLISH_TIMEOUT_SECONDS)
     failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
         logger.warning("job events for %d of %d job(s) not published: %r", len(failures), len(by_group), failures[0])
+
+
+# What channels-redis's group_send does first, for many groups in one call: drop the members past
+# the group expiry, then see who is left. Most jobs have no watcher, and their events end here.
+_GROUPS_WITH_MEMBERS = """
+local found = {}
+for i = 1, #KEYS do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[1])
+    if redis.call('ZCARD', KEYS[i]) > 0 then
+        found[#found + 1] = i
+    end
+end
+return found
+"""
+
+
+async def _groups_with_members(layer: RedisChannelLayer, groups: list[str]) -> list[str]:
+    """Those of ``groups`` that have a member: one script call per Redis host instead of two
+    commands per group (``group_send`` then delivers to the rest as usual)."""
+    by_host: dict[int, list[str]] = {}
+    for group in groups:
+        by_host.setdefault(layer.consistent_hash(group), []).append(group)
+    expired_before = int(time.time()) - layer.group_expiry
+    found = []
+    for index, host_groups in by_host.items():
+        keys = [layer._group_key(group) for group in host_groups]  # channels-redis's own key names
+        positions = await layer.connection(index).eval(_GROUPS_WITH_MEMBERS, len(keys), *keys, expired_before)
+        found += [host_groups[position - 1] for position in positions]
+    return found
 
 
 def _task_done(task: asyncio.Task) -> None:

@@ -30,7 +30,7 @@ from jobs import events, feed, sql, wakeup
 from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
 from miners.capabilities import cuda_code
-from miners.models import Miner, MinerStatus, ServedModel
+from miners.models import Miner, ServedModel
 from payments.models import Payment, PaymentStatus
 from payments.services import credits, escrow_hold, escrow_refund, escrows_settle, new_payment_id
 
@@ -311,30 +311,28 @@ def job_claim(*, miner: Miner, limit: int = 1, job_id=None, models: list[str] | 
         return []
     now = timezone.now()
     lease_until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
-    claim = _claim_postgres if connection.vendor == "postgresql" else _claim_portable
-    with transaction.atomic():
-        jobs = claim(miner_pk=miner.pk, limit=limit, job_id=job_id, models=models, now=now, lease_until=lease_until)
-        for job in jobs:
-            job.miner = miner
-        _publish_after_commit(jobs)
+    if connection.vendor == "postgresql":
+        # One statement: outside a transaction it is its own, so the claim is one round trip.
+        jobs = _claim_postgres(
+            miner_pk=miner.pk, limit=limit, job_id=job_id, models=models, now=now, lease_until=lease_until
+        )
+    else:
+        with transaction.atomic():
+            jobs = _claim_portable(
+                miner_pk=miner.pk, limit=limit, job_id=job_id, models=models, now=now, lease_until=lease_until
+            )
+    for job in jobs:
+        job.miner = miner
+    _publish_after_commit(jobs)
     jobs.sort(key=lambda j: j.rank_at)
     return jobs
 
 
 def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
+    params = {
+        "miner": miner_pk, "limit": limit, "job_id": job_id, "models": models, "now": now, "lease_until": lease_until
+    }  # fmt: skip
     with connection.cursor() as cursor:
-        cursor.execute(sql.GENERIC_PLAN)
-        cursor.execute(sql.LOCK_MINER, {"miner": miner_pk})
-        row = cursor.fetchone()
-        if row is None:
-            return []
-        status, draining, vram, cuda, region, price, gpu, capacity = row
-        if status != MinerStatus.ONLINE or draining:
-            return []
-        params = {
-            "miner": miner_pk, "limit": limit, "capacity": capacity, "job_id": job_id, "models": models, "now": now,
-            "lease_until": lease_until, "vram": vram, "cuda": cuda or 0, "region": region, "price": price, "gpu": gpu,
-        }  # fmt: skip
         cursor.execute(sql.CLAIM, params)
         return rawsql.instances(Job, cursor.fetchall())
 

@@ -13,43 +13,12 @@ from django.db import connection
 from aitbc_site.rawsql import columns
 from jobs.models import Job, JobStatus
 
-GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan"
-
-LOCK_MINER = """
-SELECT m.status, m.draining, m.vram_gb, m.cuda_code, m.region, m.price, m.gpu_name, m.max_concurrent_jobs
-FROM miners_miner m WHERE m.id = %(miner)s FOR UPDATE
-"""
-
-# Runs after LOCK_MINER, in a new statement, so the running-jobs count sees every claim
-# committed before we got the miner's lock. Planned once per connection (a generic plan):
-# the status tests are literals, so the plan can use the queue's partial index.
+# ``jobs_claim`` (created by migration jobs 0003) locks the miner's row, then leases the best
+# queued jobs it can run: one round trip, its own transaction when called outside one. The
+# function lives in the database: changing how claims match takes a migration replacing it.
 CLAIM = f"""
-WITH picked AS (
-    SELECT c.id FROM miners_servedmodel s
-    CROSS JOIN LATERAL (
-        SELECT j.id, j.rank_at FROM jobs_job j
-        WHERE j.status = '{JobStatus.QUEUED}' AND j.model = s.name AND j.expires_at > %(now)s
-          AND (%(job_id)s::uuid IS NULL OR j.id = %(job_id)s::uuid)
-          AND (j.req_min_vram_gb IS NULL OR j.req_min_vram_gb <= %(vram)s)
-          AND (j.req_cuda_code IS NULL OR j.req_cuda_code <= %(cuda)s)
-          AND (j.req_region = '' OR lower(j.req_region) = lower(%(region)s))
-          AND (j.req_max_price IS NULL OR %(price)s::numeric IS NULL OR j.req_max_price >= %(price)s::numeric)
-          AND (j.req_gpu = '' OR strpos(lower(%(gpu)s), lower(j.req_gpu)) > 0)
-        ORDER BY j.rank_at
-        LIMIT %(limit)s
-        FOR UPDATE OF j SKIP LOCKED
-    ) c
-    WHERE s.miner_id = %(miner)s AND (%(models)s::text[] IS NULL OR s.name = ANY(%(models)s::text[]))
-    ORDER BY c.rank_at
-    LIMIT LEAST(%(limit)s, GREATEST(0, %(capacity)s - (
-        SELECT count(*) FROM jobs_job r WHERE r.miner_id = %(miner)s AND r.status = '{JobStatus.RUNNING}'
-    )))
-)
-UPDATE jobs_job j SET status = '{JobStatus.RUNNING}', miner_id = %(miner)s, attempt = j.attempt + 1,
-    lease_token = gen_random_uuid()::text, lease_expires_at = %(lease_until)s, started_at = %(now)s,
-    progress = 0, updated_at = %(now)s
-FROM picked WHERE j.id = picked.id
-RETURNING {columns(Job, "j")}
+SELECT {columns(Job, "c")}
+FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
 """
 
 COMPLETE = f"""

@@ -19,6 +19,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
+from accounts.services import KEY_COLUMN_COUNT, KEY_COLUMNS, KEY_TABLES, keys_from_rows
 from aitbc_site import rawsql
 from aitbc_site.errors import NotFound
 from jobs.models import FailedAttempt, Job, JobStatus
@@ -29,16 +30,44 @@ from payments.models import LedgerEntry, TransactionKind
 REPUTATION_WINDOW = timedelta(days=7)
 
 _MINER_BY_NAME = f"SELECT {rawsql.columns(Miner, 'm')} FROM miners_miner m WHERE m.miner_id = %s AND m.status <> %s"
+_KEYS_AND_MINER = (
+    f"SELECT {KEY_COLUMNS}, {rawsql.columns(Miner, 'm')} FROM {KEY_TABLES} "
+    "LEFT JOIN miners_miner m ON m.miner_id = %s AND m.status <> %s WHERE k.prefix = %s"
+)
+# What ``miner_for_owner`` is told when the caller has not looked the miner up already.
+NOT_LOOKED_UP = object()
 
 
-def miner_for_owner(*, owner, miner_id: str, any_owner: bool = False) -> Miner:
-    """The caller's registered miner named ``miner_id`` (any owner's for admin keys)."""
-    if not 0 < len(miner_id) <= 128 or "\x00" in miner_id:
-        raise NotFound(f"Miner {miner_id[:128]!r} is not registered.", code="MINER_NOT_FOUND")
-    # Runs on every miner request: one prepared statement rather than an ORM query.
+def is_miner_name(miner_id: str) -> bool:
+    return 0 < len(miner_id) <= 128 and "\x00" not in miner_id
+
+
+def keys_and_miner(*, key_prefix: str, miner_id: str) -> tuple[list, Miner | None]:
+    """The API keys with ``key_prefix`` (as ``accounts.services.api_key_authenticate`` takes them)
+    and the registered miner named ``miner_id``, in one statement: a miner's requests name their
+    miner (``X-Miner-ID``) next to their key."""
     with connection.cursor() as cursor:
-        cursor.execute(_MINER_BY_NAME, [miner_id, MinerStatus.DEREGISTERED])
-        miner = next(iter(rawsql.instances(Miner, cursor.fetchall())), None)
+        cursor.execute(_KEYS_AND_MINER, [miner_id, MinerStatus.DEREGISTERED, key_prefix])
+        rows = cursor.fetchall()
+    miners = [row for row in rows if row[KEY_COLUMN_COUNT] is not None]
+    miner = rawsql.instances(Miner, miners[:1], start=KEY_COLUMN_COUNT)[0] if miners else None
+    return keys_from_rows(rows), miner
+
+
+def miner_for_owner(*, owner, miner_id: str, any_owner: bool = False, looked_up=NOT_LOOKED_UP) -> Miner:
+    """The caller's registered miner named ``miner_id`` (any owner's for admin keys).
+
+    ``looked_up`` is that miner (or None) when the caller has read it already (``keys_and_miner``).
+    """
+    if not is_miner_name(miner_id):
+        raise NotFound(f"Miner {miner_id[:128]!r} is not registered.", code="MINER_NOT_FOUND")
+    if looked_up is NOT_LOOKED_UP:
+        # Runs on every miner request: one prepared statement rather than an ORM query.
+        with connection.cursor() as cursor:
+            cursor.execute(_MINER_BY_NAME, [miner_id, MinerStatus.DEREGISTERED])
+            miner = next(iter(rawsql.instances(Miner, cursor.fetchall())), None)
+    else:
+        miner = looked_up
     if miner is None or not (any_owner or miner.owner_id == owner.pk):
         raise NotFound(f"Miner {miner_id!r} is not registered.", code="MINER_NOT_FOUND")
     return miner

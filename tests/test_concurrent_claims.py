@@ -2,10 +2,11 @@
 
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
-from django.db import connections
+from django.db import connections, transaction
 
 from accounts.services import user_get_or_create
 from explorer.models import Receipt
@@ -69,3 +70,44 @@ def test_eight_processes_claim_and_complete_2000_jobs_exactly_once():
     assert Receipt.objects.values("job").distinct().count() == JOBS
     assert {c for c in Job.objects.values_list("miner__miner_id", flat=True).distinct()} <= {m.miner_id for m in miners}
     assert Job.objects.values("miner").distinct().count() > 1, "work was not shared between processes"
+
+
+def test_a_claim_waiting_on_the_miners_lock_counts_the_claim_committed_before_it():
+    client = user_get_or_create(username="limit-client")
+    owner = user_get_or_create(username="limit-farm")
+    for i in range(2):
+        job_submit(client=client, model="llama3.2", payload={"prompt": f"job {i}"})
+    miner, _ = miner_register(
+        owner=owner, miner_id="one-at-a-time", capabilities=Capabilities(models=("llama3.2",), max_concurrent_jobs=1)
+    )
+    first_claimed, release = threading.Event(), threading.Event()
+    second = []
+
+    def claim_and_hold():
+        try:
+            with transaction.atomic():
+                assert len(job_claim(miner=miner, limit=1)) == 1
+                first_claimed.set()
+                release.wait(10)  # holds the miner's row lock until then
+        finally:
+            connections.close_all()
+
+    def claim_meanwhile():
+        try:
+            first_claimed.wait(10)
+            second.extend(job_claim(miner=miner, limit=1))  # waits for the lock, then sees the running job
+        finally:
+            connections.close_all()
+
+    holder, waiter = threading.Thread(target=claim_and_hold), threading.Thread(target=claim_meanwhile)
+    holder.start()
+    waiter.start()
+    first_claimed.wait(10)
+    waiter.join(0.3)
+    assert waiter.is_alive(), "the second claim should wait for the miner's lock"
+    release.set()
+    holder.join(10)
+    waiter.join(10)
+
+    assert second == []
+    assert Job.objects.filter(miner=miner, status=JobStatus.RUNNING).count() == 1

@@ -219,41 +219,49 @@ class JobSerializer(serializers.Serializer):
     payment_status = serializers.CharField(allow_null=True, help_text="escrowed, released or refunded")
 
     def to_representation(self, job):
-        miner_id = job.miner.miner_id if job.miner_id else None
-        outlook = self.context.get("outlook", {}).get(job.pk, {})
-        queued = job.status == JobStatus.QUEUED
-        return {
-            "job_id": str(job.pk),
-            "status": job.status,
-            "state": job.state,
-            "type": job.type,
-            "model": job.model,
-            "payload": job.payload,
-            "constraints": job.constraints,
-            "priority": job.get_priority_display(),
-            "result": job.result,
-            "error": job.error_message or None,
-            "error_code": job.error_code,
-            "progress": job.progress,
-            "miner_id": miner_id,
-            "assigned_miner_id": miner_id,
-            "attempt": job.attempt,
-            "max_attempts": job.max_attempts,
-            "created_at": iso_datetime(job.created_at),
-            "requested_at": iso_datetime(job.created_at),
-            "started_at": iso_datetime(job.started_at),
-            "completed_at": iso_datetime(job.completed_at),
-            "expires_at": iso_datetime(job.expires_at),
-            "ttl_seconds": job.ttl_seconds,
-            "queue_position": getattr(job, "queue_position", None) if queued else None,
-            "estimated_wait_seconds": outlook.get("estimated_wait_seconds"),
-            "is_possible": outlook.get("is_possible"),
-            "usage": job.usage,
-            "price": decimal_text(job.price),
-            "amount_charged": decimal_text(job.amount_charged),
-            "payment_id": job.payment_id or None,
-            "payment_status": job.payment_status or None,
-        }
+        return job_view(job, outlook=self.context.get("outlook", {}).get(job.pk, {}))
+
+
+_PRIORITY_LABELS = dict(JobPriority.choices)
+
+
+def job_view(job, *, outlook: dict) -> dict:
+    """What ``JobSerializer`` shows of ``job``, built directly: it runs on every submit, status
+    poll and status event."""
+    miner_id = job.miner.miner_id if job.miner_id else None
+    queued = job.status == JobStatus.QUEUED
+    return {
+        "job_id": str(job.pk),
+        "status": job.status,
+        "state": job.state,
+        "type": job.type,
+        "model": job.model,
+        "payload": job.payload,
+        "constraints": job.constraints,
+        "priority": _PRIORITY_LABELS.get(job.priority, job.priority),
+        "result": job.result,
+        "error": job.error_message or None,
+        "error_code": job.error_code,
+        "progress": job.progress,
+        "miner_id": miner_id,
+        "assigned_miner_id": miner_id,
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "created_at": iso_datetime(job.created_at),
+        "requested_at": iso_datetime(job.created_at),
+        "started_at": iso_datetime(job.started_at),
+        "completed_at": iso_datetime(job.completed_at),
+        "expires_at": iso_datetime(job.expires_at),
+        "ttl_seconds": job.ttl_seconds,
+        "queue_position": getattr(job, "queue_position", None) if queued else None,
+        "estimated_wait_seconds": outlook.get("estimated_wait_seconds"),
+        "is_possible": outlook.get("is_possible"),
+        "usage": job.usage,
+        "price": decimal_text(job.price),
+        "amount_charged": decimal_text(job.amount_charged),
+        "payment_id": job.payment_id or None,
+        "payment_status": job.payment_status or None,
+    }
 
 
 def decimal_text(value) -> str | None:

@@ -32,16 +32,20 @@ def _in_memory_layer(settings):
     settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
 
 
+def use_redis_layer(settings) -> None:
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Other test runs share the Redis database.
+            "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": f"aitbc-test-{uuid.uuid4().hex}"},
+        }
+    }
+
+
 @pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
 def layer_kind(request, settings):
     if request.param == "redis":
-        settings.CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                # Other test runs share the Redis database.
-                "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": f"aitbc-test-{uuid.uuid4().hex}"},
-            }
-        }
+        use_redis_layer(settings)
     return request.param
 
 
@@ -251,3 +255,31 @@ def test_publishing_does_not_wait_for_the_layer_and_keeps_the_order(monkeypatch)
     assert time.monotonic() - started < 0.1  # five sends of 50 ms each did not hold the caller
     events.flush()
     assert sent == [0, 1, 2, 3, 4]
+
+
+@needs_redis
+def test_on_redis_only_watched_jobs_groups_are_sent_to(settings, monkeypatch):
+    use_redis_layer(settings)
+    watched, unwatched = str(uuid.uuid4()), str(uuid.uuid4())
+    sent_to = []
+    layer = get_channel_layer()
+    group_send = type(layer).group_send
+
+    async def recording_group_send(self, group, message):
+        sent_to.append(group)
+        await group_send(self, group, message)
+
+    monkeypatch.setattr(type(layer), "group_send", recording_group_send)
+    tokens = [
+        TokenEvent(key=unwatched, index=0, text="a", completion_tokens=1, max_tokens=4),
+        TokenEvent(key=watched, index=0, text="b", completion_tokens=1, max_tokens=4),
+    ]
+
+    def publish():
+        events.publish_token_events(tokens)
+        events.flush()
+
+    received = receive_on_groups([events.job_group(watched)], publish, count=1)
+
+    assert [m["text"] for m in received[events.job_group(watched)]] == ["b"]
+    assert sent_to == [events.job_group(watched)]

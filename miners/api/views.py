@@ -3,8 +3,10 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from aitbc_site.api.authentication import ApiKeyAuthentication
 from aitbc_site.api.pagination import ItemsLimitOffsetPagination
 from aitbc_site.api.permissions import IsMiner, is_admin
 from aitbc_site.errors import Invalid, NotFound
@@ -13,6 +15,7 @@ from jobs.api.serializers import JobSerializer
 from jobs.models import Job
 from jobs.selectors import claimable_jobs
 from miners import selectors, services
+from miners.api.authentication import MinerKeyAuthentication
 from miners.api.serializers import (
     ClaimSerializer,
     EarningsSerializer,
@@ -54,12 +57,21 @@ def _named_miner_id(request) -> str | None:
 
 
 class MinerView(APIView):
+    authentication_classes = [
+        MinerKeyAuthentication if authenticator is ApiKeyAuthentication else authenticator
+        for authenticator in api_settings.DEFAULT_AUTHENTICATION_CLASSES
+    ]
     permission_classes = [IsMiner]
 
     def miner(self, miner_id: str | None = None) -> Miner:
-        miner_id = miner_id or _named_miner_id(self.request) or self.request.user.username
+        miner_id = str(miner_id or _named_miner_id(self.request) or self.request.user.username)
+        # The miner named by X-Miner-ID was read with the API key (MinerKeyAuthentication).
+        named_id, named = getattr(self.request, "named_miner", (None, None))
         return selectors.miner_for_owner(
-            owner=self.request.user, miner_id=str(miner_id), any_owner=is_admin(self.request)
+            owner=self.request.user,
+            miner_id=miner_id,
+            any_owner=is_admin(self.request),
+            looked_up=named if named_id == miner_id else selectors.NOT_LOOKED_UP,
         )
 
     def miner_for_job(self, job_id) -> Miner:

@@ -363,3 +363,27 @@ def test_is_possible_agrees_with_the_claim_for_a_miner_without_cuda(client_api, 
     )
     assert response.json()["is_possible"] is True
     assert poll(miner_api).status_code == 200
+
+
+@pytest.mark.postgres  # the portable claim takes several queries
+def test_a_poll_naming_its_miner_reads_key_and_miner_in_one_query(
+    client_api, miner_api, register_miner, submit_job, django_assert_num_queries
+):
+    register_miner(miner_api)
+    submit_job(client_api)
+    with django_assert_num_queries(2):  # the key with the miner, then the claim
+        assert poll(miner_api).status_code == 200
+
+
+def test_a_miner_named_in_the_header_but_owned_by_another_key_is_404(miner_api, make_api, register_miner):
+    register_miner(miner_api)
+    stranger = make_api("miner", "stranger", miner_id="miner-1")
+    assert poll(stranger).status_code == 404
+
+
+def test_a_revoked_key_naming_its_miner_is_401(miner_api, register_miner):
+    from accounts.services import api_key_revoke
+
+    register_miner(miner_api)
+    api_key_revoke(api_key=miner_api.api_key)
+    assert poll(miner_api).status_code == 401
