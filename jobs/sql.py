@@ -13,7 +13,7 @@ from django.db import connection
 from aitbc_site.rawsql import columns
 from jobs.models import Job, JobStatus
 
-# ``jobs_claim`` (created by migration jobs 0003) locks the miner's row, then leases the best
+# ``jobs_claim`` (created by migration jobs 0004) locks the miner's row, then leases the best
 # queued jobs it can run: one round trip, its own transaction when called outside one. The
 # function lives in the database: changing how claims match takes a migration replacing it.
 CLAIM = f"""

@@ -68,7 +68,7 @@ def drop(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0002_job_amount_charged_job_payment_id_job_payment_status_and_more"),
+        ("jobs", "0003_failed_attempt"),
         ("miners", "0003_miner_ban"),
     ]
 
