@@ -236,7 +236,18 @@ def _start_flush(loop: asyncio.AbstractEventLoop) -> None:
         _pending.clear()
         _flush_loop = None
         _last_flush = time.monotonic()
-    task = loop.create_task(_send(_by_group(items)))
+    batches = _by_group(items)
+    # The server's loop may have taken over since this flush was scheduled on the private one:
+    # the sockets (and an in-memory layer's queues) live on the server's.
+    target = _publishing_loop()
+    if target is loop:
+        _spawn_send(loop, batches)
+    else:
+        target.call_soon_threadsafe(_spawn_send, target, batches)
+
+
+def _spawn_send(loop: asyncio.AbstractEventLoop, batches: dict[str, list[dict]]) -> None:
+    task = loop.create_task(_send(batches))
     _background_tasks.add(task)
     task.add_done_callback(_background_tasks.discard)
 

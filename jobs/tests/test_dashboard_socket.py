@@ -1,5 +1,6 @@
 import asyncio
 import copy
+import threading
 import uuid
 from types import SimpleNamespace
 
@@ -148,6 +149,30 @@ def test_a_flush_keeps_each_users_latest_status_per_job_and_every_network_event(
         "user-1": [updated("b", "queued"), updated("a", "completed")],
         "user-2": [updated("c", "queued")],
     }
+
+
+def test_a_flush_scheduled_on_another_loop_is_sent_on_the_servers(client_api):
+    # Events published before any socket connected are flushed from a private loop; a socket
+    # connecting meanwhile makes its loop the server's, and the flush must go out there.
+    private = asyncio.new_event_loop()
+    threading.Thread(target=private.run_forever, daemon=True).start()
+    block = feed.dashboard_event(feed.BLOCK_SEALED, {"height": 7, "hash": "ab" * 32, "tx_count": 1})
+
+    async def scenario():
+        socket = open_socket(headers={"X-Api-Key": client_api.raw_key})
+        assert (await socket.connect())[0]
+        await socket.receive_json_from()
+        with feed._pending_lock:
+            feed._pending.append((feed.DASHBOARD_GROUP, block))
+        private.call_soon_threadsafe(feed._start_flush, private)
+        received = await next_event(socket, feed.BLOCK_SEALED, timeout=2)
+        await socket.disconnect()
+        return received
+
+    try:
+        assert async_to_sync(scenario)() == block
+    finally:
+        private.call_soon_threadsafe(private.stop)
 
 
 def test_snapshot_on_connect_counts_the_queue_and_the_miners_online(client_api, miner_api, register_miner, submit_job):
