@@ -18,3 +18,10 @@ class SessionTokenAuthenticationScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "apiKey", "in": "header", "name": "X-Session-Token"}
+
+
+class MinerKeyAuthenticationScheme(ApiKeyAuthenticationScheme):
+    """The miner routes take the same keys (of miner or admin scope), read with the miner they name."""
+
+    target_class = "miners.api.authentication.MinerKeyAuthentication"
+    name = ["MinerApiKeyHeader", "MinerBearerAuth"]
