@@ -301,7 +301,7 @@ def reset_jobs() -> int:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM {Job._meta.db_table}")
         n = cursor.fetchone()[0]
-        cursor.execute(f"TRUNCATE {Receipt._meta.db_table}, {Job._meta.db_table}")
+        cursor.execute(f"TRUNCATE {Receipt._meta.db_table}, {Job._meta.db_table} CASCADE")
         cursor.execute(f"VACUUM ANALYZE {Job._meta.db_table}")
     connection.close()
     return n
