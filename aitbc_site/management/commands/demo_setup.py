@@ -35,6 +35,6 @@ class Command(BaseCommand):
             f"  Miner key:  {keys['miner']}\n"
             f"  Models:     smollm2-135m (chat), minilm-l6 (embeddings), answered inside this server\n"
             f"  Try:        curl -H 'X-Api-Key: {keys['client']}' -H 'Content-Type: application/json' "
-            f'-d \'{{"prompt": "What is the capital of France?", "model": "smollm2-135m"}}\' {url}/v1/jobs\n'
+            f'-d \'{{"prompt": "What is the capital of France?", "model": "smollm2-135m", "params": {{"max_tokens": 40, "temperature": 0}}}}\' {url}/v1/jobs\n'
             f"              then GET {url}/v1/jobs/<job_id>/result with the same key\n"
         )
