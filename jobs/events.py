@@ -142,11 +142,9 @@ async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
         for message in group_messages:
             await layer.group_send(group, message)
 
-    groups = list(by_group)
-    if isinstance(layer, RedisChannelLayer):
-        groups = await asyncio.wait_for(_groups_with_members(layer, groups), PUBLISH_TIMEOUT_SECONDS)
-        if not groups:
-            return
+    groups = await asyncio.wait_for(watched_groups(layer, list(by_group)), PUBLISH_TIMEOUT_SECONDS)
+    if not groups:
+        return
     sends = asyncio.gather(*(send_in_order(g, by_group[g]) for g in groups), return_exceptions=True)
     results = await asyncio.wait_for(sends, PUBLISH_TIMEOUT_SECONDS)
     failures = [result for result in results if isinstance(result, BaseException)]
@@ -168,9 +166,12 @@ return found
 """
 
 
-async def _groups_with_members(layer: RedisChannelLayer, groups: list[str]) -> list[str]:
-    """Those of ``groups`` that have a member: one script call per Redis host instead of two
-    commands per group (``group_send`` then delivers to the rest as usual)."""
+async def watched_groups(layer, groups: list[str]) -> list[str]:
+    """Those of ``groups`` that have a member. On channels-redis, one script call per Redis host
+    instead of two commands per group (``group_send`` then delivers to the rest as usual); on
+    other layers, all of them."""
+    if not isinstance(layer, RedisChannelLayer) or not groups:
+        return groups
     by_host: dict[int, list[str]] = {}
     for group in groups:
         by_host.setdefault(layer.consistent_hash(group), []).append(group)

@@ -33,7 +33,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from jobs.events import PUBLISH_TIMEOUT_SECONDS, _publishing_loop
+from jobs.events import PUBLISH_TIMEOUT_SECONDS, _publishing_loop, watched_groups
 from jobs.models import Job, JobStatus
 from jobs.selectors import queue_depth_by_model
 from miners.selectors import miner_counts
@@ -279,6 +279,9 @@ async def _send(batches: dict[str, list[dict]]) -> None:
         layer = get_channel_layer()
         if layer is None:
             return
+        # Most users have no dashboard open: their groups are passed over in one call.
+        watched = await asyncio.wait_for(watched_groups(layer, list(batches)), PUBLISH_TIMEOUT_SECONDS)
+        batches = {group: batches[group] for group in watched}
         sends = asyncio.gather(
             *(send(layer, group, events) for group, events in batches.items()), return_exceptions=True
         )

@@ -319,3 +319,32 @@ def test_configured_redis_layer_takes_150_concurrent_group_joins(settings):
 
     assert [error for error in joined if error is not None] == []
     assert received == [{"type": "hello"}] * 150
+
+
+@needs_redis
+def test_on_redis_feed_events_go_only_to_groups_someone_watches(settings, monkeypatch):
+    layers = copy.deepcopy(site_settings.CHANNEL_LAYERS)
+    layers["default"]["CONFIG"]["prefix"] = f"aitbc-test-{uuid.uuid4().hex}"
+    settings.CHANNEL_LAYERS = layers
+    layer = get_channel_layer()
+    sent_to = []
+    group_send = type(layer).group_send
+
+    async def recording_group_send(self, group, message):
+        sent_to.append(group)
+        await group_send(self, group, message)
+
+    monkeypatch.setattr(type(layer), "group_send", recording_group_send)
+    event = feed.job_event(feed.JOB_UPDATED, SimpleNamespace(pk=uuid.uuid4(), model="m", status="queued"))
+    watched, unwatched = feed.user_group(1), feed.user_group(2)
+
+    async def scenario():
+        channel = await layer.new_channel()
+        await layer.group_add(watched, channel)
+        await feed._send({watched: [event], unwatched: [event]})
+        received = await asyncio.wait_for(layer.receive(channel), 2)
+        await layer.group_discard(watched, channel)
+        return received
+
+    assert async_to_sync(scenario)() == event
+    assert sent_to == [watched]
