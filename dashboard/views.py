@@ -6,6 +6,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.mixins import LoginRequiredMixin
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
@@ -117,6 +118,12 @@ class JobListView(SignedInMixin, FormView):
 
     def get_form_kwargs(self):
         return {**super().get_form_kwargs(), "catalog": list(catalog_with_miner_counts())}
+
+    def handle_no_permission(self):
+        if "rows" in self.request.GET:
+            # The live list's request: a redirect to the login page is no rows to show.
+            raise PermissionDenied("Signed out.")
+        return super().handle_no_permission()
 
     def get(self, request, *args, **kwargs):
         if "rows" in request.GET:

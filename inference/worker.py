@@ -25,7 +25,7 @@ from inference import engine
 from inference.selectors import catalog_entry, model_spec
 from jobs import events, wakeup
 from jobs.models import Job
-from jobs.services import Outcome, job_claim, job_fail, jobs_complete
+from jobs.services import TRUSTED_BLAMELESS_ERRORS, Outcome, job_claim, job_fail, jobs_complete
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_heartbeat, miner_register
@@ -243,6 +243,7 @@ class ClusterHost:
                         error_code=answer.error.code,
                         error_message=answer.error.message,
                         lease_token=by_key[answer.key].lease_token,
+                        blame=answer.error.code not in TRUSTED_BLAMELESS_ERRORS,
                     )
 
 

@@ -11,6 +11,9 @@ class FailedAttemptInline(ReadOnlyInline):
     model = FailedAttempt
     fields = ("created_at", "attempt", "miner", "error_code", "error_message")
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("miner")
+
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):

@@ -179,7 +179,9 @@ async def watched_groups(layer, groups: list[str]) -> list[str]:
     found = []
     for index, host_groups in by_host.items():
         keys = [layer._group_key(group) for group in host_groups]  # channels-redis's own key names
-        positions = await layer.connection(index).eval(_GROUPS_WITH_MEMBERS, len(keys), *keys, expired_before)
+        # EVALSHA, with EVAL only when the server has not seen the script yet.
+        script = layer.connection(index).register_script(_GROUPS_WITH_MEMBERS)
+        positions = await script(keys=keys, args=[expired_before])
         found += [host_groups[position - 1] for position in positions]
     return found
 

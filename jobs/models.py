@@ -151,11 +151,12 @@ class Job(models.Model):
 
 
 class FailedAttempt(models.Model):
-    """An attempt a miner took and did not finish through a fault of its own: it reported a failure,
-    let its lease lapse, or went offline holding the job. Miners' reputations are counted from these.
+    """An attempt a miner took and did not finish: it reported a failure, let its lease lapse, went
+    silent or deregistered holding the job. Miners' reputations are counted from these.
 
-    Attempts that end through nobody's fault on the miner's side are not recorded: staff re-queued
-    the job, the miner handed it back as it shut down, or the request itself cannot be run.
+    Not recorded: attempts staff ended (re-queue, take offline, ban), and, from an in-cluster
+    worker (the platform's own engine), a request it cannot run or its own shutdown. An HTTP
+    miner names its own error codes, so each failure it reports is recorded.
     """
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="failed_attempts")
@@ -167,6 +168,10 @@ class FailedAttempt(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "attempt"], name="failed_attempt_once_per_attempt"),
+            models.CheckConstraint(condition=Q(attempt__gte=1), name="failed_attempt_number_positive"),
+        ]
         indexes = [models.Index(fields=["miner", "-created_at"], name="failed_attempt_miner_idx")]
 
     def __str__(self) -> str:

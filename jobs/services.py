@@ -36,9 +36,10 @@ from payments.services import credits, escrow_hold, escrow_refund, escrows_settl
 
 # Failures that another attempt cannot fix: the job fails at once.
 NON_RETRYABLE_ERRORS = frozenset({"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL"})
-# Attempts ending so are not held against the miner: the request can't be run, staff re-queued
-# the job, or the miner handed it back as it shut down.
-BLAMELESS_ERRORS = NON_RETRYABLE_ERRORS | {"REQUEUED", "MINER_SHUTDOWN"}
+# Failures an in-cluster worker reports that are not held against it: the request can't be run,
+# or the host is shutting down. Its engine is the platform's own; an HTTP miner names its own
+# codes, so every failure it reports counts (``job_fail``'s ``blame``).
+TRUSTED_BLAMELESS_ERRORS = NON_RETRYABLE_ERRORS | {"MINER_SHUTDOWN"}
 
 
 @dataclass(frozen=True)
@@ -589,19 +590,22 @@ def _lock_leased_job(*, job_id, miner: Miner, lease_token: str | None) -> Job:
     return job
 
 
-def job_fail(*, job_id, miner: Miner, error_code: str, error_message: str, lease_token: str | None = None) -> Job:
-    """The lease holder gives up its attempt: the job is re-queued, or fails once attempts run out."""
+def job_fail(
+    *, job_id, miner: Miner, error_code: str, error_message: str, lease_token: str | None = None, blame: bool = True
+) -> Job:
+    """The lease holder gives up its attempt: the job is re-queued, or fails once attempts run out.
+    The attempt counts against the miner's reputation unless ``blame`` is False."""
     with transaction.atomic():
         job = _lock_leased_job(job_id=job_id, miner=miner, lease_token=lease_token)
-        _fail_attempts([job], code=error_code or "INFERENCE_FAILED", message=error_message)
+        _fail_attempts([job], code=error_code or "INFERENCE_FAILED", message=error_message, blame=blame)
     return job
 
 
-def _fail_attempts(jobs: list[Job], *, code: str, message: str) -> None:
+def _fail_attempts(jobs: list[Job], *, code: str, message: str, blame: bool) -> None:
     """End the current attempt of each of these locked running jobs, record it against the miner
-    unless the code is blameless, and publish the jobs' new status after commit."""
+    when ``blame``, and publish the jobs' new status after commit."""
     code = code[:64]
-    if code not in BLAMELESS_ERRORS:
+    if blame:
         FailedAttempt.objects.bulk_create(
             FailedAttempt(job=job, miner_id=job.miner_id, attempt=job.attempt, error_code=code, error_message=message)
             for job in jobs
@@ -665,7 +669,7 @@ def job_requeue(*, job_id, reason: str = "re-queued by staff") -> Job:
         if job.status != JobStatus.RUNNING:
             raise Conflict(f"Only running jobs can be re-queued; this one is {job.status}.", code="JOB_NOT_RUNNING")
         job.max_attempts = max(job.max_attempts, job.attempt + 1)
-        _fail_attempts([job], code="REQUEUED", message=reason)
+        _fail_attempts([job], code="REQUEUED", message=reason, blame=False)
     return job
 
 
@@ -706,16 +710,20 @@ def jobs_requeue_lapsed(*, now: datetime | None = None) -> int:
     """End the attempts whose lease ran out: re-queue them, or fail them when attempts are spent."""
     now = now or timezone.now()
     return _fail_running(
-        Q(lease_expires_at__lte=now), code="LEASE_EXPIRED", message="The miner's lease expired before it reported."
+        Q(lease_expires_at__lte=now),
+        code="LEASE_EXPIRED",
+        message="The miner's lease expired before it reported.",
+        blame=True,
     )
 
 
-def jobs_release_for_miner(*, miner: Miner, reason: str) -> int:
-    """End every attempt a miner holds (it went offline, was drained hard or deregistered)."""
-    return _fail_running(Q(miner=miner), code="MINER_OFFLINE", message=reason)
+def jobs_release_for_miner(*, miner: Miner, reason: str, blame: bool) -> int:
+    """End every attempt a miner holds (it went silent or deregistered, or staff took it offline);
+    they count against its reputation when ``blame``."""
+    return _fail_running(Q(miner=miner), code="MINER_OFFLINE", message=reason, blame=blame)
 
 
-def _fail_running(condition: Q, *, code: str, message: str) -> int:
+def _fail_running(condition: Q, *, code: str, message: str, blame: bool) -> int:
     released = 0
     while True:
         with transaction.atomic():
@@ -725,7 +733,7 @@ def _fail_running(condition: Q, *, code: str, message: str) -> int:
                 .filter(condition, status=JobStatus.RUNNING)
                 .order_by("lease_expires_at")[:SWEEP_BATCH]
             )
-            _fail_attempts(jobs, code=code, message=message)
+            _fail_attempts(jobs, code=code, message=message, blame=blame)
         released += len(jobs)
         if len(jobs) < SWEEP_BATCH:
             return released

@@ -133,7 +133,7 @@ def miner_deregister(*, miner: Miner) -> int:
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.DEREGISTERED, updated_at=timezone.now())
     miner.status = MinerStatus.DEREGISTERED
     transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
-    return jobs_release_for_miner(miner=miner, reason="The miner deregistered.")
+    return jobs_release_for_miner(miner=miner, reason="The miner deregistered.", blame=True)
 
 
 def miners_mark_silent_offline() -> int:
@@ -147,7 +147,7 @@ def miners_mark_silent_offline() -> int:
                 status=MinerStatus.OFFLINE, updated_at=timezone.now()
             )
             if updated:
-                jobs_release_for_miner(miner=miner, reason="The miner stopped sending heartbeats.")
+                jobs_release_for_miner(miner=miner, reason="The miner stopped sending heartbeats.", blame=True)
                 transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
         taken_offline += updated
     return taken_offline
@@ -159,7 +159,7 @@ def miner_take_offline(*, miner: Miner) -> int:
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.OFFLINE, updated_at=timezone.now())
     miner.status = MinerStatus.OFFLINE
     transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
-    return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.")
+    return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.", blame=False)
 
 
 def _banned(miner: Miner) -> ServiceError:
@@ -187,7 +187,7 @@ def miner_ban(*, miner: Miner, reason: str, actor) -> int:
     logger.info("miner %s banned by %s: %s", miner.miner_id, actor, reason)
     if was_online:
         transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
-    return jobs_release_for_miner(miner=miner, reason="The miner was banned by staff.")
+    return jobs_release_for_miner(miner=miner, reason="The miner was banned by staff.", blame=False)
 
 
 def miner_unban(*, miner: Miner, actor) -> Miner:

@@ -78,6 +78,12 @@ def test_job_list_rows_alone_for_the_live_list(browser, alice, bob, queued_job):
     ]
 
 
+def test_job_list_rows_for_a_signed_out_browser_are_refused_not_redirected(client, alice, queued_job):
+    queued_job(alice)
+    assert client.get("/jobs/?rows=1").status_code == 403
+    assert client.get("/jobs/").status_code == 302
+
+
 def test_job_list_page_is_live_and_says_where_its_rows_come_from(browser, alice, queued_job):
     empty = browser.get("/jobs/").content.decode()
     assert "No jobs yet." in empty

@@ -12,7 +12,7 @@ from inference.tests.conftest import TINY
 from inference.worker import worker_queue
 from jobs import events
 from jobs.events import job_group
-from jobs.models import Job, JobStatus
+from jobs.models import FailedAttempt, Job, JobStatus
 from jobs.services import job_claim, job_complete, job_submit
 from miners.models import Miner
 
@@ -85,6 +85,7 @@ def test_an_input_too_long_fails_the_job_with_its_error_code(cluster_host, clien
     assert job.status == JobStatus.FAILED
     assert job.error_code == "INPUT_TOO_LONG"
     assert job.error_message
+    assert not FailedAttempt.objects.exists(), "the platform's engine refusing a request is not the host's failure"
 
 
 def test_an_engine_fault_fails_the_attempt_and_requeues(cluster_host, client_api, monkeypatch):
@@ -98,6 +99,7 @@ def test_an_engine_fault_fails_the_attempt_and_requeues(cluster_host, client_api
     assert job.status == JobStatus.QUEUED
     assert job.error_code == "INFERENCE_FAILED"
     assert "kernel exploded" in job.error_message
+    assert FailedAttempt.objects.get().miner == cluster_host.miner
 
 
 def test_stopping_the_host_hands_a_running_batch_back_to_the_queue(cluster_host, client_api, monkeypatch):
@@ -113,6 +115,7 @@ def test_stopping_the_host_hands_a_running_batch_back_to_the_queue(cluster_host,
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED
     assert job.error_code == "MINER_SHUTDOWN"
+    assert not FailedAttempt.objects.exists()
 
 
 def test_heartbeat_extends_only_the_leases_this_process_runs(cluster_host, client_api):

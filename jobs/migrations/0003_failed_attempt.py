@@ -36,6 +36,10 @@ class Migration(migrations.Migration):
             options={
                 "ordering": ["-created_at"],
                 "indexes": [models.Index(fields=["miner", "-created_at"], name="failed_attempt_miner_idx")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("job", "attempt"), name="failed_attempt_once_per_attempt"),
+                    models.CheckConstraint(condition=models.Q(attempt__gte=1), name="failed_attempt_number_positive"),
+                ],
             },
         ),
     ]

@@ -14,5 +14,8 @@ class MinerKeyAuthentication(ApiKeyAuthentication):
             return super().authenticate(request)
         keys, miner = selectors.keys_and_miner(key_prefix=key_prefix(raw_key), miner_id=miner_id)
         authenticated = self.authenticate_key(raw_key, candidates=keys)
-        request.named_miner = (miner_id, miner)
+        if keys:
+            # The miner came joined to the key rows: with none (a key from the environment, used
+            # for the first time), it was not looked up at all.
+            request.named_miner = (miner_id, miner)
         return authenticated

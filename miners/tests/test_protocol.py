@@ -387,3 +387,15 @@ def test_a_revoked_key_naming_its_miner_is_401(miner_api, register_miner):
     register_miner(miner_api)
     api_key_revoke(api_key=miner_api.api_key)
     assert poll(miner_api).status_code == 401
+
+
+def test_a_key_from_the_environment_used_first_with_a_miner_named_finds_that_miner(settings, miner_api, register_miner):
+    from rest_framework.test import APIClient
+
+    register_miner(miner_api)
+    settings.API_KEYS_FROM_ENV = {"client": [], "miner": [], "admin": ["env-admin-key"]}
+    admin = APIClient()
+    admin.credentials(HTTP_X_API_KEY="env-admin-key", HTTP_X_MINER_ID="miner-1")
+    # Its first use imports the key; no stored key with its prefix was there to join the miner to.
+    response = admin.post("/v1/miners/heartbeat", {}, format="json")
+    assert response.status_code == 200, response.content

@@ -9,7 +9,13 @@ from jobs.services import job_claim, job_complete, job_fail, job_requeue, job_su
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.selectors import REPUTATION_WINDOW, miner_work_summary, with_reputation
-from miners.services import miner_register, miner_take_offline
+from miners.services import (
+    miner_ban,
+    miner_deregister,
+    miner_register,
+    miner_take_offline,
+    miners_mark_silent_offline,
+)
 
 MODEL = "llama3.2"
 
@@ -68,14 +74,36 @@ def test_reputation_is_the_completed_share_of_the_attempts_a_miner_ended(rig, cl
     assert (attempt.job_id, attempt.miner_id, attempt.attempt, attempt.error_code) == (job.pk, rig.pk, 1, "CUDA_ERROR")
 
 
-@pytest.mark.parametrize("code", ["REQUEUED", "MINER_SHUTDOWN", "INVALID_PARAMS", "INPUT_TOO_LONG"])
-def test_attempts_ended_through_no_fault_of_the_miner_are_not_held_against_it(rig, claimed, code):
+@pytest.mark.parametrize("code", ["MINER_SHUTDOWN", "REQUEUED", "INVALID_PARAMS", "INPUT_TOO_LONG"])
+def test_a_miner_cannot_clear_its_own_failure_by_the_code_it_names(rig, claimed, code):
     complete(claimed(), rig)
-    job = claimed()
-    if code == "REQUEUED":
-        job_requeue(job_id=job.pk, reason="staff")
-    else:
-        fail(job, rig, code)
+    fail(claimed(), rig, code)
+    assert reputation_of(rig) == (0.5, 1, 1)
+    assert FailedAttempt.objects.get().error_code == code
+
+
+def test_a_failure_reported_over_http_counts_whatever_its_code(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    assert miner_api.post("/v1/miners/poll", {"max_wait_seconds": 0}, format="json").json()["job_id"] == job["job_id"]
+    failed = {"result": {"status": "failed", "error_code": "MINER_SHUTDOWN", "error": "going away"}}
+    assert miner_api.post(f"/v1/miners/{job['job_id']}/result", failed, format="json").status_code == 200
+    attempt = FailedAttempt.objects.get()
+    assert (str(attempt.job_id), attempt.miner.miner_id, attempt.error_code) == (
+        job["job_id"],
+        "miner-1",
+        "MINER_SHUTDOWN",
+    )
+
+
+def test_attempts_staff_end_are_not_held_against_the_miner(rig, claimed, admin_user):
+    complete(claimed(), rig)
+    job_requeue(job_id=claimed().pk, reason="staff")
+    claimed()
+    miner_take_offline(miner=rig)
+    miner_register(owner=rig.owner, miner_id=rig.miner_id, capabilities=Capabilities(models=(MODEL,)))
+    claimed()
+    miner_ban(miner=rig, reason="testing", actor=admin_user)
     assert reputation_of(rig) == (1.0, 1, 0)
     assert not FailedAttempt.objects.exists()
 
@@ -88,11 +116,17 @@ def test_a_lapsed_lease_counts_against_the_miner(rig, claimed):
     assert FailedAttempt.objects.get().error_code == "LEASE_EXPIRED"
 
 
-def test_jobs_a_miner_holds_when_taken_offline_count_against_it(rig, claimed):
+def test_jobs_a_miner_holds_when_it_goes_silent_or_deregisters_count_against_it(rig, claimed):
+    claimed()
+    Miner.objects.filter(pk=rig.pk).update(last_heartbeat_at=timezone.now() - timedelta(days=1))
+    assert miners_mark_silent_offline() == 1
+    capabilities = Capabilities(models=(MODEL,), max_concurrent_jobs=10)
+    miner_register(owner=rig.owner, miner_id=rig.miner_id, capabilities=capabilities)
     claimed()
     claimed()
-    miner_take_offline(miner=rig)
-    assert reputation_of(rig) == (0.0, 0, 2)
+    miner_deregister(miner=rig)
+    assert reputation_of(rig) == (0.0, 0, 3)
+    assert set(FailedAttempt.objects.values_list("error_code", flat=True)) == {"MINER_OFFLINE"}
 
 
 def test_only_the_window_counts(rig, claimed):

@@ -60,6 +60,26 @@ def test_my_jobs_list_shows_a_job_submitted_elsewhere_and_follows_it_to_completi
     assert page.evaluate("window.__notReloaded") is True, "the page reloaded"
 
 
+def test_my_jobs_list_says_so_when_the_user_signed_out_elsewhere(page, log_in, make_api, server_url):
+    api = make_api("client", "gina")
+    api.user.set_password(PASSWORD)
+    api.user.save(update_fields=["password"])
+    log_in(page, "gina", PASSWORD)
+    page.goto("/jobs/")
+    expect(page.locator("#jobs-live")).to_have_text("Live.")
+
+    other_tab = page.context.new_page()
+    other_tab.goto("/jobs/")
+    other_tab.get_by_role("button", name="Log out").click()
+    other_tab.wait_for_url(re.compile(r"/login/"))
+
+    payload = {"model": TINY, "prompt": "After signing out", "params": {"max_tokens": 4}}
+    submitted = httpx.post(f"{server_url}/v1/jobs", json={"payload": payload}, headers={"X-Api-Key": api.raw_key})
+    assert submitted.status_code == 201, submitted.text
+    expect(page.locator("#jobs-live")).to_have_text(re.compile("signed out"), timeout=10_000)
+    expect(page.locator("#job-rows")).to_contain_text("No jobs yet.")
+
+
 def test_network_page_moves_when_a_job_completes(page, log_in):
     get_user_model().objects.create_user(username="dave", password=PASSWORD)
     log_in(page, "dave", PASSWORD)  # the dashboard socket wants a signed-in user

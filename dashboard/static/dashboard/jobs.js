@@ -12,6 +12,8 @@
   var reading = false;
   var readAgain = false;
   var lastRead = 0;
+  var signedOut = false;
+  var socket = null;
 
   function read() {
     timer = null;
@@ -21,20 +23,42 @@
     }
     reading = true;
     lastRead = Date.now();
-    fetch(root.dataset.rowsUrl, { credentials: "same-origin", headers: { Accept: "text/html" } })
+    fetch(root.dataset.rowsUrl, { credentials: "same-origin", redirect: "error", headers: { Accept: "text/html" } })
       .then(function (response) {
+        if (response.status === 403) {
+          signedOut = true;
+          if (socket) socket.close();
+        }
         if (!response.ok) throw new Error("HTTP " + response.status);
         return response.text();
       })
-      .then(function (html) { rows.innerHTML = html; })
-      .catch(function () { status.textContent = "Could not refresh the list; reload the page."; })
+      .then(function (html) {
+        replaceRows(html);
+        if (socket && socket.readyState === WebSocket.OPEN) status.textContent = "Live.";
+      })
+      .catch(function () {
+        status.textContent = signedOut
+          ? "You are signed out: reload the page to sign in again."
+          : "Could not refresh the list; reload the page.";
+      })
       .then(function () {
         reading = false;
-        if (readAgain) {
+        if (readAgain && !signedOut) {
           readAgain = false;
           schedule();
         }
       });
+  }
+
+  function replaceRows(html) {
+    // Keyboard focus on a row's link survives the refresh.
+    var focused = rows.contains(document.activeElement) ? document.activeElement.closest("tr") : null;
+    var jobId = focused ? focused.getAttribute("data-job-id") : null;
+    rows.innerHTML = html;
+    if (jobId) {
+      var link = rows.querySelector('tr[data-job-id="' + jobId + '"] a');
+      if (link) link.focus();
+    }
   }
 
   function schedule() {
@@ -46,7 +70,7 @@
     return root.hasAttribute("data-first-page") || rows.querySelector('tr[data-job-id="' + jobId + '"]') !== null;
   }
 
-  var socket = window.aitbcSocket(root.dataset.socketPath, function (event) {
+  socket = window.aitbcSocket(root.dataset.socketPath, function (event) {
     if (event.type === "dashboard.event" && event.kind === "job.updated" && event.data && concerns(event.data.job_id)) {
       schedule();
     }
@@ -57,6 +81,6 @@
     schedule();
   });
   socket.addEventListener("close", function () {
-    status.textContent = "Live updates are off; reload the page for the latest.";
+    if (!signedOut) status.textContent = "Live updates are off; reload the page for the latest.";
   });
 })();
