@@ -137,19 +137,25 @@ async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
     by_group: dict[str, list[dict]] = {}
     for group, message in messages:
         by_group.setdefault(group, []).append(message)
+    await send_to_groups(layer, by_group, what="job events")
 
-    async def send_in_order(group: str, group_messages: list[dict]) -> None:
-        for message in group_messages:
+
+async def send_to_groups(layer, by_group: dict[str, list[dict]], *, what: str) -> None:
+    """Send each watched group its messages in order, the groups side by side. A group that fails
+    is logged; a layer that can't tell who watches, or a send past the timeout, raises."""
+
+    async def send_in_order(group: str) -> None:
+        for message in by_group[group]:
             await layer.group_send(group, message)
 
     groups = await asyncio.wait_for(watched_groups(layer, list(by_group)), PUBLISH_TIMEOUT_SECONDS)
     if not groups:
         return
-    sends = asyncio.gather(*(send_in_order(g, by_group[g]) for g in groups), return_exceptions=True)
+    sends = asyncio.gather(*(send_in_order(group) for group in groups), return_exceptions=True)
     results = await asyncio.wait_for(sends, PUBLISH_TIMEOUT_SECONDS)
     failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
-        logger.warning("job events for %d of %d job(s) not published: %r", len(failures), len(by_group), failures[0])
+        logger.warning("%s for %d of %d group(s) not published: %r", what, len(failures), len(groups), failures[0])
 
 
 # What channels-redis's group_send does first, for many groups in one call: drop the members past

@@ -33,7 +33,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
 from django.utils import timezone
 
-from jobs.events import PUBLISH_TIMEOUT_SECONDS, _publishing_loop, watched_groups
+from jobs.events import _publishing_loop, send_to_groups
 from jobs.models import Job, JobStatus
 from jobs.selectors import queue_depth_by_model
 from miners.selectors import miner_counts
@@ -271,26 +271,14 @@ def _by_group(items: list[tuple[str, dict]]) -> dict[str, list[dict]]:
 
 
 async def _send(batches: dict[str, list[dict]]) -> None:
-    async def send(layer, group: str, events: list[dict]) -> None:
-        message = events[0] if len(events) == 1 else {"type": DASHBOARD_BATCH, "events": events}
-        await layer.group_send(group, message)
-
+    # One message per group and flush; groups nobody watches (most users') are passed over.
+    messages = {
+        group: [events[0] if len(events) == 1 else {"type": DASHBOARD_BATCH, "events": events}]
+        for group, events in batches.items()
+    }
     try:
         layer = get_channel_layer()
-        if layer is None:
-            return
-        # Most users have no dashboard open: their groups are passed over in one call.
-        watched = await asyncio.wait_for(watched_groups(layer, list(batches)), PUBLISH_TIMEOUT_SECONDS)
-        batches = {group: batches[group] for group in watched}
-        sends = asyncio.gather(
-            *(send(layer, group, events) for group, events in batches.items()), return_exceptions=True
-        )
-        results = await asyncio.wait_for(sends, PUBLISH_TIMEOUT_SECONDS)
+        if layer is not None:
+            await send_to_groups(layer, messages, what="dashboard events")
     except Exception as error:
         logger.warning("dashboard events for %d group(s) not published: %r", len(batches), error)
-        return
-    failures = [result for result in results if isinstance(result, BaseException)]
-    if failures:
-        logger.warning(
-            "dashboard events for %d of %d group(s) not published: %r", len(failures), len(batches), failures[0]
-        )
