@@ -183,11 +183,16 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         # misses no change.
         self.own_group = feed.user_group(user_id)
         await self.channel_layer.group_add(self.own_group, self.channel_name)
-        await self.accept(credentials.subprotocol)
-        # The snapshot comes first; the socket's feed starts once it is sent.
-        await self.send_json(feed.network_stats_event(await _dashboard_hub.latest_stats()))
-        await _dashboard_hub.watch(self)
-        self.watching = True
+        try:
+            await self.accept(credentials.subprotocol)
+            # The snapshot comes first; the socket's feed starts once it is sent.
+            await self.send_json(feed.network_stats_event(await _dashboard_hub.latest_stats()))
+            await _dashboard_hub.watch(self)
+            self.watching = True
+        except BaseException:
+            # A connect that fails leaves no membership behind (disconnect won't be called).
+            await self.disconnect(None)
+            raise
 
     async def disconnect(self, code):
         if self.own_group is not None:

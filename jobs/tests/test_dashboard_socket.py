@@ -348,3 +348,20 @@ def test_on_redis_feed_events_go_only_to_groups_someone_watches(settings, monkey
 
     assert async_to_sync(scenario)() == event
     assert sent_to == [watched]
+
+
+def test_a_connect_that_fails_leaves_no_group_membership(client_api, monkeypatch):
+    def unavailable(**kwargs):
+        raise RuntimeError("database unavailable")
+
+    monkeypatch.setattr(feed, "network_stats", unavailable)
+
+    async def scenario():
+        socket = open_socket(headers={"X-Api-Key": client_api.raw_key})
+        assert (await socket.connect())[0]  # accepted; the snapshot fails after
+        with pytest.raises(RuntimeError):
+            await socket.receive_output()
+
+    async_to_sync(scenario)()
+
+    assert not get_channel_layer().groups.get(feed.user_group(client_api.user.pk))
