@@ -127,8 +127,8 @@ class JobListView(SignedInMixin, FormView):
 
     def get(self, request, *args, **kwargs):
         if "rows" in request.GET:
-            # The live list (jobs.js) re-reads its rows when one of the user's jobs changes.
-            return render(request, "dashboard/_job_rows.html", {"jobs": self._page().object_list})
+            # The live list (jobs.js) re-reads its rows and pages when one of the user's jobs changes.
+            return render(request, "dashboard/_job_list.html", {"page": self._page()})
         return super().get(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs):

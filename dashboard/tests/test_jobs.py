@@ -68,7 +68,7 @@ def test_job_list_rows_alone_for_the_live_list(browser, alice, bob, queued_job):
     jobs = [queued_job(alice, f"prompt {i}") for i in range(23)]
     theirs = queued_job(bob, "not mine")
     first = browser.get("/jobs/?rows=1")
-    assert first.templates[0].name == "dashboard/_job_rows.html"
+    assert first.templates[0].name == "dashboard/_job_list.html"
     rows = re.findall(r'<tr data-job-id="([0-9a-f-]+)">', first.content.decode())
     assert rows == [str(job.pk) for job in jobs[::-1][:20]]
     assert "<html" not in first.content.decode() and str(theirs.pk) not in first.content.decode()
@@ -88,11 +88,11 @@ def test_job_list_page_is_live_and_says_where_its_rows_come_from(browser, alice,
     empty = browser.get("/jobs/").content.decode()
     assert "No jobs yet." in empty
     assert 'data-socket-path="/ws/dashboard/"' in empty and "dashboard/jobs.js" in empty
-    assert 'data-rows-url="/jobs/?rows=1" data-first-page' in empty
+    assert 'data-list-url="/jobs/?rows=1" data-first-page' in empty
     for i in range(21):
         queued_job(alice, f"prompt {i}")
     later = browser.get("/jobs/?page=2").content.decode()
-    assert 'data-rows-url="/jobs/?page=2&amp;rows=1">' in later
+    assert 'data-list-url="/jobs/?page=2&amp;rows=1">' in later
 
 
 def test_job_list_reads_a_fixed_number_of_queries(browser, alice, finished_job, django_assert_max_num_queries):

@@ -1,11 +1,11 @@
 // My jobs, live: when one of the user's jobs changes (``job.updated`` on ws/dashboard/), the
-// rows are read again from the server, at most once a second; once more when the socket opens,
-// for changes made while the page loaded. Without a socket the list stays as loaded.
+// list (rows and pages) is read again from the server, at most once a second; once more when
+// the socket opens, for changes made while the page loaded. Without a socket it stays as loaded.
 (function () {
   "use strict";
   var root = document.getElementById("my-jobs");
   if (!root) return;
-  var rows = document.getElementById("job-rows");
+  var list = document.getElementById("job-list");
   var status = document.getElementById("jobs-live");
   var MIN_INTERVAL_MS = 1000;
   var timer = null;
@@ -23,7 +23,7 @@
     }
     reading = true;
     lastRead = Date.now();
-    fetch(root.dataset.rowsUrl, { credentials: "same-origin", redirect: "error", headers: { Accept: "text/html" } })
+    fetch(root.dataset.listUrl, { credentials: "same-origin", redirect: "error", headers: { Accept: "text/html" } })
       .then(function (response) {
         if (response.status === 403) {
           signedOut = true;
@@ -33,7 +33,7 @@
         return response.text();
       })
       .then(function (html) {
-        replaceRows(html);
+        replaceList(html);
         if (socket && socket.readyState === WebSocket.OPEN) status.textContent = "Live.";
       })
       .catch(function () {
@@ -50,13 +50,13 @@
       });
   }
 
-  function replaceRows(html) {
+  function replaceList(html) {
     // Keyboard focus on a row's link survives the refresh.
-    var focused = rows.contains(document.activeElement) ? document.activeElement.closest("tr") : null;
+    var focused = list.contains(document.activeElement) ? document.activeElement.closest("tr") : null;
     var jobId = focused ? focused.getAttribute("data-job-id") : null;
-    rows.innerHTML = html;
+    list.innerHTML = html;
     if (jobId) {
-      var link = rows.querySelector('tr[data-job-id="' + jobId + '"] a');
+      var link = list.querySelector('tr[data-job-id="' + jobId + '"] a');
       if (link) link.focus();
     }
   }
@@ -67,7 +67,7 @@
 
   function concerns(jobId) {
     // New jobs appear on the first page; on later pages only the rows shown can change.
-    return root.hasAttribute("data-first-page") || rows.querySelector('tr[data-job-id="' + jobId + '"]') !== null;
+    return root.hasAttribute("data-first-page") || list.querySelector('tr[data-job-id="' + jobId + '"]') !== null;
   }
 
   socket = window.aitbcSocket(root.dataset.socketPath, function (event) {
