@@ -31,7 +31,27 @@ class Credentials:
     subprotocol: str | None
 
 
-class JobConsumer(AsyncJsonWebsocketConsumer):
+class ClientSocket(AsyncJsonWebsocketConsumer):
+    """A socket whose client may send ``{"type": "ping"}``, answered ``{"type": "pong"}``; its
+    other JSON objects go to ``on_message``, and anything else is ignored."""
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        try:
+            content = json.loads(text_data) if text_data else None
+        except ValueError:
+            return
+        if not isinstance(content, dict):
+            return
+        if content.get("type") == "ping":
+            await self.send_json({"type": "pong"})
+        else:
+            await self.on_message(content)
+
+    async def on_message(self, content: dict) -> None:
+        """A client message other than a ping: ignored unless a subclass says otherwise."""
+
+
+class JobConsumer(ClientSocket):
     """``ws/jobs/<job_id>/``: one job's status changes and generated tokens, as they happen.
 
     Credentials: an API key in ``X-Api-Key`` or ``Authorization: Bearer``, else in
@@ -79,14 +99,6 @@ class JobConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code):
         await self._leave_group()
-
-    async def receive(self, text_data=None, bytes_data=None, **kwargs):
-        try:
-            content = json.loads(text_data) if text_data else None
-        except ValueError:
-            return
-        if isinstance(content, dict) and content.get("type") == "ping":
-            await self.send_json({"type": "pong"})
 
     async def job_status(self, event):
         if self.finished:
@@ -146,7 +158,7 @@ def _subscription(*, job_id, raw_key: str | None, user) -> tuple[int | None, dic
     return None, events.job_status_event(job, outlook=selectors.queue_outlook(jobs=[job]))
 
 
-class DashboardConsumer(AsyncJsonWebsocketConsumer):
+class DashboardConsumer(ClientSocket):
     """``ws/dashboard/``: the live network feed of the browser dashboard (see ``jobs.feed``).
 
     Credentials as for ``ws/jobs/<id>/``: an API key (header or subprotocol) of any scope, else
@@ -209,14 +221,6 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     async def dashboard_batch(self, message):
         for event in message["events"]:
             await self.send_json(event)
-
-    async def receive(self, text_data=None, bytes_data=None, **kwargs):
-        try:
-            content = json.loads(text_data) if text_data else None
-        except ValueError:
-            return
-        if isinstance(content, dict) and content.get("type") == "ping":
-            await self.send_json({"type": "pong"})
 
 
 class _DashboardHub:

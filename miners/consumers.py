@@ -1,18 +1,16 @@
 import asyncio
-import json
 import logging
 import threading
 from contextlib import suppress
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.models import ApiKeyScope
 from accounts.services import api_key_authenticate
 from aitbc_site.errors import NotFound, ServiceError
 from jobs import events, wakeup
-from jobs.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from jobs.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, ClientSocket
 from jobs.consumers import _credentials as socket_credentials
 from jobs.services import job_claim, job_requeue
 from miners import selectors, services
@@ -24,7 +22,7 @@ logger = logging.getLogger(__name__)
 JOB_ASSIGNED = "job.assigned"
 
 
-class MinerConsumer(AsyncJsonWebsocketConsumer):
+class MinerConsumer(ClientSocket):
     """``ws/miners/``: work pushed to a miner as soon as there is some, instead of polls.
 
     Credentials: a miner-scope (or admin) API key, in ``X-Api-Key``, ``Authorization: Bearer`` or
@@ -83,16 +81,8 @@ class MinerConsumer(AsyncJsonWebsocketConsumer):
         # A claim in progress finishes (and hands back what it took) before the socket goes.
         await asyncio.wait({self.pusher}, timeout=10)
 
-    async def receive(self, text_data=None, bytes_data=None, **kwargs):
-        try:
-            content = json.loads(text_data) if text_data else None
-        except ValueError:
-            return
-        if not isinstance(content, dict):
-            return
-        if content.get("type") == "ping":
-            await self.send_json({"type": "pong"})
-        elif content.get("type") == "ready" and self.pusher is not None:
+    async def on_message(self, content: dict) -> None:
+        if content.get("type") == "ready" and self.pusher is not None:
             self.wake.set()
 
     def _wait_for_work(self, loop: asyncio.AbstractEventLoop, models: list[str], registered: asyncio.Event) -> None:
