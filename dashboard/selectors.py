@@ -1,6 +1,5 @@
 """Reads the pages need beyond the other apps' selectors: each list in a fixed number of queries."""
 
-import statistics
 from datetime import timedelta
 from decimal import Decimal
 
@@ -12,12 +11,10 @@ from django.utils import timezone
 from explorer.models import Receipt
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus, ServedModel
-from miners.selectors import earnings_subquery, miner_counts, with_reputation
+from miners.selectors import earnings_subquery, with_reputation
 from payments.models import ExchangePayment
 
 THROUGHPUT_WINDOW = timedelta(hours=1)
-NETWORK_WINDOW = timedelta(minutes=5)
-NETWORK_SAMPLE = 500
 
 
 def jobs_of_client(*, user) -> QuerySet[Job]:
@@ -70,47 +67,6 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
         )
         .order_by("miner_id")
     )
-
-
-def network_snapshot(*, now=None) -> dict:
-    """The figures of a ``network.stats`` event, read now: the page shows them before its socket connects.
-
-    Rates are over the last five minutes; medians over at most the last 500 jobs of that window.
-    """
-    now = now or timezone.now()
-    since = now - NETWORK_WINDOW
-    window_seconds = NETWORK_WINDOW.total_seconds()
-    depth = Job.objects.filter(status=JobStatus.QUEUED).values_list("model").annotate(n=Count("id")).order_by("model")
-    started = list(
-        Job.objects.filter(started_at__gte=since)
-        .order_by("-started_at")
-        .values_list("created_at", "started_at")[:NETWORK_SAMPLE]
-    )
-    finished = list(
-        Job.objects.filter(status=JobStatus.COMPLETED, completed_at__gte=since, started_at__isnull=False)
-        .order_by("-completed_at")
-        .values_list("started_at", "completed_at", "usage")[:NETWORK_SAMPLE]
-    )
-    completed_in_window = Job.objects.filter(status=JobStatus.COMPLETED, completed_at__gte=since).count()
-    tokens = sum(_completion_tokens(usage) for _, _, usage in finished)
-    return {
-        "jobs_per_minute": round(completed_in_window / (window_seconds / 60), 2),
-        "queue_depth": dict(depth),
-        "median_wait_seconds": _median_seconds(started),
-        "median_run_seconds": _median_seconds([(start, end) for start, end, _ in finished]),
-        "tokens_per_second": round(tokens / window_seconds, 2),
-        "miners_online": miner_counts()[MinerStatus.ONLINE],
-    }
-
-
-def _median_seconds(spans) -> float | None:
-    durations = [(end - start).total_seconds() for start, end in spans if start and end]
-    return round(statistics.median(durations), 2) if durations else None
-
-
-def _completion_tokens(usage) -> int:
-    value = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return value if isinstance(value, int) else 0
 
 
 def job_counts_of_client(*, user) -> dict[str, int]:

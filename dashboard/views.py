@@ -20,6 +20,7 @@ from dashboard import selectors
 from dashboard.forms import ApiKeyCreateForm, JobSubmitForm, SignUpForm, TopUpForm
 from explorer import selectors as explorer
 from inference.selectors import catalog_with_miner_counts
+from jobs.feed import network_stats
 from jobs.models import JobStatus
 from jobs.services import job_submit
 from miners.selectors import REPUTATION_WINDOW
@@ -74,7 +75,7 @@ class OverviewView(SignedInMixin, TemplateView):
             "recent_jobs": selectors.jobs_of_client(user=user)[:RECENT_JOBS],
             "job_counts": selectors.job_counts_of_client(user=user),
             "wallet": wallet_open(user=user),
-            "network": selectors.network_snapshot(),
+            "network": network_stats(),
         }
 
 
@@ -236,7 +237,7 @@ class NetworkView(TemplateView):
     def get_context_data(self, **kwargs):
         return {
             **super().get_context_data(**kwargs),
-            "snapshot": selectors.network_snapshot(),
+            "snapshot": network_stats(),
             "stats": explorer.network_stats(),
         }
 
