@@ -4,14 +4,13 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.db.models import Count, DecimalField, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Sum, Value
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from explorer.models import Receipt
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus, ServedModel
-from miners.selectors import earnings_subquery, with_reputation
+from miners.selectors import earnings_subquery, units_of_job, with_reputation
 from payments.models import ExchangePayment
 
 THROUGHPUT_WINDOW = timedelta(hours=1)
@@ -36,11 +35,6 @@ def exchange_payments_of(*, user) -> QuerySet[ExchangePayment]:
     return ExchangePayment.objects.filter(user=user).order_by("-created_at", "-id")
 
 
-def _units():
-    # The same count as miners.selectors.miner_work_summary: units reported, else total tokens.
-    return Coalesce(Cast(KT("usage__units"), IntegerField()), Cast(KT("usage__total_tokens"), IntegerField()), Value(0))
-
-
 def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
     """Online miners with their models and, in subqueries of the same statement, what
     ``miner_work_summary`` reports for one miner: jobs completed and running, units served,
@@ -56,10 +50,11 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
         .annotate(
             jobs_completed=Coalesce(Subquery(completed.annotate(n=Count("id")).values("n"), IntegerField()), 0),
             jobs_running=Coalesce(Subquery(running.annotate(n=Count("id")).values("n"), IntegerField()), 0),
-            units_served=Coalesce(Subquery(completed.annotate(n=Sum(_units())).values("n"), IntegerField()), 0),
+            units_served=Coalesce(Subquery(completed.annotate(n=Sum(units_of_job())).values("n"), IntegerField()), 0),
             units_last_hour=Coalesce(
                 Subquery(
-                    completed.filter(completed_at__gte=since).annotate(n=Sum(_units())).values("n"), IntegerField()
+                    completed.filter(completed_at__gte=since).annotate(n=Sum(units_of_job())).values("n"),
+                    IntegerField(),
                 ),
                 0,
             ),

@@ -77,11 +77,14 @@ def jobs_of_miner(*, miner: Miner) -> QuerySet[Job]:
     return Job.objects.filter(miner=miner).select_related("miner").order_by("-started_at", "-id")
 
 
+def units_of_job():
+    """The work one job counts for: the units its miner reported, else its total tokens."""
+    return Coalesce(Cast(KT("usage__units"), IntegerField()), Cast(KT("usage__total_tokens"), IntegerField()), Value(0))
+
+
 def miner_work_summary(*, miner: Miner) -> dict:
     """What a miner has done: jobs completed and units (tokens) served, counted in SQL."""
-    units = Coalesce(
-        Cast(KT("usage__units"), IntegerField()), Cast(KT("usage__total_tokens"), IntegerField()), Value(0)
-    )
+    units = units_of_job()
     totals = Job.objects.filter(miner=miner).aggregate(
         completed=Count("id", filter=Q(status=JobStatus.COMPLETED)),
         running=Count("id", filter=Q(status=JobStatus.RUNNING)),
