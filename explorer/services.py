@@ -5,10 +5,11 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from aitbc_site.errors import Invalid
+from aitbc_site.errors import Invalid, NotFound, ServiceError
 from explorer import merkle, signing, verify
 from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, Receipt, ReceiptAttestation
 from explorer.sources import LEAF_SOURCES, Leaf
+from miners.selectors import miner_for_owner
 
 # pg_advisory_xact_lock key that serialises sealers: heights never fork.
 _SEAL_LOCK_KEY = 0x61697462635F626C  # "aitbc_bl"
@@ -67,12 +68,19 @@ def receipts_issue(*, completed: list[tuple]) -> list[Receipt]:
     return receipts
 
 
-def receipt_attest(*, receipt: Receipt, miner, alg: str, key_id: str, sig: str) -> tuple[ReceiptAttestation, bool]:
-    """Record the provider miner's co-signature of ``receipt``, verified against the key it registered.
+def receipt_attest(*, receipt: Receipt, owner, alg: str, key_id: str, sig: str) -> tuple[ReceiptAttestation, bool]:
+    """Record the co-signature of ``receipt`` by the miner that did its job (``owner``'s, or a
+    403), verified against the key that miner registered.
 
     Returns ``(attestation, created)``; attesting twice with the same key returns the first.
     The receipt itself is not changed.
     """
+    try:
+        miner = miner_for_owner(owner=owner, miner_id=str(receipt.document.get("provider", "")))
+    except NotFound:
+        raise ServiceError(
+            "Only the miner that did the job may attest its receipt.", code="NOT_RECEIPT_PROVIDER", status_code=403
+        ) from None
     if not miner.public_key:
         raise Invalid("This miner registered no public key to attest with.", code="MINER_KEY_MISSING")
     try:

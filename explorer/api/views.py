@@ -7,7 +7,7 @@ from rest_framework.views import APIView
 
 from aitbc_site.api.pagination import ItemsLimitOffsetPagination
 from aitbc_site.api.permissions import IsClient, IsMiner, is_admin
-from aitbc_site.errors import Invalid, NotFound, ServiceError
+from aitbc_site.errors import Invalid, NotFound
 from explorer import selectors, services
 from explorer.api.pagination import NextOffsetPagination
 from explorer.api.serializers import (
@@ -26,7 +26,6 @@ from explorer.api.serializers import (
 )
 from explorer.filters import ReceiptFilter
 from explorer.models import Receipt
-from miners.selectors import miner_for_owner
 from payments.selectors import wallet_by_address, wallets_list
 
 ERRORS = {
@@ -108,14 +107,7 @@ class ReceiptAttestationsView(APIView):
         receipt = Receipt.objects.filter(pk=receipt_id).first()
         if receipt is None:
             raise _receipt_not_found()
-        provider = str(receipt.document.get("provider", ""))
-        try:
-            miner = miner_for_owner(owner=request.user, miner_id=provider)
-        except NotFound:
-            raise ServiceError(
-                "Only the miner that did the job may attest its receipt.", code="NOT_RECEIPT_PROVIDER", status_code=403
-            ) from None
-        _, created = services.receipt_attest(receipt=receipt, miner=miner, **attestation.validated_data)
+        _, created = services.receipt_attest(receipt=receipt, owner=request.user, **attestation.validated_data)
         receipt = Receipt.objects.prefetch_related("attestations").get(pk=receipt.pk)
         return Response(receipt.served_document(), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
