@@ -2,11 +2,11 @@ from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, status
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
-from aitbc_site.api.authentication import ApiKeyAuthentication
+from aitbc_site.api.authentication import SessionTokenAuthentication
 from aitbc_site.api.pagination import ItemsLimitOffsetPagination
 from aitbc_site.api.permissions import IsMiner, is_admin
 from aitbc_site.errors import Invalid, NotFound
@@ -57,10 +57,8 @@ def _named_miner_id(request) -> str | None:
 
 
 class MinerView(APIView):
-    authentication_classes = [
-        MinerKeyAuthentication if authenticator is ApiKeyAuthentication else authenticator
-        for authenticator in api_settings.DEFAULT_AUTHENTICATION_CLASSES
-    ]
+    # The project's defaults, with the key read together with the miner the request names.
+    authentication_classes = [MinerKeyAuthentication, SessionTokenAuthentication, SessionAuthentication]
     permission_classes = [IsMiner]
 
     def miner(self, miner_id: str | None = None) -> Miner:
