@@ -1,11 +1,11 @@
 from decimal import Decimal
 
 from django import forms
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 
 from inference.models import CatalogModel
+from payments.exchange import btc_quote
 
 PROMPT_MAX_LENGTH = 20_000
 
@@ -80,4 +80,4 @@ class TopUpForm(forms.Form):
     )
 
     def btc_amount(self) -> Decimal:
-        return (self.cleaned_data["aitbc_amount"] / settings.BTC_TO_AITBC_RATE).quantize(Decimal("0.00000001"))
+        return btc_quote(self.cleaned_data["aitbc_amount"])

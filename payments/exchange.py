@@ -47,6 +47,12 @@ def business_key_of(payment: ExchangePayment) -> str:
 # --- Services ------------------------------------------------------------------------------
 
 
+def btc_quote(aitbc_amount) -> Decimal:
+    """The BTC that buys ``aitbc_amount`` at ``BTC_TO_AITBC_RATE``, to the satoshi: what a request
+    should quote (``exchange_payment_create`` accepts a satoshi either way)."""
+    return credits(credits(aitbc_amount) / settings.BTC_TO_AITBC_RATE)
+
+
 def exchange_payment_create(*, user, aitbc_amount, btc_amount, now=None) -> ExchangePayment:
     """A pending request to buy ``aitbc_amount`` for ``btc_amount``, with the next unused deposit address.
 
