@@ -14,6 +14,7 @@ waits until everything handed over so far has gone out.
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -21,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable
+from functools import partial
 
 from channels.layers import get_channel_layer
 from channels_redis.core import RedisChannelLayer
@@ -68,13 +70,23 @@ def publish_job_status(job: Job) -> None:
 
 
 def publish_job_statuses(jobs: Iterable[Job]) -> None:
-    """Send each job's current status to its subscribers, all in one hop. Never raises."""
+    """Send each job's current status to its subscribers, all in one hop. Never raises.
+
+    Most jobs have no subscriber: an event is built only for a job someone watches, from a copy
+    of the job as it is now (the caller may change it later).
+    """
     try:
-        messages = [(job_group(job.pk), job_status_event(job)) for job in jobs]
+        messages = [(job_group(job.pk), partial(job_status_event, _snapshot(job))) for job in jobs]
     except Exception as error:
         logger.warning("status events not published: %r", error)
         return
     _deliver(messages)
+
+
+def _snapshot(job: Job) -> Job:
+    copy = Job.__new__(Job)
+    copy.__dict__.update(job.__dict__)
+    return copy
 
 
 def publish_token_events(events: Iterable) -> None:
@@ -140,13 +152,14 @@ async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
     await send_to_groups(layer, by_group, what="job events")
 
 
-async def send_to_groups(layer, by_group: dict[str, list[dict]], *, what: str) -> None:
-    """Send each watched group its messages in order, the groups side by side. A group that fails
-    is logged; a layer that can't tell who watches, or a send past the timeout, raises."""
+async def send_to_groups(layer, by_group: dict[str, list], *, what: str) -> None:
+    """Send each watched group its messages in order, the groups side by side; a message may be
+    a function that builds it. A group that fails is logged; a layer that can't tell who
+    watches, or a send past the timeout, raises."""
 
     async def send_in_order(group: str) -> None:
         for message in by_group[group]:
-            await layer.group_send(group, message)
+            await layer.group_send(group, message() if callable(message) else message)
 
     groups = await asyncio.wait_for(watched_groups(layer, list(by_group)), PUBLISH_TIMEOUT_SECONDS)
     if not groups:
@@ -215,42 +228,68 @@ def _publishing_loop() -> asyncio.AbstractEventLoop:
 
 
 class _OrderedSender:
-    """Sends the batches handed to it on ``loop``, one after another, in the order received."""
+    """Sends the batches handed to it on ``loop``, in the order received.
+
+    Batches handed over while a send is under way go out together in the next one: under load,
+    one membership lookup serves many batches, and the loop is woken once per send, not once
+    per batch.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
-        self.queue: asyncio.Queue | None = None
+        self.pending: collections.deque = collections.deque()
+        self.lock = threading.Lock()
+        self.running = False  # a drain is scheduled or under way
 
     def submit(self, layer, messages) -> None:
         """From any thread: queue a batch (returns at once)."""
-        self.loop.call_soon_threadsafe(self._enqueue, (layer, messages))
+        self._hand_over((layer, messages))
 
     def flush(self, timeout: float) -> None:
         """From any thread but the loop's: wait until every batch queued before has been sent."""
         done = concurrent.futures.Future()
-        self.loop.call_soon_threadsafe(self._enqueue, done)
+        self._hand_over(done)
         done.result(timeout)
 
-    def _enqueue(self, item) -> None:
-        if self.queue is None:
-            self.queue = asyncio.Queue()
-            task = self.loop.create_task(self._run())
-            _background_tasks.add(task)
-        if self.queue.qsize() >= MAX_PENDING_BATCHES and not isinstance(item, concurrent.futures.Future):
-            logger.warning("job events dropped: %d batches already wait for the channel layer", self.queue.qsize())
-            return
-        self.queue.put_nowait(item)
+    def _hand_over(self, item) -> None:
+        with self.lock:
+            if len(self.pending) >= MAX_PENDING_BATCHES and not isinstance(item, concurrent.futures.Future):
+                logger.warning("job events dropped: %d batches already wait for the channel layer", len(self.pending))
+                return
+            self.pending.append(item)
+            if self.running:
+                return
+            self.running = True
+        self.loop.call_soon_threadsafe(self._start)
 
-    async def _run(self) -> None:
+    def _start(self) -> None:
+        task = self.loop.create_task(self._drain())
+        _background_tasks.add(task)
+        task.add_done_callback(_task_done)
+
+    async def _drain(self) -> None:
         while True:
-            item = await self.queue.get()
-            if isinstance(item, concurrent.futures.Future):
-                item.set_result(None)
-                continue
-            try:
-                await _send_all(*item)
-            except Exception as error:
-                logger.warning("%d job event(s) not published: %r", len(item[1]), error)
+            with self.lock:
+                items = list(self.pending)
+                self.pending.clear()
+                if not items:
+                    self.running = False
+                    return
+            # Consecutive batches for one layer go out as one send; a flush marker waits its turn.
+            layer, messages = None, []
+            for item in [*items, None]:
+                if isinstance(item, tuple) and (layer is None or item[0] is layer):
+                    layer = item[0]
+                    messages.extend(item[1])
+                    continue
+                if messages:
+                    try:
+                        await _send_all(layer, messages)
+                    except Exception as error:
+                        logger.warning("%d job event(s) not published: %r", len(messages), error)
+                layer, messages = (item[0], list(item[1])) if isinstance(item, tuple) else (None, [])
+                if isinstance(item, concurrent.futures.Future):
+                    item.set_result(None)
 
 
 _senders: dict[int, _OrderedSender] = {}
