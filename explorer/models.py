@@ -11,7 +11,8 @@ class Receipt(models.Model):
     """A signed receipt for a completed job. The signed JSON is stored byte for byte."""
 
     receipt_id = models.CharField(max_length=64, primary_key=True)
-    job = models.ForeignKey("jobs.Job", on_delete=models.PROTECT, related_name="receipts")
+    # Looked up through ``receipt_job_idx`` (job, created_at).
+    job = models.ForeignKey("jobs.Job", on_delete=models.PROTECT, related_name="receipts", db_index=False)
     signed_json = models.TextField(editable=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
