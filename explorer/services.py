@@ -48,9 +48,15 @@ def _signed_receipt(job, *, provider: str, client: str) -> Receipt:
     return Receipt(receipt_id=payload["receipt_id"], job=job, signed_json=signed_json.decode())
 
 
+def receipts_sign(*, completed: list[tuple]) -> list[Receipt]:
+    """Signed, unsaved receipts for jobs as completed: ``(job, provider, client)`` each. The caller
+    stores them in the transaction that completes the jobs."""
+    return [_signed_receipt(job, provider=provider, client=client) for job, provider, client in completed]
+
+
 def receipts_issue(*, completed: list[tuple]) -> list[Receipt]:
     """Sign and store receipts for jobs the caller has just completed: ``(job, provider, client)`` each."""
-    receipts = [_signed_receipt(job, provider=provider, client=client) for job, provider, client in completed]
+    receipts = receipts_sign(completed=completed)
     if receipts:
         # One multi-row INSERT written out: this runs for every completed job.
         now = connection.ops.adapt_datetimefield_value(timezone.now())

@@ -6,6 +6,7 @@ job is completed at most once however many attempts ran.
 """
 
 import hashlib
+import math
 import time
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from aitbc_site import rawsql
 from aitbc_site.errors import Conflict, Invalid, NotFound, ServiceError
 from explorer import signing
 from explorer.models import Receipt
-from explorer.services import receipts_issue
+from explorer.services import receipts_issue, receipts_sign
 from inference.params import generation_params
 from inference.selectors import catalog_entry, cluster_served_models
 from inference.tasks import announce_to_workers
@@ -265,7 +266,7 @@ def job_payment_release(*, job_id) -> Payment:
         job, payment = _locked_job_with_escrow(job_id)
         if job.status != JobStatus.COMPLETED or job.miner is None:
             raise Conflict(f"Job is {job.status}: only a completed job's escrow is released.", code="JOB_NOT_COMPLETED")
-        _settle([job], miner=job.miner)
+        _mark_settled(_settle([job], miner=job.miner))
     return Payment.objects.get(pk=payment.pk)
 
 
@@ -292,8 +293,12 @@ def _refund(job: Job, *, reason: str) -> None:
 def _publish_after_commit(jobs: list[Job]) -> None:
     """Tell the jobs' WebSocket subscribers about their new status once it is committed."""
     if jobs:
-        transaction.on_commit(partial(events.publish_job_statuses, jobs))
-        transaction.on_commit(partial(feed.publish_jobs_changed, jobs))
+        transaction.on_commit(partial(_publish_statuses, jobs))
+
+
+def _publish_statuses(jobs: list[Job]) -> None:
+    events.publish_job_statuses(jobs)
+    feed.publish_jobs_changed(jobs)
 
 
 # --- Claims ----------------------------------------------------------------------------
@@ -481,33 +486,71 @@ def jobs_complete(*, miner: Miner, outcomes: list[Outcome]) -> list[Completion]:
     if not successes:
         return completions
     now = timezone.now()
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            finished = _complete_postgres(miner=miner, outcomes=successes, now=now)
-        else:
-            finished = _complete_portable(miner=miner, outcomes=successes, now=now)
-        _settle([job for job, _ in finished], miner=miner)
+    if connection.vendor == "postgresql":
+        done = _complete_postgres(miner=miner, outcomes=successes, now=now)
+    else:
+        done = _complete_portable(miner=miner, outcomes=successes, now=now)
+    return completions + [Completion(job=job, receipt=receipt) for job, receipt in done]
+
+
+def _completed(job: Job, outcome: Outcome, *, miner: Miner, now) -> Job:
+    """``job`` as completed by ``outcome`` (not saved)."""
+    job.status = JobStatus.COMPLETED
+    job.result = stored_json(outcome.result)
+    job.usage = _usage_from(outcome.result, outcome.metrics)
+    job.progress = 100
+    job.completed_at = job.updated_at = now
+    job.lease_expires_at = None
+    job.error_code = job.error_message = ""
+    job.miner = miner
+    return job
+
+
+def stored_json(value):
+    """``value`` as it reads back from a PostgreSQL ``jsonb`` column, so that a receipt's hash of a
+    result is the hash of what is stored: floats written with a positive exponent come back as
+    integers, and -0.0 as 0.0."""
+    if isinstance(value, dict):
+        return {k: stored_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [stored_json(v) for v in value]
+    if isinstance(value, float) and math.isfinite(value):
+        text = repr(value)
+        if "e+" in text:
+            return int(Decimal(text))
+        return value + 0.0  # -0.0 + 0.0 == 0.0
+    return value
+
+
+def _settle_and_sign(finished: list[tuple[Job, str]], *, miner: Miner) -> list[tuple[Job, Receipt]]:
+    """Pay for and sign the receipts of jobs completed in the current transaction."""
+    jobs = [job for job, _ in finished]
+    settled = _settle(jobs, miner=miner)
+    with rawsql.pipelined():  # neither statement has a result to wait for
+        _mark_settled(settled)
         receipts = receipts_issue(completed=[(job, miner.miner_id, client) for job, client in finished])
-        for job, _ in finished:
-            job.miner = miner
-        _publish_after_commit([job for job, _ in finished])
-    return completions + [
-        Completion(job=job, receipt=receipt) for (job, _), receipt in zip(finished, receipts, strict=True)
-    ]
+    _publish_after_commit(jobs)
+    return list(zip(jobs, receipts, strict=True))
 
 
-def _settle(jobs: list[Job], *, miner: Miner) -> None:
+def _settle(jobs: list[Job], *, miner: Miner) -> list[Job]:
     """Pay for completed jobs from their escrow: the catalog price of the tokens the hold was
     for (generated ones; every token for embeddings), capped by what was held, or what was held
-    when the job has no unit price."""
+    when the job has no unit price. Returns the jobs settled, their payment fields set (not saved)."""
     charges = [(job, _charge(job)) for job in jobs if job.payment_id]
     if not charges:
-        return
+        return []
     paid = escrows_settle(charges=charges, payee=miner.owner)
     settled = [job for job, _ in charges if job.pk in paid]
     for job in settled:
         job.amount_charged, job.payment_status = paid[job.pk], PaymentStatus.RELEASED
-    if settled and connection.vendor == "postgresql":
+    return settled
+
+
+def _mark_settled(settled: list[Job]) -> None:
+    if not settled:
+        return
+    if connection.vendor == "postgresql":
         rows = [{"id": str(job.pk), "paid": str(job.amount_charged)} for job in settled]
         with connection.cursor() as cursor:
             cursor.execute(sql.MARK_SETTLED, {"paid": sql.jsonb_param(rows), "status": PaymentStatus.RELEASED})
@@ -523,38 +566,70 @@ def _charge(job: Job) -> Decimal:
     return min(job.price, credits(job.unit_price * tokens / 1000))
 
 
-def _complete_postgres(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, str]]:
-    rows = [
-        {"id": job_id, "result": o.result, "usage": _usage_from(o.result, o.metrics), "lease_token": o.lease_token}
-        for job_id, o in outcomes.items()
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql.COMPLETE, {"outcomes": sql.jsonb_param(rows), "miner": miner.pk, "now": now})
-        returned = cursor.fetchall()
-    return list(zip(rawsql.instances(Job, returned), [row[-1] for row in returned], strict=True))
-
-
-def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, str]]:
-    finished = []
-    for job in Job.objects.select_related("client").filter(
-        pk__in=list(outcomes), miner=miner, status=JobStatus.RUNNING
-    ):
+def _complete_postgres(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, Receipt]]:
+    # Read the jobs, complete them here, sign, then store: a batch of free jobs is two round trips
+    # and one transaction (the completing statement's); paid jobs settle in a transaction around it.
+    held = []
+    for job, client in _leased(miner, list(outcomes)):
         outcome = outcomes[str(job.pk)]
         if outcome.lease_token and outcome.lease_token != job.lease_token:
-            continue
-        job.status = JobStatus.COMPLETED
-        job.result = outcome.result
-        job.usage = _usage_from(outcome.result, outcome.metrics)
-        job.progress = 100
-        job.completed_at = now
-        job.lease_expires_at = None
-        job.error_code = job.error_message = ""
-        job.save(update_fields=[
-            "status", "result", "usage", "progress", "completed_at", "lease_expires_at", "error_code",
-            "error_message", "updated_at",
-        ])  # fmt: skip
-        finished.append((job, job.client.username))
-    return finished
+            continue  # a superseded attempt's result
+        held.append((_completed(job, outcome, miner=miner, now=now), client))
+    if any(job.payment_id for job, _ in held):
+        with transaction.atomic():
+            stored = _store_completions(held, miner=miner, now=now, receipts=None)
+            return _settle_and_sign([(job, client) for job, client in held if job.pk in stored], miner=miner)
+    receipts = receipts_sign(completed=[(job, miner.miner_id, client) for job, client in held])
+    stored = _store_completions(held, miner=miner, now=now, receipts=receipts)
+    done = [(job, receipt) for (job, _), receipt in zip(held, receipts, strict=True) if job.pk in stored]
+    _publish_after_commit([job for job, _ in done])
+    return done
+
+
+def _leased(miner: Miner, job_ids: list) -> list[tuple[Job, str]]:
+    """The jobs of ``job_ids`` the miner holds a lease on, with their clients' usernames."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.LEASED, {"ids": job_ids, "miner": miner.pk})
+        rows = cursor.fetchall()
+    return list(zip(rawsql.instances(Job, rows), [row[-1] for row in rows], strict=True))
+
+
+def _store_completions(held: list[tuple[Job, str]], *, miner: Miner, now, receipts: list | None) -> set:
+    """Save completed jobs (and their receipts) whose lease is still the one they were read with;
+    the ids of those saved."""
+    if not held:
+        return set()
+    rows = [
+        {
+            "id": str(job.pk),
+            "fence": job.lease_token,
+            "result": job.result,
+            "usage": job.usage,
+            "receipt_id": receipt.receipt_id if receipt else None,
+            "signed_json": receipt.signed_json if receipt else None,
+        }
+        for (job, _), receipt in zip(held, receipts or [None] * len(held), strict=True)
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql.COMPLETE, {"rows": sql.jsonb_param(rows), "miner": miner.pk, "now": now})
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, Receipt]]:
+    with transaction.atomic():
+        finished = []
+        for job in Job.objects.select_related("client").filter(
+            pk__in=list(outcomes), miner=miner, status=JobStatus.RUNNING
+        ):
+            outcome = outcomes[str(job.pk)]
+            if outcome.lease_token and outcome.lease_token != job.lease_token:
+                continue
+            _completed(job, outcome, miner=miner, now=now).save(update_fields=[
+                "status", "result", "usage", "progress", "completed_at", "lease_expires_at", "error_code",
+                "error_message", "updated_at",
+            ])  # fmt: skip
+            finished.append((job, job.client.username))
+        return _settle_and_sign(finished, miner=miner)
 
 
 def _complete_with_failure(outcome: Outcome, *, miner: Miner) -> Completion:

@@ -11,6 +11,7 @@ import json
 from django.db import connection
 
 from aitbc_site.rawsql import columns
+from explorer.models import Receipt
 from jobs.models import Job, JobStatus
 
 # ``jobs_claim`` (created by migration jobs 0004) locks the miner's row, then leases the best
@@ -21,14 +22,33 @@ SELECT {columns(Job, "c")}
 FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
 """
 
+# The running jobs a miner reports on, with their clients' names: ``jobs_complete`` completes
+# them in memory, signs their receipts, then stores both with ``COMPLETE``.
+LEASED = f"""
+SELECT {columns(Job, "j")}, u.username FROM jobs_job j JOIN accounts_user u ON u.id = j.client_id
+WHERE j.id = ANY(%(ids)s::uuid[]) AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s
+"""
+
+# Store completions and their receipts in one statement (so, in autocommit, one transaction).
+# Each job is fenced by the lease token it was read with: a job re-leased or finished since is
+# left alone, and its receipt with it. Rows without a receipt only complete the job (a paid
+# job's receipt names the settled price, so it is signed after settlement).
 COMPLETE = f"""
-UPDATE jobs_job j SET status = '{JobStatus.COMPLETED}', result = v.result, usage = v.usage, progress = 100,
-    completed_at = %(now)s, lease_expires_at = NULL, error_code = '', error_message = '', updated_at = %(now)s
-FROM jsonb_to_recordset(%(outcomes)s::jsonb) AS v(id uuid, result jsonb, usage jsonb, lease_token text),
-     accounts_user u
-WHERE j.id = v.id AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s
-  AND (v.lease_token IS NULL OR j.lease_token = v.lease_token) AND u.id = j.client_id
-RETURNING {columns(Job, "j")}, u.username
+WITH v AS (
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
+        AS v(id uuid, fence text, result jsonb, usage jsonb, receipt_id text, signed_json text)
+), done AS (
+    UPDATE jobs_job j SET status = '{JobStatus.COMPLETED}', result = v.result, usage = v.usage, progress = 100,
+        completed_at = %(now)s, lease_expires_at = NULL, error_code = '', error_message = '', updated_at = %(now)s
+    FROM v
+    WHERE j.id = v.id AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s AND j.lease_token = v.fence
+    RETURNING j.id
+), receipts AS (
+    INSERT INTO {Receipt._meta.db_table} (receipt_id, job_id, signed_json, created_at)
+    SELECT v.receipt_id, v.id, v.signed_json, %(now)s FROM v JOIN done ON done.id = v.id
+    WHERE v.receipt_id IS NOT NULL
+)
+SELECT id FROM done
 """
 
 

@@ -87,3 +87,35 @@ def test_silent_miner_goes_offline_and_its_jobs_return_at_once(
     assert Miner.objects.get().status == MinerStatus.OFFLINE
     stored = Job.objects.get(pk=job["job_id"])
     assert (stored.status, stored.error_code) == (JobStatus.QUEUED, "MINER_OFFLINE")
+
+
+def test_a_result_for_a_job_re_leased_while_it_is_being_stored_changes_nothing(
+    monkeypatch, client_api, make_api, register_miner, submit_job
+):
+    from jobs import services
+
+    first = make_api("miner", "owner-a", miner_id="first")
+    register_miner(first)
+    job = submit_job(client_api)
+    leased = first.post("/v1/miners/poll", {}, format="json").json()
+    store, second = services._store_completions, []
+
+    def re_leased_in_between(held, **kwargs):
+        # The lease lapses and another attempt takes the job after the result's read, before its write.
+        services.job_requeue(job_id=job["job_id"])
+        second.extend(services.job_claim(miner=Miner.objects.get(miner_id="first")))
+        return store(held, **kwargs)
+
+    monkeypatch.setattr(services, "_store_completions", re_leased_in_between)
+    late = first.post(
+        f"/v1/miners/{job['job_id']}/result",
+        {"result": {"output": "late"}, "lease_token": leased["lease_token"]},
+        format="json",
+    )
+
+    assert late.status_code == 409
+    stored = Job.objects.get(pk=job["job_id"])
+    assert [j.pk for j in second] == [stored.pk]
+    assert (stored.status, stored.attempt, stored.result) == (JobStatus.RUNNING, 2, None)
+    assert stored.lease_token == second[0].lease_token != leased["lease_token"]
+    assert not Receipt.objects.filter(job=stored).exists()

@@ -104,6 +104,23 @@ def test_completed_job_receipt_binds_request_result_and_usage(client_api, miner_
     assert signing.verify(receipt) == (True, None)
 
 
+@pytest.mark.django_db
+def test_output_hash_is_of_the_result_as_stored_even_where_the_database_rewrites_numbers(
+    client_api, miner_api, register_miner, submit_job
+):
+    # jsonb reads 1e+16 back as the integer 10000000000000000, and -0.0 as 0.0.
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    miner_api.post("/v1/miners/poll", {}, format="json")
+    sent = {"output": "x", "scores": [1e16, -0.0, 1.5e-07, 0.1], "big": -1.5e300}
+    receipt = miner_api.post(f"/v1/miners/{job['job_id']}/result", {"result": sent}, format="json").json()["receipt"]
+
+    stored = client_api.get(f"/v1/jobs/{job['job_id']}/result").json()["result"]
+    assert receipt["metadata"]["output_sha256"] == signing_sha(stored)
+    assert stored["scores"] == [10**16, 0.0, 1.5e-07, 0.1]
+    assert stored["big"] == -15 * 10**299
+
+
 def signing_sha(value) -> str:
     import hashlib
 

@@ -5,6 +5,7 @@ import pytest
 from django.db import connections
 from rest_framework.test import APIClient
 
+from explorer import signing
 from explorer.models import BlockLeaf, LeafKind
 from explorer.services import block_seal
 from jobs.models import Job, JobStatus
@@ -244,6 +245,23 @@ def test_the_receipt_lists_the_escrow_and_settlement_with_their_sealed_hashes(
     sealed = dict(BlockLeaf.objects.filter(kind=LeafKind.TRANSACTION).values_list("ref", "leaf_hash"))
     assert escrow["hash"] == sealed[str(escrow["id"])]
     assert settle["hash"] == sealed[str(settle["id"])]
+
+
+def test_completing_a_paid_job_stores_its_receipt_with_the_settled_price(
+    client_api, miner_api, register_miner, unpaid_job
+):
+    job_id = unpaid_job["job_id"]
+    pay(client_api, job_id, "2")
+    register_miner(miner_api, models=["llama3.2"])
+    miner_api.post("/v1/miners/poll", {"max_wait_seconds": 0}, format="json")
+
+    returned = miner_api.post(f"/v1/miners/{job_id}/result", {"result": {"output": "done"}}, format="json").json()
+
+    stored = client_api.get(f"/v1/jobs/{job_id}/receipt").json()
+    assert stored == returned["receipt"]
+    assert (stored["price"], signing.verify(stored)) == ("2", (True, None))
+    job = client_api.get(f"/v1/jobs/{job_id}").json()
+    assert (job["status"], job["payment_status"]) == ("completed", "released")
 
 
 # --- GET /v1/jobs/{id}/payment ---------------------------------------------------------
