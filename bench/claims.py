@@ -1,9 +1,11 @@
 """Claim + complete throughput, and exactly-once checks.
 
-1. Service layer, in-process: ``--workers`` (16) OS processes, each with its own registered
-   miner and its own PostgreSQL connection, loop ``jobs.services.job_claim(limit=B)`` then
-   ``jobs.services.job_complete`` for every claimed job, against a queue pre-filled with
-   ``--jobs`` (20,000) jobs, at each batch size B in ``--batches`` (1 and 10).
+1. Service layer, in-process: 16 workers, each a thread with its own registered miner and its
+   own PostgreSQL connection, loop ``jobs.services.job_claim(limit=B)`` then
+   ``jobs.services.job_complete`` (B = 1) or one ``jobs_complete`` for the batch, against a
+   queue pre-filled with ``--jobs`` (20,000) jobs, at each batch size B in ``--batches`` (1 and
+   10), for each of ``--layouts``: 2 OS processes of 8 worker threads (as ``rundramatiq
+   --processes 2 --threads 8`` runs in-cluster workers on two cores), then 16 processes of one.
    Targets: >= 1,000 completions/s at batch 1, >= 5,000/s at batch 10.
 2. HTTP: ``--http-miners`` (50) polling miners against gunicorn, each looping
    ``POST /v1/miners/poll`` (X-Miner-ID) then ``POST /v1/miners/{job_id}/result``.
@@ -14,7 +16,7 @@ before the deadline is always completed. Afterwards the database is checked: no 
 twice (attempt > 1, or the same id handed to two workers), none lost (claimed but not
 completed, or in an unexpected state), every completed job has exactly one receipt.
 
-    .venv/bin/python bench/claims.py [--jobs 20000] [--batches 1,10] [--max-seconds 30]
+    .venv/bin/python bench/claims.py [--jobs 20000] [--batches 1,10] [--layouts 2x8,16x1] [--max-seconds 30]
 """
 
 from __future__ import annotations
@@ -58,21 +60,47 @@ METRICS = {"duration_ms": 5, "units": 3}
 # --- service-layer workers ----------------------------------------------------------------
 
 
-def service_worker(env: dict, miner_id: str, batch: int, seconds: float, ready, go, results, release) -> None:
-    django_setup_from_env({**env, "DATABASE_POOL": "false"})  # one plain connection per process
+def service_worker(env: dict, miner_ids: list[str], batch: int, seconds: float, ready, go, results, release) -> None:
+    """One OS process running a worker loop per miner in ``miner_ids``, each in its own thread
+    (with its own database connection)."""
+    django_setup_from_env({**env, "DATABASE_POOL": "false"})  # one plain connection per thread
+    import threading
+
     from django.db import connection
 
     from explorer.signing import coordinator_signing_key
-    from jobs.services import Outcome, job_claim, job_complete, jobs_complete
     from miners.models import Miner
 
-    miner = Miner.objects.get(miner_id=miner_id)
+    miners = [Miner.objects.get(miner_id=m) for m in miner_ids]
     coordinator_signing_key()
-    connection.ensure_connection()
+    connection.close()
+    connected, armed = threading.Barrier(len(miners) + 1), threading.Event()
+    deadline = 0.0
+
+    def work(miner):
+        connection.ensure_connection()
+        connected.wait()
+        armed.wait()
+        results.put({"pid": os.getpid(), **_work_loop(miner, batch, deadline)})
+        release.wait(90)  # keep the backend alive until the parent has read its CPU time
+        connection.close()
+
+    threads = [threading.Thread(target=work, args=(miner,)) for miner in miners]
+    for thread in threads:
+        thread.start()
+    connected.wait()
     ready.put(os.getpid())
     go.wait()
+    deadline = time.monotonic() + seconds
+    armed.set()
+    for thread in threads:
+        thread.join()
+
+
+def _work_loop(miner, batch: int, deadline: float) -> dict:
+    from jobs.services import Outcome, job_claim, job_complete, jobs_complete
+
     started = time.monotonic()
-    deadline = started + seconds
     claimed, receipts, claim_lat, complete_lat, errors = [], [], [], [], Counter()
     empty = 0
     while time.monotonic() < deadline:
@@ -109,30 +137,28 @@ def service_worker(env: dict, miner_id: str, batch: int, seconds: float, ready, 
         except Exception as exc:
             errors[f"complete:{type(exc).__name__}:{exc}"[:200]] += 1
         complete_lat.append((time.monotonic() - t1) / len(jobs))
-    results.put(
-        {
-            "pid": os.getpid(),
-            "miner_id": miner_id,
-            "started": started,
-            "ended": time.monotonic(),
-            "claimed": claimed,
-            "receipts": receipts,
-            "claim_lat": claim_lat,
-            "complete_lat": complete_lat,
-            "claim_calls": len(claim_lat),
-            "errors": dict(errors),
-        }
-    )
-    release.wait(60)  # keep the backend alive until the parent has read its CPU time
-    connection.close()
+    return {
+        "miner_id": miner.miner_id,
+        "started": started,
+        "ended": time.monotonic(),
+        "claimed": claimed,
+        "receipts": receipts,
+        "claim_lat": claim_lat,
+        "complete_lat": complete_lat,
+        "claim_calls": len(claim_lat),
+        "errors": dict(errors),
+    }
 
 
-def run_service_phase(env, *, db: str, miners: list[str], batch: int, seconds: float) -> dict:
+def run_service_phase(env, *, db: str, miners: list[str], processes: int, batch: int, seconds: float) -> dict:
+    """The workers (one per miner) spread over ``processes`` OS processes, a thread each."""
     ctx = mp.get_context("spawn")
     ready, results, go, release = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
     procs = [
-        ctx.Process(target=service_worker, args=(env.env, m, batch, seconds, ready, go, results, release))
-        for m in miners
+        ctx.Process(
+            target=service_worker, args=(env.env, miners[i::processes], batch, seconds, ready, go, results, release)
+        )
+        for i in range(processes)
     ]
     for p in procs:
         p.start()
@@ -142,14 +168,16 @@ def run_service_phase(env, *, db: str, miners: list[str], batch: int, seconds: f
     with meter:
         t_go = time.monotonic()
         go.set()
-        reports = [results.get(timeout=seconds + 300) for _ in procs]
+        reports = [results.get(timeout=seconds + 300) for _ in miners]
     release.set()
     for p in procs:
         p.join(timeout=30)
     elapsed = max(r["ended"] for r in reports) - t_go
     completed = sum(1 for r in reports for x in r["receipts"] if x)
     out = {
-        "workers": len(procs),
+        "workers": len(miners),
+        "processes": processes,
+        "threads_per_process": len(miners) // processes,
         "batch": batch,
         "seconds": round(elapsed, 2),
         "completed": completed,
@@ -319,7 +347,12 @@ def fill(n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20000, help="jobs queued before each service-layer phase")
-    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument(
+        "--layouts",
+        default="2x8,16x1",
+        help="PROCESSESxTHREADS of the service-layer workers, one phase per layout and batch (16 workers each "
+        "by default: 2 processes of 8 threads, then 16 processes of one)",
+    )
     parser.add_argument("--batches", default="1,10")
     parser.add_argument("--max-seconds", type=float, default=30, help="time cap per phase")
     parser.add_argument("--http-miners", type=int, default=50)
@@ -332,13 +365,15 @@ def main() -> None:
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",") if b]
+    layouts = [tuple(int(x) for x in layout.lower().split("x")) for layout in args.layouts.split(",") if layout]
+    most_workers = max(p * t for p, t in layouts) if layouts else 0
 
     result: dict = {"benchmark": "claims", "machine": {"cpus": os.cpu_count(), "loadavg_start": load_average()}}
     with bench_env(args.db, keep_db=args.keep_db) as env:
         env.django_setup()
         miners = [
             make_miner(f"bench-owner-{i % 4}", f"bench-miner-{i}", max_concurrent_jobs=1024).miner_id
-            for i in range(max(args.workers, args.http_miners))
+            for i in range(max(most_workers, args.http_miners))
         ]
         from django.db import connection
 
@@ -346,12 +381,17 @@ def main() -> None:
 
         if not args.skip_service:
             service = {}
-            for batch in batches:
-                name = f"batch_{batch}"
-                log(f"service layer, {args.workers} workers, {name}")
+            for (processes, threads), batch in [(layout, batch) for layout in layouts for batch in batches]:
+                name = f"{processes}x{threads}_batch_{batch}"
+                log(f"service layer, {processes} processes x {threads} threads, batch {batch}")
                 filled = fill(args.jobs)["jobs"]
                 phase, reports = run_service_phase(
-                    env, db=args.db, miners=miners[: args.workers], batch=batch, seconds=args.max_seconds
+                    env,
+                    db=args.db,
+                    miners=miners[: processes * threads],
+                    processes=processes,
+                    batch=batch,
+                    seconds=args.max_seconds,
                 )
                 phase["queue_depth_at_start"] = filled
                 phase["checks"] = verify(
@@ -418,7 +458,8 @@ def main() -> None:
     result["notes"] = [
         "throughput = completed jobs / time from the start signal until the last worker stopped; a phase "
         "stops when the queue is drained or at --max-seconds (jobs still queued then are not lost)",
-        "service-layer workers are separate OS processes (spawn), DATABASE_POOL=false: one connection each",
+        "service-layer workers: PROCESSESxTHREADS per phase name, each worker a thread with its own miner and "
+        "its own database connection (DATABASE_POOL=false) in OS processes started with spawn",
         f"every miner serves {MODEL}; miners have max_concurrent_jobs=1024",
     ]
     result["machine"]["loadavg_end"] = load_average()
