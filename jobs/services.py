@@ -496,7 +496,7 @@ def jobs_complete(*, miner: Miner, outcomes: list[Outcome]) -> list[Completion]:
 def _completed(job: Job, outcome: Outcome, *, miner: Miner, now) -> Job:
     """``job`` as completed by ``outcome`` (not saved)."""
     job.status = JobStatus.COMPLETED
-    job.result = stored_json(outcome.result)
+    job.result = _as_stored_json(outcome.result)
     job.usage = _usage_from(outcome.result, outcome.metrics)
     job.progress = 100
     job.completed_at = job.updated_at = now
@@ -506,14 +506,14 @@ def _completed(job: Job, outcome: Outcome, *, miner: Miner, now) -> Job:
     return job
 
 
-def stored_json(value):
+def _as_stored_json(value):
     """``value`` as it reads back from a PostgreSQL ``jsonb`` column, so that a receipt's hash of a
     result is the hash of what is stored: floats written with a positive exponent come back as
     integers, and -0.0 as 0.0."""
     if isinstance(value, dict):
-        return {k: stored_json(v) for k, v in value.items()}
+        return {k: _as_stored_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [stored_json(v) for v in value]
+        return [_as_stored_json(v) for v in value]
     if isinstance(value, float) and math.isfinite(value):
         text = repr(value)
         if "e+" in text:
@@ -566,7 +566,7 @@ def _charge(job: Job) -> Decimal:
     return min(job.price, credits(job.unit_price * tokens / 1000))
 
 
-def _complete_postgres(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, Receipt]]:
+def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = True) -> list[tuple[Job, Receipt]]:
     # Read the jobs, complete them here, sign, then store: a batch of free jobs is two round trips
     # and one transaction (the completing statement's); paid jobs settle in a transaction around it.
     held = []
@@ -578,11 +578,16 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, 
     if any(job.payment_id for job, _ in held):
         with transaction.atomic():
             stored = _store_completions(held, miner=miner, now=now, receipts=None)
-            return _settle_and_sign([(job, client) for job, client in held if job.pk in stored], miner=miner)
-    receipts = receipts_sign(completed=[(job, miner.miner_id, client) for job, client in held])
-    stored = _store_completions(held, miner=miner, now=now, receipts=receipts)
-    done = [(job, receipt) for (job, _), receipt in zip(held, receipts, strict=True) if job.pk in stored]
-    _publish_after_commit([job for job, _ in done])
+            done = _settle_and_sign([(job, client) for job, client in held if job.pk in stored], miner=miner)
+    else:
+        receipts = receipts_sign(completed=[(job, miner.miner_id, client) for job, client in held])
+        stored = _store_completions(held, miner=miner, now=now, receipts=receipts)
+        done = [(job, receipt) for (job, _), receipt in zip(held, receipts, strict=True) if job.pk in stored]
+        _publish_after_commit([job for job, _ in done])
+    # A job paid for since it was read was left alone too: once more, it settles.
+    missed = {str(job.pk): outcomes[str(job.pk)] for job, _ in held if job.pk not in stored}
+    if missed and read_again:
+        done += _complete_postgres(miner=miner, outcomes=missed, now=now, read_again=False)
     return done
 
 
@@ -595,14 +600,15 @@ def _leased(miner: Miner, job_ids: list) -> list[tuple[Job, str]]:
 
 
 def _store_completions(held: list[tuple[Job, str]], *, miner: Miner, now, receipts: list | None) -> set:
-    """Save completed jobs (and their receipts) whose lease is still the one they were read with;
-    the ids of those saved."""
+    """Save completed jobs (and their receipts) whose lease and payment are still those they were
+    read with; the ids of those saved."""
     if not held:
         return set()
     rows = [
         {
             "id": str(job.pk),
             "fence": job.lease_token,
+            "payment_id": job.payment_id,
             "result": job.result,
             "usage": job.usage,
             "receipt_id": receipt.receipt_id if receipt else None,

@@ -1,9 +1,9 @@
 """The queue's hot paths as hand-written SQL for PostgreSQL.
 
-Claims and completions run thousands of times a second; one statement each, with the
-queue walked through its partial index per served model (``CROSS JOIN LATERAL``), keeps
-them independent of the queue's depth. The embedded SQLite setup uses the portable ORM
-paths in ``jobs.services`` instead.
+Claims and completions run thousands of times a second: a claim is one statement, walking
+the queue through its partial index per served model (``CROSS JOIN LATERAL``), so it costs
+the same however deep the queue; a completion is a read and one fenced write. The embedded
+SQLite setup uses the portable ORM paths in ``jobs.services`` instead.
 """
 
 import json
@@ -30,18 +30,20 @@ WHERE j.id = ANY(%(ids)s::uuid[]) AND j.status = '{JobStatus.RUNNING}' AND j.min
 """
 
 # Store completions and their receipts in one statement (so, in autocommit, one transaction).
-# Each job is fenced by the lease token it was read with: a job re-leased or finished since is
-# left alone, and its receipt with it. Rows without a receipt only complete the job (a paid
-# job's receipt names the settled price, so it is signed after settlement).
+# Each job is fenced by the lease token and the payment it was read with: a job re-leased,
+# finished or paid for since is left alone, and its receipt with it. Rows without a receipt
+# only complete the job (a paid job's receipt names the settled price, so it is signed after
+# settlement).
 COMPLETE = f"""
 WITH v AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
-        AS v(id uuid, fence text, result jsonb, usage jsonb, receipt_id text, signed_json text)
+        AS v(id uuid, fence text, payment_id text, result jsonb, usage jsonb, receipt_id text, signed_json text)
 ), done AS (
     UPDATE jobs_job j SET status = '{JobStatus.COMPLETED}', result = v.result, usage = v.usage, progress = 100,
         completed_at = %(now)s, lease_expires_at = NULL, error_code = '', error_message = '', updated_at = %(now)s
     FROM v
     WHERE j.id = v.id AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s AND j.lease_token = v.fence
+      AND j.payment_id = v.payment_id
     RETURNING j.id
 ), receipts AS (
     INSERT INTO {Receipt._meta.db_table} (receipt_id, job_id, signed_json, created_at)

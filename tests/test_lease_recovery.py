@@ -101,9 +101,9 @@ def test_a_result_for_a_job_re_leased_while_it_is_being_stored_changes_nothing(
     store, second = services._store_completions, []
 
     def re_leased_in_between(held, **kwargs):
-        # The lease lapses and another attempt takes the job after the result's read, before its write.
-        services.job_requeue(job_id=job["job_id"])
-        second.extend(services.job_claim(miner=Miner.objects.get(miner_id="first")))
+        if not second:  # the lease lapses and another attempt takes the job after the result's read
+            services.job_requeue(job_id=job["job_id"])
+            second.extend(services.job_claim(miner=Miner.objects.get(miner_id="first")))
         return store(held, **kwargs)
 
     monkeypatch.setattr(services, "_store_completions", re_leased_in_between)
@@ -119,3 +119,34 @@ def test_a_result_for_a_job_re_leased_while_it_is_being_stored_changes_nothing(
     assert (stored.status, stored.attempt, stored.result) == (JobStatus.RUNNING, 2, None)
     assert stored.lease_token == second[0].lease_token != leased["lease_token"]
     assert not Receipt.objects.filter(job=stored).exists()
+
+
+def test_a_job_paid_for_while_its_result_is_being_stored_is_completed_and_settled(
+    monkeypatch, client_api, make_api, register_miner, submit_job
+):
+    from jobs import services
+
+    miner = make_api("miner", "owner-a", miner_id="first")
+    register_miner(miner)
+    job = submit_job(client_api)
+    leased = miner.post("/v1/miners/poll", {}, format="json").json()
+    store, paid = services._store_completions, []
+
+    def paid_for_in_between(held, **kwargs):
+        if not paid:  # the client pays after the result's read, before its write
+            paid.append(client_api.post("/v1/payments", {"job_id": job["job_id"], "amount": "2"}, format="json"))
+        return store(held, **kwargs)
+
+    monkeypatch.setattr(services, "_store_completions", paid_for_in_between)
+    done = miner.post(
+        f"/v1/miners/{job['job_id']}/result",
+        {"result": {"output": "done"}, "lease_token": leased["lease_token"]},
+        format="json",
+    )
+
+    assert paid[0].status_code == 201, paid[0].content
+    assert done.status_code == 200, done.content
+    assert done.json()["receipt"]["price"] == "2"
+    stored = client_api.get(f"/v1/jobs/{job['job_id']}").json()
+    assert (stored["status"], stored["payment_status"]) == ("completed", "released")
+    assert Receipt.objects.filter(job_id=job["job_id"]).count() == 1
