@@ -89,29 +89,43 @@ def test_silent_miner_goes_offline_and_its_jobs_return_at_once(
     assert (stored.status, stored.error_code) == (JobStatus.QUEUED, "MINER_OFFLINE")
 
 
-def test_a_result_for_a_job_re_leased_while_it_is_being_stored_changes_nothing(
-    monkeypatch, client_api, make_api, register_miner, submit_job
-):
+@pytest.fixture
+def result_interrupted(monkeypatch, client_api, miner_api, register_miner, submit_job):
+    """Lease a job to ``miner_api``, then post its result with ``between()`` run once after the
+    result's read and before its write. Returns ``(job, leased, response)``."""
     from jobs import services
 
-    first = make_api("miner", "owner-a", miner_id="first")
-    register_miner(first)
-    job = submit_job(client_api)
-    leased = first.post("/v1/miners/poll", {}, format="json").json()
-    store, second = services._store_completions, []
+    def post(between):
+        register_miner(miner_api)
+        job = submit_job(client_api)
+        leased = miner_api.post("/v1/miners/poll", {}, format="json").json()
+        store, done = services._store_completions, []
 
-    def re_leased_in_between(held, **kwargs):
-        if not second:  # the lease lapses and another attempt takes the job after the result's read
-            services.job_requeue(job_id=job["job_id"])
-            second.extend(services.job_claim(miner=Miner.objects.get(miner_id="first")))
-        return store(held, **kwargs)
+        def store_after(held, **kwargs):
+            if not done:
+                done.append(between(job))
+            return store(held, **kwargs)
 
-    monkeypatch.setattr(services, "_store_completions", re_leased_in_between)
-    late = first.post(
-        f"/v1/miners/{job['job_id']}/result",
-        {"result": {"output": "late"}, "lease_token": leased["lease_token"]},
-        format="json",
-    )
+        monkeypatch.setattr(services, "_store_completions", store_after)
+        response = miner_api.post(
+            f"/v1/miners/{job['job_id']}/result",
+            {"result": {"output": "done"}, "lease_token": leased["lease_token"]},
+            format="json",
+        )
+        return job, leased, response
+
+    return post
+
+
+def test_a_result_for_a_job_re_leased_while_it_is_being_stored_changes_nothing(result_interrupted, miner_api):
+    from jobs import services
+
+    def re_leased(job):  # the lease lapses and the next attempt takes the job
+        services.job_requeue(job_id=job["job_id"])
+        return services.job_claim(miner=Miner.objects.get(owner=miner_api.user))
+
+    second = []
+    job, leased, late = result_interrupted(lambda job: second.extend(re_leased(job)))
 
     assert late.status_code == 409
     stored = Job.objects.get(pk=job["job_id"])
@@ -121,27 +135,12 @@ def test_a_result_for_a_job_re_leased_while_it_is_being_stored_changes_nothing(
     assert not Receipt.objects.filter(job=stored).exists()
 
 
-def test_a_job_paid_for_while_its_result_is_being_stored_is_completed_and_settled(
-    monkeypatch, client_api, make_api, register_miner, submit_job
-):
-    from jobs import services
-
-    miner = make_api("miner", "owner-a", miner_id="first")
-    register_miner(miner)
-    job = submit_job(client_api)
-    leased = miner.post("/v1/miners/poll", {}, format="json").json()
-    store, paid = services._store_completions, []
-
-    def paid_for_in_between(held, **kwargs):
-        if not paid:  # the client pays after the result's read, before its write
-            paid.append(client_api.post("/v1/payments", {"job_id": job["job_id"], "amount": "2"}, format="json"))
-        return store(held, **kwargs)
-
-    monkeypatch.setattr(services, "_store_completions", paid_for_in_between)
-    done = miner.post(
-        f"/v1/miners/{job['job_id']}/result",
-        {"result": {"output": "done"}, "lease_token": leased["lease_token"]},
-        format="json",
+def test_a_job_paid_for_while_its_result_is_being_stored_is_completed_and_settled(result_interrupted, client_api):
+    paid = []
+    job, _, done = result_interrupted(
+        lambda job: paid.append(
+            client_api.post("/v1/payments", {"job_id": job["job_id"], "amount": "2"}, format="json")
+        )
     )
 
     assert paid[0].status_code == 201, paid[0].content
