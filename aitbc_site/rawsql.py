@@ -4,7 +4,6 @@ Building a query with the ORM costs about a millisecond of CPU; these statements
 written once (and prepared once per connection on PostgreSQL) instead.
 """
 
-from contextlib import contextmanager
 from functools import cache
 
 from django.db import DEFAULT_DB_ALIAS, connection
@@ -52,16 +51,3 @@ def instances(model, rows, *, start: int = 0) -> list:
             instance = model.from_db(DEFAULT_DB_ALIAS, attnames, values)
         built.append(instance)
     return built
-
-
-@contextmanager
-def pipelined():
-    """On PostgreSQL, the statements of the block go out together (pipeline mode): each waits
-    for the server only when its result is read, and the rest when the block ends. Elsewhere,
-    as usual."""
-    if connection.vendor != "postgresql":
-        yield
-        return
-    connection.ensure_connection()
-    with connection.connection.pipeline():
-        yield

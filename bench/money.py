@@ -5,9 +5,10 @@
    interleaved in randomized blocks (each block a shuffled A, B, C) so machine noise hits all
    three alike, ``--iterations`` (2,000) each after ``--warmup`` (100) each:
 
-   A. the bare state change of a free job, as ``job_complete`` makes it: the read of the lease
-      (``jobs.services._leased``) and the completing statement (``_store_completions``), each in
-      autocommit, with no receipt: no settlement, no receipt, no status event;
+   A. the bare completion of a free job, as ``job_complete`` makes it: the read of the lease
+      (``jobs.services._leased``), the receipt's signing and the completing statement
+      (``_store_completions``, which stores the job and its receipt), in autocommit: no
+      settlement, no status event;
    B. a free job through ``jobs.services.job_complete``: state change + signed receipt
       (+ the job-status event published after commit);
    C. a paid job (``payment_amount=1``, held in escrow at submit) through ``job_complete``:
@@ -73,7 +74,7 @@ RESULT = {"text": "ok"}
 PRICE = Decimal("1")
 VARIANTS = ("A", "B", "C")
 VARIANT_NAMES = {
-    "A": "bare state change (_leased + _store_completions without a receipt, free job)",
+    "A": "bare completion (_leased + receipt signing + _store_completions, free job)",
     "B": "free job through job_complete (state change + receipt)",
     "C": "paid job through job_complete (state change + settlement/ledger + receipt)",
 }
@@ -136,8 +137,8 @@ def install_pieces() -> Pieces:
 
     pieces = Pieces()
     pieces.wrap(jobs.services, "_store_completions", "complete_statement")
-    pieces.wrap(jobs.services, "_settle", "settle")
-    pieces.wrap(jobs.services, "receipts_issue", "receipt")
+    pieces.wrap(jobs.services, "_settle_charged", "settle")
+    pieces.wrap(jobs.services, "receipts_sign", "receipt")
     pieces.wrap(explorer.services, "_signed_receipt", "receipt_signing")
     pieces.wrap(jobs.events, "publish_job_statuses", "status_publish")
     if importlib.util.find_spec("jobs.feed") is not None:  # the dashboard feed, where it exists
@@ -152,13 +153,13 @@ def install_pieces() -> Pieces:
 
 
 def piece_summary(samples: list[dict[str, float]], totals: list[float]) -> dict:
-    """p50 and mean (ms) of each piece; ``receipt_insert_and_build`` = receipt - signing;
+    """p50 and mean (ms) of each piece; ``receipt_build`` = receipt - signing;
     ``other_python`` = the rest of the timed call; ``in_settle.*`` are parts of ``settle``."""
     rows = []
     for piece, total in zip(samples, totals, strict=True):
         row = dict(piece)
         if "receipt" in row:
-            row["receipt_insert_and_build"] = row.pop("receipt") - row.get("receipt_signing", 0.0)
+            row["receipt_build"] = row.pop("receipt") - row.get("receipt_signing", 0.0)
         row["other_python"] = total - sum(v for k, v in row.items() if not k.startswith("in_settle."))
         rows.append(row)
     names = sorted({k for r in rows for k in r})
@@ -184,8 +185,11 @@ def statement_kind(sql: str) -> str:
         m = re.match(r"INSERT INTO " + _TABLE, text, re.I)
         rows = text.upper().count("), (") + 1 if " VALUES " in upper else 1
         return f"INSERT {m.group(1) if m else '?'}" + (f" ({rows} rows)" if rows > 1 else "")
-    if upper.startswith("WITH") and "JSONB_TO_RECORDSET" in upper:
+    if upper.startswith("WITH") and "INSERT INTO EXPLORER_RECEIPT" in upper:
         return "COMPLETE (UPDATE jobs_job + INSERT explorer_receipt)"
+    if upper.startswith("WITH"):
+        m = re.search(r"UPDATE (?!OF )" + _TABLE, text, re.I)
+        return f"WITH ... UPDATE {m.group(1) if m else '?'}"
     if upper.startswith("UPDATE"):
         m = re.match(r"UPDATE " + _TABLE, text, re.I)
         table = m.group(1) if m else "?"
@@ -250,13 +254,15 @@ def claim(miner, job_id):
 def complete(variant: str, job, miner) -> None:
     from django.utils import timezone
 
+    from explorer.services import receipts_sign
     from jobs.services import Outcome, _completed, _leased, _store_completions, job_complete
 
     if variant == "A":
         outcome = Outcome(job_id=job.id, result=RESULT, metrics={}, lease_token=job.lease_token)
         now = timezone.now()
         held = [(_completed(job, outcome, miner=miner, now=now), client) for job, client in _leased(miner, [job.id])]
-        done = _store_completions(held, miner=miner, now=now, receipts=None)
+        receipts = receipts_sign(completed=[(job, miner.miner_id, client) for job, client in held])
+        done = _store_completions(held, receipts, miner=miner, now=now)
         if len(done) != 1:
             raise RuntimeError(f"bare completion of {job.id} changed {len(done)} rows")
     else:
@@ -331,7 +337,7 @@ def completions_phase(args, env) -> dict:
         "money_path_adds_ms": {
             "p50_C_minus_p50_A": money_adds,
             "p50_C_minus_p50_B (settlement alone)": round(p50["C"] - p50["B"], 3),
-            "p50_B_minus_p50_A (receipt + status event)": round(p50["B"] - p50["A"], 3),
+            "p50_B_minus_p50_A (status event)": round(p50["B"] - p50["A"], 3),
             "target": target(money_adds, TARGET_MONEY_MS, higher_is_better=False),
         },
         "cpu": meter.report(timed_n),
@@ -365,8 +371,7 @@ def completions_phase(args, env) -> dict:
         counts[variant] = {"statements": len(kinds), "list": kinds}
     out["sql_statements_per_completion"] = {
         **counts,
-        "note": "CaptureQueriesContext (it lists BEGIN and COMMIT too); each statement is a round trip except a paid "
-        "job's payment fields and receipt, which go out together (pipeline mode)",
+        "note": "CaptureQueriesContext (it lists BEGIN and COMMIT too: each is a round trip with psycopg 3)",
     }
 
     # Where the paid path's database time goes: each statement timed over a sample.
@@ -634,12 +639,13 @@ def main() -> None:
     if "sealing" in result:
         result["targets"]["seal_block_seconds"] = result["sealing"]["block"]["target"]
     result["notes"] = [
-        "in-process, one connection, no HTTP: only the job_complete call (or, for A, _leased and "
-        "_store_completions) is timed; the claim happens just before, untimed",
+        "in-process, one connection, no HTTP: only the job_complete call (or, for A, _leased, the receipt's "
+        "signing and _store_completions) is timed; the claim happens just before, untimed",
         f"model {MODEL!r} is outside the catalog: free jobs have no payment; paid jobs hold {PRICE} in escrow "
         "(settled in full: no unit price, so 3 ledger entries: escrow, miner's owner, platform fee)",
-        "pieces are timed by wrapping jobs.services._store_completions/_settle/receipts_issue, "
-        "explorer.services._signed_receipt, jobs.events.publish_job_statuses and the connection's _commit "
+        "pieces are timed by wrapping jobs.services._store_completions/_settle_charged, "
+        "explorer.services.receipts_sign, "
+        "_signed_receipt, jobs.events.publish_job_statuses and the connection's _commit "
         "in this process only",
         "B and C publish the job-status event to the Redis channel layer after commit (synchronously); "
         "A does not, so C - A counts it",

@@ -266,7 +266,7 @@ def job_payment_release(*, job_id) -> Payment:
         job, payment = _locked_job_with_escrow(job_id)
         if job.status != JobStatus.COMPLETED or job.miner is None:
             raise Conflict(f"Job is {job.status}: only a completed job's escrow is released.", code="JOB_NOT_COMPLETED")
-        _mark_settled(_settle([job], miner=job.miner))
+        _settle([job], miner=job.miner)
     return Payment.objects.get(pk=payment.pk)
 
 
@@ -522,40 +522,18 @@ def _as_stored_json(value):
     return value
 
 
-def _settle_and_sign(finished: list[tuple[Job, str]], *, miner: Miner) -> list[tuple[Job, Receipt]]:
-    """Pay for and sign the receipts of jobs completed in the current transaction."""
-    jobs = [job for job, _ in finished]
-    settled = _settle(jobs, miner=miner)
-    with rawsql.pipelined():  # neither statement has a result to wait for
-        _mark_settled(settled)
-        receipts = receipts_issue(completed=[(job, miner.miner_id, client) for job, client in finished])
-    _publish_after_commit(jobs)
-    return list(zip(jobs, receipts, strict=True))
-
-
-def _settle(jobs: list[Job], *, miner: Miner) -> list[Job]:
+def _settle(jobs: list[Job], *, miner: Miner) -> None:
     """Pay for completed jobs from their escrow: the catalog price of the tokens the hold was
     for (generated ones; every token for embeddings), capped by what was held, or what was held
-    when the job has no unit price. Returns the jobs settled, their payment fields set (not saved)."""
+    when the job has no unit price."""
     charges = [(job, _charge(job)) for job in jobs if job.payment_id]
     if not charges:
-        return []
+        return
     paid = escrows_settle(charges=charges, payee=miner.owner)
     settled = [job for job, _ in charges if job.pk in paid]
     for job in settled:
         job.amount_charged, job.payment_status = paid[job.pk], PaymentStatus.RELEASED
-    return settled
-
-
-def _mark_settled(settled: list[Job]) -> None:
-    if not settled:
-        return
-    if connection.vendor == "postgresql":
-        rows = [{"id": str(job.pk), "paid": str(job.amount_charged)} for job in settled]
-        with connection.cursor() as cursor:
-            cursor.execute(sql.MARK_SETTLED, {"paid": sql.jsonb_param(rows), "status": PaymentStatus.RELEASED})
-    else:
-        Job.objects.bulk_update(settled, ["amount_charged", "payment_status"])
+    Job.objects.bulk_update(settled, ["amount_charged", "payment_status"])
 
 
 def _charge(job: Job) -> Decimal:
@@ -567,28 +545,41 @@ def _charge(job: Job) -> Decimal:
 
 
 def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = True) -> list[tuple[Job, Receipt]]:
-    # Read the jobs, complete them here, sign, then store: a batch of free jobs is two round trips
-    # and one transaction (the completing statement's); paid jobs settle in a transaction around it.
+    # Read the jobs, complete them here (a paid job with its charge), sign, then store them and
+    # their receipts with one statement: for free jobs, two round trips and one transaction (the
+    # statement's); a paid job's escrow settles in a transaction around the statement.
     held = []
     for job, client in _leased(miner, list(outcomes)):
         outcome = outcomes[str(job.pk)]
         if outcome.lease_token and outcome.lease_token != job.lease_token:
             continue  # a superseded attempt's result
         held.append((_completed(job, outcome, miner=miner, now=now), client))
-    if any(job.payment_id for job, _ in held):
-        with transaction.atomic():
-            stored = _store_completions(held, miner=miner, now=now, receipts=None)
-            done = _settle_and_sign([(job, client) for job, client in held if job.pk in stored], miner=miner)
-    else:
-        receipts = receipts_sign(completed=[(job, miner.miner_id, client) for job, client in held])
-        stored = _store_completions(held, miner=miner, now=now, receipts=receipts)
-        done = [(job, receipt) for (job, _), receipt in zip(held, receipts, strict=True) if job.pk in stored]
-        _publish_after_commit([job for job, _ in done])
+    charges = [(job, _charge(job)) for job, _ in held if job.payment_id]
+    for job, charge in charges:
+        job.amount_charged, job.payment_status = charge, PaymentStatus.RELEASED
+    receipts = receipts_sign(completed=[(job, miner.miner_id, client) for job, client in held])
+    with transaction.atomic() if charges else nullcontext():
+        stored = _store_completions(held, receipts, miner=miner, now=now)
+        _settle_charged([(job, charge) for job, charge in charges if job.pk in stored], miner=miner)
+    done = [(job, receipt) for (job, _), receipt in zip(held, receipts, strict=True) if job.pk in stored]
+    _publish_after_commit([job for job, _ in done])
     # A job paid for since it was read was left alone too: once more, it settles.
     missed = {str(job.pk): outcomes[str(job.pk)] for job, _ in held if job.pk not in stored}
     if missed and read_again:
         done += _complete_postgres(miner=miner, outcomes=missed, now=now, read_again=False)
     return done
+
+
+def _settle_charged(charges: list[tuple[Job, Decimal]], *, miner: Miner) -> None:
+    """Settle the escrows of jobs just stored as paid ``charge`` each. A running job's payment is
+    held in escrow for its price, which caps its charge: anything else is a broken invariant, and
+    the transaction rolls back."""
+    if not charges:
+        return
+    paid = escrows_settle(charges=charges, payee=miner.owner)
+    unpaid = [job.pk for job, charge in charges if paid.get(job.pk) != charge]
+    if unpaid:
+        raise RuntimeError(f"escrow of running jobs {unpaid} did not settle as charged")
 
 
 def _leased(miner: Miner, job_ids: list) -> list[tuple[Job, str]]:
@@ -599,9 +590,9 @@ def _leased(miner: Miner, job_ids: list) -> list[tuple[Job, str]]:
     return list(zip(rawsql.instances(Job, rows), [row[-1] for row in rows], strict=True))
 
 
-def _store_completions(held: list[tuple[Job, str]], *, miner: Miner, now, receipts: list | None) -> set:
-    """Save completed jobs (and their receipts) whose lease and payment are still those they were
-    read with; the ids of those saved."""
+def _store_completions(held: list[tuple[Job, str]], receipts: list[Receipt], *, miner: Miner, now) -> set:
+    """Save completed jobs and their receipts where the lease and payment are still those the jobs
+    were read with; the ids of those saved."""
     if not held:
         return set()
     rows = [
@@ -611,10 +602,12 @@ def _store_completions(held: list[tuple[Job, str]], *, miner: Miner, now, receip
             "payment_id": job.payment_id,
             "result": job.result,
             "usage": job.usage,
-            "receipt_id": receipt.receipt_id if receipt else None,
-            "signed_json": receipt.signed_json if receipt else None,
+            "amount_charged": None if job.amount_charged is None else str(job.amount_charged),
+            "payment_status": job.payment_status,
+            "receipt_id": receipt.receipt_id,
+            "signed_json": receipt.signed_json,
         }
-        for (job, _), receipt in zip(held, receipts or [None] * len(held), strict=True)
+        for (job, _), receipt in zip(held, receipts, strict=True)
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql.COMPLETE, {"rows": sql.jsonb_param(rows), "miner": miner.pk, "now": now})
@@ -635,7 +628,11 @@ def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, 
                 "error_message", "updated_at",
             ])  # fmt: skip
             finished.append((job, job.client.username))
-        return _settle_and_sign(finished, miner=miner)
+        jobs = [job for job, _ in finished]
+        _settle(jobs, miner=miner)
+        receipts = receipts_issue(completed=[(job, miner.miner_id, client) for job, client in finished])
+        _publish_after_commit(jobs)
+    return list(zip(jobs, receipts, strict=True))
 
 
 def _complete_with_failure(outcome: Outcome, *, miner: Miner) -> Completion:

@@ -31,16 +31,17 @@ WHERE j.id = ANY(%(ids)s::uuid[]) AND j.status = '{JobStatus.RUNNING}' AND j.min
 
 # Store completions and their receipts in one statement (so, in autocommit, one transaction).
 # Each job is fenced by the lease token and the payment it was read with: a job re-leased,
-# finished or paid for since is left alone, and its receipt with it. Rows without a receipt
-# only complete the job (a paid job's receipt names the settled price, so it is signed after
-# settlement).
+# finished or paid for since is left alone, and its receipt with it.
 COMPLETE = f"""
 WITH v AS (
-    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb)
-        AS v(id uuid, fence text, payment_id text, result jsonb, usage jsonb, receipt_id text, signed_json text)
+    SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(
+        id uuid, fence text, payment_id text, result jsonb, usage jsonb, amount_charged numeric,
+        payment_status text, receipt_id text, signed_json text
+    )
 ), done AS (
     UPDATE jobs_job j SET status = '{JobStatus.COMPLETED}', result = v.result, usage = v.usage, progress = 100,
-        completed_at = %(now)s, lease_expires_at = NULL, error_code = '', error_message = '', updated_at = %(now)s
+        amount_charged = v.amount_charged, payment_status = v.payment_status, completed_at = %(now)s,
+        lease_expires_at = NULL, error_code = '', error_message = '', updated_at = %(now)s
     FROM v
     WHERE j.id = v.id AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s AND j.lease_token = v.fence
       AND j.payment_id = v.payment_id
@@ -48,17 +49,8 @@ WITH v AS (
 ), receipts AS (
     INSERT INTO {Receipt._meta.db_table} (receipt_id, job_id, signed_json, created_at)
     SELECT v.receipt_id, v.id, v.signed_json, %(now)s FROM v JOIN done ON done.id = v.id
-    WHERE v.receipt_id IS NOT NULL
 )
 SELECT id FROM done
-"""
-
-
-# The payment mirror of jobs just settled (``payments`` settles; the job records what was paid).
-MARK_SETTLED = """
-UPDATE jobs_job j SET amount_charged = v.paid, payment_status = %(status)s
-FROM jsonb_to_recordset(%(paid)s::jsonb) AS v(id uuid, paid numeric)
-WHERE j.id = v.id
 """
 
 

@@ -101,10 +101,10 @@ def result_interrupted(monkeypatch, client_api, miner_api, register_miner, submi
         leased = miner_api.post("/v1/miners/poll", {}, format="json").json()
         store, done = services._store_completions, []
 
-        def store_after(held, **kwargs):
+        def store_after(*args, **kwargs):
             if not done:
                 done.append(between(job))
-            return store(held, **kwargs)
+            return store(*args, **kwargs)
 
         monkeypatch.setattr(services, "_store_completions", store_after)
         response = miner_api.post(
