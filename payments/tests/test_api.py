@@ -264,6 +264,24 @@ def test_completing_a_paid_job_stores_its_receipt_with_the_settled_price(
     assert (job["status"], job["payment_status"]) == ("completed", "released")
 
 
+@pytest.mark.postgres
+def test_a_paid_completion_whose_escrow_is_gone_changes_nothing(client_api, miner_api, register_miner, unpaid_job):
+    from jobs.services import job_complete
+    from miners.models import Miner
+
+    job_id = unpaid_job["job_id"]
+    payment_id = pay(client_api, job_id, "2").json()["payment_id"]
+    register_miner(miner_api, models=["llama3.2"])
+    miner_api.post("/v1/miners/poll", {"max_wait_seconds": 0}, format="json")
+    Payment.objects.filter(payment_id=payment_id).update(status=PaymentStatus.REFUNDED)  # a broken invariant
+
+    with pytest.raises(RuntimeError, match="did not settle"):
+        job_complete(job_id=job_id, miner=Miner.objects.get(), result={"output": "done"})
+
+    job = Job.objects.get(pk=job_id)
+    assert (job.status, job.payment_status, job.receipts.count()) == (JobStatus.RUNNING, "escrowed", 0)
+
+
 # --- GET /v1/jobs/{id}/payment ---------------------------------------------------------
 
 
