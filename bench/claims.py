@@ -1,10 +1,10 @@
 """Claim + complete throughput, and exactly-once checks.
 
 1. Service layer, in-process: 16 workers, each a thread with its own registered miner and its
-   own PostgreSQL connection, loop ``jobs.services.job_claim(limit=B)`` then
-   ``jobs.services.job_complete`` (B = 1) or one ``jobs_complete`` for the batch, against a
-   queue pre-filled with ``--jobs`` (20,000) jobs, at each batch size B in ``--batches`` (1 and
-   10), for each of ``--layouts``: 2 OS processes of 8 worker threads (as ``rundramatiq
+   own PostgreSQL connection, loop ``jobs.services.job_claim(limit=B)`` then one
+   ``jobs.services.jobs_complete`` handed the claimed jobs, as the in-cluster worker does,
+   against a queue pre-filled with ``--jobs`` (20,000) jobs, at each batch size B in
+   ``--batches`` (1 and 10), for each of ``--layouts``: 2 OS processes of 8 worker threads (as ``rundramatiq
    --processes 2 --threads 8`` runs in-cluster workers on two cores), then 16 processes of one.
    Targets: >= 1,000 completions/s at batch 1, >= 5,000/s at batch 10.
 2. HTTP: ``--http-miners`` (50) polling miners against gunicorn, each looping
@@ -98,7 +98,7 @@ def service_worker(env: dict, miner_ids: list[str], batch: int, seconds: float, 
 
 
 def _work_loop(miner, batch: int, deadline: float) -> dict:
-    from jobs.services import Outcome, job_claim, job_complete, jobs_complete
+    from jobs.services import Outcome, job_claim, jobs_complete
 
     started = time.monotonic()
     claimed, receipts, claim_lat, complete_lat, errors = [], [], [], [], Counter()
@@ -120,19 +120,11 @@ def _work_loop(miner, batch: int, deadline: float) -> dict:
         empty = 0
         claimed.extend(str(job.id) for job in jobs)
         t1 = time.monotonic()
-        try:  # finish every claimed job, even past the deadline
-            if len(jobs) == 1:
-                job = jobs[0]
-                done = [
-                    job_complete(
-                        job_id=job.id, miner=miner, result=RESULT, metrics=METRICS, lease_token=job.lease_token
-                    )
-                ]
-            else:  # a batch worker finishes its batch in one transaction
-                outcomes = [
-                    Outcome(job_id=j.id, result=RESULT, metrics=METRICS, lease_token=j.lease_token) for j in jobs
-                ]
-                done = jobs_complete(miner=miner, outcomes=outcomes)
+        try:  # finish every claimed job, even past the deadline, as an in-cluster worker does
+            outcomes = [
+                Outcome(job_id=j.id, result=RESULT, metrics=METRICS, lease_token=j.lease_token, job=j) for j in jobs
+            ]
+            done = jobs_complete(miner=miner, outcomes=outcomes)
             receipts.extend(d.receipt.receipt_id if d.receipt else None for d in done)
         except Exception as exc:
             errors[f"complete:{type(exc).__name__}:{exc}"[:200]] += 1

@@ -228,6 +228,7 @@ class ClusterHost:
                 result=answer.result,
                 metrics=answer.metrics,
                 lease_token=by_key[answer.key].lease_token,
+                job=by_key[answer.key],
             )
             for answer in answers
             if answer.error is None

@@ -9,7 +9,7 @@ import hashlib
 import math
 import time
 from contextlib import nullcontext, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -340,7 +340,17 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
     }  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql.CLAIM, params)
-        return rawsql.instances(Job, cursor.fetchall())
+        return _with_client_names(cursor.fetchall())
+
+
+def _with_client_names(rows) -> list[Job]:
+    """Jobs from rows of their columns and their client's username, the client cached with only
+    its id and username loaded."""
+    jobs, client_field = rawsql.instances(Job, rows), Job.client.field
+    for job, row in zip(jobs, rows, strict=True):
+        client = client_field.related_model.from_db(DEFAULT_DB_ALIAS, ["id", "username"], [job.client_id, row[-1]])
+        client_field.set_cached_value(job, client)
+    return jobs
 
 
 def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
@@ -437,12 +447,14 @@ def _is_count(value) -> bool:
 
 @dataclass(frozen=True)
 class Outcome:
-    """A result a miner reports: ``result`` and ``metrics`` as sent."""
+    """A result a miner reports: ``result`` and ``metrics`` as sent. A caller holding the job as
+    ``job_claim`` returned it passes it as ``job``: it is completed in place, and not read again."""
 
     job_id: object
     result: object
     metrics: dict = field(default_factory=dict)
     lease_token: str | None = None
+    job: Job | None = None
 
     @property
     def reports_failure(self) -> bool:
@@ -548,12 +560,14 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
     # Read the jobs, complete them here (a paid job with its charge), sign, then store them and
     # their receipts with one statement: for free jobs, two round trips and one transaction (the
     # statement's); a paid job's escrow settles in a transaction around the statement.
+    given = [o.job for o in outcomes.values() if o.job is not None and Job.client.field.is_cached(o.job)]
+    unread = [job_id for job_id in outcomes if job_id not in {str(job.pk) for job in given}]
     held = []
-    for job, client in _leased(miner, list(outcomes)):
+    for job in given + (_leased(miner, unread) if unread else []):
         outcome = outcomes[str(job.pk)]
         if outcome.lease_token and outcome.lease_token != job.lease_token:
             continue  # a superseded attempt's result
-        held.append((_completed(job, outcome, miner=miner, now=now), client))
+        held.append((_completed(job, outcome, miner=miner, now=now), job.client.username))
     charges = [(job, _charge(job)) for job, _ in held if job.payment_id]
     for job, charge in charges:
         job.amount_charged, job.payment_status = charge, PaymentStatus.RELEASED
@@ -563,8 +577,8 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
         _settle_charged([(job, charge) for job, charge in charges if job.pk in stored], miner=miner)
     done = [(job, receipt) for (job, _), receipt in zip(held, receipts, strict=True) if job.pk in stored]
     _publish_after_commit([job for job, _ in done])
-    # A job paid for since it was read was left alone too: once more, it settles.
-    missed = {str(job.pk): outcomes[str(job.pk)] for job, _ in held if job.pk not in stored}
+    # A job paid for since it was read was left alone too: read once more, it settles.
+    missed = {str(job.pk): replace(outcomes[str(job.pk)], job=None) for job, _ in held if job.pk not in stored}
     if missed and read_again:
         done += _complete_postgres(miner=miner, outcomes=missed, now=now, read_again=False)
     return done
@@ -582,12 +596,11 @@ def _settle_charged(charges: list[tuple[Job, Decimal]], *, miner: Miner) -> None
         raise RuntimeError(f"escrow of running jobs {unpaid} did not settle as charged")
 
 
-def _leased(miner: Miner, job_ids: list) -> list[tuple[Job, str]]:
-    """The jobs of ``job_ids`` the miner holds a lease on, with their clients' usernames."""
+def _leased(miner: Miner, job_ids: list) -> list[Job]:
+    """The jobs of ``job_ids`` the miner holds a lease on, their clients' usernames loaded."""
     with connection.cursor() as cursor:
         cursor.execute(sql.LEASED, {"ids": job_ids, "miner": miner.pk})
-        rows = cursor.fetchall()
-    return list(zip(rawsql.instances(Job, rows), [row[-1] for row in rows], strict=True))
+        return _with_client_names(cursor.fetchall())
 
 
 def _store_completions(held: list[tuple[Job, str]], receipts: list[Receipt], *, miner: Miner, now) -> set:

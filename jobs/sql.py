@@ -17,9 +17,11 @@ from jobs.models import Job, JobStatus
 # ``jobs_claim`` (created by migration jobs 0004) locks the miner's row, then leases the best
 # queued jobs it can run: one round trip, its own transaction when called outside one. The
 # function lives in the database: changing how claims match takes a migration replacing it.
+# The clients' names come along: a receipt names its client.
 CLAIM = f"""
-SELECT {columns(Job, "c")}
+SELECT {columns(Job, "c")}, u.username
 FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
+JOIN accounts_user u ON u.id = c.client_id
 """
 
 # The running jobs a miner reports on, with their clients' names: ``jobs_complete`` completes

@@ -149,3 +149,44 @@ def test_a_job_paid_for_while_its_result_is_being_stored_is_completed_and_settle
     stored = client_api.get(f"/v1/jobs/{job['job_id']}").json()
     assert (stored["status"], stored["payment_status"]) == ("completed", "released")
     assert Receipt.objects.filter(job_id=job["job_id"]).count() == 1
+
+
+def test_a_worker_completing_the_jobs_it_claimed_does_not_read_them_again(
+    client_api, miner_api, register_miner, submit_job, django_assert_num_queries
+):
+    from jobs import services
+
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    miner = Miner.objects.get()
+    (claimed,) = services.job_claim(miner=miner, limit=1)
+    outcome = services.Outcome(
+        job_id=claimed.pk, result={"output": "done"}, lease_token=claimed.lease_token, job=claimed
+    )
+
+    with django_assert_num_queries(1):  # the completing statement alone
+        (done,) = services.jobs_complete(miner=miner, outcomes=[outcome])
+
+    assert done.job is claimed
+    assert done.receipt.document["client"] == "alice" == client_api.user.username
+    assert Job.objects.get(pk=job["job_id"]).status == JobStatus.COMPLETED
+    assert Receipt.objects.get(job_id=job["job_id"]).receipt_id == done.receipt.receipt_id
+
+
+def test_a_claimed_job_handed_back_after_its_lease_passed_on_changes_nothing(
+    client_api, miner_api, register_miner, submit_job
+):
+    from jobs import services
+
+    register_miner(miner_api)
+    submit_job(client_api)
+    miner = Miner.objects.get()
+    (first,) = services.job_claim(miner=miner, limit=1)
+    services.job_requeue(job_id=first.pk)
+    (second,) = services.job_claim(miner=miner, limit=1)
+    outcome = services.Outcome(job_id=first.pk, result={"output": "late"}, lease_token=first.lease_token, job=first)
+
+    assert services.jobs_complete(miner=miner, outcomes=[outcome]) == []
+    stored = Job.objects.get(pk=first.pk)
+    assert (stored.status, stored.lease_token, stored.result) == (JobStatus.RUNNING, second.lease_token, None)
+    assert not Receipt.objects.filter(job=stored).exists()
