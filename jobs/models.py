@@ -161,7 +161,8 @@ class FailedAttempt(models.Model):
     miner names its own error codes, so each failure it reports is recorded.
     """
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="failed_attempts")
+    # Looked up through the (job, attempt) unique index.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="failed_attempts", db_index=False)
     miner = models.ForeignKey("miners.Miner", on_delete=models.CASCADE, related_name="failed_attempts")
     attempt = models.PositiveSmallIntegerField()
     error_code = models.CharField(max_length=64)

@@ -560,10 +560,10 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
     # Read the jobs, complete them here (a paid job with its charge), sign, then store them and
     # their receipts with one statement: for free jobs, two round trips and one transaction (the
     # statement's); a paid job's escrow settles in a transaction around the statement.
-    given = [o.job for o in outcomes.values() if o.job is not None and Job.client.field.is_cached(o.job)]
-    unread = [job_id for job_id in outcomes if job_id not in {str(job.pk) for job in given}]
+    given = {str(o.job.pk): o.job for o in outcomes.values() if o.job is not None and Job.client.field.is_cached(o.job)}
+    unread = [job_id for job_id in outcomes if job_id not in given]
     held = []
-    for job in given + (_leased(miner, unread) if unread else []):
+    for job in [*given.values(), *(_leased(miner, unread) if unread else [])]:
         outcome = outcomes[str(job.pk)]
         if outcome.lease_token and outcome.lease_token != job.lease_token:
             continue  # a superseded attempt's result

@@ -129,14 +129,17 @@ def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
     )
 
 
+def _settlement_credits(*, miner, owner) -> QuerySet[LedgerEntry]:
+    """The ledger entries crediting ``owner`` for the settled jobs of ``miner`` (values or ``OuterRef``)."""
+    return LedgerEntry.objects.filter(
+        transaction__kind=TransactionKind.SETTLE, transaction__job__miner=miner, wallet__user=owner
+    )
+
+
 def earnings_subquery() -> Subquery:
     """For each miner row of the outer query: what ``miner_earnings`` counts (``NULL`` for none)."""
     credits = (
-        LedgerEntry.objects.filter(
-            transaction__kind=TransactionKind.SETTLE,
-            transaction__job__miner=OuterRef("pk"),
-            wallet__user=OuterRef("owner_id"),
-        )
+        _settlement_credits(miner=OuterRef("pk"), owner=OuterRef("owner_id"))
         .order_by()
         .values("transaction__job__miner")
         .annotate(total=Sum("amount"))
@@ -147,11 +150,9 @@ def earnings_subquery() -> Subquery:
 
 def miner_earnings(*, miner: Miner) -> Decimal:
     """AITBC paid to the miner's owner for the jobs this miner completed (settlements' credits)."""
-    return LedgerEntry.objects.filter(
-        transaction__kind=TransactionKind.SETTLE,
-        transaction__job__miner=miner,
-        wallet__user=miner.owner_id,
-    ).aggregate(total=Sum("amount", default=Decimal(0)))["total"]
+    return _settlement_credits(miner=miner, owner=miner.owner_id).aggregate(total=Sum("amount", default=Decimal(0)))[
+        "total"
+    ]
 
 
 def miner_counts() -> dict[str, int]:

@@ -40,20 +40,31 @@ def test_submitted_job_streams_its_tokens_and_its_receipt_verifies(page, log_in)
     expect(page.locator("#verify-result")).to_have_text(re.compile("Valid"))
 
 
-def test_my_jobs_list_shows_a_job_submitted_elsewhere_and_follows_it_to_completion(page, log_in, make_api, server_url):
-    api = make_api("client", "frank")
+def _on_live_job_list(page, log_in, make_api, username: str):
+    """Sign ``username`` in and open *My jobs*, live; the user's client API key."""
+    api = make_api("client", username)
     api.user.set_password(PASSWORD)
     api.user.save(update_fields=["password"])
-    log_in(page, "frank", PASSWORD)
+    log_in(page, username, PASSWORD)
     page.goto("/jobs/")
-    expect(page.locator("#job-rows")).to_contain_text("No jobs yet.")
     expect(page.locator("#jobs-live")).to_have_text("Live.")
-    page.evaluate("window.__notReloaded = true")
+    return api
 
-    payload = {"model": TINY, "prompt": "Submitted from a program", "params": {"max_tokens": 8}}
+
+def _submit_from_a_program(server_url: str, api, prompt: str, max_tokens: int) -> str:
+    payload = {"model": TINY, "prompt": prompt, "params": {"max_tokens": max_tokens}}
     submitted = httpx.post(f"{server_url}/v1/jobs", json={"payload": payload}, headers={"X-Api-Key": api.raw_key})
     assert submitted.status_code == 201, submitted.text
-    row = page.locator(f'#job-rows tr[data-job-id="{submitted.json()["job_id"]}"]')
+    return submitted.json()["job_id"]
+
+
+def test_my_jobs_list_shows_a_job_submitted_elsewhere_and_follows_it_to_completion(page, log_in, make_api, server_url):
+    api = _on_live_job_list(page, log_in, make_api, "frank")
+    expect(page.locator("#job-rows")).to_contain_text("No jobs yet.")
+    page.evaluate("window.__notReloaded = true")
+
+    job_id = _submit_from_a_program(server_url, api, "Submitted from a program", max_tokens=8)
+    row = page.locator(f'#job-rows tr[data-job-id="{job_id}"]')
     expect(row).to_be_visible(timeout=10_000)
     expect(row.locator(".badge")).to_have_text("Completed", timeout=20_000)
     expect(page.locator("#job-rows")).not_to_contain_text("No jobs yet.")
@@ -61,21 +72,14 @@ def test_my_jobs_list_shows_a_job_submitted_elsewhere_and_follows_it_to_completi
 
 
 def test_my_jobs_list_says_so_when_the_user_signed_out_elsewhere(page, log_in, make_api, server_url):
-    api = make_api("client", "gina")
-    api.user.set_password(PASSWORD)
-    api.user.save(update_fields=["password"])
-    log_in(page, "gina", PASSWORD)
-    page.goto("/jobs/")
-    expect(page.locator("#jobs-live")).to_have_text("Live.")
+    api = _on_live_job_list(page, log_in, make_api, "gina")
 
     other_tab = page.context.new_page()
     other_tab.goto("/jobs/")
     other_tab.get_by_role("button", name="Log out").click()
     other_tab.wait_for_url(re.compile(r"/login/"))
 
-    payload = {"model": TINY, "prompt": "After signing out", "params": {"max_tokens": 4}}
-    submitted = httpx.post(f"{server_url}/v1/jobs", json={"payload": payload}, headers={"X-Api-Key": api.raw_key})
-    assert submitted.status_code == 201, submitted.text
+    _submit_from_a_program(server_url, api, "After signing out", max_tokens=4)
     expect(page.locator("#jobs-live")).to_have_text(re.compile("signed out"), timeout=10_000)
     expect(page.locator("#job-rows")).to_contain_text("No jobs yet.")
 
