@@ -29,8 +29,11 @@ def _without_none(value):
     return value
 
 
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+
+
 def _dumps(obj) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+    return _CANONICAL.encode(obj).encode()
 
 
 def canonical_json(obj) -> bytes:

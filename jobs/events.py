@@ -45,7 +45,7 @@ MAX_PENDING_BATCHES = 10_000
 
 
 def job_group(job_id) -> str:
-    return f"job-{uuid.UUID(str(job_id))}"
+    return f"job-{job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))}"
 
 
 def job_status_event(job: Job, *, outlook: dict | None = None) -> dict:

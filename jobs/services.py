@@ -345,10 +345,15 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
 
 def _with_client_names(rows) -> list[Job]:
     """Jobs from rows of their columns and their client's username, the client cached with only
-    its id and username loaded."""
+    its id and username loaded (one instance per client)."""
     jobs, client_field = rawsql.instances(Job, rows), Job.client.field
+    clients = {}
     for job, row in zip(jobs, rows, strict=True):
-        client = client_field.related_model.from_db(DEFAULT_DB_ALIAS, ["id", "username"], [job.client_id, row[-1]])
+        client = clients.get(job.client_id)
+        if client is None:
+            client = clients[job.client_id] = client_field.related_model.from_db(
+                DEFAULT_DB_ALIAS, ["id", "username"], [job.client_id, row[-1]]
+            )
         client_field.set_cached_value(job, client)
     return jobs
 
