@@ -16,7 +16,10 @@ before the deadline is always completed. Afterwards the database is checked: no 
 twice (attempt > 1, or the same id handed to two workers), none lost (claimed but not
 completed, or in an unexpected state), every completed job has exactly one receipt.
 
-    .venv/bin/python bench/claims.py [--jobs 20000] [--batches 1,10] [--layouts 2x8,16x1] [--max-seconds 30]
+With ``--breakdown``, each service-layer phase also reports the worker threads' CPU per job in
+the claim, the receipts, the completion statement and the status events' hand-over.
+
+    .venv/bin/python bench/claims.py [--jobs 20000] [--batches 1,10] [--layouts 2x8,16x1] [--max-seconds 30] [--breakdown]
 """
 
 from __future__ import annotations
@@ -53,6 +56,14 @@ from _common import (
 
 TARGETS = {1: 1000, 10: 5000}
 TARGET_HTTP = 400
+# With --breakdown, the worker threads' CPU time (waits excluded) in these functions of
+# ``jobs.services``, per completed job.
+BREAKDOWN = {
+    "claim: statement and rows to jobs": "_claim_postgres",
+    "receipts: signing": "receipts_sign",
+    "completion statement": "_store_completions",
+    "status events: hand-over": "_publish_statuses",
+}
 RESULT = {"output": "hello there", "usage": {"prompt_tokens": 1, "completion_tokens": 2}}
 METRICS = {"duration_ms": 5, "units": 3}
 
@@ -60,11 +71,16 @@ METRICS = {"duration_ms": 5, "units": 3}
 # --- service-layer workers ----------------------------------------------------------------
 
 
-def service_worker(env: dict, miner_ids: list[str], batch: int, seconds: float, ready, go, results, release) -> None:
+def service_worker(
+    env: dict, miner_ids: list[str], batch: int, seconds: float, breakdown: bool, ready, go, results, release
+) -> None:
     """One OS process running a worker loop per miner in ``miner_ids``, each in its own thread
     (with its own database connection)."""
     django_setup_from_env({**env, "DATABASE_POOL": "false"})  # one plain connection per thread
     import threading
+
+    if breakdown:
+        _time_service_functions()
 
     from django.db import connection
 
@@ -97,9 +113,35 @@ def service_worker(env: dict, miner_ids: list[str], batch: int, seconds: float, 
         thread.join()
 
 
+_thread_cpu: dict[tuple[int, str], float] = {}  # (thread, piece) -> CPU seconds; one writer per key
+
+
+def _time_service_functions() -> None:
+    import threading
+
+    from jobs import services
+
+    def timed(piece, function):
+        def wrapper(*args, **kwargs):
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                key = (threading.get_ident(), piece)
+                _thread_cpu[key] = _thread_cpu.get(key, 0.0) + time.thread_time() - started
+
+        return wrapper
+
+    for piece, name in BREAKDOWN.items():
+        setattr(services, name, timed(piece, getattr(services, name)))
+
+
 def _work_loop(miner, batch: int, deadline: float) -> dict:
+    import threading
+
     from jobs.services import Outcome, job_claim, jobs_complete
 
+    thread_cpu_start = time.thread_time()
     started = time.monotonic()
     claimed, receipts, claim_lat, complete_lat, errors = [], [], [], [], Counter()
     empty = 0
@@ -129,7 +171,12 @@ def _work_loop(miner, batch: int, deadline: float) -> dict:
         except Exception as exc:
             errors[f"complete:{type(exc).__name__}:{exc}"[:200]] += 1
         complete_lat.append((time.monotonic() - t1) / len(jobs))
+    me = threading.get_ident()
     return {
+        "thread_cpu": {
+            "worker thread, in all": time.thread_time() - thread_cpu_start,
+            **{piece: _thread_cpu.get((me, piece), 0.0) for piece in BREAKDOWN},
+        },
         "miner_id": miner.miner_id,
         "started": started,
         "ended": time.monotonic(),
@@ -142,13 +189,16 @@ def _work_loop(miner, batch: int, deadline: float) -> dict:
     }
 
 
-def run_service_phase(env, *, db: str, miners: list[str], processes: int, batch: int, seconds: float) -> dict:
+def run_service_phase(
+    env, *, db: str, miners: list[str], processes: int, batch: int, seconds: float, breakdown: bool
+) -> dict:
     """The workers (one per miner) spread over ``processes`` OS processes, a thread each."""
     ctx = mp.get_context("spawn")
     ready, results, go, release = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
     procs = [
         ctx.Process(
-            target=service_worker, args=(env.env, miners[i::processes], batch, seconds, ready, go, results, release)
+            target=service_worker,
+            args=(env.env, miners[i::processes], batch, seconds, breakdown, ready, go, results, release),
         )
         for i in range(processes)
     ]
@@ -180,6 +230,11 @@ def run_service_phase(env, *, db: str, miners: list[str], processes: int, batch:
         "errors": dict(sum((Counter(r["errors"]) for r in reports), Counter())),
         "cpu": meter.report(completed),
     }
+    if breakdown and completed:
+        out["worker_thread_cpu_ms_per_job"] = {
+            piece: round(1000 * sum(r["thread_cpu"][piece] for r in reports) / completed, 3)
+            for piece in reports[0]["thread_cpu"]
+        }
     return out, reports
 
 
@@ -351,6 +406,11 @@ def main() -> None:
     parser.add_argument("--http-jobs", type=int, default=20000)
     parser.add_argument("--http-poll-wait", type=float, default=0, help="max_wait_seconds sent with each poll")
     parser.add_argument("--gunicorn", default="2x8", help="WORKERSxTHREADS for the HTTP phase")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="time the worker threads' CPU in the claim, receipts, completion statement and event hand-over",
+    )
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-service", action="store_true")
     parser.add_argument("--db", default="aitbc_bench")
@@ -384,6 +444,7 @@ def main() -> None:
                     processes=processes,
                     batch=batch,
                     seconds=args.max_seconds,
+                    breakdown=args.breakdown,
                 )
                 phase["queue_depth_at_start"] = filled
                 phase["checks"] = verify(
