@@ -2,7 +2,8 @@
 
 1. Database: ``pgbench`` (a C client, so nearly all the CPU is PostgreSQL's) runs the service's
    own statements, ``jobs.sql.CLAIM`` then ``jobs.sql.COMPLETE``, from 16 clients, each with its
-   own miner, at batch 1 and batch 10, for ``--seconds`` each, on a queue of ``--jobs`` jobs.
+   own miner, at batch 1 and batch 10, for ``--seconds`` each, on a queue of ``--jobs`` jobs
+   that must not run dry.
    The completion's rows, which the service sends as one JSON parameter, are built in SQL from
    the claimed ids, with a receipt-sized ``signed_json``. Reports claim + complete per second,
    PostgreSQL's CPU per job and the rate PostgreSQL alone could serve on every core.
@@ -15,7 +16,7 @@
 Then, for each target of ``claims.py``, the CPU per job left to the service's Python once
 PostgreSQL has had its share on this machine's cores.
 
-    .venv/bin/python bench/floors.py [--jobs 60000] [--seconds 8] [--gunicorn 2x8]
+    .venv/bin/python bench/floors.py [--jobs 120000] [--seconds 8] [--gunicorn 2x8]
 """
 
 from __future__ import annotations
@@ -97,35 +98,42 @@ def _one_line(statement: str) -> str:
     return " ".join(statement.split())  # pgbench reads one command per line
 
 
-def pgbench_phase(db: str, script: str, *, batch: int, seconds: float) -> dict:
+def pgbench_phase(env, script: str, *, batch: int, seconds: float) -> dict:
+    """Run ``script`` and measure, between two counts of the completed jobs, PostgreSQL's CPU per
+    job completed."""
+    db = env.db_name
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(script)
     command = [
         shutil.which("pgbench") or "pgbench", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER, "-n",
         "-M", "prepared", "-c", str(CLIENTS), "-j", "2", "-T", str(int(seconds)), "-f", f.name, db,
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(1.0)  # connected: measure the steady state
-    meter = CpuMeter({"postgres_backends": lambda: pg_backend_pids(db), "pgbench": lambda: [proc.pid]})
-    with meter:
-        time.sleep(max(1.0, seconds - 2))
-    output = proc.communicate()[0]
+    completed = (
+        "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'queued') FROM jobs_job"
+    )
+    with env.psql_connect() as counter:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.0)  # connected: measure the steady state
+        meter = CpuMeter({"postgres_backends": lambda: pg_backend_pids(db), "pgbench": lambda: [proc.pid]})
+        with meter:
+            before = counter.execute(completed).fetchone()[0]
+            time.sleep(max(1.0, seconds - 2))
+            after, queued = counter.execute(completed).fetchone()
+        output = proc.communicate()[0]
     os.unlink(f.name)
-    found = re.search(r"tps = ([0-9.]+)", output)
-    if proc.returncode != 0 or not found or "aborted" in output:
+    if proc.returncode != 0 or "aborted" in output:
         raise RuntimeError(f"pgbench failed:\n{output[-2000:]}")
-    cycles = float(found.group(1))
-    jobs = cycles * batch
-    report = meter.report(int(jobs * meter.elapsed))
-    pg_ms = round(1000 * meter.used["postgres_backends"] / (jobs * meter.elapsed), 3)
+    if not queued:
+        raise RuntimeError("the queue ran dry during the measurement: raise --jobs")
+    jobs = after - before
+    pg_ms = round(1000 * meter.used["postgres_backends"] / jobs, 3)
     return {
         "clients": CLIENTS,
         "batch": batch,
-        "claim_complete_cycles_per_s": round(cycles),
-        "jobs_per_s": round(jobs),
+        "jobs_per_s": round(jobs / meter.elapsed),
         "postgres_cpu_ms_per_job": pg_ms,
-        "postgres_alone_on_all_cores_jobs_per_s": round((os.cpu_count() or 1) * 1000 / pg_ms) if pg_ms else None,
-        "cpu": report,
+        "postgres_alone_on_all_cores_jobs_per_s": round((os.cpu_count() or 1) * 1000 / pg_ms),
+        "cpu": meter.report(jobs),
     }
 
 
@@ -200,7 +208,7 @@ def http_floor(env, *, workers: int, threads: int, seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=60000, help="jobs queued before each database phase")
+    parser.add_argument("--jobs", type=int, default=120000, help="jobs queued before each database phase")
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--gunicorn", default="2x8", help="WORKERSxTHREADS for the HTTP floor")
     parser.add_argument("--db", default="aitbc_floors")
@@ -224,7 +232,7 @@ def main() -> None:
             script = pgbench_script(
                 batch=batch, first_miner_pk=miners[0].pk, signed_json_length=receipt["signed_json_bytes"]
             )
-            database[name] = pgbench_phase(args.db, script, batch=batch, seconds=args.seconds)
+            database[name] = pgbench_phase(env, script, batch=batch, seconds=args.seconds)
             log(f"database, {name}: {database[name]['jobs_per_s']} jobs/s, "
                 f"PostgreSQL {database[name]['postgres_cpu_ms_per_job']} ms per job")  # fmt: skip
         result["database"] = database
