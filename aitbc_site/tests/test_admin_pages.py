@@ -1,4 +1,5 @@
 import pytest
+from django.contrib.admin.utils import quote
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
@@ -200,7 +201,9 @@ def test_receipt_changelist_opens(admin_client, receipt):
 
 
 def test_receipt_change_page_shows_the_signed_json(admin_client, receipt):
-    response = admin_client.get(reverse("admin:explorer_receipt_change", args=[receipt.pk]))
+    # The admin's own links quote primary keys: a receipt id such as ``rcpt_26…`` holds ``_26``,
+    # which unquoted reads as ``&``.
+    response = admin_client.get(reverse("admin:explorer_receipt_change", args=[quote(receipt.pk)]))
     assert response.status_code == 200
     assert receipt.receipt_id in response.content.decode()
     assert "Ed25519" in response.content.decode()
