@@ -108,7 +108,7 @@ def pgbench_phase(env, script: str, *, batch: int, seconds: float) -> dict:
         shutil.which("pgbench") or "pgbench", "-h", PG_HOST, "-p", str(PG_PORT), "-U", PG_USER, "-n",
         "-M", "prepared", "-c", str(CLIENTS), "-j", "2", "-T", str(int(seconds)), "-f", f.name, db,
     ]  # fmt: skip
-    completed = (
+    completed_and_queued = (
         "SELECT count(*) FILTER (WHERE status = 'completed'), count(*) FILTER (WHERE status = 'queued') FROM jobs_job"
     )
     with env.psql_connect() as counter:
@@ -116,9 +116,9 @@ def pgbench_phase(env, script: str, *, batch: int, seconds: float) -> dict:
         time.sleep(1.0)  # connected: measure the steady state
         meter = CpuMeter({"postgres_backends": lambda: pg_backend_pids(db), "pgbench": lambda: [proc.pid]})
         with meter:
-            before = counter.execute(completed).fetchone()[0]
+            before = counter.execute(completed_and_queued).fetchone()[0]
             time.sleep(max(1.0, seconds - 2))
-            after, queued = counter.execute(completed).fetchone()
+            after, queued = counter.execute(completed_and_queued).fetchone()
         output = proc.communicate()[0]
     os.unlink(f.name)
     if proc.returncode != 0 or "aborted" in output:
