@@ -17,7 +17,7 @@ from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -87,3 +87,57 @@ def test_every_operation_answers_as_its_schema_says_to_a_miner(miner_headers):
     failures = fuzz_every_operation(miner_headers)
 
     assert not failures, "\n\n".join(failures)
+
+
+def test_a_job_through_its_life_answers_as_the_schema_says(client_headers, miner_headers, make_api):
+    """Stateful: generated submissions, each followed from status through the miner's poll to its
+    result and receipt, every answer checked against the schema (the states stateless fuzzing
+    can't reach: a job running, completed, receipted)."""
+    schema = _schema()
+    miner = make_api("admin", "operator")
+    receipted = []
+
+    def step(path: str, method: str, headers: dict, **request):
+        case = schema[path][method].Case(**request)
+        response = case.call(headers=headers)
+        # Who may call what is the authorization matrix's table; here the keys are real ones.
+        case.validate_response(response, headers=headers, excluded_checks=[positive_data_acceptance, ignored_auth])
+        return response
+
+    @given(generated=schema["/v1/jobs"]["POST"].as_strategy(GenerationMode.POSITIVE))
+    @settings(max_examples=2 * EXAMPLES, deadline=None, derandomize=True, database=None)
+    def life(generated):
+        # The generated body, sent with the client's key alone.
+        submitted = step("/v1/jobs", "POST", client_headers, body=generated.body, media_type="application/json")
+        if submitted.status_code != 201:
+            return
+        job = submitted.json()
+        job_path = {"job_id": job["job_id"]}
+        step("/v1/jobs/{job_id}", "GET", client_headers, path_parameters=job_path)
+        # miner-1 now serves exactly this job's model, with room for every constraint a job may name.
+        miner.put(
+            "/v1/miners/miner-1/capabilities",
+            {"capabilities": {"models": [job["model"]], "gpus": [{"name": "x", "memory_mb": 10**8}]}},
+            format="json",
+        )
+        polled = step("/v1/miners/poll", "POST", miner_headers, body={"max_jobs": 1})
+        if polled.status_code == 204:
+            return
+        lease = polled.json()
+        # The oldest queued job of the model comes first: every one of them is the client's.
+        leased_path = {"job_id": lease["job_id"]}
+        step(
+            "/v1/miners/{job_id}/result",
+            "POST",
+            miner_headers,
+            path_parameters=leased_path,
+            body={"result": {"output": "ok"}, "lease_token": lease["lease_token"]},
+        )
+        step("/v1/jobs/{job_id}/status", "GET", client_headers, path_parameters=leased_path)
+        step("/v1/jobs/{job_id}/result", "GET", client_headers, path_parameters=leased_path)
+        receipt = step("/v1/jobs/{job_id}/receipt", "GET", client_headers, path_parameters=leased_path)
+        receipted.append(receipt.status_code == 200)
+
+    life()
+
+    assert any(receipted), "no generated job lived to its receipt"
