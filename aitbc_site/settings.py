@@ -151,12 +151,25 @@ LOGGING = {
 # --- Redis, cache and channel layer --------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
+    from channels_redis.core import RedisChannelLayer
+
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py caps a pool at 100 connections unless told otherwise.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "max_connections": 5000}]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py caps a pool at 100 connections unless told otherwise.
+                        "max_connections": 5000,
+                        # A socket's receive is a blocking pop of brpop_timeout seconds, repeated
+                        # while nothing arrives: a read timeout no longer than that (redis-py's
+                        # default is 5 s, the same) would end every socket idle for that long.
+                        "socket_timeout": RedisChannelLayer.brpop_timeout + 10,
+                    }
+                ]
+            },
         }
     }
 else:
