@@ -99,6 +99,9 @@ if IS_POSTGRES:
                 "timeout": 10,
             }
         }
+        # The pool then checks a connection (one round trip) before handing it out: those a
+        # database restart ended are replaced instead of failing a request each.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Server-side binding lets PostgreSQL reuse the plans of the queue's hot statements.
     if env_bool("DATABASE_PREPARED_STATEMENTS", True):
         DATABASES["default"]["OPTIONS"] = {

@@ -187,8 +187,18 @@ class PostgresCluster:
     def stop(self) -> None:
         self._run("pg_ctl", "stop", "-D", str(self.data), "-w", "-m", "immediate")
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, *, copy_of: str) -> str:
+        """A new database holding what the database at ``copy_of`` holds (a migrated schema, say:
+        copying it is faster than migrating again)."""
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        dump = subprocess.run(
+            [str(self.bin / "pg_dump"), "--no-owner", "--no-privileges", "--dbname", copy_of],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        restore = [str(self.bin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "--dbname", self.url(name)]
+        subprocess.run(restore, input=dump.stdout, check=True, capture_output=True, timeout=60)
         return self.url(name)
 
     def remove(self) -> None:
