@@ -265,6 +265,8 @@ RATE_LIMITS = {
     "anonymous": env_rate("RATE_LIMIT_ANONYMOUS", "60/min"),
 }
 RATE_LIMITS_ENABLED = env_bool("RATE_LIMITS_ENABLED", True)
+# The server processes sharing the limits: while Redis is down each one allows limit ÷ this.
+RATE_LIMIT_PROCESSES = env_int("RATE_LIMIT_PROCESSES", 1, minimum=1)
 RATE_LIMIT_KEY_PREFIX = env_str("RATE_LIMIT_KEY_PREFIX", "aitbc:rl")
 
 # --- Wallet sign-in -------------------------------------------------------------------
