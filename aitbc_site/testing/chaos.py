@@ -19,11 +19,12 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aitbc_site.testing import invariants
-from aitbc_site.testing.load import Client, Submissions, Traffic, submit_jobs
+from aitbc_site.testing.load import Client, Submissions, Traffic, job_body, submit_jobs
 from aitbc_site.testing.miners import MinerFleet, accepted_results, read_journals
 from aitbc_site.testing.processes import (
     PYTHON,
@@ -47,7 +48,7 @@ TEMPLATE_DB = "aitbc_chaos_template"
 # on (each request counted in Redis, as in production) but far above what the load sends.
 SETTINGS = {
     "JOB_LEASE_SECONDS": 4,
-    "HOUSEKEEPING_INTERVAL_SECONDS": 1,
+    "HOUSEKEEPING_INTERVAL_SECONDS": 2,
     "JOB_MAX_ATTEMPTS": 10,
     "MINER_HEARTBEAT_TIMEOUT_SECONDS": 120,
     "AITBC_WELCOME_CREDITS": 1_000_000,
@@ -291,8 +292,10 @@ class ChaosRun:
 
     # --- load ------------------------------------------------------------------------------
 
-    async def submit(self, count: int, *, rate: float | None = None, model: str = MODEL, **job) -> None:
-        await submit_jobs(self.clients, self.submissions, count=count, rate=rate, model=model, **job)
+    async def submit(self, count: int, *, rate: float | None = None, body: Callable[[int], dict] | None = None):
+        """Submit ``count`` jobs (``body(n)``; by default a paid job for the HTTP miners' model)."""
+        body = body or (lambda n: job_body(MODEL, n))
+        await submit_jobs(self.clients, self.submissions, count=count, rate=rate, body=body)
 
     async def wait_for_completions(self, count: int, timeout: float = 120) -> None:
         """Until ``count`` jobs have completed (faults are injected into a system that is working)."""
@@ -332,10 +335,10 @@ class ChaosRun:
         return fault
 
     async def kill_holder(self, process: Process, miner_ids: list[str], kind: str, timeout: float = 30) -> Fault:
-        """SIGKILL a process of miners once it holds jobs (mid-job), then start it again as a
-        supervisor would; back when it is ready again."""
+        """SIGKILL a process once its miners (``miner_ids``, if any) hold jobs, mid-job, then start it
+        again as a supervisor would; back when it is ready again."""
         deadline = time.monotonic() + timeout
-        while not await asyncio.to_thread(self.deployment.running_jobs, miner_ids):
+        while miner_ids and not await asyncio.to_thread(self.deployment.running_jobs, miner_ids):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{process.name} held no job within {timeout}s")
             await asyncio.sleep(0.02)

@@ -55,9 +55,11 @@ class AsyncConn:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def request(self, raw: bytes, *, reconnect: bool = True) -> tuple[int, bytes]:
-        """Send ``raw`` and read the answer. With ``reconnect``, a connection the server closed
-        while idle is opened again and the request sent once more; without it, any broken
-        connection is the caller's to see."""
+        """Send ``raw`` and read the answer. A connection seen closed before sending is opened again,
+        as HTTP client libraries do. With ``reconnect``, one that breaks on the request is opened
+        again and the request sent once more; without it, the broken request is the caller's to see."""
+        if self.reader is not None and self.reader.at_eof():
+            self.close()
         reused = self.writer is not None
         if not reused:
             await self._open()

@@ -11,7 +11,8 @@ import json
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aitbc_site.testing.http import CONNECTION_ERRORS, AsyncConn, build_request
@@ -85,13 +86,16 @@ class Submissions:
     accepted: dict[str, float] = field(default_factory=dict)  # job id -> unix time of the 201
     refused: list[tuple[int, str]] = field(default_factory=list)
     unanswered: int = 0
+    # The last jobs accepted, with the key of the client that submitted each.
+    recent: deque = field(default_factory=lambda: deque(maxlen=500))
 
     @property
     def accepted_ids(self) -> set[str]:
         return set(self.accepted)
 
 
-def job_body(model: str, n: int, *, price: str | None, max_tokens: int | None = None) -> dict:
+def job_body(model: str, n: int, *, price: str | None = "0.01", max_tokens: int | None = None) -> dict:
+    """Job ``n`` for ``model``: paid ``price`` (None: the catalog's price, or free), up to 10 attempts."""
     payload = {"type": "inference", "prompt": f"job {n}: say something", "model": model}
     if max_tokens is not None:
         payload["params"] = {"max_tokens": max_tokens, "temperature": 0}
@@ -106,15 +110,13 @@ async def submit_jobs(
     submissions: Submissions,
     *,
     count: int,
-    model: str,
-    price: str | None = "0.01",
-    max_tokens: int | None = None,
+    body: Callable[[int], dict],
     rate: float | None = None,
     give_up_after_s: float = 120,
 ) -> None:
-    """Submit ``count`` jobs from the clients concurrently, at ``rate`` per second when given (else as
-    fast as they are answered). Each retries its job under one ``Idempotency-Key`` until it gets
-    201, a refusal (4xx but 429), or ``give_up_after_s`` passes."""
+    """Submit jobs ``body(0)`` to ``body(count - 1)`` from the clients concurrently, at ``rate`` per
+    second when given (else as fast as they are answered). Each retries its job under one
+    ``Idempotency-Key`` until it gets 201, a refusal (4xx but 429), or ``give_up_after_s`` passes."""
     numbers = iter(range(count))
     start = time.monotonic()
 
@@ -122,9 +124,7 @@ async def submit_jobs(
         for n in numbers:
             if rate:
                 await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
-            await _submit_one(
-                client, submissions, job_body(model, n, price=price, max_tokens=max_tokens), give_up_after_s
-            )
+            await _submit_one(client, submissions, body(n), give_up_after_s)
 
     await asyncio.gather(*(one_client(client) for client in clients))
 
@@ -135,7 +135,9 @@ async def _submit_one(client: Client, submissions: Submissions, body: dict, give
     while True:
         status, answer = await client.call("submit", "POST", "/v1/jobs", body, headers)
         if status == 201:
-            submissions.accepted[json.loads(answer)["job_id"]] = time.time()
+            job_id = json.loads(answer)["job_id"]
+            submissions.accepted[job_id] = time.time()
+            submissions.recent.append((job_id, client.key))
             return
         if status is not None and 400 <= status < 500 and status != 429:
             submissions.refused.append((status, answer[:300].decode(errors="replace")))
@@ -162,10 +164,10 @@ async def read_around(clients: list[Client], submissions: Submissions, stopping:
 
     async def reader(client: Client):
         while not stopping.is_set():
-            accepted = list(submissions.accepted)
-            route, path = random.choice(routes)
-            if accepted:
-                await client.call(route, "GET", path(random.choice(accepted[-500:])))
+            if submissions.recent:
+                route, path = random.choice(routes)
+                job_id, key = random.choice(submissions.recent)  # read as the job's own client
+                await client.call(route, "GET", path(job_id), headers={"X-Api-Key": key})
             await asyncio.sleep(pause_s * random.uniform(0.5, 1.5))
 
     await asyncio.gather(*(reader(client) for client in clients))

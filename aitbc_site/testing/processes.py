@@ -59,13 +59,16 @@ def rss_kib(pid: int) -> int | None:
 
 
 def app_env(*, database_url: str, data_dir: str | Path, redis_url: str = "", broker_url: str = "", **extra) -> dict:
-    """The environment a deployment's processes run with: no embedded workers, a fixed receipt key
-    (every process signs with the same one), quiet logs. ``extra`` overrides any of it."""
+    """The environment a deployment's processes run with, as production runs them (the connection
+    pool on, no embedded workers), with a fixed receipt key (every process signs with the same
+    one) and quiet logs; what a test run sets for itself (``bin/test`` turns the pool off) does not
+    leak in. ``extra`` overrides any of it."""
     env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH", "DEBUG")}
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "aitbc_site.settings",
             "DATABASE_URL": database_url,
+            "DATABASE_POOL": "true",
             "REDIS_URL": redis_url,
             "DRAMATIQ_BROKER_URL": broker_url,
             "SECRET_KEY": "loopback-deployment",

@@ -13,6 +13,7 @@ import json
 import pytest
 
 from aitbc_site.testing.chaos import CatalogEntry, ChaosRun, Layout
+from aitbc_site.testing.load import job_body
 from inference.testing import TINY
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -49,16 +50,16 @@ def test_web_workers_killed_mid_load_lose_nothing(deploy):
     chaos = ChaosRun(deployment)
 
     async def scenario():
-        load = asyncio.ensure_future(chaos.submit(600))
+        load = asyncio.ensure_future(chaos.submit(500))
         for kill in range(1, 4):
-            await chaos.wait_for_completions(120 * kill)
+            await chaos.wait_for_completions(100 * kill)
             await chaos.kill_web_worker(deployment.gunicorns[0])
         await load
         await chaos.drain()
 
     run(scenario)
     report = assert_kept(chaos, recovery_within_s=WEB_WORKER_RECOVERY_S)
-    assert report["invariants"]["jobs_accepted"] == 600
+    assert report["invariants"]["jobs_accepted"] == 500
     assert len(report["faults"]) == 3
 
 
@@ -67,18 +68,23 @@ def test_http_miners_killed_mid_job_lose_nothing(deploy):
     chaos = ChaosRun(deployment)
 
     async def scenario():
-        load = asyncio.ensure_future(chaos.submit(600))
+        load = asyncio.ensure_future(chaos.submit(500))
         for kill, fleet in enumerate([*deployment.fleets, deployment.fleets[0]], start=1):
-            await chaos.wait_for_completions(100 * kill)
+            await chaos.wait_for_completions(80 * kill)
             await chaos.kill_miners(fleet)
         await load
         await chaos.drain()
 
     run(scenario)
     report = assert_kept(chaos, recovery_within_s=HOLDER_RECOVERY_S)
-    assert report["invariants"]["jobs_accepted"] == 600
+    assert report["invariants"]["jobs_accepted"] == 500
     # The kills came mid-job: the dead miners held leases, and those jobs completed elsewhere.
     assert sum(fault["jobs_held"] for fault in report["faults"]) > 0
+
+
+def tiny_job(n: int) -> dict:
+    """A job for the in-cluster workers, at the catalog's price."""
+    return job_body(TINY, n, price=None, max_tokens=8)
 
 
 def test_dramatiq_workers_killed_mid_batch_lose_nothing(deploy, tiny_model_dir):
@@ -88,14 +94,14 @@ def test_dramatiq_workers_killed_mid_batch_lose_nothing(deploy, tiny_model_dir):
 
     async def scenario():
         for worker in deployment.inference_workers:
-            load = asyncio.ensure_future(chaos.submit(150, model=TINY, price=None, max_tokens=8))
+            load = asyncio.ensure_future(chaos.submit(100, body=tiny_job))
             await chaos.kill_inference_worker(worker)
             await load
         await chaos.drain()
 
     run(scenario)
     report = assert_kept(chaos, recovery_within_s=HOLDER_RECOVERY_S)
-    assert report["invariants"]["jobs_accepted"] == 300
+    assert report["invariants"]["jobs_accepted"] == 200
     assert sum(fault["jobs_held"] for fault in report["faults"]) > 0
 
 
@@ -104,19 +110,24 @@ def test_postgres_restart_costs_only_the_requests_in_flight(deploy):
     chaos = ChaosRun(deployment)
 
     async def scenario():
-        load = asyncio.ensure_future(chaos.submit(400, rate=40))
-        await chaos.wait_for_completions(100)
+        load = asyncio.ensure_future(chaos.submit(300, rate=30))
+        await chaos.wait_for_completions(80)
         await chaos.restart_postgres()
         await load
         await chaos.drain()
-        # Restarted while idle: every pooled connection is stale when the next requests come.
+        # Restarted while nothing runs (the miners stopped too): every connection the servers'
+        # pools hold is one the restart ended when the next requests come.
+        for fleet in deployment.fleets:
+            await asyncio.to_thread(fleet.stop)
         await chaos.restart_postgres()
         await chaos.submit(100)
+        for fleet in deployment.fleets:
+            await asyncio.to_thread(fleet.start)
         await chaos.drain()
 
     run(scenario)
     report = assert_kept(chaos, recovery_within_s=OUTAGE_RECOVERY_S)
-    assert report["invariants"]["jobs_accepted"] == 500
+    assert report["invariants"]["jobs_accepted"] == 400
     for fault in report["faults"]:
         assert fault["requests_failed_after_back"] == 0, fault
 
@@ -126,15 +137,17 @@ def test_redis_outage_loses_nothing_and_housekeeping_resumes(deploy):
     chaos = ChaosRun(deployment)
 
     async def scenario():
-        load = asyncio.ensure_future(chaos.submit(500, rate=40))
-        await chaos.wait_for_completions(100)
+        load = asyncio.ensure_future(chaos.submit(400, rate=40))
+        await chaos.wait_for_completions(80)
         await chaos.redis_outage(3)
         await load
         await chaos.drain()
 
     run(scenario)
     report = assert_kept(chaos, recovery_within_s=3 + OUTAGE_RECOVERY_S)
-    assert report["invariants"]["jobs_accepted"] == 500
+    assert report["invariants"]["jobs_accepted"] == 400
     [outage] = report["faults"]
+    # The API stays up while Redis is away, and nothing fails once it is back.
+    assert outage["requests_failed_while_out"] == 0
     assert outage["requests_failed_after_back"] == 0
     assert outage["first_after_back_s"]["block_sealed"] is not None
