@@ -119,7 +119,7 @@ class ReceiptVerifyView(APIView):
         summary="Verify a receipt",
         description="Checks the coordinator's signature against our public key(s), and every attestation.",
         request=ReceiptDocumentSerializer,
-        responses={200: ReceiptVerificationSerializer, 422: OpenApiResponse(description="Not a JSON object")},
+        responses={200: ReceiptVerificationSerializer, 422: OpenApiResponse(description="Not a receipt")},
     )
     def post(self, request):
         document = request.data
@@ -127,6 +127,8 @@ class ReceiptVerifyView(APIView):
             document = document["receipt"]
         if not isinstance(document, dict):
             raise Invalid("A receipt is a JSON object.", code="VALIDATION_ERROR")
+        # Only something shaped like a receipt is checked: a missing body or field is a 422.
+        ReceiptDocumentSerializer(data=document).is_valid(raise_exception=True)
         return Response(selectors.receipt_verification(document))
 
 
