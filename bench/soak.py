@@ -4,7 +4,7 @@
 The deployment runs on a PostgreSQL cluster and a redis-server of its own (``aitbc_site.testing``):
 gunicorn (2 gthread workers), one daphne, a Dramatiq housekeeping worker, an in-cluster inference
 worker serving a tiny GPT-2 (``--no-inference`` leaves it out), the scheduler and two processes of
-four HTTP miners each. The load: ``--rate`` (20) job submissions per second, one in ten for the
+four HTTP miners each. The load: ``--rate`` (10) job submissions per second, one in ten for the
 tiny model and the rest for the HTTP miners, each paid from escrow and retried under its
 Idempotency-Key until accepted; readers fetching jobs, results, receipts, job lists, the explorer
 and the stats (``--readers``, each every ``--read-pause`` seconds); and dashboard sockets on daphne,
@@ -17,7 +17,7 @@ recovery, the resident memory of every process sampled every ``--sample-every`` 
 flat; a process replaced by a fault starts a new series), and the invariants: no accepted job lost,
 completions, receipts and settlements exactly once, the ledger conserved, the chain verifying.
 
-    .venv/bin/python bench/soak.py [--minutes 30] [--rate 20] [--fault-every 60] [--minutes 2 for a try]
+    .venv/bin/python bench/soak.py [--minutes 30] [--rate 10] [--fault-every 60]   # --minutes 2 for a try
 """
 
 from __future__ import annotations
@@ -154,8 +154,12 @@ async def soak(chaos: ChaosRun, sampler: MemorySampler, args) -> dict:
             if time.monotonic() - started > duration - args.fault_every / 2:
                 return
             log(f"{time.monotonic() - started:6.0f}s  fault: {kind}")
-            await inject(chaos, kind, redis_outage_s=args.redis_outage)
+            try:
+                await inject(chaos, kind, redis_outage_s=args.redis_outage)
+            except TimeoutError as error:  # the worker held no job meanwhile: no mid-job kill this time
+                skipped.append(f"{kind}: {error}")
 
+    skipped: list[str] = []
     readers = [Client(deployment.http_ports, CLIENT_KEYS[-1], chaos.traffic) for _ in range(args.readers)]
     socket_counts = {"opened": 0, "reopened": 0, "frames": 0}
     background = [
@@ -171,13 +175,18 @@ async def soak(chaos: ChaosRun, sampler: MemorySampler, args) -> dict:
     stopping.set()
     sampler.sample(time.monotonic() - started)
     await asyncio.gather(*background, return_exceptions=True)
-    return {"seconds": round(time.monotonic() - started, 1), "jobs_submitted": jobs, "sockets": socket_counts}
+    return {
+        "seconds": round(time.monotonic() - started, 1),
+        "jobs_submitted": jobs,
+        "faults_skipped": skipped,
+        "sockets": socket_counts,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30)
-    parser.add_argument("--rate", type=float, default=20, help="job submissions per second")
+    parser.add_argument("--rate", type=float, default=10, help="job submissions per second")
     parser.add_argument("--fault-every", type=float, default=60, help="seconds between faults")
     parser.add_argument("--redis-outage", type=float, default=5, help="seconds Redis is down")
     parser.add_argument("--readers", type=int, default=4)
