@@ -71,10 +71,14 @@ class Backing:
         self.redis = RedisServer(log_path=self.log_dir / "redis.log")
 
     def start(self) -> Backing:
-        self.postgres.start()
-        self.redis.start()
-        env = app_env(database_url=self.postgres.create_database(TEMPLATE_DB), data_dir=self.log_dir)
-        subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+        try:
+            self.postgres.start()
+            self.redis.start()
+            env = app_env(database_url=self.postgres.create_database(TEMPLATE_DB), data_dir=self.log_dir)
+            subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+        except BaseException:
+            self.cleanup()
+            raise
         return self
 
     def database(self, name: str) -> str:
@@ -120,6 +124,9 @@ class CatalogEntry:
 
 
 class Deployment:
+    """The processes of ``layout`` on a fresh database of ``backing`` named ``name``, their logs in
+    ``log_dir``; ``settings`` override the environment's, ``catalog`` adds models to the catalog."""
+
     def __init__(
         self,
         backing: Backing,
@@ -242,6 +249,10 @@ class Deployment:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def completed_jobs(self) -> int:
+        with self.connect() as conn:
+            return conn.execute("SELECT count(*) FROM jobs_job WHERE status = 'completed'").fetchone()[0]
+
     def unfinished_jobs(self) -> int:
         with self.connect() as conn:
             return conn.execute("SELECT count(*) FROM jobs_job WHERE status IN ('queued', 'running')").fetchone()[0]
@@ -255,14 +266,15 @@ class Deployment:
 
 @dataclass
 class Fault:
-    """One fault injected: when it began (unix time), when the faulted part was back, and the jobs
-    the faulted process held when it died."""
+    """One fault injected: when it began (unix time), when the faulted part was back, the jobs the
+    faulted process held when it died, and whether it was an outage of a server every process uses."""
 
     kind: str
     target: str
     began: float
     back: float = 0.0
     held: list[str] = field(default_factory=list)
+    outage: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -300,13 +312,10 @@ class ChaosRun:
     async def wait_for_completions(self, count: int, timeout: float = 120) -> None:
         """Until ``count`` jobs have completed (faults are injected into a system that is working)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.deployment.connect() as conn:
-                done = conn.execute("SELECT count(*) FROM jobs_job WHERE status = 'completed'").fetchone()[0]
-            if done >= count:
-                return
+        while await asyncio.to_thread(self.deployment.completed_jobs) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} jobs completed within {timeout}s")
             await asyncio.sleep(0.1)
-        raise TimeoutError(f"fewer than {count} jobs completed within {timeout}s")
 
     async def drain(self, timeout: float = 120) -> None:
         """Wait until no job is queued or running any more."""
@@ -358,7 +367,7 @@ class ChaosRun:
         return await self.kill_holder(worker, [worker.miner_id], "SIGKILL Dramatiq worker")
 
     async def restart_postgres(self, mode: str = "fast") -> Fault:
-        fault = Fault(f"PostgreSQL restart ({mode})", "postgres", time.time())
+        fault = Fault(f"PostgreSQL restart ({mode})", "postgres", time.time(), outage=True)
         await asyncio.to_thread(self.deployment.backing.postgres.restart, mode)
         fault.back = time.time()
         self.faults.append(fault)
@@ -366,7 +375,7 @@ class ChaosRun:
 
     async def redis_outage(self, seconds: float) -> Fault:
         redis = self.deployment.backing.redis
-        fault = Fault(f"Redis outage ({seconds:g} s)", redis.name, time.time())
+        fault = Fault(f"Redis outage ({seconds:g} s)", redis.name, time.time(), outage=True)
         await asyncio.to_thread(redis.stop)
         await asyncio.sleep(seconds)
         await asyncio.to_thread(redis.start)
@@ -433,7 +442,7 @@ class ChaosRun:
             out["held_jobs_not_completed"] = last[1]
             out["held_jobs_requeued_s"] = round(float(requeued) - fault.began, 3) if requeued is not None else None
             out["recovery_s"] = round(float(last[0]) - fault.began, 3) if last[0] is not None else None
-        elif fault.kind.startswith(("PostgreSQL", "Redis")):
+        elif fault.outage:
             first_accept = min((t for t in self.submissions.accepted.values() if t >= fault.back), default=None)
             first_completion = conn.execute(
                 "SELECT min(extract(epoch FROM completed_at)) FROM jobs_job WHERE completed_at >= to_timestamp(%s)",
