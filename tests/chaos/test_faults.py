@@ -18,7 +18,7 @@ from inference.testing import TINY
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
-# Jobs come back from a dead holder after its lease (4 s) and the next sweep (every second).
+# Jobs come back from a dead holder after its lease (4 s) and the next sweep (every 2 s).
 HOLDER_RECOVERY_S = 20
 # A replaced web worker boots Django: seconds, on a busy 2-core machine up to tens.
 WEB_WORKER_RECOVERY_S = 45
