@@ -1,5 +1,7 @@
 """Shared helpers for the benchmarks: a throw-away PostgreSQL database, the app's environment,
-gunicorn as a subprocess, in-process Django, cheap HTTP clients and statistics.
+in-process Django, CPU accounting and statistics. The processes a benchmark starts (gunicorn,
+daphne, Dramatiq workers) and the cheap HTTP clients come from ``aitbc_site.testing``, which the
+tests use too.
 
 Nothing here talks to anything but 127.0.0.1. Every process a benchmark starts is stopped by
 its own id when the benchmark ends.
@@ -7,14 +9,11 @@ its own id when the benchmark ends.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,13 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PY = str(ROOT / ".venv" / "bin" / "python")
+# The project root goes first: bench/inference.py would otherwise shadow the ``inference`` app.
+with contextlib.suppress(ValueError):
+    sys.path.remove(str(ROOT))
+sys.path.insert(0, str(ROOT))
+
+from aitbc_site.testing.processes import PYTHON, app_env  # noqa: E402
+
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 MODEL = "llama3.2"
 SUBMIT_BODY = {"payload": {"type": "inference", "prompt": "hi", "model": MODEL}, "ttl_seconds": 900}
@@ -163,11 +168,6 @@ def pg_backend_pids(db_name: str) -> list[int]:
     return [r[0] for r in rows]
 
 
-def pids_by_exe_child(parent: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout
-    return [int(x) for x in out.split()]
-
-
 # --- the database and the app's environment ------------------------------------------
 
 
@@ -187,23 +187,14 @@ class BenchEnv:
             raise ValueError("database name must be alphanumeric/underscore")
         self.db_name = db_name
         self.data_dir = tempfile.mkdtemp(prefix="aitbc-bench-")
-        self.env = dict(os.environ)
-        for name in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH", "DEBUG"):
-            self.env.pop(name, None)
-        self.env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "aitbc_site.settings",
-                "DATABASE_URL": f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{db_name}",
-                "SECRET_KEY": "bench",
-                "AITBC_DATA_DIR": self.data_dir,
-                "LOG_LEVEL": "WARNING",
-                "DATABASE_POOL": "true" if pool else "false",
-                "RECEIPT_SIGNING_KEY_HEX": SIGNING_KEY_HEX,
-                "AITBC_EMBEDDED_WORKERS": "false",
-                "REDIS_URL": "redis://127.0.0.1:6379/0",
-                "RATE_LIMIT_KEY_PREFIX": f"aitbc-bench:{uuid.uuid4().hex}",
-                "PYTHONUNBUFFERED": "1",
-            }
+        self.env = app_env(
+            database_url=f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{db_name}",
+            data_dir=self.data_dir,
+            redis_url="redis://127.0.0.1:6379/0",
+            SECRET_KEY="bench",
+            DATABASE_POOL="true" if pool else "false",
+            RECEIPT_SIGNING_KEY_HEX=SIGNING_KEY_HEX,
+            RATE_LIMIT_KEY_PREFIX=f"aitbc-bench:{uuid.uuid4().hex}",
         )
         if throttle:
             # Limits on, but far above what the benchmark sends: the per-request Redis counter is paid.
@@ -227,7 +218,7 @@ class BenchEnv:
             conn.execute(f'CREATE DATABASE "{self.db_name}"')
         log(f"created database {self.db_name}; migrating")
         started = time.monotonic()
-        subprocess.run([PY, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env, check=True)
+        subprocess.run([PYTHON, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=self.env, check=True)
         log(f"migrated in {time.monotonic() - started:.1f}s")
         return self
 
@@ -250,8 +241,6 @@ class BenchEnv:
     def django_setup(self, **overrides) -> None:
         os.environ.update(self.env)
         os.environ.update({k: str(v) for k, v in overrides.items()})
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
         import django
 
         django.setup()
@@ -260,11 +249,6 @@ class BenchEnv:
 def django_setup_from_env(env: dict) -> None:
     """For child processes: adopt the parent's app environment and set Django up."""
     os.environ.update(env)
-    # The project root goes first: a spawned child re-runs the script, which puts bench/ ahead of
-    # it, and bench/inference.py would shadow the ``inference`` app.
-    with contextlib.suppress(ValueError):
-        sys.path.remove(str(ROOT))
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
@@ -340,205 +324,6 @@ def prefill_jobs(n: int, *, client_username: str = "bench-client", batch: int = 
     with connection.cursor() as cursor:
         cursor.execute(f"ANALYZE {Job._meta.db_table}")
     return made
-
-
-# --- gunicorn ------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gunicorn:
-    """``gunicorn aitbc_site.wsgi`` with gthread workers, as production runs the REST API."""
-
-    def __init__(self, env: dict, *, workers: int = 2, threads: int = 8, port: int | None = None, extra_env=None):
-        self.env = {**env, **(extra_env or {})}
-        self.workers, self.threads = workers, threads
-        self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log_path = Path(env.get("AITBC_DATA_DIR", tempfile.gettempdir())) / f"gunicorn-{self.port}.log"
-
-    @property
-    def label(self) -> str:
-        return f"w{self.workers}xt{self.threads}"
-
-    def start(self, timeout: float = 60) -> Gunicorn:
-        cmd = [
-            PY,
-            "-m",
-            "gunicorn",
-            "aitbc_site.wsgi",
-            "-w",
-            str(self.workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            str(self.threads),
-            "-b",
-            f"127.0.0.1:{self.port}",
-            "--backlog",
-            "2048",
-            "--keep-alive",
-            "30",
-            "--log-level",
-            "warning",
-            "--graceful-timeout",
-            "5",
-            "--timeout",
-            "120",
-        ]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while gunicorn runs; closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}: {self.log_tail()}")
-            with contextlib.suppress(OSError):
-                status, _ = http_request_sync(self.port, "GET", "/health/live", timeout=2)
-                if status == 200:
-                    # Every worker should have booted; give the others a moment too.
-                    time.sleep(0.5)
-                    log(f"gunicorn {self.label} up on 127.0.0.1:{self.port} (pid {self.proc.pid})")
-                    return self
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not answer within {timeout}s: {self.log_tail()}")
-
-    def worker_pids(self) -> list[int]:
-        if self.proc is None:
-            return []
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [int(x) for x in out.split()]
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)  # our own session, started above
-                self.proc.wait(timeout=5)
-        self.proc = None
-        self._log.close()
-
-    def log_tail(self, n: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        return ""
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-# --- HTTP clients ---------------------------------------------------------------------
-
-
-def build_request(
-    port: int, method: str, path: str, headers: dict | None = None, body: bytes | dict | None = None
-) -> bytes:
-    if isinstance(body, dict):
-        body = json.dumps(body).encode()
-    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: keep-alive"]
-    for name, value in (headers or {}).items():
-        lines.append(f"{name}: {value}")
-    if body is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
-
-
-def _parse_head(head: bytes) -> tuple[int, int | None, bool, bool]:
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    length, close, chunked = None, False, False
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name = name.strip().lower()
-        if name == b"content-length":
-            length = int(value.strip())
-        elif name == b"connection":
-            close = value.strip().lower() == b"close"
-        elif name == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-    return status, length, close, chunked
-
-
-class AsyncConn:
-    """One keep-alive HTTP/1.1 connection on asyncio streams: far cheaper per request than httpx."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.reader = self.writer = None
-
-    async def _open(self):
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
-        sock = self.writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    async def request(self, raw: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            await self._open()
-        try:
-            self.writer.write(raw)
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        except (ConnectionError, asyncio.IncompleteReadError):
-            # The server closed an idle keep-alive connection: reconnect once.
-            self.close()
-            await self._open()
-            self.writer.write(raw)
-            head = await self.reader.readuntil(b"\r\n\r\n")
-        status, length, close, chunked = _parse_head(head)
-        if chunked:
-            body = b""
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
-                chunk = await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
-                body += chunk[:-2]
-        elif length is not None:
-            body = await self.reader.readexactly(length) if length else b""
-        elif status in (204, 304) or 100 <= status < 200:
-            body = b""
-        else:
-            body = await self.reader.read()
-            close = True
-        if close:
-            self.close()
-        return status, body
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-
-def http_request_sync(port: int, method: str, path: str, headers=None, body=None, timeout: float = 30):
-    """A one-off blocking request (readiness checks and set-up)."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        payload = json.dumps(body).encode() if isinstance(body, dict) else body
-        hdrs = dict(headers or {})
-        if payload is not None:
-            hdrs.setdefault("Content-Type", "application/json")
-        conn.request(method, path, body=payload, headers=hdrs)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 # --- wrk --------------------------------------------------------------------------------

@@ -37,11 +37,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     MODEL,
-    AsyncConn,
     CpuMeter,
-    Gunicorn,
     bench_env,
-    build_request,
     django_setup_from_env,
     emit,
     latency_summary_ms,
@@ -53,6 +50,9 @@ from _common import (
     prefill_jobs,
     target,
 )
+
+from aitbc_site.testing.http import AsyncConn, build_request
+from aitbc_site.testing.processes import Gunicorn
 
 TARGETS = {1: 1000, 10: 5000}
 TARGET_HTTP = 400

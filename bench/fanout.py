@@ -31,12 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
-    ROOT,
     CpuMeter,
     bench_env,
     emit,
-    free_port,
-    http_request_sync,
     latency_summary_ms,
     load_average,
     log,
@@ -44,6 +41,8 @@ from _common import (
     pg_backend_pids,
     target,
 )
+
+from aitbc_site.testing.processes import Daphne
 
 TARGET_DELIVERIES_PER_S, TARGET_P99_MS = 1000, 200
 BENCH_KIND = "bench"
@@ -128,55 +127,6 @@ async def _sockets(port: int, key: str, count: int, pipe) -> None:
     for task in readers:
         task.cancel()
     await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
-
-
-# --- daphne -----------------------------------------------------------------------------
-
-
-class Daphne:
-    def __init__(self, env: dict):
-        self.env, self.port = env, free_port()
-        self.log_path = Path(env["AITBC_DATA_DIR"]) / f"daphne-{self.port}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60) -> Daphne:
-        daphne = str(ROOT / ".venv" / "bin" / "daphne")
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while daphne runs; closed in stop()
-        self.proc = subprocess.Popen(
-            [daphne, "-b", "127.0.0.1", "-p", str(self.port), "--verbosity", "0", "aitbc_site.asgi:application"],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                if http_request_sync(self.port, "GET", "/health/live", timeout=2)[0] == 200:
-                    log(f"daphne up on 127.0.0.1:{self.port} (pid {self.proc.pid})")
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"daphne did not answer within {timeout}s: {self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        self.proc = None
-        self._log.close()
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
 
 
 def redis_pids() -> list[int]:
@@ -284,7 +234,7 @@ def main() -> None:
             if client.is_alive():
                 client.terminate()
                 client.join(timeout=5)
-            daphne_log = daphne.log_tail(1500)
+            daphne_log = daphne.log(1500)
             daphne.stop()
 
     headline = phases[0]

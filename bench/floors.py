@@ -38,11 +38,8 @@ from _common import (
     PG_HOST,
     PG_PORT,
     PG_USER,
-    AsyncConn,
     CpuMeter,
-    Gunicorn,
     bench_env,
-    build_request,
     emit,
     load_average,
     log,
@@ -50,6 +47,9 @@ from _common import (
     pg_backend_pids,
     prefill_jobs,
 )
+
+from aitbc_site.testing.http import AsyncConn, build_request
+from aitbc_site.testing.processes import Gunicorn
 
 CLIENTS = 16
 HTTP_CLIENTS = 50

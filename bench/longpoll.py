@@ -36,7 +36,6 @@ from _common import (
     MODEL,
     SUBMIT_BODY,
     CpuMeter,
-    Gunicorn,
     bench_env,
     django_setup_from_env,
     emit,
@@ -48,6 +47,8 @@ from _common import (
     pg_backend_pids,
     target,
 )
+
+from aitbc_site.testing.processes import Gunicorn
 
 TARGET_P50_MS, TARGET_P99_MS = 20, 100
 MINER_ID = "bench-lp-miner"
@@ -241,7 +242,7 @@ def main() -> None:
         from django.db import connection
 
         connection.close()
-        with Gunicorn(env.env, workers=w, threads=t, extra_env=extra) as server:
+        with Gunicorn({**env.env, **extra}, workers=w, threads=t) as server:
             ctx = mp.get_context("spawn")
             parent_end, child_end = ctx.Pipe()
             proc = ctx.Process(target=submitter, args=(env.env, server.port, client_key, "bench-lp-client", child_end))
@@ -271,7 +272,7 @@ def main() -> None:
                     log(f"  baseline (job already queued): {baseline}")
                 mismatch = None
                 if args.mismatch_iterations:
-                    with Gunicorn(env.env, workers=1, threads=8, extra_env=extra) as single:
+                    with Gunicorn({**env.env, **extra}, workers=1, threads=8) as single:
                         log(
                             f"constrained-job wake-up scenario on {single.label}: {args.mismatch_iterations} iterations"
                         )

@@ -45,7 +45,6 @@ import concurrent.futures
 import contextlib
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,8 +54,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
-    PY,
-    ROOT,
     CpuMeter,
     bench_env,
     emit,
@@ -66,6 +63,8 @@ from _common import (
     pg_backend_pids,
     target,
 )
+
+from aitbc_site.testing.processes import ROOT, DramatiqWorker
 
 TARGET_P50_MS, TARGET_P99_MS = 20, 100
 TINY_NAME = "bench-tiny-gpt2"
@@ -93,89 +92,9 @@ def fd_stdout_to_stderr():
 # --- processes ------------------------------------------------------------------------
 
 
-def descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it."""
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        if not Path(f"/proc/{current}").exists():
-            continue
-        out.append(current)
-        children = subprocess.run(["pgrep", "-P", str(current)], capture_output=True, text=True).stdout
-        todo.extend(int(x) for x in children.split())
-    return out
-
-
 def redis_server_pids() -> list[int]:
     out = subprocess.run(["pgrep", "-x", "redis-server"], capture_output=True, text=True).stdout
     return [int(x) for x in out.split()]
-
-
-class Worker:
-    """``manage.py rundramatiq`` in its own session, serving one model."""
-
-    def __init__(
-        self, env: dict, model: str, *, threads: int, worker_threads: int, worker_timeout_ms: int | None, trace: bool
-    ):
-        self.env = {
-            **env,
-            "INFERENCE_MODELS": model,
-            "INFERENCE_MINER_ID": MINER_ID,
-            "INFERENCE_THREADS": str(threads),
-            "INFERENCE_BATCH_SIZE": "16",
-        }
-        if worker_timeout_ms is not None:
-            self.env["dramatiq_worker_timeout"] = str(worker_timeout_ms)
-        if trace:
-            self.env["LOG_LEVEL"] = "DEBUG"
-        self.command = [PY, "manage.py", "rundramatiq", "--processes", "1", "--threads", str(worker_threads)]
-        self.command += ["--queues", f"inference.{model}"]
-        self.log_path = Path(env["AITBC_DATA_DIR"]) / "worker.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Worker:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - open while the worker runs; closed in stop()
-        self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        return self
-
-    def pids(self) -> list[int]:
-        return descendants(self.proc.pid) if self.proc is not None else []
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)  # our own session, started above
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self.proc = None
-        self._log.close()
-
-    def log_tail(self, n: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_bytes()[-n:].decode(errors="replace")
-        return ""
-
-
-def wait_until_online(worker: Worker, model: str, timeout: float) -> float:
-    from miners.models import Miner, MinerStatus, ServedModel
-
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if worker.proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with {worker.proc.returncode}: {worker.log_tail()}")
-        online = Miner.objects.filter(miner_id=MINER_ID, in_cluster=True, status=MinerStatus.ONLINE).exists()
-        if online and ServedModel.objects.filter(miner__miner_id=MINER_ID, name=model).exists():
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise RuntimeError(f"the worker's miner was not online within {timeout}s: {worker.log_tail()}")
 
 
 def worker_trace(log_path: Path, since_offset: int) -> dict:
@@ -561,18 +480,26 @@ def main() -> None:
 
         connection.close()
 
-        worker = Worker(
-            env.env,
-            entry.name,
-            threads=args.threads,
-            worker_threads=args.worker_threads,
-            worker_timeout_ms=args.worker_timeout_ms,
-            trace=args.trace_worker,
-        ).start()
+        worker_env = {
+            **env.env,
+            "INFERENCE_MODELS": entry.name,
+            "INFERENCE_MINER_ID": MINER_ID,
+            "INFERENCE_THREADS": str(args.threads),
+            "INFERENCE_BATCH_SIZE": "16",
+        }
+        if args.worker_timeout_ms is not None:
+            worker_env["dramatiq_worker_timeout"] = str(args.worker_timeout_ms)
+        worker = DramatiqWorker(
+            worker_env,
+            queues=[f"inference.{entry.name}"],
+            threads=args.worker_threads,
+            log_level="DEBUG" if args.trace_worker else "INFO",
+            name="worker",
+        )
         try:
-            boot_s = wait_until_online(worker, entry.name, timeout=180)
-            connection.close()
-            log(f"worker up: miner {MINER_ID} online after {boot_s:.1f}s (pid {worker.proc.pid})")
+            # Ready once it has loaded the model and its miner is online.
+            boot_s = worker.launch().wait_ready(timeout=180)
+            log(f"worker up: miner {MINER_ID} online after {boot_s:.1f}s (pid {worker.pid})")
             groups = {
                 "dramatiq_worker": worker.pids,
                 "bench_process": lambda: [os.getpid()],

@@ -29,11 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     MODEL,
     SUBMIT_BODY,
-    AsyncConn,
     CpuMeter,
-    Gunicorn,
     bench_env,
-    build_request,
     emit,
     ensure_wrk,
     latency_summary_ms,
@@ -45,6 +42,9 @@ from _common import (
     prefill_jobs,
     target,
 )
+
+from aitbc_site.testing.http import AsyncConn, build_request
+from aitbc_site.testing.processes import Gunicorn
 
 TARGET_JOBS_PER_S = 600
 TARGET_OPEN_P99_MS = 50
@@ -423,7 +423,7 @@ def main() -> None:
 
         pool_off = None
         if not args.no_pool_compare:
-            with Gunicorn(env.env, workers=best_w, threads=best_t, extra_env={"DATABASE_POOL": "false"}) as server:
+            with Gunicorn({**env.env, "DATABASE_POOL": "false"}, workers=best_w, threads=best_t) as server:
                 log(f"closed loop {server.label} with DATABASE_POOL=false")
                 pool_off = closed_run(server)
 

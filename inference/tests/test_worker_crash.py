@@ -1,17 +1,14 @@
 """A Dramatiq worker process killed mid-job: the lease lapses, the job runs again, once."""
 
 import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import connection
 
 from aitbc_site.errors import Conflict
+from aitbc_site.testing.processes import DramatiqWorker
 from explorer.models import Receipt
 from inference.tests.conftest import TINY
 from inference.worker import ClusterHost
@@ -19,11 +16,10 @@ from jobs.models import Job, JobStatus
 from jobs.services import job_complete, job_submit, jobs_requeue_lapsed
 from miners.models import Miner
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-def start_worker_process(tmp_path) -> subprocess.Popen:
+def start_worker_process(tmp_path) -> DramatiqWorker:
     database = connection.settings_dict
     env = {
         **os.environ,
@@ -36,11 +32,7 @@ def start_worker_process(tmp_path) -> subprocess.Popen:
         "INFERENCE_HEARTBEAT_SECONDS": "1",
         "JOB_LEASE_SECONDS": "2",
     }
-    command = [sys.executable, "manage.py", "rundramatiq", "--processes", "1", "--threads", "1"]
-    command += ["--queues", f"inference.{TINY}"]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    return DramatiqWorker(env, queues=[f"inference.{TINY}"], threads=1, log_dir=tmp_path).launch()
 
 
 def test_killed_worker_job_is_reclaimed_after_its_lease_and_completed_once(tiny_model, client_api, settings, tmp_path):
@@ -52,14 +44,11 @@ def test_killed_worker_job_is_reclaimed_after_its_lease_and_completed_once(tiny_
     try:
         deadline = time.monotonic() + 90
         while Job.objects.get(pk=job.pk).status != JobStatus.RUNNING:
-            assert worker.poll() is None, worker.stdout.read().decode()
+            assert worker.alive, worker.log()
             assert time.monotonic() < deadline, "the worker never claimed the job"
             time.sleep(0.02)
-        os.killpg(worker.pid, signal.SIGKILL)
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
+        worker.kill()
     dead_attempt = Job.objects.get(pk=job.pk)
     assert dead_attempt.status == JobStatus.RUNNING and dead_attempt.attempt == 1
 

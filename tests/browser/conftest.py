@@ -5,21 +5,14 @@ embedded workers and an in-process inference host serving the tiny GPT-2.
 """
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 from django.conf import settings
 from django.db import connection, connections
 
+from aitbc_site.testing.processes import Daphne
 from inference.testing import TINY
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
@@ -34,17 +27,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def server_url(tiny_model, tmp_path):
     """The app served over HTTP and WebSockets by daphne on the test database."""
     database = connection.settings_dict
-    port = _free_port()
     env = {
         **os.environ,
         "DEBUG": "true",
@@ -60,37 +46,13 @@ def server_url(tiny_model, tmp_path):
     env.pop("DRAMATIQ_BROKER_URL", None)
     if settings.REDIS_URL:
         env["REDIS_URL"] = settings.REDIS_URL
-    log = open(tmp_path / "daphne.log", "w+b")  # noqa: SIM115
-    command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "aitbc_site.asgi:application"]
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    server = Daphne(env, log_dir=tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert server.poll() is None, _read(log)
-            try:
-                if httpx.get(f"{url}/health/live", timeout=1).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "daphne did not start:\n" + _read(log)
-            time.sleep(0.1)
-        yield url
+        server.start(timeout=30)
+        yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        print("daphne's log:\n" + _read(log))  # shown when the test fails
-        log.close()
-
-
-def _read(log) -> str:
-    log.flush()
-    log.seek(0)
-    return log.read().decode(errors="replace")[-5000:]
+        server.stop(timeout=3)
+        print("daphne's log:\n" + server.log(5000))  # shown when the test fails
 
 
 @pytest.fixture

@@ -1,0 +1,80 @@
+"""The deployment files of ``deploy/`` are what systemd and nginx accept, and run this checkout's
+programs. (``tests/chaos/test_scale_out.py`` runs the nginx site in front of real servers.)"""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from django.core.management import get_commands
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+# The instances the README enables: two of each server, two housekeeping workers, one GPU worker.
+INSTANCES = [
+    "aitbc.target",
+    "aitbc-migrate.service",
+    "aitbc-scheduler.service",
+    "aitbc-web@8000.service",
+    "aitbc-web@8001.service",
+    "aitbc-ws@8100.service",
+    "aitbc-ws@8101.service",
+    "aitbc-worker@1.service",
+    "aitbc-worker@2.service",
+    "aitbc-inference@0.service",
+]
+
+
+def test_the_verified_instances_cover_every_unit_file():
+    templates = {re.sub(r"@[^.]*\.", "@.", name) for name in INSTANCES}
+    assert templates == {path.name for path in (DEPLOY / "systemd").iterdir()}
+
+
+def test_systemd_units_verify(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("needs systemd-analyze (Debian's systemd package)")
+    env_file = tmp_path / "aitbc.env"
+    env_file.write_text((DEPLOY / "aitbc.env.example").read_text())
+    for unit in (DEPLOY / "systemd").iterdir():
+        # As installed in this checkout: systemd checks that every program it would run exists.
+        text = unit.read_text().replace("/srv/aitbc", str(ROOT)).replace("/etc/aitbc/aitbc.env", str(env_file))
+        (tmp_path / unit.name).write_text(text)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", *(str(tmp_path / name) for name in INSTANCES)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Warnings (an unknown key, a bad value ignored) do not fail the command: none may concern our units.
+    assert "aitbc" not in done.stdout + done.stderr
+
+
+def test_unit_commands_name_programs_and_commands_of_this_project():
+    manage_commands = get_commands()
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        for line in unit.read_text().splitlines():
+            if not line.startswith("ExecStart="):
+                continue
+            program, *args = line.removeprefix("ExecStart=").split()
+            assert program.startswith("/srv/aitbc/.venv/bin/"), line
+            assert (ROOT / ".venv" / "bin" / Path(program).name).exists(), line
+            if args[:1] == ["manage.py"]:
+                assert args[1] in manage_commands, line
+
+
+def test_nginx_site_passes_nginx_t(tmp_path):
+    if shutil.which("nginx") is None:
+        pytest.skip("needs nginx (apt-get install nginx; .ci/run does)")
+    config = tmp_path / "nginx.conf"
+    config.write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    include {DEPLOY}/nginx/aitbc.conf;\n}}\n"
+    )
+    done = subprocess.run(
+        ["nginx", "-t", "-p", str(tmp_path), "-c", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "test is successful" in done.stderr
