@@ -126,3 +126,23 @@ class BlockLeaf(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.ref} in block {self.block_id}"
+
+
+class PendingLeaf(models.Model):
+    """An item no block holds yet: a receipt or a ledger transaction, in the order they were stored.
+
+    Database triggers write one in the transaction that stores the item, and sealing deletes it in
+    the transaction that seals the item: what waits is exactly what is unsealed, however late its
+    transaction committed, and sealing never reads an item it sealed before.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16, choices=LeafKind.choices)
+    ref = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=Q(kind__in=LeafKind.values), name="pending_leaf_kind_valid")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.ref} waiting for a block"
