@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from aitbc_site.errors import Invalid, NotFound, ServiceError
 from explorer import merkle, signing, verify
@@ -18,20 +19,26 @@ from miners.selectors import miner_for_owner
 _SEAL_LOCK_KEY = 0x61697462635F626C  # "aitbc_bl"
 
 
-def sha256_of(value) -> str:
-    return hashlib.sha256(signing.canonical_json(value)).hexdigest()
+_CLIENT_PSEUDONYM_SALT = "aitbc.explorer.receipt-client"
 
 
-def _signed_receipt(job, *, provider: str, client: str) -> Receipt:
+def client_pseudonym(user_id) -> str:
+    """The client as receipts name it: the same for every receipt of one client, and not to be told
+    from its username or id without the server's ``SECRET_KEY`` (an HMAC under a key derived from it)."""
+    return "clt_" + salted_hmac(_CLIENT_PSEUDONYM_SALT, str(user_id), algorithm="sha256").hexdigest()[:32]
+
+
+def _signed_receipt(job, *, provider: str) -> Receipt:
     usage = job.usage or {}
     # What the client paid: the settled charge, else the amount held.
     price = job.amount_charged if job.amount_charged is not None else job.price
+    opening = {"input_salt": signing.new_salt(), "output_salt": signing.new_salt()}
     payload = {
         "version": "1.0",
         "receipt_id": f"rcpt_{uuid.uuid4().hex}",
         "job_id": str(job.id),
         "provider": provider,
-        "client": client,
+        "client": client_pseudonym(job.client_id),
         "status": job.status,
         "units": usage.get("units", usage.get("total_tokens", 0)),
         "unit_type": usage.get("unit_type", "tokens"),
@@ -42,37 +49,46 @@ def _signed_receipt(job, *, provider: str, client: str) -> Receipt:
         "metadata": {
             "model": job.model,
             "attempt": job.attempt,
-            "input_sha256": sha256_of(job.payload),
-            "output_sha256": sha256_of(job.result),
+            "commitment": signing.COMMITMENT,
+            "input_sha256": signing.commitment(opening["input_salt"], job.payload),
+            "output_sha256": signing.commitment(opening["output_salt"], job.result),
             "usage": usage,
         },
     }
     _, signed_json = signing.signed_document(payload, signing.coordinator_signing_key())
-    return Receipt(receipt_id=payload["receipt_id"], job=job, signed_json=signed_json.decode())
+    return Receipt(receipt_id=payload["receipt_id"], job=job, signed_json=signed_json.decode(), opening=opening)
 
 
 def receipts_sign(*, completed: list[tuple]) -> list[Receipt]:
-    """Signed, unsaved receipts for jobs as completed: ``(job, provider, client)`` each. The caller
-    stores them in the transaction that completes the jobs."""
-    return [_signed_receipt(job, provider=provider, client=client) for job, provider, client in completed]
+    """Signed, unsaved receipts for jobs as completed: ``(job, provider)`` each. The caller stores
+    them (and their openings) in the transaction that completes the jobs."""
+    return [_signed_receipt(job, provider=provider) for job, provider in completed]
 
 
 def receipts_issue(*, completed: list[tuple]) -> list[Receipt]:
-    """Sign and store receipts for jobs the caller has just completed: ``(job, provider, client)`` each."""
+    """Sign and store receipts for jobs the caller has just completed: ``(job, provider)`` each."""
     receipts = receipts_sign(completed=completed)
     if receipts:
         # One multi-row INSERT written out: this runs for every completed job.
         now = connection.ops.adapt_datetimefield_value(timezone.now())
-        rows = ", ".join(["(%s, %s, %s, %s)"] * len(receipts))
+        rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(receipts))
         job_key = Receipt._meta.get_field("job").target_field
+        opening = Receipt._meta.get_field("opening")
         params = [
             value
             for r in receipts
-            for value in (r.receipt_id, job_key.get_db_prep_value(r.job_id, connection), r.signed_json, now)
+            for value in (
+                r.receipt_id,
+                job_key.get_db_prep_value(r.job_id, connection),
+                r.signed_json,
+                opening.get_db_prep_value(r.opening, connection),
+                now,
+            )
         ]
         with connection.cursor() as cursor:
             cursor.execute(
-                f"INSERT INTO explorer_receipt (receipt_id, job_id, signed_json, created_at) VALUES {rows}", params
+                f"INSERT INTO explorer_receipt (receipt_id, job_id, signed_json, opening, created_at) VALUES {rows}",
+                params,
             )
     return receipts
 

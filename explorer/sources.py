@@ -35,12 +35,14 @@ class ReceiptSource:
         return {receipt_id: signed_json.encode() for receipt_id, signed_json in rows}
 
     def documents(self, refs: list[str]) -> dict[str, dict]:
+        """What the public explorer shows of each receipt (``Receipt.public_document``)."""
         receipts = Receipt.objects.filter(receipt_id__in=refs).prefetch_related("attestations")
-        return {receipt.pk: receipt.served_document() for receipt in receipts}
+        return {receipt.pk: receipt.public_document() for receipt in receipts}
 
 
 class LedgerTransactionSource:
     kind = LeafKind.TRANSACTION
+    # The ledger is public: its documents are shown as sealed.
 
     def current(self, refs: list[str]) -> dict[str, bytes]:
         """What each transaction seals as: the canonical JSON of its document."""
