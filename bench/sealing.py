@@ -371,6 +371,14 @@ def main() -> None:
         }
     )
     result["targets"]["nothing sealed twice"] = target(result["checks"]["sealed_twice"], 0, higher_is_better=False)
+    # What the CPU measured per leaf (this process and PostgreSQL) makes of each rate, whatever else
+    # the machine was busy with.
+    cpu_per_leaf_s = sum(result["backlog"]["sealed"]["cpu_ms_per_1000_leaves"].values()) / 1e6
+    result["cores_sealing_needs"] = {
+        f"{label}, {kind} jobs ({rate * leaves} leaves/s)": round(rate * leaves * cpu_per_leaf_s, 2)
+        for rate, label in CLAIM_RATES.items()
+        for kind, leaves in (("free", 1), ("paid", per_job))
+    }
     result["notes"] = [
         "in-process, one PostgreSQL connection; what is sealed is written in SQL beforehand (copies of one real paid "
         "completion), so the figures are sealing's alone, not sealing beside the completions that feed it",
