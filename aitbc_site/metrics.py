@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from aitbc_site.api.exceptions import error_response
+
 REQUESTS = Counter("api_requests_total", "HTTP requests served", ["method", "route", "status"])
 DURATION = Histogram(
     "api_request_duration_seconds",
@@ -57,6 +59,12 @@ class PlatformCollector:
 
 
 def metrics_view(request):
+    if request.method not in ("GET", "HEAD"):
+        response = error_response(
+            request, status=405, detail=f'Method "{request.method}" not allowed.', code="METHOD_NOT_ALLOWED"
+        )
+        response["Allow"] = "GET, HEAD"
+        return response
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)

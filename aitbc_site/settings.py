@@ -52,6 +52,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "aitbc_site.metrics.MetricsMiddleware",
+    "aitbc_site.api.middleware.StorableTextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -206,7 +207,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["aitbc_site.api.parsers.StrictJSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "aitbc_site.schema.AutoSchema",
     "EXCEPTION_HANDLER": "aitbc_site.api.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -236,6 +237,11 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# The largest request body read (413 REQUEST_TOO_LARGE beyond it). It must hold a miner's
+# largest result: an embedding job's vectors come back twice (``embeddings`` and ``data``).
+REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BODY_BYTES
+
 API_KEYS_FROM_ENV = {
     "client": env_list("CLIENT_API_KEYS") + env_list("API_KEYS"),
     "miner": env_list("MINER_API_KEYS"),
@@ -262,6 +268,11 @@ JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120, minimum=1)
 # A queued job gains one priority level for every this many seconds it waits.
 JOB_PRIORITY_AGEING_SECONDS = env_int("JOB_PRIORITY_AGEING_SECONDS", 120, minimum=1)
+# The longest text a job may carry (its prompt, its chat messages' contents together, or its
+# embedding inputs together), in characters: well past what the catalog's models read.
+JOB_MAX_INPUT_CHARS = env_int("JOB_MAX_INPUT_CHARS", 100_000, minimum=1)
+# The largest job payload as stored (JSON, UTF-8): the text plus params and anything else sent.
+JOB_MAX_PAYLOAD_BYTES = env_int("JOB_MAX_PAYLOAD_BYTES", 1024 * 1024, minimum=1024)
 MINER_HEARTBEAT_TIMEOUT_SECONDS = env_int("MINER_HEARTBEAT_TIMEOUT_SECONDS", 90, minimum=1)
 MINER_MAX_POLL_WAIT_SECONDS = env_int("MINER_MAX_POLL_WAIT_SECONDS", 60, minimum=0)
 MINER_MAX_CLAIM_BATCH = env_int("MINER_MAX_CLAIM_BATCH", 64, minimum=1)

@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.decorators.http import require_GET
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from aitbc_site import health
@@ -17,7 +16,7 @@ urlpatterns = [
     path("v1/health", health.HealthView.as_view(), name="v1-health"),
     path("health/live", health.HealthView.as_view(), name="health-live"),
     path("health/ready", health.ReadyView.as_view(), name="health-ready"),
-    path("metrics", require_GET(metrics_view), name="metrics"),
+    path("metrics", metrics_view, name="metrics"),
     path("v1/metrics", health.MetricsSummaryView.as_view(), name="v1-metrics"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
@@ -28,5 +27,7 @@ urlpatterns = [
     path("", include("dashboard.urls")),
 ]
 
+handler400 = "aitbc_site.api.exceptions.bad_request"
+handler403 = "aitbc_site.api.exceptions.permission_denied"
 handler404 = "aitbc_site.api.exceptions.not_found"
 handler500 = "aitbc_site.api.exceptions.server_error"

@@ -12,6 +12,7 @@ from django.utils.datastructures import CaseInsensitiveMapping
 from accounts.models import ApiKeyScope
 from accounts.services import api_key_authenticate
 from aitbc_site.api.authentication import raw_key_from_headers
+from aitbc_site.api.parsers import load_json
 from jobs import events, feed, selectors
 from jobs.models import JobStatus
 
@@ -37,8 +38,8 @@ class ClientSocket(AsyncJsonWebsocketConsumer):
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         try:
-            content = json.loads(text_data) if text_data else None
-        except ValueError:
+            content = load_json(text_data) if text_data else None
+        except ValueError:  # malformed, nested too deeply or holding unstorable text
             return
         if not isinstance(content, dict):
             return

@@ -1,10 +1,25 @@
 import django_filters
+from django import forms
 from django.db.models import Q
+from django_filters.fields import IsoDateTimeField
 from rest_framework.exceptions import ValidationError
 
 from jobs.models import AITBC_STATE, Job, JobStatus
 
 _STATUS_BY_SPELLING = {**{s.value: s.value for s in JobStatus}, **{v.lower(): k for k, v in AITBC_STATE.items()}}
+
+
+class GivenIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 date-time; a parameter sent empty is refused rather than ignored."""
+
+    def clean(self, value):
+        if value == "":
+            raise forms.ValidationError("Enter an ISO 8601 date and time.", code="invalid")
+        return super().clean(value)
+
+
+class GivenIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = GivenIsoDateTimeField
 
 
 class JobFilter(django_filters.FilterSet):
@@ -15,8 +30,8 @@ class JobFilter(django_filters.FilterSet):
     type = django_filters.CharFilter(field_name="type")
     job_type = django_filters.CharFilter(field_name="type")
     model = django_filters.CharFilter(field_name="model")
-    from_time = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    to_time = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    from_time = GivenIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    to_time = GivenIsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
 
     class Meta:
         model = Job

@@ -28,7 +28,8 @@ class MinerConsumer(ClientSocket):
     Credentials: a miner-scope (or admin) API key, in ``X-Api-Key``, ``Authorization: Bearer`` or
     ``Sec-WebSocket-Protocol`` as for ``ws/jobs/<id>/``; the miner is named by ``X-Miner-ID`` or
     ``?miner_id=`` (default: the key owner's username), as over HTTP. Refusals, sent after
-    accepting: 4401 no or invalid key; 4403 another scope; 4404 no such miner of the key's owner.
+    accepting: 4401 no or invalid key; 4403 another scope, or a browser session without a miner key;
+    4404 no such miner of the key's owner.
 
     On connect, and whenever a job for one of the miner's models is announced, the socket claims
     what the miner may take (``jobs.services.job_claim``: its concurrency limit holds) and sends
@@ -57,7 +58,7 @@ class MinerConsumer(ClientSocket):
         events.use_server_loop(loop)
         credentials = socket_credentials(self.scope)
         close_code, miner, models = await database_sync_to_async(_speaking_miner)(
-            raw_key=credentials.raw_key, miner_id=_named_miner_id(self.scope)
+            raw_key=credentials.raw_key, miner_id=_named_miner_id(self.scope), user=self.scope.get("user")
         )
         await self.accept(credentials.subprotocol)
         if close_code is not None:
@@ -134,9 +135,17 @@ def _named_miner_id(scope) -> str | None:
     return named[0] if named else None
 
 
-def _speaking_miner(*, raw_key: str | None, miner_id: str | None) -> tuple[int | None, Miner | None, list[str]]:
-    """``(None, miner, its models)`` if the key may speak for the miner, else ``(close code, None, [])``."""
-    api_key = api_key_authenticate(raw_key=raw_key) if raw_key is not None else None
+def _speaking_miner(
+    *, raw_key: str | None, miner_id: str | None, user=None
+) -> tuple[int | None, Miner | None, list[str]]:
+    """``(None, miner, its models)`` if the key may speak for the miner, else ``(close code, None, [])``.
+
+    A browser session is a user, not a miner: it has the wrong scope (4403), as a client key does.
+    """
+    if raw_key is None:
+        signed_in = user is not None and user.is_authenticated
+        return (CLOSE_FORBIDDEN if signed_in else CLOSE_UNAUTHENTICATED), None, []
+    api_key = api_key_authenticate(raw_key=raw_key)
     if api_key is None:
         return CLOSE_UNAUTHENTICATED, None, []
     if api_key.scope not in (ApiKeyScope.MINER, ApiKeyScope.ADMIN):

@@ -14,6 +14,14 @@ EXAMPLE_SIGNATURE = (
 AMOUNT = {"max_digits": 24, "decimal_places": 8}
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        # bech32 over 20 bytes: "ait1", 32 data and 6 checksum characters, in one case.
+        "pattern": "^(ait1[02-9ac-hj-np-z]{38}|AIT1[02-9AC-HJ-NP-Z]{38})$",
+        "example": EXAMPLE_ADDRESS,
+    }
+)
 class WalletAddressField(serializers.CharField):
     default_error_messages = {"invalid_address": "Not a valid ait1… bech32 wallet address."}
 

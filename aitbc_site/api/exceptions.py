@@ -1,8 +1,15 @@
 """The error format: DRF's ``{"detail": ...}`` plus a machine-readable ``error_code``."""
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import (
+    DisallowedHost,
+    PermissionDenied,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+)
 from django.db import DataError
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -32,6 +39,10 @@ def _error_code(exc: Exception) -> str:
 
 
 def api_exception_handler(exc, context):
+    if isinstance(exc, SuspiciousOperation):
+        # Raised by Django while reading the request (its body's size, the number of fields).
+        status_code, body = _suspicious_request(exc)
+        return Response(body, status=status_code)
     if isinstance(exc, (DataError, OverflowError)):
         # A value the database cannot hold (NUL in a path, a huge offset): bad input, not a fault.
         exc = exceptions.ValidationError({"non_field_errors": ["A value in the request is out of range or invalid."]})
@@ -74,8 +85,43 @@ def _first_message(errors, path: str = "") -> str:
     return f"{path}: {errors}" if path else str(errors)
 
 
+def _suspicious_request(exc: SuspiciousOperation | None) -> tuple[int, dict]:
+    if isinstance(exc, RequestDataTooBig):
+        detail = f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+        return 413, {"detail": detail, "error_code": "REQUEST_TOO_LARGE"}
+    if isinstance(exc, TooManyFieldsSent):
+        detail = f"The request has more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} parameters."
+        return 400, {"detail": detail, "error_code": "TOO_MANY_FIELDS"}
+    if isinstance(exc, DisallowedHost):
+        return 400, {"detail": "The Host header names a host this server does not serve.", "error_code": "INVALID_HOST"}
+    return 400, {"detail": str(exc or "") or "Bad request.", "error_code": "BAD_REQUEST"}
+
+
 def _wants_json(request) -> bool:
     return not request.path.startswith("/admin/")
+
+
+def error_response(request, *, status: int, detail: str, code: str) -> HttpResponse:
+    """An error answered outside DRF: ``{"detail", "error_code"}``, plain text for the admin."""
+    if not _wants_json(request):
+        return HttpResponse(detail, status=status, content_type="text/plain; charset=utf-8")
+    return JsonResponse({"detail": detail, "error_code": code}, status=status)
+
+
+def bad_request(request, exception=None):
+    """Django's 400s (and the 413 for a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE``) in the API's shape."""
+    if not _wants_json(request):
+        return defaults.bad_request(request, exception)
+    status_code, body = _suspicious_request(exception if isinstance(exception, SuspiciousOperation) else None)
+    return JsonResponse(body, status=status_code)
+
+
+def permission_denied(request, exception=None):
+    if not _wants_json(request):
+        return defaults.permission_denied(request, exception)
+    return JsonResponse(
+        {"detail": "You do not have permission to perform this action.", "error_code": "PERMISSION_DENIED"}, status=403
+    )
 
 
 def not_found(request, exception=None):

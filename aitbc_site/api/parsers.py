@@ -1,25 +1,78 @@
+"""JSON that the platform accepts: bounded in depth, and text that PostgreSQL and UTF-8 can hold.
+
+Every JSON document from outside goes through here, whether it comes as an HTTP body
+(``StrictJSONParser``) or as a WebSocket message (``load_json``), so no code behind it has to
+recurse without bound or meet a string the database refuses.
+"""
+
+import json
+
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
+# Objects and arrays nested deeper than this are refused; real requests nest a handful of levels.
+MAX_JSON_DEPTH = 64
 
-def contains_nul(value) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(contains_nul(v) for v in value)
-    return False
+
+class RefusedJSON(ValueError):
+    """A JSON document the platform does not accept; the message says why."""
+
+
+def is_storable_text(value: str) -> bool:
+    """False for text PostgreSQL can't store (NUL) or UTF-8 can't encode (an unpaired surrogate)."""
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_json(document) -> None:
+    """Refuse ``document`` (parsed JSON) if it nests deeper than ``MAX_JSON_DEPTH`` or holds text
+    that can't be stored. Walks with a stack of its own, so any depth costs no recursion."""
+    pending = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, str):
+            if not is_storable_text(value):
+                raise RefusedJSON("JSON strings may not contain NUL (\\u0000) or unpaired surrogate characters.")
+            continue
+        if isinstance(value, dict):
+            children = [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise RefusedJSON(f"JSON may nest objects and arrays at most {MAX_JSON_DEPTH} levels deep.")
+        pending.extend((child, depth + 1) for child in children)
+
+
+def load_json(text: str | bytes):
+    """``json.loads`` for documents from outside: raises ``RefusedJSON`` (a ``ValueError``) for
+    anything malformed, too deep or unstorable."""
+    try:
+        document = json.loads(text)
+    except RecursionError:
+        raise RefusedJSON(f"JSON may nest objects and arrays at most {MAX_JSON_DEPTH} levels deep.") from None
+    check_json(document)
+    return document
 
 
 class StrictJSONParser(JSONParser):
-    """JSON bodies, refusing NUL characters, which PostgreSQL cannot store in text or jsonb."""
+    """JSON bodies, refused (422 ``MALFORMED_REQUEST``) when ``check_json`` refuses them."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         try:
-            data = super().parse(stream, media_type, parser_context)
+            document = super().parse(stream, media_type, parser_context)
         except RecursionError:
-            raise ParseError("JSON nested too deeply.") from None
-        if contains_nul(data):
-            raise ParseError("JSON strings may not contain NUL (\\u0000) characters.")
-        return data
+            raise ParseError(f"JSON may nest objects and arrays at most {MAX_JSON_DEPTH} levels deep.") from None
+        try:
+            check_json(document)
+        except RefusedJSON as refused:
+            raise ParseError(str(refused)) from None
+        return document

@@ -1,8 +1,9 @@
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
+from aitbc_site.api.pagination import StrictLimitOffsetPagination
 
-class NextOffsetPagination(LimitOffsetPagination):
+
+class NextOffsetPagination(StrictLimitOffsetPagination):
     """``{"items", "limit", "offset", "next_offset"}``: the explorer's list shape.
 
     No total: counting a growing chain on every page would cost a scan. One row more than

@@ -130,12 +130,14 @@ class ReceiptVerifyView(APIView):
             serializers=[ReceiptDocumentSerializer, ReceiptCheckSerializer],
             resource_type_field_name=None,
         ),
-        responses={200: ReceiptVerificationSerializer, 422: OpenApiResponse(description="Not a JSON object")},
+        responses={200: ReceiptVerificationSerializer, 422: OpenApiResponse(description="Not a receipt")},
     )
     def post(self, request):
         document, given = verify.unpack(request.data)
         if not isinstance(document, dict):
             raise Invalid("A receipt is a JSON object.", code="VALIDATION_ERROR")
+        # Only something shaped like a receipt is checked: a missing body or field is a 422.
+        ReceiptDocumentSerializer(data=document).is_valid(raise_exception=True)
         return Response(selectors.receipt_verification(document, **given))
 
 

@@ -99,7 +99,14 @@ def test_verify_accepts_our_receipts_and_rejects_changed_or_foreign_ones(anonymo
         "reason": "signed by an unknown key",
     }
     assert anonymous.post("/v1/receipts/verify", [1, 2], format="json").status_code == 422
-    assert anonymous.post("/v1/receipts/verify", {}, format="json").json()["valid"] is False
+
+
+@pytest.mark.parametrize("body", [None, {}, {"receipt": {}}, {"signature": {"alg": "Ed25519"}}])
+def test_verify_without_a_receipt_is_422(anonymous, body):
+    response = anonymous.post("/v1/receipts/verify", body, format="json" if body is not None else None)
+
+    assert response.status_code == 422
+    assert response.json()["error_code"] == "VALIDATION_ERROR"
 
 
 def test_verify_trusts_earlier_keys_named_in_settings(settings, anonymous, make_receipts):

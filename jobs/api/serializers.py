@@ -1,5 +1,7 @@
+import json
+
 from django.conf import settings
-from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
+from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from aitbc_site.api.formats import iso_datetime
@@ -21,6 +23,9 @@ JOB_TYPE_ALIASES = {
     "embeddings": JobType.EMBEDDING,
 }
 PRIORITY_NAMES = {label: value for value, label in JobPriority.choices}
+# The most chat messages, and embedding inputs, one job may carry.
+MAX_MESSAGES = 1024
+MAX_EMBEDDING_INPUTS = 256
 # Top-level fields of a submission that are not part of the job's payload (body B).
 _ENVELOPE_FIELDS = {
     "payload",
@@ -47,6 +52,11 @@ class ConstraintsSerializer(serializers.Serializer):
         super().to_internal_value(data)
         # Stored as sent (valid, and JSON as the client wrote it), so clients see them back unchanged.
         return dict(data)
+
+
+@extend_schema_field({"type": "string", "minLength": 1, "maxLength": settings.JOB_MAX_INPUT_CHARS})
+class PromptField(serializers.CharField):
+    """A prompt; its length is checked with the job's other text (``JOB_MAX_INPUT_CHARS``)."""
 
 
 class GenerationParamsSerializer(serializers.Serializer):
@@ -83,9 +93,15 @@ class JobSubmitSerializer(serializers.Serializer):
     """Either ``{"payload": {...}, "constraints", "ttl_seconds"}`` or ``{"prompt", "model", "params"}``."""
 
     payload = serializers.DictField(required=False, help_text="The job: type, model, prompt/messages/input, params.")
-    prompt = serializers.CharField(required=False, allow_blank=False, trim_whitespace=False)
-    messages = serializers.ListField(child=serializers.DictField(), required=False, allow_empty=False)
-    input = serializers.JSONField(required=False, help_text="Text or list of texts to embed.")
+    prompt = PromptField(required=False, allow_blank=False, trim_whitespace=False)
+    messages = serializers.ListField(
+        child=serializers.DictField(), required=False, allow_empty=False, max_length=MAX_MESSAGES
+    )
+    input = serializers.JSONField(
+        required=False,
+        help_text=f"Text or list of up to {MAX_EMBEDDING_INPUTS} texts to embed, "
+        f"at most {settings.JOB_MAX_INPUT_CHARS} characters together.",
+    )
     model = serializers.CharField(required=False, max_length=200)
     type = serializers.CharField(required=False, max_length=32)
     params = GenerationParamsSerializer(required=False)
@@ -139,6 +155,10 @@ class JobSubmitSerializer(serializers.Serializer):
             raise serializers.ValidationError({"model": "A model name is required (payload.model or model)."})
         payload["model"] = model = model.strip()
         _validate_content(job_type, payload)
+        if len(json.dumps(payload, ensure_ascii=False).encode()) > settings.JOB_MAX_PAYLOAD_BYTES:
+            raise Invalid(
+                f"The job's payload is larger than {settings.JOB_MAX_PAYLOAD_BYTES} bytes.", code="PAYLOAD_TOO_LARGE"
+            )
 
         return {
             "job_type": job_type,
@@ -162,6 +182,9 @@ def _validate_content(job_type: str, payload: dict) -> None:
             isinstance(text_input, list) and text_input and all(isinstance(t, str) for t in text_input)
         ):
             raise serializers.ValidationError({"input": "An embedding job needs input: a string or a list of strings."})
+        if isinstance(text_input, list) and len(text_input) > MAX_EMBEDDING_INPUTS:
+            raise _input_too_long("input", f"An embedding job takes at most {MAX_EMBEDDING_INPUTS} inputs.")
+        _check_input_length("input", [text_input] if isinstance(text_input, str) else text_input)
         return
     if messages is not None:
         if (
@@ -173,8 +196,22 @@ def _validate_content(job_type: str, payload: dict) -> None:
             )
         ):
             raise serializers.ValidationError({"messages": "Must be a non-empty list of {role, content} objects."})
+        if len(messages) > MAX_MESSAGES:
+            raise _input_too_long("messages", f"A job takes at most {MAX_MESSAGES} messages.")
+        _check_input_length("messages", [message["content"] for message in messages])
     elif not isinstance(prompt, str) or not prompt:
         raise serializers.ValidationError({"prompt": "A prompt (or chat messages) is required."})
+    else:
+        _check_input_length("prompt", [prompt])
+
+
+def _check_input_length(field: str, texts: list[str]) -> None:
+    if sum(len(text) for text in texts) > settings.JOB_MAX_INPUT_CHARS:
+        raise _input_too_long(field, f"A job's {field} may hold at most {settings.JOB_MAX_INPUT_CHARS} characters.")
+
+
+def _input_too_long(field: str, message: str) -> Invalid:
+    return Invalid(message, code="INPUT_TOO_LONG", errors={field: [message]})
 
 
 class JobSerializer(serializers.Serializer):

@@ -22,9 +22,10 @@ from jobs.api.serializers import (
 from jobs.filters import JobFilter
 from jobs.models import Job, JobStatus
 
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
 IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
-    str,
+    {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
     OpenApiParameter.HEADER,
     required=False,
     description="Repeat a submission safely: the same key returns the job created first.",
@@ -97,8 +98,12 @@ class JobSubmitView(ClientJobMixin, generics.GenericAPIView):
         submit = JobSubmitSerializer(data=request.data)
         submit.is_valid(raise_exception=True)
         key = request.headers.get("Idempotency-Key")
-        if key is not None and (not 0 < len(key) <= 255 or "\x00" in key):
-            raise ServiceError("Idempotency-Key must be 1 to 255 characters.", code="VALIDATION_ERROR", status_code=422)
+        if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH:
+            raise ServiceError(
+                f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} characters.",
+                code="VALIDATION_ERROR",
+                status_code=422,
+            )
         submission = services.job_submit(client=request.user, idempotency_key=key, **submit.validated_data)
         job = submission.job
         if job.status == JobStatus.QUEUED:

@@ -166,3 +166,39 @@ def test_nul_characters_are_422_not_500(client_api, body):
 def test_nul_in_the_idempotency_key_is_422(client_api):
     response = client_api.post("/v1/jobs", {"prompt": "x", "model": "m"}, format="json", HTTP_IDEMPOTENCY_KEY="a\x00b")
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "x" * 2_000_000, "model": "m"},
+        {"payload": {"type": "inference", "prompt": "x" * 2_000_000, "model": "m"}},
+        {"messages": [{"role": "user", "content": "x" * 60_000}] * 2, "model": "m"},
+        {"type": "embedding", "input": ["x" * 60_000] * 2, "model": "m"},
+        {"type": "embedding", "input": ["x"] * 257, "model": "m"},
+    ],
+)
+def test_text_past_the_limit_is_422_input_too_long(client_api, body):
+    response = client_api.post("/v1/jobs", body, format="json")
+
+    assert response.status_code == 422
+    assert response.json()["error_code"] == "INPUT_TOO_LONG"
+    assert not Job.objects.exists()
+
+
+def test_a_prompt_at_the_limit_is_accepted(client_api, settings):
+    settings.JOB_MAX_INPUT_CHARS = 10
+
+    assert client_api.post("/v1/jobs", {"prompt": "x" * 10, "model": "m"}, format="json").status_code == 201
+    response = client_api.post("/v1/jobs", {"prompt": "x" * 11, "model": "m"}, format="json")
+    assert response.json()["error_code"] == "INPUT_TOO_LONG"
+
+
+def test_a_payload_past_the_limit_is_422_payload_too_large(client_api, settings):
+    settings.JOB_MAX_PAYLOAD_BYTES = 2048
+    body = {"payload": {"type": "inference", "prompt": "hi", "model": "m", "notes": "é" * 1024}}
+
+    response = client_api.post("/v1/jobs", body, format="json")
+
+    assert response.status_code == 422
+    assert response.json()["error_code"] == "PAYLOAD_TOO_LARGE"

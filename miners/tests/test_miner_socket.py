@@ -3,6 +3,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.test import Client
 
 from aitbc_site.routing import websocket_urlpatterns
 from jobs.models import Job, JobStatus
@@ -119,6 +120,32 @@ def test_client_key_is_closed_4403(client_api):
 @pytest.mark.parametrize("headers", [{}, {"X-Api-Key": "aitbc_not-a-key", "X-Miner-ID": "miner-1"}])
 def test_missing_or_invalid_key_is_closed_4401(headers):
     assert close_code_for(headers=headers) == 4401
+
+
+def test_browser_session_without_a_miner_key_is_closed_4403(client_api):
+    browser = Client()
+    browser.force_login(client_api.user)
+    session = f"sessionid={browser.cookies['sessionid'].value}"
+
+    assert close_code_for(headers={"Cookie": session}) == 4403
+
+
+def test_a_message_nested_too_deeply_is_ignored_and_the_socket_still_answers(miner_api, register_miner):
+    register_miner(miner_api)
+
+    async def scenario():
+        socket = open_socket(headers={"X-Api-Key": miner_api.raw_key, "X-Miner-ID": "miner-1"})
+        connected, _ = await socket.connect()
+        await socket.send_to(text_data="[" * 5000 + "]" * 5000)
+        await socket.send_json_to({"type": "ping"})
+        answer = await socket.receive_json_from(timeout=5)
+        await socket.disconnect()
+        return connected, answer
+
+    connected, answer = async_to_sync(scenario)()
+
+    assert connected
+    assert answer == {"type": "pong"}
 
 
 def test_unregistered_miner_is_closed_4404(miner_api):

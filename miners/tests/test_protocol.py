@@ -353,7 +353,8 @@ def test_overlong_or_nul_miner_ids_are_rejected(make_api):
     api.credentials(HTTP_X_API_KEY=api.raw_key, HTTP_X_MINER_ID="x" * 129)
     assert api.post("/v1/miners/register", {"capabilities": {"models": ["m"]}}, format="json").status_code == 422
     api.credentials(HTTP_X_API_KEY=api.raw_key)
-    assert api.get("/v1/jobs/available", {"miner_id": "a\x00b"}).status_code == 404
+    nul = api.get("/v1/jobs/available", {"miner_id": "a\x00b"})
+    assert (nul.status_code, nul.json()["error_code"]) == (422, "MALFORMED_REQUEST")
 
 
 def test_is_possible_agrees_with_the_claim_for_a_miner_without_cuda(client_api, miner_api, register_miner):
