@@ -11,12 +11,17 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from aitbc_site.routing import websocket_application  # noqa: E402
 from aitbc_site.scheduler import start_embedded  # noqa: E402
+from aitbc_site.shutdown import ConnectionsInFlight, drain_daphne_on_sigterm  # noqa: E402
 
 start_embedded()
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        "websocket": websocket_application(),
-    }
+application = ConnectionsInFlight(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": websocket_application(),
+        }
+    )
 )
+# SIGTERM answers long polls and closes sockets with 4503 before daphne stops.
+drain_daphne_on_sigterm(application)

@@ -100,6 +100,9 @@ if IS_POSTGRES:
                 "timeout": 10,
             }
         }
+        # The pool then checks a connection (one round trip) before handing it out: those a
+        # database restart ended are replaced instead of failing a request each.
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     # Server-side binding lets PostgreSQL reuse the plans of the queue's hot statements.
     if env_bool("DATABASE_PREPARED_STATEMENTS", True):
         DATABASES["default"]["OPTIONS"] = {
@@ -152,12 +155,25 @@ LOGGING = {
 # --- Redis, cache and channel layer --------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
+    from channels_redis.core import RedisChannelLayer
+
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py caps a pool at 100 connections unless told otherwise.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "max_connections": 5000}]},
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py caps a pool at 100 connections unless told otherwise.
+                        "max_connections": 5000,
+                        # A socket's receive is a blocking pop of brpop_timeout seconds, repeated
+                        # while nothing arrives: a read timeout no longer than that (redis-py's
+                        # default is 5 s, the same) would end every socket idle for that long.
+                        "socket_timeout": RedisChannelLayer.brpop_timeout + 10,
+                    }
+                ]
+            },
         }
     }
 else:
@@ -255,6 +271,8 @@ RATE_LIMITS = {
     "anonymous": env_rate("RATE_LIMIT_ANONYMOUS", "60/min"),
 }
 RATE_LIMITS_ENABLED = env_bool("RATE_LIMITS_ENABLED", True)
+# The server processes sharing the limits: while Redis is down each one allows limit ÷ this.
+RATE_LIMIT_PROCESSES = env_int("RATE_LIMIT_PROCESSES", 1, minimum=1)
 RATE_LIMIT_KEY_PREFIX = env_str("RATE_LIMIT_KEY_PREFIX", "aitbc:rl")
 
 # --- Wallet sign-in -------------------------------------------------------------------

@@ -142,9 +142,14 @@ class MinerAgent:
     # --- work ----------------------------------------------------------------------------
 
     def poll(self) -> list[dict]:
+        """Lease jobs, waiting up to ``poll_wait`` seconds for some.
+
+        A coordinator that stops answers a waiting poll with 204 at once; the next poll waits
+        for a coordinator to answer again (a restart), for as long as the agent is not stopped.
+        """
         body = {"max_wait_seconds": self.poll_wait, "max_jobs": self.batch_size}
-        response = self._request("POST", "/v1/miners/poll", json=body)
-        if response.status_code == 204:
+        response = self._request("POST", "/v1/miners/poll", json=body, until_stopped=True)
+        if response is None or response.status_code == 204:
             return []
         data = response.json()
         return data.get("jobs", [data])
@@ -189,8 +194,12 @@ class MinerAgent:
         else:
             self.jobs_done += 1
 
-    def _request(self, method: str, path: str, *, accept=(), **kwargs) -> httpx.Response:
-        """A request retried through network errors, 5xx and 429; another 4xx (unless in ``accept``) is fatal."""
+    def _request(self, method: str, path: str, *, accept=(), until_stopped=False, **kwargs) -> httpx.Response | None:
+        """A request retried through network errors, 5xx and 429; another 4xx (unless in ``accept``) is fatal.
+
+        After ``RETRY_DELAYS`` it fails, or, ``until_stopped``, goes on every last delay until the
+        agent is stopped (then ``None``).
+        """
         delays = iter(self.RETRY_DELAYS)
         while True:
             try:
@@ -203,8 +212,12 @@ class MinerAgent:
                 if response.status_code < 500 and response.status_code != 429:
                     raise AgentError(f"{method} {path}: {response.status_code} {response.text[:300]}")
                 problem = f"{response.status_code} {response.text[:200]}"
-            delay = next(delays, None)
+            delay = next(delays, self.RETRY_DELAYS[-1] if until_stopped else None)
             if delay is None:
                 raise AgentError(f"{method} {path} failed: {problem}")
             logger.warning("%s %s failed (%s); retrying in %ss", method, path, problem, delay)
-            time.sleep(delay)
+            if until_stopped:
+                if self._stop.wait(delay):
+                    return None
+            else:
+                time.sleep(delay)

@@ -2,6 +2,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
@@ -11,12 +12,16 @@ from django.utils.datastructures import CaseInsensitiveMapping
 
 from accounts.models import ApiKeyScope
 from accounts.services import api_key_authenticate
+from aitbc_site import shutdown
 from aitbc_site.api.authentication import raw_key_from_headers
 from aitbc_site.api.parsers import load_json
 from jobs import events, feed, selectors
 from jobs.models import JobStatus
 
 CLOSE_DONE = 1000
+# The server is stopping: connect again (as HTTP's 503; RFC 6455's 1012 "service restart" is not a
+# code daphne may send).
+CLOSE_RESTARTING = 4503
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
@@ -34,7 +39,27 @@ class Credentials:
 
 class ClientSocket(AsyncJsonWebsocketConsumer):
     """A socket whose client may send ``{"type": "ping"}``, answered ``{"type": "pong"}``; its
-    other JSON objects go to ``on_message``, and anything else is ignored."""
+    other JSON objects go to ``on_message``, and anything else is ignored.
+
+    When the server stops, every open socket is closed with 4503 (``close_sockets_for_restart``),
+    and one that connects meanwhile is accepted and closed the same way.
+    """
+
+    async def websocket_connect(self, message):
+        if shutdown.stopping():
+            await self.accept(_credentials(self.scope).subprotocol)
+            await self.close(code=CLOSE_RESTARTING)
+            return
+        _open_sockets.add(self)
+        await super().websocket_connect(message)
+
+    async def websocket_disconnect(self, message):
+        _open_sockets.discard(self)
+        await super().websocket_disconnect(message)
+
+    async def close_for_restart(self) -> None:
+        """The server is stopping: tell the client to connect again."""
+        await self.close(code=CLOSE_RESTARTING)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
         try:
@@ -50,6 +75,19 @@ class ClientSocket(AsyncJsonWebsocketConsumer):
 
     async def on_message(self, content: dict) -> None:
         """A client message other than a ping: ignored unless a subclass says otherwise."""
+
+
+# This process's open sockets (a socket leaves when it disconnects).
+_open_sockets: weakref.WeakSet[ClientSocket] = weakref.WeakSet()
+
+
+async def close_sockets_for_restart() -> None:
+    """Close every open socket of this process with 4503: the server is stopping."""
+    sockets = list(_open_sockets)
+    results = await asyncio.gather(*(socket.close_for_restart() for socket in sockets), return_exceptions=True)
+    for socket, result in zip(sockets, results, strict=True):
+        if isinstance(result, Exception):
+            logger.warning("socket %s not closed for the restart: %r", socket.channel_name, result)
 
 
 class JobConsumer(ClientSocket):

@@ -19,7 +19,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
-from aitbc_site import rawsql
+from aitbc_site import rawsql, shutdown
 from aitbc_site.errors import Conflict, Invalid, NotFound, ServiceError
 from explorer import signing
 from explorer.models import Receipt
@@ -374,7 +374,8 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
 def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) -> list[Job]:
     """A long poll: claim now, or sleep until a job for one of the miner's models is announced.
 
-    No busy loop: between claims the thread sleeps on a wake-up (see ``jobs.wakeup``).
+    No busy loop: between claims the thread sleeps on a wake-up (see ``jobs.wakeup``). When the
+    server stops, the poll returns what it has at once (see ``aitbc_site.shutdown``).
     """
     jobs = job_claim(miner=miner, limit=limit)
     if jobs or wait_seconds <= 0:
@@ -384,13 +385,14 @@ def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) 
     with wakeup.hub.waiter(models) as waiter:
         # Claim again now that we are registered: a job committed in between still wakes us.
         jobs = job_claim(miner=miner, limit=limit)
-        while not jobs:
+        # A stopping server wakes its waiters after it says so: none sleeps through the stop.
+        while not jobs and not shutdown.stopping():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             if not connection.in_atomic_block:
                 connection.close()  # hand the connection back to the pool while asleep
-            if waiter.wait(remaining):
+            if waiter.wait(remaining) and not shutdown.stopping():
                 jobs = job_claim(miner=miner, limit=limit)
                 # Wake-ups beyond what we claimed go to the next waiter (another miner may
                 # meet constraints this one does not); leaving the waiter hands on the rest.

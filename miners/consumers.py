@@ -44,6 +44,9 @@ class MinerConsumer(ClientSocket):
     on the submit path, reaches every server process through PostgreSQL's ``NOTIFY``, covers
     re-queued jobs too, and wakes one miner per announced job rather than every miner of the
     model. A job claimed as the socket closes is put back in the queue at once.
+
+    When the server stops, the socket stops claiming and closes with 4503: the
+    miner connects again, reaching another server or this one once it is back.
     """
 
     RECHECK_SECONDS = 15.0
@@ -75,11 +78,18 @@ class MinerConsumer(ClientSocket):
         self.pusher = loop.create_task(self._push_work(registered))
 
     async def disconnect(self, code):
+        await self._stop_pushing()
+
+    async def close_for_restart(self) -> None:
+        await self._stop_pushing()
+        await super().close_for_restart()
+
+    async def _stop_pushing(self) -> None:
         if self.pusher is None:
             return
         self.closing.set()
         self.wake.set()
-        # A claim in progress finishes (and hands back what it took) before the socket goes.
+        # A claim in progress finishes (and hands back what it could not deliver) first.
         await asyncio.wait({self.pusher}, timeout=10)
 
     async def on_message(self, content: dict) -> None:

@@ -1,8 +1,13 @@
-"""Per-key rate limits, exact across processes.
+"""Per-key rate limits, exact across processes while Redis answers.
 
-Each request increments a fixed-window counter: in Redis (``INCR`` + ``EXPIRE`` in one
-``MULTI``) when ``REDIS_URL`` is set, so every process shares the count; otherwise in this
-process, which in the embedded setup is the only one.
+Each request increments a fixed-window counter. With ``REDIS_URL`` the counter is in Redis
+(``INCR`` + ``EXPIRE`` in one ``MULTI``), shared by every process, so a limit is exact. While
+Redis does not answer, each process counts on its own and allows its share of the limit,
+``limit ÷ RATE_LIMIT_PROCESSES`` (at least one): set to the number of server processes, they
+never allow more than the limit together (a caller whose requests all reach one process gets
+that process's share only), and the API stays up. A process that found Redis down tries it again
+a second later, not on every request. Without ``REDIS_URL`` (the embedded server, one process)
+the process counts alone against the whole limit.
 """
 
 import logging
@@ -12,11 +17,18 @@ from functools import lru_cache
 
 import redis
 from django.conf import settings
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rest_framework.throttling import BaseThrottle
 
 from accounts.models import ApiKey
 from aitbc_site.api.permissions import request_scope
 from aitbc_site.env import parse_rate
+
+logger = logging.getLogger(__name__)
+
+# After Redis failed, requests are counted in this process for this long before it is tried again.
+REDIS_RETRY_SECONDS = 1.0
 
 
 class _LocalCounter:
@@ -36,28 +48,51 @@ class _LocalCounter:
             return count + 1
 
 
+class _RedisCounter:
+    """Window counters in the Redis at ``url``; ``None`` for a request counted while it does not answer."""
+
+    def __init__(self, url: str):
+        # A limit is a guard: a request never waits on retries for it.
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        self._retry_at = 0.0
+        self._failing = False
+
+    def incr(self, key: str, ttl: int) -> int | None:
+        if time.monotonic() < self._retry_at:
+            return None
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.incr(key)
+            pipe.expire(key, ttl + 1, nx=True)
+            count, _ = pipe.execute()
+        except redis.RedisError:
+            self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
+            if not self._failing:
+                self._failing = True
+                logger.warning("Redis does not answer: this process allows its share of each rate limit", exc_info=True)
+            return None
+        if self._failing:
+            self._failing = False
+            logger.info("Redis answers again: rate limits are counted there")
+        return int(count)
+
+
 _local_counter = _LocalCounter()
-logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=4)
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+def _redis_counter(url: str) -> _RedisCounter:
+    return _RedisCounter(url)
 
 
-def hit(key: str, window_seconds: int) -> int:
-    """Count one request against ``key`` in the current window; return the window's count."""
+def allows(key: str, *, limit: int, window_seconds: int) -> bool:
+    """Count one request against ``key`` in the current window; whether it stays within ``limit``."""
     if settings.REDIS_URL:
-        try:
-            pipe = _redis(settings.REDIS_URL).pipeline(transaction=True)
-            pipe.incr(key)
-            pipe.expire(key, window_seconds + 1, nx=True)
-            count, _ = pipe.execute()
-            return int(count)
-        except redis.RedisError:
-            # Limits are a guard, not the service: without Redis, count in this process.
-            logger.warning("rate-limit counter unavailable in Redis; counting in this process", exc_info=True)
-    return _local_counter.incr(key, window_seconds)
+        count = _redis_counter(settings.REDIS_URL).incr(key, window_seconds)
+        if count is not None:
+            return count <= limit
+        limit = max(1, limit // settings.RATE_LIMIT_PROCESSES)
+    return _local_counter.incr(key, window_seconds) <= limit
 
 
 class ApiKeyRateThrottle(BaseThrottle):
@@ -77,8 +112,8 @@ class ApiKeyRateThrottle(BaseThrottle):
         now = time.time()
         window_start = int(now // window) * window
         self._retry_after = max(1, int(window_start + window - now + 0.999))
-        count = hit(f"{settings.RATE_LIMIT_KEY_PREFIX}:{ident}:{window}:{window_start}", window)
-        return count <= limit
+        key = f"{settings.RATE_LIMIT_KEY_PREFIX}:{ident}:{window}:{window_start}"
+        return allows(key, limit=limit, window_seconds=window)
 
     def wait(self):
         return self._retry_after

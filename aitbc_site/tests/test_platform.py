@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import redis
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import OperationalError
@@ -179,7 +180,7 @@ def test_health_probes_are_never_rate_limited(three_per_minute_for_anonymous, pa
 
 def _hit_many(key: str, times: int) -> None:
     for _ in range(times):
-        throttling.hit(key, 60)
+        throttling.allows(key, limit=1000, window_seconds=60)
 
 
 @pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs Redis (set REDIS_URL); CI always sets it")
@@ -192,7 +193,7 @@ def test_rate_limit_counter_is_exact_across_processes(settings):
     for worker in workers:
         worker.join(timeout=60)
     assert [worker.exitcode for worker in workers] == [0] * 6
-    assert int(throttling._redis(django_settings.REDIS_URL).get(key)) == 300
+    assert int(redis.Redis.from_url(django_settings.REDIS_URL).get(key)) == 300
 
 
 # --- Configuration from the environment -----------------------------------------------
@@ -279,9 +280,20 @@ def test_settings_refuse_an_unparseable_debug_flag(tmp_path):
     assert "DEBUG must be a boolean" in started.stderr
 
 
-def test_rate_limit_counts_locally_when_redis_is_unreachable(settings):
-    from aitbc_site.api import throttling
-
+def test_while_redis_is_unreachable_a_process_allows_its_share_of_the_limit(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
-    assert throttling.hit("aitbc-test:redis-down", 60) == 1
-    assert throttling.hit("aitbc-test:redis-down", 60) == 2
+    settings.RATE_LIMIT_PROCESSES = 2
+    key = f"{settings.RATE_LIMIT_KEY_PREFIX}:redis-down"
+    assert [throttling.allows(key, limit=5, window_seconds=60) for _ in range(4)] == [True, True, False, False]
+
+
+def test_a_process_that_found_redis_down_asks_it_again_only_a_second_later(monkeypatch):
+    counter = throttling._RedisCounter("redis://127.0.0.1:1/0")
+    asked = []
+    pipeline = counter.client.pipeline
+    monkeypatch.setattr(counter.client, "pipeline", lambda **options: asked.append(1) or pipeline(**options))
+    assert [counter.incr("aitbc-test:redis-down", 60) for _ in range(3)] == [None, None, None]
+    assert len(asked) == 1
+    time.sleep(throttling.REDIS_RETRY_SECONDS)
+    assert counter.incr("aitbc-test:redis-down", 60) is None
+    assert len(asked) == 2

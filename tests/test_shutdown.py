@@ -1,0 +1,116 @@
+"""A server sent SIGTERM answers what waits in it at once and exits: a restart takes about a
+second, not the longest long poll."""
+
+import threading
+import time
+
+import httpx
+import pytest
+from asgiref.sync import async_to_sync
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from accounts.services import api_key_create, user_get_or_create
+from aitbc_site import shutdown
+from aitbc_site.routing import websocket_urlpatterns
+from jobs.consumers import CLOSE_RESTARTING
+from tests.processes import Server, server_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+POLL_SECONDS = 30
+# Enough for gunicorn (its workers keep a kept-alive connection 2 s, then the master reaps them)
+# and the interpreter's teardown on a loaded machine; far below the poll's wait.
+EXIT_SECONDS = 10
+
+
+@pytest.fixture
+def miner_key():
+    return api_key_create(user=user_get_or_create(username="restart-owner"), scope="miner").raw_key
+
+
+def register(server: Server, key: str, miner_id: str) -> httpx.Client:
+    miner = httpx.Client(
+        base_url=server.url, headers={"X-Api-Key": key, "X-Miner-ID": miner_id}, timeout=POLL_SECONDS + 10
+    )
+    registered = miner.post("/v1/miners/register", json={"capabilities": {"models": ["restart-model"]}})
+    assert registered.status_code == 200, registered.text
+    return miner
+
+
+def start_long_poll(miner: httpx.Client) -> list:
+    """A poll waiting POLL_SECONDS for work that never comes; the list gets its answer and when."""
+    answer = []
+
+    def poll():
+        response = miner.post("/v1/miners/poll", json={"max_wait_seconds": POLL_SECONDS})
+        answer.append((response.status_code, time.monotonic()))
+
+    threading.Thread(target=poll, daemon=True).start()
+    time.sleep(1.5)  # the poll is parked on its wake-up by now
+    assert answer == [], "the poll did not wait"
+    return answer
+
+
+@pytest.mark.parametrize("kind", ["daphne", "gunicorn"])
+def test_sigterm_answers_a_waiting_long_poll_with_204_and_the_server_exits_at_once(kind, miner_key, tmp_path):
+    server = Server(kind, env=server_env(tmp_path), log_path=tmp_path / f"{kind}.log")
+    try:
+        answer = start_long_poll(register(server, miner_key, "polling-rig"))
+        signalled = time.monotonic()
+        exited_after = server.terminate(timeout=EXIT_SECONDS)
+    finally:
+        server.kill()
+    assert exited_after < EXIT_SECONDS, server.log()
+    assert len(answer) == 1, server.log()
+    status, answered_at = answer[0]
+    assert status == 204
+    assert answered_at - signalled < 2
+
+
+def test_sigterm_closes_miner_and_dashboard_sockets_asking_them_to_reconnect(miner_key, tmp_path):
+    client_key = api_key_create(user=user_get_or_create(username="restart-client"), scope="client").raw_key
+    server = Server("daphne", env=server_env(tmp_path), log_path=tmp_path / "daphne.log")
+    try:
+        register(server, miner_key, "socket-rig")
+        miner_headers = {"X-Api-Key": miner_key, "X-Miner-ID": "socket-rig"}
+        with (
+            connect(f"{server.ws_url}/ws/miners/", additional_headers=miner_headers) as miner_socket,
+            connect(f"{server.ws_url}/ws/dashboard/", additional_headers={"X-Api-Key": client_key}) as dashboard,
+        ):
+            dashboard.recv(timeout=10)  # the stats snapshot: the socket is open
+            server.terminate(timeout=EXIT_SECONDS)
+            for socket in (miner_socket, dashboard):
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:
+                        socket.recv(timeout=1)
+                assert closed.value.rcvd is not None, server.log()
+                assert closed.value.rcvd.code == CLOSE_RESTARTING == 4503
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def stopping():
+    shutdown.stop_waiting()
+    yield
+    shutdown._stopping.clear()
+
+
+def test_a_socket_connecting_while_the_server_stops_is_told_to_connect_again(stopping):
+    async def connect_while_stopping():
+        socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/dashboard/")
+        connected, _ = await socket.connect()
+        assert connected
+        return await socket.receive_output()
+
+    assert async_to_sync(connect_while_stopping)() == {"type": "websocket.close", "code": CLOSE_RESTARTING}
+
+
+def test_a_poll_arriving_while_the_server_stops_answers_at_once(stopping, miner_api, register_miner):
+    register_miner(miner_api)
+    started = time.monotonic()
+    assert miner_api.post("/v1/miners/poll", {"max_wait_seconds": 30}, format="json").status_code == 204
+    assert time.monotonic() - started < 2
