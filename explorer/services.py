@@ -15,9 +15,8 @@ from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, PendingLeaf, Re
 from explorer.sources import Leaf, leaf_source
 from miners.selectors import miner_for_owner
 
-# pg_advisory_xact_lock key that serialises sealers: heights never fork.
+# The advisory lock that serialises sealers (one transaction, one block at a time): heights never fork.
 _SEAL_LOCK_KEY = 0x61697462635F626C  # "aitbc_bl"
-
 
 _CLIENT_PSEUDONYM_SALT = "aitbc.explorer.receipt-client"
 
