@@ -1,14 +1,18 @@
 """The external miner agent: a GPU owner's process that joins the network over HTTP.
 
 It needs no database and no broker: it reads the catalog from ``GET /v1/models``, loads the
-models it was asked to serve, registers, heartbeats, long-polls for batches of jobs, runs them
-on the same engine as the in-cluster workers and posts each result (or failure) under its lease.
+models it was asked to serve, registers and heartbeats. A polling thread long-polls for as many
+jobs as there is room for; the main thread runs them on the same engine as the in-cluster
+workers, one continuous batch per generation model that polled jobs join between decoding steps,
+and a reporting thread posts each result (or failure) under its lease as soon as the job ends.
 """
 
 import logging
+import queue
 import threading
 import time
-from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -23,8 +27,9 @@ class AgentError(Exception):
 
 
 class MinerAgent:
-    """Serve ``models`` for the coordinator at ``url``; ``stop()`` ends after the running batch,
-    ``abort()`` ends it now and hands its jobs back to the queue."""
+    """Serve ``models`` for the coordinator at ``url``, running up to ``batch_size`` jobs at once;
+    ``stop()`` stops polling and ends once the running jobs are done, ``abort()`` ends now and
+    hands them back to the queue."""
 
     RETRY_DELAYS = (0.5, 1, 2, 5, 10)
 
@@ -67,7 +72,11 @@ class MinerAgent:
         self.jobs_done = 0
         self._stop = threading.Event()
         self._abort = threading.Event()
-        self._inflight = 0
+        self._polled: queue.Queue[dict] = queue.Queue()  # jobs leased, not yet started
+        self._slots = threading.Condition()  # guards the two counts below
+        self._inflight = 0  # jobs leased and not yet answered
+        self._taken = 0  # jobs leased since the start
+        self._poll_error: AgentError | None = None
 
     # --- control -------------------------------------------------------------------------
 
@@ -85,22 +94,25 @@ class MinerAgent:
     # --- life cycle ----------------------------------------------------------------------
 
     def run(self) -> int:
-        """Serve until stopped (or ``max_jobs`` ran); returns how many jobs this agent answered."""
+        """Serve until stopped (or ``max_jobs`` were taken and answered); returns how many jobs this
+        agent answered."""
         self.load_models()
         self.register()
         beat = threading.Thread(target=self._beat, name="miner-heartbeat", daemon=True)
+        poller = threading.Thread(target=self._poll_for_room, name="miner-poll", daemon=True)
         beat.start()
+        poller.start()
         try:
-            while not self.stopping:
-                jobs = self.poll()
-                if jobs:
-                    self.run_jobs(jobs)
-                if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
-                    break
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="miner-report") as reporter:
+                self._serve(reporter)
         finally:
             self._stop.set()
+            with self._slots:
+                self._slots.notify_all()
             beat.join(timeout=5)
             self.http.close()
+        if self._poll_error is not None:
+            raise self._poll_error
         return self.jobs_done
 
     def load_models(self) -> None:
@@ -141,39 +153,113 @@ class MinerAgent:
 
     # --- work ----------------------------------------------------------------------------
 
-    def poll(self) -> list[dict]:
-        """Lease jobs, waiting up to ``poll_wait`` seconds for some.
+    def _room(self) -> int:
+        free = self.batch_size - self._inflight
+        if self.max_jobs is not None:
+            free = min(free, self.max_jobs - self._taken)
+        return max(0, free)
+
+    def _poll_for_room(self) -> None:
+        """Long-poll for as many jobs as there is room for, whenever there is room, until stopped."""
+        try:
+            while True:
+                with self._slots:
+                    while not self.stopping and not self._room() and not self._all_taken():
+                        self._slots.wait(timeout=1)
+                    if self.stopping or self._all_taken():
+                        return
+                    room = self._room()
+                jobs = self.poll(room)
+                with self._slots:
+                    self._inflight += len(jobs)
+                    self._taken += len(jobs)
+                for job in jobs:
+                    self._polled.put(job)
+        except AgentError as error:
+            logger.error("polling stopped: %s", error)
+            self._poll_error = error
+            self.stop()
+        finally:
+            self._polled.put(None)  # tells the main thread no more jobs will come
+
+    def _all_taken(self) -> bool:
+        return self.max_jobs is not None and self._taken >= self.max_jobs
+
+    def poll(self, max_jobs: int) -> list[dict]:
+        """Lease up to ``max_jobs`` jobs, waiting up to ``poll_wait`` seconds for some.
 
         A coordinator that stops answers a waiting poll with 204 at once; the next poll waits
         for a coordinator to answer again (a restart), for as long as the agent is not stopped.
         """
-        body = {"max_wait_seconds": self.poll_wait, "max_jobs": self.batch_size}
+        body = {"max_wait_seconds": self.poll_wait, "max_jobs": max_jobs}
         response = self._request("POST", "/v1/miners/poll", json=body, until_stopped=True)
         if response is None or response.status_code == 204:
             return []
         data = response.json()
         return data.get("jobs", [data])
 
-    def run_jobs(self, jobs: list[dict]) -> None:
-        """Run leased jobs, one batch per model, and report every one of them."""
-        by_model = defaultdict(list)
-        for job in jobs:
-            by_model[job["model"]].append(job)
-        self._inflight = len(jobs)
+    def _serve(self, reporter: ThreadPoolExecutor) -> None:
+        """Run polled jobs until the poller is done and every job is answered: generation jobs join
+        their model's continuous batch between steps, embedding jobs run as one batch per arrival."""
+        with ExitStack() as stack:
+            batches = {
+                name: stack.enter_context(
+                    engine.Generation(model, capacity=self.batch_size, should_stop=self._abort.is_set)
+                )
+                for name, model in self.models.items()
+                if model.spec.task in engine.GENERATION_TASKS
+            }
+            jobs_by_key: dict[str, dict] = {}
+            polling = True
+            while polling or any(batches.values()):
+                if polling:
+                    arrived, polling = self._take_polled(wait=not any(batches.values()))
+                    jobs_by_key.update((job["job_id"], job) for job in arrived)
+                    for model_name, jobs in _by_model(arrived).items():
+                        self._answered(self._start(model_name, jobs, batches), reporter, jobs_by_key)
+                for batch in batches.values():
+                    if batch:
+                        self._answered(batch.step(), reporter, jobs_by_key)
+
+    def _take_polled(self, *, wait: bool) -> tuple[list[dict], bool]:
+        """The jobs polled since the last call (waiting a second for one when ``wait``), and
+        whether the poller is still running."""
+        jobs = []
         try:
-            for model_name, batch in by_model.items():
-                model = self.models.get(model_name)
-                if model is None:
-                    error = engine.InferenceError("MODEL_NOT_LOADED", f"This miner has not loaded {model_name}.")
-                    answers = [engine.Answer(key=job["job_id"], result=None, metrics={}, error=error) for job in batch]
-                else:
-                    answers = engine.execute(
-                        model, [(job["job_id"], job["payload"]) for job in batch], should_stop=self._abort.is_set
-                    )
-                for job, answer in zip(batch, answers, strict=True):
-                    self.report(job, answer)
-        finally:
-            self._inflight = 0
+            job = self._polled.get(timeout=1) if wait else self._polled.get_nowait()
+            while job is not None:
+                jobs.append(job)
+                job = self._polled.get_nowait()
+        except queue.Empty:
+            return jobs, True
+        return jobs, False
+
+    def _start(self, model_name: str, jobs: list[dict], batches: dict) -> list[engine.Answer]:
+        """Start ``jobs`` of one model; returns the answers known at once."""
+        items = [(job["job_id"], job["payload"]) for job in jobs]
+        model = self.models.get(model_name)
+        if model is None:
+            error = engine.InferenceError("MODEL_NOT_LOADED", f"This miner has not loaded {model_name}.")
+            return [engine.Answer(key=key, result=None, metrics={}, error=error) for key, _ in items]
+        if model_name in batches:
+            return batches[model_name].add(items)
+        return engine.execute(model, items, should_stop=self._abort.is_set)
+
+    def _answered(self, answers: list[engine.Answer], reporter: ThreadPoolExecutor, jobs_by_key: dict) -> None:
+        """Hand the answers to the reporting thread and free their room for the poller."""
+        if not answers:
+            return
+        for answer in answers:
+            reporter.submit(self._report_logging_errors, jobs_by_key.pop(answer.key), answer)
+        with self._slots:
+            self._inflight -= len(answers)
+            self._slots.notify_all()
+
+    def _report_logging_errors(self, job: dict, answer: engine.Answer) -> None:
+        try:
+            self.report(job, answer)
+        except AgentError as error:
+            logger.error("could not report job %s: %s", job["job_id"], error)
 
     def report(self, job: dict, answer: engine.Answer) -> None:
         job_id, lease_token = job["job_id"], job.get("lease_token")
@@ -221,3 +307,10 @@ class MinerAgent:
                     return None
             else:
                 time.sleep(delay)
+
+
+def _by_model(jobs: list[dict]) -> dict[str, list[dict]]:
+    by_model: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_model.setdefault(job["model"], []).append(job)
+    return by_model

@@ -4,10 +4,10 @@ Plain Python, no Django: the in-cluster Dramatiq worker and the external HTTP mi
 Importing this module imports torch and transformers (~1.5 s, ~300 MB), so import it where inference
 runs, not in modules every web process loads.
 
-Generation runs every item of a call as one batched ``model.generate``. Items differ in their
-parameters, so generation itself is greedy and three hooks make each row behave as its own job:
-``_RowSampler`` draws sampled rows' tokens with their own seeded generators, ``_RowStopper`` ends
-each row at its EOS, stop string or max_tokens, and ``_TokenStreamer`` publishes each step's new text.
+Generation runs as a continuous batch (``Generation``): one decoding loop per model that jobs join
+between steps and leave as soon as they finish, each row with its own sampling, stop strings and
+token limit. ``execute`` runs a fixed set of jobs through the same loop; embeddings run as plain
+batched forward passes.
 """
 
 from __future__ import annotations
@@ -28,17 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
-from transformers.generation.streamers import BaseStreamer
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from inference.params import generation_params
 
@@ -305,10 +295,8 @@ def gpu_info() -> dict:
 
 @dataclass(eq=False)
 class _Request:
-    """One validated job. Its stream position outlives a batch attempt, so a retry after an
-    out-of-memory split never re-sends text the caller already has."""
+    """One validated job."""
 
-    position: int
     key: str
     input_ids: list[list[int]]  # one prompt for generation; one entry per text for embeddings
     max_tokens: int = 0
@@ -317,8 +305,6 @@ class _Request:
     stop: tuple[str, ...] = ()
     seed: int = 0
     chat: bool = False
-    streamed_chars: int = 0
-    next_index: int = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -332,28 +318,40 @@ def execute(
     on_tokens: Callable[[list[TokenEvent]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[Answer]:
-    """Run ``items`` ((key, job payload) pairs) as one batch and return one Answer per item, in order.
+    """Run ``items`` ((key, job payload) pairs, distinct keys) together and return one Answer per
+    item, in order.
 
     Never raises for a bad item: its Answer carries the error and the others still run.
     ``on_tokens`` gets each decoding step's new text for all streaming rows at once (steps that
     add no visible text are skipped); its exceptions are logged and ignored. ``should_stop()``
     returning True ends generation: unfinished items get MINER_SHUTDOWN.
     """
+    if model.spec.task == "embedding":
+        return _execute_embeddings(model, items, should_stop=should_stop)
+    with Generation(model, capacity=max(1, len(items)), on_tokens=on_tokens, should_stop=should_stop) as batch:
+        answers = batch.add(items)
+        while batch:
+            answers += batch.step()
+    by_key = {answer.key: answer for answer in answers}
+    return [by_key[str(key)] for key, _ in items]
+
+
+def _execute_embeddings(model: LoadedModel, items: list[tuple[str, dict]], *, should_stop) -> list[Answer]:
     answers: dict[int, Answer] = {}
     with model.lock:
-        requests = []
+        positions, requests = [], []
         for position, (key, payload) in enumerate(items):
             try:
-                requests.append(_validate(model, position, str(key), payload))
+                requests.append(_validate(model, str(key), payload))
+                positions.append(position)
             except InferenceError as error:
                 answers[position] = _failure(str(key), error)
         if requests:
-            if model.spec.task == "embedding":
-                run = partial(_embed, model)
-            else:
-                run = partial(_generate, model, on_tokens=on_tokens, should_stop=should_stop)
-            for request, answer in zip(requests, _run_splitting_on_oom(model, requests, run, should_stop), strict=True):
-                answers[request.position] = answer
+            run = partial(_embed, model)
+            for position, answer in zip(
+                positions, _run_splitting_on_oom(model, requests, run, should_stop), strict=True
+            ):
+                answers[position] = answer
     return [answers[position] for position in range(len(items))]
 
 
@@ -422,7 +420,7 @@ def _describe(exc: BaseException) -> str:
 # --- validation ---------------------------------------------------------------------------
 
 
-def _validate(model: LoadedModel, position: int, key: str, payload) -> _Request:
+def _validate(model: LoadedModel, key: str, payload) -> _Request:
     if not isinstance(payload, dict):
         raise InferenceError("INVALID_PAYLOAD", "the job payload must be a JSON object")
     payload_type = payload.get("type")
@@ -434,11 +432,11 @@ def _validate(model: LoadedModel, position: int, key: str, payload) -> _Request:
             "UNSUPPORTED_TASK", f"{model.spec.name} is a {model.spec.task} model; it cannot run {payload_type} jobs"
         )
     if is_embedding_model:
-        return _validate_embedding(model, position, key, payload)
-    return _validate_generation(model, position, key, payload, chat=payload_type == "chat")
+        return _validate_embedding(model, key, payload)
+    return _validate_generation(model, key, payload, chat=payload_type == "chat")
 
 
-def _validate_generation(model: LoadedModel, position: int, key: str, payload: dict, *, chat: bool) -> _Request:
+def _validate_generation(model: LoadedModel, key: str, payload: dict, *, chat: bool) -> _Request:
     params = _params(payload)
     messages, prompt = payload.get("messages"), payload.get("prompt")
     if messages is not None:
@@ -479,20 +477,18 @@ def _validate_generation(model: LoadedModel, position: int, key: str, payload: d
         raise InferenceError("INVALID_PARAMS", "top_p must be greater than 0 and at most 1")
     seed = _int_param(params, "seed", 0, MAX_SEED)
     return _Request(
-        position=position,
         key=key,
         input_ids=[prompt_ids],
         max_tokens=max_tokens,
         temperature=float(temperature),
         top_p=float(top_p),
         stop=_stop_strings(params),
-        # A drawn seed is fixed here so that a retried half of an out-of-memory batch repeats its tokens.
         seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
         chat=chat or templated,
     )
 
 
-def _validate_embedding(model: LoadedModel, position: int, key: str, payload: dict) -> _Request:
+def _validate_embedding(model: LoadedModel, key: str, payload: dict) -> _Request:
     texts = payload.get("input", payload.get("prompt"))
     if isinstance(texts, str):
         texts = [texts]
@@ -505,7 +501,7 @@ def _validate_embedding(model: LoadedModel, position: int, key: str, payload: di
                 "INPUT_TOO_LONG",
                 f"input {index} is {len(ids)} tokens; {model.spec.name} embeds at most {model.context_length}",
             )
-    return _Request(position=position, key=key, input_ids=input_ids)
+    return _Request(key=key, input_ids=input_ids)
 
 
 def _params(payload: dict) -> dict:
@@ -576,23 +572,326 @@ def _printable(text: str) -> str:
     return text.replace("\x00", "")
 
 
-class _Row:
-    """One request's sequence inside a generation batch."""
+class Generation:
+    """A continuous batch of one generation model's jobs.
 
-    def __init__(self, request: _Request, model: LoadedModel):
+    Jobs join with ``add()`` whenever there is ``room``. Each ``step()`` prefills the jobs waiting
+    to join (together, in one forward pass), then decodes one token for every row, and returns the
+    answers of the rows that finished: a job leaves the batch, answered, as soon as it ends, and a
+    new one starts at the next step instead of after the longest answer of the batch before it.
+    Sampling, stop strings and ``max_tokens`` apply per row, and a greedy job gives the same text
+    as alone.
+
+    The rows share one KV cache (transformers' ``DynamicCache``), left-padded: a row's columns end
+    at the right edge and an attention mask hides its padding, so rows of any length decode as
+    one batch. Joining rows are padded to the batch's width (or the batch to theirs) and
+    concatenated; leaving rows are cut out, and so is padding no remaining row needs.
+
+    Out of memory, the batch splits instead of failing: joining rows are prefilled in halves, and
+    a decoding batch keeps its first half while the other half waits to be prefilled again (its
+    text so far kept) until rows leave; ``capacity`` stays halved until the batch empties. A job
+    out of memory even alone fails with OUT_OF_MEMORY.
+
+    Holds the model's lock while open: ``with Generation(model, capacity=16) as batch``.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        capacity: int,
+        on_tokens: Callable[[list[TokenEvent]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
+        if model.spec.task not in GENERATION_TASKS:
+            raise ValueError(f"{model.spec.name} is a {model.spec.task} model, not a generation model")
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.model = model
+        self.capacity = self.max_capacity = capacity
+        self.on_tokens = on_tokens
+        self.should_stop = should_stop
+        self._waiting: list[_Row] = []
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # (rows, cache columns): which columns each row attends to
+        self._next_tokens: torch.Tensor | None = None  # (rows,): each row's newest token, not yet in the cache
+        self._positions: torch.Tensor | None = None  # (rows,): that token's position in its own sequence
+
+    def __enter__(self) -> Generation:
+        self.model.lock.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.model.lock.release()
+
+    def __len__(self) -> int:
+        return len(self._rows) + len(self._waiting)
+
+    @property
+    def room(self) -> int:
+        """How many more jobs may join now."""
+        return max(0, self.capacity - len(self))
+
+    @property
+    def keys(self) -> list[str]:
+        return [row.request.key for row in (*self._rows, *self._waiting)]
+
+    def add(self, items: list[tuple[str, dict]]) -> list[Answer]:
+        """Let jobs ((key, payload) pairs) join at the next step; returns the failures of those that
+        cannot run (invalid payloads, prompts too long…), which do not join."""
+        failures = []
+        for key, payload in items:
+            try:
+                request = _validate(self.model, str(key), payload)
+            except InferenceError as error:
+                failures.append(_failure(str(key), error))
+            else:
+                self._waiting.append(_Row(request, self.model, decode=self.on_tokens is not None))
+        return failures
+
+    @torch.inference_mode()
+    def drop(self, keys) -> None:
+        """Take these jobs out of the batch without an answer (cancelled, or no longer this miner's)."""
+        keys = set(keys)
+        self._waiting = [row for row in self._waiting if row.request.key not in keys]
+        self._keep([index for index, row in enumerate(self._rows) if row.request.key not in keys])
+        self._reset_capacity_when_empty()
+
+    @torch.inference_mode()
+    def step(self) -> list[Answer]:
+        """Prefill the rows waiting to join (as many as there is room for), decode one token for every
+        row, and return the answers of those that finished. Once ``should_stop()`` says so, every
+        unfinished job is answered MINER_SHUTDOWN instead."""
+        if self.should_stop is not None and self.should_stop():
+            answers = [row.answer() for row in (*self._rows, *self._waiting)]
+            self._waiting = []
+            self._keep([])
+        else:
+            answers = []
+            joining = self._waiting[: self.capacity - len(self._rows)]
+            if joining:
+                del self._waiting[: len(joining)]
+                self._prefill(joining, answers)
+            if self._rows:
+                self._decode(answers)
+        self._reset_capacity_when_empty()
+        return answers
+
+    # --- the batch's passes ---------------------------------------------------------------
+
+    def _prefill(self, rows: list[_Row], answers: list[Answer]) -> None:
+        """One forward pass over the rows' whole sequences (the prompt, and the text so far of a row
+        that waited after an out-of-memory split); they join the batch with their next token."""
+        input_ids, mask = _pad([row.sequence for row in rows], self.model, left=True)
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        for row in rows:
+            row.start()
+        try:
+            logits = self._forward(input_ids, mask, positions, cache)
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                answers += self._failed(rows, exc)
+                return
+            logits = None
+        if logits is None:  # out of memory: retried outside the except block, whose traceback holds tensors
+            del cache
+            _release_cuda_memory()
+            self._split_prefill(rows, answers)
+            return
+        staying = self._advance(rows, self._choose(rows, logits), answers)
+        if staying:
+            index = torch.tensor(staying, device=self.model.device)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            self._join(
+                [rows[i] for i in staying],
+                cache,
+                mask.index_select(0, index),
+                torch.tensor([rows[i].tokens[-1] for i in staying], device=self.model.device),
+                mask.sum(dim=-1).index_select(0, index),
+            )
+
+    def _split_prefill(self, rows: list[_Row], answers: list[Answer]) -> None:
+        if len(rows) > 1:
+            half = len(rows) // 2
+            logger.warning(
+                "%s ran out of memory prefilling %d jobs; retrying in halves", self.model.spec.name, len(rows)
+            )
+            self._prefill(rows[:half], answers)
+            self._prefill(rows[half:], answers)
+        elif self._rows:  # alone beside the running batch: it waits until rows leave
+            self._waiting.insert(0, rows[0])
+            self.capacity = len(self._rows)
+        else:
+            answers.append(rows[0].failure(_out_of_memory_alone(self.model)))
+
+    def _decode(self, answers: list[Answer]) -> None:
+        width = self._mask.shape[1]
+        mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
+        try:
+            logits = self._forward(self._next_tokens[:, None], mask, self._positions[:, None], self._cache)
+        except Exception as exc:
+            self._crop(width)
+            if not _is_out_of_memory(exc):
+                answers += self._failed(self._rows, exc)
+                self._keep([])
+                return
+            logits = None
+        if logits is None:
+            _release_cuda_memory()
+            if len(self._rows) == 1:
+                answers.append(self._rows[0].failure(_out_of_memory_alone(self.model)))
+                self._keep([])
+                return
+            half = len(self._rows) // 2
+            logger.warning(
+                "%s ran out of memory decoding %d jobs; going on with %d", self.model.spec.name, len(self._rows), half
+            )
+            self._waiting[:0] = self._rows[half:]
+            self._keep(list(range(half)))
+            self.capacity = half
+            return
+        self._mask = mask
+        tokens = self._choose(self._rows, logits)
+        self._next_tokens = torch.tensor(tokens, device=self.model.device)
+        self._positions = self._positions + 1
+        self._keep(self._advance(self._rows, tokens, answers))
+
+    def _forward(self, input_ids, mask, positions, cache) -> torch.Tensor:
+        """The next-token logits (float32) of every row."""
+        output = self.model.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+            logits_to_keep=1,
+        )  # fmt: skip
+        return output.logits[:, -1, :].float()
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        tokens = logits.argmax(dim=-1).tolist()
+        for index, row in enumerate(rows):
+            if row.samples:
+                tokens[index] = row.draw(logits[index])
+        return tokens
+
+    def _advance(self, rows: list[_Row], tokens: list[int], answers: list[Answer]) -> list[int]:
+        """Give each row its token and stream the new text; the finished rows' answers go to
+        ``answers``, and the indices of the others are returned."""
+        staying = []
+        for index, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            row.append(token)
+            if row.finish_reason is None:
+                staying.append(index)
+            else:
+                answers.append(row.answer())
+        if self.on_tokens is not None:
+            events = [event for row in rows if (event := row.take_event()) is not None]
+            if events:
+                try:
+                    self.on_tokens(events)
+                except Exception:  # publishing is best-effort: it never fails the jobs
+                    logger.warning("on_tokens failed; generation goes on", exc_info=True)
+        return staying
+
+    def _failed(self, rows: list[_Row], exc: Exception) -> list[Answer]:
+        logger.warning("inference on %s failed", self.model.spec.name, exc_info=exc)
+        error = InferenceError("INFERENCE_FAILED", _describe(exc))
+        return [row.failure(error) for row in rows]
+
+    # --- the shared cache -----------------------------------------------------------------
+
+    def _join(self, rows, cache: DynamicCache, mask, next_tokens, positions) -> None:
+        if not self._rows:
+            self._cache, self._mask = cache, mask
+            self._next_tokens, self._positions = next_tokens, positions
+        else:
+            width = max(self._mask.shape[1], mask.shape[1])
+            self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)])
+            for batch_layer, layer in zip(self._cache.layers, cache.layers, strict=True):
+                batch_layer.keys = torch.cat([_pad_left(batch_layer.keys, width), _pad_left(layer.keys, width)])
+                batch_layer.values = torch.cat([_pad_left(batch_layer.values, width), _pad_left(layer.values, width)])
+            self._next_tokens = torch.cat([self._next_tokens, next_tokens])
+            self._positions = torch.cat([self._positions, positions])
+        self._rows += rows
+        self._trim()
+
+    def _keep(self, indices: list[int]) -> None:
+        """Keep only the rows at ``indices`` in the batch."""
+        if len(indices) == len(self._rows):
+            return
+        self._rows = [self._rows[i] for i in indices]
+        if not self._rows:
+            self._cache = self._mask = self._next_tokens = self._positions = None
+            return
+        index = torch.tensor(indices, device=self.model.device)
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+        self._mask = self._mask.index_select(0, index)
+        self._next_tokens = self._next_tokens.index_select(0, index)
+        self._positions = self._positions.index_select(0, index)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Cut the columns on the left that no row attends to (the padding of rows that left)."""
+        first = int(self._mask.any(dim=0).to(torch.int8).argmax())
+        if first:
+            self._mask = self._mask[:, first:]
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+
+    def _crop(self, width: int) -> None:
+        """Undo what a failed pass appended to some layers of the cache."""
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[..., :width, :], layer.values[..., :width, :]
+
+    def _reset_capacity_when_empty(self) -> None:
+        if not self:
+            self.capacity = self.max_capacity
+
+
+def _pad_left(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """``tensor`` (a mask, or a cache layer's keys or values) with zero columns added on the left up to ``width``."""
+    missing = width - (tensor.shape[1] if tensor.dim() == 2 else tensor.shape[-2])
+    if not missing:
+        return tensor
+    padding = (missing, 0) if tensor.dim() == 2 else (0, 0, missing, 0)
+    return torch.nn.functional.pad(tensor, padding)
+
+
+def _out_of_memory_alone(model: LoadedModel) -> InferenceError:
+    return InferenceError("OUT_OF_MEMORY", f"{model.spec.name} ran out of memory on this job even alone")
+
+
+class _Row:
+    """One job's sequence in a generation batch. It outlives a pass that ran out of memory, so the
+    job goes on where it was and never re-sends text the caller already has."""
+
+    def __init__(self, request: _Request, model: LoadedModel, *, decode: bool):
         self.request = request
         self.tokens: list[int] = []
         self.text = ""
         self._prefix_offset = self._read_offset = 0
         self.finish_reason: str | None = None
+        self.streamed_chars = 0
+        self.next_index = 0
         self._model = model
+        self._decode = decode
+        self._started: float | None = None
         self._generator = None
         if request.temperature > 0:
             self._generator = torch.Generator(device=model.device).manual_seed(request.seed)
 
     @property
+    def sequence(self) -> list[int]:
+        return self.request.input_ids[0] + self.tokens
+
+    @property
     def samples(self) -> bool:
         return self._generator is not None and self.finish_reason is None
+
+    def start(self) -> None:
+        if self._started is None:
+            self._started = time.perf_counter()
 
     def draw(self, logits: torch.Tensor) -> int:
         """A token drawn from ``logits`` at this row's temperature and top_p, with its own generator."""
@@ -604,14 +903,14 @@ class _Row:
             return int(order[torch.multinomial(sorted_probs, 1, generator=self._generator)])
         return int(torch.multinomial(probs, 1, generator=self._generator))
 
-    def append(self, token: int, *, decode: bool) -> None:
+    def append(self, token: int) -> None:
         """Take this step's token and decide whether the row is finished. ``text`` is decoded at the
-        end, or token by token when ``decode`` (streaming) or stop strings need it."""
+        end, or token by token when streaming or stop strings need it."""
         self.tokens.append(token)
         ended_by_eos = token in self._model.eos_token_ids
         at_limit = len(self.tokens) >= self.request.max_tokens
         content_end = len(self.tokens) - 1 if ended_by_eos else len(self.tokens)
-        if decode or self.request.stop:
+        if self._decode or self.request.stop:
             self._decode_increment(content_end, final=ended_by_eos or at_limit)
         elif ended_by_eos or at_limit:
             self.text = _printable(self._model.tokenizer.decode(self.tokens[:content_end], skip_special_tokens=True))
@@ -650,24 +949,24 @@ class _Row:
 
     def take_event(self) -> TokenEvent | None:
         visible = self.visible_text()
-        request = self.request
-        if len(visible) <= request.streamed_chars:
+        if len(visible) <= self.streamed_chars:
             return None
         event = TokenEvent(
-            key=request.key,
-            index=request.next_index,
-            text=visible[request.streamed_chars :],
+            key=self.request.key,
+            index=self.next_index,
+            text=visible[self.streamed_chars :],
             completion_tokens=len(self.tokens),
-            max_tokens=request.max_tokens,
+            max_tokens=self.request.max_tokens,
         )
-        request.streamed_chars = len(visible)
-        request.next_index += 1
+        self.streamed_chars = len(visible)
+        self.next_index += 1
         return event
 
-    def answer(self, compute_ms: float) -> Answer:
+    def answer(self) -> Answer:
+        """The job's result once finished; MINER_SHUTDOWN before that."""
         request = self.request
         if self.finish_reason is None:
-            return _failure(request.key, _shutdown_error(), compute_ms)
+            return self.failure(_shutdown_error())
         usage = {
             "prompt_tokens": request.prompt_tokens,
             "completion_tokens": len(self.tokens),
@@ -676,96 +975,15 @@ class _Row:
         result = {"text": self.text, "finish_reason": self.finish_reason, "usage": usage}
         if request.chat:
             result["message"] = {"role": "assistant", "content": self.text}
-        return Answer(
-            key=request.key, result=result, metrics=_metrics(request.prompt_tokens, len(self.tokens), compute_ms)
-        )
+        metrics = _metrics(request.prompt_tokens, len(self.tokens), self._compute_ms())
+        return Answer(key=request.key, result=result, metrics=metrics)
 
+    def failure(self, error: InferenceError) -> Answer:
+        return _failure(self.request.key, error, self._compute_ms())
 
-class _RowSampler(LogitsProcessor):
-    """Sampled rows: draw the token here and leave it the only finite logit, so greedy search picks
-    it. Greedy rows pass through untouched."""
-
-    def __init__(self, rows: list[_Row]):
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for index, row in enumerate(self.rows):
-            if row.samples:
-                token = row.draw(scores[index])
-                scores[index] = float("-inf")
-                scores[index, token] = 0.0
-        return scores
-
-
-class _RowStopper(StoppingCriteria):
-    """Feeds each step's tokens to the rows and reports, per row, whether it is finished; all rows
-    once ``should_stop()`` says the miner is shutting down."""
-
-    def __init__(self, rows: list[_Row], *, decode: bool, should_stop: Callable[[], bool] | None):
-        self.rows = rows
-        self.decode = decode
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        if self.should_stop is not None and self.should_stop():
-            return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)
-        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
-            if row.finish_reason is None:
-                row.append(token, decode=self.decode)
-        done = [row.finish_reason is not None for row in self.rows]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-class _TokenStreamer(BaseStreamer):
-    """Calls ``on_tokens`` once per decoding step with the new text of every row. generate() calls
-    put() after the stopping criteria, so the rows already hold this step's token."""
-
-    def __init__(self, rows: list[_Row], on_tokens: Callable[[list[TokenEvent]], None]):
-        self.rows = rows
-        self.on_tokens = on_tokens
-        self.prompt_seen = False
-
-    def put(self, value) -> None:
-        if not self.prompt_seen:  # the first put is the prompt
-            self.prompt_seen = True
-            return
-        events = [event for row in self.rows if (event := row.take_event()) is not None]
-        if not events:
-            return
-        try:
-            self.on_tokens(events)
-        except Exception:  # publishing is best-effort: it never fails the jobs
-            logger.warning("on_tokens failed; generation goes on", exc_info=True)
-
-    def end(self) -> None:
-        """Nothing is left: the last put() published the final step."""
-
-
-def _generate(model: LoadedModel, requests: list[_Request], *, on_tokens, should_stop) -> list[Answer]:
-    rows = [_Row(request, model) for request in requests]
-    input_ids, attention_mask = _pad([request.input_ids[0] for request in requests], model, left=True)
-    config = GenerationConfig(
-        do_sample=False,
-        num_beams=1,
-        repetition_penalty=1.0,  # the model's own generation_config must not add processors to any row
-        max_new_tokens=max(request.max_tokens for request in requests),
-        pad_token_id=model.pad_token_id,
-        eos_token_id=sorted(model.eos_token_ids) or None,
-    )
-    streamer = _TokenStreamer(rows, on_tokens) if on_tokens is not None else None
-    started = time.perf_counter()
-    model.model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        generation_config=config,
-        logits_processor=LogitsProcessorList([_RowSampler(rows)]),
-        stopping_criteria=StoppingCriteriaList(
-            [_RowStopper(rows, decode=streamer is not None, should_stop=should_stop)]
-        ),
-        streamer=streamer,
-    )
-    compute_ms = _elapsed_ms(started)
-    return [row.answer(compute_ms) for row in rows]
+    def _compute_ms(self) -> float:
+        """Time since the row first joined a batch: what it took to answer, not waiting to join."""
+        return 0.0 if self._started is None else _elapsed_ms(self._started)
 
 
 def _pad(sequences: list[list[int]], model: LoadedModel, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:

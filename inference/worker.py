@@ -4,11 +4,17 @@ A host loads its models once, registers itself as an in-cluster miner and heartb
 job for one of its models is committed it drains that model's queue. Two signals say so: the
 database's own announcement (``jobs.wakeup``: PostgreSQL NOTIFY, or in-process when embedded),
 which a listener thread per model waits on, and the Dramatiq message on the model's queue
-(``inference.tasks.run_inference``), which also carries housekeeping's re-sends. A drain
-claims up to ``INFERENCE_BATCH_SIZE`` jobs in one statement, runs them as one batched
-forward pass while streaming tokens to each job's channel group, completes them in one
-transaction and claims again until nothing is left. Wake-ups arriving meanwhile fold into the
-running drain, so one model never runs two batches at once in a process.
+(``inference.tasks.run_inference``), which also carries housekeeping's re-sends.
+
+A generation model's drain is one continuous batch (``engine.Generation``): between two decoding
+steps it claims as many jobs as the batch has room for, in one ``SKIP LOCKED`` statement, whenever
+a wake-up arrived or the last claim was full; they join the batch, and each job that finishes is
+completed (receipt, settlement) at once, while the others go on. Tokens stream to each job's
+channel group as they are decoded. Between steps the batch also lets go of the jobs it no longer
+holds (cancelled, or re-queued after its lease lapsed). An embedding model's drain claims up to
+``INFERENCE_BATCH_SIZE`` jobs, runs them as one batch, completes them in one transaction and
+claims again. Wake-ups arriving meanwhile fold into the running drain, so one model never runs two
+batches at once in a process.
 """
 
 import logging
@@ -25,6 +31,7 @@ from inference import engine
 from inference.selectors import catalog_entry, model_spec
 from jobs import events, wakeup
 from jobs.models import Job
+from jobs.selectors import leases_held
 from jobs.services import TRUSTED_BLAMELESS_ERRORS, Outcome, job_claim, job_fail, jobs_complete
 from miners.capabilities import Capabilities
 from miners.models import Miner
@@ -47,6 +54,12 @@ class _Drain:
     lock: threading.Lock = field(default_factory=threading.Lock)
     running: bool = False
     pending: bool = False
+
+    def take_pending(self) -> bool:
+        """Whether a wake-up came since the last call."""
+        with self.lock:
+            pending, self.pending = self.pending, False
+        return pending
 
 
 class ClusterHost:
@@ -157,9 +170,9 @@ class ClusterHost:
     # --- work ----------------------------------------------------------------------------
 
     def drain(self, model_name: str) -> int:
-        """Run ``model_name``'s queued jobs until none is left; returns how many ran here.
+        """Run ``model_name``'s queued jobs until none is left; returns how many it claimed.
 
-        A call while another thread drains the model only asks that thread for one more pass.
+        A call while another thread drains the model only asks that thread to claim again.
         """
         state = self._drains.get(model_name)
         if state is None or self.stopping:
@@ -169,42 +182,94 @@ class ClusterHost:
                 state.pending = True
                 return 0
             state.running = True
-        ran = 0
+        if self.models[model_name].spec.task in engine.GENERATION_TASKS:
+            run = self._run_continuously
+        else:
+            run = self._run_in_batches
+        claimed = 0
         try:
             while True:
-                with state.lock:
-                    state.pending = False
-                ran += self._drain_pass(model_name)
+                state.take_pending()
+                claimed += run(model_name, state)
                 with state.lock:
                     if not state.pending or self.stopping:
                         state.running = False
-                        return ran
+                        return claimed
         except BaseException:
             with state.lock:
                 state.running = False
             raise
 
-    def _drain_pass(self, model_name: str) -> int:
-        ran = 0
+    def _run_continuously(self, model_name: str, state: _Drain) -> int:
+        """One continuous batch of ``model_name``'s jobs, until the queue is empty and the batch is done."""
+        claimed = 0
+        leased: dict[str, Job] = {}
+        batch = engine.Generation(
+            self.models[model_name],
+            capacity=self.batch_size,
+            on_tokens=events.publish_token_events,
+            should_stop=self._stopping.is_set,
+        )
+        more_queued = True
+        try:
+            with batch:
+                while True:
+                    if not self.stopping and batch.room and (more_queued or state.take_pending()):
+                        room = batch.room
+                        jobs = job_claim(miner=self.miner, limit=room, models=[model_name])
+                        more_queued = len(jobs) == room
+                        claimed += len(jobs)
+                        self._hold(leased, jobs)
+                        self._report(leased, batch.add([(str(job.pk), job.payload) for job in jobs]))
+                        if not batch and more_queued:  # every job claimed failed at once: claim the next ones
+                            continue
+                    if not batch:
+                        return claimed
+                    self._report(leased, self._step(batch))
+                    self._let_go_of_lost_leases(batch, leased)
+        finally:  # a database error ends the drain: the jobs left go back to the queue when their leases lapse
+            self._forget(leased, list(leased))
+
+    def _step(self, batch: engine.Generation) -> list[engine.Answer]:
+        try:
+            return batch.step()
+        except Exception as error:  # the engine answers per job; this is a fault in the engine itself
+            logger.exception("a step of %d %s jobs failed", len(batch), batch.model.spec.name)
+            failure = engine.InferenceError("INFERENCE_FAILED", f"Inference failed: {error}"[:500])
+            keys = batch.keys
+            batch.drop(keys)
+            return [engine.Answer(key=key, result=None, metrics={}, error=failure) for key in keys]
+
+    def _let_go_of_lost_leases(self, batch: engine.Generation, leased: dict[str, Job]) -> None:
+        """Take out of the batch the jobs this miner no longer holds (cancelled, re-queued after a
+        lapsed lease): computing them further would be wasted, their results refused."""
+        if not batch:
+            return
+        held = leases_held(miner=self.miner, leases={key: leased[key].lease_token for key in batch.keys})
+        lost = [key for key in batch.keys if key not in held]
+        if lost:
+            logger.info("%d %s jobs left the batch: no longer this miner's", len(lost), batch.model.spec.name)
+            batch.drop(lost)
+            self._forget(leased, lost)
+
+    def _run_in_batches(self, model_name: str, state: _Drain) -> int:
+        claimed = 0
         while not self.stopping:
             jobs = job_claim(miner=self.miner, limit=self.batch_size, models=[model_name])
             if not jobs:
                 break
             self.run_batch(model_name, jobs)
-            ran += len(jobs)
-        return ran
+            claimed += len(jobs)
+        return claimed
 
     def run_batch(self, model_name: str, jobs: list[Job]) -> None:
         """Run claimed jobs as one batch, then complete or fail each under its lease."""
-        with self._inflight_lock:
-            self._inflight.update({str(job.pk): job for job in jobs})
+        leased: dict[str, Job] = {}
+        self._hold(leased, jobs)
         try:
-            answers = self._execute(model_name, jobs)
-            self._report(jobs, answers)
+            self._report(leased, self._execute(model_name, jobs))
         finally:
-            with self._inflight_lock:
-                for job in jobs:
-                    self._inflight.pop(str(job.pk), None)
+            self._forget(leased, list(leased))
 
     def _execute(self, model_name: str, jobs: list[Job]) -> list[engine.Answer]:
         items = [(str(job.pk), job.payload) for job in jobs]
@@ -220,32 +285,51 @@ class ClusterHost:
             failure = engine.InferenceError("INFERENCE_FAILED", f"Inference failed: {error}"[:500])
             return [engine.Answer(key=key, result=None, metrics={}, error=failure) for key, _ in items]
 
-    def _report(self, jobs: list[Job], answers: list[engine.Answer]) -> None:
-        by_key = {str(job.pk): job for job in jobs}
-        outcomes = [
-            Outcome(
-                job_id=answer.key,
-                result=answer.result,
-                metrics=answer.metrics,
-                lease_token=by_key[answer.key].lease_token,
-                job=by_key[answer.key],
-            )
-            for answer in answers
-            if answer.error is None
-        ]
-        if outcomes:
-            jobs_complete(miner=self.miner, outcomes=outcomes)
-        for answer in answers:
-            if answer.error is not None:
-                with suppress(ServiceError):  # the lease lapsed meanwhile: the job is someone else's now
-                    job_fail(
-                        job_id=answer.key,
-                        miner=self.miner,
-                        error_code=answer.error.code,
-                        error_message=answer.error.message,
-                        lease_token=by_key[answer.key].lease_token,
-                        blame=answer.error.code not in TRUSTED_BLAMELESS_ERRORS,
-                    )
+    def _hold(self, leased: dict[str, Job], jobs: list[Job]) -> None:
+        """Count ``jobs`` as running here: heartbeats extend their leases."""
+        held = {str(job.pk): job for job in jobs}
+        leased.update(held)
+        with self._inflight_lock:
+            self._inflight.update(held)
+
+    def _forget(self, leased: dict[str, Job], keys: list[str]) -> None:
+        with self._inflight_lock:
+            for key in keys:
+                self._inflight.pop(key, None)
+        for key in keys:
+            leased.pop(key, None)
+
+    def _report(self, leased: dict[str, Job], answers: list[engine.Answer]) -> None:
+        """Complete (in one transaction) or fail each answered job under its lease, and forget it."""
+        if not answers:
+            return
+        try:
+            outcomes = [
+                Outcome(
+                    job_id=answer.key,
+                    result=answer.result,
+                    metrics=answer.metrics,
+                    lease_token=leased[answer.key].lease_token,
+                    job=leased[answer.key],
+                )
+                for answer in answers
+                if answer.error is None
+            ]
+            if outcomes:
+                jobs_complete(miner=self.miner, outcomes=outcomes)
+            for answer in answers:
+                if answer.error is not None:
+                    with suppress(ServiceError):  # the lease lapsed meanwhile: the job is someone else's now
+                        job_fail(
+                            job_id=answer.key,
+                            miner=self.miner,
+                            error_code=answer.error.code,
+                            error_message=answer.error.message,
+                            lease_token=leased[answer.key].lease_token,
+                            blame=answer.error.code not in TRUSTED_BLAMELESS_ERRORS,
+                        )
+        finally:
+            self._forget(leased, [answer.key for answer in answers])
 
 
 _host: ClusterHost | None = None

@@ -163,3 +163,10 @@ def active_job_counts() -> dict[str, int]:
 def models_with_queued_jobs(models) -> set[str]:
     """Those of ``models`` that have a job waiting (one index probe each)."""
     return {model for model in models if Job.objects.filter(status=JobStatus.QUEUED, model=model).exists()}
+
+
+def leases_held(*, miner: Miner, leases: dict[str, str]) -> set[str]:
+    """The job ids of ``leases`` (job id → lease token) that ``miner`` still runs under that token:
+    the others were cancelled, re-queued or leased again meanwhile."""
+    running = Job.objects.filter(pk__in=list(leases), miner=miner, status=JobStatus.RUNNING)
+    return {str(pk) for pk, token in running.values_list("pk", "lease_token") if token == leases[str(pk)]}

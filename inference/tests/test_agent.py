@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from inference import engine
 from inference.agent import AgentError, MinerAgent
 from inference.tests.conftest import TINY
 from jobs.models import Job, JobStatus
@@ -60,6 +61,34 @@ def test_agent_completes_a_job_against_a_live_server(live_server, tiny_model, cl
     assert client_api.get(f"/v1/jobs/{job_id}/receipt").status_code == 200
 
 
+def test_a_job_polled_while_another_runs_joins_its_batch_and_is_answered_first(
+    live_server, tiny_model, client_api, miner_key, tmp_path, monkeypatch
+):
+    step = engine.Generation.step
+
+    def slow_step(batch):  # 20 ms a step: the long job takes 20 s
+        time.sleep(0.02)
+        return step(batch)
+
+    monkeypatch.setattr(engine.Generation, "step", slow_step)
+    agent = MinerAgent(
+        url=live_server.url, api_key=miner_key, models=[TINY], miner_id="agent-5",
+        poll_wait=1, heartbeat_seconds=1, cache_dir=tmp_path, batch_size=4,
+    )  # fmt: skip
+    runner = threading.Thread(target=agent.run)
+    runner.start()
+    try:
+        long_id = submit(client_api, max_tokens=1000)
+        assert wait_for(lambda: Job.objects.get(pk=long_id).status == JobStatus.RUNNING)
+        short_id = submit(client_api, "A miner claims", max_tokens=4)
+        assert wait_for(lambda: Job.objects.get(pk=short_id).status == JobStatus.COMPLETED, timeout=15)
+        assert Job.objects.get(pk=long_id).status == JobStatus.RUNNING
+    finally:
+        agent.abort()
+        runner.join(timeout=60)
+    assert Job.objects.get(pk=long_id).error_code == "MINER_SHUTDOWN"
+
+
 def test_agent_registers_what_it_serves(live_server, tiny_model, miner_key, tmp_path):
     agent = MinerAgent(url=live_server.url, api_key=miner_key, models=[TINY], miner_id="agent-2", cache_dir=tmp_path)
     agent.load_models()
@@ -104,7 +133,7 @@ def run_until_job_is_running(live_server, client_api, key, tmp_path, *extra):
     return process.returncode, output, Job.objects.get(pk=job_id)
 
 
-def test_sigterm_finishes_the_running_batch_then_exits(live_server, tiny_model, client_api, miner_key, tmp_path):
+def test_sigterm_finishes_the_running_jobs_then_exits(live_server, tiny_model, client_api, miner_key, tmp_path):
     returncode, output, job = run_until_job_is_running(live_server, client_api, miner_key, tmp_path)
     assert returncode == 0, output
     assert job.status == JobStatus.COMPLETED

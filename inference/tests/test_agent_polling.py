@@ -38,8 +38,8 @@ def test_a_poll_answered_by_a_stopping_coordinator_is_made_again_and_waits_out_i
     agent, seen = agent_answered(
         [httpx.Response(204), refused, refused, refused, refused, httpx.Response(502), httpx.Response(200, json=LEASED)]
     )
-    assert agent.poll() == []
-    assert agent.poll() == [LEASED]
+    assert agent.poll(8) == []
+    assert agent.poll(8) == [LEASED]
     assert seen == ["/v1/miners/poll"] * 7
 
 
@@ -47,7 +47,7 @@ def test_a_poll_waiting_for_the_coordinator_ends_when_the_agent_stops():
     refused = httpx.ConnectError("connection refused")
     agent, _ = agent_answered(iter(lambda: refused, None))
     threading.Timer(0.2, agent.stop).start()
-    assert agent.poll() == []
+    assert agent.poll(8) == []
 
 
 def test_other_requests_still_give_up_after_their_retries():

@@ -188,6 +188,117 @@ def test_params_at_the_payload_top_level_are_read_and_params_wins(text_model):
     assert run_one(text_model, both).metrics["completion_tokens"] == 6
 
 
+# --- continuous batching -----------------------------------------------------------------------
+
+
+def record_forward_rows(model, monkeypatch, *, fail_above: int | None = None, error: Exception | None = None):
+    """Record the shape (rows, tokens) of every forward pass of ``model``; passes over more than
+    ``fail_above`` rows raise ``error`` instead."""
+    real_forward, shapes = model.model.forward, []
+
+    def forward(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        if fail_above is not None and len(kwargs["input_ids"]) > fail_above:
+            raise error
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "forward", forward)
+    return shapes
+
+
+def steps_until_answered(batch) -> tuple[int, list[Answer]]:
+    steps = 0
+    while True:
+        steps += 1
+        if answers := batch.step():
+            return steps, answers
+
+
+@pytest.mark.parametrize(("running", "joining"), [(1, 0), (2, 1)], ids=["shorter-prompt-joins", "longer-prompt-joins"])
+def test_a_job_joins_the_running_batch_and_leaves_it_answered_as_soon_as_it_ends(
+    text_model, monkeypatch, running, joining
+):
+    long, short = generation(PROMPTS[running], max_tokens=30), generation(PROMPTS[joining], max_tokens=3)
+    long_alone, short_alone = run_one(text_model, long).result, run_one(text_model, short).result
+    shapes = record_forward_rows(text_model, monkeypatch)
+    events = []
+
+    with engine.Generation(text_model, capacity=4, on_tokens=events.extend) as batch:
+        batch.add([("long", long)])
+        for _ in range(4):
+            assert batch.step() == []
+        batch.add([("short", short)])
+        steps, [short_answer] = steps_until_answered(batch)
+        assert batch.keys == ["long"]
+        rest = []
+        while batch:
+            rest += batch.step()
+
+    # The prefill gives the first token and the step's decoding the second: 3 tokens in 2 steps.
+    assert (short_answer.key, steps) == ("short", 2)
+    assert short_answer.result == short_alone
+    assert [answer.result for answer in rest] == [long_alone]
+    assert shapes[5][0] == 1 and shapes[6] == (2, 1), "the newcomer is prefilled alone, then decodes with the batch"
+    short_events = [event for event in events if event.key == "short"]
+    assert [event.index for event in short_events] == list(range(len(short_events)))
+    assert "".join(event.text for event in short_events) == short_alone["text"]
+
+
+def test_a_sampled_job_joining_mid_flight_draws_the_same_text_as_alone(text_model):
+    sampled = generation(PROMPTS[3], temperature=1.0, top_p=0.9, seed=11, max_tokens=12)
+    alone = text_of(run_one(text_model, sampled))
+
+    with engine.Generation(text_model, capacity=2) as batch:
+        batch.add([("greedy", generation(PROMPTS[1], max_tokens=40))])
+        batch.step()
+        batch.add([("sampled", sampled)])
+        answers = []
+        while batch:
+            answers += batch.step()
+
+    assert text_of(next(answer for answer in answers if answer.key == "sampled")) == alone
+
+
+def test_room_counts_running_and_waiting_jobs_but_not_refused_ones(text_model):
+    with engine.Generation(text_model, capacity=3) as batch:
+        [refused] = batch.add([("a", generation(PROMPTS[0], max_tokens=20)), ("bad", generation("x", top_p=0))])
+        assert refused.error.code == "INVALID_PARAMS"
+        assert batch.room == 2
+        batch.step()
+        batch.add([("b", generation(PROMPTS[1], max_tokens=20)), ("c", generation(PROMPTS[2], max_tokens=20))])
+        assert (batch.room, len(batch)) == (0, 3)
+
+
+def test_a_dropped_job_leaves_the_batch_without_an_answer(text_model):
+    kept = generation(PROMPTS[0], max_tokens=8)
+
+    with engine.Generation(text_model, capacity=3) as batch:
+        batch.add([("cancelled", generation(PROMPTS[1], max_tokens=20)), ("kept", kept)])
+        batch.step()
+        batch.drop(["cancelled"])
+        assert batch.keys == ["kept"]
+        answers = []
+        while batch:
+            answers += batch.step()
+
+    assert [(answer.key, answer.result) for answer in answers] == [("kept", run_one(text_model, kept).result)]
+
+
+def test_capacity_halved_by_out_of_memory_comes_back_once_the_batch_empties(text_model, monkeypatch):
+    record_forward_rows(text_model, monkeypatch, fail_above=2, error=torch.OutOfMemoryError("out of memory"))
+
+    with engine.Generation(text_model, capacity=4) as batch:
+        batch.add([(str(i), generation(PROMPTS[i], max_tokens=5)) for i in range(4)])
+        batch.step()
+        assert (batch.capacity, batch.room) == (2, 0)
+        answers = []
+        while batch:
+            answers += batch.step()
+        assert batch.capacity == 4
+
+    assert all(answer.error is None for answer in answers) and len(answers) == 4
+
+
 # --- streaming ----------------------------------------------------------------------------------
 
 
@@ -305,30 +416,23 @@ def test_a_generation_job_on_an_embedding_model_is_unsupported(embedding_model):
     assert run_one(embedding_model, generation("hi")).error.code == "UNSUPPORTED_TASK"
 
 
-def test_an_out_of_memory_batch_is_retried_in_halves(text_model, monkeypatch):
+def test_an_out_of_memory_batch_goes_on_in_halves(text_model, monkeypatch):
     payloads = [(str(i), generation(PROMPTS[i % 4], temperature=0, max_tokens=4 + i)) for i in range(5)]
     expected = [run_one(text_model, payload).result for _, payload in payloads]
-    real_generate, batch_sizes = text_model.model.generate, []
-
-    def generate_that_fits_two(*args, **kwargs):
-        batch_sizes.append(len(kwargs["input_ids"]))
-        if len(kwargs["input_ids"]) > 2:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_generate(*args, **kwargs)
-
-    monkeypatch.setattr(text_model.model, "generate", generate_that_fits_two)
+    error = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    shapes = record_forward_rows(text_model, monkeypatch, fail_above=2, error=error)
 
     answers = engine.execute(text_model, payloads)
 
     assert [answer.result for answer in answers] == expected
-    assert batch_sizes == [5, 2, 3, 1, 2]
+    rows_tried = [rows for rows, _ in shapes]
+    # Prefilled as 2 + 1 + 2; decoding 5 runs out of memory, so 2 go on and 3 wait for room.
+    assert rows_tried[:7] == [5, 2, 3, 1, 2, 5, 2]
+    assert max(rows_tried[7:]) <= 2
 
 
 def test_an_item_out_of_memory_even_alone_gets_out_of_memory(text_model, monkeypatch):
-    def generate_out_of_memory(*args, **kwargs):
-        raise RuntimeError("CUDA error: out of memory")
-
-    monkeypatch.setattr(text_model.model, "generate", generate_out_of_memory)
+    record_forward_rows(text_model, monkeypatch, fail_above=0, error=RuntimeError("CUDA error: out of memory"))
 
     answers = engine.execute(text_model, [("a", generation("x")), ("b", generation("y"))])
 
@@ -336,10 +440,7 @@ def test_an_item_out_of_memory_even_alone_gets_out_of_memory(text_model, monkeyp
 
 
 def test_any_other_batch_failure_is_inference_failed_for_each_item(text_model, monkeypatch):
-    def broken_generate(*args, **kwargs):
-        raise ValueError("shapes do not match\nlong details")
-
-    monkeypatch.setattr(text_model.model, "generate", broken_generate)
+    record_forward_rows(text_model, monkeypatch, fail_above=0, error=ValueError("shapes do not match\nlong details"))
 
     answers = engine.execute(text_model, [("a", generation("x")), ("b", generation("y"))])
 
@@ -368,7 +469,7 @@ def test_should_stop_aborts_unfinished_items_with_miner_shutdown(text_model):
 
 
 def test_should_stop_before_the_batch_runs_nothing(text_model, monkeypatch):
-    monkeypatch.setattr(text_model.model, "generate", pytest.fail)
+    monkeypatch.setattr(text_model.model, "forward", pytest.fail)
 
     answer = run_one(text_model, generation("x"), should_stop=lambda: True)
 

@@ -44,25 +44,105 @@ def test_drained_job_completes_with_text_usage_and_receipt(cluster_host, client_
     assert Receipt.objects.filter(job=job).exists()
 
 
-def test_queued_jobs_of_a_model_run_as_one_batch_with_one_by_one_outputs(cluster_host, client_api, monkeypatch):
+def test_queued_jobs_of_a_model_join_one_batch_with_one_by_one_outputs(cluster_host, client_api, monkeypatch):
     prompts = ["The coordinator", "A miner claims", "Receipts are signed with Ed25519", "Clients"]
     jobs = [submit(client_api.user, prompt, max_tokens=6 + i) for i, prompt in enumerate(prompts)]
-    batches = []
-    execute = engine.execute
+    joined = []
+    add = engine.Generation.add
 
-    def recording(model, items, **kwargs):
-        batches.append(len(items))
-        return execute(model, items, **kwargs)
+    def recording(batch, items):
+        joined.append(len(items))
+        return add(batch, items)
 
-    monkeypatch.setattr(engine, "execute", recording)
+    monkeypatch.setattr(engine.Generation, "add", recording)
     cluster_host.drain(TINY)
-    assert batches == [4]
+    assert [count for count in joined if count] == [4]
 
     model = cluster_host.models[TINY]
     for job in jobs:
         job.refresh_from_db()
-        alone = execute(model, [(str(job.pk), job.payload)])[0]
+        alone = engine.execute(model, [(str(job.pk), job.payload)])[0]
         assert job.result["text"] == alone.result["text"]
+
+
+def watch_steps(monkeypatch, before=None, after=None):
+    """Call ``before(batch, n)`` and ``after(batch, n)`` around the n-th step (from 1) of every batch."""
+    step, count = engine.Generation.step, [0]
+
+    def watched(batch):
+        count[0] += 1
+        if before is not None:
+            before(batch, count[0])
+        answers = step(batch)
+        if after is not None:
+            after(batch, count[0])
+        return answers
+
+    monkeypatch.setattr(engine.Generation, "step", watched)
+
+
+def test_each_job_is_completed_as_soon_as_it_finishes_while_the_others_go_on(cluster_host, client_api, monkeypatch):
+    short, long = submit(client_api.user, max_tokens=2), submit(client_api.user, "A miner claims", max_tokens=30)
+    seen = []
+
+    def record(batch, n):
+        statuses = dict(Job.objects.filter(pk__in=[short.pk, long.pk]).values_list("pk", "status"))
+        seen.append((statuses[short.pk], statuses[long.pk], sorted(cluster_host._inflight), sorted(batch.keys)))
+
+    watch_steps(monkeypatch, before=record)
+    cluster_host.drain(TINY)
+
+    # The first step gives two tokens (the prefill's and the first decoding step's): before the
+    # second, the short job is completed and the long one still runs.
+    assert seen[1] == (JobStatus.COMPLETED, JobStatus.RUNNING, [str(long.pk)], [str(long.pk)])
+    assert Receipt.objects.filter(job=short).exists()
+    assert Job.objects.get(pk=long.pk).status == JobStatus.COMPLETED
+    assert cluster_host._inflight == {}
+
+
+def test_a_job_submitted_while_another_decodes_joins_its_batch(cluster_host, client_api, monkeypatch):
+    long = submit(client_api.user, "A miner claims", max_tokens=40)
+    joined = {}
+
+    def submit_a_short_job_at_step_3(batch, n):
+        if n == 3:
+            joined["job"] = submit(client_api.user, max_tokens=3)
+            assert cluster_host.drain(TINY) == 0  # the wake-up, as the listener delivers it mid-drain
+        done = "job" in joined and Job.objects.get(pk=joined["job"].pk).status == JobStatus.COMPLETED
+        if done and "done_at" not in joined:
+            joined["done_at"] = n
+            joined["long_then"] = Job.objects.get(pk=long.pk).status
+
+    watch_steps(monkeypatch, before=submit_a_short_job_at_step_3)
+    assert cluster_host.drain(TINY) == 2
+
+    # Announced during step 3, it is claimed right after it, joins at step 4, has its 3 tokens
+    # after step 5 and is completed before step 6, while the long job still decodes.
+    assert (joined["done_at"], joined["long_then"]) == (6, JobStatus.RUNNING)
+    model = cluster_host.models[TINY]
+    for job in (long, joined["job"]):
+        job.refresh_from_db()
+        assert job.result["text"] == engine.execute(model, [("alone", job.payload)])[0].result["text"]
+
+
+def test_a_cancelled_job_leaves_the_batch_at_the_next_step(cluster_host, client_api, monkeypatch):
+    from jobs.services import job_cancel
+
+    cancelled, kept = submit(client_api.user, max_tokens=40), submit(client_api.user, "A miner claims", max_tokens=20)
+    keys_after = {}
+
+    def cancel_at_step_2(batch, n):
+        if n == 2:
+            job_cancel(job_id=cancelled.pk)
+
+    watch_steps(monkeypatch, before=cancel_at_step_2, after=lambda batch, n: keys_after.setdefault(n, batch.keys))
+    cluster_host.drain(TINY)
+
+    assert keys_after[1] == [str(cancelled.pk), str(kept.pk)]
+    assert keys_after[3] == [str(kept.pk)]
+    assert Job.objects.get(pk=cancelled.pk).status == JobStatus.CANCELLED
+    assert Job.objects.get(pk=kept.pk).status == JobStatus.COMPLETED
+    assert not FailedAttempt.objects.exists()
 
 
 def test_the_worker_claims_only_jobs_for_the_models_it_loaded(cluster_host, client_api):
@@ -89,29 +169,24 @@ def test_an_input_too_long_fails_the_job_with_its_error_code(cluster_host, clien
 
 
 def test_an_engine_fault_fails_the_attempt_and_requeues(cluster_host, client_api, monkeypatch):
-    def broken(*args, **kwargs):
+    def broken(batch):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setattr(engine, "execute", broken)
+    monkeypatch.setattr(engine.Generation, "step", broken)
     job = submit(client_api.user)
-    cluster_host.run_batch(TINY, job_claim(miner=cluster_host.miner, limit=1, models=[TINY]))
+    cluster_host.drain(TINY)
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED
     assert job.error_code == "INFERENCE_FAILED"
     assert "kernel exploded" in job.error_message
     assert FailedAttempt.objects.get().miner == cluster_host.miner
+    assert cluster_host._inflight == {}
 
 
 def test_stopping_the_host_hands_a_running_batch_back_to_the_queue(cluster_host, client_api, monkeypatch):
-    execute = engine.execute
-
-    def stop_midway(model, items, **kwargs):
-        cluster_host.stop()
-        return execute(model, items, **kwargs)
-
-    monkeypatch.setattr(engine, "execute", stop_midway)
+    watch_steps(monkeypatch, before=lambda batch, n: n == 2 and cluster_host.stop())
     job = submit(client_api.user, max_tokens=500)
-    cluster_host.run_batch(TINY, job_claim(miner=cluster_host.miner, limit=1, models=[TINY]))
+    cluster_host.drain(TINY)
     job.refresh_from_db()
     assert job.status == JobStatus.QUEUED
     assert job.error_code == "MINER_SHUTDOWN"

@@ -14,8 +14,8 @@ from inference.agent import AgentError, MinerAgent
 class Command(BaseCommand):
     help = (
         "Join a coordinator as a GPU miner over HTTP: load the named catalog models, register, "
-        "long-poll for jobs, run them and post the results. SIGTERM finishes the running batch "
-        "(within --grace seconds, else hands it back) and exits."
+        "long-poll for jobs, run them and post the results. SIGTERM stops polling, finishes the running "
+        "jobs (within --grace seconds, else hands them back) and exits."
     )
 
     def add_arguments(self, parser):
@@ -25,7 +25,9 @@ class Command(BaseCommand):
             "--models", required=True, help="Comma-separated catalog names, e.g. smollm2-135m,minilm-l6"
         )
         parser.add_argument("--miner-id", default=socket.gethostname())
-        parser.add_argument("--batch-size", type=int, default=8, help="Jobs run in one forward pass.")
+        parser.add_argument(
+            "--batch-size", type=int, default=8, help="Most jobs run at once (they decode as one batch)."
+        )
         parser.add_argument("--poll-wait", type=float, default=15, help="Long-poll seconds.")
         parser.add_argument("--heartbeat", type=float, default=20, help="Seconds between heartbeats.")
         parser.add_argument(
@@ -35,7 +37,7 @@ class Command(BaseCommand):
         parser.add_argument("--cache-dir", default=str(settings.MODEL_CACHE_DIR))
         parser.add_argument("--region", default="")
         parser.add_argument("--price", default=None, help="Price per job unit you ask (AITBC).")
-        parser.add_argument("--grace", type=float, default=30, help="Seconds a SIGTERM waits for the running batch.")
+        parser.add_argument("--grace", type=float, default=30, help="Seconds a SIGTERM waits for the running jobs.")
         parser.add_argument("--max-jobs", type=int, default=None, help="Exit after answering this many jobs.")
 
     def handle(self, *args, **options):
@@ -64,7 +66,7 @@ class Command(BaseCommand):
             if agent.stopping:  # a second signal: don't wait any longer
                 agent.abort()
                 return
-            self.stderr.write(f"stopping: finishing the running batch (up to {options['grace']:g} s)")
+            self.stderr.write(f"stopping: finishing the running jobs (up to {options['grace']:g} s)")
             agent.stop()
             timer = threading.Timer(options["grace"], agent.abort)
             timer.daemon = True
