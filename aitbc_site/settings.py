@@ -327,11 +327,10 @@ MODEL_CATALOG_CACHE_SECONDS = env_int("MODEL_CATALOG_CACHE_SECONDS", 5, minimum=
 RECEIPT_TRUSTED_KEY_IDS = env_list("RECEIPT_TRUSTED_KEY_IDS")
 # At most this many receipts and ledger transactions go into one block.
 BLOCK_MAX_LEAVES = env_int("BLOCK_MAX_LEAVES", 1000, minimum=1)
-# One housekeeping run seals at most this many blocks; the next run goes on.
+# One housekeeping run seals at most this many blocks, and starts no block after this many
+# seconds (its actor's time limit is three times that); the next run goes on.
 BLOCK_MAX_BLOCKS_PER_RUN = env_int("BLOCK_MAX_BLOCKS_PER_RUN", 100, minimum=1)
-# How far behind the newest sealed item sealing looks for items that committed late.
-BLOCK_SEAL_LOOKBACK_SECONDS = env_int("BLOCK_SEAL_LOOKBACK_SECONDS", 120, minimum=0)
-BLOCK_LEDGER_LOOKBACK_ROWS = env_int("BLOCK_LEDGER_LOOKBACK_ROWS", 1000, minimum=0)
+BLOCK_SEAL_RUN_SECONDS = env_int("BLOCK_SEAL_RUN_SECONDS", 20, minimum=1)
 EXPLORER_STATS_CACHE_SECONDS = env_int("EXPLORER_STATS_CACHE_SECONDS", 5, minimum=0)
 
 # --- Exchange: buying AITBC with Bitcoin -------------------------------------------------

@@ -163,7 +163,7 @@ def receipt_floor() -> dict:
     job = Job.objects.first()
     job.status, job.completed_at, job.started_at = JobStatus.COMPLETED, timezone.now(), timezone.now()
     job.result, job.usage = {"output": "hello there"}, {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
-    jobs = [(copy.copy(job), "bench-miner", "bench-client") for _ in range(100)]
+    jobs = [(copy.copy(job), "bench-miner") for _ in range(100)]
     message = receipts_sign(completed=jobs[:1])[0].signed_json.encode()
     runs = 20
     sign_receipts = min(timeit.repeat(lambda: receipts_sign(completed=jobs), number=1, repeat=runs)) / len(jobs)

@@ -27,10 +27,10 @@
 2. Sealing: every leaf already waiting is sealed first; then ``--leaves`` (10,000)
    ``treasury_mint`` calls (batches of 500 per transaction) make that many real ledger
    transactions, and one ``explorer.services.block_seal`` with ``BLOCK_MAX_LEAVES`` = that
-   number seals them (read through ``payments.selectors.ledger_transactions_unsealed`` /
-   ``transaction_document``). Reported: seconds and leaves/s, with the time split by leaf
-   source (the look before the lock and the read under it), Merkle root and the rest (header,
-   signature, BlockLeaf insert, commit); then ``verify_chain``'s check
+   number seals them (read through ``payments.selectors.transaction_documents``). Reported:
+   seconds and leaves/s, with the time split into the leaf sources' reads, the Merkle root and
+   the rest (the waiting list, header, signature, BlockLeaf insert, commit); then
+   ``verify_chain``'s check
    (``explorer.selectors.chain_problems``) over the whole chain and over that block alone.
 
     .venv/bin/python bench/money.py [--iterations 2000] [--warmup 100] [--leaves 10000] [--profile]
@@ -260,10 +260,8 @@ def complete(variant: str, job, miner) -> None:
     if variant == "A":
         outcome = Outcome(job_id=job.id, result=RESULT, metrics={}, lease_token=job.lease_token)
         now = timezone.now()
-        held = [
-            (_completed(read, outcome, miner=miner, now=now), read.client.username) for read in _leased(miner, [job.id])
-        ]
-        receipts = receipts_sign(completed=[(job, miner.miner_id, client) for job, client in held])
+        held = [_completed(read, outcome, miner=miner, now=now) for read in _leased(miner, [job.id])]
+        receipts = receipts_sign(completed=[(job, miner.miner_id) for job in held])
         done = _store_completions(held, receipts, miner=miner, now=now)
         if len(done) != 1:
             raise RuntimeError(f"bare completion of {job.id} changed {len(done)} rows")
@@ -489,7 +487,9 @@ def sealing_phase(args) -> dict:
 
     log("sealing what waits first (receipts and ledger transactions of phase 1)")
     t0 = time.perf_counter()
-    before = services.blocks_seal_pending(full_scan=True)
+    before = []
+    while sealed := services.blocks_seal_pending():
+        before += sealed
     pre = {
         "blocks": len(before),
         "leaves": sum(b.tx_count for b in before),
@@ -512,22 +512,20 @@ def sealing_phase(args) -> dict:
     reads: list[dict] = []
     undo = []
     for source in LEAF_SOURCES:
-        original = source.pending
+        original = source.current
 
-        def pending(*a, _original=original, _kind=source.kind, **kw):
+        def current(refs, _original=original, _kind=source.kind):
             t = time.perf_counter()
-            found = []
+            found = {}
             try:
-                found = _original(*a, **kw)
+                found = _original(refs)
                 return found
             finally:
                 took = time.perf_counter() - t
-                # The first call of each source (limit 1) is block_seal's look before taking the lock.
-                step = "look_before_lock" if kw.get("limit") == 1 else "under_lock"
-                split[f"read_{_kind}s_{step}"] += took
-                reads.append({"source": str(_kind), "limit": kw.get("limit"), "found": len(found), "ms": took * 1000})
+                split[f"read_{_kind}s"] += took
+                reads.append({"source": str(_kind), "refs": len(refs), "found": len(found), "ms": took * 1000})
 
-        source.pending = pending
+        source.current = current
         undo.append(source)
     original_root = merkle.root
 
@@ -547,10 +545,12 @@ def sealing_phase(args) -> dict:
     finally:
         merkle.root = original_root
         for source in undo:
-            del source.pending
+            del source.current
     leaves = block.tx_count if block else 0
     split_ms = {k: round(v * 1000, 1) for k, v in split.items()}
-    split_ms["block_header_sign_leaf_insert_commit_rest"] = round(seal_s * 1000 - sum(split.values()) * 1000, 1)
+    split_ms["waiting_list_block_header_sign_leaf_insert_commit_rest"] = round(
+        seal_s * 1000 - sum(split.values()) * 1000, 1
+    )
     log(f"  sealed block {block.height if block else None}: {leaves} leaves in {seal_s:.2f}s")
 
     log("verify_chain")

@@ -156,6 +156,7 @@ class JobDetailView(SignedInMixin, TemplateView):
             raise Http404("No such job.")
         receipt = selectors.latest_receipt_of_job(job=job)
         document = receipt.served_document() if receipt else None
+        opening = receipt.opening if receipt else None
         return {
             **super().get_context_data(**kwargs),
             "job": job,
@@ -164,6 +165,10 @@ class JobDetailView(SignedInMixin, TemplateView):
             "embedding": _embedding_summary(job.result),
             "receipt": document,
             "receipt_pretty": json.dumps(document, indent=2, sort_keys=True) if document else "",
+            "opening": opening,
+            "opening_pretty": json.dumps(opening, indent=2, sort_keys=True) if opening else "",
+            # What the receipt commits to, for the page's verifier and the bundle it offers.
+            "contents": {"payload": job.payload, "result": job.result},
             "live": job.status in JobStatus.ACTIVE,
         }
 
@@ -301,5 +306,5 @@ class ReceiptListView(TemplateView):
 
     def get_context_data(self, **kwargs):
         page = _page(self.request, explorer.explorer_receipts())
-        rows = [{"receipt": receipt, "document": receipt.served_document()} for receipt in page]
+        rows = [{"receipt": receipt, "document": receipt.public_document()} for receipt in page]
         return {**super().get_context_data(**kwargs), "page": page, "rows": rows}

@@ -8,12 +8,19 @@ GENESIS_PREV_HASH = "0" * 64
 
 
 class Receipt(models.Model):
-    """A signed receipt for a completed job. The signed JSON is stored byte for byte."""
+    """A signed receipt for a completed job. The signed JSON is stored byte for byte.
+
+    ``opening`` holds the salts of the receipt's input and output commitments
+    (``{"input_salt", "output_salt"}``, hex): the job's client is given them, and whoever the
+    client shows them to can check the receipt against the job's payload and result. Receipts
+    signed before commitments have none.
+    """
 
     receipt_id = models.CharField(max_length=64, primary_key=True)
     # Looked up through ``receipt_job_idx`` (job, created_at).
     job = models.ForeignKey("jobs.Job", on_delete=models.PROTECT, related_name="receipts", db_index=False)
     signed_json = models.TextField(editable=False)
+    opening = models.JSONField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -33,6 +40,22 @@ class Receipt(models.Model):
         attestations = [attestation.as_signature() for attestation in self.attestations.all()]
         if attestations:
             document["attestations"] = [*document.get("attestations", []), *attestations]
+        return document
+
+    def public_document(self) -> dict:
+        """What the public explorer shows: ``served_document``, except that a receipt signed before
+        input and output commitments is shown without its ``client`` (the client's username) and
+        its plain ``metadata.input_sha256`` and ``output_sha256`` (which let anyone confirm a guessed
+        input or output), named in its ``withheld``. Its signature then verifies only over the whole
+        receipt, which its owner holds: sealed receipts never change."""
+        document = self.served_document()
+        metadata = document.get("metadata")
+        if not isinstance(metadata, dict) or "commitment" in metadata:
+            return document
+        withheld = ["client"] if document.pop("client", None) is not None else []
+        withheld += [f"metadata.{name}" for name in ("input_sha256", "output_sha256") if metadata.pop(name, None)]
+        if withheld:
+            document["withheld"] = withheld
         return document
 
 
@@ -126,3 +149,23 @@ class BlockLeaf(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.ref} in block {self.block_id}"
+
+
+class PendingLeaf(models.Model):
+    """An item no block holds yet: a receipt or a ledger transaction, in the order they were stored.
+
+    Database triggers write one in the transaction that stores the item, and sealing deletes it in
+    the transaction that seals the item: what waits is exactly what is unsealed, however late its
+    transaction committed, and sealing never reads an item it sealed before.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16, choices=LeafKind.choices)
+    ref = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.CheckConstraint(condition=Q(kind__in=LeafKind.values), name="pending_leaf_kind_valid")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.ref} waiting for a block"

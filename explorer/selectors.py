@@ -27,6 +27,12 @@ def receipt_documents(receipts) -> list[dict]:
     return [receipt.served_document() for receipt in receipts]
 
 
+def receipt_of_client(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
+    """The receipt, for its job's client (or an admin): what its opening is given to."""
+    receipts = Receipt.objects.filter(pk=receipt_id)
+    return (receipts if is_admin else receipts.filter(job__client=user)).first()
+
+
 def receipt_visible_to(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
     """The receipt, for its job's client, the owner of the miner that did the job, or an admin."""
     receipts = Receipt.objects.filter(pk=receipt_id).prefetch_related("attestations")
@@ -242,7 +248,8 @@ def receipt_public_key() -> dict:
     return {"alg": signing.ALGORITHM, "key_id": signing.key_id(key), "public_key": bytes(key).hex()}
 
 
-def receipt_verification(document) -> dict:
-    """Whether ``document`` is a receipt signed by one of our keys, with valid attestations."""
-    valid, reason = verify.verify_receipt(document, sorted(signing.trusted_key_ids()))
+def receipt_verification(document, **given) -> dict:
+    """Whether ``document`` is a receipt signed by one of our keys, with valid attestations, and
+    committing to the ``payload`` and ``result`` given (with its ``opening``)."""
+    valid, reason = verify.verify_receipt(document, sorted(signing.trusted_key_ids()), **given)
     return {"valid": True} if valid else {"valid": False, "reason": reason}

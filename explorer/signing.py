@@ -7,8 +7,11 @@ verifier can run anywhere.
 """
 
 import base64
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -54,6 +57,22 @@ def b64url(data: bytes) -> str:
 
 def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# How a receipt commits to its job's input and output: HMAC-SHA256 of the canonical JSON under a
+# random salt of the receipt's own (named in the receipt's metadata as ``commitment``). Without the
+# salt, no guess of the input or output can be checked against the receipt.
+COMMITMENT = "hmac-sha256"
+SALT_BYTES = 32
+
+
+def new_salt() -> str:
+    return secrets.token_hex(SALT_BYTES)
+
+
+def commitment(salt: str, value) -> str:
+    """The hex commitment to ``value`` under ``salt`` (hex)."""
+    return hmac.new(bytes.fromhex(salt), canonical_json(value), hashlib.sha256).hexdigest()
 
 
 def key_id(verify_key: VerifyKey) -> str:

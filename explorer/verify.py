@@ -3,7 +3,7 @@
 Written apart from ``explorer.signing`` on purpose, so that a second implementation of the
 canonical rule checks the first. Usable without Django::
 
-    python -m explorer.verify receipt.json [--public-key KEY]
+    python -m explorer.verify receipt.json [--public-key KEY] [--opening F] [--payload F] [--result F]
 
 Canonical JSON: ``json.dumps(obj_without_None_values, separators=(",", ":"), sort_keys=True)``
 in UTF-8; signatures and attestations cover the document without ``signature`` and
@@ -14,6 +14,7 @@ import argparse
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import sys
 from collections.abc import Iterable
@@ -93,8 +94,56 @@ def check_signature(payload: bytes, signature) -> str | None:
     return None
 
 
-def verify_receipt(document, public_key: str | Iterable[str] | None = None) -> tuple[bool, str | None]:
-    """Check a receipt: the coordinator's signature and every attestation.
+COMMITMENT = "hmac-sha256"
+# An argument not given: ``None`` is a value a payload or result may hold.
+NOT_GIVEN = object()
+CONTENTS = (("input", "payload", "input_sha256"), ("output", "result", "output_sha256"))
+
+
+def check_contents(document: dict, opening=None, *, payload=NOT_GIVEN, result=NOT_GIVEN) -> str | None:
+    """Why the receipt does not commit to ``payload`` (its job's input) or ``result`` (its output),
+    each checked when given; None when every one given matches.
+
+    A receipt whose metadata names ``commitment`` "hmac-sha256" holds HMAC-SHA256 commitments of
+    their canonical JSON under the salts of its ``opening`` (``{"input_salt", "output_salt"}``,
+    hex), which its job's client is given; a receipt signed before commitments holds plain SHA-256
+    digests, and needs no opening.
+    """
+    given = {"payload": payload, "result": result}
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict):
+        return "the receipt has no metadata"
+    scheme = metadata.get("commitment")
+    if scheme not in (None, COMMITMENT):
+        return f"unsupported commitment {scheme!r}"
+    for name, argument, field in CONTENTS:
+        value = given[argument]
+        if value is NOT_GIVEN:
+            continue
+        stated = metadata.get(field)
+        if not isinstance(stated, str):
+            return f"the receipt states no {field}"
+        if scheme is None:
+            computed = hashlib.sha256(canonical(value)).hexdigest()
+        else:
+            salt = opening.get(f"{name}_salt") if isinstance(opening, dict) else None
+            if not isinstance(salt, str):
+                return f"the opening has no {name}_salt"
+            try:
+                key = bytes.fromhex(salt)
+            except ValueError:
+                return f"the opening's {name}_salt is not hex"
+            computed = hmac.new(key, canonical(value), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(computed, stated):
+            return f"the {name} does not match the receipt's commitment"
+    return None
+
+
+def verify_receipt(
+    document, public_key: str | Iterable[str] | None = None, *, opening=None, payload=NOT_GIVEN, result=NOT_GIVEN
+) -> tuple[bool, str | None]:
+    """Check a receipt: the coordinator's signature and every attestation, then that it commits
+    to ``payload`` and ``result`` where given (``check_contents``, with ``opening``).
 
     ``public_key`` (hex or base64, or several) names the coordinator keys to trust; without
     it any key that signs correctly is accepted. Returns ``(valid, reason)``.
@@ -111,18 +160,19 @@ def verify_receipt(document, public_key: str | Iterable[str] | None = None) -> t
         key_text = signature.get("key_id") if isinstance(signature, dict) else None
         if isinstance(key_text, str) and key_text not in trusted:
             return False, "signed by an unknown key"
-    payload = signed_bytes(document)
-    reason = check_signature(payload, signature)
+    signed = signed_bytes(document)
+    reason = check_signature(signed, signature)
     if reason:
         return False, reason
     attestations = document.get("attestations", [])
     if not isinstance(attestations, list):
         return False, "attestations must be a list"
     for index, attestation in enumerate(attestations):
-        reason = check_signature(payload, attestation)
+        reason = check_signature(signed, attestation)
         if reason:
             return False, f"attestation {index}: {reason}"
-    return True, None
+    reason = check_contents(document, opening, payload=payload, result=result)
+    return (False, reason) if reason else (True, None)
 
 
 def receipt_leaf_hash(document: dict) -> str:
@@ -148,31 +198,65 @@ def verify_proof(leaf_hash: str, siblings: list[dict], merkle_root: str) -> bool
         return False
 
 
-def load_document(text: str) -> dict:
-    """A receipt from JSON text: the document itself, or a response that carries it as ``receipt``."""
-    document = json.loads(text)
-    if isinstance(document, dict) and "signature" not in document and isinstance(document.get("receipt"), dict):
-        return document["receipt"]
-    return document
+def unpack(value) -> tuple[object, dict]:
+    """A receipt from parsed JSON, and what came with it: the receipt itself, or an object carrying
+    it as ``receipt`` (a receipt bundle, or a job's result as the API gives it) with any of
+    ``opening`` (or ``receipt_opening``), ``payload`` and ``result``. The second item holds those
+    given, as ``verify_receipt``'s keyword arguments."""
+    if not (isinstance(value, dict) and "signature" not in value and isinstance(value.get("receipt"), dict)):
+        return value, {}
+    given = {name: value[name] for name in ("payload", "result") if name in value}
+    opening = value.get("opening", value.get("receipt_opening"))
+    if opening is not None:
+        given["opening"] = opening
+    return value["receipt"], given
+
+
+def read_json(path: str):
+    """JSON from a file ('-': standard input)."""
+    if path == "-":
+        return json.loads(sys.stdin.read())
+    with open(path, encoding="utf-8") as handle:
+        return json.loads(handle.read())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", help="the receipt's JSON, or a bundle carrying it as receipt ('-' reads standard input)"
+    )
+    parser.add_argument("--public-key", action="append", help="the coordinator's public key (hex or base64)")
+    parser.add_argument("--opening", help="JSON file of the receipt's opening: {input_salt, output_salt}")
+    parser.add_argument("--payload", help="JSON file of the job's payload, checked against the receipt's input")
+    parser.add_argument("--result", help="JSON file of the job's result, checked against the receipt's output")
+
+
+def load(file: str, *, opening: str | None = None, payload: str | None = None, result: str | None = None):
+    """The receipt in ``file`` and what to check it against: the files named here (paths) over what
+    a bundle carries. Raises OSError, UnicodeDecodeError or ValueError."""
+    document, given = unpack(read_json(file))
+    named = {"opening": opening, "payload": payload, "result": result}
+    given.update({name: read_json(path) for name, path in named.items() if path})
+    return document, given
+
+
+def matched(given: dict) -> str | None:
+    """What a valid receipt was also checked against, in words."""
+    checked = [name for name, argument, _ in CONTENTS if argument in given]
+    return f"the {' and '.join(checked)} match the receipt" if checked else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Verify an AITBC receipt offline.")
-    parser.add_argument("file", help="the receipt's JSON ('-' reads standard input)")
-    parser.add_argument("--public-key", action="append", help="the coordinator's public key (hex or base64)")
+    add_arguments(parser)
     options = parser.parse_args(argv)
     try:
-        if options.file == "-":
-            text = sys.stdin.read()
-        else:
-            with open(options.file, encoding="utf-8") as handle:
-                text = handle.read()
-        document = load_document(text)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        document, given = load(options.file, opening=options.opening, payload=options.payload, result=options.result)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
         print(f"unreadable receipt: {error}", file=sys.stderr)
         return 2
-    valid, reason = verify_receipt(document, options.public_key)
-    print("valid" if valid else f"invalid: {reason}")
+    valid, reason = verify_receipt(document, options.public_key, **given)
+    also = matched(given)
+    print(("valid" + (f": {also}" if also else "")) if valid else f"invalid: {reason}")
     return 0 if valid else 1
 
 

@@ -340,22 +340,7 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
     }  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql.CLAIM, params)
-        return _with_client_names(cursor.fetchall())
-
-
-def _with_client_names(rows) -> list[Job]:
-    """Jobs from rows of their columns and their client's username, the client cached with only
-    its id and username loaded (one instance per client)."""
-    jobs, client_field = rawsql.instances(Job, rows), Job.client.field
-    clients = {}
-    for job, row in zip(jobs, rows, strict=True):
-        client = clients.get(job.client_id)
-        if client is None:
-            client = clients[job.client_id] = client_field.related_model.from_db(
-                DEFAULT_DB_ALIAS, ["id", "username"], [job.client_id, row[-1]]
-            )
-        client_field.set_cached_value(job, client)
-    return jobs
+        return rawsql.instances(Job, cursor.fetchall())
 
 
 def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
@@ -567,25 +552,25 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
     # Read the jobs, complete them here (a paid job with its charge), sign, then store them and
     # their receipts with one statement: for free jobs, two round trips and one transaction (the
     # statement's); a paid job's escrow settles in a transaction around the statement.
-    given = {str(o.job.pk): o.job for o in outcomes.values() if o.job is not None and Job.client.field.is_cached(o.job)}
+    given = {str(o.job.pk): o.job for o in outcomes.values() if o.job is not None}
     unread = [job_id for job_id in outcomes if job_id not in given]
     held = []
     for job in [*given.values(), *(_leased(miner, unread) if unread else [])]:
         outcome = outcomes[str(job.pk)]
         if outcome.lease_token and outcome.lease_token != job.lease_token:
             continue  # a superseded attempt's result
-        held.append((_completed(job, outcome, miner=miner, now=now), job.client.username))
-    charges = [(job, _charge(job)) for job, _ in held if job.payment_id]
+        held.append(_completed(job, outcome, miner=miner, now=now))
+    charges = [(job, _charge(job)) for job in held if job.payment_id]
     for job, charge in charges:
         job.amount_charged, job.payment_status = charge, PaymentStatus.RELEASED
-    receipts = receipts_sign(completed=[(job, miner.miner_id, client) for job, client in held])
+    receipts = receipts_sign(completed=[(job, miner.miner_id) for job in held])
     with transaction.atomic() if charges else nullcontext():
         stored = _store_completions(held, receipts, miner=miner, now=now)
         _settle_charged([(job, charge) for job, charge in charges if job.pk in stored], miner=miner)
-    done = [(job, receipt) for (job, _), receipt in zip(held, receipts, strict=True) if job.pk in stored]
+    done = [(job, receipt) for job, receipt in zip(held, receipts, strict=True) if job.pk in stored]
     _publish_after_commit([job for job, _ in done])
     # A job paid for since it was read was left alone too: read once more, it settles.
-    missed = {str(job.pk): replace(outcomes[str(job.pk)], job=None) for job, _ in held if job.pk not in stored}
+    missed = {str(job.pk): replace(outcomes[str(job.pk)], job=None) for job in held if job.pk not in stored}
     if missed and read_again:
         done += _complete_postgres(miner=miner, outcomes=missed, now=now, read_again=False)
     return done
@@ -604,13 +589,13 @@ def _settle_charged(charges: list[tuple[Job, Decimal]], *, miner: Miner) -> None
 
 
 def _leased(miner: Miner, job_ids: list) -> list[Job]:
-    """The jobs of ``job_ids`` the miner holds a lease on, their clients' usernames loaded."""
+    """The jobs of ``job_ids`` the miner holds a lease on."""
     with connection.cursor() as cursor:
         cursor.execute(sql.LEASED, {"ids": job_ids, "miner": miner.pk})
-        return _with_client_names(cursor.fetchall())
+        return rawsql.instances(Job, cursor.fetchall())
 
 
-def _store_completions(held: list[tuple[Job, str]], receipts: list[Receipt], *, miner: Miner, now) -> set:
+def _store_completions(held: list[Job], receipts: list[Receipt], *, miner: Miner, now) -> set:
     """Save completed jobs and their receipts where the lease and payment are still those the jobs
     were read with; the ids of those saved."""
     if not held:
@@ -626,8 +611,9 @@ def _store_completions(held: list[tuple[Job, str]], receipts: list[Receipt], *, 
             "payment_status": job.payment_status,
             "receipt_id": receipt.receipt_id,
             "signed_json": receipt.signed_json,
+            "opening": receipt.opening,
         }
-        for (job, _), receipt in zip(held, receipts, strict=True)
+        for job, receipt in zip(held, receipts, strict=True)
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql.COMPLETE, {"rows": sql.jsonb_param(rows), "miner": miner.pk, "now": now})
@@ -637,9 +623,7 @@ def _store_completions(held: list[tuple[Job, str]], receipts: list[Receipt], *, 
 def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, Receipt]]:
     with transaction.atomic():
         finished = []
-        for job in Job.objects.select_related("client").filter(
-            pk__in=list(outcomes), miner=miner, status=JobStatus.RUNNING
-        ):
+        for job in Job.objects.filter(pk__in=list(outcomes), miner=miner, status=JobStatus.RUNNING):
             outcome = outcomes[str(job.pk)]
             if outcome.lease_token and outcome.lease_token != job.lease_token:
                 continue
@@ -647,12 +631,11 @@ def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, 
                 "status", "result", "usage", "progress", "completed_at", "lease_expires_at", "error_code",
                 "error_message", "updated_at",
             ])  # fmt: skip
-            finished.append((job, job.client.username))
-        jobs = [job for job, _ in finished]
-        _settle(jobs, miner=miner)
-        receipts = receipts_issue(completed=[(job, miner.miner_id, client) for job, client in finished])
-        _publish_after_commit(jobs)
-    return list(zip(jobs, receipts, strict=True))
+            finished.append(job)
+        _settle(finished, miner=miner)
+        receipts = receipts_issue(completed=[(job, miner.miner_id) for job in finished])
+        _publish_after_commit(finished)
+    return list(zip(finished, receipts, strict=True))
 
 
 def _complete_with_failure(outcome: Outcome, *, miner: Miner) -> Completion:

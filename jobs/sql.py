@@ -17,17 +17,15 @@ from jobs.models import Job, JobStatus
 # ``jobs_claim`` (created by migration jobs 0004) locks the miner's row, then leases the best
 # queued jobs it can run: one round trip, its own transaction when called outside one. The
 # function lives in the database: changing how claims match takes a migration replacing it.
-# The clients' names come along: a receipt names its client.
 CLAIM = f"""
-SELECT {columns(Job, "c")}, u.username
+SELECT {columns(Job, "c")}
 FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
-JOIN accounts_user u ON u.id = c.client_id
 """
 
-# The running jobs a miner reports on, with their clients' names: ``jobs_complete`` completes
-# them in memory, signs their receipts, then stores both with ``COMPLETE``.
+# The running jobs a miner reports on: ``jobs_complete`` completes them in memory, signs their
+# receipts, then stores both with ``COMPLETE``.
 LEASED = f"""
-SELECT {columns(Job, "j")}, u.username FROM jobs_job j JOIN accounts_user u ON u.id = j.client_id
+SELECT {columns(Job, "j")} FROM jobs_job j
 WHERE j.id = ANY(%(ids)s::uuid[]) AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s
 """
 
@@ -39,7 +37,7 @@ COMPLETE = f"""
 WITH v AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(
         id uuid, fence text, payment_id text, result jsonb, usage jsonb, amount_charged numeric,
-        payment_status text, receipt_id text, signed_json text
+        payment_status text, receipt_id text, signed_json text, opening jsonb
     )
 ), done AS (
     UPDATE jobs_job j SET status = '{JobStatus.COMPLETED}', result = v.result, usage = v.usage, progress = 100,
@@ -48,10 +46,10 @@ WITH v AS (
     FROM v
     WHERE j.id = v.id AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s AND j.lease_token = v.fence
       AND j.payment_id = v.payment_id
-    RETURNING j.id, v.receipt_id, v.signed_json
+    RETURNING j.id, v.receipt_id, v.signed_json, v.opening
 ), receipts AS (
-    INSERT INTO {Receipt._meta.db_table} (receipt_id, job_id, signed_json, created_at)
-    SELECT done.receipt_id, done.id, done.signed_json, %(now)s FROM done
+    INSERT INTO {Receipt._meta.db_table} (receipt_id, job_id, signed_json, opening, created_at)
+    SELECT done.receipt_id, done.id, done.signed_json, done.opening, %(now)s FROM done
 )
 SELECT id FROM done
 """

@@ -123,10 +123,16 @@ def exchange_payment_confirm(
 ) -> ExchangeConfirmation:
     """Confirm a pending payment and mint its ``aitbc_amount`` into the buyer's wallet, once.
 
-    ``actor`` is the staff member confirming (None for the payment processor's webhook). Confirming a
-    confirmed payment again changes nothing and returns the first confirmation. 409 ``PAYMENT_EXPIRED``
-    after the deadline; 409 ``UNDERPAID`` or ``NOT_ENOUGH_CONFIRMATIONS`` when the processor reports so.
+    ``actor`` is the staff member confirming, who vouches for the deposit: what they report is
+    checked, what they leave out is their judgement. Without an actor (the payment processor's
+    webhook) the report is the only evidence: ``txid``, ``confirmations`` and ``amount_btc`` must
+    all be given, else 422 ``CONFIRMATION_INCOMPLETE`` naming the missing ones. Confirming a
+    confirmed payment again changes nothing and returns the first confirmation. 409
+    ``PAYMENT_EXPIRED`` after the deadline; 409 ``UNDERPAID`` or ``NOT_ENOUGH_CONFIRMATIONS`` when
+    the report says so.
     """
+    if actor is None:
+        _require_processor_report(txid=txid, confirmations=confirmations, amount_btc=amount_btc)
     now = now or timezone.now()
     payment = ExchangePayment.objects.select_related("wallet").filter(pk=payment_id).first()
     if payment is None:
@@ -167,6 +173,17 @@ def exchange_payment_confirm(
         return _repeated_confirmation(payment, txid=txid)
     exchange_payment_expire_if_due(payment=payment, now=now)
     raise Conflict("This payment request has expired; create a new one.", code="PAYMENT_EXPIRED")
+
+
+def _require_processor_report(*, txid: str, confirmations: int | None, amount_btc: Decimal | None) -> None:
+    reported = {"txid": txid or None, "confirmations": confirmations, "amount_btc": amount_btc}
+    missing = [name for name, value in reported.items() if value is None]
+    if missing:
+        raise Invalid(
+            f"A payment processor's confirmation must report {', '.join(missing)}.",
+            code="CONFIRMATION_INCOMPLETE",
+            errors={name: ["This field is required."] for name in missing},
+        )
 
 
 def _repeated_confirmation(payment: ExchangePayment, *, txid: str) -> ExchangeConfirmation:

@@ -76,7 +76,7 @@ def world(settings, make_api, register_miner, submit_job, django_user_model):
         f"/v1/miners/{done}/result", {"result": {"output": "hello"}, "lease_token": poll["lease_token"]}, format="json"
     )
     assert completed.status_code == 200, completed.content
-    blocks_seal_pending(full_scan=True)
+    blocks_seal_pending()
     running = submit_job(alice, prompt=SECRET_PROMPT)["job_id"]
     assert callers["miner"].post("/v1/miners/poll", {}, format="json").json()["job_id"] == running
     queued = submit_job(alice, prompt=SECRET_PROMPT, payment_amount="1")
@@ -211,6 +211,7 @@ ROWS = [
     ("GET", "/v1/receipts/public-key", None, PUBLIC),
     ("GET", "/v1/receipts/{receipt}", None, (401, 200, 404, 200, 404, 200, 200)),
     ("GET", "/v1/receipts/{receipt}/proof", None, PUBLIC),
+    ("GET", "/v1/receipts/{receipt}/opening", None, (401, 200, 404, 404, 404, 200, 200)),
     (
         "POST",
         "/v1/receipts/{receipt}/attestations",

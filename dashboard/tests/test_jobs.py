@@ -120,6 +120,22 @@ def test_job_page_shows_result_usage_payment_and_receipt(browser, alice, finishe
     assert "data-socket-path" not in content, "a finished job has nothing more to stream"
 
 
+def test_job_page_gives_its_owner_the_opening_that_checks_the_receipt_against_input_and_output(
+    browser, alice, finished_job
+):
+    job = finished_job(alice, "Paris.", prompt="a question only alice asked")
+    response = browser.get(f"/jobs/{job.pk}/")
+    context = response.context
+    bundle = {"receipt": context["receipt"], "opening": context["opening"], **context["contents"]}
+    assert bundle["payload"]["prompt"] == "a question only alice asked"
+    assert json.loads(context["opening_pretty"]) == context["opening"]
+    assert 'id="opening-data"' in response.content.decode()
+    assert browser.post("/v1/receipts/verify", bundle, content_type="application/json").json() == {"valid": True}
+    guessed = {**bundle, "payload": {**bundle["payload"], "prompt": "a question bob guessed"}}
+    answer = browser.post("/v1/receipts/verify", guessed, content_type="application/json").json()
+    assert answer == {"valid": False, "reason": "the input does not match the receipt's commitment"}
+
+
 def test_job_page_of_a_running_job_follows_its_socket(browser, alice, queued_job):
     job = queued_job(alice)
     content = browser.get(f"/jobs/{job.pk}/").content.decode()

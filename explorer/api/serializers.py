@@ -17,7 +17,11 @@ class ReceiptDocumentSerializer(serializers.Serializer):
     receipt_id = serializers.CharField()
     job_id = serializers.CharField()
     provider = serializers.CharField(help_text="The miner's id")
-    client = serializers.CharField()
+    client = serializers.CharField(
+        required=False,
+        help_text="The client's pseudonym: clt_ and 32 hex digits, the same on all its receipts, not to be told "
+        "from its name without the server's secret (receipts signed before commitments: its username)",
+    )
     status = serializers.CharField()
     units = serializers.IntegerField()
     unit_type = serializers.CharField()
@@ -25,14 +29,62 @@ class ReceiptDocumentSerializer(serializers.Serializer):
     price = serializers.CharField(required=False, help_text="What the client paid; decimal as a string")
     started_at = serializers.IntegerField(help_text="Epoch seconds")
     completed_at = serializers.IntegerField(help_text="Epoch seconds")
-    metadata = serializers.DictField(help_text="model, attempt, input_sha256, output_sha256, usage")
+    metadata = serializers.DictField(
+        help_text="model, attempt, commitment, input_sha256, output_sha256, usage. With commitment "
+        '"hmac-sha256", input_sha256 and output_sha256 are HMAC-SHA256 of the canonical JSON of the job\'s payload '
+        "and result under the salts of the receipt's opening, which the job's client is given; without it (receipts "
+        "signed before commitments) they are plain SHA-256 digests"
+    )
     signature = ReceiptSignatureSerializer()
     attestations = ReceiptSignatureSerializer(
         many=True, required=False, help_text="Co-signatures of the payload (without signature and attestations)"
     )
+    withheld = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Public explorer only: fields of a receipt signed before commitments that it does not show "
+        "(client, metadata.input_sha256, metadata.output_sha256); the signature verifies over the whole receipt only",
+    )
 
     def to_representation(self, document):
         return document
+
+
+class ReceiptOpeningSerializer(serializers.Serializer):
+    """The salts that open a receipt's commitments: whoever holds them and the job's payload and
+    result can check the receipt against them. Given to the job's client alone."""
+
+    input_salt = serializers.RegexField(r"^[0-9a-f]+$", help_text="hex: the key of metadata.input_sha256")
+    output_salt = serializers.RegexField(r"^[0-9a-f]+$", help_text="hex: the key of metadata.output_sha256")
+
+
+class ReceiptOpeningViewSerializer(ReceiptOpeningSerializer):
+    receipt_id = serializers.CharField()
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "A receipt, its opening and the job's payload and result",
+            request_only=True,
+            value={
+                "receipt": {"version": "1.0", "receipt_id": "rcpt_…", "signature": {"alg": "Ed25519"}},
+                "opening": {"input_salt": "9c0f…", "output_salt": "41d2…"},
+                "payload": {"type": "inference", "prompt": "hi", "model": "llama3.2"},
+                "result": {"output": "hello"},
+            },
+        )
+    ]
+)
+class ReceiptCheckSerializer(serializers.Serializer):
+    """A receipt with what to check it against: each of payload and result given is checked
+    against the receipt's commitment (with the opening's salts; a receipt signed before
+    commitments needs none)."""
+
+    receipt = ReceiptDocumentSerializer()
+    opening = ReceiptOpeningSerializer(required=False)
+    payload = serializers.JSONField(required=False, help_text="The job's payload, as GET /v1/jobs/{id} gives it")
+    result = serializers.JSONField(required=False, help_text="The job's result, as GET /v1/jobs/{id}/result gives it")
 
 
 @extend_schema_serializer(
@@ -159,7 +211,7 @@ class ExplorerReceiptSerializer(serializers.Serializer):
     blockHeight = serializers.IntegerField(allow_null=True, help_text="null until sealed")
 
     def to_representation(self, receipt):
-        document = receipt.served_document()
+        document = receipt.public_document()
         return {
             "receiptId": receipt.receipt_id,
             "jobId": document.get("job_id"),

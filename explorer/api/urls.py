@@ -21,6 +21,7 @@ urlpatterns = [
     path("v1/receipts/public-key", views.ReceiptPublicKeyView.as_view(), name="receipt-public-key"),
     path("v1/receipts/<str:receipt_id>", views.ReceiptDetailView.as_view(), name="receipt-detail"),
     path("v1/receipts/<str:receipt_id>/proof", views.ReceiptProofView.as_view(), name="receipt-proof"),
+    path("v1/receipts/<str:receipt_id>/opening", views.ReceiptOpeningView.as_view(), name="receipt-opening"),
     path(
         "v1/receipts/<str:receipt_id>/attestations",
         views.ReceiptAttestationsView.as_view(),

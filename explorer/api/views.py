@@ -1,5 +1,5 @@
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 from aitbc_site.api.pagination import ItemsLimitOffsetPagination
 from aitbc_site.api.permissions import IsClient, IsMiner, is_admin
 from aitbc_site.errors import Invalid, NotFound
-from explorer import selectors, services
+from explorer import selectors, services, verify
 from explorer.api.pagination import NextOffsetPagination
 from explorer.api.serializers import (
     ExplorerAddressDetailSerializer,
@@ -20,7 +20,9 @@ from explorer.api.serializers import (
     MerkleProofSerializer,
     NetworkStatsSerializer,
     ReceiptAttestationRequestSerializer,
+    ReceiptCheckSerializer,
     ReceiptDocumentSerializer,
+    ReceiptOpeningViewSerializer,
     ReceiptPublicKeySerializer,
     ReceiptVerificationSerializer,
 )
@@ -117,19 +119,52 @@ class ReceiptVerifyView(APIView):
 
     @extend_schema(
         summary="Verify a receipt",
-        description="Checks the coordinator's signature against our public key(s), and every attestation.",
-        request=ReceiptDocumentSerializer,
+        description=(
+            "Checks the coordinator's signature against our public key(s), and every attestation. Sent as "
+            '`{"receipt", "opening", "payload", "result"}`, it also checks that the receipt commits to '
+            "the payload and the result given, with the opening's salts (which the job's client holds): valid only "
+            "if every one given matches."
+        ),
+        request=PolymorphicProxySerializer(
+            component_name="ReceiptVerify",
+            serializers=[ReceiptDocumentSerializer, ReceiptCheckSerializer],
+            resource_type_field_name=None,
+        ),
         responses={200: ReceiptVerificationSerializer, 422: OpenApiResponse(description="Not a receipt")},
     )
     def post(self, request):
-        document = request.data
-        if isinstance(document, dict) and "signature" not in document and isinstance(document.get("receipt"), dict):
-            document = document["receipt"]
+        document, given = verify.unpack(request.data)
         if not isinstance(document, dict):
             raise Invalid("A receipt is a JSON object.", code="VALIDATION_ERROR")
         # Only something shaped like a receipt is checked: a missing body or field is a 422.
         ReceiptDocumentSerializer(data=document).is_valid(raise_exception=True)
-        return Response(selectors.receipt_verification(document))
+        return Response(selectors.receipt_verification(document, **given))
+
+
+class ReceiptOpeningView(APIView):
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        summary="Get a receipt's opening",
+        description=(
+            "The salts of the receipt's input and output commitments, for its job's client (or an admin) alone. "
+            "With them and the job's payload and result, anyone the client shows them to can check what the "
+            "receipt commits to (POST /v1/receipts/verify, manage.py verify_receipt); without them, no guess can be "
+            "checked. A receipt signed before commitments has none (404 RECEIPT_HAS_NO_OPENING): its digests are "
+            "plain SHA-256."
+        ),
+        responses={200: ReceiptOpeningViewSerializer, **ERRORS},
+    )
+    def get(self, request, receipt_id):
+        receipt = selectors.receipt_of_client(receipt_id=receipt_id, user=request.user, is_admin=is_admin(request))
+        if receipt is None:
+            raise _receipt_not_found()
+        if receipt.opening is None:
+            raise NotFound(
+                "This receipt was signed before commitments: its digests are plain SHA-256 and need no opening.",
+                code="RECEIPT_HAS_NO_OPENING",
+            )
+        return Response({"receipt_id": receipt.receipt_id, **receipt.opening})
 
 
 class ReceiptPublicKeyView(APIView):

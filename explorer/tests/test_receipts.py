@@ -5,6 +5,7 @@ import pytest
 from nacl.signing import SigningKey, VerifyKey
 
 from explorer import signing
+from explorer.services import client_pseudonym
 from explorer.tests.independent import canonical as independent_canonical
 from explorer.tests.independent import unpadded_b64decode
 
@@ -89,9 +90,10 @@ def test_completed_job_receipt_binds_request_result_and_usage(client_api, miner_
         format="json",
     ).json()["receipt"]
     stored_job = client_api.get(f"/v1/jobs/{job['job_id']}").json()
+    opening = client_api.get(f"/v1/jobs/{job['job_id']}/result").json()["receipt_opening"]
     assert receipt["job_id"] == job["job_id"]
     assert receipt["provider"] == "miner-1"
-    assert receipt["client"] == "alice"
+    assert receipt["client"] == client_pseudonym(client_api.user.pk)
     assert receipt["units"] == 7
     assert receipt["metadata"]["usage"] == {
         "prompt_tokens": 3,
@@ -99,13 +101,14 @@ def test_completed_job_receipt_binds_request_result_and_usage(client_api, miner_
         "total_tokens": 7,
         "compute_ms": 50,
     }
-    assert receipt["metadata"]["input_sha256"] == signing_sha(stored_job["payload"])
-    assert receipt["metadata"]["output_sha256"] == signing_sha({"output": "bound"})
+    assert receipt["metadata"]["commitment"] == "hmac-sha256"
+    assert receipt["metadata"]["input_sha256"] == commitment(opening["input_salt"], stored_job["payload"])
+    assert receipt["metadata"]["output_sha256"] == commitment(opening["output_salt"], {"output": "bound"})
     assert signing.verify(receipt) == (True, None)
 
 
 @pytest.mark.django_db
-def test_output_hash_is_of_the_result_as_stored_even_where_the_database_rewrites_numbers(
+def test_output_commitment_is_to_the_result_as_stored_even_where_the_database_rewrites_numbers(
     client_api, miner_api, register_miner, submit_job
 ):
     # jsonb reads 1e+16 back as the integer 10000000000000000, and -0.0 as 0.0.
@@ -115,16 +118,19 @@ def test_output_hash_is_of_the_result_as_stored_even_where_the_database_rewrites
     sent = {"output": "x", "scores": [1e16, -0.0, 1.5e-07, 0.1], "big": -1.5e300}
     receipt = miner_api.post(f"/v1/miners/{job['job_id']}/result", {"result": sent}, format="json").json()["receipt"]
 
-    stored = client_api.get(f"/v1/jobs/{job['job_id']}/result").json()["result"]
-    assert receipt["metadata"]["output_sha256"] == signing_sha(stored)
+    answer = client_api.get(f"/v1/jobs/{job['job_id']}/result").json()
+    stored = answer["result"]
+    assert receipt["metadata"]["output_sha256"] == commitment(answer["receipt_opening"]["output_salt"], stored)
     assert stored["scores"] == [10**16, 0.0, 1.5e-07, 0.1]
     assert stored["big"] == -15 * 10**299
 
 
-def signing_sha(value) -> str:
+def commitment(salt: str, value) -> str:
+    """HMAC-SHA256 of the independent canonical JSON of ``value`` under ``salt`` (hex)."""
     import hashlib
+    import hmac
 
-    return hashlib.sha256(independent_canonical(value)).hexdigest()
+    return hmac.new(bytes.fromhex(salt), independent_canonical(value), hashlib.sha256).hexdigest()
 
 
 def test_canonical_json_escapes_non_ascii_as_api_md_specifies():
@@ -140,7 +146,7 @@ def test_receipt_carries_the_charged_price_and_unit_price_as_decimal_strings(mak
 
     job = completed_jobs(1)[0]
     job.price, job.amount_charged, job.unit_price = Decimal("2.00000000"), Decimal("1.50000000"), Decimal("0.00012")
-    document = receipts_issue(completed=[(job, "miner-1", "alice")])[0].document
+    document = receipts_issue(completed=[(job, "miner-1")])[0].document
     assert document["price"] == "1.5"
     assert document["unit_price"] == "0.00012"
     assert signing.verify(document) == (True, None)
@@ -155,9 +161,7 @@ def test_receipt_falls_back_to_the_escrowed_price_and_omits_absent_prices(make_r
 
     held, plain = completed_jobs(2)
     held.price = Decimal("3")
-    documents = [
-        r.document for r in receipts_issue(completed=[(held, "miner-1", "alice"), (plain, "miner-1", "alice")])
-    ]
+    documents = [r.document for r in receipts_issue(completed=[(held, "miner-1"), (plain, "miner-1")])]
     assert documents[0]["price"] == "3"
     assert "unit_price" not in documents[0]
     assert "price" not in documents[1]

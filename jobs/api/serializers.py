@@ -6,7 +6,7 @@ from rest_framework import serializers
 
 from aitbc_site.api.formats import iso_datetime
 from aitbc_site.errors import Invalid
-from explorer.api.serializers import ReceiptDocumentSerializer
+from explorer.api.serializers import ReceiptDocumentSerializer, ReceiptOpeningSerializer
 from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP
 from payments.api.serializers import aitbc_currency
@@ -315,8 +315,18 @@ class JobResultSerializer(serializers.Serializer):
     usage = serializers.DictField()
     completed_at = serializers.DateTimeField(allow_null=True)
     receipt = ReceiptDocumentSerializer(allow_null=True)
+    receipt_opening = ReceiptOpeningSerializer(
+        allow_null=True,
+        help_text="The salts of the receipt's input and output commitments: yours to keep, and to give to whoever "
+        "should check the receipt against this job's payload and result (null for a receipt signed before "
+        "commitments, whose digests are plain SHA-256)",
+    )
 
 
 class ReceiptListSerializer(serializers.Serializer):
     items = ReceiptDocumentSerializer(many=True)
+    openings = serializers.DictField(
+        child=ReceiptOpeningSerializer(),
+        help_text="The opening of each receipt of the page that has one, by receipt_id",
+    )
     next_cursor = serializers.CharField(allow_null=True)

@@ -176,6 +176,7 @@ class JobResultView(ClientJobMixin, generics.GenericAPIView):
                     "usage": job.usage,
                     "completed_at": job.completed_at,
                     "receipt": receipt.document if receipt else None,
+                    "receipt_opening": receipt.opening if receipt else None,
                 }
             ).data
         )
@@ -200,10 +201,16 @@ class ReceiptCursorPagination(CursorPagination):
     ordering = ("-created_at", "-receipt_id")
     page_size = 50
 
-    def get_paginated_response(self, data):
+    def get_paginated_response(self, receipts):
         next_link = self.get_next_link()
         cursor = parse_qs(urlparse(next_link).query).get(self.cursor_query_param, [None])[0] if next_link else None
-        return Response({"items": data, "next_cursor": cursor})
+        return Response(
+            {
+                "items": [receipt.document for receipt in receipts],
+                "openings": {receipt.receipt_id: receipt.opening for receipt in receipts if receipt.opening},
+                "next_cursor": cursor,
+            }
+        )
 
 
 class JobReceiptsView(ClientJobMixin, APIView):
@@ -218,4 +225,4 @@ class JobReceiptsView(ClientJobMixin, APIView):
         job = self.get_object()
         paginator = ReceiptCursorPagination()
         page = paginator.paginate_queryset(receipts_for_job(job_id=job.pk), request, view=self)
-        return paginator.get_paginated_response([receipt.document for receipt in page])
+        return paginator.get_paginated_response(page)

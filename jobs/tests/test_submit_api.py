@@ -114,7 +114,11 @@ def test_result_is_425_until_the_job_is_terminal(client_api, submit_job):
 def test_receipt_is_404_until_one_exists(client_api, submit_job):
     job = submit_job(client_api)
     assert client_api.get(f"/v1/jobs/{job['job_id']}/receipt").status_code == 404
-    assert client_api.get(f"/v1/jobs/{job['job_id']}/receipts").json() == {"items": [], "next_cursor": None}
+    assert client_api.get(f"/v1/jobs/{job['job_id']}/receipts").json() == {
+        "items": [],
+        "openings": {},
+        "next_cursor": None,
+    }
 
 
 def test_cancel_then_cancel_again_is_409(client_api, submit_job):

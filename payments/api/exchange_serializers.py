@@ -128,7 +128,8 @@ class ExchangePaymentViewSerializer(serializers.ModelSerializer):
     ]
 )
 class ExchangePaymentConfirmSerializer(serializers.Serializer):
-    """All optional for staff; a signed webhook must name the payment it confirms in ``payment_id``."""
+    """All optional for staff; a signed webhook must name the payment it confirms in ``payment_id``
+    and report ``txid`` (or ``tx_hash``), ``confirmations`` and ``amount_btc``."""
 
     payment_id = serializers.CharField(required=False, max_length=40, help_text="Must be the path's id")
     txid = serializers.RegexField(TXID_PATTERN, required=False, help_text="Hex id of the paying transaction")

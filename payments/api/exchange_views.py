@@ -135,7 +135,9 @@ class ExchangeConfirmPaymentView(APIView):
         description=(
             "Staff (admin key or staff session), or the payment processor: a webhook whose raw body is signed "
             f"with HMAC-SHA256 under EXCHANGE_WEBHOOK_SECRET, sent as `{SIGNATURE_HEADER}: sha256=<hex>`, and "
-            "whose body names the payment in payment_id. Mints aitbc_amount into the buyer's wallet once: "
+            "whose body names the payment in payment_id and reports txid, confirmations and amount_btc (a webhook "
+            "missing any of them is 422 CONFIRMATION_INCOMPLETE, naming them in errors). Staff may leave those out. "
+            "Mints aitbc_amount into the buyer's wallet once: "
             "confirming a confirmed payment again (a repeated delivery) is 200 with the first confirmation and "
             "minted false."
         ),
@@ -155,7 +157,10 @@ class ExchangeConfirmPaymentView(APIView):
             403: OpenApiResponse(description="Not an admin, or webhooks are disabled (WEBHOOK_DISABLED)"),
             404: OpenApiResponse(description="No such payment request (EXCHANGE_PAYMENT_NOT_FOUND)"),
             409: OpenApiResponse(description="PAYMENT_EXPIRED, UNDERPAID or NOT_ENOUGH_CONFIRMATIONS"),
-            422: OpenApiResponse(description="Invalid body, or a webhook without this payment's id (VALIDATION_ERROR)"),
+            422: OpenApiResponse(
+                description="Invalid body, or a webhook without this payment's id (VALIDATION_ERROR) or without "
+                "txid, confirmations or amount_btc (CONFIRMATION_INCOMPLETE)"
+            ),
         },
     )
     def post(self, request, payment_id):

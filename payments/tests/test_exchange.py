@@ -18,8 +18,9 @@ from embit.networks import NETWORKS
 from rest_framework.test import APIClient
 
 from accounts.services import user_get_or_create, user_session_create
+from aitbc_site.errors import Invalid
 from payments import bitcoin
-from payments.exchange import exchange_payment_create, exchange_payments_expire_due
+from payments.exchange import exchange_payment_confirm, exchange_payment_create, exchange_payments_expire_due
 from payments.models import ExchangePayment, ExchangePaymentStatus, LedgerTransaction, TransactionKind, Wallet
 
 # BIP-84's published test vectors: the account m/84'/0'/0' of the mnemonic "abandon abandon … about",
@@ -369,6 +370,63 @@ def test_a_deposit_without_enough_confirmations_is_not_confirmed(client_api):
 
     assert response.status_code == 409
     assert response.json()["error_code"] == "NOT_ENOUGH_CONFIRMATIONS"
+
+
+@pytest.mark.parametrize(
+    "omitted",
+    [
+        ("confirmations", "amount_btc"),
+        ("confirmations",),
+        ("amount_btc",),
+        ("txid",),
+        ("txid", "confirmations", "amount_btc"),
+    ],
+)
+def test_a_webhook_missing_what_the_deposit_must_prove_is_refused_naming_it(client_api, omitted):
+    payment_id = bought(client_api)["payment_id"]
+    body = {name: value for name, value in webhook_body(payment_id).items() if name not in omitted}
+
+    response = signed_post(payment_id, body)
+
+    assert response.status_code == 422, response.content
+    assert response.json()["error_code"] == "CONFIRMATION_INCOMPLETE"
+    assert set(response.json()["errors"]) == set(omitted)
+    assert all(name in response.json()["detail"] for name in omitted)
+    assert ExchangePayment.objects.get(pk=payment_id).status == ExchangePaymentStatus.PENDING
+    assert exchange_mints() == 0
+
+
+def test_a_webhook_may_name_the_transaction_as_tx_hash(client_api):
+    payment_id = bought(client_api)["payment_id"]
+    body = {**webhook_body(payment_id), "tx_hash": TXID}
+    del body["txid"]
+
+    response = signed_post(payment_id, body)
+
+    assert response.status_code == 200, response.content
+    assert response.json()["payment"]["tx_hash"] == TXID
+
+
+def test_a_repeated_webhook_missing_fields_is_refused_too(client_api):
+    payment_id = bought(client_api)["payment_id"]
+    assert signed_post(payment_id, webhook_body(payment_id)).status_code == 200
+
+    response = signed_post(payment_id, {"payment_id": payment_id})
+
+    assert response.status_code == 422
+    assert set(response.json()["errors"]) == {"txid", "confirmations", "amount_btc"}
+    assert exchange_mints() == 1
+
+
+def test_the_service_refuses_a_confirmation_without_staff_or_evidence(client_api):
+    payment_id = bought(client_api)["payment_id"]
+
+    with pytest.raises(Invalid) as refused:
+        exchange_payment_confirm(payment_id=payment_id, actor=None, txid=TXID)
+
+    assert refused.value.code == "CONFIRMATION_INCOMPLETE"
+    assert set(refused.value.errors) == {"confirmations", "amount_btc"}
+    assert exchange_mints() == 0
 
 
 # --- Confirmation by staff --------------------------------------------------------------------

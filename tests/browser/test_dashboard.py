@@ -36,8 +36,9 @@ def test_submitted_job_streams_its_tokens_and_its_receipt_verifies(page, log_in)
     assert Job.objects.get(pk=job_id).status == JobStatus.COMPLETED
 
     expect(page.locator("#receipt-box")).to_be_visible()
+    expect(page.locator("#opening-box")).to_be_visible()
     page.get_by_role("button", name="Verify").click()
-    expect(page.locator("#verify-result")).to_have_text(re.compile("Valid"))
+    expect(page.locator("#verify-result")).to_have_text(re.compile("Valid: .* for this job's input and output"))
 
 
 def _on_live_job_list(page, log_in, make_api, username: str):

@@ -1,5 +1,6 @@
 // A job's page: follows ws/jobs/<id>/ while the job runs (the browser's session authenticates
-// the socket), appends streamed tokens, updates status and progress, and verifies the receipt.
+// the socket), appends streamed tokens, updates status and progress, and verifies the receipt
+// against this job's input and output with the receipt's opening.
 (function () {
   "use strict";
   var root = document.getElementById("job");
@@ -13,6 +14,8 @@
   var progressText = document.getElementById("job-progress-text");
   var liveNote = document.getElementById("job-live-note");
   var receipt = JSON.parse(document.getElementById("receipt-data").textContent);
+  var opening = JSON.parse(document.getElementById("opening-data").textContent);
+  var contents = JSON.parse(document.getElementById("contents-data").textContent);
   var lastIndex = -1;
 
   function setText(id, value) {
@@ -76,18 +79,38 @@
     });
   }
 
-  function showReceipt(document_) {
-    receipt = document_;
-    document.getElementById("receipt-json").textContent = JSON.stringify(document_, null, 2);
+  // What the owner keeps, or shows to whoever should check the receipt: manage.py verify_receipt
+  // and POST /v1/receipts/verify read it as it is.
+  function bundle() {
+    var value = {receipt: receipt, payload: contents.payload, result: contents.result};
+    if (opening) value.opening = opening;
+    return value;
+  }
+
+  function showReceipt(answer) {
+    receipt = answer.receipt;
+    opening = answer.receipt_opening;
+    contents.result = answer.result;
+    document.getElementById("receipt-json").textContent = JSON.stringify(receipt, null, 2);
+    if (opening) {
+      document.getElementById("opening-json").textContent = JSON.stringify(opening, null, 2);
+      document.getElementById("opening-box").hidden = false;
+    }
     document.getElementById("receipt-box").hidden = false;
     document.getElementById("receipt-missing").hidden = true;
   }
 
   function loadReceipt() {
-    fetch(root.dataset.receiptUrl, {credentials: "same-origin", headers: {Accept: "application/json"}})
+    fetch(root.dataset.resultUrl, {credentials: "same-origin", headers: {Accept: "application/json"}})
       .then(function (response) { return response.ok ? response.json() : null; })
-      .then(function (document_) { if (document_) showReceipt(document_); })
+      .then(function (answer) { if (answer && answer.receipt) showReceipt(answer); })
       .catch(function () {});
+  }
+
+  function download(event) {
+    if (!receipt) return;
+    var text = JSON.stringify(bundle(), null, 2);
+    event.currentTarget.href = "data:application/json;charset=utf-8," + encodeURIComponent(text);
   }
 
   function verify() {
@@ -100,12 +123,12 @@
       credentials: "same-origin",
       headers: {"Content-Type": "application/json", Accept: "application/json",
                 "X-CSRFToken": root.dataset.csrfToken},
-      body: JSON.stringify(receipt)
+      body: JSON.stringify(bundle())
     })
       .then(function (response) { return response.json(); })
       .then(function (answer) {
         if (answer.valid === true) {
-          result.textContent = "✓ Valid: signed by this coordinator.";
+          result.textContent = "✓ Valid: signed by this coordinator, for this job's input and output.";
           result.className = "verdict-valid";
         } else {
           result.textContent = "✗ Invalid" + (answer.reason ? ": " + answer.reason : answer.detail ? ": " + answer.detail : ".");
@@ -119,5 +142,6 @@
   }
 
   document.getElementById("verify-button").addEventListener("click", verify);
+  document.getElementById("bundle-link").addEventListener("click", download);
   if (root.dataset.socketPath) follow(root.dataset.socketPath);
 })();

@@ -1,4 +1,3 @@
-import json
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
@@ -7,32 +6,30 @@ from explorer import verify
 
 
 class Command(BaseCommand):
-    help = "Verify a receipt file offline (no server, no database): exit status 0 if valid, 1 if not."
+    help = (
+        "Verify a receipt file offline (no server, no database): its signature, and with the receipt's opening "
+        "the job's payload and result it commits to. Exit status 0 if valid, 1 if not."
+    )
     requires_system_checks = []
     requires_migrations_checks = False
 
     def add_arguments(self, parser):
-        parser.add_argument("file", help="the receipt's JSON ('-' reads standard input)")
-        parser.add_argument(
-            "--public-key",
-            action="append",
-            help="a coordinator public key to trust (hex or base64; repeatable). Without it, any signer is accepted.",
-        )
+        verify.add_arguments(parser)
 
-    def handle(self, *args, file, public_key, **options):
+    def handle(self, *args, file, public_key, opening, payload, result, **options):
         try:
-            if file == "-":
-                text = sys.stdin.read()
-            else:
-                with open(file, encoding="utf-8") as handle:
-                    text = handle.read()
-            document = verify.load_document(text)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            document, given = verify.load(file, opening=opening, payload=payload, result=result)
+        except (OSError, UnicodeDecodeError, ValueError) as error:
             raise CommandError(f"unreadable receipt: {error}") from error
-        valid, reason = verify.verify_receipt(document, public_key)
+        valid, reason = verify.verify_receipt(document, public_key, **given)
         if not valid:
             self.stderr.write(f"invalid: {reason}")
             sys.exit(1)
         signer = document["signature"]["key_id"]
         attested = len(document.get("attestations", []))
-        self.stdout.write(f"valid: signed by {signer}" + (f", {attested} attestation(s)" if attested else ""))
+        also = verify.matched(given)
+        self.stdout.write(
+            f"valid: signed by {signer}"
+            + (f", {attested} attestation(s)" if attested else "")
+            + (f"; {also}" if also else "")
+        )
