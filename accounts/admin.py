@@ -3,7 +3,7 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from accounts.models import ApiKey, User, UserSession, WalletNonce
 from accounts.services import api_key_create, api_key_revoke, user_session_revoke
-from aitbc_site.admin_bases import ReadOnlyAdmin
+from core.admin_bases import ReadOnlyAdmin
 
 
 class ApiKeyInline(admin.TabularInline):

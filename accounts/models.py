@@ -2,18 +2,14 @@ from django.contrib.auth.models import AbstractUser
 from django.db import models
 from django.db.models import Q
 
+from core.api.permissions import ApiKeyScope
+
 
 class User(AbstractUser):
     """A person or program using the platform: client, miner owner or staff."""
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
-
-
-class ApiKeyScope(models.TextChoices):
-    CLIENT = "client", "Client"
-    MINER = "miner", "Miner"
-    ADMIN = "admin", "Admin"
 
 
 class ApiKey(models.Model):

@@ -11,9 +11,9 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from accounts.models import ApiKey, ApiKeyScope, User, UserSession, WalletNonce
-from aitbc_site import rawsql
-from aitbc_site.errors import Conflict, ServiceError
-from payments.addresses import wallet_address
+from core import rawsql
+from core.crypto.addresses import wallet_address
+from core.errors import Conflict, ServiceError
 from payments.models import Wallet
 from payments.selectors import wallet_by_address
 from payments.services import wallet_open

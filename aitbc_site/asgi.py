@@ -11,7 +11,7 @@ from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from aitbc_site.routing import websocket_application  # noqa: E402
 from aitbc_site.scheduler import start_embedded  # noqa: E402
-from aitbc_site.shutdown import ConnectionsInFlight, drain_daphne_on_sigterm  # noqa: E402
+from core.shutdown import ConnectionsInFlight, drain_daphne_on_sigterm  # noqa: E402
 
 start_embedded()
 

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from aitbc_site.api.exceptions import error_response
+from core.api.exceptions import error_response
 
 REQUESTS = Counter("api_requests_total", "HTTP requests served", ["method", "route", "status"])
 DURATION = Histogram(

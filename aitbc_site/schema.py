@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
-    target_class = "aitbc_site.api.authentication.ApiKeyAuthentication"
+    target_class = "accounts.api.authentication.ApiKeyAuthentication"
     name = ["ApiKeyHeader", "BearerAuth"]
 
     def get_security_definition(self, auto_schema):
@@ -15,7 +15,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
 
 class SessionTokenAuthenticationScheme(OpenApiAuthenticationExtension):
-    target_class = "aitbc_site.api.authentication.SessionTokenAuthentication"
+    target_class = "accounts.api.authentication.SessionTokenAuthentication"
     name = "SessionToken"
 
     def get_security_definition(self, auto_schema):

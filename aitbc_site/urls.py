@@ -27,7 +27,7 @@ urlpatterns = [
     path("", include("dashboard.urls")),
 ]
 
-handler400 = "aitbc_site.api.exceptions.bad_request"
-handler403 = "aitbc_site.api.exceptions.permission_denied"
-handler404 = "aitbc_site.api.exceptions.not_found"
-handler500 = "aitbc_site.api.exceptions.server_error"
+handler400 = "core.api.exceptions.bad_request"
+handler403 = "core.api.exceptions.permission_denied"
+handler404 = "core.api.exceptions.not_found"
+handler500 = "core.api.exceptions.server_error"

@@ -84,7 +84,7 @@ def service_worker(
 
     from django.db import connection
 
-    from explorer.signing import coordinator_signing_key
+    from core.crypto.signing import coordinator_signing_key
     from miners.models import Miner
 
     miners = [Miner.objects.get(miner_id=m) for m in miner_ids]

@@ -155,8 +155,8 @@ def receipt_floor() -> dict:
 
     from django.utils import timezone
 
+    from core.crypto.signing import coordinator_signing_key
     from explorer.services import receipts_sign
-    from explorer.signing import coordinator_signing_key
     from jobs.models import Job, JobStatus
 
     key = coordinator_signing_key()

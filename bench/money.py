@@ -277,7 +277,7 @@ def completions_phase(args, env) -> dict:
     from django.test.utils import CaptureQueriesContext
 
     from accounts.services import user_get_or_create
-    from explorer.signing import coordinator_signing_key
+    from core.crypto.signing import coordinator_signing_key
     from miners.capabilities import Capabilities
     from miners.services import miner_register
     from payments.services import treasury_mint, wallet_open
@@ -479,7 +479,7 @@ def profile_completions(miner, job_ids: list) -> dict:
 def sealing_phase(args) -> dict:
     from django.db import transaction
 
-    from explorer import merkle, selectors, services
+    from core.crypto import merkle, selectors, services
     from explorer.models import Block
     from explorer.sources import LEAF_SOURCES
     from payments.models import Wallet

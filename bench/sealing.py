@@ -330,8 +330,8 @@ def main() -> None:
         from django.conf import settings
         from django.db import connection
 
+        from core.crypto.signing import coordinator_signing_key
         from explorer.models import Block
-        from explorer.signing import coordinator_signing_key
 
         coordinator_signing_key()
         template_job, template_receipt = make_template()

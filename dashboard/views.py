@@ -15,7 +15,7 @@ from django.views.generic import FormView, TemplateView, View
 
 from accounts.models import ApiKey, ApiKeyScope
 from accounts.services import api_key_create, api_key_revoke
-from aitbc_site.errors import ServiceError
+from core.errors import ServiceError
 from dashboard import selectors
 from dashboard.forms import ApiKeyCreateForm, JobSubmitForm, SignUpForm, TopUpForm
 from explorer import selectors as explorer

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from aitbc_site.admin_bases import ReadOnlyAdmin, ReadOnlyInline
+from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from explorer import selectors
 from explorer.models import Block, BlockLeaf, Receipt, ReceiptAttestation
 

@@ -8,7 +8,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery, Sum
 
-from explorer import merkle, signing, verify
+from core.crypto import merkle, signing
+from explorer import verify
 from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, LeafKind, Receipt
 from explorer.sources import LEAF_SOURCES, leaf_source
 from jobs.models import Job, JobStatus

@@ -9,8 +9,9 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
-from aitbc_site.errors import Invalid, NotFound, ServiceError
-from explorer import merkle, signing, verify
+from core.crypto import merkle, signing
+from core.errors import Invalid, NotFound, ServiceError
+from explorer import verify
 from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, PendingLeaf, Receipt, ReceiptAttestation
 from explorer.sources import Leaf, leaf_source
 from miners.selectors import miner_for_owner

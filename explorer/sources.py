@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 
-from explorer import merkle, signing
+from core.crypto import merkle, signing
 from explorer.models import LeafKind, Receipt
 from payments.selectors import ledger_transactions, transaction_documents
 

@@ -1,6 +1,6 @@
 """Offline verification of AITBC receipts and Merkle proofs: the standard library and PyNaCl only.
 
-Written apart from ``explorer.signing`` on purpose, so that a second implementation of the
+Written apart from ``core.crypto.signing`` on purpose, so that a second implementation of the
 canonical rule checks the first. Usable without Django::
 
     python -m explorer.verify receipt.json [--public-key KEY] [--opening F] [--payload F] [--result F]

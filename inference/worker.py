@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from accounts.services import user_get_or_create
-from aitbc_site.errors import ServiceError
+from core.errors import ServiceError
 from inference import engine
 from inference.selectors import catalog_entry, model_spec
 from jobs import events, wakeup

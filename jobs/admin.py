@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
-from aitbc_site.admin_bases import ReadOnlyAdmin, ReadOnlyInline
-from aitbc_site.errors import ServiceError
+from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
+from core.errors import ServiceError
 from jobs import services
 from jobs.models import FailedAttempt, Job, JobStatus
 from payments.models import PaymentStatus

@@ -10,11 +10,11 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.utils.datastructures import CaseInsensitiveMapping
 
+from accounts.api.authentication import raw_key_from_headers
 from accounts.models import ApiKeyScope
 from accounts.services import api_key_authenticate
-from aitbc_site import shutdown
-from aitbc_site.api.authentication import raw_key_from_headers
-from aitbc_site.api.parsers import load_json
+from core import shutdown
+from core.api.parsers import load_json
 from jobs import events, feed, selectors
 from jobs.models import JobStatus
 

@@ -19,9 +19,9 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
-from aitbc_site import rawsql, shutdown
-from aitbc_site.errors import Conflict, Invalid, NotFound, ServiceError
-from explorer import signing
+from core import rawsql, shutdown
+from core.crypto import signing
+from core.errors import Conflict, Invalid, NotFound, ServiceError
 from explorer.models import Receipt
 from explorer.services import receipts_issue, receipts_sign
 from inference.params import generation_params
@@ -375,7 +375,7 @@ def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) 
     """A long poll: claim now, or sleep until a job for one of the miner's models is announced.
 
     No busy loop: between claims the thread sleeps on a wake-up (see ``jobs.wakeup``). When the
-    server stops, the poll returns what it has at once (see ``aitbc_site.shutdown``).
+    server stops, the poll returns what it has at once (see ``core.shutdown``).
     """
     jobs = job_claim(miner=miner, limit=limit)
     if jobs or wait_seconds <= 0:

@@ -10,7 +10,7 @@ import json
 
 from django.db import connection
 
-from aitbc_site.rawsql import columns
+from core.rawsql import columns
 from explorer.models import Receipt
 from jobs.models import Job, JobStatus
 

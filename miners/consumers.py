@@ -8,7 +8,7 @@ from channels.db import database_sync_to_async
 
 from accounts.models import ApiKeyScope
 from accounts.services import api_key_authenticate
-from aitbc_site.errors import NotFound, ServiceError
+from core.errors import NotFound, ServiceError
 from jobs import events, wakeup
 from jobs.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, ClientSocket
 from jobs.consumers import _credentials as socket_credentials

@@ -20,8 +20,8 @@ from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
 from accounts.services import KEY_COLUMN_COUNT, KEY_COLUMNS, KEY_TABLES, keys_from_rows
-from aitbc_site import rawsql
-from aitbc_site.errors import NotFound
+from core import rawsql
+from core.errors import NotFound
 from jobs.models import FailedAttempt, Job, JobStatus
 from miners.models import Miner, MinerStatus
 from payments.models import LedgerEntry, TransactionKind

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from aitbc_site.errors import Conflict, NotFound, ServiceError
+from core.errors import Conflict, NotFound, ServiceError
 from jobs import feed
 from jobs.services import job_leases_extend, jobs_release_for_miner
 from miners.capabilities import Capabilities, cuda_code

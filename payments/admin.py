@@ -9,8 +9,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.template.response import TemplateResponse
 
-from aitbc_site.admin_bases import ReadOnlyAdmin, ReadOnlyInline
-from aitbc_site.errors import ServiceError
+from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
+from core.errors import ServiceError
 from jobs import services as job_services
 from payments import exchange
 from payments.models import (

@@ -21,7 +21,7 @@ from django.db.models import Count, Max, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from aitbc_site.errors import Conflict, Invalid, NotFound, ServiceError
+from core.errors import Conflict, Invalid, NotFound, ServiceError
 from payments.bitcoin import deposit_address
 from payments.models import ExchangePayment, ExchangePaymentStatus, LedgerTransaction
 from payments.services import credits, treasury_mint, wallet_open

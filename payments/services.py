@@ -18,9 +18,9 @@ from django.db.models import Q
 from django.utils import timezone
 from nacl.signing import SigningKey
 
-from aitbc_site.errors import Invalid, PaymentRequired
+from core.crypto.addresses import HRP, wallet_address
+from core.errors import Invalid, PaymentRequired
 from payments import sql
-from payments.addresses import HRP, wallet_address
 from payments.models import (
     LedgerEntry,
     LedgerTransaction,

@@ -1,6 +1,6 @@
 """The flow existing AITBC clients and miners run, end to end over HTTP."""
 
-from explorer import signing
+from core.crypto import signing
 
 
 def test_existing_client_and_miner_flow(client_api, miner_api):

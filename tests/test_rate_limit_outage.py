@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from aitbc_site.api import throttling
+from core.api import throttling
 from tests.processes import RedisServer
 
 REQUESTS_PER_PROCESS = 125

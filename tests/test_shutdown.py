@@ -13,8 +13,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from accounts.services import api_key_create, user_get_or_create
-from aitbc_site import shutdown
 from aitbc_site.routing import websocket_urlpatterns
+from core import shutdown
 from jobs.consumers import CLOSE_RESTARTING
 from tests.processes import Server, server_env
 

@@ -3,7 +3,7 @@ import re
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from payments.addresses import is_wallet_address
+from core.crypto.addresses import is_wallet_address
 
 EXAMPLE_ADDRESS = "ait12er44f65vdr5cq59mawm7272ku76v5f4hrge5x"
 EXAMPLE_PUBLIC_KEY = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"

@@ -17,9 +17,9 @@ from accounts.api.serializers import (
     WalletLoginSerializer,
 )
 from accounts.models import User, UserSession
-from aitbc_site.api.pagination import ItemsLimitOffsetPagination
-from aitbc_site.api.permissions import IsClient, is_admin
-from aitbc_site.errors import Invalid, NotFound, ServiceError
+from core.api.pagination import ItemsLimitOffsetPagination
+from core.api.permissions import IsClient, is_admin
+from core.errors import Invalid, NotFound, ServiceError
 from payments.models import LedgerEntry, Wallet
 from payments.selectors import wallet_entries
 from payments.services import wallet_open

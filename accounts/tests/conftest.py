@@ -4,7 +4,7 @@ import pytest
 from nacl.signing import SigningKey
 from rest_framework.test import APIClient
 
-from payments.addresses import wallet_address
+from core.crypto.addresses import wallet_address
 
 
 @dataclass

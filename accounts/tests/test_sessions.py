@@ -8,7 +8,7 @@ from rest_framework.test import APIClient
 from accounts.models import UserSession, WalletNonce
 from accounts.services import NONCE_RETENTION, SESSION_RETENTION, sign_in_records_purge, user_session_create
 from accounts.tests.conftest import ask_nonce
-from aitbc_site.api.permissions import request_scope
+from core.api.permissions import request_scope
 
 pytestmark = pytest.mark.django_db
 

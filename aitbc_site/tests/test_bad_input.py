@@ -6,7 +6,7 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from aitbc_site.api.parsers import MAX_JSON_DEPTH, RefusedJSON, load_json
+from core.api.parsers import MAX_JSON_DEPTH, RefusedJSON, load_json
 
 pytestmark = pytest.mark.django_db
 

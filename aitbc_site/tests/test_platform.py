@@ -14,8 +14,8 @@ from rest_framework.request import Request
 from rest_framework.test import APIClient, APIRequestFactory
 
 from aitbc_site import health
-from aitbc_site.api import throttling
-from aitbc_site.env import env_bool, env_int
+from core.api import throttling
+from core.env import env_bool, env_int
 
 # --- Health, metrics, docs ------------------------------------------------------------
 

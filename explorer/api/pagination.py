@@ -1,6 +1,6 @@
 from rest_framework.response import Response
 
-from aitbc_site.api.pagination import StrictLimitOffsetPagination
+from core.api.pagination import StrictLimitOffsetPagination
 
 
 class NextOffsetPagination(StrictLimitOffsetPagination):

@@ -1,7 +1,7 @@
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
-from aitbc_site.api.formats import iso_datetime
+from core.api.formats import iso_datetime
 
 
 class ReceiptSignatureSerializer(serializers.Serializer):

@@ -5,9 +5,9 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aitbc_site.api.pagination import ItemsLimitOffsetPagination
-from aitbc_site.api.permissions import IsClient, IsMiner, is_admin
-from aitbc_site.errors import Invalid, NotFound
+from core.api.pagination import ItemsLimitOffsetPagination
+from core.api.permissions import IsClient, IsMiner, is_admin
+from core.errors import Invalid, NotFound
 from explorer import selectors, services, verify
 from explorer.api.pagination import NextOffsetPagination
 from explorer.api.serializers import (

@@ -7,7 +7,8 @@ from nacl.signing import SigningKey
 from rest_framework.test import APIClient
 
 from accounts.services import user_get_or_create
-from explorer import services, signing
+from core.crypto import signing
+from explorer import services
 from explorer.models import Receipt
 from explorer.tests.independent import payload_of, unpadded_b64encode
 from payments.services import treasury_mint, wallet_open

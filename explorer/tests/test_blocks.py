@@ -10,7 +10,8 @@ from django.utils import timezone
 from nacl.signing import VerifyKey
 
 from accounts.services import user_get_or_create
-from explorer import selectors, services, signing
+from core.crypto import signing
+from explorer import selectors, services
 from explorer.models import Block, BlockLeaf, LeafKind, PendingLeaf, Receipt
 from explorer.tasks import seal_block
 from explorer.tests.independent import canonical, leaf, proof_leads_to_root, tree_root, unpadded_b64decode

@@ -2,7 +2,8 @@ import hashlib
 
 import pytest
 
-from explorer import merkle, verify
+from core.crypto import merkle
+from explorer import verify
 from explorer.tests.independent import proof_leads_to_root, tree_root
 
 # Certificate Transparency's test vectors (RFC 6962 reference implementation).

@@ -9,7 +9,8 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from explorer import selectors, services, signing, verify
+from core.crypto import signing
+from explorer import selectors, services, verify
 from explorer.models import BlockLeaf, LeafKind, Receipt
 from explorer.services import client_pseudonym
 from explorer.tests.independent import canonical

@@ -4,7 +4,7 @@ import json
 import pytest
 from nacl.signing import SigningKey, VerifyKey
 
-from explorer import signing
+from core.crypto import signing
 from explorer.services import client_pseudonym
 from explorer.tests.independent import canonical as independent_canonical
 from explorer.tests.independent import unpadded_b64decode

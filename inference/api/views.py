@@ -2,7 +2,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aitbc_site.errors import NotFound
+from core.errors import NotFound
 from inference.api.serializers import CatalogModelSerializer, ModelListSerializer
 from inference.selectors import catalog_with_miner_counts
 

@@ -288,7 +288,7 @@ def test_embedded_workers_answer_a_submitted_job(tiny_model_dir, settings, tmp_p
 
 
 def test_late_result_of_a_superseded_attempt_is_rejected(cluster_host, client_api):
-    from aitbc_site.errors import Conflict
+    from core.errors import Conflict
     from jobs.services import job_requeue
 
     job = submit(client_api.user)

@@ -7,8 +7,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from aitbc_site.errors import Conflict
 from aitbc_site.testing.processes import DramatiqWorker
+from core.errors import Conflict
 from explorer.models import Receipt
 from inference.tests.conftest import TINY
 from inference.worker import ClusterHost

@@ -4,8 +4,8 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from aitbc_site.api.formats import iso_datetime
-from aitbc_site.errors import Invalid
+from core.api.formats import iso_datetime
+from core.errors import Invalid
 from explorer.api.serializers import ReceiptDocumentSerializer, ReceiptOpeningSerializer
 from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP

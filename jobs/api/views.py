@@ -7,9 +7,9 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aitbc_site.api.pagination import ItemsLimitOffsetPagination
-from aitbc_site.api.permissions import IsClient, is_admin
-from aitbc_site.errors import NotFound, ServiceError
+from core.api.pagination import ItemsLimitOffsetPagination
+from core.api.permissions import IsClient, is_admin
+from core.errors import NotFound, ServiceError
 from explorer.api.serializers import ReceiptDocumentSerializer
 from explorer.selectors import receipts_for_job
 from jobs import selectors, services

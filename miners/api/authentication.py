@@ -1,5 +1,5 @@
+from accounts.api.authentication import ApiKeyAuthentication, raw_key_from_headers
 from accounts.services import key_prefix
-from aitbc_site.api.authentication import ApiKeyAuthentication, raw_key_from_headers
 from miners import selectors
 
 

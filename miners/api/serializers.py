@@ -4,7 +4,7 @@ from decimal import Decimal, InvalidOperation
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
-from aitbc_site.api.formats import iso_datetime
+from core.api.formats import iso_datetime
 from explorer.api.serializers import ReceiptDocumentSerializer
 from miners.capabilities import Capabilities
 from miners.models import Miner

@@ -6,10 +6,10 @@ from rest_framework.authentication import SessionAuthentication
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from aitbc_site.api.authentication import SessionTokenAuthentication
-from aitbc_site.api.pagination import ItemsLimitOffsetPagination
-from aitbc_site.api.permissions import IsMiner, is_admin
-from aitbc_site.errors import Invalid, NotFound
+from accounts.api.authentication import SessionTokenAuthentication
+from core.api.pagination import ItemsLimitOffsetPagination
+from core.api.permissions import IsMiner, is_admin
+from core.errors import Invalid, NotFound
 from jobs import services as job_services
 from jobs.api.serializers import JobSerializer
 from jobs.models import Job

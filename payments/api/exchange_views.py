@@ -15,8 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.selectors import user_by_id
-from aitbc_site.api.permissions import IsClient, is_admin
-from aitbc_site.errors import NotFound, ServiceError
+from core.api.permissions import IsClient, is_admin
+from core.errors import NotFound, ServiceError
 from payments.api.exchange_serializers import (
     ExchangeConfirmationSerializer,
     ExchangeMarketStatsSerializer,

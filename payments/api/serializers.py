@@ -3,7 +3,7 @@ from decimal import Decimal
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from explorer import merkle, signing
+from core.crypto import merkle, signing
 from payments.models import AMOUNT, LedgerTransaction, Payment, PaymentStatus
 from payments.selectors import transaction_document
 

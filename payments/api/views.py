@@ -9,8 +9,8 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
 
-from aitbc_site.api.permissions import IsClient, is_admin
-from aitbc_site.errors import NotFound, ServiceError
+from core.api.permissions import IsClient, is_admin
+from core.errors import NotFound, ServiceError
 from jobs import selectors as job_selectors
 from jobs import services as job_services
 from payments.api.serializers import (

@@ -5,7 +5,7 @@ import pytest
 from django.db import connections
 from rest_framework.test import APIClient
 
-from explorer import signing
+from core.crypto import signing
 from explorer.models import BlockLeaf, LeafKind
 from explorer.services import block_seal
 from jobs.models import Job, JobStatus

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from accounts.services import user_get_or_create
-from aitbc_site.errors import ServiceError
+from core.errors import ServiceError
 from jobs.models import Job, JobStatus
 from jobs.services import job_cancel, job_claim, job_complete, job_fail, job_submit, jobs_expire_queued
 from miners.capabilities import Capabilities

@@ -18,7 +18,7 @@ from embit.networks import NETWORKS
 from rest_framework.test import APIClient
 
 from accounts.services import user_get_or_create, user_session_create
-from aitbc_site.errors import Invalid
+from core.errors import Invalid
 from payments import bitcoin
 from payments.exchange import exchange_payment_confirm, exchange_payment_create, exchange_payments_expire_due
 from payments.models import ExchangePayment, ExchangePaymentStatus, LedgerTransaction, TransactionKind, Wallet

@@ -6,7 +6,7 @@ from django.db import IntegrityError, InternalError, connection, transaction
 from django.utils import timezone
 
 from accounts.services import user_get_or_create
-from aitbc_site.errors import PaymentRequired
+from core.errors import PaymentRequired
 from jobs.models import JobStatus
 from jobs.services import (
     job_cancel,
@@ -129,7 +129,7 @@ def test_a_catalog_job_is_charged_for_the_tokens_it_used(alice, settings):
 
 
 def test_a_payment_amount_below_the_catalog_price_is_422(alice):
-    from aitbc_site.errors import Invalid
+    from core.errors import Invalid
 
     payload = {"type": "inference", "prompt": "x", "params": {"max_tokens": 1000}}
     with pytest.raises(Invalid) as raised:
@@ -138,7 +138,7 @@ def test_a_payment_amount_below_the_catalog_price_is_422(alice):
 
 
 def test_max_tokens_at_the_payloads_top_level_is_priced_and_limited_like_params(alice):
-    from aitbc_site.errors import Invalid
+    from core.errors import Invalid
 
     top_level = {"type": "inference", "prompt": "x", "max_tokens": 1000, "params": {"temperature": 0}}
     job = job_submit(client=alice, model="smollm2-135m", payload=top_level).job

@@ -5,7 +5,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from accounts.services import user_get_or_create
-from payments.addresses import wallet_address
+from core.crypto.addresses import wallet_address
 from payments.models import LedgerTransaction, TransactionKind, Wallet, WalletKind
 from payments.services import system_wallet, wallet_open
 

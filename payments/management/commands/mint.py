@@ -3,8 +3,8 @@ from decimal import Decimal, InvalidOperation
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from aitbc_site.errors import ServiceError
-from payments.addresses import is_wallet_address
+from core.crypto.addresses import is_wallet_address
+from core.errors import ServiceError
 from payments.models import AMOUNT, WalletKind
 from payments.selectors import wallet_by_address
 from payments.services import credits, treasury_mint, wallet_open

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +21,18 @@ logger = logging.getLogger(__name__)
 DRAIN_SECONDS = 5.0
 
 _stopping = threading.Event()
+_on_stop: list[Callable[[], None]] = []
+_on_stop_async: list[Callable[[], Awaitable[None]]] = []
+
+
+def when_stopping(callback: Callable[[], None] | None = None, *, closing=None) -> None:
+    """Register what a stopping process does: ``callback`` answers waiting long polls (called at
+    once, from any thread), ``closing`` is awaited in the event loop to close open sockets. The
+    apps that keep such waiters register here from their ``ready()``."""
+    if callback is not None:
+        _on_stop.append(callback)
+    if closing is not None:
+        _on_stop_async.append(closing)
 
 
 def stopping() -> bool:
@@ -30,10 +42,9 @@ def stopping() -> bool:
 
 def stop_waiting() -> None:
     """Answer every long poll of this process now, and those that come in from now on at once."""
-    from jobs import wakeup
-
     _stopping.set()
-    wakeup.hub.notify_all()
+    for callback in _on_stop:
+        callback()
 
 
 def on_sigterm(before: Callable[[], None]) -> None:
@@ -68,10 +79,8 @@ class ConnectionsInFlight:
     async def drain(self, timeout: float) -> None:
         """Answer the long polls, close the sockets with 4503, and wait up to ``timeout`` seconds
         for all of them to finish."""
-        from jobs.consumers import close_sockets_for_restart
-
         stop_waiting()
-        await close_sockets_for_restart()
+        await asyncio.gather(*(closing() for closing in _on_stop_async))
         in_flight = {task for task in self.tasks if not task.done()}
         if in_flight:
             _, unfinished = await asyncio.wait(in_flight, timeout=timeout)

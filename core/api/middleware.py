@@ -1,5 +1,5 @@
-from aitbc_site.api.exceptions import error_response
-from aitbc_site.api.parsers import is_storable_text
+from core.api.exceptions import error_response
+from core.api.parsers import is_storable_text
 
 
 class StorableTextMiddleware:

@@ -15,7 +15,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from aitbc_site.errors import ServiceError
+from core.errors import ServiceError
 
 _CODES = {
     exceptions.NotAuthenticated: "NOT_AUTHENTICATED",

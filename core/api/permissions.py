@@ -1,12 +1,21 @@
+from django.db import models
 from rest_framework.permissions import BasePermission
 
-from accounts.models import ApiKey, ApiKeyScope
+
+class ApiKeyScope(models.TextChoices):
+    """What an API key may do. Stored on accounts' keys; the API's permissions are written in it."""
+
+    CLIENT = "client", "Client"
+    MINER = "miner", "Miner"
+    ADMIN = "admin", "Admin"
 
 
 def request_scope(request) -> str | None:
-    """The caller's scope: its key's, ``client`` for a signed-in browser user, else None."""
-    if isinstance(request.auth, ApiKey):
-        return request.auth.scope
+    """The caller's scope: its key's (an authenticated key is the request's ``auth`` and carries a
+    ``scope``), ``client`` for a signed-in browser user, else None."""
+    scope = getattr(request.auth, "scope", None)
+    if scope is not None:
+        return scope
     if request.user and request.user.is_authenticated:
         return ApiKeyScope.ADMIN if request.user.is_staff else ApiKeyScope.CLIENT
     return None

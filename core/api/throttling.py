@@ -21,9 +21,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from rest_framework.throttling import BaseThrottle
 
-from accounts.models import ApiKey
-from aitbc_site.api.permissions import request_scope
-from aitbc_site.env import parse_rate
+from core.api.permissions import request_scope
+from core.env import parse_rate
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class ApiKeyRateThrottle(BaseThrottle):
         if not settings.RATE_LIMITS_ENABLED:
             return True
         scope = request_scope(request)
-        if isinstance(request.auth, ApiKey):
+        if getattr(request.auth, "scope", None) is not None:  # an API key
             limit_name, ident = scope, f"key:{request.auth.pk}"
         elif scope is not None:
             limit_name, ident = "user", f"user:{request.user.pk}"
