@@ -6,6 +6,8 @@ from rest_framework.test import APIClient
 
 from accounts.services import api_key_create, user_get_or_create
 
+pytest_plugins = ["aitbc_site.testing.pages"]
+
 
 def pytest_collection_modifyitems(config, items):
     if settings.IS_POSTGRES:

@@ -47,7 +47,6 @@ INSTALLED_APPS = [
     "inference",
     "payments",
     "explorer",
-    "dashboard",
 ]
 
 MIDDLEWARE = [
@@ -120,6 +119,9 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"
+# The pages' sign-in (accounts/urls.py); signed in, a person lands on the overview at ``/``.
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "home"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -134,6 +136,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+# The pages' shared stylesheet, scripts and icon; each app's own scripts are in its static/.
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularJSONAPIView, SpectacularRedocView, SpectacularSwaggerView
 
-from aitbc_site import health
+from aitbc_site import health, views
 from aitbc_site.metrics import metrics_view
 
 urlpatterns = [
@@ -24,7 +24,13 @@ urlpatterns = [
         "redoc", SpectacularRedocView.as_view(url_name="openapi", template_name="aitbc_site/redoc.html"), name="redoc"
     ),
     path("admin/", admin.site.urls),
-    path("", include("dashboard.urls")),
+    # The pages: each app serves its own.
+    path("", views.home, name="home"),
+    path("favicon.ico", views.FaviconView.as_view(), name="favicon"),
+    path("", include("accounts.urls")),
+    path("", include("jobs.urls")),
+    path("", include("payments.urls")),
+    path("", include("explorer.urls")),
 ]
 
 handler400 = "core.api.exceptions.bad_request"

@@ -1,5 +1,6 @@
 import time
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
@@ -7,13 +8,17 @@ from django.db.models import (
     Avg,
     Case,
     Count,
+    DecimalField,
     DurationField,
     ExpressionWrapper,
     F,
     IntegerField,
+    OuterRef,
+    Prefetch,
     Q,
     QuerySet,
     Subquery,
+    Sum,
     Value,
     When,
 )
@@ -24,11 +29,13 @@ from django.utils import timezone
 from jobs import sql
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerStatus, ServedModel
+from miners.selectors import earnings_subquery, units_of_job, with_reputation
 
 RECENT_RUNS_WINDOW = timedelta(minutes=15)
 RECENT_RUNS = 200
 DEFAULT_RUN_SECONDS = 10.0
 QUEUE_POSITION_CAP = 1000
+THROUGHPUT_WINDOW = timedelta(hours=1)
 
 
 def claimable_jobs(*, miner: Miner, now: datetime) -> QuerySet[Job]:
@@ -170,3 +177,58 @@ def leases_held(*, miner: Miner, leases: dict[str, str]) -> set[str]:
     the others were cancelled, re-queued or leased again meanwhile."""
     running = Job.objects.filter(pk__in=list(leases), miner=miner, status=JobStatus.RUNNING)
     return {str(pk) for pk, token in running.values_list("pk", "lease_token") if token == leases[str(pk)]}
+
+
+# --- What the pages show ------------------------------------------------------------------
+
+
+def jobs_of_client(*, user) -> QuerySet[Job]:
+    """The user's jobs, newest first, with what the list shows (the miner)."""
+    return Job.objects.filter(client=user).select_related("miner").order_by("-created_at", "-id")
+
+
+def job_of_client(*, user, job_id) -> Job | None:
+    return jobs_of_client(user=user).filter(pk=job_id).first()
+
+
+def job_counts_of_client(*, user) -> dict[str, int]:
+    return Job.objects.filter(client=user).aggregate(
+        total=Count("id"),
+        active=Count("id", filter=Q(status__in=JobStatus.ACTIVE)),
+        completed=Count("id", filter=Q(status=JobStatus.COMPLETED)),
+    )
+
+
+def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
+    """Online miners with their models and, in subqueries of the same statement, what
+    ``miner_work_summary`` reports for one miner: jobs completed and running, units served,
+    earnings; plus units served in the last hour (throughput) and the miner's reputation."""
+    since = (now or timezone.now()) - THROUGHPUT_WINDOW
+    completed = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED).order_by().values("miner")
+    running = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.RUNNING).order_by().values("miner")
+    money = DecimalField(max_digits=24, decimal_places=8)
+    return (
+        with_reputation(Miner.objects.filter(status=MinerStatus.ONLINE), now=now)
+        .select_related("owner")
+        .prefetch_related(Prefetch("served_models", queryset=ServedModel.objects.order_by("name")))
+        .annotate(
+            jobs_completed=Coalesce(Subquery(completed.annotate(n=Count("id")).values("n"), IntegerField()), 0),
+            jobs_running=Coalesce(Subquery(running.annotate(n=Count("id")).values("n"), IntegerField()), 0),
+            units_served=Coalesce(Subquery(completed.annotate(n=Sum(units_of_job())).values("n"), IntegerField()), 0),
+            units_last_hour=Coalesce(
+                Subquery(
+                    completed.filter(completed_at__gte=since).annotate(n=Sum(units_of_job())).values("n"),
+                    IntegerField(),
+                ),
+                0,
+            ),
+            earned=Coalesce(earnings_subquery(), Value(Decimal(0)), output_field=money),
+        )
+        .order_by("miner_id")
+    )
+
+
+def latest_receipt_of_job(*, job: Job):
+    """The job's newest receipt, with its attestations. The explorer issues receipts; each points
+    at its job (``Job.receipts``), so this reads them without naming the explorer's model."""
+    return job.receipts.prefetch_related("attestations").order_by("-created_at", "-receipt_id").first()

@@ -2,7 +2,7 @@ from collections import defaultdict
 
 from django.db.models import QuerySet
 
-from payments.models import LedgerEntry, LedgerTransaction, Payment, Wallet
+from payments.models import ExchangePayment, LedgerEntry, LedgerTransaction, Payment, Wallet
 
 
 def wallet_of(*, user) -> Wallet | None:
@@ -16,6 +16,11 @@ def wallet_by_address(address: str) -> Wallet | None:
 def wallet_entries(wallet: Wallet) -> QuerySet[LedgerEntry]:
     """The wallet's ledger entries, newest first, each with its transaction."""
     return LedgerEntry.objects.filter(wallet=wallet).select_related("transaction").order_by("-id")
+
+
+def exchange_payments_of(*, user) -> QuerySet[ExchangePayment]:
+    """The user's top-up requests, newest first."""
+    return ExchangePayment.objects.filter(user=user).order_by("-created_at", "-id")
 
 
 def payment_of_job(*, job_id) -> Payment | None:

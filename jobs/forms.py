@@ -1,0 +1,66 @@
+from django import forms
+
+from inference.models import CatalogModel, ModelTask
+
+PROMPT_MAX_LENGTH = 20_000
+
+
+class JobSubmitForm(forms.Form):
+    """A job for a model of the catalog: a prompt to complete, or a text to embed."""
+
+    model = forms.ChoiceField()
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 5}),
+        max_length=PROMPT_MAX_LENGTH,
+        strip=False,
+        help_text="The prompt to complete, or the text to embed for an embedding model.",
+    )
+    max_tokens = forms.IntegerField(min_value=1, required=False, help_text="Leave empty for the model's default.")
+    temperature = forms.FloatField(
+        min_value=0, max_value=2, initial=0.7, required=False, help_text="0 is greedy and deterministic."
+    )
+
+    def __init__(self, *args, catalog: list[CatalogModel], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.catalog = {entry.name: entry for entry in catalog}
+        self.fields["model"].choices = [(entry.name, _model_label(entry)) for entry in catalog]
+        default = _default_model(catalog)
+        if default is not None:
+            self.fields["model"].initial = default.name
+
+    def clean(self):
+        cleaned = super().clean()
+        entry = self.catalog.get(cleaned.get("model"))
+        max_tokens = cleaned.get("max_tokens")
+        if entry is not None and max_tokens is not None and max_tokens > entry.max_tokens:
+            self.add_error("max_tokens", f"{entry.name} produces at most {entry.max_tokens} tokens.")
+        return cleaned
+
+    def submission(self) -> dict:
+        """The keyword arguments of ``jobs.services.job_submit`` for this form (client aside)."""
+        entry = self.catalog[self.cleaned_data["model"]]
+        if not entry.generates_text:
+            payload = {"type": "embedding", "model": entry.name, "input": self.cleaned_data["prompt"]}
+            return {"model": entry.name, "job_type": "embedding", "payload": payload}
+        params = {}
+        if self.cleaned_data.get("max_tokens") is not None:
+            params["max_tokens"] = self.cleaned_data["max_tokens"]
+        if self.cleaned_data.get("temperature") is not None:
+            params["temperature"] = self.cleaned_data["temperature"]
+        payload = {"type": "inference", "model": entry.name, "prompt": self.cleaned_data["prompt"], "params": params}
+        return {"model": entry.name, "job_type": "inference", "payload": payload}
+
+
+def _model_label(entry: CatalogModel) -> str:
+    """``name — task, N miners online``: flat, so that no parentheses nest in the list."""
+    miners = f"{entry.online_miners} miner{'' if entry.online_miners == 1 else 's'} online"
+    return f"{entry.name} — {entry.get_task_display().lower()}, {miners}"
+
+
+def _default_model(catalog: list[CatalogModel]) -> CatalogModel | None:
+    """What a person most likely wants to try: a model someone serves now, a chat model before a
+    text-generation one, never an embedding model unless there is nothing else."""
+    generating = [entry for entry in catalog if entry.generates_text]
+    if not generating:
+        return None
+    return max(generating, key=lambda entry: (entry.online_miners > 0, entry.task == ModelTask.CHAT))
