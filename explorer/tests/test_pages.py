@@ -114,7 +114,7 @@ def test_network_page_tells_a_signed_out_visitor_how_to_see_the_figures_live(cli
     assert "data-socket-path" not in content, "the feed refuses anonymous sockets: none is opened"
     assert 'href="/login/?next=/network/">log in</a>' in content
     assert 'href="/signup/">sign up</a>' in content
-    assert "To watch them move live" in content
+    assert "the live feed is for signed-in users" in content
 
 
 def test_network_sparklines_stretch_to_the_cards_width(client, db):
