@@ -31,9 +31,10 @@ def _isolated_rate_limits(settings):
     settings.RATE_LIMIT_KEY_PREFIX = f"aitbc-test:{uuid.uuid4().hex}"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_queue_outlook(settings):
-    settings.JOB_OUTLOOK_CACHE_SECONDS = 0
+@pytest.fixture
+def in_memory_channel_layer(settings):
+    """Channel layer events stay in this process (the suite's settings use Redis when REDIS_URL is set)."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 @pytest.fixture
@@ -92,13 +93,6 @@ def submit_job():
         return response.json()
 
     return submit
-
-
-@pytest.fixture(autouse=True)
-def _no_inference_host(settings):
-    # Worker threads started by a test must not load the real models unless the test asks.
-    settings.INFERENCE_MODELS = []
-    settings.MODEL_CATALOG_CACHE_SECONDS = 0
 
 
 @pytest.fixture(scope="session")

@@ -17,16 +17,11 @@ from aitbc_site import settings as site_settings
 from aitbc_site.routing import websocket_urlpatterns
 from jobs import consumers, feed
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
 # The production stack less the origin check (asgi.py would also start the embedded workers).
 application = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
 needs_redis = pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs Redis (set REDIS_URL); CI always runs it")
-
-
-@pytest.fixture(autouse=True)
-def _in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 @pytest.fixture(autouse=True)

@@ -15,12 +15,6 @@ TRANSACTIONS = reverse("admin:payments_ledgertransaction_changelist")
 PAYMENTS = reverse("admin:payments_payment_changelist")
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # admin_client's superuser gets a password; the default hasher costs half a second a test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def alice_wallet(db):
     return wallet_open(user=user_get_or_create(username="alice"))
