@@ -4,7 +4,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from accounts.services import api_key_create, user_get_or_create
+from tests.factories import ApiKeyFactory
 
 
 def pytest_collection_modifyitems(config, items):
@@ -42,14 +42,13 @@ def make_api(db):
     """``make_api(scope, username)`` → an APIClient sending that user's new key as ``X-Api-Key``."""
 
     def make(scope: str, username: str, *, miner_id: str | None = None) -> APIClient:
-        user = user_get_or_create(username=username)
-        issued = api_key_create(user=user, scope=scope)
+        api_key = ApiKeyFactory(user__username=username, scope=scope)
         api = APIClient()
-        headers = {"HTTP_X_API_KEY": issued.raw_key}
+        headers = {"HTTP_X_API_KEY": api_key.raw_key}
         if miner_id:
             headers["HTTP_X_MINER_ID"] = miner_id
         api.credentials(**headers)
-        api.user, api.raw_key, api.api_key = user, issued.raw_key, issued.api_key
+        api.user, api.raw_key, api.api_key = api_key.user, api_key.raw_key, api_key
         return api
 
     return make

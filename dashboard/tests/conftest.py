@@ -1,31 +1,17 @@
-from decimal import Decimal
-
 import pytest
 from django.test import Client
 
-from accounts.services import user_get_or_create
-from jobs.services import job_claim, job_complete, job_submit
-from miners.capabilities import Capabilities
-from miners.services import miner_register
-
-PASSWORD = "correct horse battery staple"
-
-
-def make_user(username: str):
-    user = user_get_or_create(username=username)
-    user.set_password(PASSWORD)
-    user.save(update_fields=["password"])
-    return user
+from tests.factories import JobFactory, MinerFactory, UserFactory
 
 
 @pytest.fixture
 def alice(db):
-    return make_user("alice")
+    return UserFactory(username="alice", password=True)
 
 
 @pytest.fixture
 def bob(db):
-    return make_user("bob")
+    return UserFactory(username="bob", password=True)
 
 
 @pytest.fixture
@@ -38,11 +24,7 @@ def browser(alice) -> Client:
 
 @pytest.fixture
 def miner(db):
-    owner = user_get_or_create(username="gpu-owner")
-    registered, _ = miner_register(
-        owner=owner, miner_id="rig-1", capabilities=Capabilities(models=("llama3.2", "smollm2-135m"))
-    )
-    return registered
+    return MinerFactory(miner_id="rig-1", models=("llama3.2", "smollm2-135m"))
 
 
 @pytest.fixture
@@ -50,18 +32,13 @@ def finished_job(miner):
     """``finished_job(client, text)``: a paid job submitted, claimed and completed by ``miner``."""
 
     def finish(client, text="Paris.", *, prompt="What is the capital of France?"):
-        payload = {"type": "inference", "model": "llama3.2", "prompt": prompt}
-        job = job_submit(client=client, model="llama3.2", payload=payload, payment_amount=Decimal("1")).job
-        (claimed,) = job_claim(miner=miner, job_id=job.pk)
-        job_complete(
-            job_id=job.pk,
-            miner=miner,
+        return JobFactory(
+            client=client,
+            prompt=prompt,
+            payment_amount="1",
+            completed_by=miner,
             result={"text": text, "finish_reason": "stop"},
-            metrics={"duration_ms": 40, "units": 7},
-            lease_token=claimed.lease_token,
         )
-        job.refresh_from_db()
-        return job
 
     return finish
 
@@ -69,7 +46,6 @@ def finished_job(miner):
 @pytest.fixture
 def queued_job():
     def queue(client, prompt="hi"):
-        payload = {"type": "inference", "model": "llama3.2", "prompt": prompt}
-        return job_submit(client=client, model="llama3.2", payload=payload).job
+        return JobFactory(client=client, prompt=prompt)
 
     return queue
