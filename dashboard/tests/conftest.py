@@ -1,17 +1,36 @@
+from decimal import Decimal
+
 import pytest
 from django.test import Client
 
-from tests.factories import JobFactory, MinerFactory, UserFactory
+from accounts.services import user_get_or_create
+from jobs.services import job_claim, job_complete, job_submit
+from miners.capabilities import Capabilities
+from miners.services import miner_register
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def _uncached_stats(settings):
+    settings.EXPLORER_STATS_CACHE_SECONDS = 0
+
+
+def make_user(username: str):
+    user = user_get_or_create(username=username)
+    user.set_password(PASSWORD)
+    user.save(update_fields=["password"])
+    return user
 
 
 @pytest.fixture
 def alice(db):
-    return UserFactory(username="alice", password=True)
+    return make_user("alice")
 
 
 @pytest.fixture
 def bob(db):
-    return UserFactory(username="bob", password=True)
+    return make_user("bob")
 
 
 @pytest.fixture
@@ -24,7 +43,11 @@ def browser(alice) -> Client:
 
 @pytest.fixture
 def miner(db):
-    return MinerFactory(miner_id="rig-1", models=("llama3.2", "smollm2-135m"))
+    owner = user_get_or_create(username="gpu-owner")
+    registered, _ = miner_register(
+        owner=owner, miner_id="rig-1", capabilities=Capabilities(models=("llama3.2", "smollm2-135m"))
+    )
+    return registered
 
 
 @pytest.fixture
@@ -32,13 +55,18 @@ def finished_job(miner):
     """``finished_job(client, text)``: a paid job submitted, claimed and completed by ``miner``."""
 
     def finish(client, text="Paris.", *, prompt="What is the capital of France?"):
-        return JobFactory(
-            client=client,
-            prompt=prompt,
-            payment_amount="1",
-            completed_by=miner,
+        payload = {"type": "inference", "model": "llama3.2", "prompt": prompt}
+        job = job_submit(client=client, model="llama3.2", payload=payload, payment_amount=Decimal("1")).job
+        (claimed,) = job_claim(miner=miner, job_id=job.pk)
+        job_complete(
+            job_id=job.pk,
+            miner=miner,
             result={"text": text, "finish_reason": "stop"},
+            metrics={"duration_ms": 40, "units": 7},
+            lease_token=claimed.lease_token,
         )
+        job.refresh_from_db()
+        return job
 
     return finish
 
@@ -46,6 +74,7 @@ def finished_job(miner):
 @pytest.fixture
 def queued_job():
     def queue(client, prompt="hi"):
-        return JobFactory(client=client, prompt=prompt)
+        payload = {"type": "inference", "model": "llama3.2", "prompt": prompt}
+        return job_submit(client=client, model="llama3.2", payload=payload).job
 
     return queue

@@ -2,8 +2,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from dashboard.tests.conftest import PASSWORD
 from payments.selectors import wallet_of
-from tests.factories import PASSWORD
 
 SIGNED_IN_PAGES = ["/", "/keys/", "/jobs/", "/wallet/", "/miners/", "/jobs/8d3f4b9e-8d0a-4c8e-9d69-2f3b0c1f7a11/"]
 PUBLIC_PAGES = ["/network/", "/explorer/", "/explorer/receipts/", "/login/", "/signup/"]
