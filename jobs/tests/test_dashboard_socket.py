@@ -294,7 +294,7 @@ def test_150_sockets_at_once_on_redis_all_receive_a_published_event(settings, cl
 @needs_redis
 def test_configured_redis_layer_takes_150_concurrent_group_joins(settings):
     # Every ws/jobs socket joins a group as it connects: redis-py's default pool of 100
-    # connections made the 101st concurrent join fail (DESIGN.md, Pitfalls).
+    # connections made the 101st concurrent join fail.
     layers = copy.deepcopy(site_settings.CHANNEL_LAYERS)
     layers["default"]["CONFIG"]["prefix"] = f"aitbc-test-{uuid.uuid4().hex}"
     settings.CHANNEL_LAYERS = layers
