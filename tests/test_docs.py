@@ -9,7 +9,7 @@ from django.core.management import get_commands
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-COMMAND = re.compile(r"manage\.py ([a-z_]+)")
+COMMAND = re.compile(r"manage\.py\s+([a-z_]+)")
 
 
 def test_the_docs_exist():
