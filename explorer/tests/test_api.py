@@ -6,12 +6,12 @@ from django.core.management import call_command
 from nacl.signing import SigningKey
 from rest_framework.test import APIClient
 
+from accounts.services import user_get_or_create
 from core.crypto import signing
 from explorer import services
 from explorer.models import Receipt
 from explorer.tests.independent import payload_of, unpadded_b64encode
-from payments.services import treasury_mint
-from tests.factories import WalletFactory
+from payments.services import treasury_mint, wallet_open
 
 pytestmark = pytest.mark.django_db
 
@@ -287,7 +287,7 @@ def test_explorer_is_rate_limited_for_anonymous_callers(settings, anonymous):
 
 def test_explorer_addresses_come_from_the_ledger(settings, anonymous):
     settings.AITBC_WELCOME_CREDITS = 0
-    wallets = [WalletFactory(user__username=f"holder-{i}") for i in range(3)]
+    wallets = [wallet_open(user=user_get_or_create(username=f"holder-{i}")) for i in range(3)]
     for wallet, amount in zip(wallets[:2], ("0.5", "1.5"), strict=True):
         treasury_mint(wallet=wallet, amount=amount)
     for amount in ("0.1", "0.2", "0.3", "0.4", "1.5"):
@@ -306,7 +306,7 @@ def test_explorer_addresses_come_from_the_ledger(settings, anonymous):
 
 
 def test_explorer_address_of_a_real_wallet(anonymous):
-    wallet = WalletFactory(user__username="dave")
+    wallet = wallet_open(user=user_get_or_create(username="dave"))
     treasury_mint(wallet=wallet, amount="2")
     detail = anonymous.get(f"/v1/explorer/addresses/{wallet.address}").json()
     wallet.refresh_from_db()

@@ -16,7 +16,6 @@ from miners.services import (
     miner_take_offline,
     miners_mark_silent_offline,
 )
-from tests.factories import MinerFactory
 
 MODEL = "llama3.2"
 
@@ -28,7 +27,12 @@ def client_user(db):
 
 @pytest.fixture
 def rig(db):
-    return MinerFactory(owner__username="owner", miner_id="rig-1", models=(MODEL,), max_concurrent_jobs=10)
+    miner, _ = miner_register(
+        owner=user_get_or_create(username="owner"),
+        miner_id="rig-1",
+        capabilities=Capabilities(models=(MODEL,), max_concurrent_jobs=10),
+    )
+    return miner
 
 
 @pytest.fixture
