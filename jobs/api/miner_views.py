@@ -34,9 +34,9 @@ from miners.models import Miner
 LEASE_CONFLICT = {409: OpenApiResponse(description="This miner does not hold the job's current lease")}
 
 
+# A miner speaking about its work: the job it names tells which of the caller's miners it is.
+# (A comment, not a docstring: the schema would take it for every operation's description.)
 class MinerWorkView(MinerView):
-    """A miner speaking about its work: the job it names tells which of the caller's miners it is."""
-
     def miner_for_job(self, job_id) -> Miner:
         """The speaking miner; without a name, the caller's miner that holds the job."""
         if named_miner_id(self.request):
