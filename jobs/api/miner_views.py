@@ -34,9 +34,9 @@ from miners.models import Miner
 LEASE_CONFLICT = {409: OpenApiResponse(description="This miner does not hold the job's current lease")}
 
 
-# A miner speaking about its work: the job it names tells which of the caller's miners it is.
-# (A comment, not a docstring: the schema would take it for every operation's description.)
-class MinerWorkView(MinerView):
+# A miner reporting on a job: without a miner named, the job tells which of the caller's miners
+# speaks. (A comment, not a docstring: the schema would take it for each operation's description.)
+class JobReportView(MinerView):
     def miner_for_job(self, job_id) -> Miner:
         """The speaking miner; without a name, the caller's miner that holds the job."""
         if named_miner_id(self.request):
@@ -61,7 +61,7 @@ class MinerWorkView(MinerView):
         return Response({"status": "ok", "job_status": completion.job.status, "receipt": receipt})
 
 
-class HeartbeatView(MinerWorkView):
+class HeartbeatView(MinerView):
     @extend_schema(
         summary="Heartbeat: I am alive; extend my leases",
         request=HeartbeatSerializer,
@@ -90,7 +90,7 @@ POLL_RESPONSES = {
 }
 
 
-class PollView(MinerWorkView):
+class PollView(MinerView):
     """Lease the next job(s) this miner can run, waiting up to ``max_wait_seconds`` for one."""
 
     @extend_schema(
@@ -123,7 +123,7 @@ class PollView(MinerWorkView):
         return Response(LeasedJobBatchSerializer({"jobs": jobs}).data)
 
 
-class ResultView(MinerWorkView):
+class ResultView(JobReportView):
     @extend_schema(
         summary="Submit a job's result",
         request=ResultSerializer,
@@ -136,7 +136,7 @@ class ResultView(MinerWorkView):
         return self.accept_result(job_id=job_id, miner=self.miner_for_job(job_id), data=submitted.validated_data)
 
 
-class LegacyResultView(MinerWorkView):
+class LegacyResultView(JobReportView):
     @extend_schema(
         summary="Submit a job's result (job_id in the body)",
         request=ResultWithJobSerializer,
@@ -150,7 +150,7 @@ class LegacyResultView(MinerWorkView):
         return self.accept_result(job_id=job_id, miner=self.miner_for_job(job_id), data=submitted.validated_data)
 
 
-class FailView(MinerWorkView):
+class FailView(JobReportView):
     @extend_schema(
         summary="Report that a job's attempt failed",
         request=FailSerializer,
@@ -171,7 +171,7 @@ class FailView(MinerWorkView):
         return Response({"status": "ok"})
 
 
-class MinerJobsView(MinerWorkView, generics.GenericAPIView):
+class MinerJobsView(MinerView, generics.GenericAPIView):
     queryset = Job.objects.none()
     serializer_class = JobSerializer
     pagination_class = ItemsLimitOffsetPagination
@@ -183,7 +183,7 @@ class MinerJobsView(MinerWorkView, generics.GenericAPIView):
         return self.get_paginated_response(JobSerializer(page, many=True).data)
 
 
-class MinerEarningsView(MinerWorkView):
+class MinerEarningsView(MinerView):
     @extend_schema(summary="A miner's work and earnings", request=None, responses={200: EarningsSerializer, **ERRORS})
     def post(self, request, miner_id):
         miner = self.miner(miner_id)
@@ -192,7 +192,7 @@ class MinerEarningsView(MinerWorkView):
         )
 
 
-class MinerDetailView(MinerWorkView):
+class MinerDetailView(MinerView):
     @extend_schema(summary="Deregister a miner; its jobs return to the queue", responses={200: OkSerializer, **ERRORS})
     def delete(self, request, miner_id):
         services.miner_deregister(miner=self.miner(miner_id))
@@ -202,7 +202,7 @@ class MinerDetailView(MinerWorkView):
 # --- The tutorial's claim protocol -------------------------------------------------------
 
 
-class AvailableJobsView(MinerWorkView, generics.GenericAPIView):
+class AvailableJobsView(MinerView, generics.GenericAPIView):
     queryset = Job.objects.none()
     serializer_class = JobSerializer
     pagination_class = ItemsLimitOffsetPagination
@@ -220,7 +220,7 @@ class AvailableJobsView(MinerWorkView, generics.GenericAPIView):
         return self.get_paginated_response(JobSerializer(page, many=True).data)
 
 
-class ClaimView(MinerWorkView):
+class ClaimView(MinerView):
     @extend_schema(
         summary="Claim one specific job",
         request=ClaimSerializer,
@@ -234,7 +234,7 @@ class ClaimView(MinerWorkView):
         return Response(LeasedJobSerializer(job).data)
 
 
-class CompleteView(MinerWorkView):
+class CompleteView(JobReportView):
     @extend_schema(
         summary="Complete a claimed job",
         request=TutorialCompleteSerializer,
