@@ -15,7 +15,6 @@ from jobs import selectors
 from jobs.forms import JobSubmitForm
 from jobs.models import JobStatus
 from jobs.services import job_submit
-from miners.selectors import REPUTATION_WINDOW
 
 PAGE_SIZE = 20
 USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "compute_ms")
@@ -134,5 +133,5 @@ class MinerListView(LoginRequiredMixin, TemplateView):
         return {
             **super().get_context_data(**kwargs),
             "miners": miners,
-            "reputation_days": REPUTATION_WINDOW.days,
+            "reputation_days": selectors.REPUTATION_WINDOW.days,
         }

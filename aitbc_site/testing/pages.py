@@ -14,11 +14,6 @@ from miners.services import miner_register
 PASSWORD = "correct horse battery staple"
 
 
-@pytest.fixture
-def uncached_stats(settings):
-    settings.EXPLORER_STATS_CACHE_SECONDS = 0
-
-
 def make_user(username: str):
     user = user_get_or_create(username=username)
     user.set_password(PASSWORD)

@@ -1,12 +1,9 @@
-import pytest
 from django.contrib.staticfiles import finders
 
 from explorer.services import block_seal
 from jobs.models import JobStatus
 from payments.selectors import wallet_of
 from payments.templatetags.credits import credits
-
-pytestmark = pytest.mark.usefixtures("uncached_stats")
 
 
 def test_anonymous_visitors_get_the_public_landing_page_with_figures_and_links(client, alice, miner, finished_job):

@@ -2,10 +2,10 @@ import re
 from decimal import Decimal
 
 from accounts.services import user_get_or_create
-from jobs.services import job_claim, job_fail, job_submit
+from jobs.selectors import miner_work_summary
+from jobs.services import job_claim, job_fail, job_submit, miner_take_offline
 from miners.capabilities import Capabilities
-from miners.selectors import miner_work_summary
-from miners.services import miner_register, miner_take_offline
+from miners.services import miner_register
 from payments.templatetags.credits import credits
 
 
