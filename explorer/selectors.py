@@ -6,46 +6,18 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Count, Max, OuterRef, QuerySet, Subquery, Sum
 
 from core.crypto import merkle, signing
 from explorer import verify
-from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, LeafKind, Receipt
+from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, LeafKind
 from explorer.sources import LEAF_SOURCES, leaf_source
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 from miners.models import MinerStatus
 from miners.selectors import miner_counts
 from payments import selectors as ledger
 
 STATS_CACHE_KEY = "explorer:network-stats"
-
-
-def receipts_for_job(*, job_id) -> QuerySet[Receipt]:
-    return Receipt.objects.filter(job_id=job_id).order_by("-created_at", "-receipt_id")
-
-
-def receipt_documents(receipts) -> list[dict]:
-    return [receipt.served_document() for receipt in receipts]
-
-
-def receipt_of_client(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
-    """The receipt, for its job's client (or an admin): what its opening is given to."""
-    receipts = Receipt.objects.filter(pk=receipt_id)
-    return (receipts if is_admin else receipts.filter(job__client=user)).first()
-
-
-def receipt_visible_to(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
-    """The receipt, for its job's client, the owner of the miner that did the job, or an admin."""
-    receipts = Receipt.objects.filter(pk=receipt_id).prefetch_related("attestations")
-    if not is_admin:
-        receipts = receipts.filter(Q(job__client=user) | Q(job__miner__owner=user))
-    return receipts.first()
-
-
-def receipts_of_client(*, user, is_admin: bool = False) -> QuerySet[Receipt]:
-    """A client's receipts, newest first (every client's for an admin)."""
-    receipts = Receipt.objects.all() if is_admin else Receipt.objects.filter(job__client=user)
-    return receipts.prefetch_related("attestations").order_by("-created_at", "-receipt_id")
 
 
 # --- Blocks and proofs -----------------------------------------------------------------

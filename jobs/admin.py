@@ -3,7 +3,7 @@ from django.contrib import admin, messages
 from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from core.errors import ServiceError
 from jobs import services
-from jobs.models import FailedAttempt, Job, JobStatus
+from jobs.models import FailedAttempt, Job, JobStatus, Receipt, ReceiptAttestation
 from payments.models import PaymentStatus
 
 
@@ -104,3 +104,17 @@ class FailedAttemptAdmin(ReadOnlyAdmin):
     search_fields = ("=job__id", "miner__miner_id", "error_code")
     list_select_related = ("miner", "job")
     date_hierarchy = "created_at"
+
+
+class ReceiptAttestationInline(ReadOnlyInline):
+    model = ReceiptAttestation
+    fields = ("alg", "key_id", "sig", "created_at")
+
+
+@admin.register(Receipt)
+class ReceiptAdmin(ReadOnlyAdmin):
+    list_display = ("receipt_id", "job", "created_at")
+    search_fields = ("=receipt_id", "=job__id")
+    readonly_fields = ("receipt_id", "job", "signed_json", "created_at")
+    list_select_related = ("job",)
+    inlines = [ReceiptAttestationInline]

@@ -22,13 +22,12 @@ from django.utils import timezone
 from core import rawsql, shutdown
 from core.crypto import signing
 from core.errors import Conflict, Invalid, NotFound, ServiceError
-from explorer.models import Receipt
-from explorer.services import receipts_issue, receipts_sign
 from inference.params import generation_params
 from inference.selectors import catalog_entry, cluster_served_models
 from inference.tasks import announce_to_workers
 from jobs import events, feed, sql, wakeup
-from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType
+from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType, Receipt
+from jobs.receipts import receipts_sign, receipts_store
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
 from miners.capabilities import cuda_code
 from miners.models import Miner, ServedModel
@@ -548,6 +547,15 @@ def _charge(job: Job) -> Decimal:
     return min(job.price, credits(job.unit_price * tokens / 1000))
 
 
+def _charge_and_sign(held: list[Job], *, miner: Miner) -> tuple[list[tuple[Job, Decimal]], list[Receipt]]:
+    """Charge the paid jobs of ``held`` (completed, not yet stored) and sign their receipts: what both
+    backends do before storing the jobs with their receipts, then settling the charges."""
+    charges = [(job, _charge(job)) for job in held if job.payment_id]
+    for job, charge in charges:
+        job.amount_charged, job.payment_status = charge, PaymentStatus.RELEASED
+    return charges, receipts_sign(completed=[(job, miner.miner_id) for job in held])
+
+
 def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = True) -> list[tuple[Job, Receipt]]:
     # Read the jobs, complete them here (a paid job with its charge), sign, then store them and
     # their receipts with one statement: for free jobs, two round trips and one transaction (the
@@ -560,10 +568,7 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
         if outcome.lease_token and outcome.lease_token != job.lease_token:
             continue  # a superseded attempt's result
         held.append(_completed(job, outcome, miner=miner, now=now))
-    charges = [(job, _charge(job)) for job in held if job.payment_id]
-    for job, charge in charges:
-        job.amount_charged, job.payment_status = charge, PaymentStatus.RELEASED
-    receipts = receipts_sign(completed=[(job, miner.miner_id) for job in held])
+    charges, receipts = _charge_and_sign(held, miner=miner)
     with transaction.atomic() if charges else nullcontext():
         stored = _store_completions(held, receipts, miner=miner, now=now)
         _settle_charged([(job, charge) for job, charge in charges if job.pk in stored], miner=miner)
@@ -621,21 +626,25 @@ def _store_completions(held: list[Job], receipts: list[Receipt], *, miner: Miner
 
 
 def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, Receipt]]:
+    # As on PostgreSQL, in one transaction: complete, charge and sign, store the jobs and their
+    # receipts, then settle.
     with transaction.atomic():
-        finished = []
+        held = []
         for job in Job.objects.filter(pk__in=list(outcomes), miner=miner, status=JobStatus.RUNNING):
             outcome = outcomes[str(job.pk)]
             if outcome.lease_token and outcome.lease_token != job.lease_token:
                 continue
-            _completed(job, outcome, miner=miner, now=now).save(update_fields=[
-                "status", "result", "usage", "progress", "completed_at", "lease_expires_at", "error_code",
-                "error_message", "updated_at",
+            held.append(_completed(job, outcome, miner=miner, now=now))
+        charges, receipts = _charge_and_sign(held, miner=miner)
+        for job in held:
+            job.save(update_fields=[
+                "status", "result", "usage", "progress", "amount_charged", "payment_status", "completed_at",
+                "lease_expires_at", "error_code", "error_message", "updated_at",
             ])  # fmt: skip
-            finished.append(job)
-        _settle(finished, miner=miner)
-        receipts = receipts_issue(completed=[(job, miner.miner_id) for job in finished])
-        _publish_after_commit(finished)
-    return list(zip(finished, receipts, strict=True))
+        receipts_store(receipts)
+        _settle_charged(charges, miner=miner)
+        _publish_after_commit(held)
+    return list(zip(held, receipts, strict=True))
 
 
 def _complete_with_failure(outcome: Outcome, *, miner: Miner) -> Completion:

@@ -11,8 +11,7 @@ import json
 from django.db import connection
 
 from core.rawsql import columns
-from explorer.models import Receipt
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 
 # ``jobs_claim`` (created by migration jobs 0004) locks the miner's row, then leases the best
 # queued jobs it can run: one round trip, its own transaction when called outside one. The

@@ -9,8 +9,8 @@ from rest_framework.test import APIClient
 from accounts.services import user_get_or_create
 from core.crypto import signing
 from explorer import services
-from explorer.models import Receipt
 from explorer.tests.independent import payload_of, unpadded_b64encode
+from jobs.models import Receipt
 from payments.services import treasury_mint, wallet_open
 
 pytestmark = pytest.mark.django_db
