@@ -36,6 +36,11 @@ def _fresh_queue_outlook(settings):
     settings.JOB_OUTLOOK_CACHE_SECONDS = 0
 
 
+@pytest.fixture(autouse=True)
+def _fresh_network_figures(settings):
+    settings.EXPLORER_STATS_CACHE_SECONDS = 0
+
+
 @pytest.fixture
 def make_api(db):
     """``make_api(scope, username)`` → an APIClient sending that user's new key as ``X-Api-Key``."""

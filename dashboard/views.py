@@ -20,7 +20,6 @@ from dashboard import selectors
 from dashboard.forms import ApiKeyCreateForm, JobSubmitForm, SignUpForm, TopUpForm
 from explorer import selectors as explorer
 from inference.selectors import catalog_with_miner_counts
-from jobs.feed import network_stats
 from jobs.models import JobStatus
 from jobs.services import job_submit
 from miners.selectors import REPUTATION_WINDOW
@@ -75,7 +74,7 @@ class OverviewView(SignedInMixin, TemplateView):
             "recent_jobs": selectors.jobs_of_client(user=user)[:RECENT_JOBS],
             "job_counts": selectors.job_counts_of_client(user=user),
             "wallet": wallet_open(user=user),
-            "network": network_stats(),
+            "network": explorer.live_network_figures(),
         }
 
 
@@ -242,8 +241,8 @@ class NetworkView(TemplateView):
     def get_context_data(self, **kwargs):
         return {
             **super().get_context_data(**kwargs),
-            "snapshot": network_stats(),
-            "stats": explorer.network_stats(),
+            "snapshot": explorer.live_network_figures(),
+            "stats": explorer.network_figures(),
         }
 
 
@@ -257,7 +256,7 @@ class BlockListView(TemplateView):
         return {
             **super().get_context_data(**kwargs),
             "page": _page(self.request, explorer.blocks()),
-            "stats": explorer.network_stats(),
+            "stats": explorer.network_figures(),
         }
 
 

@@ -79,25 +79,22 @@ class MerkleProofSerializer(serializers.Serializer):
     block_hash = serializers.CharField()
 
 
+class TimeText(serializers.CharField):
+    """A time as ISO 8601 text (UTC written ``Z``), documented as the plain string the explorer has
+    always called it."""
+
+    def to_representation(self, value):
+        return iso_datetime(value)
+
+
 class ExplorerBlockSerializer(serializers.Serializer):
     height = serializers.IntegerField()
     hash = serializers.CharField()
-    timestamp = serializers.CharField()
+    timestamp = TimeText()
     txCount = serializers.IntegerField(source="tx_count")  # the explorer's spelling
     proposer = serializers.CharField(help_text="The sealing coordinator key's id")
     merkle_root = serializers.CharField()
     prev_hash = serializers.CharField()
-
-    def to_representation(self, block):
-        return {
-            "height": block.height,
-            "hash": block.hash,
-            "timestamp": iso_datetime(block.timestamp),
-            "txCount": block.tx_count,
-            "proposer": block.proposer,
-            "merkle_root": block.merkle_root,
-            "prev_hash": block.prev_hash,
-        }
 
 
 class ExplorerBlockLeafSerializer(serializers.Serializer):
@@ -107,67 +104,35 @@ class ExplorerBlockLeafSerializer(serializers.Serializer):
     hash = serializers.CharField(source="leaf_hash")
 
 
+# The view reads the block's ``sealed_leaves``.
 class ExplorerBlockDetailSerializer(ExplorerBlockSerializer):
     signature = serializers.CharField(help_text="Ed25519 signature of the header's canonical JSON, b64url")
     header = serializers.DictField(help_text="What hash and signature cover")
-    transactions = ExplorerBlockLeafSerializer(many=True)
-
-    def to_representation(self, block):
-        return {
-            **super().to_representation(block),
-            "signature": block.signature,
-            "header": block.header(),
-            "transactions": [
-                {"position": leaf.position, "kind": leaf.kind, "ref": leaf.ref, "hash": leaf.leaf_hash}
-                for leaf in block.sealed_leaves
-            ],
-        }
+    transactions = ExplorerBlockLeafSerializer(many=True, source="sealed_leaves")
 
 
+# The view gives each leaf its ``document`` (``explorer.selectors.with_documents``).
 class ExplorerTransactionSerializer(serializers.Serializer):
     """A sealed item: a receipt or a ledger transaction."""
 
-    hash = serializers.CharField(help_text="The leaf hash (hex)")
+    hash = serializers.CharField(source="leaf_hash", help_text="The leaf hash (hex)")
     kind = serializers.ChoiceField(choices=["receipt", "transaction"])
     ref = serializers.CharField()
-    block_height = serializers.IntegerField()
+    block_height = serializers.IntegerField(source="block_id")
     position = serializers.IntegerField()
-    timestamp = serializers.CharField(help_text="The block's time")
+    timestamp = TimeText(source="block.timestamp", help_text="The block's time")
     document = serializers.JSONField(allow_null=True, help_text="The receipt or transaction document")
 
-    def to_representation(self, leaf):
-        documents = self.context.get("documents", {})
-        return {
-            "hash": leaf.leaf_hash,
-            "kind": leaf.kind,
-            "ref": leaf.ref,
-            "block_height": leaf.block_id,
-            "position": leaf.position,
-            "timestamp": iso_datetime(leaf.block.timestamp),
-            "document": documents.get((leaf.kind, leaf.ref)),
-        }
 
-
+# The view gives each receipt its ``public`` document (``explorer.selectors.with_public_documents``).
 class ExplorerReceiptSerializer(serializers.Serializer):
-    receiptId = serializers.CharField()  # the explorer's spelling
-    jobId = serializers.CharField()
-    miner = serializers.CharField()
-    issuedAt = serializers.CharField()
-    status = serializers.CharField()
-    payload = ReceiptDocumentSerializer()
-    blockHeight = serializers.IntegerField(allow_null=True, help_text="null until sealed")
-
-    def to_representation(self, receipt):
-        document = receipt.public_document()
-        return {
-            "receiptId": receipt.receipt_id,
-            "jobId": document.get("job_id"),
-            "miner": document.get("provider"),
-            "issuedAt": iso_datetime(receipt.created_at),
-            "status": document.get("status"),
-            "payload": document,
-            "blockHeight": receipt.block_height,
-        }
+    receiptId = serializers.CharField(source="receipt_id")  # the explorer's spelling
+    jobId = serializers.CharField(source="public.job_id")
+    miner = serializers.CharField(source="public.provider")
+    issuedAt = TimeText(source="created_at")
+    status = serializers.CharField(source="public.status")
+    payload = ReceiptDocumentSerializer(source="public")
+    blockHeight = serializers.IntegerField(source="block_height", allow_null=True, help_text="null until sealed")
 
 
 class ExplorerAddressSerializer(serializers.Serializer):

@@ -235,11 +235,8 @@ class ExplorerTransactionListView(ExplorerListView):
         return selectors.sealed_leaves()
 
     def list(self, request, *args, **kwargs):
-        page = self.paginate_queryset(self.get_queryset())
-        documents = selectors.leaf_documents(page)
-        return self.get_paginated_response(
-            ExplorerTransactionSerializer(page, many=True, context={"documents": documents}).data
-        )
+        page = selectors.with_documents(self.paginate_queryset(self.get_queryset()))
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(
         summary="Sealed receipts and ledger transactions, newest first",
@@ -262,9 +259,8 @@ class ExplorerTransactionDetailView(ExplorerView):
         responses={200: ExplorerTransactionSerializer, **NOT_FOUND},
     )
     def get(self, request, tx_hash):
-        leaf = _leaf_or_404(tx_hash)
-        documents = selectors.leaf_documents([leaf])
-        return Response(ExplorerTransactionSerializer(leaf, context={"documents": documents}).data)
+        [leaf] = selectors.with_documents([_leaf_or_404(tx_hash)])
+        return Response(ExplorerTransactionSerializer(leaf).data)
 
 
 class ExplorerTransactionProofView(ExplorerView):
@@ -321,6 +317,10 @@ class ExplorerReceiptListView(ExplorerListView):
     def get_queryset(self):
         return selectors.explorer_receipts()
 
+    def list(self, request, *args, **kwargs):
+        page = selectors.with_public_documents(self.paginate_queryset(self.get_queryset()))
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
     @extend_schema(summary="Receipts, newest first", responses={200: ExplorerReceiptSerializer(many=True)})
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
@@ -329,4 +329,4 @@ class ExplorerReceiptListView(ExplorerListView):
 class NetworkStatsView(ExplorerView):
     @extend_schema(summary="Network statistics", responses={200: NetworkStatsSerializer})
     def get(self, request):
-        return Response(selectors.network_stats())
+        return Response(NetworkStatsSerializer(selectors.network_figures()).data)
