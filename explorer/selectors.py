@@ -9,7 +9,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Aggregate, Count, FloatField, IntegerField, Max, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Aggregate, Count, FloatField, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast
@@ -215,8 +215,13 @@ def live_network_figures() -> dict:
 
 def _network_figures() -> dict:
     now = timezone.now()
-    by_status = dict(Job.objects.values_list("status").annotate(n=Count("id")).order_by())
-    jobs = {status.value: by_status.get(status.value, 0) for status in JobStatus}
+    counts = Job.objects.aggregate(
+        **{status.value: Count("id", filter=Q(status=status)) for status in JobStatus},
+        completed_last_hour=Count(
+            "id", filter=Q(status=JobStatus.COMPLETED, completed_at__gte=now - timedelta(hours=1))
+        ),
+    )
+    jobs = {status.value: counts[status.value] for status in JobStatus}
     queue_by_priority = queue_depth_by_model()
     queue_depth: dict[str, int] = {}
     for row in queue_by_priority:
@@ -229,9 +234,7 @@ def _network_figures() -> dict:
     return {
         "jobs": jobs,
         "jobs_total": sum(jobs.values()),
-        "jobs_completed_last_hour": Job.objects.filter(
-            status=JobStatus.COMPLETED, completed_at__gte=now - timedelta(hours=1)
-        ).count(),
+        "jobs_completed_last_hour": counts["completed_last_hour"],
         "queue_depth": queue_depth,
         "queue_by_priority": queue_by_priority,
         "miners": miners,
