@@ -256,16 +256,23 @@ def _recent_figures(now) -> dict:
     finished = Job.objects.filter(
         status=JobStatus.COMPLETED, created_at__gte=since - RECENT_LOOKBACK, completed_at__gte=since
     )
-    figures = {"count": Count("id"), "tokens": Sum(Cast(KT("usage__completion_tokens"), IntegerField()), default=0)}
+    tokens = Cast(KT("usage__completion_tokens"), IntegerField())
     if connection.vendor == "postgresql":
-        figures["wait"] = _Median(RawSQL("EXTRACT(EPOCH FROM started_at - created_at)", ()))
-        figures["run"] = _Median(RawSQL("EXTRACT(EPOCH FROM completed_at - started_at)", ()))
-    totals = finished.aggregate(**figures)
-    if connection.vendor != "postgresql":
+        totals = finished.aggregate(
+            count=Count("id"),
+            tokens=Sum(tokens, default=0),
+            wait=_Median(RawSQL("EXTRACT(EPOCH FROM started_at - created_at)", ())),
+            run=_Median(RawSQL("EXTRACT(EPOCH FROM completed_at - started_at)", ())),
+        )
+    else:
         # SQLite (development) has no percentile function; its windows hold few jobs.
-        rows = list(finished.values_list("created_at", "started_at", "completed_at"))
-        totals["wait"] = _median([(started - created).total_seconds() for created, started, _ in rows if started])
-        totals["run"] = _median([(completed - started).total_seconds() for _, started, completed in rows if started])
+        rows = list(finished.annotate(tokens=tokens).values_list("created_at", "started_at", "completed_at", "tokens"))
+        totals = {
+            "count": len(rows),
+            "tokens": sum(row[3] or 0 for row in rows),
+            "wait": _median([(started - created).total_seconds() for created, started, _, _ in rows if started]),
+            "run": _median([(completed - started).total_seconds() for _, started, completed, _ in rows if started]),
+        }
     window = RECENT_WINDOW.total_seconds()
     return {
         "jobs_per_minute": round(totals["count"] * 60 / window, 2),
