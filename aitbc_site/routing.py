@@ -7,8 +7,7 @@ from django.conf import settings
 from django.urls import path
 
 from explorer.consumers import DashboardConsumer
-from jobs.consumers import JobConsumer
-from miners.consumers import MinerConsumer
+from jobs.consumers import JobConsumer, MinerConsumer
 
 websocket_urlpatterns: list = [
     path("ws/jobs/<uuid:job_id>/", JobConsumer.as_asgi()),

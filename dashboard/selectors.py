@@ -8,8 +8,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from jobs.models import Job, JobStatus, Receipt
+from jobs.selectors import earnings_subquery, units_of_job, with_reputation
 from miners.models import Miner, MinerStatus, ServedModel
-from miners.selectors import earnings_subquery, units_of_job, with_reputation
 from payments.models import ExchangePayment
 
 THROUGHPUT_WINDOW = timedelta(hours=1)
