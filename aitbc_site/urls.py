@@ -8,7 +8,7 @@ from aitbc_site.metrics import metrics_view
 urlpatterns = [
     path("", include("jobs.api.urls")),
     path("", include("miners.api.urls")),
-    path("", include("inference.api.urls")),
+    path("", include("catalog.api.urls")),
     path("", include("payments.api.urls")),
     path("", include("accounts.api.urls")),
     path("", include("explorer.api.urls")),

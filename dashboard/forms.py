@@ -4,7 +4,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 
-from inference.models import CatalogModel
+from catalog.models import CatalogModel
 from payments.exchange import btc_quote
 
 PROMPT_MAX_LENGTH = 20_000

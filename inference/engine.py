@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from inference.params import generation_params
+from catalog.payloads import generation_params
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,11 @@ class ModelSpec:
     def from_dict(cls, data: dict) -> ModelSpec:
         known = {spec_field.name for spec_field in fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known})
+
+    @classmethod
+    def from_catalog(cls, entry) -> ModelSpec:
+        """What the engine needs to load a ``catalog.models.CatalogModel``."""
+        return cls(**{spec_field.name: getattr(entry, spec_field.name) for spec_field in fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,13 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
+from catalog.payloads import generation_params
+from catalog.selectors import catalog_entry
 from core import rawsql, shutdown
 from core.crypto import signing
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from explorer.models import Receipt
 from explorer.services import receipts_issue, receipts_sign
-from inference.params import generation_params
-from inference.selectors import catalog_entry, cluster_served_models
-from inference.tasks import announce_to_workers
 from jobs import events, feed, sql, wakeup
 from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
@@ -140,15 +139,9 @@ def job_submit(
         if not idempotency_key:
             raise
         return _replayed(Job.objects.get(client=client, idempotency_key=idempotency_key), fingerprint)
-    _wake_cluster_workers(model)
+    wakeup.queued(model)
     transaction.on_commit(partial(feed.publish_jobs_submitted, [job]))
     return Submission(job=job, created=True, queue_position=position)
-
-
-def _wake_cluster_workers(model: str) -> None:
-    """Once committed, wake the in-cluster workers serving ``model`` (HTTP miners hear NOTIFY)."""
-    if model in cluster_served_models():
-        transaction.on_commit(partial(announce_to_workers, model))
 
 
 def _catalog_price(entry, unit_price, payload: dict) -> Decimal:
@@ -709,7 +702,7 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
         # An accepted job is not lost to a dead miner: it gets a full TTL in the queue again.
         job.expires_at = max(job.expires_at, now + timedelta(seconds=job.ttl_seconds))
         wakeup.announce(job)
-        _wake_cluster_workers(job.model)
+        wakeup.queued(job.model)
     else:
         job.status = JobStatus.FAILED
         job.completed_at = now
