@@ -19,7 +19,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import CharField, F, Func, Q
 from django.utils import timezone
 
-from catalog.payloads import generation_params
+from catalog import payloads
 from catalog.selectors import catalog_entry
 from core import rawsql, shutdown
 from core.crypto import signing
@@ -153,35 +153,23 @@ def _catalog_price(entry, unit_price, payload: dict) -> Decimal:
         inputs = payload.get("input")
         tokens = entry.max_tokens * (len(inputs) if isinstance(inputs, list) else 1)
     else:
-        max_tokens = _requested_max_tokens(payload)
+        max_tokens = payloads.requested_max_tokens(payload)
         tokens = max_tokens if max_tokens is not None else entry.default_max_tokens
     return credits(unit_price * tokens / 1000)
-
-
-def _requested_max_tokens(payload: dict) -> int | None:
-    try:
-        max_tokens = generation_params(payload).get("max_tokens")
-    except ValueError:
-        return None
-    return max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0 else None
 
 
 def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
     if not entry.enabled:
         raise Invalid(f"Model {entry.name!r} is disabled.", code="MODEL_UNAVAILABLE", errors={"model": ["Disabled."]})
-    if (job_type == JobType.EMBEDDING) == entry.generates_text:
-        raise Invalid(
-            f"Model {entry.name!r} is a {entry.task} model and cannot run {job_type} jobs.",
-            code="UNSUPPORTED_TASK",
-            errors={"type": [f"{entry.name} runs {entry.task} jobs."]},
+    try:
+        payloads.check_fits_model(
+            payload, payload_type=job_type, model=entry.name, task=entry.task, max_tokens=entry.max_tokens
         )
-    max_tokens = _requested_max_tokens(payload)
-    if max_tokens is not None and max_tokens > entry.max_tokens:
+    except payloads.PayloadError as error:
+        field = {error.field: [error.message]}
         raise Invalid(
-            f"max_tokens may be at most {entry.max_tokens} for {entry.name}.",
-            code="INVALID_PARAMS",
-            errors={"params": {"max_tokens": [f"Ensure this value is less than or equal to {entry.max_tokens}."]}},
-        )
+            error.message, code=error.code, errors={"params": field} if error.code == "INVALID_PARAMS" else field
+        ) from None
 
 
 def _insert_postgres(job: Job) -> int:
