@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import partial, update_wrapper
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -177,4 +177,5 @@ def queued(model: str) -> None:
     """A job for ``model`` is being queued in the current transaction: run the ``on_queued``
     callbacks once it commits."""
     for callback in _queued_callbacks:
-        transaction.on_commit(partial(callback, model), robust=True)
+        # Named as the callback: a robust hook's failure is logged under its name.
+        transaction.on_commit(update_wrapper(partial(callback, model), callback), robust=True)
