@@ -14,7 +14,8 @@ A payload is a JSON object whose ``type`` is one of ``PAYLOAD_TYPES``:
   winning): ``max_tokens`` (1 to the model's limit), ``temperature`` (0 to 2), ``top_p`` (above
   0, at most 1), ``seed`` (0 to 2**63 - 1) and ``stop`` (a non-empty string or a list of at most
   four);
-- "embedding": ``input``, a non-empty string or a list of them.
+- "embedding": ``input`` (or, from older clients, ``prompt``), a non-empty string or a list of
+  them.
 
 Each check raises :class:`PayloadError`, whose ``code`` the caller reports as it reports errors:
 a 422 from the API, a form error, a failed job from the engine.
@@ -112,7 +113,7 @@ def checked_prompt(payload: dict) -> str:
 
 
 def embedding_texts(payload: dict) -> list[str]:
-    texts = payload.get("input")
+    texts = payload.get("input", payload.get("prompt"))
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, list) or not texts or not all(isinstance(text, str) and text for text in texts):

@@ -55,7 +55,7 @@ def test_a_models_own_limit_bounds_max_tokens():
         ({"type": "inference", "prompt": ""}, "INVALID_PAYLOAD", "prompt"),
         ({"type": "chat", "messages": [{"role": "user"}]}, "INVALID_PAYLOAD", "messages"),
         ({"type": "inference", "prompt": "x", "params": "max_tokens=5"}, "INVALID_PAYLOAD", "params"),
-        ({"type": "embedding", "prompt": "x"}, "INVALID_PAYLOAD", "input"),
+        ({"type": "embedding", "input": []}, "INVALID_PAYLOAD", "input"),
         ({"type": "embedding", "input": ["x", ""]}, "INVALID_PAYLOAD", "input"),
         ({"type": "embedding", "input": ["x"] * 257}, "INPUT_TOO_LONG", "input"),
         ({"type": "inference", "prompt": "x" * 11}, "INPUT_TOO_LONG", "prompt"),
