@@ -58,10 +58,9 @@ class PromptField(serializers.CharField):
     """A prompt; its length is checked with the job's other text (``JOB_MAX_INPUT_CHARS``)."""
 
 
+# The parameters' shapes, for the schema and for reading numbers; the job's payload is then
+# checked whole by ``catalog.payloads``, the rules the engine runs by.
 class GenerationParamsSerializer(serializers.Serializer):
-    """The parameters' shapes, read as JSON numbers; the job's payload is then checked whole by
-    ``catalog.payloads``, the rules the engine runs by."""
-
     max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=payloads.MAX_TOKENS)
     temperature = serializers.FloatField(required=False, min_value=0, max_value=payloads.MAX_TEMPERATURE)
     top_p = serializers.FloatField(required=False, min_value=0, max_value=1, help_text="Greater than 0.")
