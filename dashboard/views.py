@@ -22,8 +22,8 @@ from dashboard.forms import ApiKeyCreateForm, JobSubmitForm, SignUpForm, TopUpFo
 from explorer import selectors as explorer
 from jobs.feed import network_stats
 from jobs.models import JobStatus
+from jobs.selectors import REPUTATION_WINDOW
 from jobs.services import job_submit
-from miners.selectors import REPUTATION_WINDOW
 from payments.exchange import exchange_payment_create, exchange_rates
 from payments.selectors import wallet_by_address, wallet_entries
 from payments.services import wallet_open

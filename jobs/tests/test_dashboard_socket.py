@@ -93,6 +93,24 @@ def test_signed_in_user_sees_jobs_submitted_and_finished_without_their_payload(
     }
 
 
+def test_a_miner_registering_and_deregistering_is_announced_with_its_models(client_api, miner_api, register_miner):
+    cookie = session_cookie(client_api.user)
+
+    async def scenario():
+        socket = open_socket(headers=cookie)
+        assert (await socket.connect())[0]
+        assert (await socket.receive_json_from())["kind"] == feed.NETWORK_STATS
+        await sync_to_async(register_miner)(miner_api, models=["llama3.2", "codellama"])
+        online = await next_event(socket, feed.MINER_ONLINE, miner_id="miner-1")
+        await sync_to_async(miner_api.delete)("/v1/miners/miner-1")
+        offline = await next_event(socket, feed.MINER_OFFLINE, miner_id="miner-1")
+        await socket.disconnect()
+        return online, offline
+
+    online, offline = async_to_sync(scenario)()
+    assert online["data"] == offline["data"] == {"miner_id": "miner-1", "models": ["codellama", "llama3.2"]}
+
+
 def test_a_users_socket_follows_each_status_of_its_own_jobs_and_no_one_elses(
     client_api, other_client_api, miner_api, register_miner, submit_job
 ):

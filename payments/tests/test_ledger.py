@@ -8,6 +8,7 @@ from django.utils import timezone
 from accounts.services import user_get_or_create
 from core.errors import PaymentRequired
 from jobs.models import JobStatus
+from jobs.selectors import miner_work_summary
 from jobs.services import (
     job_cancel,
     job_claim,
@@ -17,7 +18,6 @@ from jobs.services import (
     jobs_expire_queued,
 )
 from miners.capabilities import Capabilities
-from miners.selectors import miner_work_summary
 from miners.services import miner_register
 from payments.models import LedgerEntry, LedgerTransaction, Payment, Wallet, WalletKind
 from payments.services import ledger_post, system_wallet, treasury_mint, wallet_open

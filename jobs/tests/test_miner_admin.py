@@ -6,9 +6,10 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from jobs.models import Job, JobStatus
+from jobs.selectors import miner_earnings
+from jobs.services import miner_ban
 from miners.models import Miner, MinerStatus
-from miners.selectors import miner_earnings
-from miners.services import miner_ban, miner_unban
+from miners.services import miner_unban
 
 MINERS = reverse("admin:miners_miner_changelist")
 
