@@ -38,7 +38,9 @@ from payments.models import Payment, PaymentStatus
 from payments.services import credits, escrow_hold, escrow_refund, escrows_settle, new_payment_id
 
 # Failures that another attempt cannot fix: the job fails at once.
-NON_RETRYABLE_ERRORS = frozenset({"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL"})
+NON_RETRYABLE_ERRORS = frozenset(
+    {"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL", "UNSUPPORTED_TASK"}
+)
 # Failures an in-cluster worker reports that are not held against it: the request can't be run,
 # or the host is shutting down. Its engine is the platform's own; an HTTP miner names its own
 # codes, so every failure it reports counts (``job_fail``'s ``blame``).

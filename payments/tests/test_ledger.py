@@ -21,6 +21,7 @@ from miners.capabilities import Capabilities
 from miners.services import miner_register
 from payments.models import LedgerEntry, LedgerTransaction, Payment, Wallet, WalletKind
 from payments.services import ledger_post, system_wallet, treasury_mint, wallet_open
+from tests.factories import MinerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -33,10 +34,7 @@ def alice(settings):
 
 @pytest.fixture
 def miner():
-    owner = user_get_or_create(username="rig-owner")
-    return miner_register(
-        owner=owner, miner_id="rig", capabilities=Capabilities(models=("m",), max_concurrent_jobs=99)
-    )[0]
+    return MinerFactory(owner__username="rig-owner", miner_id="rig", models=("m",), max_concurrent_jobs=99)
 
 
 def balance(user) -> Decimal:
