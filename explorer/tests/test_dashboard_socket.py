@@ -18,16 +18,11 @@ from aitbc_site.routing import websocket_urlpatterns
 from explorer import consumers, selectors
 from jobs import feed
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
 # The production stack less the origin check (asgi.py would also start the embedded workers).
 application = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
 needs_redis = pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs Redis (set REDIS_URL); CI always runs it")
-
-
-@pytest.fixture(autouse=True)
-def _in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 @pytest.fixture(autouse=True)
@@ -318,7 +313,7 @@ def test_150_sockets_at_once_on_redis_all_receive_a_published_event(settings, cl
 @needs_redis
 def test_configured_redis_layer_takes_150_concurrent_group_joins(settings):
     # Every ws/jobs socket joins a group as it connects: redis-py's default pool of 100
-    # connections made the 101st concurrent join fail (DESIGN.md, Pitfalls).
+    # connections made the 101st concurrent join fail.
     layers = copy.deepcopy(site_settings.CHANNEL_LAYERS)
     layers["default"]["CONFIG"]["prefix"] = f"aitbc-test-{uuid.uuid4().hex}"
     settings.CHANNEL_LAYERS = layers

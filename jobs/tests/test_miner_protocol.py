@@ -152,11 +152,14 @@ def test_job_exhausting_its_attempts_fails_with_its_last_error(client_api, miner
     assert poll(miner_api).status_code == 204
 
 
-def test_non_retryable_failure_fails_at_once(client_api, miner_api, register_miner, submit_job):
+@pytest.mark.parametrize(
+    "code", ["INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL", "UNSUPPORTED_TASK"]
+)
+def test_non_retryable_failure_fails_at_once(client_api, miner_api, register_miner, submit_job, code):
     register_miner(miner_api)
     job = submit_job(client_api)
     poll(miner_api)
-    miner_api.post(f"/v1/miners/{job['job_id']}/fail", {"error_code": "INPUT_TOO_LONG"}, format="json")
+    miner_api.post(f"/v1/miners/{job['job_id']}/fail", {"error_code": code}, format="json")
     assert Job.objects.get(pk=job["job_id"]).status == JobStatus.FAILED
 
 

@@ -21,6 +21,7 @@ from miners.capabilities import Capabilities
 from miners.services import miner_register
 from payments.models import LedgerEntry, LedgerTransaction, Payment, Wallet, WalletKind
 from payments.services import ledger_post, system_wallet, treasury_mint, wallet_open
+from tests.factories import MinerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -33,10 +34,7 @@ def alice(settings):
 
 @pytest.fixture
 def miner():
-    owner = user_get_or_create(username="rig-owner")
-    return miner_register(
-        owner=owner, miner_id="rig", capabilities=Capabilities(models=("m",), max_concurrent_jobs=99)
-    )[0]
+    return MinerFactory(owner__username="rig-owner", miner_id="rig", models=("m",), max_concurrent_jobs=99)
 
 
 def balance(user) -> Decimal:
@@ -108,7 +106,7 @@ def test_a_job_is_paid_from_escrow_on_completion(alice, miner, settings):
 
 
 def test_a_catalog_job_is_charged_for_the_tokens_it_used(alice, settings):
-    from inference.models import CatalogModel
+    from catalog.models import CatalogModel
 
     settings.PLATFORM_FEE_PERCENT = Decimal("0")
     CatalogModel.objects.filter(name="smollm2-135m").update(price_per_1k_tokens=Decimal("2"))
