@@ -37,11 +37,6 @@ def in_memory_channel_layer(settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
-@pytest.fixture(autouse=True)
-def _fresh_network_figures(settings):
-    settings.EXPLORER_STATS_CACHE_SECONDS = 0
-
-
 @pytest.fixture
 def make_api(db):
     """``make_api(scope, username)`` → an APIClient sending that user's new key as ``X-Api-Key``."""

@@ -2,11 +2,11 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-    """Receipts are jobs' now (jobs 0007 took their tables over): the explorer forgets its models."""
+    """Receipts are jobs' now (jobs 0008 took their tables over): the explorer forgets its models."""
 
     dependencies = [
         ("explorer", "0005_receipt_opening"),
-        ("jobs", "0007_receipt"),
+        ("jobs", "0008_receipt"),
     ]
 
     operations = [

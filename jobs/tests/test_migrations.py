@@ -12,7 +12,7 @@ from jobs.receipts import receipts_issue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BEFORE_THE_MOVE = [("jobs", "0006_failed_attempt_job_index"), ("explorer", "0005_receipt_opening")]
+BEFORE_THE_MOVE = [("jobs", "0007_claim_function_from_matching"), ("explorer", "0005_receipt_opening")]
 
 
 def migrate(targets) -> None:

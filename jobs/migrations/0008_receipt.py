@@ -28,7 +28,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("contenttypes", "0002_remove_content_type_name"),
         ("explorer", "0005_receipt_opening"),
-        ("jobs", "0006_failed_attempt_job_index"),
+        ("jobs", "0007_claim_function_from_matching"),
     ]
 
     operations = [
