@@ -4,8 +4,7 @@ from django.contrib.auth.mixins import LoginRequiredMixin
 from django.templatetags.static import static
 from django.views.generic import RedirectView, TemplateView
 
-from explorer.selectors import network_stats as chain_stats
-from jobs.feed import network_stats
+from explorer.selectors import live_network_figures, network_figures
 from jobs.selectors import job_counts_of_client, jobs_of_client
 from payments.services import wallet_open
 
@@ -20,8 +19,7 @@ class LandingView(TemplateView):
     def get_context_data(self, **kwargs):
         return {
             **super().get_context_data(**kwargs),
-            "network": network_stats(),
-            "chain": chain_stats(),
+            "network": network_figures(),
             "coordinator_url": self.request.build_absolute_uri("/").rstrip("/"),
         }
 
@@ -36,7 +34,7 @@ class OverviewView(LoginRequiredMixin, TemplateView):
             "recent_jobs": jobs_of_client(user=user)[:RECENT_JOBS],
             "job_counts": job_counts_of_client(user=user),
             "wallet": wallet_open(user=user),
-            "network": network_stats(),
+            "network": live_network_figures(),
         }
 
 

@@ -7,7 +7,6 @@ from django.http import Http404
 from django.views.generic import TemplateView
 
 from explorer import selectors
-from jobs.feed import network_stats
 from payments.selectors import wallet_by_address
 
 PAGE_SIZE = 20
@@ -26,8 +25,8 @@ class NetworkView(TemplateView):
     def get_context_data(self, **kwargs):
         return {
             **super().get_context_data(**kwargs),
-            "snapshot": network_stats(),
-            "stats": selectors.network_stats(),
+            "snapshot": selectors.live_network_figures(),
+            "stats": selectors.network_figures(),
             "live": self.request.user.is_authenticated,
         }
 
@@ -39,7 +38,7 @@ class BlockListView(TemplateView):
         return {
             **super().get_context_data(**kwargs),
             "page": _page(self.request, selectors.blocks()),
-            "stats": selectors.network_stats(),
+            "stats": selectors.network_figures(),
         }
 
 

@@ -28,8 +28,8 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
-from jobs import sql
-from jobs.models import FailedAttempt, Job, JobStatus
+from jobs import matching, sql
+from jobs.models import FailedAttempt, Job, JobStatus, Receipt
 from miners.models import Miner, MinerStatus, ServedModel
 from payments.models import LedgerEntry, TransactionKind
 
@@ -42,38 +42,12 @@ THROUGHPUT_WINDOW = timedelta(hours=1)
 
 def claimable_jobs(*, miner: Miner, now: datetime) -> QuerySet[Job]:
     """Queued, unexpired jobs whose model and constraints this miner satisfies — all in SQL."""
-    jobs = Job.objects.filter(
-        status=JobStatus.QUEUED,
-        expires_at__gt=now,
-        model__in=ServedModel.objects.filter(miner=miner.pk).values("name"),
-    )
-    jobs = jobs.filter(Q(req_min_vram_gb__isnull=True) | Q(req_min_vram_gb__lte=miner.vram_gb))
-    jobs = jobs.filter(Q(req_cuda_code__isnull=True) | Q(req_cuda_code__lte=miner.cuda_code or 0))
-    jobs = jobs.filter(Q(req_region="") | Q(req_region__iexact=miner.region))
-    if miner.price is not None:
-        jobs = jobs.filter(Q(req_max_price__isnull=True) | Q(req_max_price__gte=miner.price))
-    if miner.gpu_name:
-        jobs = jobs.alias(miner_gpu=Value(miner.gpu_name)).filter(Q(req_gpu="") | Q(miner_gpu__icontains=F("req_gpu")))
-    else:
-        jobs = jobs.filter(req_gpu="")
-    return jobs
+    return matching.jobs_for_miner(Job.objects.filter(status=JobStatus.QUEUED, expires_at__gt=now), miner=miner)
 
 
 def miners_able_to_run(*, job: Job) -> QuerySet[Miner]:
     """Online miners that serve the job's model and meet its constraints."""
-    miners = Miner.objects.filter(status=MinerStatus.ONLINE, draining=False, served_models__name=job.model)
-    if job.req_min_vram_gb is not None:
-        miners = miners.filter(vram_gb__gte=job.req_min_vram_gb)
-    if job.req_cuda_code is not None:
-        # A miner that reported no CUDA version counts as 0, as in the claim.
-        miners = miners.alias(cuda=Coalesce("cuda_code", 0)).filter(cuda__gte=job.req_cuda_code)
-    if job.req_region:
-        miners = miners.filter(region__iexact=job.req_region)
-    if job.req_max_price is not None:
-        miners = miners.filter(Q(price__isnull=True) | Q(price__lte=job.req_max_price))
-    if job.req_gpu:
-        miners = miners.filter(gpu_name__icontains=job.req_gpu)
-    return miners
+    return matching.miners_for_job(Miner.objects.all(), job=job)
 
 
 def jobs_visible_to(*, user, is_admin: bool = False) -> QuerySet[Job]:
@@ -269,6 +243,37 @@ def miner_earnings(*, miner: Miner) -> Decimal:
     ]
 
 
+# --- Receipts ----------------------------------------------------------------------------
+
+
+def receipts_for_job(*, job_id) -> QuerySet[Receipt]:
+    return Receipt.objects.filter(job_id=job_id).order_by("-created_at", "-receipt_id")
+
+
+def receipt_documents(receipts) -> list[dict]:
+    return [receipt.served_document() for receipt in receipts]
+
+
+def receipt_of_client(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
+    """The receipt, for its job's client (or an admin): what its opening is given to."""
+    receipts = Receipt.objects.filter(pk=receipt_id)
+    return (receipts if is_admin else receipts.filter(job__client=user)).first()
+
+
+def receipt_visible_to(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
+    """The receipt, for its job's client, the owner of the miner that did the job, or an admin."""
+    receipts = Receipt.objects.filter(pk=receipt_id).prefetch_related("attestations")
+    if not is_admin:
+        receipts = receipts.filter(Q(job__client=user) | Q(job__miner__owner=user))
+    return receipts.first()
+
+
+def receipts_of_client(*, user, is_admin: bool = False) -> QuerySet[Receipt]:
+    """A client's receipts, newest first (every client's for an admin)."""
+    receipts = Receipt.objects.all() if is_admin else Receipt.objects.filter(job__client=user)
+    return receipts.prefetch_related("attestations").order_by("-created_at", "-receipt_id")
+
+
 # --- What the pages show ------------------------------------------------------------------
 
 
@@ -318,7 +323,6 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
     )
 
 
-def latest_receipt_of_job(*, job: Job):
-    """The job's newest receipt, with its attestations. The explorer issues receipts; each points
-    at its job (``Job.receipts``), so this reads them without naming the explorer's model."""
-    return job.receipts.prefetch_related("attestations").order_by("-created_at", "-receipt_id").first()
+def latest_receipt_of_job(*, job: Job) -> Receipt | None:
+    """The job's newest receipt, with its attestations."""
+    return receipts_for_job(job_id=job.pk).prefetch_related("attestations").first()

@@ -11,12 +11,11 @@ import json
 from django.db import connection
 
 from core.rawsql import columns
-from explorer.models import Receipt
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 
-# ``jobs_claim`` (created by migration jobs 0004) locks the miner's row, then leases the best
-# queued jobs it can run: one round trip, its own transaction when called outside one. The
-# function lives in the database: changing how claims match takes a migration replacing it.
+# ``jobs_claim`` (``jobs.matching.CLAIM_FUNCTION``, installed by migration) locks the miner's row,
+# then leases the best queued jobs it can run: one round trip, its own transaction when called
+# outside one. The function lives in the database: changing how claims match takes a migration.
 CLAIM = f"""
 SELECT {columns(Job, "c")}
 FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c

@@ -9,8 +9,8 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.generic import FormView, TemplateView
 
+from catalog.selectors import catalog_with_miner_counts
 from core.errors import ServiceError
-from inference.selectors import catalog_with_miner_counts
 from jobs import selectors
 from jobs.forms import JobSubmitForm
 from jobs.models import JobStatus

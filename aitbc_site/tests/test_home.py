@@ -15,10 +15,10 @@ def test_anonymous_visitors_get_the_public_landing_page_with_figures_and_links(c
     assert response.templates[0].name == "aitbc_site/landing.html"
     content = response.content.decode()
     assert response.context["network"]["miners_online"] == 1
-    assert response.context["chain"]["jobs"]["completed"] == 2
+    assert response.context["network"]["jobs"]["completed"] == 2
     assert '<p class="big" id="figure-miners_online">1</p>' in content
     assert '<p class="big" id="figure-jobs_completed">2</p>' in content
-    assert f'<p class="big" id="figure-receipts">{response.context["chain"]["receipts"]}</p>' in content
+    assert f'<p class="big" id="figure-receipts">{response.context["network"]["receipts"]}</p>' in content
     for link in ('href="/explorer/"', 'href="/network/"', 'href="/signup/"', 'href="/login/"', 'href="/docs"'):
         assert link in content, link
     assert "runminer --url http://testserver --api-key" in content, "how to join as a miner"
