@@ -244,7 +244,9 @@ ROWS = [
     ("GET", "/openapi.json", None, PUBLIC),
     ("GET", "/docs", None, PUBLIC),
     ("GET", "/redoc", None, PUBLIC),
-    ("GET", "/", None, (302, 302, 302, 302, 302, 302, 200)),
+    # The landing page for anyone, the overview for a signed-in session.
+    ("GET", "/", None, PUBLIC),
+    ("GET", "/favicon.ico", None, (301,) * 7),
     ("GET", "/login/", None, (200, 200, 200, 200, 200, 200, 302)),
     ("POST", "/logout/", None, (302, 302, 302, 302, 302, 302, 302)),
     ("GET", "/signup/", None, PUBLIC),
