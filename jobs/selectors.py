@@ -68,7 +68,7 @@ def miners_able_to_run(*, job: Job) -> QuerySet[Miner]:
 
 
 def jobs_visible_to(*, user, is_admin: bool = False) -> QuerySet[Job]:
-    jobs = Job.objects.select_related("miner")
+    jobs = Job.objects.select_related("miner", "payment")
     return jobs if is_admin else jobs.filter(client=user)
 
 

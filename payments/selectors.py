@@ -2,7 +2,7 @@ from collections import defaultdict
 
 from django.db.models import QuerySet
 
-from payments.models import LedgerEntry, LedgerTransaction, Payment, Wallet
+from payments.models import LedgerEntry, LedgerTransaction, Wallet
 
 
 def wallet_of(*, user) -> Wallet | None:
@@ -16,10 +16,6 @@ def wallet_by_address(address: str) -> Wallet | None:
 def wallet_entries(wallet: Wallet) -> QuerySet[LedgerEntry]:
     """The wallet's ledger entries, newest first, each with its transaction."""
     return LedgerEntry.objects.filter(wallet=wallet).select_related("transaction").order_by("-id")
-
-
-def payment_of_job(*, job_id) -> Payment | None:
-    return Payment.objects.select_related("payer", "escrow").filter(job_id=job_id).first()
 
 
 def ledger_transactions(*, ids: list[int]) -> QuerySet[LedgerTransaction]:

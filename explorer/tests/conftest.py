@@ -51,7 +51,7 @@ def completed_jobs(count: int, *, client_name: str = "alice", miner: Miner | Non
 
 def issue_receipts(count: int, **kwargs):
     jobs = completed_jobs(count, **kwargs)
-    return receipts_issue(completed=[(job, job.miner.miner_id) for job in jobs])
+    return receipts_issue(completed=[(job, job.miner.miner_id, job.price) for job in jobs])
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ whose raw body is signed with ``EXCHANGE_WEBHOOK_SECRET``. ``rates`` and ``marke
 """
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -14,7 +15,6 @@ from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.selectors import user_by_id
 from core.api.permissions import IsClient, is_admin
 from core.errors import NotFound, ServiceError
 from payments.api.exchange_serializers import (
@@ -100,7 +100,8 @@ class ExchangeCreatePaymentView(APIView):
             raise ServiceError(
                 "You may only buy credits for yourself.", code="FORBIDDEN", status_code=status.HTTP_403_FORBIDDEN
             )
-        user = user_by_id(user_id)
+        # The user model through Django's auth: the accounts app sits above payments.
+        user = get_user_model().objects.filter(pk=user_id).first()
         if user is None:
             raise NotFound("User not found.", code="USER_NOT_FOUND")
         return user

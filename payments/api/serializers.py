@@ -72,7 +72,7 @@ class PaymentCreateSerializer(serializers.Serializer):
 class PaymentViewSerializer(serializers.ModelSerializer):
     """PaymentView (also served as JobPaymentView): a job's payment and where its credits are."""
 
-    job_id = serializers.UUIDField(read_only=True)
+    job_id = serializers.UUIDField(source="job.pk", read_only=True)
     status = serializers.ChoiceField(choices=PaymentStatus.choices, read_only=True)
     payer_address = serializers.CharField(source="payer.address", read_only=True)
     escrow_address = serializers.CharField(source="escrow.address", read_only=True)
@@ -132,7 +132,7 @@ class PaymentActionSerializer(serializers.Serializer):
         payment = self.context["payment"]
         if "payment_id" in attrs and attrs["payment_id"] != payment.payment_id:
             raise serializers.ValidationError({"payment_id": "Does not match the payment in the path."})
-        if "job_id" in attrs and attrs["job_id"] != payment.job_id:
+        if "job_id" in attrs and attrs["job_id"] != payment.job.pk:
             raise serializers.ValidationError({"job_id": "Is not this payment's job."})
         return attrs
 
