@@ -17,8 +17,8 @@ THROUGHPUT_WINDOW = timedelta(hours=1)
 
 
 def jobs_of_client(*, user) -> QuerySet[Job]:
-    """The user's jobs, newest first, with what the list shows (the miner)."""
-    return Job.objects.filter(client=user).select_related("miner").order_by("-created_at", "-id")
+    """The user's jobs, newest first, with what the list shows (the miner, the payment)."""
+    return Job.objects.filter(client=user).select_related("miner", "payment").order_by("-created_at", "-id")
 
 
 def job_of_client(*, user, job_id) -> Job | None:

@@ -279,7 +279,7 @@ def test_a_paid_completion_whose_escrow_is_gone_changes_nothing(client_api, mine
         job_complete(job_id=job_id, miner=Miner.objects.get(), result={"output": "done"})
 
     job = Job.objects.get(pk=job_id)
-    assert (job.status, job.payment_status, job.receipts.count()) == (JobStatus.RUNNING, "escrowed", 0)
+    assert (job.status, job.payment_status, job.receipts.count()) == (JobStatus.RUNNING, PaymentStatus.REFUNDED, 0)
 
 
 # --- GET /v1/jobs/{id}/payment ---------------------------------------------------------
