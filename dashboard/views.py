@@ -14,7 +14,7 @@ from django.urls import reverse_lazy
 from django.views.generic import FormView, TemplateView, View
 
 from accounts.models import ApiKey, ApiKeyScope
-from accounts.services import api_key_create, api_key_revoke
+from accounts.services import api_key_create, api_key_revoke, user_wallet_open
 from core.errors import ServiceError
 from dashboard import selectors
 from dashboard.forms import ApiKeyCreateForm, JobSubmitForm, SignUpForm, TopUpForm
@@ -25,8 +25,7 @@ from jobs.models import JobStatus
 from jobs.services import job_submit
 from miners.selectors import REPUTATION_WINDOW
 from payments.exchange import exchange_payment_create, exchange_rates
-from payments.selectors import wallet_by_address, wallet_entries
-from payments.services import wallet_open
+from payments.selectors import wallet_by_address, wallet_entries, wallet_of
 
 PAGE_SIZE = 20
 RECENT_JOBS = 5
@@ -56,7 +55,7 @@ class SignUpView(FormView):
 
     def form_valid(self, form):
         user = form.save()
-        wallet_open(user=user)
+        user_wallet_open(user=user)
         login(self.request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(self.request, f"Welcome, {user.username}. Your wallet is open.")
         return redirect("dashboard:overview")
@@ -74,7 +73,7 @@ class OverviewView(SignedInMixin, TemplateView):
             **super().get_context_data(**kwargs),
             "recent_jobs": selectors.jobs_of_client(user=user)[:RECENT_JOBS],
             "job_counts": selectors.job_counts_of_client(user=user),
-            "wallet": wallet_open(user=user),
+            "wallet": wallet_of(user=user),
             "network": network_stats(),
         }
 
@@ -194,7 +193,7 @@ class WalletView(SignedInMixin, FormView):
     form_class = TopUpForm
 
     def get_context_data(self, **kwargs):
-        wallet = wallet_open(user=self.request.user)
+        wallet = wallet_of(user=self.request.user)
         return {
             **super().get_context_data(**kwargs),
             "wallet": wallet,

@@ -13,8 +13,10 @@ def wallet_by_address(address: str) -> Wallet | None:
     return Wallet.objects.filter(address=address.strip().lower()).first() if isinstance(address, str) else None
 
 
-def wallet_entries(wallet: Wallet) -> QuerySet[LedgerEntry]:
-    """The wallet's ledger entries, newest first, each with its transaction."""
+def wallet_entries(wallet: Wallet | None) -> QuerySet[LedgerEntry]:
+    """The wallet's ledger entries, newest first, each with its transaction (none without a wallet)."""
+    if wallet is None:
+        return LedgerEntry.objects.none()
     return LedgerEntry.objects.filter(wallet=wallet).select_related("transaction").order_by("-id")
 
 

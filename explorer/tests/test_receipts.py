@@ -160,7 +160,9 @@ def test_receipt_carries_the_price_given_and_omits_an_absent_one(make_receipts):
     from explorer.tests.conftest import completed_jobs
 
     held, plain = completed_jobs(2)
-    documents = [r.document for r in receipts_issue(completed=[(held, "miner-1", Decimal("3")), (plain, "miner-1", None)])]
+    documents = [
+        r.document for r in receipts_issue(completed=[(held, "miner-1", Decimal("3")), (plain, "miner-1", None)])
+    ]
     assert documents[0]["price"] == "3"
     assert "unit_price" not in documents[0]
     assert "price" not in documents[1]

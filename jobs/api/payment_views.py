@@ -14,6 +14,7 @@ from jobs import selectors, services
 from payments.api.serializers import PaymentActionSerializer, PaymentCreateSerializer, PaymentViewSerializer
 from payments.api.views import ERRORS, NOT_ESCROWED, PaymentMixin
 
+
 class PaymentCreateView(generics.GenericAPIView):
     permission_classes = [IsClient]
     serializer_class = PaymentCreateSerializer

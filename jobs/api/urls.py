@@ -14,9 +14,7 @@ urlpatterns = [
     path("v1/jobs/<uuid:job_id>/payment", payment_views.JobPaymentDetailView.as_view(), name="job-payment"),
     # Paying for a job and ending its escrow; the payment's reads are payments.api's.
     path("v1/payments", payment_views.PaymentCreateView.as_view(), name="payments"),
-    path(
-        "v1/payments/<str:payment_id>/release", payment_views.PaymentReleaseView.as_view(), name="payment-release"
-    ),
+    path("v1/payments/<str:payment_id>/release", payment_views.PaymentReleaseView.as_view(), name="payment-release"),
     path("v1/payments/<str:payment_id>/refund", payment_views.PaymentRefundView.as_view(), name="payment-refund"),
     # The original coordinator's client router.
     path("v1/client/jobs", views.JobSubmitView.as_view(), name="client-jobs"),

@@ -6,8 +6,8 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from accounts.services import user_get_or_create
-from jobs.models import Job, JobStatus
-from payments.models import LedgerTransaction, Payment, PaymentStatus, TransactionKind, Wallet, WalletKind
+from jobs.models import Job
+from payments.models import LedgerTransaction, PaymentStatus, TransactionKind, WalletKind
 from payments.services import system_wallet, wallet_open
 
 WALLETS = reverse("admin:payments_wallet_changelist")

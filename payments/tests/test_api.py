@@ -111,9 +111,12 @@ def test_paying_for_another_clients_job_is_404(other_client_api, unpaid_job):
     assert not Payment.objects.exists()
 
 
-def test_paying_more_than_the_wallet_holds_is_402_and_changes_nothing(client_api, unpaid_job, settings):
-    settings.AITBC_WELCOME_CREDITS = 0  # a wallet that was never credited
+@pytest.fixture
+def no_welcome_credits(settings):
+    settings.AITBC_WELCOME_CREDITS = 0  # wallets open empty
 
+
+def test_paying_more_than_the_wallet_holds_is_402_and_changes_nothing(no_welcome_credits, client_api, unpaid_job):
     response = pay(client_api, unpaid_job["job_id"], "1")
 
     assert response.status_code == 402
