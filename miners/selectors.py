@@ -74,7 +74,7 @@ def miner_for_owner(*, owner, miner_id: str, any_owner: bool = False, looked_up=
 
 
 def jobs_of_miner(*, miner: Miner) -> QuerySet[Job]:
-    return Job.objects.filter(miner=miner).select_related("miner").order_by("-started_at", "-id")
+    return Job.objects.filter(miner=miner).select_related("miner", "payment").order_by("-started_at", "-id")
 
 
 def units_of_job():

@@ -285,7 +285,7 @@ class AvailableJobsView(MinerView, generics.GenericAPIView):
     def get(self, request):
         miner = self.miner()
         services.miner_touch(miner=miner)
-        jobs = claimable_jobs(miner=miner, now=timezone.now()).select_related("miner").order_by("rank_at")
+        jobs = claimable_jobs(miner=miner, now=timezone.now()).select_related("miner", "payment").order_by("rank_at")
         page = self.paginate_queryset(jobs)
         return self.get_paginated_response(JobSerializer(page, many=True).data)
 
