@@ -4,7 +4,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
-from accounts.services import api_key_create, user_get_or_create
+from tests.factories import ApiKeyFactory
 
 
 def pytest_collection_modifyitems(config, items):
@@ -31,9 +31,10 @@ def _isolated_rate_limits(settings):
     settings.RATE_LIMIT_KEY_PREFIX = f"aitbc-test:{uuid.uuid4().hex}"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_queue_outlook(settings):
-    settings.JOB_OUTLOOK_CACHE_SECONDS = 0
+@pytest.fixture
+def in_memory_channel_layer(settings):
+    """Channel layer events stay in this process (the suite's settings use Redis when REDIS_URL is set)."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 @pytest.fixture
@@ -41,14 +42,13 @@ def make_api(db):
     """``make_api(scope, username)`` → an APIClient sending that user's new key as ``X-Api-Key``."""
 
     def make(scope: str, username: str, *, miner_id: str | None = None) -> APIClient:
-        user = user_get_or_create(username=username)
-        issued = api_key_create(user=user, scope=scope)
+        api_key = ApiKeyFactory(user__username=username, scope=scope)
         api = APIClient()
-        headers = {"HTTP_X_API_KEY": issued.raw_key}
+        headers = {"HTTP_X_API_KEY": api_key.raw_key}
         if miner_id:
             headers["HTTP_X_MINER_ID"] = miner_id
         api.credentials(**headers)
-        api.user, api.raw_key, api.api_key = user, issued.raw_key, issued.api_key
+        api.user, api.raw_key, api.api_key = api_key.user, api_key.raw_key, api_key
         return api
 
     return make
@@ -92,13 +92,6 @@ def submit_job():
         return response.json()
 
     return submit
-
-
-@pytest.fixture(autouse=True)
-def _no_inference_host(settings):
-    # Worker threads started by a test must not load the real models unless the test asks.
-    settings.INFERENCE_MODELS = []
-    settings.MODEL_CATALOG_CACHE_SECONDS = 0
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.urls import path
 
-from jobs.consumers import DashboardConsumer, JobConsumer
-from miners.consumers import MinerConsumer
+from jobs.consumers import DashboardConsumer, JobConsumer, MinerConsumer
 
 websocket_urlpatterns: list = [
     path("ws/jobs/<uuid:job_id>/", JobConsumer.as_asgi()),

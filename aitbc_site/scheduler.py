@@ -20,8 +20,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
     from accounts.tasks import purge_ended_sign_ins
     from explorer.tasks import seal_block
     from inference.tasks import announce_waiting_models
-    from jobs.tasks import expire_queued_jobs, requeue_lapsed_leases
-    from miners.tasks import mark_silent_miners_offline
+    from jobs.tasks import expire_queued_jobs, mark_silent_miners_offline, requeue_lapsed_leases
     from payments.tasks import exchange_payments_expire
 
     return [

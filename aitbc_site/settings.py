@@ -17,10 +17,15 @@ DATA_DIR = Path(env_str("AITBC_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_str("SECRET_KEY")
+# ``SECRET_KEY`` from the environment, else the one bin/start generated once into the data dir,
+# so every manage.py command finds the key the embedded server runs with.
+SECRET_KEY_FILE = DATA_DIR / "secret_key"
+SECRET_KEY = env_str("SECRET_KEY") or (SECRET_KEY_FILE.read_text().strip() if SECRET_KEY_FILE.is_file() else "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off")
+        raise ImproperlyConfigured(
+            f"SECRET_KEY is required when DEBUG is off: set it, or run bin/start once to generate {SECRET_KEY_FILE}"
+        )
     SECRET_KEY = "insecure-development-key-only-for-debug"
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ("localhost", "127.0.0.1", "[::1]"))

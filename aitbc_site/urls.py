@@ -6,8 +6,9 @@ from aitbc_site import health
 from aitbc_site.metrics import metrics_view
 
 urlpatterns = [
-    path("", include("jobs.api.urls")),
+    # miners' before jobs': jobs' v1/miners/<miner_id> would otherwise take v1/miners/register.
     path("", include("miners.api.urls")),
+    path("", include("jobs.api.urls")),
     path("", include("inference.api.urls")),
     path("", include("payments.api.urls")),
     path("", include("accounts.api.urls")),

@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from explorer.models import Receipt
 from jobs.models import Job, JobStatus
+from jobs.selectors import earnings_subquery, units_of_job, with_reputation
 from miners.models import Miner, MinerStatus, ServedModel
-from miners.selectors import earnings_subquery, units_of_job, with_reputation
 from payments.models import ExchangePayment
 
 THROUGHPUT_WINDOW = timedelta(hours=1)

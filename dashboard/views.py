@@ -22,8 +22,8 @@ from explorer import selectors as explorer
 from inference.selectors import catalog_with_miner_counts
 from jobs.feed import network_stats
 from jobs.models import JobStatus
+from jobs.selectors import REPUTATION_WINDOW
 from jobs.services import job_submit
-from miners.selectors import REPUTATION_WINDOW
 from payments.exchange import exchange_payment_create, exchange_rates
 from payments.selectors import wallet_by_address, wallet_entries, wallet_of
 

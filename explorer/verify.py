@@ -84,7 +84,7 @@ def check_signature(payload: bytes, signature) -> str | None:
         key, sig = _b64decode(key_text), _b64decode(sig_text)
     except (ValueError, binascii.Error):
         return "malformed signature"
-    # Only the one spelling API.md gives (URL-safe, unpadded, no stray bits): no two texts verify alike.
+    # Only the one spelling docs/api.md gives (URL-safe, unpadded, no stray bits): no two texts verify alike.
     if key_id_of(key) != key_text or key_id_of(sig) != sig_text or len(key) != 32:
         return "malformed signature"
     try:

@@ -32,10 +32,10 @@ from inference.selectors import catalog_entry, model_spec
 from jobs import events, wakeup
 from jobs.models import Job
 from jobs.selectors import leases_held
-from jobs.services import TRUSTED_BLAMELESS_ERRORS, Outcome, job_claim, job_fail, jobs_complete
+from jobs.services import TRUSTED_BLAMELESS_ERRORS, Outcome, job_claim, job_fail, jobs_complete, miner_heartbeat
 from miners.capabilities import Capabilities
 from miners.models import Miner
-from miners.services import miner_heartbeat, miner_register
+from miners.services import miner_register
 
 logger = logging.getLogger(__name__)
 

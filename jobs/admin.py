@@ -1,9 +1,16 @@
+from decimal import Decimal
+
 from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.db.models.functions import Coalesce
 
 from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from core.errors import ServiceError
 from jobs import services
 from jobs.models import FailedAttempt, Job, JobStatus
+from jobs.selectors import REPUTATION_WINDOW, earnings_subquery, with_reputation
+from miners.admin import MinerRegistryAdmin
+from miners.models import Miner, MinerStatus
 from payments.models import PaymentStatus
 
 
@@ -121,3 +128,72 @@ class FailedAttemptAdmin(ReadOnlyAdmin):
     search_fields = ("=job__id", "miner__miner_id", "error_code")
     list_select_related = ("miner", "job")
     date_hierarchy = "created_at"
+
+
+@admin.register(Miner)
+class MinerAdmin(MinerRegistryAdmin):
+    """Miners with their load, completed jobs, earnings and reputation; taking one offline or
+    banning it returns its jobs to the queue."""
+
+    list_display = (
+        "miner_id",
+        "owner",
+        "status",
+        "draining",
+        "gpu_name",
+        "vram_gb",
+        "region",
+        "last_heartbeat_at",
+        "load",
+        "jobs_completed",
+        "earnings",
+        "reputation",
+        "banned_at",
+    )
+    actions = ["drain", "undrain", "take_offline", "ban", "approve"]
+
+    def get_queryset(self, request):
+        return (
+            with_reputation(super().get_queryset(request))
+            .annotate(
+                running=Count("jobs", filter=Q(jobs__status=JobStatus.RUNNING)),
+                completed=Count("jobs", filter=Q(jobs__status=JobStatus.COMPLETED)),
+                earned=Coalesce(earnings_subquery(), Decimal(0)),
+            )
+            .distinct()
+        )
+
+    @admin.display(ordering="running", description="load")
+    def load(self, miner):
+        return f"{miner.running}/{miner.max_concurrent_jobs}"
+
+    @admin.display(ordering="completed", description="jobs completed")
+    def jobs_completed(self, miner):
+        return miner.completed
+
+    @admin.display(ordering="earned", description="earned (AITBC)")
+    def earnings(self, miner):
+        return miner.earned
+
+    @admin.display(ordering="reputation", description=f"reputation ({REPUTATION_WINDOW.days} days)")
+    def reputation(self, miner):
+        if miner.reputation is None:
+            return "—"
+        return f"{miner.reputation:.0%} ({miner.recent_completed} done, {miner.recent_failed} failed)"
+
+    @admin.action(description="Take offline now and re-queue their jobs")
+    def take_offline(self, request, queryset):
+        released = sum(services.miner_take_offline(miner=miner) for miner in queryset.filter(status=MinerStatus.ONLINE))
+        self.message_user(request, f"Miners taken offline; {released} job(s) returned to the queue.", messages.SUCCESS)
+
+    @admin.action(description="Ban: take offline, re-queue their jobs, refuse them until approved")
+    def ban(self, request, queryset):
+        banned = released = 0
+        for miner in queryset.filter(banned_at__isnull=True):
+            released += services.miner_ban(
+                miner=miner, reason=f"Banned by {request.user} from the admin.", actor=request.user
+            )
+            banned += 1
+        self.message_user(
+            request, f"{banned} miner(s) banned; {released} job(s) returned to the queue.", messages.SUCCESS
+        )

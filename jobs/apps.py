@@ -7,8 +7,11 @@ class JobsConfig(AppConfig):
 
     def ready(self):
         from core import shutdown
-        from jobs import wakeup
+        from jobs import feed, wakeup
         from jobs.consumers import close_sockets_for_restart
+        from miners import services as miner_services
 
         # A stopping process answers its waiting long polls and closes its sockets with 4503.
         shutdown.when_stopping(wakeup.hub.notify_all, closing=close_sockets_for_restart)
+        # The network feed announces each miner that registers.
+        miner_services.when_registered(feed.publish_miner_online)

@@ -1,5 +1,6 @@
 import time
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection
@@ -7,23 +8,29 @@ from django.db.models import (
     Avg,
     Case,
     Count,
+    DecimalField,
     DurationField,
     ExpressionWrapper,
     F,
+    FloatField,
     IntegerField,
+    OuterRef,
     Q,
     QuerySet,
     Subquery,
+    Sum,
     Value,
     When,
 )
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Coalesce
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
 from jobs import sql
-from jobs.models import Job, JobStatus
+from jobs.models import FailedAttempt, Job, JobStatus
 from miners.models import Miner, MinerStatus, ServedModel
+from payments.models import LedgerEntry, TransactionKind
 
 RECENT_RUNS_WINDOW = timedelta(minutes=15)
 RECENT_RUNS = 200
@@ -170,3 +177,91 @@ def leases_held(*, miner: Miner, leases: dict[str, str]) -> set[str]:
     the others were cancelled, re-queued or leased again meanwhile."""
     running = Job.objects.filter(pk__in=list(leases), miner=miner, status=JobStatus.RUNNING)
     return {str(pk) for pk, token in running.values_list("pk", "lease_token") if token == leases[str(pk)]}
+
+
+# --- What miners have done ----------------------------------------------------------------
+
+# A miner's reputation: of the attempts it ended in this window, the share that completed.
+REPUTATION_WINDOW = timedelta(days=7)
+
+
+def jobs_of_miner(*, miner: Miner) -> QuerySet[Job]:
+    return Job.objects.filter(miner=miner).select_related("miner", "payment").order_by("-started_at", "-id")
+
+
+def units_of_job():
+    """The work one job counts for: the units its miner reported, else its total tokens."""
+    return Coalesce(Cast(KT("usage__units"), IntegerField()), Cast(KT("usage__total_tokens"), IntegerField()), Value(0))
+
+
+def miner_work_summary(*, miner: Miner) -> dict:
+    """What a miner has done: jobs completed and units (tokens) served, counted in SQL."""
+    units = units_of_job()
+    totals = Job.objects.filter(miner=miner).aggregate(
+        completed=Count("id", filter=Q(status=JobStatus.COMPLETED)),
+        running=Count("id", filter=Q(status=JobStatus.RUNNING)),
+        units=Sum(units, filter=Q(status=JobStatus.COMPLETED), default=0),
+    )
+    reputation = with_reputation(Miner.objects.filter(pk=miner.pk)).values_list("reputation", flat=True).first()
+    return {
+        "jobs_completed": totals["completed"],
+        "jobs_running": totals["running"],
+        "units_served": totals["units"],
+        "earned": miner_earnings(miner=miner),
+        "reputation": reputation,
+    }
+
+
+def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
+    """``miners`` annotated, over the last ``REPUTATION_WINDOW``, with ``recent_completed`` (jobs
+    it completed), ``recent_failed`` (attempts it failed, let lapse or abandoned: see
+    ``jobs.models.FailedAttempt``) and ``reputation``, the completed share of both (0 to 1;
+    ``None`` for a miner that ended no attempt in the window). Subqueries of the same statement."""
+    since = (now or timezone.now()) - REPUTATION_WINDOW
+    completed = (
+        Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED, completed_at__gte=since)
+        .order_by()
+        .values("miner")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    failed = (
+        FailedAttempt.objects.filter(miner=OuterRef("pk"), created_at__gte=since)
+        .order_by()
+        .values("miner")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return miners.annotate(
+        recent_completed=Coalesce(Subquery(completed, IntegerField()), 0),
+        recent_failed=Coalesce(Subquery(failed, IntegerField()), 0),
+    ).annotate(
+        reputation=Cast(F("recent_completed"), FloatField())
+        / NullIf(F("recent_completed") + F("recent_failed"), 0, output_field=FloatField())
+    )
+
+
+def _settlement_credits(*, miner, owner) -> QuerySet[LedgerEntry]:
+    """The ledger entries crediting ``owner`` for the settled jobs of ``miner`` (values or ``OuterRef``)."""
+    return LedgerEntry.objects.filter(
+        transaction__kind=TransactionKind.SETTLE, transaction__job__miner=miner, wallet__user=owner
+    )
+
+
+def earnings_subquery() -> Subquery:
+    """For each miner row of the outer query: what ``miner_earnings`` counts (``NULL`` for none)."""
+    credits = (
+        _settlement_credits(miner=OuterRef("pk"), owner=OuterRef("owner_id"))
+        .order_by()
+        .values("transaction__job__miner")
+        .annotate(total=Sum("amount"))
+        .values("total")
+    )
+    return Subquery(credits, output_field=DecimalField(max_digits=24, decimal_places=8))
+
+
+def miner_earnings(*, miner: Miner) -> Decimal:
+    """AITBC paid to the miner's owner for the jobs this miner completed (settlements' credits)."""
+    return _settlement_credits(miner=miner, owner=miner.owner_id).aggregate(total=Sum("amount", default=Decimal(0)))[
+        "total"
+    ]

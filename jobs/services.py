@@ -2,7 +2,8 @@
 
 Each function is one transaction. A running job belongs to the miner holding its lease:
 only that miner's current attempt (fenced by ``lease_token``) may complete or fail it, so a
-job is completed at most once however many attempts ran.
+job is completed at most once however many attempts ran. A miner's heartbeat, deregistration,
+going offline or ban are here too, since they extend or end the attempts the miner holds.
 """
 
 import hashlib
@@ -30,13 +31,17 @@ from inference.tasks import announce_to_workers
 from jobs import events, feed, sql, wakeup
 from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
+from miners import selectors as miner_selectors
+from miners import services as miner_services
 from miners.capabilities import cuda_code
 from miners.models import Miner, ServedModel
 from payments.models import Payment, PaymentStatus
 from payments.services import credits, escrow_hold, escrow_refund, escrows_settle, new_payment_id
 
 # Failures that another attempt cannot fix: the job fails at once.
-NON_RETRYABLE_ERRORS = frozenset({"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL"})
+NON_RETRYABLE_ERRORS = frozenset(
+    {"INPUT_TOO_LONG", "INVALID_PAYLOAD", "INVALID_PARAMS", "UNSUPPORTED_MODEL", "UNSUPPORTED_TASK"}
+)
 # Failures an in-cluster worker reports that are not held against it: the request can't be run,
 # or the host is shutting down. Its engine is the platform's own; an HTTP miner names its own
 # codes, so every failure it reports counts (``job_fail``'s ``blame``).
@@ -819,3 +824,55 @@ def _fail_running(condition: Q, *, code: str, message: str, blame: bool) -> int:
         released += len(jobs)
         if len(jobs) < SWEEP_BATCH:
             return released
+
+
+# --- Miners and the jobs they hold -------------------------------------------------------
+
+
+def miner_heartbeat(
+    *, miner: Miner, inflight: int | None = None, metadata: dict | None = None, job_ids: list | None = None
+) -> int:
+    """Record a heartbeat and extend the leases the miner holds (only ``job_ids`` when given: a
+    process sharing its miner with others vouches for its own jobs alone). Returns the number extended."""
+    with transaction.atomic():
+        miner_services.miner_record_heartbeat(miner=miner, inflight=inflight, metadata=metadata)
+        return job_leases_extend(miner=miner, job_ids=job_ids)
+
+
+@transaction.atomic
+def miner_deregister(*, miner: Miner) -> int:
+    """Take a miner out of the network; the jobs it holds go back to the queue."""
+    miner_services.miner_mark_deregistered(miner=miner)
+    transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
+    return jobs_release_for_miner(miner=miner, reason="The miner deregistered.", blame=True)
+
+
+def miners_mark_silent_offline() -> int:
+    """Miners silent past the heartbeat timeout go offline and their jobs return to the queue."""
+    cutoff = timezone.now() - timedelta(seconds=settings.MINER_HEARTBEAT_TIMEOUT_SECONDS)
+    taken_offline = 0
+    for miner in miner_selectors.miners_silent_since(cutoff=cutoff):
+        # One transaction: a heartbeat arriving meanwhile waits for it, then finds no leases to extend.
+        with transaction.atomic():
+            if miner_services.miner_mark_offline_if_silent(miner=miner, silent_since=cutoff):
+                jobs_release_for_miner(miner=miner, reason="The miner stopped sending heartbeats.", blame=True)
+                transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
+                taken_offline += 1
+    return taken_offline
+
+
+@transaction.atomic
+def miner_take_offline(*, miner: Miner) -> int:
+    """Staff take a miner offline: its jobs return to the queue. Returns how many."""
+    miner_services.miner_mark_offline(miner=miner)
+    transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
+    return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.", blame=False)
+
+
+@transaction.atomic
+def miner_ban(*, miner: Miner, reason: str, actor) -> int:
+    """Staff ban a miner: it goes offline, its jobs return to the queue, and it may not register,
+    heartbeat or claim until unbanned. Returns how many jobs went back to the queue."""
+    if miner_services.miner_mark_banned(miner=miner, reason=reason, actor=actor):
+        transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
+    return jobs_release_for_miner(miner=miner, reason="The miner was banned by staff.", blame=False)

@@ -11,3 +11,8 @@ def expire_queued_jobs() -> None:
 @dramatiq.actor(queue_name="housekeeping", time_limit=60_000, max_retries=0)
 def requeue_lapsed_leases() -> None:
     services.jobs_requeue_lapsed()
+
+
+@dramatiq.actor(queue_name="housekeeping", time_limit=60_000, max_retries=0)
+def mark_silent_miners_offline() -> None:
+    services.miners_mark_silent_offline()

@@ -1,18 +1,19 @@
-"""Miner registry: registration, heartbeats, capability changes, draining and going offline."""
+"""Miner registry: registration, heartbeats, capability changes, draining, going offline and bans.
+
+These change the miners' own rows. What also ends the jobs a miner holds (deregistering, going
+offline, a ban) or extends its leases (a heartbeat) is composed in ``jobs.services``."""
 
 import hashlib
 import logging
 import secrets
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import partial
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import Conflict, NotFound, ServiceError
-from jobs import feed
-from jobs.services import job_leases_extend, jobs_release_for_miner
 from miners.capabilities import Capabilities, cuda_code
 from miners.models import Miner, MinerStatus, ServedModel
 
@@ -20,6 +21,16 @@ logger = logging.getLogger(__name__)
 
 # Polling counts as a sign of life, recorded at most this often.
 LIVENESS_RESOLUTION = timedelta(seconds=10)
+
+# Called as ``listener(miner, models=...)`` once a registration commits. Higher apps, which this
+# one may not import, add theirs from their ``AppConfig.ready()`` (the network feed announces it).
+_registration_listeners: list[Callable[..., None]] = []
+
+
+def when_registered(listener: Callable[..., None]) -> None:
+    """Have ``listener(miner, models=...)`` called after each registration commits."""
+    if listener not in _registration_listeners:
+        _registration_listeners.append(listener)
 
 
 def _apply_capabilities(miner: Miner, capabilities: Capabilities) -> None:
@@ -66,7 +77,8 @@ def miner_register(
             _replace_served_models(miner, capabilities.models)
     except IntegrityError:  # registered concurrently under the same id
         raise Conflict("This miner_id was registered concurrently; retry.", code="MINER_ID_TAKEN") from None
-    transaction.on_commit(partial(feed.publish_miner_online, miner, models=capabilities.models))
+    for listener in _registration_listeners:
+        transaction.on_commit(partial(listener, miner, models=capabilities.models))
     return miner, session_token
 
 
@@ -78,28 +90,23 @@ def miner_update_capabilities(*, miner: Miner, capabilities: Capabilities) -> Mi
     return miner
 
 
-def miner_heartbeat(
-    *, miner: Miner, inflight: int | None = None, metadata: dict | None = None, job_ids: list | None = None
-) -> int:
-    """Record a heartbeat and extend the leases the miner holds (only ``job_ids`` when given: a
-    process sharing its miner with others vouches for its own jobs alone). Returns the number extended."""
+def miner_record_heartbeat(*, miner: Miner, inflight: int | None = None, metadata: dict | None = None) -> None:
+    """Record that the miner is alive (and what it reports). A banned or deregistered miner is refused."""
     fields = {"last_heartbeat_at": timezone.now(), "status": MinerStatus.ONLINE}
     if inflight is not None:
         fields["inflight_reported"] = max(0, inflight)
     if metadata is not None:
         fields["metadata"] = metadata
-    with transaction.atomic():
-        updated = (
-            Miner.objects.filter(pk=miner.pk, banned_at__isnull=True)
-            .exclude(status=MinerStatus.DEREGISTERED)
-            .update(**fields, updated_at=timezone.now())
-        )
-        if not updated:
-            banned = Miner.objects.filter(pk=miner.pk, banned_at__isnull=False).first()
-            if banned is not None:
-                raise _banned(banned)
-            raise NotFound("This miner was deregistered.", code="MINER_NOT_FOUND")
-        return job_leases_extend(miner=miner, job_ids=job_ids)
+    updated = (
+        Miner.objects.filter(pk=miner.pk, banned_at__isnull=True)
+        .exclude(status=MinerStatus.DEREGISTERED)
+        .update(**fields, updated_at=timezone.now())
+    )
+    if not updated:
+        banned = Miner.objects.filter(pk=miner.pk, banned_at__isnull=False).first()
+        if banned is not None:
+            raise _banned(banned)
+        raise NotFound("This miner was deregistered.", code="MINER_NOT_FOUND")
 
 
 def miner_touch(*, miner: Miner) -> None:
@@ -127,39 +134,25 @@ def miner_set_draining(*, miner: Miner, draining: bool) -> Miner:
     return miner
 
 
-@transaction.atomic
-def miner_deregister(*, miner: Miner) -> int:
-    """Take a miner out of the network; the jobs it holds go back to the queue."""
+def miner_mark_deregistered(*, miner: Miner) -> None:
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.DEREGISTERED, updated_at=timezone.now())
     miner.status = MinerStatus.DEREGISTERED
-    transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
-    return jobs_release_for_miner(miner=miner, reason="The miner deregistered.", blame=True)
 
 
-def miners_mark_silent_offline() -> int:
-    """Miners silent past the heartbeat timeout go offline and their jobs return to the queue."""
-    cutoff = timezone.now() - timedelta(seconds=settings.MINER_HEARTBEAT_TIMEOUT_SECONDS)
-    taken_offline = 0
-    for miner in Miner.objects.filter(status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff):
-        # One transaction: a heartbeat arriving meanwhile waits for it, then finds no leases to extend.
-        with transaction.atomic():
-            updated = Miner.objects.filter(pk=miner.pk, status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff).update(
-                status=MinerStatus.OFFLINE, updated_at=timezone.now()
-            )
-            if updated:
-                jobs_release_for_miner(miner=miner, reason="The miner stopped sending heartbeats.", blame=True)
-                transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
-        taken_offline += updated
-    return taken_offline
-
-
-@transaction.atomic
-def miner_take_offline(*, miner: Miner) -> int:
-    """Staff take a miner offline: its jobs return to the queue. Returns how many."""
+def miner_mark_offline(*, miner: Miner) -> None:
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.OFFLINE, updated_at=timezone.now())
     miner.status = MinerStatus.OFFLINE
-    transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
-    return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.", blame=False)
+
+
+def miner_mark_offline_if_silent(*, miner: Miner, silent_since: datetime) -> bool:
+    """Take the miner offline if it is online and has sent nothing since ``silent_since``; whether it did.
+    A heartbeat arriving meanwhile waits for the caller's transaction, then finds the miner offline."""
+    updated = Miner.objects.filter(pk=miner.pk, status=MinerStatus.ONLINE, last_heartbeat_at__lt=silent_since).update(
+        status=MinerStatus.OFFLINE, updated_at=timezone.now()
+    )
+    if updated:
+        miner.status = MinerStatus.OFFLINE
+    return bool(updated)
 
 
 def _banned(miner: Miner) -> ServiceError:
@@ -169,9 +162,9 @@ def _banned(miner: Miner) -> ServiceError:
 
 
 @transaction.atomic
-def miner_ban(*, miner: Miner, reason: str, actor) -> int:
-    """Staff ban a miner: it goes offline, its jobs return to the queue, and it may not register,
-    heartbeat or claim until unbanned. Returns how many jobs went back to the queue."""
+def miner_mark_banned(*, miner: Miner, reason: str, actor) -> bool:
+    """Ban a miner: it goes offline and may not register, heartbeat or claim until unbanned.
+    Returns whether it was online (its jobs are the caller's to release)."""
     locked = Miner.objects.select_for_update().get(pk=miner.pk)
     was_online = locked.status == MinerStatus.ONLINE
     if was_online:
@@ -185,9 +178,7 @@ def miner_ban(*, miner: Miner, reason: str, actor) -> int:
         actor,
     )
     logger.info("miner %s banned by %s: %s", miner.miner_id, actor, reason)
-    if was_online:
-        transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
-    return jobs_release_for_miner(miner=miner, reason="The miner was banned by staff.", blame=False)
+    return was_online
 
 
 def miner_unban(*, miner: Miner, actor) -> Miner:

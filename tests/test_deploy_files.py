@@ -11,7 +11,7 @@ from django.core.management import get_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-# The instances the README enables: two of each server, two housekeeping workers, one GPU worker.
+# The instances docs/operations.md enables: two of each server, two housekeeping workers, one GPU worker.
 INSTANCES = [
     "aitbc.target",
     "aitbc-migrate.service",

@@ -76,7 +76,7 @@ def test_heartbeats_keep_the_lease(housekeeping, client_api, miner_api, register
 def test_silent_miner_goes_offline_and_its_jobs_return_at_once(
     settings, client_api, miner_api, register_miner, submit_job
 ):
-    from miners.services import miners_mark_silent_offline
+    from jobs.services import miners_mark_silent_offline
 
     settings.MINER_HEARTBEAT_TIMEOUT_SECONDS = 1
     register_miner(miner_api)

@@ -12,6 +12,7 @@ from jobs import services
 from jobs.services import job_claim_waiting, job_submit
 from miners.capabilities import Capabilities
 from miners.services import miner_register
+from tests.factories import MinerFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -33,10 +34,7 @@ def _poll_in_thread(miner, wait_seconds):
 
 @pytest.fixture
 def miner():
-    owner = user_get_or_create(username="owner")
-    return miner_register(
-        owner=owner, miner_id="waiter", capabilities=Capabilities(models=("llama3.2",), max_concurrent_jobs=100)
-    )[0]
+    return MinerFactory(owner__username="owner", miner_id="waiter", max_concurrent_jobs=100)
 
 
 def test_waiting_poll_returns_within_50ms_of_the_commit(miner):

@@ -5,7 +5,7 @@ each answer must not be a server error and must match the schema (a documented s
 its headers, a violation refused). A business rule the schema can't state (a job names a model
 somewhere) may refuse schema-valid input with a documented 422, so that check is left out.
 
-``SCHEMA_FUZZ_EXAMPLES`` (default 4 per operation and mode) sets how hard it looks: see the README.
+``SCHEMA_FUZZ_EXAMPLES`` (default 4 per operation and mode) sets how hard it looks: see docs/testing.md.
 """
 
 import os

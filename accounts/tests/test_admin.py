@@ -18,12 +18,6 @@ def listed_prefixes(response) -> set[str]:
     return {key.prefix for key in response.context["cl"].result_list}
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # admin_client's superuser gets a password; the default hasher costs half a second a test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def keys(make_api):
     return {

@@ -1,4 +1,3 @@
-import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
@@ -7,11 +6,6 @@ from accounts.tests.conftest import ask_nonce
 
 SESSIONS = reverse("admin:accounts_usersession_changelist")
 NONCES = reverse("admin:accounts_walletnonce_changelist")
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def test_session_changelist_lists_sessions_by_user(admin_client, sign_in, wallet):

@@ -25,12 +25,6 @@ def poll(api):
     return api.post("/v1/miners/poll", {"max_wait_seconds": 0}, format="json")
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # admin_client's superuser gets a password; the default hasher costs half a second a test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def running_job(client_api, miner_api, register_miner, submit_job):
     register_miner(miner_api)

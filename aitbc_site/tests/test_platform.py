@@ -242,14 +242,15 @@ def test_env_int_rejects_values_below_the_minimum(monkeypatch):
 
 
 def start_django(tmp_path, **env) -> subprocess.CompletedProcess:
-    """Import the settings in a fresh interpreter with only ``env`` configured."""
+    """Import the settings in a fresh interpreter with only ``env`` configured; it prints the secret key."""
     minimal = {
         "PATH": os.environ["PATH"],
         "DJANGO_SETTINGS_MODULE": "aitbc_site.settings",
         "AITBC_DATA_DIR": str(tmp_path),
     }
+    script = "import django; django.setup(); from django.conf import settings; print(settings.SECRET_KEY)"
     return subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
+        [sys.executable, "-c", script],
         cwd=django_settings.BASE_DIR,
         env={**minimal, **env},
         capture_output=True,
@@ -272,6 +273,35 @@ def test_settings_refuse_to_start_without_secret_key_when_debug_is_off(tmp_path)
 def test_settings_start_without_secret_key_in_debug(tmp_path):
     started = start_django(tmp_path, DEBUG="true")
     assert started.returncode == 0, started.stderr
+
+
+def test_settings_read_the_secret_key_bin_start_left_in_the_data_dir(tmp_path):
+    (tmp_path / "secret_key").write_text("key-from-the-data-dir\n")
+    started = start_django(tmp_path)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "key-from-the-data-dir"
+
+
+def test_secret_key_in_the_environment_wins_over_the_data_dir(tmp_path):
+    (tmp_path / "secret_key").write_text("key-from-the-data-dir\n")
+    started = start_django(tmp_path, SECRET_KEY="key-from-the-environment")
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "key-from-the-environment"
+
+
+def test_manage_py_commands_run_without_secret_key_once_bin_start_generated_one(tmp_path):
+    (tmp_path / "secret_key").write_text("generated-by-bin-start\n")
+    environment = {"PATH": os.environ["PATH"], "AITBC_DATA_DIR": str(tmp_path)}
+    checked = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=django_settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "System check identified no issues" in checked.stdout
 
 
 def test_settings_refuse_an_unparseable_debug_flag(tmp_path):

@@ -1,4 +1,4 @@
-"""Ed25519 receipts over canonical JSON, as API.md specifies.
+"""Ed25519 receipts over canonical JSON, as docs/api.md (Receipts) specifies.
 
 Canonical JSON is ``json.dumps(obj_without_None_values, separators=(",", ":"),
 sort_keys=True)`` in UTF-8. The signature covers the payload without its ``signature`` and

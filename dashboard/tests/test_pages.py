@@ -3,10 +3,10 @@ from decimal import Decimal
 
 from accounts.services import user_get_or_create
 from jobs.models import JobStatus
-from jobs.services import job_claim, job_fail, job_submit
+from jobs.selectors import miner_work_summary
+from jobs.services import job_claim, job_fail, job_submit, miner_take_offline
 from miners.capabilities import Capabilities
-from miners.selectors import miner_work_summary
-from miners.services import miner_register, miner_take_offline
+from miners.services import miner_register
 from payments.selectors import wallet_of
 
 

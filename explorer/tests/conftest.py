@@ -11,11 +11,6 @@ from miners.models import Miner
 from miners.services import miner_register
 
 
-@pytest.fixture(autouse=True)
-def _uncached_stats(settings):
-    settings.EXPLORER_STATS_CACHE_SECONDS = 0
-
-
 def completed_jobs(count: int, *, client_name: str = "alice", miner: Miner | None = None, **fields) -> list[Job]:
     """Completed jobs as ``jobs_complete`` leaves them, built directly: tests need many, fast. Their
     users are too, without wallets: the ledger stays empty unless a test writes to it."""

@@ -1,4 +1,4 @@
-"""The rules of API.md written out again, apart from the code under test, to check it."""
+"""The rules of docs/api.md (Receipts) written out again, apart from the code under test, to check it."""
 
 import base64
 import hashlib

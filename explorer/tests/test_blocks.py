@@ -9,7 +9,6 @@ from django.db import connection
 from django.utils import timezone
 from nacl.signing import VerifyKey
 
-from accounts.services import user_get_or_create
 from core.crypto import signing
 from explorer import selectors, services
 from explorer.models import Block, BlockLeaf, LeafKind, PendingLeaf, Receipt
@@ -17,7 +16,8 @@ from explorer.tasks import seal_block
 from explorer.tests.independent import canonical, leaf, proof_leads_to_root, tree_root, unpadded_b64decode
 from payments.models import LedgerEntry, LedgerTransaction
 from payments.selectors import transaction_document
-from payments.services import treasury_mint, wallet_open
+from payments.services import treasury_mint
+from tests.factories import WalletFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -206,7 +206,7 @@ def test_verify_chain_reports_a_deleted_leaf(make_receipts):
 
 
 def mint(amount: str):
-    return treasury_mint(wallet=wallet_open(user=user_get_or_create(username="carol")), amount=amount)
+    return treasury_mint(wallet=WalletFactory(user__username="carol"), amount=amount)
 
 
 @pytest.fixture
@@ -257,7 +257,7 @@ def test_verify_chain_reports_an_edited_ledger_transaction(ledger):
 
 
 def test_ledger_transactions_of_real_payments_are_sealed(client):
-    wallet = wallet_open(user=user_get_or_create(username="carol"))
+    wallet = WalletFactory(user__username="carol")
     minted = treasury_mint(wallet=wallet, amount="7.5")
     posted = list(LedgerTransaction.objects.all())
     assert minted.pk in {tx.pk for tx in posted}

@@ -4,9 +4,9 @@ import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from accounts.services import user_get_or_create
 from explorer.tests.conftest import completed_jobs
-from payments.services import treasury_mint, wallet_open
+from payments.services import treasury_mint
+from tests.factories import WalletFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -21,7 +21,7 @@ def migrate(target) -> None:
 
 def test_the_queue_starts_with_every_item_no_block_holds(settings):
     settings.AITBC_WELCOME_CREDITS = 0
-    wallet = wallet_open(user=user_get_or_create(username="carol"))
+    wallet = WalletFactory(user__username="carol")
     sealed_tx, *waiting_txs = [treasury_mint(wallet=wallet, amount="1").pk for _ in range(3)]
     jobs = completed_jobs(3)
     migrate(BEFORE)

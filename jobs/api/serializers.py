@@ -330,3 +330,9 @@ class ReceiptListSerializer(serializers.Serializer):
         help_text="The opening of each receipt of the page that has one, by receipt_id",
     )
     next_cursor = serializers.CharField(allow_null=True)
+
+
+class ResultAcceptedSerializer(serializers.Serializer):
+    status = serializers.CharField(default="ok")
+    job_status = serializers.CharField(help_text="completed, or queued/failed when the result reported a failure")
+    receipt = ReceiptDocumentSerializer(allow_null=True)

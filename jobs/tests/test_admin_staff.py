@@ -1,6 +1,5 @@
 from decimal import Decimal
 
-import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
@@ -11,11 +10,6 @@ from payments.selectors import wallet_of
 
 JOBS = reverse("admin:jobs_job_changelist")
 HOME = reverse("admin:index")
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def messages_of(response) -> list[str]:

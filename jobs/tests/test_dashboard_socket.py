@@ -17,16 +17,11 @@ from aitbc_site import settings as site_settings
 from aitbc_site.routing import websocket_urlpatterns
 from jobs import consumers, feed
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
 # The production stack less the origin check (asgi.py would also start the embedded workers).
 application = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
 needs_redis = pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs Redis (set REDIS_URL); CI always runs it")
-
-
-@pytest.fixture(autouse=True)
-def _in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +86,24 @@ def test_signed_in_user_sees_jobs_submitted_and_finished_without_their_payload(
         "kind": "job.finished",
         "data": {"job_id": job_id, "model": "llama3.2", "status": "completed"},
     }
+
+
+def test_a_miner_registering_and_deregistering_is_announced_with_its_models(client_api, miner_api, register_miner):
+    cookie = session_cookie(client_api.user)
+
+    async def scenario():
+        socket = open_socket(headers=cookie)
+        assert (await socket.connect())[0]
+        assert (await socket.receive_json_from())["kind"] == feed.NETWORK_STATS
+        await sync_to_async(register_miner)(miner_api, models=["llama3.2", "codellama"])
+        online = await next_event(socket, feed.MINER_ONLINE, miner_id="miner-1")
+        await sync_to_async(miner_api.delete)("/v1/miners/miner-1")
+        offline = await next_event(socket, feed.MINER_OFFLINE, miner_id="miner-1")
+        await socket.disconnect()
+        return online, offline
+
+    online, offline = async_to_sync(scenario)()
+    assert online["data"] == offline["data"] == {"miner_id": "miner-1", "models": ["codellama", "llama3.2"]}
 
 
 def test_a_users_socket_follows_each_status_of_its_own_jobs_and_no_one_elses(
@@ -299,7 +312,7 @@ def test_150_sockets_at_once_on_redis_all_receive_a_published_event(settings, cl
 @needs_redis
 def test_configured_redis_layer_takes_150_concurrent_group_joins(settings):
     # Every ws/jobs socket joins a group as it connects: redis-py's default pool of 100
-    # connections made the 101st concurrent join fail (DESIGN.md, Pitfalls).
+    # connections made the 101st concurrent join fail.
     layers = copy.deepcopy(site_settings.CHANNEL_LAYERS)
     layers["default"]["CONFIG"]["prefix"] = f"aitbc-test-{uuid.uuid4().hex}"
     settings.CHANNEL_LAYERS = layers

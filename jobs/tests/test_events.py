@@ -12,7 +12,7 @@ from django.conf import settings as django_settings
 from jobs import events
 from jobs.models import Job
 
-IN_MEMORY_LAYER = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+pytestmark = pytest.mark.usefixtures("in_memory_channel_layer")
 needs_redis = pytest.mark.skipif(not django_settings.REDIS_URL, reason="needs Redis (set REDIS_URL); CI always runs it")
 
 
@@ -25,11 +25,6 @@ class TokenEvent:
     text: str
     completion_tokens: int
     max_tokens: int | None
-
-
-@pytest.fixture(autouse=True)
-def _in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
 
 
 def use_redis_layer(settings) -> None:

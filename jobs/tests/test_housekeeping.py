@@ -7,8 +7,7 @@ from accounts.services import user_get_or_create
 from jobs.models import Job, JobPriority, JobStatus
 from jobs.services import job_claim, job_submit, jobs_expire_queued, jobs_requeue_lapsed
 from jobs.tasks import expire_queued_jobs, requeue_lapsed_leases
-from miners.capabilities import Capabilities
-from miners.services import miner_register
+from tests.factories import MinerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -20,9 +19,7 @@ def client():
 
 @pytest.fixture
 def miner():
-    owner = user_get_or_create(username="owner")
-    capabilities = Capabilities(models=("m",), max_concurrent_jobs=50)
-    return miner_register(owner=owner, miner_id="rig", capabilities=capabilities)[0]
+    return MinerFactory(owner__username="owner", miner_id="rig", models=("m",), max_concurrent_jobs=50)
 
 
 def submit(client, **kwargs):

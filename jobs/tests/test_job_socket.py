@@ -15,7 +15,7 @@ from aitbc_site.routing import websocket_urlpatterns
 from jobs.events import publish_job_status, publish_token_events
 from jobs.models import Job, JobStatus
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
 # The production stack less the origin check (asgi.py would also start the embedded workers).
 application = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
@@ -29,11 +29,6 @@ class TokenEvent:
     text: str
     completion_tokens: int
     max_tokens: int
-
-
-@pytest.fixture(autouse=True)
-def _in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])

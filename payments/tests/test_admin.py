@@ -8,22 +8,17 @@ from django.urls import reverse
 from accounts.services import user_get_or_create
 from jobs.models import Job
 from payments.models import LedgerTransaction, PaymentStatus, TransactionKind, WalletKind
-from payments.services import system_wallet, wallet_open
+from payments.services import system_wallet
+from tests.factories import WalletFactory
 
 WALLETS = reverse("admin:payments_wallet_changelist")
 TRANSACTIONS = reverse("admin:payments_ledgertransaction_changelist")
 PAYMENTS = reverse("admin:payments_payment_changelist")
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # admin_client's superuser gets a password; the default hasher costs half a second a test.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def alice_wallet(db):
-    return wallet_open(user=user_get_or_create(username="alice"))
+    return WalletFactory(user__username="alice")
 
 
 def messages_of(response) -> list[str]:
@@ -53,7 +48,7 @@ def paid_job(api, submit_job, amount="3") -> Job:
 
 
 def test_wallet_changelist_finds_a_wallet_by_username(admin_client, alice_wallet):
-    wallet_open(user=user_get_or_create(username="bob"))
+    WalletFactory(user__username="bob")
 
     response = admin_client.get(WALLETS, {"q": "alice"})
 

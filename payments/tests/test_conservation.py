@@ -12,14 +12,11 @@ from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accounts.services import user_get_or_create
 from core.errors import ServiceError
 from jobs.models import Job, JobStatus
 from jobs.services import job_cancel, job_claim, job_complete, job_fail, job_submit, jobs_expire_queued
-from miners.capabilities import Capabilities
-from miners.services import miner_register
 from payments.models import LedgerEntry, LedgerTransaction, Payment, Wallet, WalletKind
-from payments.services import wallet_open
+from tests.factories import MinerFactory, WalletFactory
 
 
 def assert_books_balance():
@@ -40,14 +37,9 @@ def assert_books_balance():
 
 
 def make_network(clients: int):
-    users = [user_get_or_create(username=f"client-{i}") for i in range(clients)]
-    for user in users:
-        wallet_open(user=user)
-    owner = user_get_or_create(username="rig-owner")
-    miner = miner_register(
-        owner=owner, miner_id="rig", capabilities=Capabilities(models=("m",), max_concurrent_jobs=999)
-    )
-    return users, miner[0]
+    users = [WalletFactory(user__username=f"client-{i}").user for i in range(clients)]
+    miner = MinerFactory(owner__username="rig-owner", miner_id="rig", models=("m",), max_concurrent_jobs=999)
+    return users, miner
 
 
 def submit(user, amount) -> Job:

@@ -473,10 +473,6 @@ def test_confirming_an_unknown_payment_is_not_found(admin_api):
 
 
 class TestAdminAction:
-    @pytest.fixture(autouse=True)
-    def _fast_password_hashing(self, settings):
-        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
     def confirm(self, admin_client, payment_ids):
         return admin_client.post(
             reverse("admin:payments_exchangepayment_changelist"),

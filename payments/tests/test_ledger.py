@@ -8,6 +8,7 @@ from django.utils import timezone
 from accounts.services import user_get_or_create
 from core.errors import PaymentRequired
 from jobs.models import JobStatus
+from jobs.selectors import miner_work_summary
 from jobs.services import (
     job_cancel,
     job_claim,
@@ -17,10 +18,10 @@ from jobs.services import (
     jobs_expire_queued,
 )
 from miners.capabilities import Capabilities
-from miners.selectors import miner_work_summary
 from miners.services import miner_register
 from payments.models import LedgerEntry, LedgerTransaction, Payment, Wallet, WalletKind
 from payments.services import ledger_post, system_wallet, treasury_mint, wallet_open
+from tests.factories import MinerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -33,10 +34,7 @@ def alice(settings):
 
 @pytest.fixture
 def miner():
-    owner = user_get_or_create(username="rig-owner")
-    return miner_register(
-        owner=owner, miner_id="rig", capabilities=Capabilities(models=("m",), max_concurrent_jobs=99)
-    )[0]
+    return MinerFactory(owner__username="rig-owner", miner_id="rig", models=("m",), max_concurrent_jobs=99)
 
 
 def balance(user) -> Decimal:

@@ -7,7 +7,8 @@ from django.core.management import CommandError, call_command
 from accounts.services import user_get_or_create
 from core.crypto.addresses import wallet_address
 from payments.models import LedgerTransaction, TransactionKind, Wallet, WalletKind
-from payments.services import system_wallet, wallet_open
+from payments.services import system_wallet
+from tests.factories import WalletFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +33,7 @@ def test_minting_to_a_username_opens_its_wallet_and_prints_the_transaction_and_b
 
 
 def test_minting_to_an_address_credits_that_wallet():
-    wallet = wallet_open(user=user_get_or_create(username="dave"))
+    wallet = WalletFactory(user__username="dave")
 
     output = mint("--to", wallet.address, "--amount", "0.5")
 
@@ -64,7 +65,7 @@ def test_minting_into_a_system_wallet_is_refused():
 
 @pytest.mark.parametrize("amount", ["0", "-3", "abc", "NaN", "Infinity", "1.000000001", "1e20"])
 def test_a_non_positive_or_malformed_amount_is_a_clear_error(amount):
-    wallet_open(user=user_get_or_create(username="erin"))
+    WalletFactory(user__username="erin")
 
     with pytest.raises(CommandError, match="--amount"):
         mint("--to", "erin", "--amount", amount)

@@ -8,14 +8,9 @@ from django.test import Client
 from aitbc_site.routing import websocket_urlpatterns
 from jobs.models import Job, JobStatus
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
 application = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-
-
-@pytest.fixture(autouse=True)
-def _in_memory_layer(settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 
 def open_socket(*, path="/ws/miners/", headers=None, subprotocols=None):

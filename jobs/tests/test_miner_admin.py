@@ -6,16 +6,12 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from jobs.models import Job, JobStatus
+from jobs.selectors import miner_earnings
+from jobs.services import miner_ban
 from miners.models import Miner, MinerStatus
-from miners.selectors import miner_earnings
-from miners.services import miner_ban, miner_unban
+from miners.services import miner_unban
 
 MINERS = reverse("admin:miners_miner_changelist")
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 def messages_of(response) -> list[str]:

@@ -5,17 +5,22 @@ from django.utils import timezone
 
 from accounts.services import user_get_or_create
 from jobs.models import FailedAttempt, Job, JobStatus
-from jobs.services import job_claim, job_complete, job_fail, job_requeue, job_submit, jobs_requeue_lapsed
-from miners.capabilities import Capabilities
-from miners.models import Miner
-from miners.selectors import REPUTATION_WINDOW, miner_work_summary, with_reputation
-from miners.services import (
+from jobs.selectors import REPUTATION_WINDOW, miner_work_summary, with_reputation
+from jobs.services import (
+    job_claim,
+    job_complete,
+    job_fail,
+    job_requeue,
+    job_submit,
+    jobs_requeue_lapsed,
     miner_ban,
     miner_deregister,
-    miner_register,
     miner_take_offline,
     miners_mark_silent_offline,
 )
+from miners.capabilities import Capabilities
+from miners.models import Miner
+from miners.services import miner_register
 
 MODEL = "llama3.2"
 

@@ -1,0 +1,93 @@
+"""Requests and responses of the miner work protocol (``jobs.api.miner_views``)."""
+
+from rest_framework import serializers
+
+from core.api.formats import iso_datetime
+from jobs.selectors import REPUTATION_WINDOW
+
+
+class OkSerializer(serializers.Serializer):
+    status = serializers.CharField(default="ok")
+
+
+class HeartbeatSerializer(serializers.Serializer):
+    inflight = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000)
+    status = serializers.CharField(required=False, max_length=32)
+    metadata = serializers.DictField(required=False)
+
+
+class PollSerializer(serializers.Serializer):
+    max_wait_seconds = serializers.FloatField(required=False, min_value=0, default=0)
+    max_jobs = serializers.IntegerField(required=False, min_value=1, max_value=256, default=1)
+
+
+class LeasedJobSerializer(serializers.Serializer):
+    """A job handed to a miner, with the lease it now holds."""
+
+    job_id = serializers.CharField(source="id")
+    type = serializers.CharField()
+    model = serializers.CharField()
+    payload = serializers.JSONField()
+    constraints = serializers.JSONField()
+    attempt = serializers.IntegerField()
+    lease_token = serializers.CharField(help_text="Send it back with the result: it fences this attempt.")
+    lease_expires_at = serializers.DateTimeField()
+
+    def to_representation(self, job):
+        # Every poll that gets work: built directly rather than field by field.
+        return {
+            "job_id": str(job.pk),
+            "type": job.type,
+            "model": job.model,
+            "payload": job.payload,
+            "constraints": job.constraints,
+            "attempt": job.attempt,
+            "lease_token": job.lease_token,
+            "lease_expires_at": iso_datetime(job.lease_expires_at),
+        }
+
+
+class LeasedJobBatchSerializer(serializers.Serializer):
+    jobs = LeasedJobSerializer(many=True)
+
+
+class ResultSerializer(serializers.Serializer):
+    result = serializers.JSONField(help_text='The output. {"status": "failed", …} fails the attempt.')
+    metrics = serializers.DictField(required=False, default=dict)
+    signature = serializers.JSONField(required=False)
+    lease_token = serializers.CharField(required=False, allow_blank=True, max_length=36)
+
+
+class ResultWithJobSerializer(ResultSerializer):
+    job_id = serializers.UUIDField()
+
+
+class TutorialCompleteSerializer(ResultSerializer):
+    miner_id = serializers.CharField(required=False, max_length=128)
+    completed_at = serializers.DateTimeField(required=False)
+
+
+class FailSerializer(serializers.Serializer):
+    error_code = serializers.CharField(required=False, default="INFERENCE_FAILED", max_length=64)
+    error_message = serializers.CharField(required=False, default="", allow_blank=True, max_length=10_000)
+    metrics = serializers.DictField(required=False, default=dict)
+    lease_token = serializers.CharField(required=False, allow_blank=True, max_length=36)
+
+
+class ClaimSerializer(serializers.Serializer):
+    miner_id = serializers.CharField(required=False, max_length=128)
+
+
+class EarningsSerializer(serializers.Serializer):
+    miner_id = serializers.CharField()
+    jobs_completed = serializers.IntegerField()
+    jobs_running = serializers.IntegerField()
+    units_served = serializers.IntegerField()
+    earned = serializers.DecimalField(
+        max_digits=24, decimal_places=8, help_text="AITBC paid to the owner for this miner's jobs"
+    )
+    reputation = serializers.FloatField(
+        allow_null=True,
+        help_text=f"Of the attempts the miner ended in the last {REPUTATION_WINDOW.days} days, the share that "
+        "completed (0 to 1); null when it ended none",
+    )

@@ -1,0 +1,250 @@
+"""The miner work protocol over HTTP: heartbeats, polls (long polls) and claims for work, results
+and failures, and a miner's jobs, earnings and deregistration. Registration and capabilities
+are ``miners.api.views``; these views speak for a miner the same way (``MinerView``)."""
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from rest_framework import generics, status
+from rest_framework.response import Response
+
+from core.api.pagination import ItemsLimitOffsetPagination
+from core.api.permissions import is_admin
+from core.errors import NotFound
+from jobs import selectors, services
+from jobs.api.miner_serializers import (
+    ClaimSerializer,
+    EarningsSerializer,
+    FailSerializer,
+    HeartbeatSerializer,
+    LeasedJobBatchSerializer,
+    LeasedJobSerializer,
+    OkSerializer,
+    PollSerializer,
+    ResultSerializer,
+    ResultWithJobSerializer,
+    TutorialCompleteSerializer,
+)
+from jobs.api.serializers import JobSerializer, ResultAcceptedSerializer
+from jobs.models import Job
+from miners import services as miner_services
+from miners.api.views import ERRORS, MINER_ID_HEADER, MinerView, named_miner_id
+from miners.models import Miner
+
+LEASE_CONFLICT = {409: OpenApiResponse(description="This miner does not hold the job's current lease")}
+
+
+# A miner reporting on a job: without a miner named, the job tells which of the caller's miners
+# speaks. (A comment, not a docstring: the schema would take it for each operation's description.)
+class JobReportView(MinerView):
+    def miner_for_job(self, job_id) -> Miner:
+        """The speaking miner; without a name, the caller's miner that holds the job."""
+        if named_miner_id(self.request):
+            return self.miner()
+        job = Job.objects.select_related("miner").filter(pk=job_id).first()
+        if job is None:
+            raise NotFound("Job not found.", code="JOB_NOT_FOUND")
+        if job.miner is not None and (job.miner.owner_id == self.request.user.pk or is_admin(self.request)):
+            return job.miner
+        return self.miner()
+
+    def accept_result(self, *, job_id, miner: Miner, data: dict) -> Response:
+        completion = services.job_complete(
+            job_id=job_id,
+            miner=miner,
+            result=data["result"],
+            metrics=data.get("metrics"),
+            lease_token=data.get("lease_token") or None,
+        )
+        # The shape of ResultAcceptedSerializer, built directly: miners post results all the time.
+        receipt = completion.receipt.document if completion.receipt else None
+        return Response({"status": "ok", "job_status": completion.job.status, "receipt": receipt})
+
+
+class HeartbeatView(MinerView):
+    @extend_schema(
+        summary="Heartbeat: I am alive; extend my leases",
+        request=HeartbeatSerializer,
+        parameters=[MINER_ID_HEADER],
+        responses={200: OkSerializer, **ERRORS},
+    )
+    def post(self, request):
+        heartbeat = HeartbeatSerializer(data=request.data)
+        heartbeat.is_valid(raise_exception=True)
+        data = heartbeat.validated_data
+        metadata = data.get("metadata")
+        if "status" in data:
+            metadata = {**(metadata or {}), "reported_status": data["status"]}
+        services.miner_heartbeat(miner=self.miner(), inflight=data.get("inflight"), metadata=metadata)
+        return Response({"status": "ok"})
+
+
+POLL_RESPONSES = {
+    200: PolymorphicProxySerializer(
+        component_name="PolledWork",
+        serializers=[LeasedJobSerializer, LeasedJobBatchSerializer],
+        resource_type_field_name=None,
+    ),
+    204: OpenApiResponse(description="No work within max_wait_seconds"),
+    **ERRORS,
+}
+
+
+class PollView(MinerView):
+    """Lease the next job(s) this miner can run, waiting up to ``max_wait_seconds`` for one."""
+
+    @extend_schema(
+        summary="Poll for work (long poll)",
+        request=PollSerializer,
+        parameters=[MINER_ID_HEADER],
+        responses=POLL_RESPONSES,
+    )
+    def post(self, request):
+        return self._poll(request.data)
+
+    @extend_schema(
+        summary="Poll for work (long poll)", parameters=[MINER_ID_HEADER, PollSerializer], responses=POLL_RESPONSES
+    )
+    def get(self, request):
+        return self._poll(request.query_params)
+
+    def _poll(self, params) -> Response:
+        poll = PollSerializer(data=params)
+        poll.is_valid(raise_exception=True)
+        max_jobs = poll.validated_data["max_jobs"]
+        wait = min(poll.validated_data["max_wait_seconds"], settings.MINER_MAX_POLL_WAIT_SECONDS)
+        miner = self.miner()
+        miner_services.miner_touch(miner=miner)
+        jobs = services.job_claim_waiting(miner=miner, limit=max_jobs, wait_seconds=wait)
+        if not jobs:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        if max_jobs == 1:
+            return Response(LeasedJobSerializer(jobs[0]).data)
+        return Response(LeasedJobBatchSerializer({"jobs": jobs}).data)
+
+
+class ResultView(JobReportView):
+    @extend_schema(
+        summary="Submit a job's result",
+        request=ResultSerializer,
+        parameters=[MINER_ID_HEADER],
+        responses={200: ResultAcceptedSerializer, **LEASE_CONFLICT, **ERRORS},
+    )
+    def post(self, request, job_id):
+        submitted = ResultSerializer(data=request.data)
+        submitted.is_valid(raise_exception=True)
+        return self.accept_result(job_id=job_id, miner=self.miner_for_job(job_id), data=submitted.validated_data)
+
+
+class LegacyResultView(JobReportView):
+    @extend_schema(
+        summary="Submit a job's result (job_id in the body)",
+        request=ResultWithJobSerializer,
+        parameters=[MINER_ID_HEADER],
+        responses={200: ResultAcceptedSerializer, **LEASE_CONFLICT, **ERRORS},
+    )
+    def post(self, request):
+        submitted = ResultWithJobSerializer(data=request.data)
+        submitted.is_valid(raise_exception=True)
+        job_id = submitted.validated_data["job_id"]
+        return self.accept_result(job_id=job_id, miner=self.miner_for_job(job_id), data=submitted.validated_data)
+
+
+class FailView(JobReportView):
+    @extend_schema(
+        summary="Report that a job's attempt failed",
+        request=FailSerializer,
+        parameters=[MINER_ID_HEADER],
+        responses={200: OkSerializer, **LEASE_CONFLICT, **ERRORS},
+    )
+    def post(self, request, job_id):
+        failure = FailSerializer(data=request.data)
+        failure.is_valid(raise_exception=True)
+        data = failure.validated_data
+        services.job_fail(
+            job_id=job_id,
+            miner=self.miner_for_job(job_id),
+            error_code=data["error_code"],
+            error_message=data["error_message"],
+            lease_token=data.get("lease_token") or None,
+        )
+        return Response({"status": "ok"})
+
+
+class MinerJobsView(MinerView, generics.GenericAPIView):
+    queryset = Job.objects.none()
+    serializer_class = JobSerializer
+    pagination_class = ItemsLimitOffsetPagination
+
+    @extend_schema(summary="List a miner's jobs", request=None, responses={200: JobSerializer(many=True), **ERRORS})
+    def post(self, request, miner_id):
+        jobs = selectors.jobs_of_miner(miner=self.miner(miner_id))
+        page = self.paginate_queryset(jobs)
+        return self.get_paginated_response(JobSerializer(page, many=True).data)
+
+
+class MinerEarningsView(MinerView):
+    @extend_schema(summary="A miner's work and earnings", request=None, responses={200: EarningsSerializer, **ERRORS})
+    def post(self, request, miner_id):
+        miner = self.miner(miner_id)
+        return Response(
+            EarningsSerializer({"miner_id": miner.miner_id, **selectors.miner_work_summary(miner=miner)}).data
+        )
+
+
+class MinerDetailView(MinerView):
+    @extend_schema(summary="Deregister a miner; its jobs return to the queue", responses={200: OkSerializer, **ERRORS})
+    def delete(self, request, miner_id):
+        services.miner_deregister(miner=self.miner(miner_id))
+        return Response({"status": "ok"})
+
+
+# --- The tutorial's claim protocol -------------------------------------------------------
+
+
+class AvailableJobsView(MinerView, generics.GenericAPIView):
+    queryset = Job.objects.none()
+    serializer_class = JobSerializer
+    pagination_class = ItemsLimitOffsetPagination
+
+    @extend_schema(
+        summary="Jobs this miner could claim now",
+        parameters=[OpenApiParameter("miner_id", str, required=False), MINER_ID_HEADER],
+        responses={200: JobSerializer(many=True), **ERRORS},
+    )
+    def get(self, request):
+        miner = self.miner()
+        miner_services.miner_touch(miner=miner)
+        jobs = (
+            selectors.claimable_jobs(miner=miner, now=timezone.now())
+            .select_related("miner", "payment")
+            .order_by("rank_at")
+        )
+        page = self.paginate_queryset(jobs)
+        return self.get_paginated_response(JobSerializer(page, many=True).data)
+
+
+class ClaimView(MinerView):
+    @extend_schema(
+        summary="Claim one specific job",
+        request=ClaimSerializer,
+        responses={200: LeasedJobSerializer, 409: OpenApiResponse(description="Job not available"), **ERRORS},
+    )
+    def post(self, request, job_id):
+        ClaimSerializer(data=request.data).is_valid(raise_exception=True)
+        miner = self.miner()
+        miner_services.miner_touch(miner=miner)
+        job = services.job_claim_specific(miner=miner, job_id=job_id)
+        return Response(LeasedJobSerializer(job).data)
+
+
+class CompleteView(JobReportView):
+    @extend_schema(
+        summary="Complete a claimed job",
+        request=TutorialCompleteSerializer,
+        responses={200: ResultAcceptedSerializer, **LEASE_CONFLICT, **ERRORS},
+    )
+    def post(self, request, job_id):
+        submitted = TutorialCompleteSerializer(data=request.data)
+        submitted.is_valid(raise_exception=True)
+        return self.accept_result(job_id=job_id, miner=self.miner_for_job(job_id), data=submitted.validated_data)
