@@ -350,7 +350,14 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
     }  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql.CLAIM, params)
-        return rawsql.instances(Job, cursor.fetchall())
+        rows = cursor.fetchall()
+    jobs = rawsql.instances(Job, rows)
+    paid = [(job, row) for job, row in zip(jobs, rows, strict=True) if job.payment_id]
+    if paid:
+        payments = rawsql.instances(Payment, [row for _, row in paid], start=len(Job._meta.concrete_fields))
+        for (job, _), payment in zip(paid, payments, strict=True):
+            job.payment = payment
+    return jobs
 
 
 def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
@@ -378,7 +385,7 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
         progress=0,
         updated_at=now,
     )
-    return list(Job.objects.filter(pk__in=ids))
+    return list(Job.objects.filter(pk__in=ids).select_related("payment"))
 
 
 def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) -> list[Job]:

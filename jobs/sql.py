@@ -13,13 +13,20 @@ from django.db import connection
 from core.rawsql import columns
 from explorer.models import Receipt
 from jobs.models import Job, JobStatus
+from payments.models import Payment
 
 # ``jobs_claim`` (created by migration jobs 0004) locks the miner's row, then leases the best
 # queued jobs it can run: one round trip, its own transaction when called outside one. The
 # function lives in the database: changing how claims match takes a migration replacing it.
+# Each job comes with its payment's columns (NULL for a free job), which its status shows; they
+# are renamed so that no name is taken twice.
+_PAYMENT_COLUMNS = ", ".join(
+    f'p."{field.column}" AS "payment__{field.column}"' for field in Payment._meta.concrete_fields
+)
 CLAIM = f"""
-SELECT {columns(Job, "c")}
+SELECT {columns(Job, "c")}, {_PAYMENT_COLUMNS}
 FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
+LEFT JOIN {Payment._meta.db_table} p ON p.payment_id = c.payment_id
 """
 
 # The running jobs a miner reports on: ``jobs_complete`` completes them in memory, signs their

@@ -162,8 +162,8 @@ def test_a_claimed_paid_jobs_status_event_shows_its_payment_without_reading_the_
     django_assert_num_queries,
     django_capture_on_commit_callbacks,
 ):
-    # Events are built where they are sent, on an event loop that may not query: the payment of a
-    # job just claimed is read before it is handed over.
+    # Events are built where they are sent, on an event loop that may not query: a claim reads
+    # each job's payment with it.
     from jobs.services import job_claim
     from miners.models import Miner
 
@@ -176,6 +176,7 @@ def test_a_claimed_paid_jobs_status_event_shows_its_payment_without_reading_the_
         [claimed] = job_claim(miner=Miner.objects.get())
 
     assert [job.pk for job in published] == [claimed.pk]
+    assert Job.payment.is_cached(claimed)
     with django_assert_num_queries(0):
         event = events.job_status_event(published[0])
     assert (event["status"], event["payment_id"], event["payment_status"]) == (
