@@ -104,7 +104,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_model(db, tiny_model_dir):
     """The tiny GPT-2 as a catalog model."""
-    from inference.models import CatalogModel
+    from catalog.models import CatalogModel
     from inference.testing import TINY
 
     return CatalogModel.objects.create(

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "aitbc_site",
     "accounts",
     "miners",
+    "catalog",
     "jobs",
     "inference",
     "payments",

@@ -9,7 +9,7 @@ urlpatterns = [
     # miners' before jobs': jobs' v1/miners/<miner_id> would otherwise take v1/miners/register.
     path("", include("miners.api.urls")),
     path("", include("jobs.api.urls")),
-    path("", include("inference.api.urls")),
+    path("", include("catalog.api.urls")),
     path("", include("payments.api.urls")),
     path("", include("accounts.api.urls")),
     path("", include("explorer.api.urls")),

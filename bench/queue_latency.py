@@ -127,7 +127,7 @@ def worker_trace(log_path: Path, since_offset: int) -> dict:
 
 
 def catalog_model(kind: str, data_dir: str):
-    from inference.models import CatalogModel
+    from catalog.models import CatalogModel
 
     if kind == "smollm2":
         return CatalogModel.objects.get(name=SMOLLM2_NAME)
@@ -156,11 +156,14 @@ def measure_model(entry, threads: int, runs: int, max_tokens: int) -> dict:
     from django.conf import settings
 
     from inference import engine
-    from inference.selectors import model_spec
 
     engine.use_threads(threads)
     started = time.perf_counter()
-    model = engine.load(model_spec(entry), cache_dir=settings.MODEL_CACHE_DIR, device=settings.INFERENCE_DEVICE or None)
+    model = engine.load(
+        engine.ModelSpec.from_catalog(entry),
+        cache_dir=settings.MODEL_CACHE_DIR,
+        device=settings.INFERENCE_DEVICE or None,
+    )
     load_s = time.perf_counter() - started
 
     def run(tokens: int):
@@ -210,10 +213,11 @@ class Stamps:
     def __init__(self):
         import dramatiq
 
+        import inference.tasks as tasks
         import jobs.services as services
 
         self.commit_mono = self.commit_wall = self.enqueued_mono = self.message_id = None
-        insert, announce = services._insert_postgres, services.announce_to_workers
+        insert, announce = services._insert_postgres, tasks.announce_to_workers
         broker = dramatiq.get_broker()
         enqueue = broker.enqueue
 
@@ -233,7 +237,7 @@ class Stamps:
             self.enqueued_mono = time.monotonic()
 
         services._insert_postgres = stamped_insert
-        services.announce_to_workers = stamped_announce
+        tasks.announce_to_workers = stamped_announce
 
 
 def submit_one(stamps: Stamps, client, model: str, max_tokens: int, job_id: uuid.UUID) -> dict:

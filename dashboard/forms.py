@@ -1,10 +1,12 @@
 from decimal import Decimal
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 
-from inference.models import CatalogModel
+from catalog import payloads
+from catalog.models import CatalogModel
 from payments.exchange import btc_quote
 
 PROMPT_MAX_LENGTH = 20_000
@@ -36,7 +38,11 @@ class JobSubmitForm(forms.Form):
     )
     max_tokens = forms.IntegerField(min_value=1, required=False, help_text="Leave empty for the model's default.")
     temperature = forms.FloatField(
-        min_value=0, max_value=2, initial=0.7, required=False, help_text="0 is greedy and deterministic."
+        min_value=0,
+        max_value=payloads.MAX_TEMPERATURE,
+        initial=payloads.DEFAULT_TEMPERATURE,
+        required=False,
+        help_text="0 is greedy and deterministic.",
     )
 
     def __init__(self, *args, catalog: list[CatalogModel], **kwargs):
@@ -47,24 +53,32 @@ class JobSubmitForm(forms.Form):
     def clean(self):
         cleaned = super().clean()
         entry = self.catalog.get(cleaned.get("model"))
-        max_tokens = cleaned.get("max_tokens")
-        if entry is not None and max_tokens is not None and max_tokens > entry.max_tokens:
-            self.add_error("max_tokens", f"{entry.name} produces at most {entry.max_tokens} tokens.")
+        if entry is None or self.errors:
+            return cleaned
+        # The same rules as the API's, with the model's own token limit.
+        try:
+            payloads.check_payload(
+                self._payload(entry), max_input_chars=settings.JOB_MAX_INPUT_CHARS, max_tokens=entry.max_tokens
+            )
+        except payloads.PayloadError as error:
+            self.add_error(error.field if error.field in self.fields else "prompt", error.message)
         return cleaned
 
     def submission(self) -> dict:
         """The keyword arguments of ``jobs.services.job_submit`` for this form (client aside)."""
         entry = self.catalog[self.cleaned_data["model"]]
+        payload = self._payload(entry)
+        return {"model": entry.name, "job_type": payload["type"], "payload": payload}
+
+    def _payload(self, entry: CatalogModel) -> dict:
         if not entry.generates_text:
-            payload = {"type": "embedding", "model": entry.name, "input": self.cleaned_data["prompt"]}
-            return {"model": entry.name, "job_type": "embedding", "payload": payload}
+            return {"type": "embedding", "model": entry.name, "input": self.cleaned_data["prompt"]}
         params = {}
         if self.cleaned_data.get("max_tokens") is not None:
             params["max_tokens"] = self.cleaned_data["max_tokens"]
         if self.cleaned_data.get("temperature") is not None:
             params["temperature"] = self.cleaned_data["temperature"]
-        payload = {"type": "inference", "model": entry.name, "prompt": self.cleaned_data["prompt"], "params": params}
-        return {"model": entry.name, "job_type": "inference", "payload": payload}
+        return {"type": "inference", "model": entry.name, "prompt": self.cleaned_data["prompt"], "params": params}
 
 
 def _model_label(entry: CatalogModel) -> str:

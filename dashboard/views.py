@@ -15,11 +15,11 @@ from django.views.generic import FormView, TemplateView, View
 
 from accounts.models import ApiKey, ApiKeyScope
 from accounts.services import api_key_create, api_key_revoke, user_wallet_open
+from catalog.selectors import catalog_with_miner_counts
 from core.errors import ServiceError
 from dashboard import selectors
 from dashboard.forms import ApiKeyCreateForm, JobSubmitForm, SignUpForm, TopUpForm
 from explorer import selectors as explorer
-from inference.selectors import catalog_with_miner_counts
 from jobs.feed import network_stats
 from jobs.models import JobStatus
 from jobs.selectors import REPUTATION_WINDOW

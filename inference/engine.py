@@ -30,21 +30,14 @@ from typing import Any
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from inference.params import generation_params
+from catalog import payloads
+from catalog.payloads import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, MAX_SEED, PAYLOAD_TYPES, PayloadError
 
 logger = logging.getLogger(__name__)
 
 TASKS = ("text-generation", "chat", "embedding")
 SOURCE_KINDS = ("directory", "package", "hub")
 GENERATION_TASKS = frozenset({"text-generation", "chat"})
-# Job payload "type" → whether it asks for embeddings.
-PAYLOAD_TYPES = {"inference": False, "chat": False, "embedding": True}
-
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 1.0
-MAX_TEMPERATURE = 2.0
-MAX_STOP_STRINGS = 4
-MAX_SEED = 2**63 - 1
 EMBEDDING_CHUNK = 32
 # Written last into a converted GGUF cache: names the GGUF it came from, so a changed source is reconverted.
 CACHE_SOURCE_FILE = "gguf-source.json"
@@ -80,6 +73,11 @@ class ModelSpec:
     def from_dict(cls, data: dict) -> ModelSpec:
         known = {spec_field.name for spec_field in fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in known})
+
+    @classmethod
+    def from_catalog(cls, entry) -> ModelSpec:
+        """What the engine needs to load a ``catalog.models.CatalogModel``."""
+        return cls(**{spec_field.name: getattr(entry, spec_field.name) for spec_field in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -421,40 +419,40 @@ def _describe(exc: BaseException) -> str:
 
 
 def _validate(model: LoadedModel, key: str, payload) -> _Request:
+    """The job as the engine runs it, its payload checked by the platform's payload rules
+    (``catalog.payloads``) and against what the loaded model can attend to."""
     if not isinstance(payload, dict):
         raise InferenceError("INVALID_PAYLOAD", "the job payload must be a JSON object")
     payload_type = payload.get("type")
     if payload_type is not None and payload_type not in PAYLOAD_TYPES:
         raise InferenceError("INVALID_PAYLOAD", f"type must be one of {', '.join(PAYLOAD_TYPES)}, not {payload_type!r}")
-    is_embedding_model = model.spec.task == "embedding"
-    if payload_type is not None and PAYLOAD_TYPES[payload_type] != is_embedding_model:
-        raise InferenceError(
-            "UNSUPPORTED_TASK", f"{model.spec.name} is a {model.spec.task} model; it cannot run {payload_type} jobs"
+    spec = model.spec
+    try:
+        payloads.check_fits_model(
+            payload, payload_type=payload_type, model=spec.name, task=spec.task, max_tokens=spec.max_tokens
         )
-    if is_embedding_model:
-        return _validate_embedding(model, key, payload)
-    return _validate_generation(model, key, payload, chat=payload_type == "chat")
+        if spec.task == "embedding":
+            return _validate_embedding(model, key, payload)
+        return _validate_generation(model, key, payload, chat=payload_type == "chat")
+    except PayloadError as error:
+        raise InferenceError(error.code, error.message) from None
 
 
 def _validate_generation(model: LoadedModel, key: str, payload: dict, *, chat: bool) -> _Request:
-    params = _params(payload)
-    messages, prompt = payload.get("messages"), payload.get("prompt")
-    if messages is not None:
-        text, templated = _apply_chat_template(model, _checked_messages(messages)), True
-    elif prompt is not None:
-        if not isinstance(prompt, str) or not prompt:
-            raise InferenceError("INVALID_PAYLOAD", "prompt must be a non-empty string")
+    params = payloads.check_params(payloads.generation_params(payload), max_tokens=model.spec.max_tokens)
+    if payload.get("messages") is not None:
+        text, templated = _apply_chat_template(model, payloads.checked_messages(payload["messages"])), True
+    else:
+        prompt = payloads.checked_prompt(payload)
         templated = model.spec.task == "chat" and bool(model.tokenizer.chat_template)
         text = _apply_chat_template(model, [{"role": "user", "content": prompt}]) if templated else prompt
-    else:
-        raise InferenceError("INVALID_PAYLOAD", "a generation job needs a prompt or messages")
     # A chat template already carries the model's special tokens; a raw prompt gets the usual BOS.
     prompt_ids = model.tokenizer(text, add_special_tokens=not templated)["input_ids"]
     if not prompt_ids:
         raise InferenceError("INVALID_PAYLOAD", "the prompt encodes to no tokens")
 
     room = model.context_length - len(prompt_ids)
-    max_tokens = _int_param(params, "max_tokens", 1, model.spec.max_tokens)
+    max_tokens = params.get("max_tokens")
     if max_tokens is None:
         max_tokens = min(model.spec.default_max_tokens, model.spec.max_tokens, room)
         if max_tokens < 1:
@@ -469,32 +467,21 @@ def _validate_generation(model: LoadedModel, key: str, payload: dict, *, chat: b
             f"the prompt is {len(prompt_ids)} tokens and max_tokens is {max_tokens}: together "
             f"{len(prompt_ids) + max_tokens}, more than the {model.context_length} tokens {model.spec.name} can attend to",
         )
-    temperature = _number_param(params, "temperature", DEFAULT_TEMPERATURE)
-    if not 0 <= temperature <= MAX_TEMPERATURE:
-        raise InferenceError("INVALID_PARAMS", f"temperature must be between 0 and {MAX_TEMPERATURE}")
-    top_p = _number_param(params, "top_p", DEFAULT_TOP_P)
-    if not 0 < top_p <= 1:
-        raise InferenceError("INVALID_PARAMS", "top_p must be greater than 0 and at most 1")
-    seed = _int_param(params, "seed", 0, MAX_SEED)
+    seed = params.get("seed")
     return _Request(
         key=key,
         input_ids=[prompt_ids],
         max_tokens=max_tokens,
-        temperature=float(temperature),
-        top_p=float(top_p),
-        stop=_stop_strings(params),
+        temperature=float(params.get("temperature", DEFAULT_TEMPERATURE)),
+        top_p=float(params.get("top_p", DEFAULT_TOP_P)),
+        stop=payloads.stop_strings(params),
         seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
         chat=chat or templated,
     )
 
 
 def _validate_embedding(model: LoadedModel, key: str, payload: dict) -> _Request:
-    texts = payload.get("input", payload.get("prompt"))
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, list) or not texts or not all(isinstance(text, str) and text for text in texts):
-        raise InferenceError("INVALID_PAYLOAD", "input must be a non-empty string or a non-empty list of them")
-    input_ids = [model.tokenizer(text)["input_ids"] for text in texts]
+    input_ids = [model.tokenizer(text)["input_ids"] for text in payloads.embedding_texts(payload)]
     for index, ids in enumerate(input_ids):
         if len(ids) > model.context_length:
             raise InferenceError(
@@ -502,57 +489,6 @@ def _validate_embedding(model: LoadedModel, key: str, payload: dict) -> _Request
                 f"input {index} is {len(ids)} tokens; {model.spec.name} embeds at most {model.context_length}",
             )
     return _Request(key=key, input_ids=input_ids)
-
-
-def _params(payload: dict) -> dict:
-    try:
-        return generation_params(payload)
-    except ValueError as error:
-        raise InferenceError("INVALID_PAYLOAD", str(error)) from None
-
-
-def _int_param(params: dict, name: str, low: int, high: int) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InferenceError("INVALID_PARAMS", f"{name} must be an integer from {low} to {high}")
-    return value
-
-
-def _number_param(params: dict, name: str, default: float) -> float:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InferenceError("INVALID_PARAMS", f"{name} must be a number")
-    return value
-
-
-def _stop_strings(params: dict) -> tuple[str, ...]:
-    stop = params.get("stop", [])
-    if isinstance(stop, str):
-        stop = [stop]
-    if (
-        not isinstance(stop, list)
-        or len(stop) > MAX_STOP_STRINGS
-        or not all(isinstance(text, str) and text for text in stop)
-    ):
-        raise InferenceError(
-            "INVALID_PARAMS", f"stop must be a non-empty string or a list of at most {MAX_STOP_STRINGS}"
-        )
-    return tuple(stop)
-
-
-def _checked_messages(messages) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise InferenceError("INVALID_PAYLOAD", "messages must be a non-empty list")
-    for message in messages:
-        if not (
-            isinstance(message, dict)
-            and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str)
-        ):
-            raise InferenceError("INVALID_PAYLOAD", 'each message must be {"role": string, "content": string}')
-    return [{"role": message["role"], "content": message["content"]} for message in messages]
 
 
 def _apply_chat_template(model: LoadedModel, messages: list[dict]) -> str:

@@ -3,7 +3,7 @@ import logging
 import dramatiq
 from django.conf import settings
 
-from inference.selectors import cluster_served_models
+from catalog.selectors import cluster_served_models
 from jobs.selectors import models_with_queued_jobs
 
 logger = logging.getLogger(__name__)
@@ -37,3 +37,10 @@ def announce_to_workers(model: str) -> None:
         broker.enqueue(run_inference.message(model).copy(queue_name=queue))
     except Exception:
         logger.warning("could not announce %s jobs to the workers", model, exc_info=True)
+
+
+def wake_cluster_workers(model: str) -> None:
+    """A job for ``model`` was queued (``jobs.wakeup.on_queued``): wake the in-cluster workers if
+    one serves it. HTTP miners hear the database's announcement instead."""
+    if model in cluster_served_models():
+        announce_to_workers(model)

@@ -26,9 +26,9 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from accounts.services import user_get_or_create
+from catalog.selectors import catalog_entry
 from core.errors import ServiceError
 from inference import engine
-from inference.selectors import catalog_entry, model_spec
 from jobs import events, wakeup
 from jobs.models import Job
 from jobs.selectors import leases_held
@@ -91,7 +91,7 @@ class ClusterHost:
                 continue
             try:
                 self.models[name] = engine.load(
-                    model_spec(entry), cache_dir=settings.MODEL_CACHE_DIR, device=self.device
+                    engine.ModelSpec.from_catalog(entry), cache_dir=settings.MODEL_CACHE_DIR, device=self.device
                 )
             except engine.InferenceError as error:
                 logger.error("not serving %r: %s", name, error.message)

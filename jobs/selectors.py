@@ -27,9 +27,9 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
-from jobs import sql
+from jobs import matching, sql
 from jobs.models import FailedAttempt, Job, JobStatus
-from miners.models import Miner, MinerStatus, ServedModel
+from miners.models import Miner
 from payments.models import LedgerEntry, TransactionKind
 
 RECENT_RUNS_WINDOW = timedelta(minutes=15)
@@ -40,38 +40,12 @@ QUEUE_POSITION_CAP = 1000
 
 def claimable_jobs(*, miner: Miner, now: datetime) -> QuerySet[Job]:
     """Queued, unexpired jobs whose model and constraints this miner satisfies — all in SQL."""
-    jobs = Job.objects.filter(
-        status=JobStatus.QUEUED,
-        expires_at__gt=now,
-        model__in=ServedModel.objects.filter(miner=miner.pk).values("name"),
-    )
-    jobs = jobs.filter(Q(req_min_vram_gb__isnull=True) | Q(req_min_vram_gb__lte=miner.vram_gb))
-    jobs = jobs.filter(Q(req_cuda_code__isnull=True) | Q(req_cuda_code__lte=miner.cuda_code or 0))
-    jobs = jobs.filter(Q(req_region="") | Q(req_region__iexact=miner.region))
-    if miner.price is not None:
-        jobs = jobs.filter(Q(req_max_price__isnull=True) | Q(req_max_price__gte=miner.price))
-    if miner.gpu_name:
-        jobs = jobs.alias(miner_gpu=Value(miner.gpu_name)).filter(Q(req_gpu="") | Q(miner_gpu__icontains=F("req_gpu")))
-    else:
-        jobs = jobs.filter(req_gpu="")
-    return jobs
+    return matching.jobs_for_miner(Job.objects.filter(status=JobStatus.QUEUED, expires_at__gt=now), miner=miner)
 
 
 def miners_able_to_run(*, job: Job) -> QuerySet[Miner]:
     """Online miners that serve the job's model and meet its constraints."""
-    miners = Miner.objects.filter(status=MinerStatus.ONLINE, draining=False, served_models__name=job.model)
-    if job.req_min_vram_gb is not None:
-        miners = miners.filter(vram_gb__gte=job.req_min_vram_gb)
-    if job.req_cuda_code is not None:
-        # A miner that reported no CUDA version counts as 0, as in the claim.
-        miners = miners.alias(cuda=Coalesce("cuda_code", 0)).filter(cuda__gte=job.req_cuda_code)
-    if job.req_region:
-        miners = miners.filter(region__iexact=job.req_region)
-    if job.req_max_price is not None:
-        miners = miners.filter(Q(price__isnull=True) | Q(price__lte=job.req_max_price))
-    if job.req_gpu:
-        miners = miners.filter(gpu_name__icontains=job.req_gpu)
-    return miners
+    return matching.miners_for_job(Miner.objects.all(), job=job)
 
 
 def jobs_visible_to(*, user, is_admin: bool = False) -> QuerySet[Job]:

@@ -20,14 +20,13 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
 from django.db.models import CharField, F, Func, Q, prefetch_related_objects
 from django.utils import timezone
 
+from catalog import payloads
+from catalog.selectors import catalog_entry
 from core import rawsql, shutdown
 from core.crypto import signing
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from explorer.models import Receipt
 from explorer.services import receipts_issue, receipts_sign
-from inference.params import generation_params
-from inference.selectors import catalog_entry, cluster_served_models
-from inference.tasks import announce_to_workers
 from jobs import events, feed, sql, wakeup
 from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
@@ -145,15 +144,9 @@ def job_submit(
         if not idempotency_key:
             raise
         return _replayed(Job.objects.get(client=client, idempotency_key=idempotency_key), fingerprint)
-    _wake_cluster_workers(model)
+    wakeup.queued(model)
     transaction.on_commit(partial(feed.publish_jobs_submitted, [job]))
     return Submission(job=job, created=True, queue_position=position)
-
-
-def _wake_cluster_workers(model: str) -> None:
-    """Once committed, wake the in-cluster workers serving ``model`` (HTTP miners hear NOTIFY)."""
-    if model in cluster_served_models():
-        transaction.on_commit(partial(announce_to_workers, model))
 
 
 def _catalog_price(entry, unit_price, payload: dict) -> Decimal:
@@ -165,35 +158,23 @@ def _catalog_price(entry, unit_price, payload: dict) -> Decimal:
         inputs = payload.get("input")
         tokens = entry.max_tokens * (len(inputs) if isinstance(inputs, list) else 1)
     else:
-        max_tokens = _requested_max_tokens(payload)
+        max_tokens = payloads.requested_max_tokens(payload)
         tokens = max_tokens if max_tokens is not None else entry.default_max_tokens
     return credits(unit_price * tokens / 1000)
-
-
-def _requested_max_tokens(payload: dict) -> int | None:
-    try:
-        max_tokens = generation_params(payload).get("max_tokens")
-    except ValueError:
-        return None
-    return max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0 else None
 
 
 def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
     if not entry.enabled:
         raise Invalid(f"Model {entry.name!r} is disabled.", code="MODEL_UNAVAILABLE", errors={"model": ["Disabled."]})
-    if (job_type == JobType.EMBEDDING) == entry.generates_text:
-        raise Invalid(
-            f"Model {entry.name!r} is a {entry.task} model and cannot run {job_type} jobs.",
-            code="UNSUPPORTED_TASK",
-            errors={"type": [f"{entry.name} runs {entry.task} jobs."]},
+    try:
+        payloads.check_fits_model(
+            payload, payload_type=job_type, model=entry.name, task=entry.task, max_tokens=entry.max_tokens
         )
-    max_tokens = _requested_max_tokens(payload)
-    if max_tokens is not None and max_tokens > entry.max_tokens:
+    except payloads.PayloadError as error:
+        field = {error.field: [error.message]}
         raise Invalid(
-            f"max_tokens may be at most {entry.max_tokens} for {entry.name}.",
-            code="INVALID_PARAMS",
-            errors={"params": {"max_tokens": [f"Ensure this value is less than or equal to {entry.max_tokens}."]}},
-        )
+            error.message, code=error.code, errors={"params": field} if error.code == "INVALID_PARAMS" else field
+        ) from None
 
 
 def _insert_postgres(job: Job) -> int:
@@ -725,7 +706,7 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
         # An accepted job is not lost to a dead miner: it gets a full TTL in the queue again.
         job.expires_at = max(job.expires_at, now + timedelta(seconds=job.ttl_seconds))
         wakeup.announce(job)
-        _wake_cluster_workers(job.model)
+        wakeup.queued(job.model)
     else:
         job.status = JobStatus.FAILED
         job.completed_at = now

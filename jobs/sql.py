@@ -15,9 +15,9 @@ from explorer.models import Receipt
 from jobs.models import Job, JobStatus
 from payments.models import Payment
 
-# ``jobs_claim`` (created by migration jobs 0004) locks the miner's row, then leases the best
-# queued jobs it can run: one round trip, its own transaction when called outside one. The
-# function lives in the database: changing how claims match takes a migration replacing it.
+# ``jobs_claim`` (``jobs.matching.CLAIM_FUNCTION``, installed by migration) locks the miner's row,
+# then leases the best queued jobs it can run: one round trip, its own transaction when called
+# outside one. The function lives in the database: changing how claims match takes a migration.
 # Each job comes with its payment's columns (NULL for a free job), which its status shows; they
 # are renamed so that no name is taken twice.
 _PAYMENT_COLUMNS = ", ".join(

@@ -7,15 +7,19 @@ listener thread relays it), otherwise in-process after commit (the embedded serv
 process). Each announcement wakes one waiter per process that serves the model; a woken
 waiter that loses the race simply waits again. Nothing here is the only record of a job:
 a missed wake-up costs latency until the next poll, never work.
+
+Apps above ``jobs`` that run work themselves (``inference``'s in-cluster workers) register an
+``on_queued`` callback in their ``AppConfig.ready()`` instead of being imported from here.
 """
 
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial, update_wrapper
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -156,3 +160,22 @@ def announce(job) -> None:
             cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{job.pk} {job.model}"])
     else:
         transaction.on_commit(lambda: hub.notify(job.model))
+
+
+_queued_callbacks: list[Callable[[str], None]] = []
+
+
+def on_queued(callback: Callable[[str], None]) -> None:
+    """Have ``callback(model)`` called once each job queued for ``model`` (submitted or re-queued)
+    is committed. A callback is a best-effort wake-up: an exception it raises is logged, never the
+    caller's."""
+    if callback not in _queued_callbacks:
+        _queued_callbacks.append(callback)
+
+
+def queued(model: str) -> None:
+    """A job for ``model`` is being queued in the current transaction: run the ``on_queued``
+    callbacks once it commits."""
+    for callback in _queued_callbacks:
+        # Named as the callback: a robust hook's failure is logged under its name.
+        transaction.on_commit(update_wrapper(partial(callback, model), callback), robust=True)

@@ -16,9 +16,9 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
+from catalog.models import CatalogModel
 from explorer.models import BlockLeaf, LeafKind, Receipt
 from explorer.services import blocks_seal_pending
-from inference.models import CatalogModel
 from payments.selectors import wallet_of
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]

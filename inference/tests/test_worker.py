@@ -260,7 +260,7 @@ def test_jobs_for_models_no_cluster_worker_serves_send_no_wakeup(
 @pytest.mark.django_db(transaction=True)
 def test_embedded_workers_answer_a_submitted_job(tiny_model_dir, settings, tmp_path, make_api):
     from aitbc_site.scheduler import start_workers
-    from inference.models import CatalogModel
+    from catalog.models import CatalogModel
     from inference.worker import stop_host
 
     CatalogModel.objects.create(
@@ -304,7 +304,7 @@ def test_late_result_of_a_superseded_attempt_is_rejected(cluster_host, client_ap
 
 @pytest.mark.django_db(transaction=True)
 def test_a_host_runs_a_committed_job_as_soon_as_it_is_announced(tiny_model_dir, settings, tmp_path, make_api):
-    from inference.models import CatalogModel
+    from catalog.models import CatalogModel
     from inference.worker import ClusterHost
 
     CatalogModel.objects.create(name=TINY, task="text-generation", source_kind="directory", source=str(tiny_model_dir))

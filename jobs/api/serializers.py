@@ -4,6 +4,8 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
+from catalog import payloads
+from catalog.payloads import MAX_EMBEDDING_INPUTS, MAX_MESSAGES
 from core.api.formats import iso_datetime
 from core.errors import Invalid
 from explorer.api.serializers import ReceiptDocumentSerializer, ReceiptOpeningSerializer
@@ -23,9 +25,6 @@ JOB_TYPE_ALIASES = {
     "embeddings": JobType.EMBEDDING,
 }
 PRIORITY_NAMES = {label: value for value, label in JobPriority.choices}
-# The most chat messages, and embedding inputs, one job may carry.
-MAX_MESSAGES = 1024
-MAX_EMBEDDING_INPUTS = 256
 # Top-level fields of a submission that are not part of the job's payload (body B).
 _ENVELOPE_FIELDS = {
     "payload",
@@ -59,12 +58,16 @@ class PromptField(serializers.CharField):
     """A prompt; its length is checked with the job's other text (``JOB_MAX_INPUT_CHARS``)."""
 
 
+# The parameters' shapes, for the schema and for reading numbers; the job's payload is then
+# checked whole by ``catalog.payloads``, the rules the engine runs by.
 class GenerationParamsSerializer(serializers.Serializer):
-    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=32768)
-    temperature = serializers.FloatField(required=False, min_value=0, max_value=2)
-    top_p = serializers.FloatField(required=False, min_value=0, max_value=1)
-    seed = serializers.IntegerField(required=False, min_value=0)
-    stop = serializers.JSONField(required=False)
+    max_tokens = serializers.IntegerField(required=False, min_value=1, max_value=payloads.MAX_TOKENS)
+    temperature = serializers.FloatField(required=False, min_value=0, max_value=payloads.MAX_TEMPERATURE)
+    top_p = serializers.FloatField(required=False, min_value=0, max_value=1, help_text="Greater than 0.")
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=payloads.MAX_SEED)
+    stop = serializers.JSONField(
+        required=False, help_text=f"A non-empty string or a list of at most {payloads.MAX_STOP_STRINGS}."
+    )
 
     def to_internal_value(self, data):
         validated = super().to_internal_value(data)
@@ -154,7 +157,10 @@ class JobSubmitSerializer(serializers.Serializer):
         if not isinstance(model, str) or not model.strip() or len(model) > 200:
             raise serializers.ValidationError({"model": "A model name is required (payload.model or model)."})
         payload["model"] = model = model.strip()
-        _validate_content(job_type, payload)
+        try:
+            payloads.check_payload(payload, max_input_chars=settings.JOB_MAX_INPUT_CHARS)
+        except payloads.PayloadError as error:
+            raise _payload_refused(error) from None
         if len(json.dumps(payload, ensure_ascii=False).encode()) > settings.JOB_MAX_PAYLOAD_BYTES:
             raise Invalid(
                 f"The job's payload is larger than {settings.JOB_MAX_PAYLOAD_BYTES} bytes.", code="PAYLOAD_TOO_LARGE"
@@ -175,43 +181,13 @@ class JobSubmitSerializer(serializers.Serializer):
         return aitbc_currency(value)
 
 
-def _validate_content(job_type: str, payload: dict) -> None:
-    prompt, messages, text_input = payload.get("prompt"), payload.get("messages"), payload.get("input")
-    if job_type == JobType.EMBEDDING:
-        if not (isinstance(text_input, str) and text_input) and not (
-            isinstance(text_input, list) and text_input and all(isinstance(t, str) for t in text_input)
-        ):
-            raise serializers.ValidationError({"input": "An embedding job needs input: a string or a list of strings."})
-        if isinstance(text_input, list) and len(text_input) > MAX_EMBEDDING_INPUTS:
-            raise _input_too_long("input", f"An embedding job takes at most {MAX_EMBEDDING_INPUTS} inputs.")
-        _check_input_length("input", [text_input] if isinstance(text_input, str) else text_input)
-        return
-    if messages is not None:
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages
-            )
-        ):
-            raise serializers.ValidationError({"messages": "Must be a non-empty list of {role, content} objects."})
-        if len(messages) > MAX_MESSAGES:
-            raise _input_too_long("messages", f"A job takes at most {MAX_MESSAGES} messages.")
-        _check_input_length("messages", [message["content"] for message in messages])
-    elif not isinstance(prompt, str) or not prompt:
-        raise serializers.ValidationError({"prompt": "A prompt (or chat messages) is required."})
-    else:
-        _check_input_length("prompt", [prompt])
-
-
-def _check_input_length(field: str, texts: list[str]) -> None:
-    if sum(len(text) for text in texts) > settings.JOB_MAX_INPUT_CHARS:
-        raise _input_too_long(field, f"A job's {field} may hold at most {settings.JOB_MAX_INPUT_CHARS} characters.")
-
-
-def _input_too_long(field: str, message: str) -> Invalid:
-    return Invalid(message, code="INPUT_TOO_LONG", errors={field: [message]})
+def _payload_refused(error: payloads.PayloadError) -> Exception:
+    """The API's answer to a payload the rules refuse: a 422 naming the field at fault."""
+    if error.code == "INPUT_TOO_LONG":
+        return Invalid(error.message, code="INPUT_TOO_LONG", errors={error.field: [error.message]})
+    if error.code == "INVALID_PARAMS":
+        return serializers.ValidationError({"params": {error.field: [error.message]}})
+    return serializers.ValidationError({error.field: error.message})
 
 
 class JobSerializer(serializers.Serializer):

@@ -106,7 +106,7 @@ def test_a_job_is_paid_from_escrow_on_completion(alice, miner, settings):
 
 
 def test_a_catalog_job_is_charged_for_the_tokens_it_used(alice, settings):
-    from inference.models import CatalogModel
+    from catalog.models import CatalogModel
 
     settings.PLATFORM_FEE_PERCENT = Decimal("0")
     CatalogModel.objects.filter(name="smollm2-135m").update(price_per_1k_tokens=Decimal("2"))

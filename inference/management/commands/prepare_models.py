@@ -3,7 +3,7 @@ import time
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from inference.selectors import catalog_entry, model_spec
+from catalog.selectors import catalog_entry
 
 
 class Command(BaseCommand):
@@ -25,7 +25,7 @@ class Command(BaseCommand):
                 raise CommandError(f"{name!r} is not in the model catalog.")
             started = time.perf_counter()
             try:
-                engine.load(model_spec(entry), cache_dir=settings.MODEL_CACHE_DIR)
+                engine.load(engine.ModelSpec.from_catalog(entry), cache_dir=settings.MODEL_CACHE_DIR)
             except engine.InferenceError as error:
                 raise CommandError(f"{name}: {error.message}") from None
             self.stdout.write(f"{name}: ready in {time.perf_counter() - started:.1f} s")

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from inference.api import views
+from catalog.api import views
 
 urlpatterns = [
     path("v1/models", views.ModelListView.as_view(), name="models-list"),

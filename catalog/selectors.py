@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from inference.models import CatalogModel
+from catalog.models import CatalogModel
 from miners.models import MinerStatus, ServedModel
 
 
@@ -43,20 +43,6 @@ def catalog_entry(name: str) -> CatalogModel | None:
 def cluster_served_models() -> frozenset[str]:
     """Models that an online in-cluster worker serves: their jobs are announced on the broker."""
     return _cluster_models.get()
-
-
-def model_spec(entry: CatalogModel):
-    """What the engine needs to load ``entry`` (imported here: web processes never load torch)."""
-    from inference.engine import ModelSpec
-
-    return ModelSpec(
-        name=entry.name,
-        task=entry.task,
-        source_kind=entry.source_kind,
-        source=entry.source,
-        default_max_tokens=entry.default_max_tokens,
-        max_tokens=entry.max_tokens,
-    )
 
 
 def catalog_with_miner_counts(*, enabled_only: bool = True) -> QuerySet[CatalogModel]:

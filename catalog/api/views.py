@@ -2,9 +2,9 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from catalog.api.serializers import CatalogModelSerializer, ModelListSerializer
+from catalog.selectors import catalog_with_miner_counts
 from core.errors import NotFound
-from inference.api.serializers import CatalogModelSerializer, ModelListSerializer
-from inference.selectors import catalog_with_miner_counts
 
 
 class ModelListView(APIView):

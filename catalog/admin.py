@@ -1,7 +1,7 @@
 from django.contrib import admin
 
-from inference.models import CatalogModel
-from inference.selectors import catalog_with_miner_counts
+from catalog.models import CatalogModel
+from catalog.selectors import catalog_with_miner_counts
 
 
 @admin.register(CatalogModel)

@@ -1,6 +1,6 @@
 import pytest
 
-from inference.models import CatalogModel
+from catalog.models import CatalogModel
 from jobs.models import Job
 
 

@@ -1,0 +1,115 @@
+"""Which miner may run which job: the one rule, in the two forms the code needs.
+
+A miner may run a queued job when it takes work (online, not draining), serves the job's model,
+and meets each constraint the job sets (a constraint left empty is met by every miner):
+
+- ``min_vram_gb``: the miner's VRAM is at least that;
+- ``cuda``: the miner's CUDA version code is at least the job's (a miner that reported no CUDA
+  version counts as 0);
+- ``region``: the miner's region, compared case-insensitively;
+- ``max_price``: the miner's price is at most that (a miner that set no price meets any);
+- ``gpu``: the text occurs in the miner's GPU name, case-insensitively.
+
+``MINER_MEETS_JOB`` states the constraints in SQL over a job row ``j`` and a miner row ``m``; the
+claim function ``jobs_claim`` (``CLAIM_FUNCTION``, installed by migration) is built from it, so
+changing the rule here takes a migration that runs ``create_claim_function`` again.
+``jobs_for_miner`` and ``miners_for_job`` are the same rule as ORM filters: the portable claim
+(SQLite), a miner's list of available jobs, and a queued job's outlook use them.
+``jobs/tests/test_matching.py`` holds all three to one table of cases on both backends.
+"""
+
+from django.db.models import F, Q, QuerySet, Value
+from django.db.models.functions import Coalesce
+
+from jobs.models import Job
+from miners.models import Miner, MinerStatus, ServedModel
+
+MINER_MEETS_JOB = """
+    (j.req_min_vram_gb IS NULL OR j.req_min_vram_gb <= m.vram_gb)
+    AND (j.req_cuda_code IS NULL OR j.req_cuda_code <= coalesce(m.cuda_code, 0))
+    AND (j.req_region = '' OR lower(j.req_region) = lower(m.region))
+    AND (j.req_max_price IS NULL OR m.price IS NULL OR j.req_max_price >= m.price)
+    AND (j.req_gpu = '' OR strpos(lower(m.gpu_name), lower(j.req_gpu)) > 0)
+"""
+
+# A claim as one call on PostgreSQL: lock the miner's row (its concurrency limit holds against
+# parallel polls), then lease the best queued jobs it can run. Each statement of a volatile
+# PL/pgSQL function takes a new snapshot, so the running-jobs count sees every claim committed
+# before the lock was granted. Outside a transaction the call is its own transaction: a claim is
+# one round trip. The queue is walked through its partial index per served model; the plans are
+# generic (the status tests are literals), made once per connection.
+CLAIM_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION jobs_claim(
+    p_miner bigint, p_limit integer, p_job_id uuid, p_models text[], p_now timestamptz, p_lease_until timestamptz
+) RETURNS SETOF jobs_job LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+DECLARE
+    m record;
+BEGIN
+    SELECT mm.status, mm.draining, mm.vram_gb, mm.cuda_code, mm.region, mm.price, mm.gpu_name,
+           mm.max_concurrent_jobs
+    INTO m FROM miners_miner mm WHERE mm.id = p_miner FOR UPDATE;
+    IF NOT FOUND OR m.status <> 'online' OR m.draining THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH picked AS (
+        SELECT c.id FROM miners_servedmodel s
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.rank_at FROM jobs_job j
+            WHERE j.status = 'queued' AND j.model = s.name AND j.expires_at > p_now
+              AND (p_job_id IS NULL OR j.id = p_job_id)
+              AND {MINER_MEETS_JOB.strip()}
+            ORDER BY j.rank_at
+            LIMIT p_limit
+            FOR UPDATE OF j SKIP LOCKED
+        ) c
+        WHERE s.miner_id = p_miner AND (p_models IS NULL OR s.name = ANY(p_models))
+        ORDER BY c.rank_at
+        LIMIT LEAST(p_limit, GREATEST(0, m.max_concurrent_jobs - (
+            SELECT count(*) FROM jobs_job r WHERE r.miner_id = p_miner AND r.status = 'running'
+        )))
+    )
+    UPDATE jobs_job j SET status = 'running', miner_id = p_miner, attempt = j.attempt + 1,
+        lease_token = gen_random_uuid()::text, lease_expires_at = p_lease_until, started_at = p_now,
+        progress = 0, updated_at = p_now
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*;
+END $$;
+"""
+
+
+def create_claim_function(schema_editor) -> None:
+    """Install (or replace) ``jobs_claim`` as this module states it; PostgreSQL only."""
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(CLAIM_FUNCTION, params=None)
+
+
+def jobs_for_miner(jobs: QuerySet[Job], *, miner: Miner) -> QuerySet[Job]:
+    """Those of ``jobs`` whose model ``miner`` serves and whose constraints it meets."""
+    jobs = jobs.filter(model__in=ServedModel.objects.filter(miner=miner.pk).values("name"))
+    jobs = jobs.filter(Q(req_min_vram_gb__isnull=True) | Q(req_min_vram_gb__lte=miner.vram_gb))
+    jobs = jobs.filter(Q(req_cuda_code__isnull=True) | Q(req_cuda_code__lte=miner.cuda_code or 0))
+    jobs = jobs.filter(Q(req_region="") | Q(req_region__iexact=miner.region))
+    if miner.price is not None:
+        jobs = jobs.filter(Q(req_max_price__isnull=True) | Q(req_max_price__gte=miner.price))
+    if miner.gpu_name:
+        jobs = jobs.alias(miner_gpu=Value(miner.gpu_name)).filter(Q(req_gpu="") | Q(miner_gpu__icontains=F("req_gpu")))
+    else:
+        jobs = jobs.filter(req_gpu="")
+    return jobs
+
+
+def miners_for_job(miners: QuerySet[Miner], *, job: Job) -> QuerySet[Miner]:
+    """Those of ``miners`` that take work, serve ``job``'s model and meet its constraints."""
+    miners = miners.filter(status=MinerStatus.ONLINE, draining=False, served_models__name=job.model)
+    if job.req_min_vram_gb is not None:
+        miners = miners.filter(vram_gb__gte=job.req_min_vram_gb)
+    if job.req_cuda_code is not None:
+        miners = miners.alias(cuda=Coalesce("cuda_code", 0)).filter(cuda__gte=job.req_cuda_code)
+    if job.req_region:
+        miners = miners.filter(region__iexact=job.req_region)
+    if job.req_max_price is not None:
+        miners = miners.filter(Q(price__isnull=True) | Q(price__lte=job.req_max_price))
+    if job.req_gpu:
+        miners = miners.filter(gpu_name__icontains=job.req_gpu)
+    return miners
