@@ -1,37 +1,24 @@
 """The admin home shows the network at a glance above the usual list of apps."""
 
-from datetime import timedelta
-
 from django.contrib import admin
-from django.db.models import Count, Max, Q
-from django.utils import timezone
 
-from explorer.models import Block
-from jobs.models import Job, JobStatus
-from jobs.selectors import queue_depth_by_model
-from miners.models import Miner, MinerStatus
-from payments.models import Wallet, WalletKind
+from explorer.selectors import network_figures
 
 
 def at_a_glance() -> dict:
-    """The figures on the admin home, a handful of aggregate queries."""
-    hour_ago = timezone.now() - timedelta(hours=1)
-    jobs = Job.objects.aggregate(
-        queued=Count("id", filter=Q(status=JobStatus.QUEUED)),
-        running=Count("id", filter=Q(status=JobStatus.RUNNING)),
-        completed_last_hour=Count("id", filter=Q(status=JobStatus.COMPLETED, completed_at__gte=hour_ago)),
-    )
-    balances = dict(
-        Wallet.objects.filter(kind__in=[WalletKind.TREASURY, WalletKind.FEES]).values_list("kind", "balance")
-    )
+    """The figures on the admin home (``explorer.selectors.network_figures``)."""
+    figures = network_figures()
     return {
-        "miners_online": Miner.objects.filter(status=MinerStatus.ONLINE).count(),
-        "jobs": jobs,
-        "queue_depth": queue_depth_by_model(),
-        "block_height": Block.objects.aggregate(height=Max("height"))["height"],
-        # The treasury mints by going negative: what it has minted is minus its balance.
-        "treasury_minted": -balances.get(WalletKind.TREASURY, 0),
-        "fees_collected": balances.get(WalletKind.FEES, 0),
+        "miners_online": figures["miners_online"],
+        "jobs": {
+            "queued": figures["jobs"]["queued"],
+            "running": figures["jobs"]["running"],
+            "completed_last_hour": figures["jobs_completed_last_hour"],
+        },
+        "queue_depth": figures["queue_by_priority"],
+        "block_height": figures["height"],
+        "treasury_minted": figures["treasury_minted"],
+        "fees_collected": figures["fees_collected"],
     }
 
 

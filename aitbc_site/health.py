@@ -8,8 +8,8 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs.selectors import active_job_counts, queue_depth_by_model
-from miners.selectors import miner_counts
+from explorer.selectors import network_figures
+from jobs.models import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ class MetricsSummaryView(APIView):
         },
     )
     def get(self, request):
+        figures = network_figures()
         return Response(
-            {"active_jobs": active_job_counts(), "miners": miner_counts(), "queue_depth": queue_depth_by_model()}
+            {
+                "active_jobs": {status: figures["jobs"][status] for status in JobStatus.ACTIVE},
+                "miners": figures["miners"],
+                "queue_depth": figures["queue_by_priority"],
+            }
         )

@@ -13,6 +13,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from core.api.exceptions import error_response
+from explorer.selectors import network_figures
+from jobs.models import JobStatus
 
 REQUESTS = Counter("api_requests_total", "HTTP requests served", ["method", "route", "status"])
 DURATION = Histogram(
@@ -38,22 +40,21 @@ class MetricsMiddleware:
 
 
 class PlatformCollector:
-    """Gauges that are facts about the platform, read when scraped."""
+    """Gauges that are facts about the platform, read when scraped (``explorer.selectors.network_figures``:
+    at most ``EXPLORER_STATS_CACHE_SECONDS`` old)."""
 
     def collect(self):
-        from jobs.selectors import active_job_counts, queue_depth_by_model
-        from miners.selectors import miner_counts
-
+        figures = network_figures()
         active = GaugeMetricFamily("active_jobs", "Jobs queued or running", labels=["status"])
-        for status, count in active_job_counts().items():
-            active.add_metric([status], count)
+        for status in JobStatus.ACTIVE:
+            active.add_metric([status], figures["jobs"][status])
         yield active
         miners = GaugeMetricFamily("registered_miners", "Registered miners", labels=["status"])
-        for status, count in miner_counts().items():
+        for status, count in figures["miners"].items():
             miners.add_metric([status], count)
         yield miners
         depth = GaugeMetricFamily("queue_depth", "Queued jobs by model and priority", labels=["model", "priority"])
-        for row in queue_depth_by_model():
+        for row in figures["queue_by_priority"]:
             depth.add_metric([row["model"], str(row["priority"])], row["depth"])
         yield depth
 

@@ -6,7 +6,8 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.urls import path
 
-from jobs.consumers import DashboardConsumer, JobConsumer, MinerConsumer
+from explorer.consumers import DashboardConsumer
+from jobs.consumers import JobConsumer, MinerConsumer
 
 websocket_urlpatterns: list = [
     path("ws/jobs/<uuid:job_id>/", JobConsumer.as_asgi()),

@@ -305,8 +305,7 @@ async def http_miners(port: int, miners: list[tuple[str, str]], seconds: float, 
 
 
 def verify(env, *, filled: int, claimed_lists: list[list[str]], receipt_ids: list[str | None]) -> dict:
-    from explorer.models import Receipt
-    from jobs.models import Job
+    from jobs.models import Job, Receipt
 
     jobs, receipts = Job._meta.db_table, Receipt._meta.db_table
     all_claimed = [j for lst in claimed_lists for j in lst]
@@ -371,8 +370,7 @@ def verify(env, *, filled: int, claimed_lists: list[list[str]], receipt_ids: lis
 def reset_jobs() -> None:
     from django.db import connection
 
-    from explorer.models import Receipt
-    from jobs.models import Job
+    from jobs.models import Job, Receipt
 
     with connection.cursor() as cursor:
         # CASCADE: attestations, payments and ledger transactions point at receipts and jobs.

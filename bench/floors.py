@@ -10,7 +10,7 @@
 2. HTTP: gunicorn (``--gunicorn`` 2x8, as ``claims.py``) answering ``GET /health/live`` (the
    middleware, URL routing and a DRF view, no database) to 50 keep-alive clients: Django's CPU
    per request before any work. A miner's poll + result cycle is two requests.
-3. Receipt: signing one receipt in-process (``explorer.services.receipts_sign``: canonical JSON
+3. Receipt: signing one receipt in-process (``jobs.receipts.receipts_sign``: canonical JSON
    of payload, result and document, Ed25519), and the Ed25519 signature alone.
 
 Then, for each target of ``claims.py``, the CPU per job left to the service's Python once
@@ -140,8 +140,7 @@ def pgbench_phase(env, script: str, *, batch: int, seconds: float) -> dict:
 def reset_queue(n: int) -> None:
     from django.db import connection
 
-    from explorer.models import Receipt
-    from jobs.models import Job
+    from jobs.models import Job, Receipt
 
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {Receipt._meta.db_table}, {Job._meta.db_table} CASCADE")
@@ -156,8 +155,8 @@ def receipt_floor() -> dict:
     from django.utils import timezone
 
     from core.crypto.signing import coordinator_signing_key
-    from explorer.services import receipts_sign
     from jobs.models import Job, JobStatus
+    from jobs.receipts import receipts_sign
 
     key = coordinator_signing_key()
     job = Job.objects.first()

@@ -130,8 +130,8 @@ class Pieces:
 def install_pieces() -> Pieces:
     from django.db import connections
 
-    import explorer.services
     import jobs.events
+    import jobs.receipts
     import jobs.services
     import payments.services
 
@@ -139,7 +139,7 @@ def install_pieces() -> Pieces:
     pieces.wrap(jobs.services, "_store_completions", "complete_statement")
     pieces.wrap(jobs.services, "_settle_charged", "settle")
     pieces.wrap(jobs.services, "receipts_sign", "receipt")
-    pieces.wrap(explorer.services, "_signed_receipt", "receipt_signing")
+    pieces.wrap(jobs.receipts, "_signed_receipt", "receipt_signing")
     pieces.wrap(jobs.events, "publish_job_statuses", "status_publish")
     if importlib.util.find_spec("jobs.feed") is not None:  # the dashboard feed, where it exists
         pieces.wrap_first(importlib.import_module("jobs.feed"), ("publish_jobs_changed",), "feed_publish")
@@ -186,7 +186,7 @@ def statement_kind(sql: str) -> str:
         rows = text.upper().count("), (") + 1 if " VALUES " in upper else 1
         return f"INSERT {m.group(1) if m else '?'}" + (f" ({rows} rows)" if rows > 1 else "")
     if upper.startswith("WITH") and "INSERT INTO EXPLORER_RECEIPT" in upper:
-        return "COMPLETE (UPDATE jobs_job + INSERT explorer_receipt)"
+        return "COMPLETE (UPDATE jobs_job + INSERT jobs_receipt)"
     if upper.startswith("WITH"):
         m = re.search(r"UPDATE (?!OF )" + _TABLE, text, re.I)
         return f"WITH ... UPDATE {m.group(1) if m else '?'}"
@@ -254,7 +254,7 @@ def claim(miner, job_id):
 def complete(variant: str, job, miner) -> None:
     from django.utils import timezone
 
-    from explorer.services import receipts_sign
+    from jobs.receipts import receipts_sign
     from jobs.services import Outcome, _completed, _leased, _store_completions, job_complete
 
     if variant == "A":
@@ -409,7 +409,7 @@ def completions_phase(args, env) -> dict:
         settle_sql = sum(
             ms
             for kind, ms, _ in rows
-            if not kind.startswith(("COMPLETE", "SELECT jobs_job", "INSERT explorer_receipt", "COMMIT"))
+            if not kind.startswith(("COMPLETE", "SELECT jobs_job", "INSERT jobs_receipt", "COMMIT"))
         )
         out["paid_statement_times"] = {
             "completions": n,
@@ -646,7 +646,7 @@ def main() -> None:
         f"model {MODEL!r} is outside the catalog: free jobs have no payment; paid jobs hold {PRICE} in escrow "
         "(settled in full: no unit price, so 3 ledger entries: escrow, miner's owner, platform fee)",
         "pieces are timed by wrapping jobs.services._store_completions/_settle_charged, "
-        "explorer.services.receipts_sign, "
+        "jobs.receipts.receipts_sign, "
         "_signed_receipt, jobs.events.publish_job_statuses and the connection's _commit "
         "in this process only",
         "B and C publish the job-status event to the Redis channel layer after commit (synchronously); "

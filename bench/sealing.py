@@ -95,12 +95,12 @@ def copy_completions(template_job, template_receipt, *, count: int, start, step_
         SELECT {select} FROM src, jobs_job t WHERE t.id = %(job)s
         RETURNING id, completed_at
     ), receipts AS (
-        INSERT INTO explorer_receipt (receipt_id, job_id, signed_json, created_at)
+        INSERT INTO jobs_receipt (receipt_id, job_id, signed_json, created_at)
         SELECT 'rcpt_' || replace(jobs.id::text, '-', ''), jobs.id,
                replace(replace(r.signed_json, %(receipt_id)s, 'rcpt_' || replace(jobs.id::text, '-', '')),
                        %(job_text)s, jobs.id::text),
                jobs.completed_at
-        FROM jobs, explorer_receipt r WHERE r.receipt_id = %(receipt_id)s
+        FROM jobs, jobs_receipt r WHERE r.receipt_id = %(receipt_id)s
         RETURNING 1
     ), txs AS (
         INSERT INTO payments_ledgertransaction (business_key, kind, job_id, memo, created_at)
@@ -151,7 +151,7 @@ def unsealed() -> int:
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT (SELECT count(*) FROM explorer_receipt r WHERE NOT EXISTS (
+            SELECT (SELECT count(*) FROM jobs_receipt r WHERE NOT EXISTS (
                         SELECT 1 FROM explorer_blockleaf l WHERE l.kind = 'receipt' AND l.ref = r.receipt_id))
                  + (SELECT count(*) FROM payments_ledgertransaction t WHERE NOT EXISTS (
                         SELECT 1 FROM explorer_blockleaf l WHERE l.kind = 'transaction' AND l.ref = t.id::text))
@@ -165,7 +165,7 @@ def analyze() -> None:
 
     with connection.cursor() as cursor:
         for table in (
-            "explorer_receipt",
+            "jobs_receipt",
             "explorer_blockleaf",
             "explorer_pendingleaf",
             "payments_ledgertransaction",

@@ -295,8 +295,7 @@ def reset_jobs() -> int:
     """Empty the queue between runs so every run starts from the same (shallow) queue."""
     from django.db import connection
 
-    from explorer.models import Receipt
-    from jobs.models import Job
+    from jobs.models import Job, Receipt
 
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM {Job._meta.db_table}")

@@ -7,8 +7,7 @@ from django.db.models import Count, DecimalField, IntegerField, OuterRef, Prefet
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from explorer.models import Receipt
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 from jobs.selectors import earnings_subquery, units_of_job, with_reputation
 from miners.models import Miner, MinerStatus, ServedModel
 from payments.models import ExchangePayment

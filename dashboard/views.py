@@ -20,7 +20,6 @@ from core.errors import ServiceError
 from dashboard import selectors
 from dashboard.forms import ApiKeyCreateForm, JobSubmitForm, SignUpForm, TopUpForm
 from explorer import selectors as explorer
-from jobs.feed import network_stats
 from jobs.models import JobStatus
 from jobs.selectors import REPUTATION_WINDOW
 from jobs.services import job_submit
@@ -74,7 +73,7 @@ class OverviewView(SignedInMixin, TemplateView):
             "recent_jobs": selectors.jobs_of_client(user=user)[:RECENT_JOBS],
             "job_counts": selectors.job_counts_of_client(user=user),
             "wallet": wallet_of(user=user),
-            "network": network_stats(),
+            "network": explorer.live_network_figures(),
         }
 
 
@@ -241,8 +240,8 @@ class NetworkView(TemplateView):
     def get_context_data(self, **kwargs):
         return {
             **super().get_context_data(**kwargs),
-            "snapshot": network_stats(),
-            "stats": explorer.network_stats(),
+            "snapshot": explorer.live_network_figures(),
+            "stats": explorer.network_figures(),
         }
 
 
@@ -256,7 +255,7 @@ class BlockListView(TemplateView):
         return {
             **super().get_context_data(**kwargs),
             "page": _page(self.request, explorer.blocks()),
-            "stats": explorer.network_stats(),
+            "stats": explorer.network_figures(),
         }
 
 

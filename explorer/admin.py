@@ -2,21 +2,7 @@ from django.contrib import admin
 
 from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from explorer import selectors
-from explorer.models import Block, BlockLeaf, Receipt, ReceiptAttestation
-
-
-class ReceiptAttestationInline(ReadOnlyInline):
-    model = ReceiptAttestation
-    fields = ("alg", "key_id", "sig", "created_at")
-
-
-@admin.register(Receipt)
-class ReceiptAdmin(ReadOnlyAdmin):
-    list_display = ("receipt_id", "job", "created_at")
-    search_fields = ("=receipt_id", "=job__id")
-    readonly_fields = ("receipt_id", "job", "signed_json", "created_at")
-    list_select_related = ("job",)
-    inlines = [ReceiptAttestationInline]
+from explorer.models import Block, BlockLeaf
 
 
 class BlockLeafInline(ReadOnlyInline):

@@ -1,6 +1,6 @@
 import django_filters
 
-from explorer.models import Receipt
+from jobs.models import Receipt
 
 
 class ReceiptFilter(django_filters.FilterSet):

@@ -1,52 +1,30 @@
 import hashlib
+import logging
+import statistics
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db.models import Count, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db import connection
+from django.db.models import Aggregate, Count, FloatField, IntegerField, Max, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.expressions import RawSQL
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast
+from django.utils import timezone
 
 from core.crypto import merkle, signing
 from explorer import verify
-from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, LeafKind, Receipt
+from explorer.models import GENESIS_PREV_HASH, Block, BlockLeaf, LeafKind
 from explorer.sources import LEAF_SOURCES, leaf_source
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
+from jobs.selectors import queue_depth_by_model
 from miners.models import MinerStatus
 from miners.selectors import miner_counts
 from payments import selectors as ledger
-
-STATS_CACHE_KEY = "explorer:network-stats"
-
-
-def receipts_for_job(*, job_id) -> QuerySet[Receipt]:
-    return Receipt.objects.filter(job_id=job_id).order_by("-created_at", "-receipt_id")
-
-
-def receipt_documents(receipts) -> list[dict]:
-    return [receipt.served_document() for receipt in receipts]
-
-
-def receipt_of_client(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
-    """The receipt, for its job's client (or an admin): what its opening is given to."""
-    receipts = Receipt.objects.filter(pk=receipt_id)
-    return (receipts if is_admin else receipts.filter(job__client=user)).first()
-
-
-def receipt_visible_to(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
-    """The receipt, for its job's client, the owner of the miner that did the job, or an admin."""
-    receipts = Receipt.objects.filter(pk=receipt_id).prefetch_related("attestations")
-    if not is_admin:
-        receipts = receipts.filter(Q(job__client=user) | Q(job__miner__owner=user))
-    return receipts.first()
-
-
-def receipts_of_client(*, user, is_admin: bool = False) -> QuerySet[Receipt]:
-    """A client's receipts, newest first (every client's for an admin)."""
-    receipts = Receipt.objects.all() if is_admin else Receipt.objects.filter(job__client=user)
-    return receipts.prefetch_related("attestations").order_by("-created_at", "-receipt_id")
-
+from payments.models import Wallet, WalletKind
 
 # --- Blocks and proofs -----------------------------------------------------------------
 
@@ -107,6 +85,15 @@ def leaf_documents(leaves) -> dict[tuple[str, str], dict]:
     }
 
 
+def with_documents(leaves) -> list[BlockLeaf]:
+    """``leaves``, each with its ``document`` (``leaf_documents``; None for an item gone since)."""
+    leaves = list(leaves)
+    documents = leaf_documents(leaves)
+    for leaf in leaves:
+        leaf.document = documents.get((leaf.kind, leaf.ref))
+    return leaves
+
+
 def explorer_receipts() -> QuerySet[Receipt]:
     sealed_in = BlockLeaf.objects.filter(kind=LeafKind.RECEIPT, ref=OuterRef("receipt_id")).values("block_id")[:1]
     return (
@@ -114,6 +101,14 @@ def explorer_receipts() -> QuerySet[Receipt]:
         .prefetch_related("attestations")
         .order_by("-created_at", "-receipt_id")
     )
+
+
+def with_public_documents(receipts) -> list[Receipt]:
+    """``receipts``, each with ``public``: what the public explorer shows of it (``Receipt.public_document``)."""
+    receipts = list(receipts)
+    for receipt in receipts:
+        receipt.public = receipt.public_document()
+    return receipts
 
 
 # --- Addresses (the ledger's wallets) ----------------------------------------------------
@@ -157,36 +152,148 @@ def entry_document(entry) -> dict:
     )
 
 
-# --- Network statistics ------------------------------------------------------------------
+# --- Network figures ---------------------------------------------------------------------
+
+NETWORK_FIGURES_CACHE_KEY = "explorer:network-figures"
+# The live figures: completed jobs of the last ``RECENT_WINDOW``. Finished jobs are found through
+# the (status, created_at) index: one that finishes more than ``RECENT_LOOKBACK`` after its
+# submission is left out.
+RECENT_WINDOW = timedelta(minutes=5)
+RECENT_LOOKBACK = timedelta(hours=1)
+# What ``network.stats`` on ``ws/dashboard/`` carries: the network page's live figures.
+LIVE_FIGURES = (
+    "jobs_per_minute",
+    "queue_depth",
+    "median_wait_seconds",
+    "median_run_seconds",
+    "tokens_per_second",
+    "miners_online",
+)
+
+logger = logging.getLogger(__name__)
 
 
-def network_stats() -> dict:
-    """Jobs by status, miners, receipts and the chain's tip; cached for a few seconds (counts are scans)."""
-    if settings.EXPLORER_STATS_CACHE_SECONDS:
-        stats = cache.get(STATS_CACHE_KEY)
-        if stats is None:
-            stats = _network_stats()
-            cache.set(STATS_CACHE_KEY, stats, settings.EXPLORER_STATS_CACHE_SECONDS)
-        return stats
-    return _network_stats()
+def network_figures() -> dict:
+    """Every figure of the network, the one place they are computed: ``/v1/stats``, the live
+    feed's ``network.stats``, the network and explorer pages, the admin home, ``/metrics`` and
+    ``/v1/metrics`` each show some of them.
+
+    - ``jobs`` (by status), ``jobs_total``, ``jobs_completed_last_hour``; ``queue_depth`` (queued
+      jobs by model) and ``queue_by_priority`` (rows of model, priority and depth);
+    - ``miners`` (by status) and ``miners_online``;
+    - ``receipts``, ``blocks``, ``height``, ``transactions`` (sealed), ``last_block_time``;
+    - over the last ``RECENT_WINDOW``: ``jobs_per_minute`` completed, their
+      ``median_wait_seconds`` (submission to last claim) and ``median_run_seconds``, and the
+      ``tokens_per_second`` generated;
+    - ``treasury_minted`` and ``fees_collected`` (AITBC).
+
+    Shared by every process for ``EXPLORER_STATS_CACHE_SECONDS`` (counts are scans); computed
+    afresh when the cache does not answer.
+    """
+    seconds = settings.EXPLORER_STATS_CACHE_SECONDS
+    if not seconds:
+        return _network_figures()
+    try:
+        figures = cache.get(NETWORK_FIGURES_CACHE_KEY)
+    except Exception as error:  # the cache (Redis) is down: the figures are still answered
+        logger.warning("network figures computed without the cache: %r", error)
+        return _network_figures()
+    if figures is None:
+        figures = _network_figures()
+        try:
+            cache.set(NETWORK_FIGURES_CACHE_KEY, figures, seconds)
+        except Exception as error:
+            logger.warning("network figures not cached: %r", error)
+    return figures
 
 
-def _network_stats() -> dict:
-    by_status = dict(Job.objects.values_list("status").annotate(n=Count("id")).order_by())
-    jobs = {status.value: by_status.get(status.value, 0) for status in JobStatus}
-    chain = Block.objects.aggregate(height=Max("height"), sealed=Sum("tx_count"), last=Max("timestamp"))
+def live_network_figures() -> dict:
+    """The figures of ``network.stats`` (``LIVE_FIGURES``)."""
+    figures = network_figures()
+    return {name: figures[name] for name in LIVE_FIGURES}
+
+
+def _network_figures() -> dict:
+    now = timezone.now()
+    counts = Job.objects.aggregate(
+        **{status.value: Count("id", filter=Q(status=status)) for status in JobStatus},
+        completed_last_hour=Count(
+            "id", filter=Q(status=JobStatus.COMPLETED, completed_at__gte=now - timedelta(hours=1))
+        ),
+    )
+    jobs = {status.value: counts[status.value] for status in JobStatus}
+    queue_by_priority = queue_depth_by_model()
+    queue_depth: dict[str, int] = {}
+    for row in queue_by_priority:
+        queue_depth[row["model"]] = queue_depth.get(row["model"], 0) + row["depth"]
     miners = miner_counts()
+    chain = Block.objects.aggregate(height=Max("height"), sealed=Sum("tx_count"), last=Max("timestamp"))
+    balances = dict(
+        Wallet.objects.filter(kind__in=[WalletKind.TREASURY, WalletKind.FEES]).values_list("kind", "balance")
+    )
     return {
         "jobs": jobs,
         "jobs_total": sum(jobs.values()),
-        "miners_online": miners[MinerStatus.ONLINE],
+        "jobs_completed_last_hour": counts["completed_last_hour"],
+        "queue_depth": queue_depth,
+        "queue_by_priority": queue_by_priority,
         "miners": miners,
+        "miners_online": miners[MinerStatus.ONLINE],
         "receipts": Receipt.objects.count(),
         "blocks": 0 if chain["height"] is None else chain["height"] + 1,
         "height": chain["height"],
         "transactions": chain["sealed"] or 0,
         "last_block_time": jsonable(chain["last"]),
+        **_recent_figures(now),
+        # The treasury mints by going negative: what it has minted is minus its balance.
+        "treasury_minted": -balances.get(WalletKind.TREASURY, 0),
+        "fees_collected": balances.get(WalletKind.FEES, 0),
     }
+
+
+def _recent_figures(now) -> dict:
+    since = now - RECENT_WINDOW
+    finished = Job.objects.filter(
+        status=JobStatus.COMPLETED, created_at__gte=since - RECENT_LOOKBACK, completed_at__gte=since
+    )
+    tokens = Cast(KT("usage__completion_tokens"), IntegerField())
+    if connection.vendor == "postgresql":
+        totals = finished.aggregate(
+            count=Count("id"),
+            tokens=Sum(tokens, default=0),
+            wait=_Median(RawSQL("EXTRACT(EPOCH FROM started_at - created_at)", ())),
+            run=_Median(RawSQL("EXTRACT(EPOCH FROM completed_at - started_at)", ())),
+        )
+    else:
+        # SQLite (development) has no percentile function; its windows hold few jobs.
+        rows = list(finished.annotate(tokens=tokens).values_list("created_at", "started_at", "completed_at", "tokens"))
+        totals = {
+            "count": len(rows),
+            "tokens": sum(row[3] or 0 for row in rows),
+            "wait": _median([(started - created).total_seconds() for created, started, _, _ in rows if started]),
+            "run": _median([(completed - started).total_seconds() for _, started, completed, _ in rows if started]),
+        }
+    window = RECENT_WINDOW.total_seconds()
+    return {
+        "jobs_per_minute": round(totals["count"] * 60 / window, 2),
+        "median_wait_seconds": _rounded(totals["wait"]),
+        "median_run_seconds": _rounded(totals["run"]),
+        "tokens_per_second": round(totals["tokens"] / window, 2),
+    }
+
+
+class _Median(Aggregate):
+    function = "percentile_cont"
+    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _rounded(seconds) -> float | None:
+    return None if seconds is None else round(float(seconds), 3)
 
 
 # --- Chain audit -------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """What blocks seal: receipts and ledger transactions. Each leaf source reads its items' sealed
 bytes by reference, for sealing and for re-verifying the chain.
 
-Receipts live here; ledger transactions live in ``payments`` and are read through its
-selectors, sealed as the canonical JSON of ``transaction_document``. What waits for a block is
+Receipts live in ``jobs``, sealed as stored; ledger transactions live in ``payments`` and are read
+through its selectors, sealed as the canonical JSON of ``transaction_document``. What waits for a block is
 listed by ``PendingLeaf`` rows, which the database writes with each item.
 """
 
@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from core.crypto import merkle, signing
-from explorer.models import LeafKind, Receipt
+from explorer.models import LeafKind
+from jobs.models import Receipt
 from payments.selectors import ledger_transactions, transaction_documents
 
 

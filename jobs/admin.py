@@ -7,7 +7,7 @@ from django.db.models.functions import Coalesce
 from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from core.errors import ServiceError
 from jobs import services
-from jobs.models import FailedAttempt, Job, JobStatus
+from jobs.models import FailedAttempt, Job, JobStatus, Receipt, ReceiptAttestation
 from jobs.selectors import REPUTATION_WINDOW, earnings_subquery, with_reputation
 from miners.admin import MinerRegistryAdmin
 from miners.models import Miner, MinerStatus
@@ -197,3 +197,17 @@ class MinerAdmin(MinerRegistryAdmin):
         self.message_user(
             request, f"{banned} miner(s) banned; {released} job(s) returned to the queue.", messages.SUCCESS
         )
+
+
+class ReceiptAttestationInline(ReadOnlyInline):
+    model = ReceiptAttestation
+    fields = ("alg", "key_id", "sig", "created_at")
+
+
+@admin.register(Receipt)
+class ReceiptAdmin(ReadOnlyAdmin):
+    list_display = ("receipt_id", "job", "created_at")
+    search_fields = ("=receipt_id", "=job__id")
+    readonly_fields = ("receipt_id", "job", "signed_json", "created_at")
+    list_select_related = ("job",)
+    inlines = [ReceiptAttestationInline]

@@ -1,6 +1,7 @@
-"""The live network feed of ``ws/dashboard/``: jobs submitted and finished, miners coming and
-going, blocks sealed, and periodic network figures; plus, to each user's own sockets, every
-status change of that user's jobs (``job.updated``, on the group ``user_group(user_id)``).
+"""The live network feed of ``ws/dashboard/`` (served by ``explorer.consumers``): jobs submitted
+and finished, miners coming and going, blocks sealed; plus, to each user's own sockets, every
+status change of that user's jobs (``job.updated``, on the group ``user_group(user_id)``). The
+socket adds the network's figures every few seconds (``network.stats``).
 
 The network feed is shared by every signed-in user, so its events carry only what anyone may
 see: ids, models, statuses, block headers — never a payload, prompt or result.
@@ -19,24 +20,14 @@ channel layer that is down is logged, never raised.
 import asyncio
 import logging
 import os
-import statistics
 import threading
 import time
 from collections.abc import Iterable
-from datetime import datetime, timedelta
 
 from channels.layers import get_channel_layer
-from django.db import connection
-from django.db.models import Aggregate, Count, FloatField, IntegerField, Sum
-from django.db.models.expressions import RawSQL
-from django.db.models.fields.json import KT
-from django.db.models.functions import Cast
-from django.utils import timezone
 
 from jobs.events import _publishing_loop, send_to_groups
 from jobs.models import Job, JobStatus
-from jobs.selectors import queue_depth_by_model
-from miners.selectors import miner_counts
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +46,6 @@ NETWORK_STATS = "network.stats"
 
 FLUSH_INTERVAL_SECONDS = 0.05
 MAX_EVENTS_PER_FLUSH = 500
-STATS_WINDOW = timedelta(minutes=5)
-# Finished jobs are found through the (status, created_at) index: a job that finishes more than
-# this long after its submission is left out of the figures.
-STATS_LOOKBACK = timedelta(hours=1)
 
 
 def user_group(user_id) -> str:
@@ -132,55 +119,9 @@ def publish_blocks_sealed(blocks: Iterable) -> None:
     )
 
 
-def network_stats(*, now: datetime | None = None) -> dict:
-    """The network over the last ``STATS_WINDOW``: completed jobs per minute, their median wait
-    (submission → last claim) and run time, generated tokens per second, the queue by model and
-    the miners online. Three queries."""
-    now = now or timezone.now()
-    since = now - STATS_WINDOW
-    finished = Job.objects.filter(
-        status=JobStatus.COMPLETED, created_at__gte=since - STATS_LOOKBACK, completed_at__gte=since
-    )
-    figures = {"count": Count("id"), "tokens": Sum(Cast(KT("usage__completion_tokens"), IntegerField()), default=0)}
-    if connection.vendor == "postgresql":
-        figures["wait"] = _Median(RawSQL("EXTRACT(EPOCH FROM started_at - created_at)", ()))
-        figures["run"] = _Median(RawSQL("EXTRACT(EPOCH FROM completed_at - started_at)", ()))
-    totals = finished.aggregate(**figures)
-    if connection.vendor != "postgresql":
-        # SQLite (development) has no percentile function; its windows hold few jobs.
-        rows = list(finished.values_list("created_at", "started_at", "completed_at"))
-        totals["wait"] = _median([(started - created).total_seconds() for created, started, _ in rows if started])
-        totals["run"] = _median([(completed - started).total_seconds() for _, started, completed in rows if started])
-    queue_depth: dict[str, int] = {}
-    for row in queue_depth_by_model():
-        queue_depth[row["model"]] = queue_depth.get(row["model"], 0) + row["depth"]
-    window = STATS_WINDOW.total_seconds()
-    return {
-        "jobs_per_minute": round(totals["count"] * 60 / window, 2),
-        "queue_depth": queue_depth,
-        "median_wait_seconds": _rounded(totals["wait"]),
-        "median_run_seconds": _rounded(totals["run"]),
-        "tokens_per_second": round(totals["tokens"] / window, 2),
-        "miners_online": miner_counts()["online"],
-    }
-
-
-def network_stats_event(stats: dict) -> dict:
-    return dashboard_event(NETWORK_STATS, stats)
-
-
-class _Median(Aggregate):
-    function = "percentile_cont"
-    template = "%(function)s(0.5) WITHIN GROUP (ORDER BY %(expressions)s)"
-    output_field = FloatField()
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def _rounded(seconds) -> float | None:
-    return None if seconds is None else round(float(seconds), 3)
+def network_stats_event(figures: dict) -> dict:
+    """The network's live figures (``explorer.selectors.live_network_figures``) as a feed event."""
+    return dashboard_event(NETWORK_STATS, figures)
 
 
 # --- Delivery ----------------------------------------------------------------------------

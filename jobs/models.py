@@ -1,3 +1,4 @@
+import json
 import uuid
 
 from django.conf import settings
@@ -190,3 +191,77 @@ class FailedAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.error_code} on attempt {self.attempt} of job {self.job_id}"
+
+
+class Receipt(models.Model):
+    """A signed receipt for a completed job. The signed JSON is stored byte for byte.
+
+    ``opening`` holds the salts of the receipt's input and output commitments
+    (``{"input_salt", "output_salt"}``, hex): the job's client is given them, and whoever the
+    client shows them to can check the receipt against the job's payload and result. Receipts
+    signed before commitments have none.
+    """
+
+    receipt_id = models.CharField(max_length=64, primary_key=True)
+    # Looked up through ``receipt_job_idx`` (job, created_at).
+    job = models.ForeignKey(Job, on_delete=models.PROTECT, related_name="receipts", db_index=False)
+    signed_json = models.TextField(editable=False)
+    opening = models.JSONField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["job", "-created_at"], name="receipt_job_idx")]
+
+    def __str__(self) -> str:
+        return self.receipt_id
+
+    @property
+    def document(self) -> dict:
+        return json.loads(self.signed_json)
+
+    def served_document(self) -> dict:
+        """The receipt as signed, with the attestations given since (prefetch ``attestations``)."""
+        document = self.document
+        attestations = [attestation.as_signature() for attestation in self.attestations.all()]
+        if attestations:
+            document["attestations"] = [*document.get("attestations", []), *attestations]
+        return document
+
+    def public_document(self) -> dict:
+        """What the public explorer shows: ``served_document``, except that a receipt signed before
+        input and output commitments is shown without its ``client`` (the client's username) and
+        its plain ``metadata.input_sha256`` and ``output_sha256`` (which let anyone confirm a guessed
+        input or output), named in its ``withheld``. Its signature then verifies only over the whole
+        receipt, which its owner holds: sealed receipts never change."""
+        document = self.served_document()
+        metadata = document.get("metadata")
+        if not isinstance(metadata, dict) or "commitment" in metadata:
+            return document
+        withheld = ["client"] if document.pop("client", None) is not None else []
+        withheld += [f"metadata.{name}" for name in ("input_sha256", "output_sha256") if metadata.pop(name, None)]
+        if withheld:
+            document["withheld"] = withheld
+        return document
+
+
+class ReceiptAttestation(models.Model):
+    """A co-signature of a receipt's signed payload, given after signing (the receipt itself never changes)."""
+
+    receipt = models.ForeignKey(Receipt, on_delete=models.PROTECT, related_name="attestations")
+    alg = models.CharField(max_length=16, default="Ed25519")
+    key_id = models.CharField(max_length=64, help_text="URL-safe base64 public key, no padding")
+    sig = models.CharField(max_length=128, help_text="URL-safe base64 signature, no padding")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["receipt", "key_id"], name="receipt_attestation_key_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.receipt_id} attested by {self.key_id}"
+
+    def as_signature(self) -> dict:
+        return {"alg": self.alg, "key_id": self.key_id, "sig": self.sig}

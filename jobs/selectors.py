@@ -28,7 +28,7 @@ from django.db.models.functions import Cast, Coalesce, NullIf
 from django.utils import timezone
 
 from jobs import matching, sql
-from jobs.models import FailedAttempt, Job, JobStatus
+from jobs.models import FailedAttempt, Job, JobStatus, Receipt
 from miners.models import Miner
 from payments.models import LedgerEntry, TransactionKind
 
@@ -239,3 +239,34 @@ def miner_earnings(*, miner: Miner) -> Decimal:
     return _settlement_credits(miner=miner, owner=miner.owner_id).aggregate(total=Sum("amount", default=Decimal(0)))[
         "total"
     ]
+
+
+# --- Receipts ----------------------------------------------------------------------------
+
+
+def receipts_for_job(*, job_id) -> QuerySet[Receipt]:
+    return Receipt.objects.filter(job_id=job_id).order_by("-created_at", "-receipt_id")
+
+
+def receipt_documents(receipts) -> list[dict]:
+    return [receipt.served_document() for receipt in receipts]
+
+
+def receipt_of_client(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
+    """The receipt, for its job's client (or an admin): what its opening is given to."""
+    receipts = Receipt.objects.filter(pk=receipt_id)
+    return (receipts if is_admin else receipts.filter(job__client=user)).first()
+
+
+def receipt_visible_to(*, receipt_id: str, user, is_admin: bool = False) -> Receipt | None:
+    """The receipt, for its job's client, the owner of the miner that did the job, or an admin."""
+    receipts = Receipt.objects.filter(pk=receipt_id).prefetch_related("attestations")
+    if not is_admin:
+        receipts = receipts.filter(Q(job__client=user) | Q(job__miner__owner=user))
+    return receipts.first()
+
+
+def receipts_of_client(*, user, is_admin: bool = False) -> QuerySet[Receipt]:
+    """A client's receipts, newest first (every client's for an admin)."""
+    receipts = Receipt.objects.all() if is_admin else Receipt.objects.filter(job__client=user)
+    return receipts.prefetch_related("attestations").order_by("-created_at", "-receipt_id")

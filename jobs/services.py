@@ -25,10 +25,9 @@ from catalog.selectors import catalog_entry
 from core import rawsql, shutdown
 from core.crypto import signing
 from core.errors import Conflict, Invalid, NotFound, ServiceError
-from explorer.models import Receipt
-from explorer.services import receipts_issue, receipts_sign
 from jobs import events, feed, sql, wakeup
-from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType
+from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType, Receipt
+from jobs.receipts import receipts_sign, receipts_store
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
 from miners import selectors as miner_selectors
 from miners import services as miner_services
@@ -524,11 +523,6 @@ def _as_stored_json(value):
     return value
 
 
-def _charges(jobs: list[Job]) -> list[tuple[Job, Decimal]]:
-    """What each paid job of ``jobs`` is charged: see ``_charge``."""
-    return [(job, _charge(job)) for job in jobs if job.payment_id]
-
-
 def _settle(charges: list[tuple[Job, Decimal]], *, miner: Miner) -> None:
     """Settle the escrows of completed jobs, each for its ``charge``. A completed job's payment is
     held in escrow for its price, which caps its charge: anything else is a broken invariant, and
@@ -553,6 +547,15 @@ def _charge(job: Job) -> Decimal:
     return min(job.price, credits(job.unit_price * tokens / 1000))
 
 
+def _charge_and_sign(held: list[Job], *, miner: Miner) -> tuple[list[tuple[Job, Decimal]], list[Receipt]]:
+    """Charge the paid jobs of ``held`` (completed, not yet stored) and sign their receipts: what both
+    backends do before storing the jobs with their receipts, then settling the charges."""
+    charges = [(job, _charge(job)) for job in held if job.payment_id]
+    # A receipt states what its client pays: the charge, or the job's price when it is free.
+    charged = {job.pk: charge for job, charge in charges}
+    return charges, receipts_sign(completed=[(job, miner.miner_id, charged.get(job.pk, job.price)) for job in held])
+
+
 def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = True) -> list[tuple[Job, Receipt]]:
     # Read the jobs, complete them here (a paid job with its charge), sign, then store them and
     # their receipts with one statement: for free jobs, two round trips and one transaction (the
@@ -565,8 +568,7 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
         if outcome.lease_token and outcome.lease_token != job.lease_token:
             continue  # a superseded attempt's result
         held.append(_completed(job, outcome, miner=miner, now=now))
-    charges = _charges(held)
-    receipts = receipts_sign(completed=_receipt_terms(held, charges, miner=miner))
+    charges, receipts = _charge_and_sign(held, miner=miner)
     with transaction.atomic() if charges else nullcontext():
         stored = _store_completions(held, receipts, miner=miner, now=now)
         _settle([(job, charge) for job, charge in charges if job.pk in stored], miner=miner)
@@ -577,13 +579,6 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
     if missed and read_again:
         done += _complete_postgres(miner=miner, outcomes=missed, now=now, read_again=False)
     return done
-
-
-def _receipt_terms(jobs: list[Job], charges: list[tuple[Job, Decimal]], *, miner: Miner) -> list[tuple]:
-    """``(job, provider, price)`` of each job's receipt: the price is what the client pays, its
-    charge, or the job's price when it is free."""
-    charged = {job.pk: charge for job, charge in charges}
-    return [(job, miner.miner_id, charged.get(job.pk, job.price)) for job in jobs]
 
 
 def _leased(miner: Miner, job_ids: list) -> list[Job]:
@@ -617,22 +612,25 @@ def _store_completions(held: list[Job], receipts: list[Receipt], *, miner: Miner
 
 
 def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, Receipt]]:
+    # As on PostgreSQL, in one transaction: complete, charge and sign, store the jobs and their
+    # receipts, then settle.
     with transaction.atomic():
-        finished = []
+        held = []
         for job in Job.objects.filter(pk__in=list(outcomes), miner=miner, status=JobStatus.RUNNING):
             outcome = outcomes[str(job.pk)]
             if outcome.lease_token and outcome.lease_token != job.lease_token:
                 continue
-            _completed(job, outcome, miner=miner, now=now).save(update_fields=[
+            held.append(_completed(job, outcome, miner=miner, now=now))
+        charges, receipts = _charge_and_sign(held, miner=miner)
+        for job in held:
+            job.save(update_fields=[
                 "status", "result", "usage", "progress", "completed_at", "lease_expires_at", "error_code",
                 "error_message", "updated_at",
             ])  # fmt: skip
-            finished.append(job)
-        charges = _charges(finished)
+        receipts_store(receipts)
         _settle(charges, miner=miner)
-        receipts = receipts_issue(completed=_receipt_terms(finished, charges, miner=miner))
-        _publish_after_commit(finished)
-    return list(zip(finished, receipts, strict=True))
+        _publish_after_commit(held)
+    return list(zip(held, receipts, strict=True))
 
 
 def _complete_with_failure(outcome: Outcome, *, miner: Miner) -> Completion:

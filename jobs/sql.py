@@ -11,8 +11,7 @@ import json
 from django.db import connection
 
 from core.rawsql import columns
-from explorer.models import Receipt
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 from payments.models import Payment
 
 # ``jobs_claim`` (``jobs.matching.CLAIM_FUNCTION``, installed by migration) locks the miner's row,

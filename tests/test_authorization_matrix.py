@@ -17,8 +17,9 @@ from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
 from catalog.models import CatalogModel
-from explorer.models import BlockLeaf, LeafKind, Receipt
+from explorer.models import BlockLeaf, LeafKind
 from explorer.services import blocks_seal_pending
+from jobs.models import Receipt
 from payments.selectors import wallet_of
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]

@@ -9,8 +9,7 @@ import pytest
 from django.db import connections, transaction
 
 from accounts.services import user_get_or_create
-from explorer.models import Receipt
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 from jobs.services import job_claim, job_complete, job_submit
 from miners.capabilities import Capabilities
 from miners.models import Miner

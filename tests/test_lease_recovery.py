@@ -5,8 +5,7 @@ import time
 import pytest
 
 from aitbc_site.scheduler import start_workers
-from explorer.models import Receipt
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 from miners.models import Miner, MinerStatus
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -154,8 +153,8 @@ def test_a_job_paid_for_while_its_result_is_being_stored_is_completed_and_settle
 def test_a_worker_completing_the_jobs_it_claimed_does_not_read_them_again(
     client_api, miner_api, register_miner, submit_job, django_assert_num_queries
 ):
-    from explorer.services import client_pseudonym
     from jobs import services
+    from jobs.receipts import client_pseudonym
 
     register_miner(miner_api)
     job = submit_job(client_api)

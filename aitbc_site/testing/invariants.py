@@ -17,12 +17,12 @@ from aitbc_site.testing.processes import PYTHON, ROOT
 # Each check: a count (or sum) that is zero when the invariant holds.
 CHECKS = {
     "jobs_with_more_than_one_receipt": """
-        SELECT count(*) FROM (SELECT job_id FROM explorer_receipt GROUP BY job_id HAVING count(*) > 1) d""",
+        SELECT count(*) FROM (SELECT job_id FROM jobs_receipt GROUP BY job_id HAVING count(*) > 1) d""",
     "completed_jobs_without_receipt": """
         SELECT count(*) FROM jobs_job j WHERE j.status = 'completed'
-        AND NOT EXISTS (SELECT 1 FROM explorer_receipt r WHERE r.job_id = j.id)""",
+        AND NOT EXISTS (SELECT 1 FROM jobs_receipt r WHERE r.job_id = j.id)""",
     "receipts_of_jobs_not_completed": """
-        SELECT count(*) FROM explorer_receipt r JOIN jobs_job j ON j.id = r.job_id WHERE j.status <> 'completed'""",
+        SELECT count(*) FROM jobs_receipt r JOIN jobs_job j ON j.id = r.job_id WHERE j.status <> 'completed'""",
     "paid_completed_jobs_not_settled_once": """
         SELECT count(*) FROM jobs_job j WHERE j.status = 'completed' AND j.payment_id IS NOT NULL
         AND (SELECT count(*) FROM payments_ledgertransaction t WHERE t.job_id = j.id AND t.kind = 'settle') <> 1""",
@@ -45,7 +45,7 @@ CHECKS = {
         WHERE w.balance <> coalesce((SELECT sum(amount) FROM payments_ledgerentry e WHERE e.wallet_id = w.id), 0)""",
     "negative_balances_outside_treasury": "SELECT count(*) FROM payments_wallet WHERE balance < 0 AND kind <> 'treasury'",
     "receipts_not_sealed": """
-        SELECT count(*) FROM explorer_receipt r WHERE NOT EXISTS
+        SELECT count(*) FROM jobs_receipt r WHERE NOT EXISTS
         (SELECT 1 FROM explorer_blockleaf l WHERE l.kind = 'receipt' AND l.ref = r.receipt_id)""",
     "ledger_transactions_not_sealed": """
         SELECT count(*) FROM payments_ledgertransaction t WHERE NOT EXISTS
@@ -71,7 +71,7 @@ def database_invariants(conn, *, accepted: set[str], results_accepted: Counter) 
         "results_accepted_for_jobs_not_completed": len(
             {job_id for job_id in results_accepted if statuses.get(job_id) != "completed"}
         ),
-        "receipts": conn.execute("SELECT count(*) FROM explorer_receipt").fetchone()[0],
+        "receipts": conn.execute("SELECT count(*) FROM jobs_receipt").fetchone()[0],
     }
     for name, query in CHECKS.items():
         value = conn.execute(query).fetchone()[0]

@@ -3,13 +3,12 @@ from django.contrib.admin.utils import quote
 from django.contrib.messages import get_messages
 from django.urls import reverse
 
-from explorer.models import Receipt
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 from miners.models import Miner, MinerStatus
 
 JOBS = reverse("admin:jobs_job_changelist")
 MINERS = reverse("admin:miners_miner_changelist")
-RECEIPTS = reverse("admin:explorer_receipt_changelist")
+RECEIPTS = reverse("admin:jobs_receipt_changelist")
 
 
 def messages_of(response) -> list[str]:
@@ -197,7 +196,7 @@ def test_receipt_changelist_opens(admin_client, receipt):
 def test_receipt_change_page_shows_the_signed_json(admin_client, receipt):
     # The admin's own links quote primary keys: a receipt id such as ``rcpt_26…`` holds ``_26``,
     # which unquoted reads as ``&``.
-    response = admin_client.get(reverse("admin:explorer_receipt_change", args=[quote(receipt.pk)]))
+    response = admin_client.get(reverse("admin:jobs_receipt_change", args=[quote(receipt.pk)]))
     assert response.status_code == 200
     assert receipt.receipt_id in response.content.decode()
     assert "Ed25519" in response.content.decode()

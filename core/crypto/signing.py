@@ -7,6 +7,7 @@ verifier can run anywhere.
 """
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -57,6 +58,43 @@ def b64url(data: bytes) -> str:
 
 def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _any_b64decode(text: str) -> bytes:
+    """Base64 in either alphabet, padded or not (binascii.Error if it is not base64)."""
+    padded = text + "=" * (-len(text) % 4)
+    return base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+
+
+def b64url_canonical(text: str) -> str:
+    """The unpadded URL-safe spelling of base64 ``text`` given in any spelling (ValueError if it is not base64)."""
+    try:
+        return b64url(_any_b64decode(text))
+    except binascii.Error:
+        raise ValueError("not base64") from None
+
+
+def public_key_id(text: str) -> str:
+    """The key id of a 32-byte Ed25519 public key written as hex or base64 (URL-safe or standard,
+    padded or not); ValueError if ``text`` is none of these."""
+    text = text.strip()
+    try:
+        raw = bytes.fromhex(text) if len(text) == 64 else _any_b64decode(text)
+    except (ValueError, binascii.Error):
+        raise ValueError("not hex or base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
+    return b64url(raw)
+
+
+def signs(payload: bytes, *, key_id: str, sig: str) -> bool:
+    """Whether ``sig`` is the Ed25519 signature of ``payload`` by the key ``key_id`` (both unpadded
+    URL-safe base64)."""
+    try:
+        VerifyKey(b64url_decode(key_id)).verify(payload, b64url_decode(sig))
+    except (BadSignatureError, ValueError, TypeError, binascii.Error):
+        return False
+    return True
 
 
 # How a receipt commits to its job's input and output: HMAC-SHA256 of the canonical JSON under a

@@ -2,60 +2,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from core.api.formats import iso_datetime
-
-
-class ReceiptSignatureSerializer(serializers.Serializer):
-    alg = serializers.CharField(help_text="Ed25519")
-    key_id = serializers.CharField(help_text="URL-safe base64 public key, no padding")
-    sig = serializers.CharField(help_text="URL-safe base64 signature, no padding")
-
-
-class ReceiptDocumentSerializer(serializers.Serializer):
-    """A receipt as signed (canonical JSON, null fields omitted), with attestations given since."""
-
-    version = serializers.CharField()
-    receipt_id = serializers.CharField()
-    job_id = serializers.CharField()
-    provider = serializers.CharField(help_text="The miner's id")
-    client = serializers.CharField(
-        required=False,
-        help_text="The client's pseudonym: clt_ and 32 hex digits, the same on all its receipts, not to be told "
-        "from its name without the server's secret (receipts signed before commitments: its username)",
-    )
-    status = serializers.CharField()
-    units = serializers.IntegerField()
-    unit_type = serializers.CharField()
-    unit_price = serializers.CharField(required=False, help_text="Decimal as a string")
-    price = serializers.CharField(required=False, help_text="What the client paid; decimal as a string")
-    started_at = serializers.IntegerField(help_text="Epoch seconds")
-    completed_at = serializers.IntegerField(help_text="Epoch seconds")
-    metadata = serializers.DictField(
-        help_text="model, attempt, commitment, input_sha256, output_sha256, usage. With commitment "
-        '"hmac-sha256", input_sha256 and output_sha256 are HMAC-SHA256 of the canonical JSON of the job\'s payload '
-        "and result under the salts of the receipt's opening, which the job's client is given; without it (receipts "
-        "signed before commitments) they are plain SHA-256 digests"
-    )
-    signature = ReceiptSignatureSerializer()
-    attestations = ReceiptSignatureSerializer(
-        many=True, required=False, help_text="Co-signatures of the payload (without signature and attestations)"
-    )
-    withheld = serializers.ListField(
-        child=serializers.CharField(),
-        required=False,
-        help_text="Public explorer only: fields of a receipt signed before commitments that it does not show "
-        "(client, metadata.input_sha256, metadata.output_sha256); the signature verifies over the whole receipt only",
-    )
-
-    def to_representation(self, document):
-        return document
-
-
-class ReceiptOpeningSerializer(serializers.Serializer):
-    """The salts that open a receipt's commitments: whoever holds them and the job's payload and
-    result can check the receipt against them. Given to the job's client alone."""
-
-    input_salt = serializers.RegexField(r"^[0-9a-f]+$", help_text="hex: the key of metadata.input_sha256")
-    output_salt = serializers.RegexField(r"^[0-9a-f]+$", help_text="hex: the key of metadata.output_sha256")
+from jobs.api.serializers import ReceiptDocumentSerializer, ReceiptOpeningSerializer
 
 
 class ReceiptOpeningViewSerializer(ReceiptOpeningSerializer):
@@ -132,25 +79,22 @@ class MerkleProofSerializer(serializers.Serializer):
     block_hash = serializers.CharField()
 
 
+class TimeText(serializers.CharField):
+    """A time as ISO 8601 text (UTC written ``Z``), documented as the plain string the explorer has
+    always called it."""
+
+    def to_representation(self, value):
+        return iso_datetime(value)
+
+
 class ExplorerBlockSerializer(serializers.Serializer):
     height = serializers.IntegerField()
     hash = serializers.CharField()
-    timestamp = serializers.CharField()
+    timestamp = TimeText()
     txCount = serializers.IntegerField(source="tx_count")  # the explorer's spelling
     proposer = serializers.CharField(help_text="The sealing coordinator key's id")
     merkle_root = serializers.CharField()
     prev_hash = serializers.CharField()
-
-    def to_representation(self, block):
-        return {
-            "height": block.height,
-            "hash": block.hash,
-            "timestamp": iso_datetime(block.timestamp),
-            "txCount": block.tx_count,
-            "proposer": block.proposer,
-            "merkle_root": block.merkle_root,
-            "prev_hash": block.prev_hash,
-        }
 
 
 class ExplorerBlockLeafSerializer(serializers.Serializer):
@@ -160,67 +104,35 @@ class ExplorerBlockLeafSerializer(serializers.Serializer):
     hash = serializers.CharField(source="leaf_hash")
 
 
+# The view reads the block's ``sealed_leaves``.
 class ExplorerBlockDetailSerializer(ExplorerBlockSerializer):
     signature = serializers.CharField(help_text="Ed25519 signature of the header's canonical JSON, b64url")
     header = serializers.DictField(help_text="What hash and signature cover")
-    transactions = ExplorerBlockLeafSerializer(many=True)
-
-    def to_representation(self, block):
-        return {
-            **super().to_representation(block),
-            "signature": block.signature,
-            "header": block.header(),
-            "transactions": [
-                {"position": leaf.position, "kind": leaf.kind, "ref": leaf.ref, "hash": leaf.leaf_hash}
-                for leaf in block.sealed_leaves
-            ],
-        }
+    transactions = ExplorerBlockLeafSerializer(many=True, source="sealed_leaves")
 
 
+# The view gives each leaf its ``document`` (``explorer.selectors.with_documents``).
 class ExplorerTransactionSerializer(serializers.Serializer):
     """A sealed item: a receipt or a ledger transaction."""
 
-    hash = serializers.CharField(help_text="The leaf hash (hex)")
+    hash = serializers.CharField(source="leaf_hash", help_text="The leaf hash (hex)")
     kind = serializers.ChoiceField(choices=["receipt", "transaction"])
     ref = serializers.CharField()
-    block_height = serializers.IntegerField()
+    block_height = serializers.IntegerField(source="block_id")
     position = serializers.IntegerField()
-    timestamp = serializers.CharField(help_text="The block's time")
+    timestamp = TimeText(source="block.timestamp", help_text="The block's time")
     document = serializers.JSONField(allow_null=True, help_text="The receipt or transaction document")
 
-    def to_representation(self, leaf):
-        documents = self.context.get("documents", {})
-        return {
-            "hash": leaf.leaf_hash,
-            "kind": leaf.kind,
-            "ref": leaf.ref,
-            "block_height": leaf.block_id,
-            "position": leaf.position,
-            "timestamp": iso_datetime(leaf.block.timestamp),
-            "document": documents.get((leaf.kind, leaf.ref)),
-        }
 
-
+# The view gives each receipt its ``public`` document (``explorer.selectors.with_public_documents``).
 class ExplorerReceiptSerializer(serializers.Serializer):
-    receiptId = serializers.CharField()  # the explorer's spelling
-    jobId = serializers.CharField()
-    miner = serializers.CharField()
-    issuedAt = serializers.CharField()
-    status = serializers.CharField()
-    payload = ReceiptDocumentSerializer()
-    blockHeight = serializers.IntegerField(allow_null=True, help_text="null until sealed")
-
-    def to_representation(self, receipt):
-        document = receipt.public_document()
-        return {
-            "receiptId": receipt.receipt_id,
-            "jobId": document.get("job_id"),
-            "miner": document.get("provider"),
-            "issuedAt": iso_datetime(receipt.created_at),
-            "status": document.get("status"),
-            "payload": document,
-            "blockHeight": receipt.block_height,
-        }
+    receiptId = serializers.CharField(source="receipt_id")  # the explorer's spelling
+    jobId = serializers.CharField(source="public.job_id")
+    miner = serializers.CharField(source="public.provider")
+    issuedAt = TimeText(source="created_at")
+    status = serializers.CharField(source="public.status")
+    payload = ReceiptDocumentSerializer(source="public")
+    blockHeight = serializers.IntegerField(source="block_height", allow_null=True, help_text="null until sealed")
 
 
 class ExplorerAddressSerializer(serializers.Serializer):

@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 from core.api.pagination import ItemsLimitOffsetPagination
 from core.api.permissions import IsClient, IsMiner, is_admin
 from core.errors import Invalid, NotFound
-from explorer import selectors, services, verify
+from explorer import selectors, verify
 from explorer.api.pagination import NextOffsetPagination
 from explorer.api.serializers import (
     ExplorerAddressDetailSerializer,
@@ -27,7 +27,9 @@ from explorer.api.serializers import (
     ReceiptVerificationSerializer,
 )
 from explorer.filters import ReceiptFilter
-from explorer.models import Receipt
+from jobs.models import Receipt
+from jobs.receipts import receipt_attest
+from jobs.selectors import receipt_documents, receipt_of_client, receipt_visible_to, receipts_of_client
 from payments.selectors import wallet_by_address, wallets_list
 
 ERRORS = {
@@ -58,11 +60,11 @@ class ReceiptListView(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Receipt.objects.none()
-        return selectors.receipts_of_client(user=self.request.user, is_admin=is_admin(self.request))
+        return receipts_of_client(user=self.request.user, is_admin=is_admin(self.request))
 
     def list(self, request, *args, **kwargs):
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
-        return self.get_paginated_response(selectors.receipt_documents(page))
+        return self.get_paginated_response(receipt_documents(page))
 
     @extend_schema(summary="List my receipts", responses={200: ReceiptDocumentSerializer(many=True), **ERRORS})
     def get(self, request, *args, **kwargs):
@@ -78,7 +80,7 @@ class ReceiptDetailView(APIView):
         responses={200: ReceiptDocumentSerializer, **ERRORS},
     )
     def get(self, request, receipt_id):
-        receipt = selectors.receipt_visible_to(receipt_id=receipt_id, user=request.user, is_admin=is_admin(request))
+        receipt = receipt_visible_to(receipt_id=receipt_id, user=request.user, is_admin=is_admin(request))
         if receipt is None:
             raise _receipt_not_found()
         return Response(receipt.served_document())
@@ -109,7 +111,7 @@ class ReceiptAttestationsView(APIView):
         receipt = Receipt.objects.filter(pk=receipt_id).first()
         if receipt is None:
             raise _receipt_not_found()
-        _, created = services.receipt_attest(receipt=receipt, owner=request.user, **attestation.validated_data)
+        _, created = receipt_attest(receipt=receipt, owner=request.user, **attestation.validated_data)
         receipt = Receipt.objects.prefetch_related("attestations").get(pk=receipt.pk)
         return Response(receipt.served_document(), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
@@ -156,7 +158,7 @@ class ReceiptOpeningView(APIView):
         responses={200: ReceiptOpeningViewSerializer, **ERRORS},
     )
     def get(self, request, receipt_id):
-        receipt = selectors.receipt_of_client(receipt_id=receipt_id, user=request.user, is_admin=is_admin(request))
+        receipt = receipt_of_client(receipt_id=receipt_id, user=request.user, is_admin=is_admin(request))
         if receipt is None:
             raise _receipt_not_found()
         if receipt.opening is None:
@@ -233,11 +235,8 @@ class ExplorerTransactionListView(ExplorerListView):
         return selectors.sealed_leaves()
 
     def list(self, request, *args, **kwargs):
-        page = self.paginate_queryset(self.get_queryset())
-        documents = selectors.leaf_documents(page)
-        return self.get_paginated_response(
-            ExplorerTransactionSerializer(page, many=True, context={"documents": documents}).data
-        )
+        page = selectors.with_documents(self.paginate_queryset(self.get_queryset()))
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(
         summary="Sealed receipts and ledger transactions, newest first",
@@ -260,9 +259,8 @@ class ExplorerTransactionDetailView(ExplorerView):
         responses={200: ExplorerTransactionSerializer, **NOT_FOUND},
     )
     def get(self, request, tx_hash):
-        leaf = _leaf_or_404(tx_hash)
-        documents = selectors.leaf_documents([leaf])
-        return Response(ExplorerTransactionSerializer(leaf, context={"documents": documents}).data)
+        [leaf] = selectors.with_documents([_leaf_or_404(tx_hash)])
+        return Response(ExplorerTransactionSerializer(leaf).data)
 
 
 class ExplorerTransactionProofView(ExplorerView):
@@ -319,6 +317,10 @@ class ExplorerReceiptListView(ExplorerListView):
     def get_queryset(self):
         return selectors.explorer_receipts()
 
+    def list(self, request, *args, **kwargs):
+        page = selectors.with_public_documents(self.paginate_queryset(self.get_queryset()))
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
+
     @extend_schema(summary="Receipts, newest first", responses={200: ExplorerReceiptSerializer(many=True)})
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
@@ -327,4 +329,4 @@ class ExplorerReceiptListView(ExplorerListView):
 class NetworkStatsView(ExplorerView):
     @extend_schema(summary="Network statistics", responses={200: NetworkStatsSerializer})
     def get(self, request):
-        return Response(selectors.network_stats())
+        return Response(NetworkStatsSerializer(selectors.network_figures()).data)

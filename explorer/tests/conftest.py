@@ -4,8 +4,8 @@ import pytest
 from django.utils import timezone
 
 from accounts.models import User
-from explorer.services import receipts_issue
 from jobs.models import Job, JobStatus
+from jobs.receipts import receipts_issue
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_register

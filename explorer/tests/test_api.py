@@ -2,15 +2,16 @@ import io
 import json
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from nacl.signing import SigningKey
 from rest_framework.test import APIClient
 
 from accounts.services import user_get_or_create
 from core.crypto import signing
-from explorer import services
-from explorer.models import Receipt
+from explorer import selectors, services
 from explorer.tests.independent import payload_of, unpadded_b64encode
+from jobs.models import Receipt
 from payments.services import treasury_mint, wallet_open
 
 pytestmark = pytest.mark.django_db
@@ -277,6 +278,40 @@ def test_network_stats(anonymous, make_receipts, url):
     assert (stats["blocks"], stats["height"], stats["transactions"]) == (2, 1, 2)
     assert stats["miners_online"] == 1
     assert stats["last_block_time"].endswith("Z")
+
+
+def test_network_stats_say_exactly_what_they_always_said(anonymous):
+    assert list(anonymous.get("/v1/stats").json()) == [
+        "jobs", "jobs_total", "miners_online", "miners", "receipts", "blocks", "height", "transactions",
+        "last_block_time",
+    ]  # fmt: skip
+
+
+class UnreachableCache:
+    def get(self, *args, **kwargs):
+        raise ConnectionError("the cache is down")
+
+    set = get
+
+
+def test_network_stats_answer_while_the_cache_is_down(settings, monkeypatch, anonymous, make_receipts):
+    settings.EXPLORER_STATS_CACHE_SECONDS = 5
+    monkeypatch.setattr(selectors, "cache", UnreachableCache())
+    make_receipts(1)
+    response = anonymous.get("/v1/stats")
+    assert response.status_code == 200
+    assert (response.json()["jobs_total"], response.json()["receipts"]) == (1, 1)
+
+
+def test_network_stats_are_shared_for_a_few_seconds(settings, anonymous, make_receipts):
+    settings.EXPLORER_STATS_CACHE_SECONDS = 5
+    cache.delete(selectors.NETWORK_FIGURES_CACHE_KEY)
+    make_receipts(1)
+    assert anonymous.get("/v1/stats").json()["receipts"] == 1
+    make_receipts(1)
+    assert anonymous.get("/v1/stats").json()["receipts"] == 1
+    cache.delete(selectors.NETWORK_FIGURES_CACHE_KEY)
+    assert anonymous.get("/v1/stats").json()["receipts"] == 2
 
 
 def test_explorer_is_rate_limited_for_anonymous_callers(settings, anonymous):

@@ -11,9 +11,10 @@ from nacl.signing import VerifyKey
 
 from core.crypto import signing
 from explorer import selectors, services
-from explorer.models import Block, BlockLeaf, LeafKind, PendingLeaf, Receipt
+from explorer.models import Block, BlockLeaf, LeafKind, PendingLeaf
 from explorer.tasks import seal_block
 from explorer.tests.independent import canonical, leaf, proof_leads_to_root, tree_root, unpadded_b64decode
+from jobs.models import Receipt
 from payments.models import LedgerEntry, LedgerTransaction
 from payments.selectors import transaction_document
 from payments.services import treasury_mint
@@ -172,7 +173,7 @@ def test_verify_chain_reports_an_edited_receipt_row_with_its_id(make_receipts):
     victim = receipts[1]
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE explorer_receipt SET signed_json = REPLACE(signed_json, %s, %s) WHERE receipt_id = %s",
+            "UPDATE jobs_receipt SET signed_json = REPLACE(signed_json, %s, %s) WHERE receipt_id = %s",
             ['"units":5', '"units":50', victim.receipt_id],
         )
     assert Receipt.objects.get(pk=victim.pk).signed_json != victim.signed_json

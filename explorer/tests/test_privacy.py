@@ -11,10 +11,10 @@ from rest_framework.test import APIClient
 
 from core.crypto import signing
 from explorer import selectors, services, verify
-from explorer.models import BlockLeaf, LeafKind, Receipt
-from explorer.services import client_pseudonym
+from explorer.models import BlockLeaf, LeafKind
 from explorer.tests.independent import canonical
-from jobs.models import Job
+from jobs.models import Job, Receipt
+from jobs.receipts import client_pseudonym
 
 pytestmark = pytest.mark.django_db
 

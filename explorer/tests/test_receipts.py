@@ -5,9 +5,9 @@ import pytest
 from nacl.signing import SigningKey, VerifyKey
 
 from core.crypto import signing
-from explorer.services import client_pseudonym
 from explorer.tests.independent import canonical as independent_canonical
 from explorer.tests.independent import unpadded_b64decode
+from jobs.receipts import client_pseudonym
 
 PAYLOAD = {
     "version": "1.0",
@@ -141,8 +141,8 @@ def test_canonical_json_escapes_non_ascii_as_api_md_specifies():
 def test_receipt_carries_the_charged_price_and_unit_price_as_decimal_strings(make_receipts):
     from decimal import Decimal
 
-    from explorer.services import receipts_issue
     from explorer.tests.conftest import completed_jobs
+    from jobs.receipts import receipts_issue
 
     job = completed_jobs(1)[0]
     job.price, job.unit_price = Decimal("2.00000000"), Decimal("0.00012")
@@ -156,8 +156,8 @@ def test_receipt_carries_the_charged_price_and_unit_price_as_decimal_strings(mak
 def test_receipt_carries_the_price_given_and_omits_an_absent_one(make_receipts):
     from decimal import Decimal
 
-    from explorer.services import receipts_issue
     from explorer.tests.conftest import completed_jobs
+    from jobs.receipts import receipts_issue
 
     held, plain = completed_jobs(2)
     documents = [

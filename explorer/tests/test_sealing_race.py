@@ -8,8 +8,9 @@ from django.db import connection, connections
 
 from accounts.models import User
 from explorer import selectors, services
-from explorer.models import Block, BlockLeaf, PendingLeaf, Receipt
+from explorer.models import Block, BlockLeaf, PendingLeaf
 from explorer.tests.conftest import issue_receipts
+from jobs.models import Receipt
 from miners.capabilities import Capabilities
 from miners.services import miner_register
 

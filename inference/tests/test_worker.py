@@ -6,13 +6,12 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from explorer.models import Receipt
 from inference import engine
 from inference.tests.conftest import TINY
 from inference.worker import worker_queue
 from jobs import events
 from jobs.events import job_group
-from jobs.models import FailedAttempt, Job, JobStatus
+from jobs.models import FailedAttempt, Job, JobStatus, Receipt
 from jobs.services import job_claim, job_complete, job_submit
 from miners.models import Miner
 

@@ -9,10 +9,9 @@ from django.db import connection
 
 from aitbc_site.testing.processes import DramatiqWorker
 from core.errors import Conflict
-from explorer.models import Receipt
 from inference.tests.conftest import TINY
 from inference.worker import ClusterHost
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Receipt
 from jobs.services import job_complete, job_submit, jobs_requeue_lapsed
 from miners.models import Miner
 

@@ -8,10 +8,66 @@ from catalog import payloads
 from catalog.payloads import MAX_EMBEDDING_INPUTS, MAX_MESSAGES
 from core.api.formats import iso_datetime
 from core.errors import Invalid
-from explorer.api.serializers import ReceiptDocumentSerializer, ReceiptOpeningSerializer
 from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP
 from payments.api.serializers import aitbc_currency
+
+
+class ReceiptSignatureSerializer(serializers.Serializer):
+    alg = serializers.CharField(help_text="Ed25519")
+    key_id = serializers.CharField(help_text="URL-safe base64 public key, no padding")
+    sig = serializers.CharField(help_text="URL-safe base64 signature, no padding")
+
+
+class ReceiptDocumentSerializer(serializers.Serializer):
+    """A receipt as signed (canonical JSON, null fields omitted), with attestations given since."""
+
+    version = serializers.CharField()
+    receipt_id = serializers.CharField()
+    job_id = serializers.CharField()
+    provider = serializers.CharField(help_text="The miner's id")
+    client = serializers.CharField(
+        required=False,
+        help_text="The client's pseudonym: clt_ and 32 hex digits, the same on all its receipts, not to be told "
+        "from its name without the server's secret (receipts signed before commitments: its username)",
+    )
+    status = serializers.CharField()
+    units = serializers.IntegerField()
+    unit_type = serializers.CharField()
+    unit_price = serializers.CharField(required=False, help_text="Decimal as a string")
+    price = serializers.CharField(required=False, help_text="What the client paid; decimal as a string")
+    started_at = serializers.IntegerField(help_text="Epoch seconds")
+    completed_at = serializers.IntegerField(help_text="Epoch seconds")
+    metadata = serializers.DictField(
+        help_text="model, attempt, commitment, input_sha256, output_sha256, usage. With commitment "
+        '"hmac-sha256", input_sha256 and output_sha256 are HMAC-SHA256 of the canonical JSON of the job\'s payload '
+        "and result under the salts of the receipt's opening, which the job's client is given; without it (receipts "
+        "signed before commitments) they are plain SHA-256 digests"
+    )
+    signature = ReceiptSignatureSerializer()
+    attestations = ReceiptSignatureSerializer(
+        many=True, required=False, help_text="Co-signatures of the payload (without signature and attestations)"
+    )
+    withheld = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Public explorer only: fields of a receipt signed before commitments that it does not show "
+        "(client, metadata.input_sha256, metadata.output_sha256); the signature verifies over the whole receipt only",
+    )
+
+    def to_representation(self, document):
+        # Served exactly as signed; the fields describe it. Copied field by field, its keys would be
+        # reordered and any key a field does not name dropped, and its signature would not check.
+        return document
+
+
+class ReceiptOpeningSerializer(serializers.Serializer):
+    """The salts that open a receipt's commitments: whoever holds them and the job's payload and
+    result can check the receipt against them. Given to the job's client alone."""
+
+    input_salt = serializers.RegexField(r"^[0-9a-f]+$", help_text="hex: the key of metadata.input_sha256")
+    output_salt = serializers.RegexField(r"^[0-9a-f]+$", help_text="hex: the key of metadata.output_sha256")
+
 
 # Spellings existing clients send for the job types.
 JOB_TYPE_ALIASES = {

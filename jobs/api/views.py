@@ -10,13 +10,12 @@ from rest_framework.views import APIView
 from core.api.pagination import ItemsLimitOffsetPagination
 from core.api.permissions import IsClient, is_admin
 from core.errors import NotFound, ServiceError
-from explorer.api.serializers import ReceiptDocumentSerializer
-from explorer.selectors import receipts_for_job
 from jobs import selectors, services
 from jobs.api.serializers import (
     JobResultSerializer,
     JobSerializer,
     JobSubmitSerializer,
+    ReceiptDocumentSerializer,
     ReceiptListSerializer,
 )
 from jobs.filters import JobFilter
@@ -163,7 +162,7 @@ class JobResultView(ClientJobMixin, generics.GenericAPIView):
         job = self.get_object()
         if job.status in JobStatus.ACTIVE:
             raise ServiceError("job not ready", code="JOB_NOT_READY", status_code=status.HTTP_425_TOO_EARLY)
-        receipt = receipts_for_job(job_id=job.pk).first()
+        receipt = selectors.receipts_for_job(job_id=job.pk).first()
         return Response(
             JobResultSerializer(
                 {
@@ -191,7 +190,7 @@ class JobReceiptView(ClientJobMixin, generics.GenericAPIView):
     )
     def get(self, request, job_id):
         job = self.get_object()
-        receipt = receipts_for_job(job_id=job.pk).first()
+        receipt = selectors.receipts_for_job(job_id=job.pk).first()
         if receipt is None:
             raise NotFound("This job has no receipt yet.", code="RECEIPT_NOT_FOUND")
         return Response(receipt.document)
@@ -224,5 +223,5 @@ class JobReceiptsView(ClientJobMixin, APIView):
     def get(self, request, job_id):
         job = self.get_object()
         paginator = ReceiptCursorPagination()
-        page = paginator.paginate_queryset(receipts_for_job(job_id=job.pk), request, view=self)
+        page = paginator.paginate_queryset(selectors.receipts_for_job(job_id=job.pk), request, view=self)
         return paginator.get_paginated_response(page)

@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
     job no longer copies (``payment_status`` and ``amount_charged`` are read from the payment)."""
 
     dependencies = [
-        ("jobs", "0007_claim_function_from_matching"),
+        ("jobs", "0008_receipt"),
         ("payments", "0004_payment_job_held_by_job"),
     ]
 

@@ -15,7 +15,8 @@ from django.test import Client
 
 from aitbc_site import settings as site_settings
 from aitbc_site.routing import websocket_urlpatterns
-from jobs import consumers, feed
+from explorer import consumers, selectors
+from jobs import feed
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
@@ -222,7 +223,7 @@ def test_network_stats_cover_jobs_completed_in_the_window(client_api, miner_api,
         result = {"output": "hi", "usage": {"prompt_tokens": 3, "completion_tokens": 150}}
         assert miner_api.post(f"/v1/miners/{job_id}/result", {"result": result}, format="json").status_code == 200
 
-    stats = feed.network_stats()
+    stats = selectors.live_network_figures()
 
     assert stats["jobs_per_minute"] == 0.4  # 2 jobs over 5 minutes
     assert stats["tokens_per_second"] == 1.0  # 300 tokens over 300 s
@@ -367,7 +368,7 @@ def test_a_connect_that_fails_leaves_no_group_membership(client_api, monkeypatch
     def unavailable(**kwargs):
         raise RuntimeError("database unavailable")
 
-    monkeypatch.setattr(feed, "network_stats", unavailable)
+    monkeypatch.setattr(selectors, "live_network_figures", unavailable)
 
     async def scenario():
         socket = open_socket(headers={"X-Api-Key": client_api.raw_key})
