@@ -27,9 +27,9 @@ from payments.api.exchange_serializers import (
 )
 from payments.exchange import (
     exchange_market_stats,
+    exchange_payment_as_it_stands,
     exchange_payment_confirm,
     exchange_payment_create,
-    exchange_payment_expire_if_due,
     exchange_payment_visible_to,
     exchange_rates,
     webhook_signature_valid,
@@ -125,7 +125,7 @@ class ExchangePaymentStatusView(APIView):
         payment = exchange_payment_visible_to(payment_id=payment_id, user=request.user, is_admin=is_admin(request))
         if payment is None:
             raise NotFound("Exchange payment not found.", code="EXCHANGE_PAYMENT_NOT_FOUND")
-        return Response(ExchangePaymentViewSerializer(exchange_payment_expire_if_due(payment=payment)).data)
+        return Response(ExchangePaymentViewSerializer(exchange_payment_as_it_stands(payment)).data)
 
 
 class ExchangeConfirmPaymentView(APIView):
