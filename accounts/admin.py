@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from accounts.models import ApiKey, User, UserSession, WalletNonce
-from accounts.services import api_key_create, api_key_revoke, user_session_revoke
+from accounts.services import api_key_create, api_key_revoke, user_session_revoke, user_wallet_open
 from core.admin_bases import ReadOnlyAdmin
 
 
@@ -21,6 +21,13 @@ class ApiKeyInline(admin.TabularInline):
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     inlines = [ApiKeyInline]
+
+    def save_model(self, request, obj, form, change):
+        # Django's add form saves the user itself; the new account's wallet opens with it (in the
+        # transaction the admin runs each save in).
+        super().save_model(request, obj, form, change)
+        if not change:
+            user_wallet_open(user=obj)
 
 
 @admin.register(ApiKey)

@@ -37,9 +37,31 @@ def key_prefix(raw_key: str) -> str:
     return raw_key[:PREFIX_LENGTH]
 
 
-def user_get_or_create(*, username: str) -> User:
-    user, _ = User.objects.get_or_create(username=username)
+@transaction.atomic
+def user_create(*, username: str, password: str | None = None, public_key: bytes | None = None, **fields) -> User:
+    """A new account, its wallet open (with the welcome credits): under ``public_key`` when the
+    account signs in with that key's wallet, else a custodial one."""
+    user = User.objects.create_user(username=username, password=password, **fields)
+    user_wallet_open(user=user, public_key=public_key)
     return user
+
+
+def user_get_or_create(*, username: str) -> User:
+    """The account named ``username``, created (see ``user_create``) if there is none."""
+    user = User.objects.filter(username=username).first()
+    if user is not None:
+        return user
+    try:
+        with transaction.atomic():
+            return user_create(username=username)
+    except IntegrityError:  # created by a concurrent request
+        return User.objects.get(username=username)
+
+
+def user_wallet_open(*, user: User, public_key: bytes | None = None) -> Wallet:
+    """Open the wallet of an account just made (staff's admin form, the sign-up page); an account
+    that has one keeps it."""
+    return wallet_open(user=user, public_key=public_key)
 
 
 @transaction.atomic
@@ -209,7 +231,13 @@ def _wallet_owner(*, address: str, public_key: bytes) -> tuple[User, Wallet]:
         if wallet.user is None:
             raise ServiceError("This address cannot sign in.", code="WALLET_NOT_LOGINABLE", status_code=403)
         return wallet.user, wallet
-    user = user_get_or_create(username=address)
+    user = User.objects.filter(username=address).first()
+    if user is None:
+        try:
+            with transaction.atomic():
+                user = user_create(username=address, public_key=public_key)
+        except IntegrityError:  # created by a concurrent sign-in
+            user = User.objects.get(username=address)
     wallet = wallet_open(user=user, public_key=public_key)
     if wallet.address != address:  # an account was given this address as its name by someone else
         raise Conflict("An account with this address as its name already has another wallet.", code="WALLET_TAKEN")

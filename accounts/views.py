@@ -10,8 +10,7 @@ from django.views.generic import FormView, View
 from accounts import selectors
 from accounts.forms import ApiKeyCreateForm, SignUpForm
 from accounts.models import ApiKey, ApiKeyScope
-from accounts.services import api_key_create, api_key_revoke
-from payments.services import wallet_open
+from accounts.services import api_key_create, api_key_revoke, user_wallet_open
 
 
 class SignInView(auth_views.LoginView):
@@ -25,7 +24,7 @@ class SignUpView(FormView):
 
     def form_valid(self, form):
         user = form.save()
-        wallet_open(user=user)
+        user_wallet_open(user=user)
         login(self.request, user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(self.request, f"Welcome, {user.username}. Your wallet is open.")
         return redirect("home")

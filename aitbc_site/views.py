@@ -6,7 +6,7 @@ from django.views.generic import RedirectView, TemplateView
 
 from explorer.selectors import live_network_figures, network_figures
 from jobs.selectors import job_counts_of_client, jobs_of_client
-from payments.services import wallet_open
+from payments.selectors import wallet_of
 
 RECENT_JOBS = 5
 
@@ -33,7 +33,7 @@ class OverviewView(LoginRequiredMixin, TemplateView):
             **super().get_context_data(**kwargs),
             "recent_jobs": jobs_of_client(user=user)[:RECENT_JOBS],
             "job_counts": job_counts_of_client(user=user),
-            "wallet": wallet_open(user=user),
+            "wallet": wallet_of(user=user),
             "network": live_network_figures(),
         }
 

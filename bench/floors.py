@@ -76,9 +76,9 @@ def pgbench_script(*, batch: int, first_miner_pk: int, signed_json_length: int) 
     }.items():
         claim = claim.replace(f"%({name})s", value)
     rows = (
-        "(SELECT jsonb_agg(jsonb_build_object('id', i, 'fence', f, 'payment_id', '', "
-        f"'result', '{RESULT_JSON}'::jsonb, 'usage', '{USAGE_JSON}'::jsonb, 'amount_charged', NULL, "
-        "'payment_status', '', 'receipt_id', 'rcpt_' || replace(i::text, '-', ''), "
+        "(SELECT jsonb_agg(jsonb_build_object('id', i, 'fence', f, 'payment_id', NULL, "
+        f"'result', '{RESULT_JSON}'::jsonb, 'usage', '{USAGE_JSON}'::jsonb, "
+        "'receipt_id', 'rcpt_' || replace(i::text, '-', ''), "
         f"'signed_json', repeat('x', {signed_json_length}))) "
         "FROM unnest(string_to_array(:ids, ',')::uuid[], string_to_array(:fences, ',')) AS x(i, f))"
     )
@@ -162,7 +162,7 @@ def receipt_floor() -> dict:
     job = Job.objects.first()
     job.status, job.completed_at, job.started_at = JobStatus.COMPLETED, timezone.now(), timezone.now()
     job.result, job.usage = {"output": "hello there"}, {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
-    jobs = [(copy.copy(job), "bench-miner") for _ in range(100)]
+    jobs = [(copy.copy(job), "bench-miner", job.price) for _ in range(100)]
     message = receipts_sign(completed=jobs[:1])[0].signed_json.encode()
     runs = 20
     sign_receipts = min(timeit.repeat(lambda: receipts_sign(completed=jobs), number=1, repeat=runs)) / len(jobs)

@@ -261,7 +261,7 @@ def complete(variant: str, job, miner) -> None:
         outcome = Outcome(job_id=job.id, result=RESULT, metrics={}, lease_token=job.lease_token)
         now = timezone.now()
         held = [_completed(read, outcome, miner=miner, now=now) for read in _leased(miner, [job.id])]
-        receipts = receipts_sign(completed=[(job, miner.miner_id) for job in held])
+        receipts = receipts_sign(completed=[(job, miner.miner_id, job.price) for job in held])
         done = _store_completions(held, receipts, miner=miner, now=now)
         if len(done) != 1:
             raise RuntimeError(f"bare completion of {job.id} changed {len(done)} rows")

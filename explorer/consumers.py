@@ -14,10 +14,9 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
 from accounts.services import api_key_authenticate
+from core.sockets import CLOSE_UNAUTHENTICATED, ClientSocket, socket_credentials
 from explorer import selectors
 from jobs import events, feed
-from jobs.consumers import CLOSE_UNAUTHENTICATED, ClientSocket
-from jobs.consumers import _credentials as socket_credentials
 
 logger = logging.getLogger(__name__)
 

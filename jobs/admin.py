@@ -48,7 +48,7 @@ class JobAdmin(admin.ModelAdmin):
     list_select_related = ("client", "miner")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    actions = ["requeue_jobs", "cancel_jobs"]
+    actions = ["requeue_jobs", "cancel_jobs", "refund_payments"]
     readonly_fields = [f.name for f in Job._meta.fields]
     inlines = [FailedAttemptInline]
     fieldsets = (
@@ -87,6 +87,23 @@ class JobAdmin(admin.ModelAdmin):
         )
         refunded = sum(job.payment_status == PaymentStatus.REFUNDED for job in cancelled)
         self.message_user(request, f"{refunded} escrow(s) refunded.", messages.SUCCESS)
+
+    @admin.action(description="Refund the escrow of selected finished jobs", permissions=["move_money"])
+    def refund_payments(self, request, queryset):
+        refunded, refused = 0, []
+        for job in queryset.filter(payment__status=PaymentStatus.ESCROWED):
+            try:
+                services.job_payment_refund(job_id=job.pk, reason=f"Refunded by staff ({request.user}).")
+                refunded += 1
+            except ServiceError as exc:
+                refused.append(f"{job.payment_id}: {exc.detail}")
+        self.message_user(request, f"Refunded {refunded} payment(s).", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Not refunded: " + "; ".join(refused), messages.WARNING)
+
+    def has_move_money_permission(self, request) -> bool:
+        # As on the ledger's own pages: moving money takes the ledger's "add" permission.
+        return request.user.has_perm("payments.add_ledgertransaction")
 
     def _apply(self, request, queryset, verb: str, action) -> list:
         """Run ``action`` on each job; report how many it changed and why the others were not. Returns its results."""

@@ -7,8 +7,8 @@ class JobsConfig(AppConfig):
 
     def ready(self):
         from core import shutdown
+        from core.sockets import close_sockets_for_restart
         from jobs import feed, wakeup
-        from jobs.consumers import close_sockets_for_restart
         from miners import services as miner_services
 
         # A stopping process answers its waiting long polls and closes its sockets with 4503.

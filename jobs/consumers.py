@@ -1,21 +1,23 @@
 import asyncio
 import logging
 import threading
-import weakref
 from contextlib import suppress
-from dataclasses import dataclass
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.utils.datastructures import CaseInsensitiveMapping
 
-from accounts.api.authentication import raw_key_from_headers
 from accounts.models import ApiKeyScope
 from accounts.services import api_key_authenticate
-from core import shutdown
-from core.api.parsers import load_json
 from core.errors import NotFound, ServiceError
+from core.sockets import (
+    CLOSE_DONE,
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHENTICATED,
+    ClientSocket,
+    Credentials,
+    socket_credentials,
+)
 from jobs import events, selectors, wakeup
 from jobs.api.miner_serializers import LeasedJobSerializer
 from jobs.models import JobStatus
@@ -24,76 +26,7 @@ from miners import selectors as miner_selectors
 from miners import services as miner_services
 from miners.models import Miner, ServedModel
 
-CLOSE_DONE = 1000
-# The server is stopping: connect again (as HTTP's 503; RFC 6455's 1012 "service restart" is not a
-# code daphne may send).
-CLOSE_RESTARTING = 4503
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
-KEY_SUBPROTOCOL_PREFIX = "aitbc.key."
-
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    raw_key: str | None
-    # The offered subprotocol that carried the key: the handshake must echo it.
-    subprotocol: str | None
-
-
-class ClientSocket(AsyncJsonWebsocketConsumer):
-    """A socket whose client may send ``{"type": "ping"}``, answered ``{"type": "pong"}``; its
-    other JSON objects go to ``on_message``, and anything else is ignored.
-
-    When the server stops, every open socket is closed with 4503 (``close_sockets_for_restart``),
-    and one that connects meanwhile is accepted and closed the same way.
-    """
-
-    async def websocket_connect(self, message):
-        if shutdown.stopping():
-            await self.accept(_credentials(self.scope).subprotocol)
-            await self.close(code=CLOSE_RESTARTING)
-            return
-        _open_sockets.add(self)
-        await super().websocket_connect(message)
-
-    async def websocket_disconnect(self, message):
-        _open_sockets.discard(self)
-        await super().websocket_disconnect(message)
-
-    async def close_for_restart(self) -> None:
-        """The server is stopping: tell the client to connect again."""
-        await self.close(code=CLOSE_RESTARTING)
-
-    async def receive(self, text_data=None, bytes_data=None, **kwargs):
-        try:
-            content = load_json(text_data) if text_data else None
-        except ValueError:  # malformed, nested too deeply or holding unstorable text
-            return
-        if not isinstance(content, dict):
-            return
-        if content.get("type") == "ping":
-            await self.send_json({"type": "pong"})
-        else:
-            await self.on_message(content)
-
-    async def on_message(self, content: dict) -> None:
-        """A client message other than a ping: ignored unless a subclass says otherwise."""
-
-
-# This process's open sockets (a socket leaves when it disconnects).
-_open_sockets: weakref.WeakSet[ClientSocket] = weakref.WeakSet()
-
-
-async def close_sockets_for_restart() -> None:
-    """Close every open socket of this process with 4503: the server is stopping."""
-    sockets = list(_open_sockets)
-    results = await asyncio.gather(*(socket.close_for_restart() for socket in sockets), return_exceptions=True)
-    for socket, result in zip(sockets, results, strict=True):
-        if isinstance(result, Exception):
-            logger.warning("socket %s not closed for the restart: %r", socket.channel_name, result)
 
 
 class JobConsumer(ClientSocket):
@@ -124,7 +57,7 @@ class JobConsumer(ClientSocket):
     async def connect(self):
         events.use_server_loop(asyncio.get_running_loop())
         job_id = self.scope["url_route"]["kwargs"]["job_id"]
-        credentials = _credentials(self.scope)
+        credentials = socket_credentials(self.scope)
         user = self.scope.get("user")
         if credentials.raw_key is None and not (user and user.is_authenticated):
             await self._refuse(CLOSE_UNAUTHENTICATED, credentials)
@@ -167,22 +100,6 @@ class JobConsumer(ClientSocket):
         if self.job_group is not None:
             group, self.job_group = self.job_group, None
             await self.channel_layer.group_discard(group, self.channel_name)
-
-
-def _credentials(scope) -> Credentials:
-    headers = CaseInsensitiveMapping(
-        {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
-    )
-    raw_key = raw_key_from_headers(headers)
-    offered = scope.get("subprotocols") or []
-    if raw_key is not None:
-        return Credentials(raw_key=raw_key, subprotocol=None)
-    for subprotocol in offered:
-        if subprotocol.startswith(KEY_SUBPROTOCOL_PREFIX) and len(subprotocol) > len(KEY_SUBPROTOCOL_PREFIX):
-            return Credentials(raw_key=subprotocol.removeprefix(KEY_SUBPROTOCOL_PREFIX), subprotocol=subprotocol)
-    if offered:
-        return Credentials(raw_key=offered[0], subprotocol=offered[0])
-    return Credentials(raw_key=None, subprotocol=None)
 
 
 def _subscription(*, job_id, raw_key: str | None, user) -> tuple[int | None, dict | None]:
@@ -245,7 +162,7 @@ class MinerConsumer(ClientSocket):
     async def connect(self):
         loop = asyncio.get_running_loop()
         events.use_server_loop(loop)
-        credentials = _credentials(self.scope)
+        credentials = socket_credentials(self.scope)
         close_code, miner, models = await database_sync_to_async(_speaking_miner)(
             raw_key=credentials.raw_key, miner_id=_named_miner_id(self.scope), user=self.scope.get("user")
         )

@@ -94,9 +94,10 @@ class Job(models.Model):
     unit_price = models.DecimalField(
         max_digits=24, decimal_places=8, null=True, blank=True, help_text="Per 1,000 tokens, from the catalog."
     )
-    amount_charged = models.DecimalField(max_digits=24, decimal_places=8, null=True, blank=True)
-    payment_id = models.CharField(max_length=40, blank=True)
-    payment_status = models.CharField(max_length=16, blank=True)
+    # The escrow of the job's price, when it has one: its status and charge are read from it.
+    payment = models.OneToOneField(
+        "payments.Payment", on_delete=models.PROTECT, to_field="payment_id", null=True, blank=True, related_name="job"
+    )
 
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     request_fingerprint = models.CharField(max_length=64, blank=True, editable=False)
@@ -151,6 +152,16 @@ class Job(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in JobStatus.TERMINAL
+
+    @property
+    def payment_status(self) -> str:
+        """The payment's status (escrowed, released or refunded); empty for a free job."""
+        return self.payment.status if self.payment_id else ""
+
+    @property
+    def amount_charged(self):
+        """What the job cost its client once its escrow was released, else None."""
+        return self.payment.amount_charged if self.payment_id else None
 
 
 class FailedAttempt(models.Model):

@@ -28,10 +28,8 @@ def client_pseudonym(user_id) -> str:
     return "clt_" + salted_hmac(_CLIENT_PSEUDONYM_SALT, str(user_id), algorithm="sha256").hexdigest()[:32]
 
 
-def _signed_receipt(job: Job, *, provider: str) -> Receipt:
+def _signed_receipt(job: Job, *, provider: str, price) -> Receipt:
     usage = job.usage or {}
-    # What the client paid: the settled charge, else the amount held.
-    price = job.amount_charged if job.amount_charged is not None else job.price
     opening = {"input_salt": signing.new_salt(), "output_salt": signing.new_salt()}
     payload = {
         "version": "1.0",
@@ -60,9 +58,10 @@ def _signed_receipt(job: Job, *, provider: str) -> Receipt:
 
 
 def receipts_sign(*, completed: list[tuple]) -> list[Receipt]:
-    """Signed, unsaved receipts for jobs as completed: ``(job, provider)`` each. The caller stores
-    them (and their openings) in the transaction that completes the jobs."""
-    return [_signed_receipt(job, provider=provider) for job, provider in completed]
+    """Signed, unsaved receipts for jobs as completed: ``(job, provider, price)`` each, the price
+    being what the client pays for the job (None when it is free). The caller stores them (and
+    their openings) in the transaction that completes the jobs."""
+    return [_signed_receipt(job, provider=provider, price=price) for job, provider, price in completed]
 
 
 def receipts_store(receipts: list[Receipt]) -> None:
@@ -94,7 +93,7 @@ def receipts_store(receipts: list[Receipt]) -> None:
 
 
 def receipts_issue(*, completed: list[tuple]) -> list[Receipt]:
-    """Sign and store receipts for jobs the caller has just completed: ``(job, provider)`` each."""
+    """Sign and store receipts for jobs the caller has just completed: ``(job, provider, price)`` each."""
     receipts = receipts_sign(completed=completed)
     receipts_store(receipts)
     return receipts

@@ -51,7 +51,7 @@ def miners_able_to_run(*, job: Job) -> QuerySet[Miner]:
 
 
 def jobs_visible_to(*, user, is_admin: bool = False) -> QuerySet[Job]:
-    jobs = Job.objects.select_related("miner")
+    jobs = Job.objects.select_related("miner", "payment")
     return jobs if is_admin else jobs.filter(client=user)
 
 
@@ -162,7 +162,7 @@ REPUTATION_WINDOW = timedelta(days=7)
 
 
 def jobs_of_miner(*, miner: Miner) -> QuerySet[Job]:
-    return Job.objects.filter(miner=miner).select_related("miner").order_by("-started_at", "-id")
+    return Job.objects.filter(miner=miner).select_related("miner", "payment").order_by("-started_at", "-id")
 
 
 def units_of_job():
@@ -278,8 +278,8 @@ def receipts_of_client(*, user, is_admin: bool = False) -> QuerySet[Receipt]:
 
 
 def jobs_of_client(*, user) -> QuerySet[Job]:
-    """The user's jobs, newest first, with what the list shows (the miner)."""
-    return Job.objects.filter(client=user).select_related("miner").order_by("-created_at", "-id")
+    """The user's jobs, newest first, with what the list shows (the miner, the payment)."""
+    return Job.objects.filter(client=user).select_related("miner", "payment").order_by("-created_at", "-id")
 
 
 def job_of_client(*, user, job_id) -> Job | None:

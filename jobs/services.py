@@ -17,7 +17,7 @@ from functools import partial
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, transaction
-from django.db.models import CharField, F, Func, Q
+from django.db.models import CharField, F, Func, Q, prefetch_related_objects
 from django.utils import timezone
 
 from catalog import payloads
@@ -125,7 +125,7 @@ def job_submit(
     )
     if price:
         job.price, job.unit_price = credits(price), unit_price
-        job.payment_id, job.payment_status = new_payment_id(), PaymentStatus.ESCROWED
+        job.payment_id = new_payment_id()
     try:
         with transaction.atomic() if price else nullcontext():
             if connection.vendor == "postgresql":
@@ -136,7 +136,7 @@ def job_submit(
                     wakeup.announce(job)
                 position = None
             if price:
-                escrow_hold(job=job, client=client, amount=job.price, payment_id=job.payment_id)
+                job.payment = escrow_hold(job=job, client=client, amount=job.price, payment_id=job.payment_id)
         if position is None:
             position = queue_position(job=job)
     except IntegrityError:
@@ -205,7 +205,7 @@ def job_cancel(*, job_id) -> Job:
     job.completed_at = timezone.now()
     job.lease_expires_at = None
     _refund(job, reason="The client cancelled the job.")
-    job.save(update_fields=["status", "completed_at", "lease_expires_at", "payment_status", "updated_at"])
+    job.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
     _publish_after_commit([job])
     return job
 
@@ -224,20 +224,20 @@ def job_attach_payment(
             raise Conflict(f"Job is {job.status}: there is nothing left to pay for.", code="JOB_TERMINAL")
         if credits(amount) <= 0:
             raise Invalid("The amount must be positive.", code="INVALID_AMOUNT", errors={"amount": ["Must be > 0."]})
-        job.price, job.payment_id, job.payment_status = credits(amount), new_payment_id(), PaymentStatus.ESCROWED
-        payment = escrow_hold(
-            job=job, client=client, amount=job.price, payment_id=job.payment_id, currency=currency,
+        job.price = credits(amount)
+        job.payment = escrow_hold(
+            job=job, client=client, amount=job.price, payment_id=new_payment_id(), currency=currency,
             payment_method=payment_method,
         )  # fmt: skip
-        job.save(update_fields=["price", "payment_id", "payment_status", "updated_at"])
-    return payment
+        job.save(update_fields=["price", "payment", "updated_at"])
+    return job.payment
 
 
 def _locked_job_with_escrow(job_id) -> tuple[Job, Payment]:
     job = Job.objects.select_for_update(of=("self",)).select_related("miner__owner").filter(pk=job_id).first()
     if job is None:
         raise NotFound("Job not found.", code="JOB_NOT_FOUND")
-    payment = Payment.objects.filter(job=job).first()
+    payment = Payment.objects.filter(payment_id=job.payment_id).first() if job.payment_id else None
     if payment is None:
         raise NotFound("This job has no payment.", code="PAYMENT_NOT_FOUND")
     if payment.status != PaymentStatus.ESCROWED:
@@ -251,7 +251,7 @@ def job_payment_release(*, job_id) -> Payment:
         job, payment = _locked_job_with_escrow(job_id)
         if job.status != JobStatus.COMPLETED or job.miner is None:
             raise Conflict(f"Job is {job.status}: only a completed job's escrow is released.", code="JOB_NOT_COMPLETED")
-        _settle([job], miner=job.miner)
+        _settle([(job, _charge(job))], miner=job.miner)
     return Payment.objects.get(pk=payment.pk)
 
 
@@ -264,15 +264,15 @@ def job_payment_refund(*, job_id, reason: str) -> Payment:
         if job.status == JobStatus.COMPLETED:
             raise Conflict("A completed job's escrow is released to its miner, not refunded.", code="JOB_COMPLETED")
         _refund(job, reason=reason)
-        job.save(update_fields=["payment_status", "updated_at"])
     return Payment.objects.get(pk=payment.pk)
 
 
 def _refund(job: Job, *, reason: str) -> None:
-    """Give a job that ends unpaid its escrow back (its ``payment_status`` is saved by the caller)."""
+    """Give a job that ends unpaid its escrow back."""
     if job.payment_id:
         payment = escrow_refund(job=job, reason=reason)
-        job.payment_status = payment.status if payment is not None else job.payment_status
+        if payment is not None:
+            job.payment = payment
 
 
 def _publish_after_commit(jobs: list[Job]) -> None:
@@ -282,6 +282,11 @@ def _publish_after_commit(jobs: list[Job]) -> None:
 
 
 def _publish_statuses(jobs: list[Job]) -> None:
+    # A status event shows the payment's state: read the payments the jobs do not hold yet (those
+    # of paid jobs just claimed), all at once, here rather than where the event is built.
+    unread = [job for job in jobs if job.payment_id and not Job.payment.is_cached(job)]
+    if unread:
+        prefetch_related_objects(unread, "payment")
     events.publish_job_statuses(jobs)
     feed.publish_jobs_changed(jobs)
 
@@ -325,7 +330,14 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
     }  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql.CLAIM, params)
-        return rawsql.instances(Job, cursor.fetchall())
+        rows = cursor.fetchall()
+    jobs = rawsql.instances(Job, rows)
+    paid = [(job, row) for job, row in zip(jobs, rows, strict=True) if job.payment_id]
+    if paid:
+        payments = rawsql.instances(Payment, [row for _, row in paid], start=len(Job._meta.concrete_fields))
+        for (job, _), payment in zip(paid, payments, strict=True):
+            job.payment = payment
+    return jobs
 
 
 def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
@@ -353,7 +365,7 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
         progress=0,
         updated_at=now,
     )
-    return list(Job.objects.filter(pk__in=ids))
+    return list(Job.objects.filter(pk__in=ids).select_related("payment"))
 
 
 def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) -> list[Job]:
@@ -511,21 +523,23 @@ def _as_stored_json(value):
     return value
 
 
-def _settle(jobs: list[Job], *, miner: Miner) -> None:
-    """Pay for completed jobs from their escrow: the catalog price of the tokens the hold was
-    for (generated ones; every token for embeddings), capped by what was held, or what was held
-    when the job has no unit price."""
-    charges = [(job, _charge(job)) for job in jobs if job.payment_id]
+def _settle(charges: list[tuple[Job, Decimal]], *, miner: Miner) -> None:
+    """Settle the escrows of completed jobs, each for its ``charge``. A completed job's payment is
+    held in escrow for its price, which caps its charge: anything else is a broken invariant, and
+    the transaction rolls back."""
     if not charges:
         return
     paid = escrows_settle(charges=charges, payee=miner.owner)
-    settled = [job for job, _ in charges if job.pk in paid]
-    for job in settled:
-        job.amount_charged, job.payment_status = paid[job.pk], PaymentStatus.RELEASED
-    Job.objects.bulk_update(settled, ["amount_charged", "payment_status"])
+    unpaid = [job.pk for job, charge in charges if job.pk not in paid or paid[job.pk].amount_paid != charge]
+    if unpaid:
+        raise RuntimeError(f"escrow of jobs {unpaid} did not settle as charged")
+    for job, _ in charges:
+        job.payment = paid[job.pk]
 
 
 def _charge(job: Job) -> Decimal:
+    """The catalog price of the tokens the hold was for (generated ones; every token for
+    embeddings), capped by what was held, or what was held when the job has no unit price."""
     usage = job.usage or {}
     tokens = usage.get("total_tokens") if job.type == JobType.EMBEDDING else usage.get("completion_tokens")
     if job.unit_price is None or not _is_count(tokens):
@@ -537,9 +551,9 @@ def _charge_and_sign(held: list[Job], *, miner: Miner) -> tuple[list[tuple[Job, 
     """Charge the paid jobs of ``held`` (completed, not yet stored) and sign their receipts: what both
     backends do before storing the jobs with their receipts, then settling the charges."""
     charges = [(job, _charge(job)) for job in held if job.payment_id]
-    for job, charge in charges:
-        job.amount_charged, job.payment_status = charge, PaymentStatus.RELEASED
-    return charges, receipts_sign(completed=[(job, miner.miner_id) for job in held])
+    # A receipt states what its client pays: the charge, or the job's price when it is free.
+    charged = {job.pk: charge for job, charge in charges}
+    return charges, receipts_sign(completed=[(job, miner.miner_id, charged.get(job.pk, job.price)) for job in held])
 
 
 def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = True) -> list[tuple[Job, Receipt]]:
@@ -557,7 +571,7 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
     charges, receipts = _charge_and_sign(held, miner=miner)
     with transaction.atomic() if charges else nullcontext():
         stored = _store_completions(held, receipts, miner=miner, now=now)
-        _settle_charged([(job, charge) for job, charge in charges if job.pk in stored], miner=miner)
+        _settle([(job, charge) for job, charge in charges if job.pk in stored], miner=miner)
     done = [(job, receipt) for job, receipt in zip(held, receipts, strict=True) if job.pk in stored]
     _publish_after_commit([job for job, _ in done])
     # A job paid for since it was read was left alone too: read once more, it settles.
@@ -565,18 +579,6 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
     if missed and read_again:
         done += _complete_postgres(miner=miner, outcomes=missed, now=now, read_again=False)
     return done
-
-
-def _settle_charged(charges: list[tuple[Job, Decimal]], *, miner: Miner) -> None:
-    """Settle the escrows of jobs just stored as paid ``charge`` each. A running job's payment is
-    held in escrow for its price, which caps its charge: anything else is a broken invariant, and
-    the transaction rolls back."""
-    if not charges:
-        return
-    paid = escrows_settle(charges=charges, payee=miner.owner)
-    unpaid = [job.pk for job, charge in charges if paid.get(job.pk) != charge]
-    if unpaid:
-        raise RuntimeError(f"escrow of running jobs {unpaid} did not settle as charged")
 
 
 def _leased(miner: Miner, job_ids: list) -> list[Job]:
@@ -598,8 +600,6 @@ def _store_completions(held: list[Job], receipts: list[Receipt], *, miner: Miner
             "payment_id": job.payment_id,
             "result": job.result,
             "usage": job.usage,
-            "amount_charged": None if job.amount_charged is None else str(job.amount_charged),
-            "payment_status": job.payment_status,
             "receipt_id": receipt.receipt_id,
             "signed_json": receipt.signed_json,
             "opening": receipt.opening,
@@ -624,11 +624,11 @@ def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, 
         charges, receipts = _charge_and_sign(held, miner=miner)
         for job in held:
             job.save(update_fields=[
-                "status", "result", "usage", "progress", "amount_charged", "payment_status", "completed_at",
-                "lease_expires_at", "error_code", "error_message", "updated_at",
+                "status", "result", "usage", "progress", "completed_at", "lease_expires_at", "error_code",
+                "error_message", "updated_at",
             ])  # fmt: skip
         receipts_store(receipts)
-        _settle_charged(charges, miner=miner)
+        _settle(charges, miner=miner)
         _publish_after_commit(held)
     return list(zip(held, receipts, strict=True))
 
@@ -712,7 +712,6 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
     job.save(
         update_fields=[
             "status",
-            "payment_status",
             "miner",
             "max_attempts",
             "progress",
@@ -776,9 +775,7 @@ def jobs_expire_queued(*, now: datetime | None = None) -> int:
             )
             expired_jobs = list(Job.objects.select_related("miner").filter(pk__in=ids))
             for job in expired_jobs:
-                if job.payment_id:
-                    _refund(job, reason="The job expired in the queue.")
-                    Job.objects.filter(pk=job.pk).update(payment_status=job.payment_status)
+                _refund(job, reason="The job expired in the queue.")
             _publish_after_commit(expired_jobs)
 
 

@@ -12,13 +12,20 @@ from django.db import connection
 
 from core.rawsql import columns
 from jobs.models import Job, JobStatus, Receipt
+from payments.models import Payment
 
 # ``jobs_claim`` (``jobs.matching.CLAIM_FUNCTION``, installed by migration) locks the miner's row,
 # then leases the best queued jobs it can run: one round trip, its own transaction when called
 # outside one. The function lives in the database: changing how claims match takes a migration.
+# Each job comes with its payment's columns (NULL for a free job), which its status shows; they
+# are renamed so that no name is taken twice.
+_PAYMENT_COLUMNS = ", ".join(
+    f'p."{field.column}" AS "payment__{field.column}"' for field in Payment._meta.concrete_fields
+)
 CLAIM = f"""
-SELECT {columns(Job, "c")}
+SELECT {columns(Job, "c")}, {_PAYMENT_COLUMNS}
 FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
+LEFT JOIN {Payment._meta.db_table} p ON p.payment_id = c.payment_id
 """
 
 # The running jobs a miner reports on: ``jobs_complete`` completes them in memory, signs their
@@ -30,21 +37,21 @@ WHERE j.id = ANY(%(ids)s::uuid[]) AND j.status = '{JobStatus.RUNNING}' AND j.min
 
 # Store completions and their receipts in one statement (so, in autocommit, one transaction).
 # Each job is fenced by the lease token and the payment it was read with: a job re-leased,
-# finished or paid for since is left alone, and its receipt with it. The receipts are inserted
+# finished or paid for since is left alone, and its receipt with it. Its escrow settles after
+# (``payments.services.escrows_settle``), in the same transaction. The receipts are inserted
 # from what the update returns, with no second join.
 COMPLETE = f"""
 WITH v AS (
     SELECT * FROM jsonb_to_recordset(%(rows)s::jsonb) AS v(
-        id uuid, fence text, payment_id text, result jsonb, usage jsonb, amount_charged numeric,
-        payment_status text, receipt_id text, signed_json text, opening jsonb
+        id uuid, fence text, payment_id text, result jsonb, usage jsonb, receipt_id text, signed_json text,
+        opening jsonb
     )
 ), done AS (
     UPDATE jobs_job j SET status = '{JobStatus.COMPLETED}', result = v.result, usage = v.usage, progress = 100,
-        amount_charged = v.amount_charged, payment_status = v.payment_status, completed_at = %(now)s,
-        lease_expires_at = NULL, error_code = '', error_message = '', updated_at = %(now)s
+        completed_at = %(now)s, lease_expires_at = NULL, error_code = '', error_message = '', updated_at = %(now)s
     FROM v
     WHERE j.id = v.id AND j.status = '{JobStatus.RUNNING}' AND j.miner_id = %(miner)s AND j.lease_token = v.fence
-      AND j.payment_id = v.payment_id
+      AND j.payment_id IS NOT DISTINCT FROM v.payment_id
     RETURNING j.id, v.receipt_id, v.signed_json, v.opening
 ), receipts AS (
     INSERT INTO {Receipt._meta.db_table} (receipt_id, job_id, signed_json, opening, created_at)

@@ -1,5 +1,5 @@
-"""Staff views of the ledger. Nothing here edits or deletes a ledger row: credits and refunds
-are actions that post new, audited transactions through the services."""
+"""Staff views of the ledger. Nothing here edits or deletes a ledger row: credits are actions that
+post new, audited transactions through the services (a job's refund is an action on the job)."""
 
 import secrets
 from decimal import Decimal
@@ -11,7 +11,6 @@ from django.template.response import TemplateResponse
 
 from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
 from core.errors import ServiceError
-from jobs import services as job_services
 from payments import exchange
 from payments.models import (
     AMOUNT,
@@ -19,7 +18,6 @@ from payments.models import (
     LedgerEntry,
     LedgerTransaction,
     Payment,
-    PaymentStatus,
     Wallet,
     WalletKind,
 )
@@ -116,7 +114,7 @@ class LedgerTransactionAdmin(MoneyAdmin):
 class PaymentAdmin(MoneyAdmin):
     list_display = (
         "payment_id",
-        "job_id",
+        "job",
         "payer",
         "amount",
         "status",
@@ -127,23 +125,9 @@ class PaymentAdmin(MoneyAdmin):
     )
     list_filter = ("status", ("created_at", admin.DateFieldListFilter))
     search_fields = ("payment_id", "=job__id", "payer__address", "payer__user__username")
-    list_select_related = ("payer",)
+    list_select_related = ("payer", "job")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    actions = ["refund"]
-
-    @admin.action(description="Refund selected escrowed payments", permissions=["move_money"])
-    def refund(self, request, queryset):
-        refunded, refused = 0, []
-        for payment in queryset.filter(status=PaymentStatus.ESCROWED):
-            try:
-                job_services.job_payment_refund(job_id=payment.job_id, reason=f"Refunded by staff ({request.user}).")
-                refunded += 1
-            except ServiceError as exc:
-                refused.append(f"{payment.payment_id}: {exc.detail}")
-        self.message_user(request, f"Refunded {refunded} payment(s).", messages.SUCCESS)
-        if refused:
-            self.message_user(request, "Not refunded: " + "; ".join(refused), messages.WARNING)
 
 
 @admin.register(ExchangePayment)

@@ -87,6 +87,14 @@ def exchange_payment_create(*, user, aitbc_amount, btc_amount, now=None) -> Exch
     raise ServiceError("Too many payment requests at once; try again.", code="EXCHANGE_BUSY", status_code=503)
 
 
+def exchange_payment_as_it_stands(payment: ExchangePayment, *, now=None) -> ExchangePayment:
+    """What a read shows, writing nothing: a pending payment past its deadline reads as expired
+    (the housekeeping sweep, or a confirmation coming too late, stores it so)."""
+    if payment.status == ExchangePaymentStatus.PENDING and payment.expires_at <= (now or timezone.now()):
+        payment.status = ExchangePaymentStatus.EXPIRED
+    return payment
+
+
 def exchange_payment_expire_if_due(*, payment: ExchangePayment, now=None) -> ExchangePayment:
     """A pending payment past its deadline becomes expired; returns the payment as it now stands."""
     now = now or timezone.now()

@@ -104,10 +104,12 @@ class PaymentStatus(models.TextChoices):
 
 
 class Payment(models.Model):
-    """A job's payment: the amount held in its own escrow wallet until the job settles or refunds."""
+    """A job's payment: the amount held in its own escrow wallet until the job settles or refunds.
+
+    The job points at its payment (``Job.payment``, by ``payment_id``); ``payment.job`` reads back.
+    """
 
     payment_id = models.CharField(max_length=40, unique=True)
-    job = models.OneToOneField("jobs.Job", on_delete=models.PROTECT, related_name="payment")
     payer = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="payments")
     escrow = models.OneToOneField(Wallet, on_delete=models.PROTECT, related_name="escrowed_payment")
     amount = models.DecimalField(**AMOUNT)
@@ -132,6 +134,11 @@ class Payment(models.Model):
 
     def __str__(self) -> str:
         return self.payment_id
+
+    @property
+    def amount_charged(self):
+        """What the job cost its client: the amount paid out on settlement; None until released."""
+        return self.amount_paid if self.status == PaymentStatus.RELEASED else None
 
 
 class ExchangePaymentStatus(models.TextChoices):

@@ -2,7 +2,7 @@ from collections import defaultdict
 
 from django.db.models import QuerySet
 
-from payments.models import ExchangePayment, LedgerEntry, LedgerTransaction, Payment, Wallet
+from payments.models import ExchangePayment, LedgerEntry, LedgerTransaction, Wallet
 
 
 def wallet_of(*, user) -> Wallet | None:
@@ -13,18 +13,16 @@ def wallet_by_address(address: str) -> Wallet | None:
     return Wallet.objects.filter(address=address.strip().lower()).first() if isinstance(address, str) else None
 
 
-def wallet_entries(wallet: Wallet) -> QuerySet[LedgerEntry]:
-    """The wallet's ledger entries, newest first, each with its transaction."""
+def wallet_entries(wallet: Wallet | None) -> QuerySet[LedgerEntry]:
+    """The wallet's ledger entries, newest first, each with its transaction (none without a wallet)."""
+    if wallet is None:
+        return LedgerEntry.objects.none()
     return LedgerEntry.objects.filter(wallet=wallet).select_related("transaction").order_by("-id")
 
 
 def exchange_payments_of(*, user) -> QuerySet[ExchangePayment]:
     """The user's top-up requests, newest first."""
     return ExchangePayment.objects.filter(user=user).order_by("-created_at", "-id")
-
-
-def payment_of_job(*, job_id) -> Payment | None:
-    return Payment.objects.select_related("payer", "escrow").filter(job_id=job_id).first()
 
 
 def ledger_transactions(*, ids: list[int]) -> QuerySet[LedgerTransaction]:

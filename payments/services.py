@@ -18,6 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 from nacl.signing import SigningKey
 
+from core import rawsql
 from core.crypto.addresses import HRP, wallet_address
 from core.errors import Invalid, PaymentRequired
 from payments import sql
@@ -189,7 +190,8 @@ def new_payment_id() -> str:
 def escrow_hold(
     *, job, client, amount, payment_id: str, currency: str = "AITBC", payment_method: str = "aitbc_token"
 ) -> Payment:
-    """Move ``amount`` from the client's wallet into the job's own escrow wallet (``escrow:<job>``)."""
+    """Move ``amount`` from the client's wallet into the job's own escrow wallet (``escrow:<job>``).
+    The job refers to the payment by ``payment_id``."""
     amount = credits(amount)
     payer = wallet_open(user=client)
     escrow = Wallet.objects.create(kind=WalletKind.ESCROW, address=_derived_address(f"escrow:{job.pk}"))
@@ -202,7 +204,6 @@ def escrow_hold(
     )
     return Payment.objects.create(
         payment_id=payment_id,
-        job=job,
         payer=payer,
         escrow=escrow,
         amount=amount,
@@ -215,7 +216,7 @@ def escrow_hold(
 def escrows_settle(*, charges: list[tuple], payee) -> dict:
     """Pay for completed jobs from their escrow (``settle:<job>`` each): every ``(job, charge)``
     split between the miner's owner ``payee`` and the platform fee, the rest back to the client.
-    Returns ``{job id: amount paid}`` for the escrows it settled.
+    Returns ``{job id: payment}`` for the escrows it settled.
 
     A batch costs the same few statements however many jobs it holds (one on PostgreSQL), and
     locks every wallet it touches first, in one order, so concurrent batches never deadlock.
@@ -223,9 +224,9 @@ def escrows_settle(*, charges: list[tuple], payee) -> dict:
     if connection.vendor == "postgresql":
         return _settle_postgres(charges=charges, payee=payee)
     payments = {
-        payment.job_id: payment
+        payment.payment_id: payment
         for payment in Payment.objects.select_for_update()
-        .filter(job__in=[job.pk for job, _ in charges], status=PaymentStatus.ESCROWED)
+        .filter(payment_id__in=[job.payment_id for job, _ in charges], status=PaymentStatus.ESCROWED)
         .order_by("pk")
     }
     if not payments:
@@ -240,9 +241,9 @@ def escrows_settle(*, charges: list[tuple], payee) -> dict:
         system_wallet(WalletKind.FEES)
         return escrows_settle(charges=charges, payee=payee)
     now = timezone.now()
-    postings, settled = [], []
+    postings, settled = [], {}
     for job, charge in charges:
-        payment = payments.get(job.pk)
+        payment = payments.get(job.payment_id)
         if payment is None:
             continue
         charge = max(Decimal(0), min(credits(charge), payment.amount))
@@ -262,14 +263,14 @@ def escrows_settle(*, charges: list[tuple], payee) -> dict:
         payment.status = PaymentStatus.RELEASED
         payment.amount_paid, payment.amount_refunded = charge, refund
         payment.settled_at = payment.updated_at = now
-        settled.append((job, payment))
+        settled[job.pk] = payment
     _write_postings(postings, wallets_locked=True)
     fields = ["status", "amount_paid", "amount_refunded", "settled_at", "updated_at"]
     if len(settled) == 1:  # the common case (one result over HTTP): a plain UPDATE is far cheaper
-        settled[0][1].save(update_fields=fields)
+        next(iter(settled.values())).save(update_fields=fields)
     else:
-        Payment.objects.bulk_update([payment for _, payment in settled], fields)
-    return {job.pk: payment.amount_paid for job, payment in settled}
+        Payment.objects.bulk_update(list(settled.values()), fields)
+    return settled
 
 
 def _settle_postgres(*, charges: list[tuple], payee) -> dict:
@@ -278,7 +279,10 @@ def _settle_postgres(*, charges: list[tuple], payee) -> dict:
         payee_wallet, fees_wallet = cursor.fetchone()
         if payee_wallet is None or fees_wallet is None:  # the first settlement of this payee, or of all
             payee_wallet, fees_wallet = wallet_open(user=payee).pk, system_wallet(WalletKind.FEES).pk
-        rows = [{"job_id": str(job.pk), "charge": str(credits(charge))} for job, charge in charges]
+        rows = [
+            {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": str(credits(charge))}
+            for job, charge in charges
+        ]
         cursor.execute(
             sql.SETTLE,
             {
@@ -289,12 +293,17 @@ def _settle_postgres(*, charges: list[tuple], payee) -> dict:
                 "now": timezone.now(),
             },
         )
-        return {job_id: amount_paid for job_id, amount_paid, *_ in cursor.fetchall()}
+        settled = cursor.fetchall()
+    return {row[0]: payment for row, payment in zip(settled, rawsql.instances(Payment, settled, start=1), strict=True)}
 
 
 def escrow_refund(*, job, reason: str) -> Payment | None:
     """Give a job's whole escrow back to the client (``refund:<job>``); once, whatever calls it."""
-    payment = Payment.objects.select_for_update().select_related("payer", "escrow").filter(job=job).first()
+    payment = (
+        Payment.objects.select_for_update().select_related("payer", "escrow").filter(payment_id=job.payment_id).first()
+        if job.payment_id
+        else None
+    )
     if payment is None or payment.status != PaymentStatus.ESCROWED:
         return payment
     ledger_post(

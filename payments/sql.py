@@ -4,7 +4,8 @@ The portable path in ``payments.services`` does the same through the ORM (SQLite
 embedded store); this one saves a dozen round trips and the ORM's own cost.
 """
 
-from payments.models import PaymentStatus, TransactionKind
+from core.rawsql import columns
+from payments.models import Payment, PaymentStatus, TransactionKind
 
 WALLETS_OF_SETTLEMENT = """
 SELECT (SELECT id FROM payments_wallet WHERE user_id = %(payee)s),
@@ -13,14 +14,15 @@ SELECT (SELECT id FROM payments_wallet WHERE user_id = %(payee)s),
 
 # For each escrowed payment of the given jobs (locked): the charge capped by what was held, the
 # fee, a balanced ledger transaction (escrow → miner's owner, platform, client), the balances
-# moved once per wallet after locking every wallet in id order, and the payment updated.
+# moved once per wallet after locking every wallet in id order, and the payment updated (returned
+# as the job's id, then the payment's columns).
 SETTLE = f"""
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%(charges)s::jsonb) AS v(job_id uuid, charge numeric)
+    SELECT * FROM jsonb_to_recordset(%(charges)s::jsonb) AS v(job_id uuid, payment_id text, charge numeric)
 ),
 pay AS (
-    SELECT p.id, p.job_id, p.payer_id, p.escrow_id, p.amount, LEAST(GREATEST(i.charge, 0), p.amount) AS charge
-    FROM payments_payment p JOIN input i ON i.job_id = p.job_id
+    SELECT p.id, i.job_id, p.payer_id, p.escrow_id, p.amount, LEAST(GREATEST(i.charge, 0), p.amount) AS charge
+    FROM payments_payment p JOIN input i ON i.payment_id = p.payment_id
     WHERE p.status = '{PaymentStatus.ESCROWED}'
     ORDER BY p.id
     FOR UPDATE OF p
@@ -68,7 +70,7 @@ paid AS (
     SET status = '{PaymentStatus.RELEASED}', amount_paid = split.charge, amount_refunded = split.amount - split.charge,
         settled_at = %(now)s, updated_at = %(now)s
     FROM split WHERE p.id = split.id
-    RETURNING p.job_id, p.amount_paid
+    RETURNING split.job_id, {columns(Payment, "p")}
 )
-SELECT paid.job_id, paid.amount_paid, (SELECT count(*) FROM entries), (SELECT count(*) FROM moved) FROM paid
+SELECT paid.*, (SELECT count(*) FROM entries), (SELECT count(*) FROM moved) FROM paid
 """

@@ -9,8 +9,7 @@ from django.views.generic import FormView
 from core.errors import ServiceError
 from payments.exchange import exchange_payment_create, exchange_rates
 from payments.forms import TopUpForm
-from payments.selectors import exchange_payments_of, wallet_entries
-from payments.services import wallet_open
+from payments.selectors import exchange_payments_of, wallet_entries, wallet_of
 
 PAGE_SIZE = 20
 
@@ -20,7 +19,7 @@ class WalletView(LoginRequiredMixin, FormView):
     form_class = TopUpForm
 
     def get_context_data(self, **kwargs):
-        wallet = wallet_open(user=self.request.user)
+        wallet = wallet_of(user=self.request.user)
         return {
             **super().get_context_data(**kwargs),
             "wallet": wallet,

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 from accounts.services import api_key_create, user_get_or_create
 from aitbc_site.routing import websocket_urlpatterns
 from core import shutdown
-from jobs.consumers import CLOSE_RESTARTING
+from core.sockets import CLOSE_RESTARTING
 from tests.processes import Server, server_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.django_db(transaction=True)]

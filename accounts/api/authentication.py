@@ -1,17 +1,7 @@
 from rest_framework import authentication, exceptions
 
 from accounts.services import api_key_authenticate, user_session_authenticate
-
-
-def raw_key_from_headers(headers) -> str | None:
-    """The API key from ``X-Api-Key`` or ``Authorization: Bearer``, if either is present."""
-    key = headers.get("X-Api-Key")
-    if not key:
-        scheme, _, credentials = (headers.get("Authorization") or "").partition(" ")
-        key = credentials if scheme.lower() == "bearer" else None
-    key = (key or "").strip()
-    # A NUL can't be part of any key, and the database refuses to compare with one.
-    return key if key and "\x00" not in key else None
+from core.api.credentials import raw_key_from_headers
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

@@ -157,7 +157,7 @@ class SignInSessionSerializer(serializers.Serializer):
 class UserProfileSerializer(serializers.Serializer):
     user_id = serializers.IntegerField()
     username = serializers.CharField()
-    wallet_address = serializers.CharField()
+    wallet_address = serializers.CharField(allow_null=True, help_text="null until the account has a wallet")
     balance = serializers.DecimalField(**AMOUNT)
     created_at = serializers.DateTimeField()
 
@@ -173,7 +173,7 @@ class UserProfileSerializer(serializers.Serializer):
 )
 class UserBalanceSerializer(serializers.Serializer):
     user_id = serializers.IntegerField()
-    wallet_address = serializers.CharField()
+    wallet_address = serializers.CharField(allow_null=True, help_text="null until the account has a wallet")
     balance = serializers.DecimalField(**AMOUNT)
 
 

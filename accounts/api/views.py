@@ -21,8 +21,7 @@ from core.api.pagination import ItemsLimitOffsetPagination
 from core.api.permissions import IsClient, is_admin
 from core.errors import Invalid, NotFound, ServiceError
 from payments.models import LedgerEntry, Wallet
-from payments.selectors import wallet_entries
-from payments.services import wallet_open
+from payments.selectors import wallet_entries, wallet_of
 
 ERRORS = {
     401: OpenApiResponse(description="No, invalid or expired API key or session token"),
@@ -114,9 +113,10 @@ class UserAccountMixin:
         return user
 
     @staticmethod
-    def account_wallet(user: User) -> Wallet:
-        # Every account has a wallet, opened (with the welcome credits) the first time it is used.
-        return wallet_open(user=user)
+    def account_wallet(user: User) -> Wallet | None:
+        """The account's wallet, read only. Accounts open theirs when created; one made some other
+        way (say, ``createsuperuser``) has none until it first pays, and reads as an empty balance."""
+        return wallet_of(user=user)
 
 
 class MeView(UserAccountMixin, APIView):
@@ -129,8 +129,8 @@ class MeView(UserAccountMixin, APIView):
                 {
                     "user_id": user.pk,
                     "username": user.get_username(),
-                    "wallet_address": wallet.address,
-                    "balance": wallet.balance,
+                    "wallet_address": wallet.address if wallet else None,
+                    "balance": wallet.balance if wallet else 0,
                     "created_at": user.date_joined,
                 }
             ).data
@@ -144,7 +144,11 @@ class UserBalanceView(UserAccountMixin, APIView):
         wallet = self.account_wallet(user)
         return Response(
             UserBalanceSerializer(
-                {"user_id": user.pk, "wallet_address": wallet.address, "balance": wallet.balance}
+                {
+                    "user_id": user.pk,
+                    "wallet_address": wallet.address if wallet else None,
+                    "balance": wallet.balance if wallet else 0,
+                }
             ).data
         )
 
@@ -157,7 +161,8 @@ class UserTransactionsView(UserAccountMixin, generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return LedgerEntry.objects.none()
-        return wallet_entries(self.account_wallet(self.account_owner()))
+        wallet = self.account_wallet(self.account_owner())
+        return wallet_entries(wallet)
 
     @extend_schema(
         summary="A user's wallet transactions, newest first",

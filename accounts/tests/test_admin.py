@@ -141,3 +141,22 @@ def test_api_key_add_page_opens(admin_client):
     response = admin_client.get(reverse("admin:accounts_apikey_add"))
     assert response.status_code == 200
     assert 'name="scope"' in response.content.decode()
+
+
+def test_adding_a_user_in_the_admin_opens_their_wallet(admin_client):
+    from payments.selectors import wallet_of
+
+    response = admin_client.post(
+        reverse("admin:accounts_user_add"),
+        {
+            "username": "erin",
+            "usable_password": "true",
+            "password1": "a long enough password",
+            "password2": "a long enough password",
+            "api_keys-TOTAL_FORMS": "0",
+            "api_keys-INITIAL_FORMS": "0",
+        },
+    )
+
+    assert response.status_code == 302, response.context["errors"]
+    assert wallet_of(user=User.objects.get(username="erin")) is not None

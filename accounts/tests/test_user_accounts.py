@@ -105,3 +105,58 @@ def test_transactions_list_query_count_does_not_grow_with_entries(sign_in, walle
     with django_assert_max_num_queries(5):
         response = api.get(f"/v1/users/{user_id}/transactions")
     assert response.json()["total"] == 21
+
+
+# --- Wallets open with accounts; reads never open one -------------------------------------
+
+
+def ledger_rows() -> tuple[int, int, int]:
+    from payments.models import LedgerEntry, LedgerTransaction, Wallet
+
+    return Wallet.objects.count(), LedgerTransaction.objects.count(), LedgerEntry.objects.count()
+
+
+def test_creating_an_account_opens_its_wallet_with_the_welcome_credits():
+    from accounts.services import user_create
+
+    user = user_create(username="dora")
+
+    assert f"{wallet_of(user=user).balance:.8f}" == welcome()
+    assert wallet_of(user=user).entries.get().transaction.kind == TransactionKind.WELCOME
+
+
+def test_reading_my_account_writes_nothing(client_api):
+    client_api.get("/v1/users/me")  # the API key's first use is recorded once: leave that out
+    before = ledger_rows()
+
+    for path in (
+        "/v1/users/me",
+        f"/v1/users/{client_api.user.pk}/balance",
+        f"/v1/users/{client_api.user.pk}/transactions",
+    ):
+        assert client_api.get(path).status_code == 200
+
+    assert ledger_rows() == before
+
+
+def test_an_account_without_a_wallet_reads_as_an_empty_balance_and_gets_none():
+    from rest_framework.test import APIClient
+
+    from accounts.models import User
+    from accounts.services import api_key_create
+
+    user = User.objects.create_user(username="made-elsewhere")  # as createsuperuser makes one
+    api = APIClient()
+    api.credentials(HTTP_X_API_KEY=api_key_create(user=user, scope="client").raw_key)
+    api.get("/v1/users/me")  # the API key's first use is recorded once: leave that out
+    before = ledger_rows()
+
+    me = api.get("/v1/users/me").json()
+    balance = api.get(f"/v1/users/{user.pk}/balance").json()
+    transactions = api.get(f"/v1/users/{user.pk}/transactions").json()
+
+    assert (me["wallet_address"], me["balance"]) == (None, "0.00000000")
+    assert balance == {"user_id": user.pk, "wallet_address": None, "balance": "0.00000000"}
+    assert transactions["items"] == []
+    assert ledger_rows() == before
+    assert wallet_of(user=user) is None

@@ -6,9 +6,9 @@ from django.conf import settings
 from django.utils import timezone
 
 from accounts.models import User, UserSession, WalletNonce
+from accounts.services import user_create
 from accounts.tests.conftest import ask_nonce, login_body
 from payments.models import Wallet
-from payments.services import wallet_open
 
 pytestmark = pytest.mark.django_db
 
@@ -70,9 +70,8 @@ def test_second_sign_in_reaches_the_same_account(sign_in, wallet):
     assert User.objects.filter(username=wallet.address).count() == 1
 
 
-def test_sign_in_reaches_the_user_whose_wallet_has_the_address(anonymous_api, wallet, make_api):
-    existing = make_api("client", "carol").user
-    wallet_open(user=existing, public_key=bytes.fromhex(wallet.public_key))
+def test_sign_in_reaches_the_user_whose_wallet_has_the_address(anonymous_api, wallet):
+    existing = user_create(username="carol", public_key=bytes.fromhex(wallet.public_key))
     response = login(anonymous_api, login_body(wallet, ask_nonce(anonymous_api, wallet.address)))
     assert response.status_code == 200, response.content
     assert response.json()["user_id"] == existing.pk

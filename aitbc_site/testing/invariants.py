@@ -24,14 +24,14 @@ CHECKS = {
     "receipts_of_jobs_not_completed": """
         SELECT count(*) FROM jobs_receipt r JOIN jobs_job j ON j.id = r.job_id WHERE j.status <> 'completed'""",
     "paid_completed_jobs_not_settled_once": """
-        SELECT count(*) FROM jobs_job j WHERE j.status = 'completed' AND j.payment_id <> ''
+        SELECT count(*) FROM jobs_job j WHERE j.status = 'completed' AND j.payment_id IS NOT NULL
         AND (SELECT count(*) FROM payments_ledgertransaction t WHERE t.job_id = j.id AND t.kind = 'settle') <> 1""",
     "completed_jobs_refunded": """
         SELECT count(*) FROM payments_ledgertransaction t JOIN jobs_job j ON j.id = t.job_id
         WHERE t.kind = 'refund' AND j.status = 'completed'""",
     "payments_of_completed_jobs_not_released": """
-        SELECT count(*) FROM payments_payment p JOIN jobs_job j ON j.id = p.job_id
-        WHERE j.status = 'completed' AND (p.status <> 'released' OR j.payment_status <> 'released')""",
+        SELECT count(*) FROM payments_payment p JOIN jobs_job j ON j.payment_id = p.payment_id
+        WHERE j.status = 'completed' AND p.status <> 'released'""",
     "ended_escrows_not_empty": """
         SELECT count(*) FROM payments_payment p JOIN payments_wallet w ON w.id = p.escrow_id
         WHERE p.status IN ('released', 'refunded') AND w.balance <> 0""",

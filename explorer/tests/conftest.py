@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from accounts.services import user_get_or_create
+from accounts.models import User
 from jobs.models import Job, JobStatus
 from jobs.receipts import receipts_issue
 from miners.capabilities import Capabilities
@@ -12,10 +12,11 @@ from miners.services import miner_register
 
 
 def completed_jobs(count: int, *, client_name: str = "alice", miner: Miner | None = None, **fields) -> list[Job]:
-    """Completed jobs as ``jobs_complete`` leaves them, built directly: tests need many, fast."""
-    client = user_get_or_create(username=client_name)
+    """Completed jobs as ``jobs_complete`` leaves them, built directly: tests need many, fast. Their
+    users are too, without wallets: the ledger stays empty unless a test writes to it."""
+    client = User.objects.get_or_create(username=client_name)[0]
     if miner is None:
-        owner = user_get_or_create(username="gpu-owner")
+        owner = User.objects.get_or_create(username="gpu-owner")[0]
         miner = (
             Miner.objects.filter(miner_id="miner-1").first()
             or miner_register(owner=owner, miner_id="miner-1", capabilities=Capabilities(models=("llama3.2",)))[0]
@@ -46,7 +47,7 @@ def completed_jobs(count: int, *, client_name: str = "alice", miner: Miner | Non
 
 def issue_receipts(count: int, **kwargs):
     jobs = completed_jobs(count, **kwargs)
-    return receipts_issue(completed=[(job, job.miner.miner_id) for job in jobs])
+    return receipts_issue(completed=[(job, job.miner.miner_id, job.price) for job in jobs])
 
 
 @pytest.fixture

@@ -145,23 +145,24 @@ def test_receipt_carries_the_charged_price_and_unit_price_as_decimal_strings(mak
     from jobs.receipts import receipts_issue
 
     job = completed_jobs(1)[0]
-    job.price, job.amount_charged, job.unit_price = Decimal("2.00000000"), Decimal("1.50000000"), Decimal("0.00012")
-    document = receipts_issue(completed=[(job, "miner-1")])[0].document
+    job.price, job.unit_price = Decimal("2.00000000"), Decimal("0.00012")
+    document = receipts_issue(completed=[(job, "miner-1", Decimal("1.50000000"))])[0].document
     assert document["price"] == "1.5"
     assert document["unit_price"] == "0.00012"
     assert signing.verify(document) == (True, None)
 
 
 @pytest.mark.django_db
-def test_receipt_falls_back_to_the_escrowed_price_and_omits_absent_prices(make_receipts):
+def test_receipt_carries_the_price_given_and_omits_an_absent_one(make_receipts):
     from decimal import Decimal
 
     from explorer.tests.conftest import completed_jobs
     from jobs.receipts import receipts_issue
 
     held, plain = completed_jobs(2)
-    held.price = Decimal("3")
-    documents = [r.document for r in receipts_issue(completed=[(held, "miner-1"), (plain, "miner-1")])]
+    documents = [
+        r.document for r in receipts_issue(completed=[(held, "miner-1", Decimal("3")), (plain, "miner-1", None)])
+    ]
     assert documents[0]["price"] == "3"
     assert "unit_price" not in documents[0]
     assert "price" not in documents[1]

@@ -6,7 +6,7 @@ import time
 import pytest
 from django.db import connection, connections
 
-from accounts.services import user_get_or_create
+from accounts.models import User
 from explorer import selectors, services
 from explorer.models import Block, BlockLeaf, PendingLeaf
 from explorer.tests.conftest import issue_receipts
@@ -35,7 +35,9 @@ def in_thread(work, errors: list):
 def test_concurrent_sealers_never_fork_a_height_nor_seal_a_receipt_twice(settings):
     settings.BLOCK_MAX_LEAVES = 7
     miner, _ = miner_register(
-        owner=user_get_or_create(username="gpu-owner"), miner_id="miner-1", capabilities=Capabilities(models=("m",))
+        owner=User.objects.get_or_create(username="gpu-owner")[0],
+        miner_id="miner-1",
+        capabilities=Capabilities(models=("m",)),
     )
     issue_receipts(30, miner=miner)
     producing = threading.Event()

@@ -215,7 +215,11 @@ class AvailableJobsView(MinerView, generics.GenericAPIView):
     def get(self, request):
         miner = self.miner()
         miner_services.miner_touch(miner=miner)
-        jobs = selectors.claimable_jobs(miner=miner, now=timezone.now()).select_related("miner").order_by("rank_at")
+        jobs = (
+            selectors.claimable_jobs(miner=miner, now=timezone.now())
+            .select_related("miner", "payment")
+            .order_by("rank_at")
+        )
         page = self.paginate_queryset(jobs)
         return self.get_paginated_response(JobSerializer(page, many=True).data)
 

@@ -30,8 +30,46 @@ def pay(api, job_id, amount="2"):
     assert response.status_code == 201, response.content
 
 
+def paid_job(api, submit_job, amount="3") -> Job:
+    return Job.objects.get(pk=submit_job(api, payment_amount=amount)["job_id"])
+
+
+def refund(admin_client, *jobs):
+    return admin_client.post(
+        JOBS, {"action": "refund_payments", "_selected_action": [job.pk for job in jobs]}, follow=True
+    )
+
+
 def cancel(admin_client, *job_ids):
     return admin_client.post(JOBS, {"action": "cancel_jobs", "_selected_action": list(job_ids)}, follow=True)
+
+
+# --- Refunds ---------------------------------------------------------------------------
+
+
+def test_refund_action_refunds_escrowed_payments_of_finished_jobs(admin_client, client_api, submit_job):
+    job = paid_job(client_api, submit_job, "3")
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED)  # failed without its refund
+
+    response = refund(admin_client, job)
+
+    assert "Refunded 1 payment(s)." in messages_of(response)
+    assert Payment.objects.get().status == PaymentStatus.REFUNDED
+    assert wallet_of(user=client_api.user).balance == Decimal(100)
+    assert Job.objects.get(pk=job.pk).payment_status == PaymentStatus.REFUNDED
+
+
+def test_refund_action_leaves_active_jobs_and_settled_payments_alone(admin_client, client_api, submit_job):
+    queued = paid_job(client_api, submit_job, "1")
+    cancelled = paid_job(client_api, submit_job, "2")
+    client_api.post(f"/v1/jobs/{cancelled.pk}/cancel")
+
+    response = refund(admin_client, queued, cancelled)
+
+    shown = messages_of(response)
+    assert "Refunded 0 payment(s)." in shown
+    assert any(queued.payment_id in message and "cancel" in message for message in shown)
+    assert Payment.objects.get(pk=queued.payment.pk).status == PaymentStatus.ESCROWED
 
 
 # --- Cancel refunds ---------------------------------------------------------------------
@@ -43,7 +81,7 @@ def test_cancel_action_refunds_the_escrow_and_says_how_many(admin_client, client
     response = cancel(admin_client, paid["job_id"], unpaid["job_id"])
     assert "2 job(s) cancelled." in messages_of(response)
     assert "1 escrow(s) refunded." in messages_of(response)
-    payment = Payment.objects.get(job_id=paid["job_id"])
+    payment = Payment.objects.get(job__pk=paid["job_id"])
     assert (payment.status, payment.amount_refunded) == (PaymentStatus.REFUNDED, Decimal(2))
     assert Job.objects.get(pk=paid["job_id"]).payment_status == PaymentStatus.REFUNDED
 

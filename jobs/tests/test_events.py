@@ -153,6 +153,39 @@ def test_status_event_has_the_rest_job_views_fields(client_api, submit_job):
     assert "payload" not in event
 
 
+def test_a_claimed_paid_jobs_status_event_shows_its_payment_without_reading_the_database(
+    monkeypatch,
+    client_api,
+    miner_api,
+    register_miner,
+    submit_job,
+    django_assert_num_queries,
+    django_capture_on_commit_callbacks,
+):
+    # Events are built where they are sent, on an event loop that may not query: a claim reads
+    # each job's payment with it.
+    from jobs.services import job_claim
+    from miners.models import Miner
+
+    submitted = submit_job(client_api, payment_amount="2")
+    register_miner(miner_api)
+    published = []
+    monkeypatch.setattr(events, "publish_job_statuses", published.extend)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        [claimed] = job_claim(miner=Miner.objects.get())
+
+    assert [job.pk for job in published] == [claimed.pk]
+    assert Job.payment.is_cached(claimed)
+    with django_assert_num_queries(0):
+        event = events.job_status_event(published[0])
+    assert (event["status"], event["payment_id"], event["payment_status"]) == (
+        "running",
+        submitted["payment_id"],
+        "escrowed",
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 def test_publish_job_status_reaches_the_jobs_group(layer_kind, client_api, submit_job):
     job = Job.objects.get(pk=submit_job(client_api)["job_id"])

@@ -61,3 +61,13 @@ def test_list_query_count_does_not_grow_with_jobs(client_api, submit_job, django
     with django_assert_max_num_queries(8):
         response = client_api.get("/v1/jobs?limit=30")
     assert len(response.json()["items"]) == 30
+
+
+def test_listing_paid_jobs_reads_their_payments_in_the_same_query(
+    client_api, submit_job, django_assert_max_num_queries
+):
+    for _ in range(10):
+        submit_job(client_api, payment_amount="1")
+    with django_assert_max_num_queries(8):
+        response = client_api.get("/v1/jobs?limit=10")
+    assert {(job["payment_status"], job["amount_charged"]) for job in response.json()["items"]} == {("escrowed", None)}

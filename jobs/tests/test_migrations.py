@@ -53,6 +53,6 @@ def test_receipts_keep_their_rows_attestations_and_sealing_queue_when_they_move_
     # Permissions and admin history keep pointing at the receipts.
     assert ContentType.objects.get_for_model(Receipt).pk == content_type
     # The trigger that queues a stored receipt for sealing followed its table.
-    issued = receipts_issue(completed=[(new_job, new_job.miner.miner_id)])[0]
+    issued = receipts_issue(completed=[(new_job, new_job.miner.miner_id, new_job.price)])[0]
     waiting = list(PendingLeaf.objects.filter(kind="receipt").values_list("ref", flat=True))
     assert waiting == ["rcpt_kept", issued.receipt_id]

@@ -3,6 +3,8 @@ import re
 import uuid
 from decimal import Decimal
 
+import pytest
+
 from jobs.models import Job, JobStatus
 from jobs.services import job_submit
 from payments.templatetags.credits import credits
@@ -44,8 +46,12 @@ def test_a_model_outside_the_catalog_cannot_be_picked(browser):
     assert not Job.objects.exists()
 
 
-def test_a_job_the_wallet_cannot_pay_for_shows_the_services_reason(browser, settings):
-    settings.AITBC_WELCOME_CREDITS = Decimal(0)
+@pytest.fixture
+def no_welcome_credits(settings):
+    settings.AITBC_WELCOME_CREDITS = Decimal(0)  # wallets open empty
+
+
+def test_a_job_the_wallet_cannot_pay_for_shows_the_services_reason(no_welcome_credits, browser):
     response = browser.post("/jobs/", {"model": "smollm2-135m", "prompt": "hi", "max_tokens": "100"})
     assert response.status_code == 200
     assert response.context["form"].non_field_errors()

@@ -6,6 +6,7 @@ whose raw body is signed with ``EXCHANGE_WEBHOOK_SECRET``. ``rates`` and ``marke
 """
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -14,7 +15,6 @@ from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.selectors import user_by_id
 from core.api.permissions import IsClient, is_admin
 from core.errors import NotFound, ServiceError
 from payments.api.exchange_serializers import (
@@ -27,9 +27,9 @@ from payments.api.exchange_serializers import (
 )
 from payments.exchange import (
     exchange_market_stats,
+    exchange_payment_as_it_stands,
     exchange_payment_confirm,
     exchange_payment_create,
-    exchange_payment_expire_if_due,
     exchange_payment_visible_to,
     exchange_rates,
     webhook_signature_valid,
@@ -100,7 +100,8 @@ class ExchangeCreatePaymentView(APIView):
             raise ServiceError(
                 "You may only buy credits for yourself.", code="FORBIDDEN", status_code=status.HTTP_403_FORBIDDEN
             )
-        user = user_by_id(user_id)
+        # The user model through Django's auth: the accounts app sits above payments.
+        user = get_user_model().objects.filter(pk=user_id).first()
         if user is None:
             raise NotFound("User not found.", code="USER_NOT_FOUND")
         return user
@@ -124,7 +125,7 @@ class ExchangePaymentStatusView(APIView):
         payment = exchange_payment_visible_to(payment_id=payment_id, user=request.user, is_admin=is_admin(request))
         if payment is None:
             raise NotFound("Exchange payment not found.", code="EXCHANGE_PAYMENT_NOT_FOUND")
-        return Response(ExchangePaymentViewSerializer(exchange_payment_expire_if_due(payment=payment)).data)
+        return Response(ExchangePaymentViewSerializer(exchange_payment_as_it_stands(payment)).data)
 
 
 class ExchangeConfirmPaymentView(APIView):

@@ -72,7 +72,7 @@ class PaymentCreateSerializer(serializers.Serializer):
 class PaymentViewSerializer(serializers.ModelSerializer):
     """PaymentView (also served as JobPaymentView): a job's payment and where its credits are."""
 
-    job_id = serializers.UUIDField(read_only=True)
+    job_id = serializers.UUIDField(source="job.pk", read_only=True)
     status = serializers.ChoiceField(choices=PaymentStatus.choices, read_only=True)
     payer_address = serializers.CharField(source="payer.address", read_only=True)
     escrow_address = serializers.CharField(source="escrow.address", read_only=True)
@@ -132,7 +132,7 @@ class PaymentActionSerializer(serializers.Serializer):
         payment = self.context["payment"]
         if "payment_id" in attrs and attrs["payment_id"] != payment.payment_id:
             raise serializers.ValidationError({"payment_id": "Does not match the payment in the path."})
-        if "job_id" in attrs and attrs["job_id"] != payment.job_id:
+        if "job_id" in attrs and attrs["job_id"] != payment.job.pk:
             raise serializers.ValidationError({"job_id": "Is not this payment's job."})
         return attrs
 
@@ -146,29 +146,26 @@ class PaymentLedgerTransactionSerializer(serializers.Serializer):
     """A ledger transaction of the payment's job, as the explorer seals it."""
 
     id = serializers.IntegerField()
-    hash = serializers.CharField(
+    hash = serializers.SerializerMethodField(
         help_text="Hex leaf hash in the explorer's blocks: SHA-256(0x00 ‖ canonical JSON of the transaction)"
     )
     business_key = serializers.CharField(help_text="escrow:<job>, settle:<job> or refund:<job>")
     kind = serializers.CharField()
-    amount = serializers.CharField(help_text="Credits moved: the sum of the credited entries")
+    amount = serializers.SerializerMethodField(help_text="Credits moved: the sum of the credited entries")
     memo = serializers.CharField(allow_blank=True)
     created_at = serializers.CharField()
     entries = PaymentLedgerEntrySerializer(many=True)
 
     def to_representation(self, tx: LedgerTransaction):
-        document = transaction_document(tx)
-        credited = sum((Decimal(e["amount"]) for e in document["entries"] if Decimal(e["amount"]) > 0), Decimal(0))
-        return {
-            "id": document["id"],
-            "hash": merkle.leaf_hash(signing.canonical_json(document)).hex(),
-            "business_key": document["business_key"],
-            "kind": document["kind"],
-            "amount": f"{credited:.8f}",
-            "memo": document["memo"],
-            "created_at": document["created_at"],
-            "entries": document["entries"],
-        }
+        # The fields read the transaction's sealed document, which the hash is taken over.
+        return super().to_representation(transaction_document(tx))
+
+    def get_hash(self, document: dict) -> str:
+        return merkle.leaf_hash(signing.canonical_json(document)).hex()
+
+    def get_amount(self, document: dict) -> str:
+        credited = (Decimal(entry["amount"]) for entry in document["entries"])
+        return f"{sum((amount for amount in credited if amount > 0), Decimal(0)):.8f}"
 
 
 @extend_schema_serializer(

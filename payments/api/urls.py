@@ -3,13 +3,9 @@ from django.urls import path
 from payments.api import exchange_views, views
 
 urlpatterns = [
-    path("v1/payments", views.PaymentCreateView.as_view(), name="payments"),
     path("v1/payments/<str:payment_id>", views.PaymentDetailView.as_view(), name="payment-detail"),
     path("v1/payments/<str:payment_id>/status", views.PaymentStatusView.as_view(), name="payment-status"),
     path("v1/payments/<str:payment_id>/receipt", views.PaymentReceiptView.as_view(), name="payment-receipt"),
-    path("v1/payments/<str:payment_id>/release", views.PaymentReleaseView.as_view(), name="payment-release"),
-    path("v1/payments/<str:payment_id>/refund", views.PaymentRefundView.as_view(), name="payment-refund"),
-    path("v1/jobs/<uuid:job_id>/payment", views.JobPaymentDetailView.as_view(), name="job-payment"),
     path("v1/exchange/create-payment", exchange_views.ExchangeCreatePaymentView.as_view(), name="exchange-create"),
     path(
         "v1/exchange/payment-status/<str:payment_id>",

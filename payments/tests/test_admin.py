@@ -6,8 +6,8 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from accounts.services import user_get_or_create
-from jobs.models import Job, JobStatus
-from payments.models import LedgerTransaction, Payment, PaymentStatus, TransactionKind, Wallet, WalletKind
+from jobs.models import Job
+from payments.models import LedgerTransaction, PaymentStatus, TransactionKind, WalletKind
 from payments.services import system_wallet
 from tests.factories import WalletFactory
 
@@ -166,38 +166,6 @@ def test_credit_with_a_bad_amount_shows_the_form_again(admin_client, alice_walle
     assert response.status_code == 200
     assert response.context["form"].errors["amount"]
     assert not LedgerTransaction.objects.filter(kind=TransactionKind.MINT).exists()
-
-
-# --- Refund ----------------------------------------------------------------------------
-
-
-def test_refund_action_refunds_escrowed_payments_of_finished_jobs(admin_client, client_api, submit_job):
-    job = paid_job(client_api, submit_job, "3")
-    Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED)  # failed without its refund
-
-    response = admin_client.post(PAYMENTS, {"action": "refund", ACTION_CHECKBOX_NAME: [job.payment.pk]}, follow=True)
-
-    assert "Refunded 1 payment(s)." in messages_of(response)
-    assert Payment.objects.get().status == PaymentStatus.REFUNDED
-    assert Wallet.objects.get(user=client_api.user).balance == Decimal(100)
-    assert Job.objects.get(pk=job.pk).payment_status == PaymentStatus.REFUNDED
-
-
-def test_refund_action_leaves_active_jobs_and_settled_payments_alone(admin_client, client_api, submit_job):
-    queued = paid_job(client_api, submit_job, "1")
-    cancelled = paid_job(client_api, submit_job, "2")
-    client_api.post(f"/v1/jobs/{cancelled.pk}/cancel")
-
-    response = admin_client.post(
-        PAYMENTS,
-        {"action": "refund", ACTION_CHECKBOX_NAME: [queued.payment.pk, cancelled.payment.pk]},
-        follow=True,
-    )
-
-    shown = messages_of(response)
-    assert "Refunded 0 payment(s)." in shown
-    assert any(queued.payment_id in message and "cancel" in message for message in shown)
-    assert Payment.objects.get(pk=queued.payment.pk).status == PaymentStatus.ESCROWED
 
 
 def test_staff_who_may_only_view_the_ledger_cannot_mint(client, alice_wallet):

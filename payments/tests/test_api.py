@@ -111,9 +111,12 @@ def test_paying_for_another_clients_job_is_404(other_client_api, unpaid_job):
     assert not Payment.objects.exists()
 
 
-def test_paying_more_than_the_wallet_holds_is_402_and_changes_nothing(client_api, unpaid_job, settings):
-    settings.AITBC_WELCOME_CREDITS = 0  # a wallet that was never credited
+@pytest.fixture
+def no_welcome_credits(settings):
+    settings.AITBC_WELCOME_CREDITS = 0  # wallets open empty
 
+
+def test_paying_more_than_the_wallet_holds_is_402_and_changes_nothing(no_welcome_credits, client_api, unpaid_job):
     response = pay(client_api, unpaid_job["job_id"], "1")
 
     assert response.status_code == 402
@@ -279,7 +282,7 @@ def test_a_paid_completion_whose_escrow_is_gone_changes_nothing(client_api, mine
         job_complete(job_id=job_id, miner=Miner.objects.get(), result={"output": "done"})
 
     job = Job.objects.get(pk=job_id)
-    assert (job.status, job.payment_status, job.receipts.count()) == (JobStatus.RUNNING, "escrowed", 0)
+    assert (job.status, job.payment_status, job.receipts.count()) == (JobStatus.RUNNING, PaymentStatus.REFUNDED, 0)
 
 
 # --- GET /v1/jobs/{id}/payment ---------------------------------------------------------

@@ -39,3 +39,25 @@ def test_wallet_reads_a_fixed_number_of_queries(browser, alice, finished_job, dj
     with django_assert_max_num_queries(9):
         response = browser.get("/wallet/")
     assert len(response.context["entries"].object_list) == 6
+
+
+def test_pages_with_a_balance_write_nothing(browser, alice):
+    from payments.models import LedgerTransaction, Wallet
+
+    before = (Wallet.objects.count(), LedgerTransaction.objects.count())
+    for page in ("/", "/wallet/"):
+        assert browser.get(page).status_code == 200
+    assert (Wallet.objects.count(), LedgerTransaction.objects.count()) == before
+
+
+def test_an_account_without_a_wallet_sees_an_empty_balance_and_gets_none(db, client):
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(username="made-elsewhere")  # as createsuperuser makes one
+    client.force_login(user)
+
+    overview, wallet = client.get("/"), client.get("/wallet/")
+
+    assert "0 AITBC" in overview.content.decode()
+    assert "0 AITBC" in wallet.content.decode()
+    assert wallet_of(user=user) is None
