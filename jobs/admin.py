@@ -136,14 +136,7 @@ class MinerAdmin(MinerRegistryAdmin):
     banning it returns its jobs to the queue."""
 
     list_display = (
-        "miner_id",
-        "owner",
-        "status",
-        "draining",
-        "gpu_name",
-        "vram_gb",
-        "region",
-        "last_heartbeat_at",
+        *MinerRegistryAdmin.list_display[:-1],  # the registry's columns, ban time last
         "load",
         "jobs_completed",
         "earnings",
