@@ -1,7 +1,9 @@
+import os
 import uuid
 
 import pytest
 from django.conf import settings
+from django.db import connection
 from rest_framework.test import APIClient
 
 from tests.factories import ApiKeyFactory
@@ -117,3 +119,41 @@ def tiny_model(db, tiny_model_dir):
         default_max_tokens=16,
         max_tokens=2000,
     )
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """``serve(models)``: daphne on the test database, as ``bin/start`` runs it, its in-process
+    workers serving ``models`` (none: no workers, for external miners). Stopped after the test."""
+    servers = []
+
+    from aitbc_site.testing.processes import Daphne
+
+    def start(models: str = "", **extra: str) -> Daphne:
+        database = connection.settings_dict
+        env = {
+            **os.environ,
+            "DEBUG": "true",
+            "SECRET_KEY": "openai-test-secret-key",
+            "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}",
+            "DATABASE_POOL": "false",
+            "AITBC_DATA_DIR": str(tmp_path),
+            "AITBC_EMBEDDED_WORKERS": "true" if models else "false",
+            "INFERENCE_MODELS": models,
+            "MODEL_CACHE_DIR": str(tmp_path / "models"),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "RATE_LIMITS_ENABLED": "false",
+            **extra,
+        }
+        env.pop("DRAMATIQ_BROKER_URL", None)
+        if settings.REDIS_URL:
+            env["REDIS_URL"] = settings.REDIS_URL
+        server = Daphne(env, log_dir=tmp_path)
+        servers.append(server)
+        server.start(timeout=60)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop(timeout=3)
+        print(f"{server.name}'s log:\n" + server.log(5000))  # shown when the test fails

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "inference",
     "payments",
     "explorer",
+    "openai_compat",
 ]
 
 MIDDLEWARE = [
@@ -307,6 +308,11 @@ MINER_MAX_CLAIM_BATCH = env_int("MINER_MAX_CLAIM_BATCH", 64, minimum=1)
 # How long a queue outlook (is_possible, wait estimate) for one kind of job may be reused.
 JOB_OUTLOOK_CACHE_SECONDS = env_int("JOB_OUTLOOK_CACHE_SECONDS", 2, minimum=0)
 HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, minimum=1)
+# The OpenAI-compatible routes: how long a request waits for a miner to take its job, and for
+# the job to end, before it answers 504 with the job's id (the job goes on; its result is
+# fetched later from /v1/jobs/<id>/result).
+OPENAI_QUEUE_TIMEOUT_SECONDS = env_int("OPENAI_QUEUE_TIMEOUT_SECONDS", 60, minimum=0)
+OPENAI_RESPONSE_TIMEOUT_SECONDS = env_int("OPENAI_RESPONSE_TIMEOUT_SECONDS", 600, minimum=1)
 
 RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 

@@ -10,6 +10,7 @@ urlpatterns = [
     path("", include("miners.api.urls")),
     path("", include("jobs.api.urls")),
     path("", include("catalog.api.urls")),
+    path("", include("openai_compat.api.urls")),
     path("", include("payments.api.urls")),
     path("", include("accounts.api.urls")),
     path("", include("explorer.api.urls")),

@@ -4,7 +4,8 @@ It needs no database and no broker: it reads the catalog from ``GET /v1/models``
 models it was asked to serve, registers and heartbeats. A polling thread long-polls for as many
 jobs as there is room for; the main thread runs them on the same engine as the in-cluster
 workers, one continuous batch per generation model that polled jobs join between decoding steps,
-and a reporting thread posts each result (or failure) under its lease as soon as the job ends.
+a streaming thread sends the text as it is decoded (``POST /v1/miners/tokens``), and a reporting
+thread posts each result (or failure) under its lease as soon as the job ends.
 """
 
 import logging
@@ -49,6 +50,7 @@ class MinerAgent:
         price: str | None = None,
         max_jobs: int | None = None,
         threads: int = 0,
+        stream_tokens: bool = True,
         transport: httpx.BaseTransport | None = None,
     ):
         self.model_names = list(dict.fromkeys(models))
@@ -77,6 +79,8 @@ class MinerAgent:
         self._inflight = 0  # jobs leased and not yet answered
         self._taken = 0  # jobs leased since the start
         self._poll_error: AgentError | None = None
+        self._leases: dict[str, str] = {}  # job id → lease token, of the jobs running here
+        self.tokens = TokenStream(self.http) if stream_tokens else None
 
     # --- control -------------------------------------------------------------------------
 
@@ -102,6 +106,8 @@ class MinerAgent:
         poller = threading.Thread(target=self._poll_for_room, name="miner-poll", daemon=True)
         beat.start()
         poller.start()
+        if self.tokens is not None:
+            self.tokens.start()
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="miner-report") as reporter:
                 self._serve(reporter)
@@ -110,6 +116,8 @@ class MinerAgent:
             with self._slots:
                 self._slots.notify_all()
             beat.join(timeout=5)
+            if self.tokens is not None:
+                self.tokens.close()
             self.http.close()
         if self._poll_error is not None:
             raise self._poll_error
@@ -202,9 +210,12 @@ class MinerAgent:
         """Run polled jobs until the poller is done and every job is answered: generation jobs join
         their model's continuous batch between steps, embedding jobs run as one batch per arrival."""
         with ExitStack() as stack:
+            on_tokens = self._stream if self.tokens is not None else None
             batches = {
                 name: stack.enter_context(
-                    engine.Generation(model, capacity=self.batch_size, should_stop=self._abort.is_set)
+                    engine.Generation(
+                        model, capacity=self.batch_size, on_tokens=on_tokens, should_stop=self._abort.is_set
+                    )
                 )
                 for name, model in self.models.items()
                 if model.spec.task in engine.GENERATION_TASKS
@@ -215,6 +226,7 @@ class MinerAgent:
                 if polling:
                     arrived, polling = self._take_polled(wait=not any(batches.values()))
                     jobs_by_key.update((job["job_id"], job) for job in arrived)
+                    self._leases.update((job["job_id"], job.get("lease_token") or "") for job in arrived)
                     for model_name, jobs in _by_model(arrived).items():
                         self._answered(self._start(model_name, jobs, batches), reporter, jobs_by_key)
                 for batch in batches.values():
@@ -250,12 +262,31 @@ class MinerAgent:
         if not answers:
             return
         for answer in answers:
+            self._leases.pop(answer.key, None)
             reporter.submit(self._report_logging_errors, jobs_by_key.pop(answer.key), answer)
         with self._slots:
             self._inflight -= len(answers)
             self._slots.notify_all()
 
+    def _stream(self, events: list[engine.TokenEvent]) -> None:
+        """The engine's new text of one decoding step, handed to the streaming thread."""
+        self.tokens.put(
+            [
+                {
+                    "job_id": event.key,
+                    "index": event.index,
+                    "text": event.text,
+                    "completion_tokens": event.completion_tokens,
+                    "lease_token": self._leases.get(event.key, ""),
+                }
+                for event in events
+            ]
+        )
+
     def _report_logging_errors(self, job: dict, answer: engine.Answer) -> None:
+        if self.tokens is not None:
+            # The job's last pieces go out before its result, whose status ends its streams.
+            self.tokens.flush(timeout=10)
         try:
             self.report(job, answer)
         except AgentError as error:
@@ -307,6 +338,91 @@ class MinerAgent:
                     return None
             else:
                 time.sleep(delay)
+
+
+class TokenStream:
+    """Sends decoded text to the coordinator (``POST /v1/miners/tokens``) from a thread of its own.
+
+    What was decoded while one request was on its way goes in the next: a request per round trip
+    rather than per token, and the pieces of every running job together. Streaming is best
+    effort: a batch that fails is dropped (the job's result carries its whole text), and a
+    coordinator that has no such route (404) is not streamed to again.
+    """
+
+    MAX_BATCH = 4096
+
+    def __init__(self, http: httpx.Client):
+        self.http = http
+        self._changed = threading.Condition()
+        self._pending: list[dict] = []
+        self._queued = 0  # pieces handed over since the start
+        self._done = 0  # of those, pieces sent (or dropped)
+        self._closing = False
+        self._refused: set[str] = set()  # jobs the coordinator says are no longer ours
+        self.enabled = True
+        self._thread = threading.Thread(target=self._run, name="miner-tokens", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, pieces: list[dict]) -> None:
+        with self._changed:
+            if not self.enabled:
+                return
+            pieces = [piece for piece in pieces if piece["job_id"] not in self._refused]
+            self._pending.extend(pieces)
+            self._queued += len(pieces)
+            self._changed.notify_all()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every piece handed over so far has been sent; False past ``timeout``."""
+        with self._changed:
+            target = self._queued
+            return self._changed.wait_for(lambda: self._done >= target or not self._thread.is_alive(), timeout)
+
+    def close(self) -> None:
+        self.flush(timeout=5)
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._pending or self._closing)
+                if self._closing and not self._pending:
+                    return
+                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+            self._send(batch)
+            with self._changed:
+                self._done += len(batch)
+                self._changed.notify_all()
+
+    def _send(self, batch: list[dict]) -> None:
+        try:
+            response = self.http.post("/v1/miners/tokens", json={"tokens": batch})
+        except httpx.HTTPError as error:
+            logger.warning("%d streamed piece(s) not sent: %s", len(batch), error)
+            return
+        if response.status_code == 404 and _error_code(response) in (None, "NOT_FOUND"):
+            logger.warning("the coordinator takes no streamed tokens (404): results only from now on")
+            self.enabled = False
+        elif response.status_code >= 400:
+            logger.warning("%d streamed piece(s) refused: %s %s", len(batch), response.status_code, response.text[:200])
+        else:
+            refused = response.json().get("refused_jobs") or []
+            with self._changed:
+                self._refused.update(refused)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("error_code") if isinstance(body, dict) else None
 
 
 def _by_model(jobs: list[dict]) -> dict[str, list[dict]]:

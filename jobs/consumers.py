@@ -19,9 +19,9 @@ from core.sockets import (
     socket_credentials,
 )
 from jobs import events, selectors, wakeup
-from jobs.api.miner_serializers import LeasedJobSerializer
+from jobs.api.miner_serializers import LeasedJobSerializer, TokensSerializer
 from jobs.models import JobStatus
-from jobs.services import job_claim, job_requeue
+from jobs.services import job_claim, job_requeue, job_tokens_relay
 from miners import selectors as miner_selectors
 from miners import services as miner_services
 from miners.models import Miner, ServedModel
@@ -123,6 +123,8 @@ def _subscription(*, job_id, raw_key: str | None, user) -> tuple[int | None, dic
 # --- ws/miners/ ----------------------------------------------------------------------------
 
 JOB_ASSIGNED = "job.assigned"
+JOB_TOKENS = "job.tokens"
+TOKENS_REFUSED = "job.tokens.refused"
 
 
 class MinerConsumer(ClientSocket):
@@ -140,6 +142,9 @@ class MinerConsumer(ClientSocket):
     heartbeats still go over HTTP. ``{"type": "ready"}`` asks for a claim now (say, after
     reporting a result, when a queued job was waiting for a free slot); without one the socket
     claims again every ``RECHECK_SECONDS``. ``{"type": "ping"}`` is answered ``{"type": "pong"}``.
+    ``{"type": "job.tokens", "tokens": [...]}`` streams output as ``POST /v1/miners/tokens`` does;
+    pieces of jobs the miner no longer runs are answered ``{"type": "job.tokens.refused",
+    "job_ids": [...]}``, and a malformed message ``{"type": "error", ...}``.
 
     Wake-ups are those long polls sleep on (``jobs.wakeup``): the socket registers one waiter
     for its miner's models, held by a thread of its own that blocks on it and wakes the event
@@ -198,6 +203,17 @@ class MinerConsumer(ClientSocket):
     async def on_message(self, content: dict) -> None:
         if content.get("type") == "ready" and self.pusher is not None:
             self.wake.set()
+        elif content.get("type") == JOB_TOKENS and self.miner is not None:
+            await self._relay_tokens(content)
+
+    async def _relay_tokens(self, content: dict) -> None:
+        submitted = TokensSerializer(data=content)
+        if not submitted.is_valid():
+            await self.send_json({"type": "error", "error_code": "VALIDATION_ERROR", "errors": submitted.errors})
+            return
+        refused = await database_sync_to_async(job_tokens_relay)(miner=self.miner, pieces=submitted.pieces())
+        if refused:
+            await self.send_json({"type": TOKENS_REFUSED, "job_ids": sorted(refused)})
 
     def _wait_for_work(self, loop: asyncio.AbstractEventLoop, models: list[str], registered: asyncio.Event) -> None:
         """The socket's waiting thread: relays this miner's wake-ups to the event loop."""

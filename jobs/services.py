@@ -9,6 +9,7 @@ going offline or ban are here too, since they extend or end the attempts the min
 import hashlib
 import math
 import time
+import uuid
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -69,8 +70,10 @@ def job_submit(
     max_attempts: int | None = None,
     idempotency_key: str | None = None,
     payment_amount: Decimal | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> Submission:
-    """Queue a job. With an ``idempotency_key`` a repeated request returns the first job.
+    """Queue a job. With an ``idempotency_key`` a repeated request returns the first job. A caller
+    may choose the job's id (``job_id``), to follow its events from before it can have any.
 
     A model of the catalog must be enabled and fit the job; other models are for the miners
     that bring them. The job's price (``payment_amount``, else the catalog's price for its
@@ -104,6 +107,7 @@ def job_submit(
         price = payment_amount
     now = timezone.now()
     job = Job(
+        id=job_id or uuid.uuid4(),
         client=client,
         type=job_type,
         model=model,
@@ -746,6 +750,49 @@ def job_requeue(*, job_id, reason: str = "re-queued by staff") -> Job:
         job.max_attempts = max(job.max_attempts, job.attempt + 1)
         _fail_attempts([job], code="REQUEUED", message=reason, blame=False)
     return job
+
+
+# --- Streaming -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamedText:
+    """A piece of a job's output that a miner decoded: the ``index``-th of the attempt, with the
+    number of tokens generated so far when the miner tells it."""
+
+    job_id: str
+    index: int
+    text: str
+    lease_token: str | None = None
+    completion_tokens: int | None = None
+
+
+def job_tokens_relay(*, miner: Miner, pieces: list[StreamedText]) -> set[str]:
+    """Publish what a miner decoded to its jobs' subscribers (``ws/jobs/<id>/``, the OpenAI
+    streams), as the in-cluster workers publish theirs; return the ids of the jobs refused.
+
+    Fenced as results are: only pieces of jobs the miner runs are relayed, and a piece carrying a
+    ``lease_token`` only for the attempt that token was issued to. Nothing is stored: the
+    result the miner reports at the end is the job's output. Returns once the pieces are on the
+    channel layer, so a miner's next batch, wherever it lands, is published after this one.
+    """
+    if not pieces:
+        return set()
+    running = Job.objects.filter(pk__in={piece.job_id for piece in pieces}, miner=miner, status=JobStatus.RUNNING)
+    leases = {str(pk): (token, payload) for pk, token, payload in running.values_list("pk", "lease_token", "payload")}
+    relayed, refused = [], set()
+    for piece in pieces:
+        lease, payload = leases.get(piece.job_id, (None, None))
+        if lease is None or (piece.lease_token and piece.lease_token != lease):
+            refused.add(piece.job_id)
+            continue
+        completion_tokens = piece.completion_tokens if piece.completion_tokens is not None else piece.index + 1
+        max_tokens = payloads.requested_max_tokens(payload)
+        relayed.append((piece.job_id, piece.index, piece.text, completion_tokens, max_tokens))
+    if relayed:
+        events.publish_token_events(relayed)
+        events.flush()
+    return refused
 
 
 # --- Housekeeping ----------------------------------------------------------------------

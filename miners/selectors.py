@@ -6,7 +6,7 @@ from django.db.models import Count, QuerySet
 from accounts.services import KEY_COLUMN_COUNT, KEY_COLUMNS, KEY_TABLES, keys_from_rows
 from core import rawsql
 from core.errors import NotFound
-from miners.models import Miner, MinerStatus
+from miners.models import Miner, MinerStatus, ServedModel
 
 _MINER_BY_NAME = f"SELECT {rawsql.columns(Miner, 'm')} FROM miners_miner m WHERE m.miner_id = %s AND m.status <> %s"
 _KEYS_AND_MINER = (
@@ -60,3 +60,8 @@ def miners_silent_since(*, cutoff: datetime) -> QuerySet[Miner]:
 def miner_counts() -> dict[str, int]:
     counts = dict(Miner.objects.values_list("status").annotate(n=Count("id")).order_by())
     return {status.value: counts.get(status.value, 0) for status in MinerStatus}
+
+
+def model_served_online(name: str) -> bool:
+    """Whether an online miner that is not draining serves the model ``name``."""
+    return ServedModel.objects.filter(name=name, miner__status=MinerStatus.ONLINE, miner__draining=False).exists()

@@ -57,6 +57,8 @@ def url_routes() -> dict[str, set[str]]:
 def world(settings, make_api, register_miner, submit_job, django_user_model):
     settings.RATE_LIMITS_ENABLED = False
     settings.MINER_MAX_POLL_WAIT_SECONDS = 0
+    # No miner serves matrix-model: OpenAI-compatible requests answer 504 with their job at once.
+    settings.OPENAI_QUEUE_TIMEOUT_SECONDS = 0
     callers = {
         "anonymous": APIClient(),
         "client": make_api("client", "alice"),
@@ -129,6 +131,8 @@ def answer(api: APIClient, method: str, path: str, body) -> tuple[int, bytes]:
 PUBLIC = (200,) * 7
 SUBMIT = {"prompt": "hi", "model": "llama3.2"}
 RESULT = {"result": {"output": "ok"}}
+TOKENS = {"tokens": [{"job_id": "{running}", "index": 0, "text": "ok"}]}
+CHAT = {"model": "matrix-model", "messages": [{"role": "user", "content": "hi"}]}
 ROWS = [
     ("GET", "/v1/jobs", None, (401, 200, 200, 403, 403, 200, 200)),
     ("POST", "/v1/jobs", SUBMIT, (401, 201, 201, 403, 403, 201, 201)),
@@ -147,6 +151,7 @@ ROWS = [
     ("POST", "/v1/miners/heartbeat", {"inflight": 0}, (401, 403, 403, 200, 200, 404, 403)),
     ("GET", "/v1/miners/poll", None, (401, 403, 403, 200, 200, 404, 403)),
     ("POST", "/v1/miners/poll", {}, (401, 403, 403, 200, 200, 404, 403)),
+    ("POST", "/v1/miners/tokens", TOKENS, (401, 403, 403, 200, 200, 404, 403)),
     ("POST", "/v1/miners/{running}/result", RESULT, (401, 403, 403, 200, 409, 200, 403)),
     ("POST", "/v1/miners/{running}/fail", {"error_code": "INFERENCE_FAILED"}, (401, 403, 403, 200, 409, 200, 403)),
     ("POST", "/v1/miners/miner-1/jobs", None, (401, 403, 403, 200, 404, 200, 403)),
@@ -167,6 +172,9 @@ ROWS = [
     ("POST", "/v1/jobs/{running}/complete", RESULT, (401, 403, 403, 200, 409, 200, 403)),
     ("GET", "/v1/models", None, (401, 200, 200, 200, 200, 200, 200)),
     ("GET", "/v1/models/matrix-model", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("POST", "/v1/chat/completions", CHAT, (401, 504, 504, 403, 403, 504, 504)),
+    ("POST", "/v1/completions", {"model": "matrix-model", "prompt": "hi"}, (401, 504, 504, 403, 403, 504, 504)),
+    ("POST", "/v1/embeddings", {"model": "matrix-model", "input": "hi"}, (401, 400, 400, 403, 403, 400, 400)),
     ("POST", "/v1/payments", {"job_id": "{running}", "amount": "1"}, (401, 201, 404, 403, 403, 404, 201)),
     ("GET", "/v1/payments/{payment}", None, (401, 200, 403, 403, 403, 200, 200)),
     ("GET", "/v1/payments/{payment}/status", None, (401, 200, 403, 403, 403, 200, 200)),
@@ -274,6 +282,8 @@ def fill(template, values: dict):
         return int(filled) if template == "{user}" else filled
     if isinstance(template, dict):
         return {key: fill(value, values) for key, value in template.items()}
+    if isinstance(template, list):
+        return [fill(item, values) for item in template]
     return template
 
 

@@ -34,6 +34,7 @@ def _schema():
 def fuzzing(settings):
     settings.RATE_LIMITS_ENABLED = False
     settings.MINER_MAX_POLL_WAIT_SECONDS = 0
+    settings.OPENAI_QUEUE_TIMEOUT_SECONDS = 0
 
 
 @pytest.fixture

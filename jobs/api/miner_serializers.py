@@ -4,6 +4,7 @@ from rest_framework import serializers
 
 from core.api.formats import iso_datetime
 from jobs.selectors import REPUTATION_WINDOW
+from jobs.services import StreamedText
 
 
 class OkSerializer(serializers.Serializer):
@@ -72,6 +73,46 @@ class FailSerializer(serializers.Serializer):
     error_message = serializers.CharField(required=False, default="", allow_blank=True, max_length=10_000)
     metrics = serializers.DictField(required=False, default=dict)
     lease_token = serializers.CharField(required=False, allow_blank=True, max_length=36)
+
+
+class StreamedTextSerializer(serializers.Serializer):
+    job_id = serializers.UUIDField()
+    index = serializers.IntegerField(
+        min_value=0, max_value=10_000_000, help_text="The piece's place in the attempt's output, from 0."
+    )
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=100_000)
+    lease_token = serializers.CharField(required=False, allow_blank=True, max_length=36)
+    completion_tokens = serializers.IntegerField(
+        required=False, min_value=0, max_value=10_000_000, help_text="Tokens generated so far (for progress)."
+    )
+
+
+class TokensSerializer(serializers.Serializer):
+    """Pieces of output decoded since the last batch, of any of the miner's jobs, in order."""
+
+    tokens = StreamedTextSerializer(many=True, max_length=4096)
+
+    def pieces(self) -> list[StreamedText]:
+        return [
+            StreamedText(
+                job_id=str(token["job_id"]),
+                index=token["index"],
+                text=token["text"],
+                lease_token=token.get("lease_token") or None,
+                completion_tokens=token.get("completion_tokens"),
+            )
+            for token in self.validated_data["tokens"]
+        ]
+
+
+class TokensRelayedSerializer(serializers.Serializer):
+    status = serializers.CharField(default="ok")
+    relayed = serializers.IntegerField(help_text="Pieces published to the jobs' subscribers.")
+    refused_jobs = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Jobs this miner no longer runs under the lease sent (cancelled, re-queued, finished): stop "
+        "streaming them.",
+    )
 
 
 class ClaimSerializer(serializers.Serializer):

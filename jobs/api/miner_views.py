@@ -23,6 +23,8 @@ from jobs.api.miner_serializers import (
     PollSerializer,
     ResultSerializer,
     ResultWithJobSerializer,
+    TokensRelayedSerializer,
+    TokensSerializer,
     TutorialCompleteSerializer,
 )
 from jobs.api.serializers import JobSerializer, ResultAcceptedSerializer
@@ -121,6 +123,25 @@ class PollView(MinerView):
         if max_jobs == 1:
             return Response(LeasedJobSerializer(jobs[0]).data)
         return Response(LeasedJobBatchSerializer({"jobs": jobs}).data)
+
+
+class TokensView(MinerView):
+    """Tokens as the miner decodes them, before the result: relayed to ``ws/jobs/<id>/`` and the
+    OpenAI-compatible streams."""
+
+    @extend_schema(
+        summary="Stream the output of running jobs",
+        request=TokensSerializer,
+        parameters=[MINER_ID_HEADER],
+        responses={200: TokensRelayedSerializer, **ERRORS},
+    )
+    def post(self, request):
+        submitted = TokensSerializer(data=request.data)
+        submitted.is_valid(raise_exception=True)
+        pieces = submitted.pieces()
+        refused = services.job_tokens_relay(miner=self.miner(), pieces=pieces)
+        relayed = sum(1 for piece in pieces if piece.job_id not in refused)
+        return Response({"status": "ok", "relayed": relayed, "refused_jobs": sorted(refused)})
 
 
 class ResultView(JobReportView):

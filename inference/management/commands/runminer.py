@@ -39,6 +39,11 @@ class Command(BaseCommand):
         parser.add_argument("--price", default=None, help="Price per job unit you ask (AITBC).")
         parser.add_argument("--grace", type=float, default=30, help="Seconds a SIGTERM waits for the running jobs.")
         parser.add_argument("--max-jobs", type=int, default=None, help="Exit after answering this many jobs.")
+        parser.add_argument(
+            "--no-stream",
+            action="store_true",
+            help="Send each job's text with its result only, not as it is decoded (POST /v1/miners/tokens).",
+        )
 
     def handle(self, *args, **options):
         if not options["api_key"]:
@@ -60,6 +65,7 @@ class Command(BaseCommand):
             price=options["price"],
             max_jobs=options["max_jobs"],
             threads=options["threads"],
+            stream_tokens=not options["no_stream"],
         )
 
         def shut_down(signum, frame):

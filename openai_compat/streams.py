@@ -1,0 +1,228 @@
+"""Following a request's jobs from an async view, on the event loop, holding no thread.
+
+The view joins its jobs' channel-layer groups (those ``ws/jobs/<id>/`` sockets join), so it
+hears each status change and each piece of text a miner decodes, in-cluster worker or external
+miner alike. Events are hints: the jobs' rows are read when the watch starts (a job may end
+before it subscribed), again every ``RECHECK_SECONDS`` without an event, and whenever a job
+ends, and an answer is built from the stored result. So a lost event costs latency, and a lost
+piece of text only arrives later, with the end of its choice: a stream never misses text.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+
+from jobs import events
+from jobs.models import JobStatus
+from openai_compat import selectors
+
+RECHECK_SECONDS = 2.0
+LAYER_TIMEOUT_SECONDS = 2.0
+
+logger = logging.getLogger(__name__)
+
+
+async def in_thread(function, /, **kwargs):
+    """``function(**kwargs)`` on the request's thread, its database connection handed back (to
+    the pool) after: a request waiting for its jobs holds no connection."""
+
+    def call():
+        try:
+            return function(**kwargs)
+        finally:
+            if not connection.in_atomic_block:
+                connection.close()
+
+    return await sync_to_async(call)()
+
+
+@dataclass(frozen=True)
+class Started:
+    """A miner took the job."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Text:
+    """Text of the job's output the client has not been sent yet."""
+
+    job_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Ended:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class TimedOut:
+    """No miner took the jobs ``waiting`` within the queue timeout (``queued``), or they ran past
+    the response timeout."""
+
+    waiting: list[str]
+    queued: bool
+
+
+@dataclass
+class StreamedChoice:
+    """One job's text as its client was sent it. Pieces join in their index order (those ahead
+    of a missing one wait for it); a later attempt of the job, decoding from the start again,
+    adds only what goes beyond what was already sent."""
+
+    sent_chars: int = 0
+    attempt_text: str = ""
+    next_index: int = 0
+    early: dict[int, str] = field(default_factory=dict)
+
+    def add(self, index: int, text: str) -> str:
+        if index < self.next_index:
+            return ""
+        self.early[index] = text
+        while self.next_index in self.early:
+            self.attempt_text += self.early.pop(self.next_index)
+            self.next_index += 1
+        return self.beyond_sent(self.attempt_text)
+
+    def restart(self) -> None:
+        self.attempt_text, self.next_index, self.early = "", 0, {}
+
+    def beyond_sent(self, text: str) -> str:
+        new = text[self.sent_chars :]
+        self.sent_chars = max(self.sent_chars, len(text))
+        return new
+
+
+class JobWatch:
+    """``async with JobWatch(ids, …) as watch: async for update in watch.updates(): …``"""
+
+    def __init__(self, job_ids: list[str], *, queue_timeout: float, response_timeout: float):
+        self.job_ids = list(job_ids)
+        self.queue_timeout = queue_timeout
+        now = time.monotonic()
+        self.deadline = now + response_timeout
+        self.status = dict.fromkeys(self.job_ids, JobStatus.QUEUED)
+        self.attempt = dict.fromkeys(self.job_ids, 0)
+        self.queued_since = dict.fromkeys(self.job_ids, now)
+        self.choices = {job_id: StreamedChoice() for job_id in self.job_ids}
+        self.pending = set(self.job_ids)
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._layer = None
+        self._reader: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "JobWatch":
+        layer = get_channel_layer()
+        if layer is None:
+            return self
+        # Workers of this process publish on this loop (the in-memory layer wakes no other).
+        events.use_server_loop(asyncio.get_running_loop())
+        try:
+            self._channel = await asyncio.wait_for(layer.new_channel(), LAYER_TIMEOUT_SECONDS)
+            for job_id in self.job_ids:
+                await asyncio.wait_for(layer.group_add(events.job_group(job_id), self._channel), LAYER_TIMEOUT_SECONDS)
+        except Exception as error:
+            # Without events the jobs' rows still tell when they end (every RECHECK_SECONDS).
+            logger.warning("following jobs %s without their events: %r", self.job_ids, error)
+            return self
+        self._layer = layer
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._reader is None:
+            return
+        reader, self._reader = self._reader, None
+        # A receive cancelled drops what its channel buffered: only done once, at the end.
+        reader.cancel()
+        await asyncio.wait({reader}, timeout=LAYER_TIMEOUT_SECONDS)
+        for job_id in self.job_ids:
+            try:
+                await asyncio.wait_for(
+                    self._layer.group_discard(events.job_group(job_id), self._channel), LAYER_TIMEOUT_SECONDS
+                )
+            except Exception as error:  # the group expires by itself
+                logger.warning("job group of %s not left: %r", job_id, error)
+
+    async def _read(self) -> None:
+        while True:
+            self._inbox.put_nowait(await self._layer.receive(self._channel))
+
+    async def updates(self) -> AsyncIterator[Started | Text | Ended | TimedOut]:
+        """What happens to the jobs, until all of them ended (or a ``TimedOut``, the last)."""
+        next_check = 0.0
+        while self.pending:
+            now = time.monotonic()
+            if now >= next_check:
+                states = await in_thread(selectors.job_states, job_ids=sorted(self.pending))
+                for job_id, (status, attempt) in states.items():
+                    for update in self._changed(job_id, status, attempt):
+                        yield update
+                next_check = time.monotonic() + RECHECK_SECONDS
+                continue
+            waiting = [
+                job_id
+                for job_id in self.job_ids
+                if job_id in self.pending
+                and self.status[job_id] == JobStatus.QUEUED
+                and now - self.queued_since[job_id] >= self.queue_timeout
+            ]
+            if waiting or now >= self.deadline:
+                yield TimedOut(waiting=waiting or sorted(self.pending), queued=bool(waiting))
+                return
+            wake_at = min(
+                next_check,
+                self.deadline,
+                *(self.queued_since[job_id] + self.queue_timeout for job_id in self.pending
+                  if self.status[job_id] == JobStatus.QUEUED),
+            )  # fmt: skip
+            try:
+                event = await asyncio.wait_for(self._inbox.get(), max(0.0, wake_at - now))
+            except TimeoutError:
+                continue
+            for update in self._on_event(event):
+                yield update
+
+    def _on_event(self, event: dict):
+        job_id = event.get("job_id")
+        if job_id not in self.pending:
+            return
+        if event.get("type") == events.JOB_TOKEN:
+            if self.status[job_id] == JobStatus.QUEUED:
+                self.status[job_id] = JobStatus.RUNNING
+                yield Started(job_id)
+            text = self.choices[job_id].add(event.get("index", 0), event.get("text") or "")
+            if text:
+                yield Text(job_id, text)
+        elif event.get("type") == events.JOB_STATUS:
+            yield from self._changed(job_id, event.get("status"), event.get("attempt") or 0)
+
+    def _changed(self, job_id: str, status: str, attempt: int):
+        if job_id not in self.pending:
+            return
+        previous, known_attempt = self.status[job_id], self.attempt[job_id]
+        if attempt > known_attempt:
+            if known_attempt:
+                self.choices[job_id].restart()  # another attempt decodes from the start
+            self.attempt[job_id] = attempt
+        self.status[job_id] = status
+        if status in JobStatus.TERMINAL:
+            self.pending.discard(job_id)
+            yield Ended(job_id)
+        elif status == JobStatus.RUNNING and previous == JobStatus.QUEUED:
+            yield Started(job_id)
+        elif status == JobStatus.QUEUED and previous != JobStatus.QUEUED:
+            self.queued_since[job_id] = time.monotonic()
+
+
+def sse(data) -> bytes:
+    """One server-sent event: ``data: <JSON>`` (or the text given), and a blank line."""
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"data: {text}\n\n".encode()
