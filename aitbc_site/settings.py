@@ -183,7 +183,11 @@ if REDIS_URL:
                         # default is 5 s, the same) would end every socket idle for that long.
                         "socket_timeout": RedisChannelLayer.brpop_timeout + 10,
                     }
-                ]
+                ],
+                # Every socket and stream of one server process is fed from one Redis queue, and
+                # a message past its capacity is dropped: a job's tokens are one message per job,
+                # so 200 streaming jobs fill channels-redis's default of 100 in one decoding step.
+                "capacity": 20_000,
             },
         }
     }

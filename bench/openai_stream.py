@@ -4,9 +4,8 @@
 One daphne process (``aitbc_site.asgi``, embedded workers off, channels-redis on a Redis
 database of its own, ``--redis-db`` 12) serves the streams. A miner in a process of its own
 takes the jobs over ``ws/miners/`` and plays a model decoding as a continuous batch: every
-``--token-ms`` it sends one ``job.tokens`` message with the next piece of every job it runs
-(``--tokens`` pieces a job), then posts each finished job's result over HTTP, as ``runminer``
-does. Its own time to first token (job pushed → first piece sent) is what a real model adds;
+``--token-ms`` it posts the next piece of every job it runs in one ``POST /v1/miners/tokens``
+(``--tokens`` pieces a job), then each finished job's result, as ``runminer`` does. Its own time to first token (job pushed → first piece sent) is what a real model adds;
 the figure is the client's time to first token (request sent → first content chunk read)
 minus it, both read from CLOCK_MONOTONIC, which the processes share.
 
@@ -78,7 +77,7 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, pipe) -> Non
             await asyncio.sleep(token_ms / 1000)
             if not running:
                 continue
-            pieces, now = [], time.monotonic()
+            pieces, finished, now = [], [], time.monotonic()
             for job_id, job in list(running.items()):
                 index = job["sent"]
                 pieces.append({"job_id": job_id, "index": index, "text": f"w{index} ", "lease_token": job["lease"]})
@@ -86,11 +85,13 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, pipe) -> Non
                     own_ttft[job_id] = now - job["pushed_at"]
                 job["sent"] += 1
                 if job["sent"] == tokens:
-                    del running[job_id]
-                    task = asyncio.create_task(report(job_id, job["lease"]))
-                    reports.add(task)
-                    task.add_done_callback(reports.discard)
-            await socket.send(json.dumps({"type": "job.tokens", "tokens": pieces}))
+                    finished.append((job_id, running.pop(job_id)["lease"]))
+            # As runminer does: the step's pieces go out (published when answered) before any result.
+            (await http.post("/v1/miners/tokens", json={"tokens": pieces})).raise_for_status()
+            for job_id, lease in finished:
+                task = asyncio.create_task(report(job_id, lease))
+                reports.add(task)
+                task.add_done_callback(reports.discard)
 
     tasks = [asyncio.create_task(take()), asyncio.create_task(decode())]
     pipe.send("ready")
@@ -136,8 +137,9 @@ async def one_stream(http, key: str, tokens: int) -> dict:
     return {
         "job_id": job_id,
         "ttft": (first_at - sent_at) if first_at else None,
-        "lost": sum(1 for piece in expected if piece not in pieces) + max(0, len(expected) - len(pieces)),
+        "lost": sum(1 for index, piece in enumerate(expected) if index >= len(pieces) or pieces[index] != piece),
         "whole": "".join(pieces) == "".join(expected) and finished and done,
+        "pieces": pieces,
     }
 
 
@@ -164,6 +166,7 @@ def phase_result(streams: list[dict], own_ttft: dict, *, count: int) -> dict:
         "ttft_client": latency_summary_ms([s["ttft"] for s in ok if s["ttft"] is not None]),
         "ttft_miner_own": latency_summary_ms([own_ttft[s["job_id"]] for s in ok if s["job_id"] in own_ttft]),
         "ttft_overhead": latency_summary_ms(overhead),
+        "lost_samples": [s["pieces"] for s in ok if s["lost"]][:3],
     }
 
 
@@ -212,7 +215,7 @@ def main() -> None:
             if miner.is_alive():
                 miner.terminate()
                 miner.join(timeout=5)
-            daphne_log = daphne.log(1500)
+            daphne_log = daphne.log(200_000)
             daphne.stop()
 
     overhead = phases["ttft"]["ttft_overhead"]
@@ -231,7 +234,7 @@ def main() -> None:
                 ),
             },
             "load_average": load_average(),
-            "daphne_log_tail": daphne_log if any(p["errors"] for p in phases.values()) else "",
+            "daphne_warnings": [line for line in daphne_log.splitlines() if "WARNING" in line or "ERROR" in line][:10],
         }
     )
 

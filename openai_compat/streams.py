@@ -25,6 +25,9 @@ from openai_compat import selectors
 
 RECHECK_SECONDS = 2.0
 LAYER_TIMEOUT_SECONDS = 2.0
+# How long a job whose row shows it ended is given for its status event and the tokens before it
+# (behind in a busy process's sends): a stream then misses no piece; a lost event costs this wait.
+ROW_GRACE_SECONDS = 5.0
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +117,7 @@ class JobWatch:
         self.queued_since = dict.fromkeys(self.job_ids, now)
         self.choices = {job_id: StreamedChoice() for job_id in self.job_ids}
         self.pending = set(self.job_ids)
+        self._ended_in_row: dict[str, float] = {}
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._layer = None
         self._reader: asyncio.Task | None = None
@@ -159,14 +163,28 @@ class JobWatch:
         """What happens to the jobs, until all of them ended (or a ``TimedOut``, the last)."""
         next_check = 0.0
         while self.pending:
+            # What was heard comes first, in its order: a row read later may show the job ended.
+            for update in self._heard():
+                yield update
             now = time.monotonic()
-            if now >= next_check:
+            if self.pending and now >= next_check:
                 states = await in_thread(selectors.job_states, job_ids=sorted(self.pending))
+                for update in self._heard():
+                    yield update
+                recheck = RECHECK_SECONDS
                 for job_id, (status, attempt) in states.items():
+                    if status in JobStatus.TERMINAL and self._layer is not None:
+                        # Its status event follows the job's last tokens: wait a little for it.
+                        seen = self._ended_in_row.setdefault(job_id, now)
+                        if now - seen < ROW_GRACE_SECONDS:
+                            recheck = min(recheck, seen + ROW_GRACE_SECONDS - now)
+                            continue
                     for update in self._changed(job_id, status, attempt):
                         yield update
-                next_check = time.monotonic() + RECHECK_SECONDS
+                next_check = time.monotonic() + recheck
                 continue
+            if not self.pending:
+                break
             waiting = [
                 job_id
                 for job_id in self.job_ids
@@ -189,6 +207,11 @@ class JobWatch:
                 continue
             for update in self._on_event(event):
                 yield update
+
+    def _heard(self):
+        """The updates of the events received and not yet looked at."""
+        while not self._inbox.empty():
+            yield from self._on_event(self._inbox.get_nowait())
 
     def _on_event(self, event: dict):
         job_id = event.get("job_id")
