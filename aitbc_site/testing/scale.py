@@ -199,7 +199,7 @@ def admin_pages() -> list[tuple[str, str]]:
         changelist = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
         pages.append((f"{opts.label} list", changelist))
         if model is Miner:
-            figures = ("load", "jobs_completed", "earnings", "reputation")
+            figures = ("load", "jobs_completed", "reputation")
             for figure in figures:
                 column = list(model_admin.list_display).index(figure) + 1
                 pages.append((f"{opts.label} list by {figure}", f"{changelist}?o=-{column}"))
