@@ -37,7 +37,12 @@ def run_action(page, changelist: str, row_text: str, action: str):
 def test_the_health_panel_follows_the_network_feed(page, log_in, make_api, register_miner):
     staff("root")
     sockets = []
-    page.route_web_socket(re.compile(r"/ws/dashboard/$"), sockets.append)
+
+    def feed(socket):
+        # The feed, played by the test: it sends an event when the test says so.
+        sockets.append(socket)
+
+    page.route_web_socket(re.compile(r"/ws/dashboard/$"), feed)
     log_in_admin(page, log_in, "root")
     expect(page.locator("#health-miners-online")).to_have_text("0")
 
