@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "channels",
     "django_dramatiq",
     "aitbc_site",
+    "core",
     "accounts",
     "miners",
     "catalog",
@@ -315,6 +316,8 @@ RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 AITBC_WELCOME_CREDITS = env_decimal("AITBC_WELCOME_CREDITS", "100")
 # The platform's share of what a job pays its miner, in percent.
 PLATFORM_FEE_PERCENT = env_decimal("PLATFORM_FEE_PERCENT", "5")
+# A staff credit moving more than this in all (AITBC) waits for a second staff member's approval.
+ADMIN_CREDIT_APPROVAL_THRESHOLD = env_decimal("ADMIN_CREDIT_APPROVAL_THRESHOLD", "1000")
 
 # --- Inference ------------------------------------------------------------------------
 # The catalog models this process serves as an in-cluster worker (its Dramatiq workers load
