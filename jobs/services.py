@@ -7,8 +7,10 @@ going offline or ban are here too, since they extend or end the attempts the min
 """
 
 import hashlib
+import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -35,6 +37,8 @@ from miners.capabilities import cuda_code
 from miners.models import Miner, ServedModel
 from payments.models import Payment, PaymentStatus
 from payments.services import credits, escrow_hold, escrow_refund, escrows_settle, new_payment_id
+
+logger = logging.getLogger(__name__)
 
 # Failures that another attempt cannot fix: the job fails at once.
 NON_RETRYABLE_ERRORS = frozenset(
@@ -289,6 +293,24 @@ def _publish_statuses(jobs: list[Job]) -> None:
         prefetch_related_objects(unread, "payment")
     events.publish_job_statuses(jobs)
     feed.publish_jobs_changed(jobs)
+    ended = [job for job in jobs if job.is_terminal]
+    for listener in _finished_listeners if ended else ():
+        try:
+            listener(ended)
+        except Exception:
+            logger.exception("a listener for finished jobs failed")
+
+
+# Called as ``listener(jobs)`` with jobs that reached a terminal state, once that is committed. Higher
+# apps, which this one may not import, add theirs from their ``AppConfig.ready()`` (agents advance the
+# workflow executions the jobs are steps of). A listener's failure is logged, never the caller's.
+_finished_listeners: list[Callable[[list[Job]], None]] = []
+
+
+def when_finished(listener: Callable[[list[Job]], None]) -> None:
+    """Have ``listener(jobs)`` called with the jobs that ended, after each change commits."""
+    if listener not in _finished_listeners:
+        _finished_listeners.append(listener)
 
 
 # --- Claims ----------------------------------------------------------------------------

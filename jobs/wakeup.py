@@ -155,11 +155,17 @@ def announce(job) -> None:
     The payload names the job too: PostgreSQL folds identical notifications of one
     transaction into one, and a sweep re-queueing many jobs of a model must wake as many
     waiters."""
+    announce_to(job.model, job_id=job.pk)
+
+
+def announce_to(name: str, *, job_id) -> None:
+    """Wake a waiter for ``name`` (a model, or another name waiters wait on: an agent waits on its
+    own) once the current transaction commits, in whichever process it waits."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{job.pk} {job.model}"])
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{job_id} {name}"])
     else:
-        transaction.on_commit(lambda: hub.notify(job.model))
+        transaction.on_commit(lambda: hub.notify(name))
 
 
 _queued_callbacks: list[Callable[[str], None]] = []

@@ -367,3 +367,68 @@ def escrow_refund(*, job, reason: str) -> Payment | None:
     payment.settled_at = timezone.now()
     payment.save(update_fields=["status", "amount_refunded", "settled_at", "updated_at"])
     return payment
+
+
+# --- Budgets: credits held for a run of many payments -------------------------------------
+
+
+def budget_hold(*, user, amount, key: str, memo: str) -> Wallet:
+    """Move ``amount`` from the user's wallet into an escrow wallet of its own for ``key`` (a workflow
+    execution's budget, from which its steps are paid), once: ``escrow:<key>``."""
+    amount = credits(amount)
+    payer = wallet_open(user=user)
+    escrow = Wallet.objects.filter(address=_derived_address(f"escrow:{key}")).first()
+    if escrow is None:
+        escrow = Wallet.objects.create(kind=WalletKind.ESCROW, address=_derived_address(f"escrow:{key}"))
+    ledger_post(
+        business_key=f"escrow:{key}", kind=TransactionKind.ESCROW, legs=[(payer, -amount), (escrow, amount)], memo=memo
+    )
+    return escrow
+
+
+def budget_draw(*, user, amount, key: str, part: str) -> None:
+    """Hand ``amount`` of the budget ``key`` back to its user for one payment (``draw:<key>:<part>``,
+    once), which the caller escrows for that payment in the same transaction. More than is left is
+    402 ``BUDGET_EXHAUSTED``."""
+    amount = credits(amount)
+    if amount <= 0:
+        return
+    escrow = Wallet.objects.select_for_update().get(address=_derived_address(f"escrow:{key}"))
+    if escrow.balance < amount:
+        raise PaymentRequired("The budget has too little left for this step.", code="BUDGET_EXHAUSTED")
+    ledger_post(
+        business_key=f"draw:{key}:{part}",
+        kind=TransactionKind.TRANSFER,
+        legs=[(escrow, -amount), (wallet_open(user=user), amount)],
+        memo=f"Budget {key}, {part}",
+    )
+
+
+def budget_release(*, user, key: str, memo: str) -> Decimal:
+    """Give what is left of the budget ``key`` back to its user (``refund:<key>``, once). Returns it."""
+    escrow = Wallet.objects.select_for_update().filter(address=_derived_address(f"escrow:{key}")).first()
+    if escrow is None or escrow.balance <= 0:
+        return Decimal(0)
+    left = escrow.balance
+    ledger_post(
+        business_key=f"refund:{key}",
+        kind=TransactionKind.REFUND,
+        legs=[(escrow, -left), (wallet_open(user=user), left)],
+        memo=memo[:300],
+    )
+    return left
+
+
+def budget_return(*, user, amount, key: str, part: str) -> None:
+    """Put ``amount`` drawn from the budget ``key`` and refunded to its user back into the budget
+    (``return:<key>:<part>``, once)."""
+    amount = credits(amount)
+    if amount <= 0:
+        return
+    escrow = Wallet.objects.get(address=_derived_address(f"escrow:{key}"))
+    ledger_post(
+        business_key=f"return:{key}:{part}",
+        kind=TransactionKind.TRANSFER,
+        legs=[(wallet_open(user=user), -amount), (escrow, amount)],
+        memo=f"Budget {key}, {part} returned",
+    )
