@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("jobs", "0009_job_payment"),
+        ("jobs", "0010_job_type_task"),
         ("miners", "0004_bans_and_maintenance"),
         ("payments", "0005_pending_credit"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
