@@ -1,5 +1,6 @@
-// The admin home's health panel follows the network feed: each event of ws/dashboard/ asks for the
-// panel again (at most once every two seconds) and puts the fresh one in its place.
+// The admin home's health panel follows the network feed: each event of ws/dashboard/, and each
+// reconnection after the feed was lost, asks for the panel again (at most once every two seconds)
+// and puts the fresh one in its place.
 (function () {
   "use strict";
   var panel = document.getElementById("health");
@@ -19,10 +20,12 @@
       if (replacement && current) { current.replaceWith(replacement); }
     }).catch(function () {});
   }
-  window.aitbcSocket("/ws/dashboard/", function () {
+  function soon() {
     if (!waiting) {
       waiting = true;
       setTimeout(refresh, 2000);
     }
-  });
+  }
+  var feed = window.aitbcSocket("/ws/dashboard/", soon);
+  if (feed) { feed.addEventListener("open", soon); }
 })();
