@@ -12,7 +12,7 @@ import time
 from contextlib import suppress
 from datetime import timedelta
 from decimal import Decimal
-from functools import partial
+from functools import partial, update_wrapper
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -49,6 +49,8 @@ PRIORITIES = {priority.label: priority.value for priority in JobPriority}
 # A poll counts as a heartbeat, recorded at most this often.
 LIVENESS_RESOLUTION = timedelta(seconds=10)
 ASSIGN_BATCH = 200
+# The advisory lock assignment passes take turns on (an arbitrary constant of this app's).
+ASSIGN_LOCK = 0x61676E74
 
 
 def miner_id_for(agent_id: str) -> str:
@@ -243,7 +245,8 @@ def task_submit(
             required_capabilities=list(dict.fromkeys(requirements.get("capabilities") or [])),
             required_agent_type=str(requirements.get("agent_type") or "")[:64],
         )
-        transaction.on_commit(assign_waiting_tasks, robust=True)
+        # Queued tasks that fit an agent with room were given out already: only this one can be new.
+        transaction.on_commit(update_wrapper(partial(tasks_assign, task_ids=[task.pk]), tasks_assign), robust=True)
     return task
 
 
@@ -252,40 +255,58 @@ def assign_waiting_tasks() -> int:
     return tasks_assign()
 
 
-def tasks_assign(*, limit: int = ASSIGN_BATCH, strategy: str | None = None) -> int:
-    """Give queued tasks, best first, to the agents that fit them, chosen by the strategy
-    (``AGENT_LB_STRATEGY``). A task no agent fits waits. Returns how many were assigned.
+def tasks_assign(*, limit: int = ASSIGN_BATCH, strategy: str | None = None, task_ids: list | None = None) -> int:
+    """Give queued tasks (of ``task_ids`` when given), best first, to the agents that fit them,
+    chosen by the strategy (``AGENT_LB_STRATEGY``). A task no agent fits waits. Returns how many
+    were assigned.
 
     Each assignment is a claim of the task's job for the agent's miner: concurrent assigners
-    never give one task twice, and an agent's concurrency limit holds (its row is locked)."""
+    never give one task twice, and an agent's concurrency limit holds (its row is locked). A pass
+    is one transaction (one commit, not one per claim); on PostgreSQL passes take turns on an
+    advisory lock, so two never wait on each other's agents in opposite orders."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ASSIGN_LOCK])
+        given = _assign_pass(limit=limit, strategy=strategy, task_ids=task_ids)
+    # Figures and wake-ups after the commit: the claims are visible by then.
+    for candidate, job_ids in given.items():
+        Agent.objects.filter(pk=candidate.agent.pk).update(assignments=F("assignments") + len(job_ids))
+        wakeup.announce_to(waiter_name(candidate.agent), job_id=job_ids[-1])
+    return sum(len(job_ids) for job_ids in given.values())
+
+
+def _assign_pass(*, limit: int, strategy: str | None, task_ids: list | None) -> dict:
     choose = STRATEGIES[strategy or settings.AGENT_LB_STRATEGY]
     now = timezone.now()
-    queued = list(
-        Task.objects.select_related("job")
-        .filter(job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now)
-        .order_by("job__rank_at")[:limit]
+    queued = Task.objects.select_related("job").filter(
+        job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now
     )
+    if task_ids is not None:
+        queued = queued.filter(pk__in=task_ids)
+    queued = list(queued.order_by("job__rank_at")[:limit])
     if not queued:
-        return 0
+        return {}
     agents = list(Agent.objects.select_related("miner").filter(status=AgentStatus.ACTIVE, banned_at__isnull=True))
     if not agents:
-        return 0
+        return {}
     running = _running_counts([agent.miner_id for agent in agents])
     candidates = [Candidate(agent=agent, running=running.get(agent.miner_id, 0)) for agent in agents]
-    assigned = 0
+    given: dict[Candidate, list] = {}
     for task in queued:
         fitting = [c for c in candidates if c.running < c.capacity and fits(c.agent, task)]
         while fitting:
             chosen = choose(fitting, task)
             if job_services.job_claim(miner=chosen.agent.miner, job_id=task.job_id):
-                _assigned(chosen, task)
-                assigned += 1
+                chosen.agent.assignments += 1
+                chosen.running += 1
+                given.setdefault(chosen, []).append(task.job_id)
                 break
             if not Job.objects.filter(pk=task.job_id, status=JobStatus.QUEUED).exists():
                 break  # another assigner gave it out
             fitting.remove(chosen)  # full, or gone offline meanwhile
             chosen.running = chosen.capacity
-    return assigned
+    return given
 
 
 def _running_counts(miner_ids: list[int]) -> dict[int, int]:
@@ -296,14 +317,6 @@ def _running_counts(miner_ids: list[int]) -> dict[int, int]:
         .order_by()
     )
     return dict(rows)
-
-
-def _assigned(candidate: Candidate, task: Task) -> None:
-    agent = candidate.agent
-    Agent.objects.filter(pk=agent.pk).update(assignments=F("assignments") + 1)
-    agent.assignments += 1
-    candidate.running += 1
-    wakeup.announce_to(waiter_name(agent), job_id=task.job_id)
 
 
 def _deliverable(agent: Agent, limit: int) -> list[Task]:
@@ -476,7 +489,9 @@ def workflow_execute(
                 user=client, amount=budget, key=_budget_key(execution), memo=f"Budget of execution {execution.pk}"
             )
         _log(execution, "", "started", message=f"{len(execution.steps)} steps")
-        transaction.on_commit(partial(advance_after_commit, execution.pk), robust=True)
+        transaction.on_commit(
+            update_wrapper(partial(advance_after_commit, execution.pk), advance_after_commit), robust=True
+        )
     return execution
 
 
