@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "channels",
     "django_dramatiq",
     "aitbc_site",
+    "core",
     "accounts",
     "miners",
     "catalog",
@@ -330,6 +331,8 @@ RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 AITBC_WELCOME_CREDITS = env_decimal("AITBC_WELCOME_CREDITS", "100")
 # The platform's share of what a job pays its miner, in percent.
 PLATFORM_FEE_PERCENT = env_decimal("PLATFORM_FEE_PERCENT", "5")
+# A staff credit moving more than this in all (AITBC) waits for a second staff member's approval.
+ADMIN_CREDIT_APPROVAL_THRESHOLD = env_decimal("ADMIN_CREDIT_APPROVAL_THRESHOLD", "1000")
 
 # --- Inference ------------------------------------------------------------------------
 # The catalog models this process serves as an in-cluster worker (its Dramatiq workers load
@@ -337,7 +340,9 @@ PLATFORM_FEE_PERCENT = env_decimal("PLATFORM_FEE_PERCENT", "5")
 INFERENCE_MODELS = env_list("INFERENCE_MODELS", ("smollm2-135m", "minilm-l6") if EMBEDDED_WORKERS else ())
 INFERENCE_MINER_ID = env_str("INFERENCE_MINER_ID", f"{socket.gethostname()}-cluster")
 INFERENCE_OWNER_USERNAME = env_str("INFERENCE_OWNER_USERNAME", "cluster")
-INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 16, minimum=1)
+# Rows of a continuous batch: room for jobs arriving while others decode (at 16 rows, staggered
+# arrivals on two CPU cores waited for room; bench/README.md has the figures).
+INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 32, minimum=1)
 # CPU threads for inference in this process; 0 leaves torch's default (one per core).
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0, minimum=0)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE")  # "cuda", "cpu"…; empty picks CUDA when present

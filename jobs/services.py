@@ -878,6 +878,26 @@ def miner_take_offline(*, miner: Miner) -> int:
 
 
 @transaction.atomic
+def miner_put_in_maintenance(*, miner: Miner, reason: str) -> int:
+    """Staff hold a miner offline for maintenance (heartbeats don't bring it back): its jobs return to
+    the queue, not counted against it. Returns how many."""
+    if miner_services.miner_mark_maintenance(miner=miner, reason=reason):
+        transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
+    return jobs_release_for_miner(miner=miner, reason="The miner was taken offline for maintenance.", blame=False)
+
+
+@transaction.atomic
+def miner_ban_wide(*, kind: str, reason: str, actor, owner=None, network: str = "") -> tuple:
+    """Ban an owner (every miner id it has or registers) or an address range: the ban refuses new
+    registrations, and the registered miners it covers are banned now (``miner_ban``). Returns the
+    ban, the miners banned now and how many jobs went back to the queue."""
+    ban = miner_services.miner_ban_create(kind=kind, reason=reason, actor=actor, owner=owner, network=network)
+    banned = [miner for miner in miner_services.miners_covered(ban=ban) if not miner.banned_at]
+    released = sum(miner_ban(miner=miner, reason=reason, actor=actor) for miner in banned)
+    return ban, banned, released
+
+
+@transaction.atomic
 def miner_ban(*, miner: Miner, reason: str, actor) -> int:
     """Staff ban a miner: it goes offline, its jobs return to the queue, and it may not register,
     heartbeat or claim until unbanned. Returns how many jobs went back to the queue."""

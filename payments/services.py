@@ -20,13 +20,15 @@ from nacl.signing import SigningKey
 
 from core import rawsql
 from core.crypto.addresses import HRP, wallet_address
-from core.errors import Invalid, PaymentRequired
+from core.errors import Conflict, Invalid, PaymentRequired
 from payments import sql
 from payments.models import (
     LedgerEntry,
     LedgerTransaction,
     Payment,
     PaymentStatus,
+    PendingCredit,
+    PendingCreditStatus,
     TransactionKind,
     Wallet,
     WalletKind,
@@ -178,6 +180,53 @@ def treasury_mint(*, wallet: Wallet, amount, actor=None, memo: str = "", busines
         memo=memo or "Minted",
         actor=actor,
     )
+
+
+def credit_needs_approval(*, total: Decimal) -> bool:
+    return total > settings.ADMIN_CREDIT_APPROVAL_THRESHOLD
+
+
+def credit_request(*, wallets: list[Wallet], amount, reason: str, actor) -> list[PendingCredit]:
+    """Ask for a credit of ``amount`` into each wallet, to be minted once another staff member approves."""
+    amount = credits(amount)
+    if amount <= 0:
+        raise Invalid("The amount must be positive.", code="INVALID_AMOUNT")
+    return PendingCredit.objects.bulk_create(
+        [PendingCredit(wallet=wallet, amount=amount, reason=reason[:300], requested_by=actor) for wallet in wallets]
+    )
+
+
+def _pending_credit_locked(pending: PendingCredit, *, actor) -> PendingCredit:
+    locked = PendingCredit.objects.select_for_update().select_related("wallet").get(pk=pending.pk)
+    if locked.status != PendingCreditStatus.PENDING:
+        raise Conflict(f"This credit was {locked.get_status_display().lower()} already.", code="CREDIT_DECIDED")
+    if locked.requested_by_id == actor.pk:
+        raise Conflict("A second staff member must decide on a credit you asked for.", code="SECOND_APPROVER_REQUIRED")
+    return locked
+
+
+@transaction.atomic
+def credit_approve(*, pending: PendingCredit, actor) -> PendingCredit:
+    """Mint a pending credit, approved by ``actor`` (not its requester); once only."""
+    locked = _pending_credit_locked(pending, actor=actor)
+    locked.transaction = treasury_mint(
+        wallet=locked.wallet,
+        amount=locked.amount,
+        actor=locked.requested_by,
+        memo=f"{locked.reason} (approved by {actor})"[:300],
+        business_key=f"credit-approved:{locked.pk}",
+    )
+    locked.status, locked.decided_by, locked.decided_at = PendingCreditStatus.APPROVED, actor, timezone.now()
+    locked.save(update_fields=["transaction", "status", "decided_by", "decided_at"])
+    return locked
+
+
+@transaction.atomic
+def credit_decline(*, pending: PendingCredit, actor) -> PendingCredit:
+    locked = _pending_credit_locked(pending, actor=actor)
+    locked.status, locked.decided_by, locked.decided_at = PendingCreditStatus.DECLINED, actor, timezone.now()
+    locked.save(update_fields=["status", "decided_by", "decided_at"])
+    return locked
 
 
 # --- Escrow ----------------------------------------------------------------------------
