@@ -15,6 +15,7 @@ from decimal import Decimal
 from functools import partial, update_wrapper
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
@@ -224,6 +225,7 @@ def task_submit(
     requirements: dict | None = None,
     budget: Decimal | None = None,
     ttl_seconds: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Task:
     """Queue a task as a job of type ``task``; a ``budget`` is held in escrow from the client's
     wallet and paid to the owner of the agent that completes it."""
@@ -238,6 +240,7 @@ def task_submit(
             priority=level,
             ttl_seconds=ttl_seconds,
             payment_amount=budget,
+            idempotency_key=idempotency_key,
         )
         task = Task.objects.create(
             job=submission.job,
@@ -500,9 +503,22 @@ def _budget_key(execution: Execution) -> str:
 
 
 def _log(execution: Execution, step_id: str, kind: str, *, job_id=None, message: str = "") -> None:
-    ExecutionEvent.objects.create(
-        execution=execution, step_id=step_id, kind=kind, job_id=job_id, message=message[:2000]
-    )
+    """Add an event to the execution's log: written at once, or with the others of an advance."""
+    event = ExecutionEvent(execution=execution, step_id=step_id, kind=kind, job_id=job_id, message=message[:2000])
+    pending = getattr(execution, "pending_events", None)
+    if pending is None:
+        event.save()
+    else:
+        pending.append(event)
+
+
+STEP_JOB_KEY = "workflow-step"
+
+
+def _step_job_key(execution: Execution, step_id: str, attempt: int) -> str:
+    """The Idempotency-Key of a step's job: a replayed start gets the same job, and the jobs' hook
+    knows a step's job (and its execution) without reading anything."""
+    return f"{STEP_JOB_KEY}:{execution.pk}:{step_id}:{attempt}"
 
 
 def advance_after_commit(execution_id) -> None:
@@ -511,11 +527,14 @@ def advance_after_commit(execution_id) -> None:
 
 def executions_advance_for_jobs(jobs) -> None:
     """The jobs' hook (``jobs.services.when_finished``): advance the executions whose steps just ended."""
-    ended = [job.pk for job in jobs if job.is_terminal]
-    if not ended:
-        return
-    for execution_id in set(ExecutionStep.objects.filter(job__in=ended).values_list("execution", flat=True)):
-        execution_advance(execution_id=execution_id)
+    executions = {
+        job.idempotency_key.split(":")[1]
+        for job in jobs
+        if job.is_terminal and (job.idempotency_key or "").startswith(f"{STEP_JOB_KEY}:")
+    }
+    for execution_id in executions:
+        with suppress(ValidationError):  # a client's own key that only looks like a step's
+            execution_advance(execution_id=execution_id)
 
 
 def executions_advance_running() -> int:
@@ -533,40 +552,45 @@ def execution_advance(*, execution_id) -> Execution | None:
         execution = Execution.objects.select_for_update().filter(pk=execution_id).first()
         if execution is None or execution.status in ExecutionStatus.TERMINAL:
             return execution
-        now = timezone.now()
-        rows = {row.step_id: row for row in execution.step_rows.select_related("job", "job__payment")}
-        for row in rows.values():
-            if row.status == StepStatus.RUNNING:
-                _take_in(execution, row, now=now)
-        failed = next((row for row in rows.values() if row.status == StepStatus.FAILED), None)
-        if failed is not None:
-            _end(
-                execution, rows, ExecutionStatus.FAILED, error=f"Step {failed.step_id} failed: {failed.error}", now=now
-            )
-            return execution
-        if now >= execution.deadline:
-            _end(execution, rows, ExecutionStatus.FAILED, error="The execution ran out of time.", now=now)
-            return execution
-        if all(row.status == StepStatus.COMPLETED for row in rows.values()):
-            _complete(execution, rows, now=now)
-            return execution
-        outputs = {step_id: row.output for step_id, row in rows.items() if row.status == StepStatus.COMPLETED}
-        for step_id, row in rows.items():
-            waits_for = execution.dependencies.get(step_id, [])
-            ready = row.status == StepStatus.WAITING and all(d in outputs for d in waits_for)
-            if ready and (row.not_before is None or row.not_before <= now):
-                try:
-                    _start(execution, row, outputs=outputs, now=now)
-                except ServiceError as error:
-                    row.status, row.error = StepStatus.FAILED, error.detail
-                    row.save(update_fields=["status", "error"])
-                    _log(execution, step_id, "failed", message=error.detail)
-                    _end(
-                        execution, rows, ExecutionStatus.FAILED, error=f"Step {step_id} failed: {error.detail}", now=now
-                    )
-                    return execution
-        execution.save(update_fields=["drawn", "total_cost", "updated_at"])
+        execution.pending_events = []
+        figures = (execution.drawn, execution.total_cost)
+        _advance(execution)
+        ExecutionEvent.objects.bulk_create(execution.pending_events)
+        if execution.status == ExecutionStatus.RUNNING and (execution.drawn, execution.total_cost) != figures:
+            execution.save(update_fields=["drawn", "total_cost", "updated_at"])
     return execution
+
+
+def _advance(execution: Execution) -> None:
+    """Take in the running steps' ended jobs, then end the execution or start what is ready."""
+    now = timezone.now()
+    rows = {row.step_id: row for row in execution.step_rows.select_related("job", "job__payment")}
+    for row in rows.values():
+        if row.status == StepStatus.RUNNING:
+            _take_in(execution, row, now=now)
+    failed = next((row for row in rows.values() if row.status == StepStatus.FAILED), None)
+    if failed is not None:
+        _end(execution, rows, ExecutionStatus.FAILED, error=f"Step {failed.step_id} failed: {failed.error}", now=now)
+        return
+    if now >= execution.deadline:
+        _end(execution, rows, ExecutionStatus.FAILED, error="The execution ran out of time.", now=now)
+        return
+    if all(row.status == StepStatus.COMPLETED for row in rows.values()):
+        _complete(execution, rows, now=now)
+        return
+    outputs = {step_id: row.output for step_id, row in rows.items() if row.status == StepStatus.COMPLETED}
+    for step_id, row in rows.items():
+        waits_for = execution.dependencies.get(step_id, [])
+        ready = row.status == StepStatus.WAITING and all(d in outputs for d in waits_for)
+        if ready and (row.not_before is None or row.not_before <= now):
+            try:
+                _start(execution, row, outputs=outputs, now=now)
+            except ServiceError as error:
+                row.status, row.error = StepStatus.FAILED, error.detail
+                row.save(update_fields=["status", "error"])
+                _log(execution, step_id, "failed", message=error.detail)
+                _end(execution, rows, ExecutionStatus.FAILED, error=f"Step {step_id} failed: {error.detail}", now=now)
+                return
 
 
 def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> None:
@@ -599,6 +623,7 @@ def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> N
             requirements=step.get("requirements") or {},
             budget=budget or None,
             ttl_seconds=ttl,
+            idempotency_key=_step_job_key(execution, row.step_id, attempt),
         )
         job = task.job
     else:
@@ -618,6 +643,7 @@ def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> N
             job_type=JobType.INFERENCE if dag.step_type(step) == "inference" else dag.step_type(step),
             ttl_seconds=ttl,
             payment_amount=budget or None,
+            idempotency_key=_step_job_key(execution, row.step_id, attempt),
         ).job
     row.job, row.attempts, row.status, row.not_before = job, attempt, StepStatus.RUNNING, None
     row.started_at = row.started_at or now
@@ -732,5 +758,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
         if execution.status in ExecutionStatus.TERMINAL:
             raise Conflict(f"The execution is {execution.status}.", code="EXECUTION_NOT_CANCELABLE")
         rows = {row.step_id: row for row in execution.step_rows.select_related("job")}
+        execution.pending_events = []
         _end(execution, rows, ExecutionStatus.CANCELLED, error="Cancelled by its client.", now=timezone.now())
+        ExecutionEvent.objects.bulk_create(execution.pending_events)
     return execution
