@@ -21,6 +21,37 @@ GENERATION_TYPES = ("text-generation", "chat", "summarize")
 TASK_TYPES = (*GENERATION_TYPES, "embedding")
 
 
+def run_task(models: dict, task_data: dict) -> dict:
+    """Run one task's data on the engine with ``models`` (``{"generation": …, "embedding": …}``,
+    loaded); its result as the engine gives it, or an ``engine.InferenceError``."""
+    task_type = task_data.get("task_type") or "text-generation"
+    if task_type not in TASK_TYPES:
+        raise engine.InferenceError("UNSUPPORTED_TASK", f"This agent runs {', '.join(TASK_TYPES)}, not {task_type!r}.")
+    role = "embedding" if task_type == "embedding" else "generation"
+    model = models.get(role)
+    if model is None:
+        raise engine.InferenceError("UNSUPPORTED_TASK", f"This agent has no {role} model.")
+    params = task_data.get("parameters") or task_data.get("params") or {}
+    if task_type == "embedding":
+        payload = {"input": task_data.get("input", task_data.get("prompt"))}
+    elif task_type == "summarize":
+        text = task_data.get("text", task_data.get("prompt", ""))
+        payload = {"prompt": f"Summarize in a few sentences:\n\n{text}\n\nSummary:", "params": params}
+    elif task_type == "chat" and task_data.get("messages"):
+        payload = {"messages": task_data["messages"], "params": params}
+    else:
+        payload = {"prompt": task_data.get("prompt", ""), "params": params}
+    (answer,) = engine.execute(model, [("task", payload)])
+    if answer.error is not None:
+        raise answer.error
+    return answer.result
+
+
+def capabilities_of(models: dict) -> list[str]:
+    """The task types an agent with ``models`` runs."""
+    return (list(GENERATION_TYPES) if "generation" in models else []) + (["embedding"] if "embedding" in models else [])
+
+
 class RunnerError(Exception):
     """The agent cannot start (a model unknown to the coordinator, a refused key…)."""
 
@@ -93,8 +124,7 @@ class TaskRunner:
             self.models[role] = engine.load(spec, cache_dir=self.cache_dir, device=self.device)
 
     def capabilities(self) -> list[str]:
-        types = list(GENERATION_TYPES) if "generation" in self.models else []
-        return types + (["embedding"] if "embedding" in self.models else [])
+        return capabilities_of(self.models)
 
     def register(self) -> None:
         body = {
@@ -121,29 +151,7 @@ class TaskRunner:
 
     def execute(self, task_data: dict) -> dict:
         """Run one task's data on the engine; its result as the engine gives it."""
-        task_type = task_data.get("task_type") or "text-generation"
-        if task_type not in TASK_TYPES:
-            raise engine.InferenceError(
-                "UNSUPPORTED_TASK", f"This agent runs {', '.join(TASK_TYPES)}, not {task_type!r}."
-            )
-        role = "embedding" if task_type == "embedding" else "generation"
-        model = self.models.get(role)
-        if model is None:
-            raise engine.InferenceError("UNSUPPORTED_TASK", f"This agent has no {role} model.")
-        params = task_data.get("parameters") or task_data.get("params") or {}
-        if task_type == "embedding":
-            payload = {"input": task_data.get("input", task_data.get("prompt"))}
-        elif task_type == "summarize":
-            text = task_data.get("text", task_data.get("prompt", ""))
-            payload = {"prompt": f"Summarize in a few sentences:\n\n{text}\n\nSummary:", "params": params}
-        elif task_type == "chat" and task_data.get("messages"):
-            payload = {"messages": task_data["messages"], "params": params}
-        else:
-            payload = {"prompt": task_data.get("prompt", ""), "params": params}
-        (answer,) = engine.execute(model, [("task", payload)])
-        if answer.error is not None:
-            raise answer.error
-        return answer.result
+        return run_task(self.models, task_data)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):

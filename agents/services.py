@@ -12,9 +12,10 @@ import time
 from contextlib import suppress
 from datetime import timedelta
 from decimal import Decimal
-from functools import partial
+from functools import partial, update_wrapper
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
@@ -49,6 +50,8 @@ PRIORITIES = {priority.label: priority.value for priority in JobPriority}
 # A poll counts as a heartbeat, recorded at most this often.
 LIVENESS_RESOLUTION = timedelta(seconds=10)
 ASSIGN_BATCH = 200
+# The advisory lock assignment passes take turns on (an arbitrary constant of this app's).
+ASSIGN_LOCK = 0x61676E74
 
 
 def miner_id_for(agent_id: str) -> str:
@@ -222,6 +225,7 @@ def task_submit(
     requirements: dict | None = None,
     budget: Decimal | None = None,
     ttl_seconds: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Task:
     """Queue a task as a job of type ``task``; a ``budget`` is held in escrow from the client's
     wallet and paid to the owner of the agent that completes it."""
@@ -236,6 +240,7 @@ def task_submit(
             priority=level,
             ttl_seconds=ttl_seconds,
             payment_amount=budget,
+            idempotency_key=idempotency_key,
         )
         task = Task.objects.create(
             job=submission.job,
@@ -243,7 +248,8 @@ def task_submit(
             required_capabilities=list(dict.fromkeys(requirements.get("capabilities") or [])),
             required_agent_type=str(requirements.get("agent_type") or "")[:64],
         )
-        transaction.on_commit(assign_waiting_tasks, robust=True)
+        # Queued tasks that fit an agent with room were given out already: only this one can be new.
+        transaction.on_commit(update_wrapper(partial(tasks_assign, task_ids=[task.pk]), tasks_assign), robust=True)
     return task
 
 
@@ -252,40 +258,58 @@ def assign_waiting_tasks() -> int:
     return tasks_assign()
 
 
-def tasks_assign(*, limit: int = ASSIGN_BATCH, strategy: str | None = None) -> int:
-    """Give queued tasks, best first, to the agents that fit them, chosen by the strategy
-    (``AGENT_LB_STRATEGY``). A task no agent fits waits. Returns how many were assigned.
+def tasks_assign(*, limit: int = ASSIGN_BATCH, strategy: str | None = None, task_ids: list | None = None) -> int:
+    """Give queued tasks (of ``task_ids`` when given), best first, to the agents that fit them,
+    chosen by the strategy (``AGENT_LB_STRATEGY``). A task no agent fits waits. Returns how many
+    were assigned.
 
     Each assignment is a claim of the task's job for the agent's miner: concurrent assigners
-    never give one task twice, and an agent's concurrency limit holds (its row is locked)."""
+    never give one task twice, and an agent's concurrency limit holds (its row is locked). A pass
+    is one transaction (one commit, not one per claim); on PostgreSQL passes take turns on an
+    advisory lock, so two never wait on each other's agents in opposite orders."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ASSIGN_LOCK])
+        given = _assign_pass(limit=limit, strategy=strategy, task_ids=task_ids)
+    # Figures and wake-ups after the commit: the claims are visible by then.
+    for candidate, job_ids in given.items():
+        Agent.objects.filter(pk=candidate.agent.pk).update(assignments=F("assignments") + len(job_ids))
+        wakeup.announce_to(waiter_name(candidate.agent), job_id=job_ids[-1])
+    return sum(len(job_ids) for job_ids in given.values())
+
+
+def _assign_pass(*, limit: int, strategy: str | None, task_ids: list | None) -> dict:
     choose = STRATEGIES[strategy or settings.AGENT_LB_STRATEGY]
     now = timezone.now()
-    queued = list(
-        Task.objects.select_related("job")
-        .filter(job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now)
-        .order_by("job__rank_at")[:limit]
+    queued = Task.objects.select_related("job").filter(
+        job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now
     )
+    if task_ids is not None:
+        queued = queued.filter(pk__in=task_ids)
+    queued = list(queued.order_by("job__rank_at")[:limit])
     if not queued:
-        return 0
+        return {}
     agents = list(Agent.objects.select_related("miner").filter(status=AgentStatus.ACTIVE, banned_at__isnull=True))
     if not agents:
-        return 0
+        return {}
     running = _running_counts([agent.miner_id for agent in agents])
     candidates = [Candidate(agent=agent, running=running.get(agent.miner_id, 0)) for agent in agents]
-    assigned = 0
+    given: dict[Candidate, list] = {}
     for task in queued:
         fitting = [c for c in candidates if c.running < c.capacity and fits(c.agent, task)]
         while fitting:
             chosen = choose(fitting, task)
             if job_services.job_claim(miner=chosen.agent.miner, job_id=task.job_id):
-                _assigned(chosen, task)
-                assigned += 1
+                chosen.agent.assignments += 1
+                chosen.running += 1
+                given.setdefault(chosen, []).append(task.job_id)
                 break
             if not Job.objects.filter(pk=task.job_id, status=JobStatus.QUEUED).exists():
                 break  # another assigner gave it out
             fitting.remove(chosen)  # full, or gone offline meanwhile
             chosen.running = chosen.capacity
-    return assigned
+    return given
 
 
 def _running_counts(miner_ids: list[int]) -> dict[int, int]:
@@ -296,14 +320,6 @@ def _running_counts(miner_ids: list[int]) -> dict[int, int]:
         .order_by()
     )
     return dict(rows)
-
-
-def _assigned(candidate: Candidate, task: Task) -> None:
-    agent = candidate.agent
-    Agent.objects.filter(pk=agent.pk).update(assignments=F("assignments") + 1)
-    agent.assignments += 1
-    candidate.running += 1
-    wakeup.announce_to(waiter_name(agent), job_id=task.job_id)
 
 
 def _deliverable(agent: Agent, limit: int) -> list[Task]:
@@ -476,7 +492,9 @@ def workflow_execute(
                 user=client, amount=budget, key=_budget_key(execution), memo=f"Budget of execution {execution.pk}"
             )
         _log(execution, "", "started", message=f"{len(execution.steps)} steps")
-        transaction.on_commit(partial(advance_after_commit, execution.pk), robust=True)
+        transaction.on_commit(
+            update_wrapper(partial(advance_after_commit, execution.pk), advance_after_commit), robust=True
+        )
     return execution
 
 
@@ -485,9 +503,22 @@ def _budget_key(execution: Execution) -> str:
 
 
 def _log(execution: Execution, step_id: str, kind: str, *, job_id=None, message: str = "") -> None:
-    ExecutionEvent.objects.create(
-        execution=execution, step_id=step_id, kind=kind, job_id=job_id, message=message[:2000]
-    )
+    """Add an event to the execution's log: written at once, or with the others of an advance."""
+    event = ExecutionEvent(execution=execution, step_id=step_id, kind=kind, job_id=job_id, message=message[:2000])
+    pending = getattr(execution, "pending_events", None)
+    if pending is None:
+        event.save()
+    else:
+        pending.append(event)
+
+
+STEP_JOB_KEY = "workflow-step"
+
+
+def _step_job_key(execution: Execution, step_id: str, attempt: int) -> str:
+    """The Idempotency-Key of a step's job: a replayed start gets the same job, and the jobs' hook
+    knows a step's job (and its execution) without reading anything."""
+    return f"{STEP_JOB_KEY}:{execution.pk}:{step_id}:{attempt}"
 
 
 def advance_after_commit(execution_id) -> None:
@@ -496,11 +527,14 @@ def advance_after_commit(execution_id) -> None:
 
 def executions_advance_for_jobs(jobs) -> None:
     """The jobs' hook (``jobs.services.when_finished``): advance the executions whose steps just ended."""
-    ended = [job.pk for job in jobs if job.is_terminal]
-    if not ended:
-        return
-    for execution_id in set(ExecutionStep.objects.filter(job__in=ended).values_list("execution", flat=True)):
-        execution_advance(execution_id=execution_id)
+    executions = {
+        job.idempotency_key.split(":")[1]
+        for job in jobs
+        if job.is_terminal and (job.idempotency_key or "").startswith(f"{STEP_JOB_KEY}:")
+    }
+    for execution_id in executions:
+        with suppress(ValidationError):  # a client's own key that only looks like a step's
+            execution_advance(execution_id=execution_id)
 
 
 def executions_advance_running() -> int:
@@ -518,40 +552,45 @@ def execution_advance(*, execution_id) -> Execution | None:
         execution = Execution.objects.select_for_update().filter(pk=execution_id).first()
         if execution is None or execution.status in ExecutionStatus.TERMINAL:
             return execution
-        now = timezone.now()
-        rows = {row.step_id: row for row in execution.step_rows.select_related("job", "job__payment")}
-        for row in rows.values():
-            if row.status == StepStatus.RUNNING:
-                _take_in(execution, row, now=now)
-        failed = next((row for row in rows.values() if row.status == StepStatus.FAILED), None)
-        if failed is not None:
-            _end(
-                execution, rows, ExecutionStatus.FAILED, error=f"Step {failed.step_id} failed: {failed.error}", now=now
-            )
-            return execution
-        if now >= execution.deadline:
-            _end(execution, rows, ExecutionStatus.FAILED, error="The execution ran out of time.", now=now)
-            return execution
-        if all(row.status == StepStatus.COMPLETED for row in rows.values()):
-            _complete(execution, rows, now=now)
-            return execution
-        outputs = {step_id: row.output for step_id, row in rows.items() if row.status == StepStatus.COMPLETED}
-        for step_id, row in rows.items():
-            waits_for = execution.dependencies.get(step_id, [])
-            ready = row.status == StepStatus.WAITING and all(d in outputs for d in waits_for)
-            if ready and (row.not_before is None or row.not_before <= now):
-                try:
-                    _start(execution, row, outputs=outputs, now=now)
-                except ServiceError as error:
-                    row.status, row.error = StepStatus.FAILED, error.detail
-                    row.save(update_fields=["status", "error"])
-                    _log(execution, step_id, "failed", message=error.detail)
-                    _end(
-                        execution, rows, ExecutionStatus.FAILED, error=f"Step {step_id} failed: {error.detail}", now=now
-                    )
-                    return execution
-        execution.save(update_fields=["drawn", "total_cost", "updated_at"])
+        execution.pending_events = []
+        figures = (execution.drawn, execution.total_cost)
+        _advance(execution)
+        ExecutionEvent.objects.bulk_create(execution.pending_events)
+        if execution.status == ExecutionStatus.RUNNING and (execution.drawn, execution.total_cost) != figures:
+            execution.save(update_fields=["drawn", "total_cost", "updated_at"])
     return execution
+
+
+def _advance(execution: Execution) -> None:
+    """Take in the running steps' ended jobs, then end the execution or start what is ready."""
+    now = timezone.now()
+    rows = {row.step_id: row for row in execution.step_rows.select_related("job", "job__payment")}
+    for row in rows.values():
+        if row.status == StepStatus.RUNNING:
+            _take_in(execution, row, now=now)
+    failed = next((row for row in rows.values() if row.status == StepStatus.FAILED), None)
+    if failed is not None:
+        _end(execution, rows, ExecutionStatus.FAILED, error=f"Step {failed.step_id} failed: {failed.error}", now=now)
+        return
+    if now >= execution.deadline:
+        _end(execution, rows, ExecutionStatus.FAILED, error="The execution ran out of time.", now=now)
+        return
+    if all(row.status == StepStatus.COMPLETED for row in rows.values()):
+        _complete(execution, rows, now=now)
+        return
+    outputs = {step_id: row.output for step_id, row in rows.items() if row.status == StepStatus.COMPLETED}
+    for step_id, row in rows.items():
+        waits_for = execution.dependencies.get(step_id, [])
+        ready = row.status == StepStatus.WAITING and all(d in outputs for d in waits_for)
+        if ready and (row.not_before is None or row.not_before <= now):
+            try:
+                _start(execution, row, outputs=outputs, now=now)
+            except ServiceError as error:
+                row.status, row.error = StepStatus.FAILED, error.detail
+                row.save(update_fields=["status", "error"])
+                _log(execution, step_id, "failed", message=error.detail)
+                _end(execution, rows, ExecutionStatus.FAILED, error=f"Step {step_id} failed: {error.detail}", now=now)
+                return
 
 
 def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> None:
@@ -584,6 +623,7 @@ def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> N
             requirements=step.get("requirements") or {},
             budget=budget or None,
             ttl_seconds=ttl,
+            idempotency_key=_step_job_key(execution, row.step_id, attempt),
         )
         job = task.job
     else:
@@ -603,6 +643,7 @@ def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> N
             job_type=JobType.INFERENCE if dag.step_type(step) == "inference" else dag.step_type(step),
             ttl_seconds=ttl,
             payment_amount=budget or None,
+            idempotency_key=_step_job_key(execution, row.step_id, attempt),
         ).job
     row.job, row.attempts, row.status, row.not_before = job, attempt, StepStatus.RUNNING, None
     row.started_at = row.started_at or now
@@ -717,5 +758,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
         if execution.status in ExecutionStatus.TERMINAL:
             raise Conflict(f"The execution is {execution.status}.", code="EXECUTION_NOT_CANCELABLE")
         rows = {row.step_id: row for row in execution.step_rows.select_related("job")}
+        execution.pending_events = []
         _end(execution, rows, ExecutionStatus.CANCELLED, error="Cancelled by its client.", now=timezone.now())
+        ExecutionEvent.objects.bulk_create(execution.pending_events)
     return execution

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from agents.models import Agent, Task
 
 
-@dataclass
+@dataclass(eq=False)
 class Candidate:
     agent: Agent
     running: int

@@ -201,6 +201,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Retries",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "inference.middleware.InferenceHostMiddleware",
+    "agents.middleware.EmbeddedAgentMiddleware",
 ]
 if DRAMATIQ_BROKER_URL.startswith(("redis://", "rediss://")):
     DRAMATIQ_BROKER = {
@@ -340,6 +341,9 @@ ADMIN_CREDIT_APPROVAL_THRESHOLD = env_decimal("ADMIN_CREDIT_APPROVAL_THRESHOLD",
 INFERENCE_MODELS = env_list("INFERENCE_MODELS", ("smollm2-135m", "minilm-l6") if EMBEDDED_WORKERS else ())
 INFERENCE_MINER_ID = env_str("INFERENCE_MINER_ID", f"{socket.gethostname()}-cluster")
 INFERENCE_OWNER_USERNAME = env_str("INFERENCE_OWNER_USERNAME", "cluster")
+# An agent in-process beside the inference host (agents.embedded): on by default when embedded.
+AGENT_EMBEDDED = env_bool("AGENT_EMBEDDED", EMBEDDED_WORKERS)
+AGENT_EMBEDDED_ID = env_str("AGENT_EMBEDDED_ID", f"{INFERENCE_MINER_ID}-agent")
 # Rows of a continuous batch: room for jobs arriving while others decode (at 16 rows, staggered
 # arrivals on two CPU cores waited for room; bench/README.md has the figures).
 INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 32, minimum=1)

@@ -49,12 +49,15 @@ def assignment_phase(args) -> dict:
         )
         for n in range(args.agents)
     ]
+    # Busy while the tasks are queued: they are all waiting when the timing starts.
+    Agent.objects.update(status="busy")
     log(f"{len(agents)} agents registered; queueing {args.tasks} tasks")
     for _ in range(args.tasks):
         task_submit(client=client, task_data={"task_type": "text-generation", "prompt": "hi"}, priority="normal")
     figures = {}
     for strategy in ("least_connections", "weighted_round_robin", "capability_match"):
         settings.AGENT_LB_STRATEGY = strategy
+        Agent.objects.update(status="active")
         started = time.perf_counter()
         assigned = 0
         while True:
@@ -66,6 +69,7 @@ def assignment_phase(args) -> dict:
         rate = assigned / seconds if seconds else 0
         figures[strategy] = {"assigned": assigned, "seconds": round(seconds, 3), "tasks_per_s": round(rate, 1)}
         log(f"{strategy}: {assigned} tasks in {seconds:.2f}s ({rate:.0f}/s)")
+        Agent.objects.update(status="busy")
         for agent in Agent.objects.select_related("miner"):  # back to the queue for the next strategy
             jobs_release_for_miner(miner=agent.miner, reason="bench", blame=False)
         Job.objects.filter(status=JobStatus.QUEUED).update(attempt=0, max_attempts=1000)

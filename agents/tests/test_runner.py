@@ -1,6 +1,7 @@
 """The reference agent (``runagent``) against a live coordinator, on the platform's engine."""
 
 import threading
+import time
 
 import pytest
 
@@ -46,3 +47,25 @@ def test_a_client_key_is_refused(live_server, tiny_model, client_api, tmp_path):
 
     with pytest.raises(RunnerError):
         runner.run()
+
+
+def test_the_embedded_agent_answers_the_reference_example_in_process(tiny_model, tiny_model_dir, client_api):
+    from agents.embedded import EmbeddedAgent
+    from inference import engine
+
+    model = engine.load(engine.ModelSpec.from_catalog(tiny_model))
+    agent = EmbeddedAgent(models={"generation": model}, agent_id="embedded", poll_wait=0.5, heartbeat_seconds=1)
+    agent.start()
+    try:
+        body = {"task_data": {"model": "llama2", "prompt": "test prompt"}, "priority": "normal", "requirements": {}}
+        task_id = client_api.post("/tasks/submit", body, format="json").json()["task_id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and Job.objects.get(pk=task_id).status != JobStatus.COMPLETED:
+            time.sleep(0.1)
+    finally:
+        agent.stop()
+        agent.join(timeout=10)
+
+    task = client_api.get(f"/tasks/{task_id}").json()["task"]
+    assert (task["status"], task["agent_id"]) == ("completed", "embedded")
+    assert isinstance(task["result"]["text"], str)

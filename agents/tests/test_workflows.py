@@ -1,6 +1,7 @@
 """Workflows: a DAG checked at creation, executed step by step as real jobs, advanced after commit."""
 
 import copy
+import json
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -12,6 +13,7 @@ from agents import services
 from agents.api.serializers import BRIEF
 from agents.models import Execution, ExecutionStep, Workflow
 from catalog.models import CatalogModel
+from explorer import verify
 from explorer.verify import verify_execution_receipt
 from jobs.models import Job, JobStatus
 from payments.selectors import wallet_of
@@ -90,7 +92,7 @@ def test_the_brief_example_runs_end_to_end_fanning_out_and_in(client_api, host):
     assert status["verification_proof"] == bundle["receipt"]
 
 
-def test_a_changed_step_receipt_fails_verification(client_api, host):
+def test_a_changed_step_receipt_fails_verification(client_api, host, tmp_path):
     workflow_id = client_api.post("/v1/agents/workflows", BRIEF, format="json").json()["id"]
     execution_id = client_api.post(
         f"/v1/agents/workflows/{workflow_id}/execute", {"inputs": {"topic": "Rome"}}, format="json"
@@ -108,6 +110,11 @@ def test_a_changed_step_receipt_fails_verification(client_api, host):
     assert verify_execution_receipt(tampered)[0] is False
     assert verify_execution_receipt(swapped)[0] is False
     assert verify_execution_receipt(reordered)[0] is False
+    # The offline verifier's command line (``python -m explorer.verify``, ``manage.py verify_receipt``).
+    (tmp_path / "good.json").write_text(json.dumps(bundle))
+    (tmp_path / "bad.json").write_text(json.dumps(tampered))
+    assert verify.main([str(tmp_path / "good.json")]) == 0
+    assert verify.main([str(tmp_path / "bad.json")]) == 1
 
 
 @pytest.mark.parametrize(
