@@ -22,6 +22,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
     from inference.tasks import announce_waiting_models
     from jobs.tasks import expire_queued_jobs, mark_silent_miners_offline, requeue_lapsed_leases
     from payments.tasks import exchange_payments_expire
+    from webhooks.tasks import resend_stalled_webhooks
 
     return [
         expire_queued_jobs,
@@ -31,6 +32,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
         seal_block,
         purge_ended_sign_ins,
         exchange_payments_expire,
+        resend_stalled_webhooks,
     ]
 
 
