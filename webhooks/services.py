@@ -17,6 +17,7 @@ import base64
 import json
 import logging
 import secrets
+import threading
 from datetime import timedelta
 from functools import partial
 
@@ -219,6 +220,20 @@ def signature_headers(endpoint: WebhookEndpoint, delivery: WebhookDelivery, now)
     }
 
 
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def _http() -> httpx.Client:
+    """One client per process, made on first use (after a worker forks): its connections and TLS
+    context are reused from one delivery to the next."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(follow_redirects=False)
+        return _client
+
+
 def delivery_attempt(*, message_id: str, now=None) -> str:
     """Try to deliver once: DELIVERED, RETRY (it failed; the caller retries later), GAVE_UP (it has
     failed for ``WEBHOOK_RETRY_SECONDS``: the endpoint is disabled) or SKIPPED (not to be sent now:
@@ -230,7 +245,7 @@ def delivery_attempt(*, message_id: str, now=None) -> str:
     status_code, error = None, ""
     try:
         check_resolved(delivery.endpoint.url)
-        response = httpx.post(
+        response = _http().post(
             delivery.endpoint.url,
             content=delivery.body.encode(),
             headers=signature_headers(delivery.endpoint, delivery, now),
