@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "channels",
     "django_dramatiq",
     "aitbc_site",
+    "core",
     "accounts",
     "miners",
     "catalog",
@@ -53,6 +54,7 @@ INSTALLED_APPS = [
     "inference",
     "payments",
     "explorer",
+    "agents",
     "webhooks",
 ]
 
@@ -261,6 +263,7 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "jobs.models.JobStatus",
         "MinerStatusEnum": "miners.models.MinerStatus",
         "PaymentStatusEnum": "payments.models.PaymentStatus",
+        "AgentStatusEnum": "agents.models.AgentStatus",
     },
 }
 
@@ -272,11 +275,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BODY_BYTES
 API_KEYS_FROM_ENV = {
     "client": env_list("CLIENT_API_KEYS") + env_list("API_KEYS"),
     "miner": env_list("MINER_API_KEYS"),
+    "agent": env_list("AGENT_API_KEYS"),
     "admin": env_list("ADMIN_API_KEYS"),
 }
 RATE_LIMITS = {
     "client": env_rate("RATE_LIMIT_CLIENT", "100/min"),
     "miner": env_rate("RATE_LIMIT_MINER", "1000/min"),
+    "agent": env_rate("RATE_LIMIT_AGENT", "1000/min"),
     "admin": env_rate("RATE_LIMIT_ADMIN", "1000/min"),
     "user": env_rate("RATE_LIMIT_USER", "60/min"),
     "anonymous": env_rate("RATE_LIMIT_ANONYMOUS", "60/min"),
@@ -312,6 +317,17 @@ MINER_MAX_CLAIM_BATCH = env_int("MINER_MAX_CLAIM_BATCH", 64, minimum=1)
 JOB_OUTLOOK_CACHE_SECONDS = env_int("JOB_OUTLOOK_CACHE_SECONDS", 2, minimum=0)
 HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, minimum=1)
 
+# --- Agents ---------------------------------------------------------------------------
+# How tasks are assigned to agents: least_connections, weighted_round_robin or capability_match.
+AGENT_LB_STRATEGY = env_str("AGENT_LB_STRATEGY", "least_connections")
+if AGENT_LB_STRATEGY not in ("least_connections", "weighted_round_robin", "capability_match"):
+    raise ImproperlyConfigured(f"AGENT_LB_STRATEGY {AGENT_LB_STRATEGY!r} is not a known strategy")
+# An agent silent this long becomes stale and its tasks go to others.
+AGENT_HEARTBEAT_TIMEOUT_SECONDS = env_int("AGENT_HEARTBEAT_TIMEOUT_SECONDS", 60, minimum=1)
+AGENT_MAX_POLL_WAIT_SECONDS = env_int("AGENT_MAX_POLL_WAIT_SECONDS", 60, minimum=0)
+# The tasks an agent runs at once unless it registers another max_concurrent_tasks.
+AGENT_MAX_CONCURRENT_TASKS = env_int("AGENT_MAX_CONCURRENT_TASKS", 4, minimum=1)
+
 RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 
 # --- Money ----------------------------------------------------------------------------
@@ -319,6 +335,8 @@ RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 AITBC_WELCOME_CREDITS = env_decimal("AITBC_WELCOME_CREDITS", "100")
 # The platform's share of what a job pays its miner, in percent.
 PLATFORM_FEE_PERCENT = env_decimal("PLATFORM_FEE_PERCENT", "5")
+# A staff credit moving more than this in all (AITBC) waits for a second staff member's approval.
+ADMIN_CREDIT_APPROVAL_THRESHOLD = env_decimal("ADMIN_CREDIT_APPROVAL_THRESHOLD", "1000")
 
 # --- Inference ------------------------------------------------------------------------
 # The catalog models this process serves as an in-cluster worker (its Dramatiq workers load
@@ -326,7 +344,9 @@ PLATFORM_FEE_PERCENT = env_decimal("PLATFORM_FEE_PERCENT", "5")
 INFERENCE_MODELS = env_list("INFERENCE_MODELS", ("smollm2-135m", "minilm-l6") if EMBEDDED_WORKERS else ())
 INFERENCE_MINER_ID = env_str("INFERENCE_MINER_ID", f"{socket.gethostname()}-cluster")
 INFERENCE_OWNER_USERNAME = env_str("INFERENCE_OWNER_USERNAME", "cluster")
-INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 16, minimum=1)
+# Rows of a continuous batch: room for jobs arriving while others decode (at 16 rows, staggered
+# arrivals on two CPU cores waited for room; bench/README.md has the figures).
+INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 32, minimum=1)
 # CPU threads for inference in this process; 0 leaves torch's default (one per core).
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0, minimum=0)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE")  # "cuda", "cpu"…; empty picks CUDA when present

@@ -4,7 +4,8 @@ A miner may run a queued job when it takes work (online, not draining), serves t
 and meets each constraint the job sets (a constraint left empty is met by every miner). A miner
 that declares no models at all (the original AITBC CLI's ``miner register``, an Ollama miner)
 serves every model outside the catalog, as the original coordinator offered any job to any
-miner; a catalog model is only ever run by the miners that declare it. The constraints:
+miner; a catalog model is only ever run by the miners that declare it, and agents' tasks
+(``AGENT_TASK_MODEL``) by agents. The constraints:
 
 - ``min_vram_gb``: the miner's VRAM is at least that;
 - ``cuda``: the miner's CUDA version code is at least the job's (a miner that reported no CUDA
@@ -26,6 +27,7 @@ from django.db.models.functions import Coalesce
 
 from catalog.models import CatalogModel
 from jobs.models import Job
+from miners.capabilities import AGENT_TASK_MODEL
 from miners.models import Miner, MinerStatus, ServedModel
 
 MINER_MEETS_JOB = """
@@ -91,6 +93,7 @@ BEGIN
             WHERE j.status = 'queued' AND j.expires_at > p_now
               AND (p_job_id IS NULL OR j.id = p_job_id)
               AND (p_models IS NULL OR j.model = ANY(p_models))
+              AND j.model <> '{AGENT_TASK_MODEL}'
               AND NOT EXISTS (SELECT 1 FROM {CatalogModel._meta.db_table} cm WHERE cm.name = j.model)
               AND {MINER_MEETS_JOB.strip()}
             ORDER BY j.rank_at
@@ -114,7 +117,7 @@ def jobs_for_miner(jobs: QuerySet[Job], *, miner: Miner) -> QuerySet[Job]:
     served = ServedModel.objects.filter(miner=miner.pk)
     jobs = jobs.filter(
         Q(model__in=served.values("name"))
-        | (~Exists(served) & ~Exists(CatalogModel.objects.filter(name=OuterRef("model"))))
+        | (~Exists(served) & ~Q(model=AGENT_TASK_MODEL) & ~Exists(CatalogModel.objects.filter(name=OuterRef("model"))))
     )
     jobs = jobs.filter(Q(req_min_vram_gb__isnull=True) | Q(req_min_vram_gb__lte=miner.vram_gb))
     jobs = jobs.filter(Q(req_cuda_code__isnull=True) | Q(req_cuda_code__lte=miner.cuda_code or 0))
@@ -130,12 +133,12 @@ def jobs_for_miner(jobs: QuerySet[Job], *, miner: Miner) -> QuerySet[Job]:
 
 def miners_for_job(miners: QuerySet[Miner], *, job: Job) -> QuerySet[Miner]:
     """Those of ``miners`` that take work, serve ``job``'s model and meet its constraints."""
-    serves_any_uncatalogued = ~Exists(ServedModel.objects.filter(miner=OuterRef("pk"))) & ~Exists(
-        CatalogModel.objects.filter(name=job.model)
-    )
-    miners = miners.filter(
-        Q(served_models__name=job.model) | serves_any_uncatalogued, status=MinerStatus.ONLINE, draining=False
-    )
+    serves_model = Q(served_models__name=job.model)
+    if job.model != AGENT_TASK_MODEL:
+        serves_model |= ~Exists(ServedModel.objects.filter(miner=OuterRef("pk"))) & ~Exists(
+            CatalogModel.objects.filter(name=job.model)
+        )
+    miners = miners.filter(serves_model, status=MinerStatus.ONLINE, draining=False)
     if job.req_min_vram_gb is not None:
         miners = miners.filter(vram_gb__gte=job.req_min_vram_gb)
     if job.req_cuda_code is not None:

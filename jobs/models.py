@@ -34,6 +34,8 @@ class JobType(models.TextChoices):
     INFERENCE = "inference", "Inference (text generation)"
     CHAT = "chat", "Chat"
     EMBEDDING = "embedding", "Embedding"
+    # An agent's task (``agents``): queued for the model ``AGENT_TASK_MODEL``, which only agents serve.
+    TASK = "task", "Agent task"
 
 
 class JobPriority(models.IntegerChoices):

@@ -7,6 +7,7 @@ going offline or ban are here too, since they extend or end the attempts the min
 """
 
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -36,6 +37,8 @@ from miners.capabilities import cuda_code
 from miners.models import Miner, ServedModel
 from payments.models import Payment, PaymentStatus
 from payments.services import credits, escrow_hold, escrow_refund, escrows_settle, new_payment_id
+
+logger = logging.getLogger(__name__)
 
 # Failures that another attempt cannot fix: the job fails at once.
 NON_RETRYABLE_ERRORS = frozenset(
@@ -332,6 +335,24 @@ def _publish_statuses(jobs: list[Job]) -> None:
         prefetch_related_objects(unread, "payment")
     events.publish_job_statuses(jobs)
     feed.publish_jobs_changed(jobs)
+    ended = [job for job in jobs if job.is_terminal]
+    for listener in _finished_listeners if ended else ():
+        try:
+            listener(ended)
+        except Exception:
+            logger.exception("a listener for finished jobs failed")
+
+
+# Called as ``listener(jobs)`` with jobs that reached a terminal state, once that is committed. Higher
+# apps, which this one may not import, add theirs from their ``AppConfig.ready()`` (agents advance the
+# workflow executions the jobs are steps of). A listener's failure is logged, never the caller's.
+_finished_listeners: list[Callable[[list[Job]], None]] = []
+
+
+def when_finished(listener: Callable[[list[Job]], None]) -> None:
+    """Have ``listener(jobs)`` called with the jobs that ended, after each change commits."""
+    if listener not in _finished_listeners:
+        _finished_listeners.append(listener)
 
 
 # --- Claims ----------------------------------------------------------------------------
@@ -898,6 +919,26 @@ def miner_take_offline(*, miner: Miner) -> int:
     miner_services.miner_mark_offline(miner=miner)
     transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
     return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.", blame=False)
+
+
+@transaction.atomic
+def miner_put_in_maintenance(*, miner: Miner, reason: str) -> int:
+    """Staff hold a miner offline for maintenance (heartbeats don't bring it back): its jobs return to
+    the queue, not counted against it. Returns how many."""
+    if miner_services.miner_mark_maintenance(miner=miner, reason=reason):
+        transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
+    return jobs_release_for_miner(miner=miner, reason="The miner was taken offline for maintenance.", blame=False)
+
+
+@transaction.atomic
+def miner_ban_wide(*, kind: str, reason: str, actor, owner=None, network: str = "") -> tuple:
+    """Ban an owner (every miner id it has or registers) or an address range: the ban refuses new
+    registrations, and the registered miners it covers are banned now (``miner_ban``). Returns the
+    ban, the miners banned now and how many jobs went back to the queue."""
+    ban = miner_services.miner_ban_create(kind=kind, reason=reason, actor=actor, owner=owner, network=network)
+    banned = [miner for miner in miner_services.miners_covered(ban=ban) if not miner.banned_at]
+    released = sum(miner_ban(miner=miner, reason=reason, actor=actor) for miner in banned)
+    return ban, banned, released
 
 
 @transaction.atomic

@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from catalog.selectors import catalog_names
+from miners.capabilities import AGENT_TASK_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,12 @@ class WakeupHub:
 
     def relay(self, wakeup: Wakeup) -> None:
         with self._lock:
-            chosen = next((w for w in self._waiters if w.wants(wakeup.model) and id(w) not in wakeup.tried), None)
+            untried = [w for w in self._waiters if id(w) not in wakeup.tried]
+            # A waiter naming the model (or an agent's own name) before one waiting for any model
+            # outside the catalog.
+            chosen = next((w for w in untried if wakeup.model in w.models), None) or next(
+                (w for w in untried if w.wants(wakeup.model)), None
+            )
             if chosen is None:
                 return
             wakeup.tried.add(id(chosen))
@@ -162,7 +168,7 @@ def miner_wait_scope(models: Iterable[str]) -> tuple[frozenset[str], frozenset[s
     """The arguments of ``hub.waiter`` for a miner serving ``models``: one that declares none
     waits for every model outside the catalog, as it claims (``jobs.matching``)."""
     models = frozenset(models)
-    return (models, None) if models else (models, catalog_names())
+    return (models, None) if models else (models, catalog_names() | {AGENT_TASK_MODEL})
 
 
 def announce(job) -> None:
@@ -171,11 +177,17 @@ def announce(job) -> None:
     The payload names the job too: PostgreSQL folds identical notifications of one
     transaction into one, and a sweep re-queueing many jobs of a model must wake as many
     waiters."""
+    announce_to(job.model, job_id=job.pk)
+
+
+def announce_to(name: str, *, job_id) -> None:
+    """Wake a waiter for ``name`` (a model, or another name waiters wait on: an agent waits on its
+    own) once the current transaction commits, in whichever process it waits."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{job.pk} {job.model}"])
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{job_id} {name}"])
     else:
-        transaction.on_commit(lambda: hub.notify(job.model))
+        transaction.on_commit(lambda: hub.notify(name))
 
 
 _queued_callbacks: list[Callable[[str], None]] = []

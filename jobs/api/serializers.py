@@ -210,7 +210,7 @@ class JobSubmitSerializer(serializers.Serializer):
         job_type = payload.get("type") or raw.get("type") or _implied_type(model, payload)
         if not isinstance(job_type, str) or job_type.lower() not in JOB_TYPE_ALIASES:
             raise Invalid(
-                f"Unknown job type {job_type!r}; expected one of {', '.join(JobType.values)}.",
+                f"Unknown job type {job_type!r}; expected one of inference, chat, embedding.",
                 code="INVALID_JOB_TYPE",
                 errors={"type": [f"Unknown job type {job_type!r}."]},
             )

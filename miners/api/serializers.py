@@ -4,7 +4,7 @@ from decimal import Decimal, InvalidOperation
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
-from miners.capabilities import Capabilities
+from miners.capabilities import AGENT_TASK_MODEL, Capabilities
 from miners.models import Miner
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
@@ -68,11 +68,14 @@ def parse_capabilities(data: dict, *, concurrency=None, region=None, gpu_info=No
         raise serializers.ValidationError({"capabilities": "price must be a number."}) from None
     if price is not None and not (price.is_finite() and 0 <= price < MAX_PRICE):
         raise serializers.ValidationError({"capabilities": "price must be a number from 0 to 10^10."})
+    models = _str_list(caps.get("models"), "models")
+    if AGENT_TASK_MODEL in models:
+        raise serializers.ValidationError({"capabilities": f"{AGENT_TASK_MODEL!r} is reserved for agents' tasks."})
     max_jobs = caps.get("max_concurrent_jobs", concurrency) or 1
     if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or not 1 <= max_jobs <= 1024:
         raise serializers.ValidationError({"concurrency": "Must be an integer from 1 to 1024."})
     return Capabilities(
-        models=_str_list(caps.get("models"), "models"),
+        models=models,
         gpu_name=best_gpu[:200],
         vram_gb=round(vram_gb, 3),
         cuda_version=str(caps.get("cuda") or caps.get("cuda_version") or "")[:16],
