@@ -3,13 +3,16 @@ retries with backoff, and the addresses a delivery may not reach."""
 
 import itertools
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import dramatiq
 import pytest
 from django.test import Client
+from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from jobs.services import jobs_expire_queued
 from tests.factories import WalletFactory
 from webhooks import services, tasks
 from webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
@@ -275,3 +278,17 @@ def test_a_failing_endpoint_is_retried_with_growing_delays_then_disabled_and_its
     browser.force_login(client.user)
     page = browser.get("/").content.decode()
     assert receiver.url in page and "was disabled" in page
+
+
+def test_an_expired_job_and_its_refund_are_recorded_by_the_sweep(client_api, submit_job, receiver):
+    WalletFactory(user=client_api.user, minted=Decimal(10))
+    create_webhook(client_api, receiver.url, events=["job.expired", "payment.refunded"])
+    job_id = submit_job(client_api, payment_amount="1")["job_id"]
+
+    jobs_expire_queued(now=timezone.now() + timedelta(days=1))
+
+    expired, refunded = deliveries_of(job_id)
+    assert (expired.event_type, refunded.event_type) == ("job.expired", "payment.refunded")
+    assert services.delivery_attempt(message_id=expired.message_id) == services.DELIVERED
+    assert services.delivery_attempt(message_id=refunded.message_id) == services.DELIVERED
+    assert [r["body"].count(b'"status":"expired"') for r in receiver.requests] == [1, 0]
