@@ -292,3 +292,18 @@ def test_an_expired_job_and_its_refund_are_recorded_by_the_sweep(client_api, sub
     assert services.delivery_attempt(message_id=expired.message_id) == services.DELIVERED
     assert services.delivery_attempt(message_id=refunded.message_id) == services.DELIVERED
     assert [r["body"].count(b'"status":"expired"') for r in receiver.requests] == [1, 0]
+
+
+def test_housekeeping_resends_a_delivery_whose_message_was_lost(client_api, submit_job, receiver):
+    create_webhook(client_api, receiver.url, events=["job.cancelled"])
+    job_id = submit_job(client_api, model="llama3")["job_id"]
+    client_api.post(f"/v1/jobs/{job_id}/cancel")
+    [delivery] = deliveries_of(job_id)
+    broker = dramatiq.get_broker()
+    broker.flush("webhooks")
+
+    assert services.deliveries_resend_stalled() == 0  # its message may still be on its way
+    assert services.deliveries_resend_stalled(now=timezone.now() + timedelta(minutes=2)) == 1
+
+    [message] = broker.queues["webhooks"].queue
+    assert list(dramatiq.Message.decode(message).args) == [delivery.message_id]
