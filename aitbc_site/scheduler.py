@@ -23,6 +23,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
     from inference.tasks import announce_waiting_models
     from jobs.tasks import expire_queued_jobs, mark_silent_miners_offline, requeue_lapsed_leases
     from payments.tasks import exchange_payments_expire
+    from webhooks.tasks import resend_stalled_webhooks
 
     return [
         expire_queued_jobs,
@@ -35,6 +36,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
         mark_stale_agents,
         assign_waiting_tasks,
         advance_executions,
+        resend_stalled_webhooks,
     ]
 
 

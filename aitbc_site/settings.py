@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "payments",
     "explorer",
     "agents",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -297,6 +298,9 @@ USER_SESSION_TTL_SECONDS = env_int("USER_SESSION_TTL_SECONDS", 86400, minimum=1)
 
 # --- Jobs and miners ------------------------------------------------------------------
 JOB_DEFAULT_TTL_SECONDS = env_int("JOB_DEFAULT_TTL_SECONDS", 900, minimum=1)
+# The model a generation job naming none runs on (the AITBC CLI's ``client submit`` without
+# ``--model``); empty: the catalog's first enabled chat model.
+JOB_DEFAULT_MODEL = env_str("JOB_DEFAULT_MODEL")
 JOB_MAX_TTL_SECONDS = env_int("JOB_MAX_TTL_SECONDS", 7 * 24 * 3600, minimum=1)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120, minimum=1)
@@ -392,3 +396,18 @@ EXCHANGE_PAYMENT_TTL_SECONDS = env_int("EXCHANGE_PAYMENT_TTL_SECONDS", 3600, min
 EXCHANGE_MIN_CONFIRMATIONS = env_int("EXCHANGE_MIN_CONFIRMATIONS", 1, minimum=0)
 # Shared with the payment processor, which signs its confirmations with it; empty turns the webhook off.
 EXCHANGE_WEBHOOK_SECRET = env_str("EXCHANGE_WEBHOOK_SECRET")
+
+# --- Webhooks -------------------------------------------------------------------------
+# Private, loopback and link-local endpoints are refused unless this is set (tests, closed networks).
+WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+WEBHOOKS_MAX_PER_USER = env_int("WEBHOOKS_MAX_PER_USER", 20, minimum=1)
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# A delivery failing this long after its first attempt is given up and its endpoint disabled.
+WEBHOOK_RETRY_SECONDS = env_int("WEBHOOK_RETRY_SECONDS", 86400, minimum=0)
+# Dramatiq's backoff between attempts: doubling from the minimum up to the maximum, with jitter.
+WEBHOOK_RETRY_MIN_BACKOFF_MS = env_int("WEBHOOK_RETRY_MIN_BACKOFF_MS", 10_000, minimum=1)
+WEBHOOK_RETRY_MAX_BACKOFF_MS = env_int("WEBHOOK_RETRY_MAX_BACKOFF_MS", 3_600_000, minimum=1)
+WEBHOOK_MAX_RETRIES = env_int("WEBHOOK_MAX_RETRIES", 100, minimum=0)
+# After a secret is rotated, deliveries are signed with the old one too for this long.
+WEBHOOK_SECRET_ROTATION_SECONDS = env_int("WEBHOOK_SECRET_ROTATION_SECONDS", 86400, minimum=0)
+WEBHOOK_RESEND_BATCH = env_int("WEBHOOK_RESEND_BATCH", 500, minimum=1)

@@ -14,6 +14,7 @@ urlpatterns = [
     path("", include("accounts.api.urls")),
     path("", include("explorer.api.urls")),
     path("", include("agents.api.urls")),
+    path("", include("webhooks.api.urls")),
     path("health", health.HealthView.as_view(), name="health"),
     path("v1/health", health.HealthView.as_view(), name="v1-health"),
     path("health/live", health.HealthView.as_view(), name="health-live"),

@@ -95,6 +95,8 @@ def world(settings, make_api, register_miner, submit_job, django_user_model):
         owner=alice.user, name="matrix", steps={"a": {"type": "chat", "model": "matrix-model", "prompt": SECRET_PROMPT}}
     )
     execution = workflow_execute(workflow=workflow, client=alice.user, inputs={})
+    webhook = alice.post("/v1/webhooks", {"url": WEBHOOK_URL, "events": ["job.completed"]}, format="json")
+    assert webhook.status_code == 201, webhook.content
     receipt = Receipt.objects.get(job_id=done)
     leaf = BlockLeaf.objects.filter(kind=LeafKind.RECEIPT, ref=receipt.pk).select_related("block").get()
     values = {
@@ -115,6 +117,7 @@ def world(settings, make_api, register_miner, submit_job, django_user_model):
         "priority": "low",
         "workflow": str(workflow.pk),
         "execution": str(execution.pk),
+        "webhook": webhook.json()["id"],
     }
     return callers, values, alice.user
 
@@ -146,6 +149,7 @@ AGENT = {"agent_id": "matrix-new", "agent_type": "worker"}
 TASK = {"task_data": {"prompt": "hi"}, "priority": "normal"}
 REPORT = {"agent_id": "{agent}", "result": "x"}
 WORKFLOW = {"name": "w", "steps": {"a": {"type": "chat", "model": "matrix-model", "prompt": "hi"}}}
+WEBHOOK_URL = "https://hooks.example.com/aitbc"
 ROWS = [
     ("GET", "/v1/jobs", None, (401, 200, 200, 403, 403, 200, 200)),
     ("POST", "/v1/jobs", SUBMIT, (401, 201, 201, 403, 403, 201, 201)),
@@ -167,7 +171,9 @@ ROWS = [
     ("POST", "/v1/miners/{running}/result", RESULT, (401, 403, 403, 200, 409, 200, 403)),
     ("POST", "/v1/miners/{running}/fail", {"error_code": "INFERENCE_FAILED"}, (401, 403, 403, 200, 409, 200, 403)),
     ("POST", "/v1/miners/miner-1/jobs", None, (401, 403, 403, 200, 404, 200, 403)),
+    ("GET", "/v1/miners/miner-1/jobs", None, (401, 403, 403, 200, 404, 200, 403)),
     ("POST", "/v1/miners/miner-1/earnings", None, (401, 403, 403, 200, 404, 200, 403)),
+    ("GET", "/v1/miners/miner-1/earnings", None, (401, 403, 403, 200, 404, 200, 403)),
     (
         "PUT",
         "/v1/miners/miner-1/capabilities",
@@ -237,6 +243,15 @@ ROWS = [
         (401, 403, 403, 422, 403, 403, 403),
     ),
     ("GET", "/v1/stats", None, PUBLIC),
+    ("GET", "/api/v1/blocks", None, PUBLIC),
+    ("GET", "/v1/webhooks", None, (401, 200, 200, 403, 403, 200, 200)),
+    ("POST", "/v1/webhooks", {"url": WEBHOOK_URL, "events": ["job.completed"]}, (401, 201, 201, 403, 403, 201, 201)),
+    ("GET", "/v1/webhooks/{webhook}", None, (401, 200, 404, 403, 403, 404, 200)),
+    ("DELETE", "/v1/webhooks/{webhook}", None, (401, 204, 404, 403, 403, 404, 204)),
+    ("POST", "/v1/webhooks/{webhook}/test", None, (401, 202, 404, 403, 403, 404, 202)),
+    ("POST", "/v1/webhooks/{webhook}/rotate-secret", None, (401, 200, 404, 403, 403, 404, 200)),
+    ("POST", "/v1/webhooks/{webhook}/enable", None, (401, 200, 404, 403, 403, 404, 200)),
+    ("GET", "/v1/webhooks/{webhook}/deliveries", None, (401, 200, 404, 403, 403, 404, 200)),
     *(
         row
         for prefix in ("/v1/explorer", "/explorer")
@@ -361,6 +376,7 @@ def test_every_route_has_a_row():
     job_id, number = "00000000-0000-0000-0000-000000000000", "1"
     values = {"done": job_id, "running": job_id, "queued": job_id, "user": number, "key": number, "height": number}
     values.update({"agent": "x", "task": job_id, "priority": "low", "workflow": job_id, "execution": job_id})
+    values["webhook"] = job_id
     values.update({name: "x" for name in ("payment", "exchange", "receipt", "tx", "address")})
     rows: dict[str, set[str]] = {}
     for method, template, _, _ in ROWS:

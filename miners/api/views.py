@@ -82,7 +82,7 @@ class RegisterView(MinerView):
         registration = MinerRegisterSerializer(data=request.data)
         registration.is_valid(raise_exception=True)
         data = registration.validated_data
-        miner_id = request.headers.get("X-Miner-ID") or data.get("miner_id") or request.user.username
+        miner_id = named_miner_id(request) or request.user.username
         if len(miner_id) > 128 or "\x00" in miner_id:
             raise Invalid("A miner id is at most 128 characters.", code="VALIDATION_ERROR")
         miner, session_token = services.miner_register(
