@@ -26,6 +26,7 @@ class ApiKey(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name = "API key"
         constraints = [
             models.CheckConstraint(condition=Q(scope__in=ApiKeyScope.values), name="apikey_scope_valid"),
         ]

@@ -6,6 +6,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.urls import path
 
+from agents.consumers import AgentConsumer
 from explorer.consumers import DashboardConsumer
 from jobs.consumers import JobConsumer, MinerConsumer
 
@@ -13,6 +14,7 @@ websocket_urlpatterns: list = [
     path("ws/jobs/<uuid:job_id>/", JobConsumer.as_asgi()),
     path("ws/dashboard/", DashboardConsumer.as_asgi()),
     path("ws/miners/", MinerConsumer.as_asgi()),
+    path("ws/agents/<str:agent_id>/", AgentConsumer.as_asgi()),
 ]
 
 

@@ -18,10 +18,12 @@ logger = logging.getLogger(__name__)
 
 def housekeeping_actors() -> list[dramatiq.Actor]:
     from accounts.tasks import purge_ended_sign_ins
+    from agents.tasks import advance_executions, assign_waiting_tasks, mark_stale_agents
     from explorer.tasks import seal_block
     from inference.tasks import announce_waiting_models
     from jobs.tasks import expire_queued_jobs, mark_silent_miners_offline, requeue_lapsed_leases
     from payments.tasks import exchange_payments_expire
+    from webhooks.tasks import resend_stalled_webhooks
 
     return [
         expire_queued_jobs,
@@ -31,6 +33,10 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
         seal_block,
         purge_ended_sign_ins,
         exchange_payments_expire,
+        mark_stale_agents,
+        assign_waiting_tasks,
+        advance_executions,
+        resend_stalled_webhooks,
     ]
 
 

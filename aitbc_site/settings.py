@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "channels",
     "django_dramatiq",
     "aitbc_site",
+    "core",
     "accounts",
     "miners",
     "catalog",
@@ -54,6 +55,8 @@ INSTALLED_APPS = [
     "payments",
     "explorer",
     "openai_compat",
+    "agents",
+    "webhooks",
 ]
 
 MIDDLEWARE = [
@@ -204,6 +207,7 @@ _DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Retries",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
     "inference.middleware.InferenceHostMiddleware",
+    "agents.middleware.EmbeddedAgentMiddleware",
 ]
 if DRAMATIQ_BROKER_URL.startswith(("redis://", "rediss://")):
     DRAMATIQ_BROKER = {
@@ -265,6 +269,7 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "jobs.models.JobStatus",
         "MinerStatusEnum": "miners.models.MinerStatus",
         "PaymentStatusEnum": "payments.models.PaymentStatus",
+        "AgentStatusEnum": "agents.models.AgentStatus",
     },
 }
 
@@ -276,11 +281,13 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = REQUEST_MAX_BODY_BYTES
 API_KEYS_FROM_ENV = {
     "client": env_list("CLIENT_API_KEYS") + env_list("API_KEYS"),
     "miner": env_list("MINER_API_KEYS"),
+    "agent": env_list("AGENT_API_KEYS"),
     "admin": env_list("ADMIN_API_KEYS"),
 }
 RATE_LIMITS = {
     "client": env_rate("RATE_LIMIT_CLIENT", "100/min"),
     "miner": env_rate("RATE_LIMIT_MINER", "1000/min"),
+    "agent": env_rate("RATE_LIMIT_AGENT", "1000/min"),
     "admin": env_rate("RATE_LIMIT_ADMIN", "1000/min"),
     "user": env_rate("RATE_LIMIT_USER", "60/min"),
     "anonymous": env_rate("RATE_LIMIT_ANONYMOUS", "60/min"),
@@ -296,6 +303,9 @@ USER_SESSION_TTL_SECONDS = env_int("USER_SESSION_TTL_SECONDS", 86400, minimum=1)
 
 # --- Jobs and miners ------------------------------------------------------------------
 JOB_DEFAULT_TTL_SECONDS = env_int("JOB_DEFAULT_TTL_SECONDS", 900, minimum=1)
+# The model a generation job naming none runs on (the AITBC CLI's ``client submit`` without
+# ``--model``); empty: the catalog's first enabled chat model.
+JOB_DEFAULT_MODEL = env_str("JOB_DEFAULT_MODEL")
 JOB_MAX_TTL_SECONDS = env_int("JOB_MAX_TTL_SECONDS", 7 * 24 * 3600, minimum=1)
 JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 3, minimum=1)
 JOB_LEASE_SECONDS = env_int("JOB_LEASE_SECONDS", 120, minimum=1)
@@ -318,6 +328,17 @@ HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, mini
 OPENAI_QUEUE_TIMEOUT_SECONDS = env_int("OPENAI_QUEUE_TIMEOUT_SECONDS", 60, minimum=0)
 OPENAI_RESPONSE_TIMEOUT_SECONDS = env_int("OPENAI_RESPONSE_TIMEOUT_SECONDS", 600, minimum=1)
 
+# --- Agents ---------------------------------------------------------------------------
+# How tasks are assigned to agents: least_connections, weighted_round_robin or capability_match.
+AGENT_LB_STRATEGY = env_str("AGENT_LB_STRATEGY", "least_connections")
+if AGENT_LB_STRATEGY not in ("least_connections", "weighted_round_robin", "capability_match"):
+    raise ImproperlyConfigured(f"AGENT_LB_STRATEGY {AGENT_LB_STRATEGY!r} is not a known strategy")
+# An agent silent this long becomes stale and its tasks go to others.
+AGENT_HEARTBEAT_TIMEOUT_SECONDS = env_int("AGENT_HEARTBEAT_TIMEOUT_SECONDS", 60, minimum=1)
+AGENT_MAX_POLL_WAIT_SECONDS = env_int("AGENT_MAX_POLL_WAIT_SECONDS", 60, minimum=0)
+# The tasks an agent runs at once unless it registers another max_concurrent_tasks.
+AGENT_MAX_CONCURRENT_TASKS = env_int("AGENT_MAX_CONCURRENT_TASKS", 4, minimum=1)
+
 RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 
 # --- Money ----------------------------------------------------------------------------
@@ -325,6 +346,8 @@ RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 AITBC_WELCOME_CREDITS = env_decimal("AITBC_WELCOME_CREDITS", "100")
 # The platform's share of what a job pays its miner, in percent.
 PLATFORM_FEE_PERCENT = env_decimal("PLATFORM_FEE_PERCENT", "5")
+# A staff credit moving more than this in all (AITBC) waits for a second staff member's approval.
+ADMIN_CREDIT_APPROVAL_THRESHOLD = env_decimal("ADMIN_CREDIT_APPROVAL_THRESHOLD", "1000")
 
 # --- Inference ------------------------------------------------------------------------
 # The catalog models this process serves as an in-cluster worker (its Dramatiq workers load
@@ -332,7 +355,12 @@ PLATFORM_FEE_PERCENT = env_decimal("PLATFORM_FEE_PERCENT", "5")
 INFERENCE_MODELS = env_list("INFERENCE_MODELS", ("smollm2-135m", "minilm-l6") if EMBEDDED_WORKERS else ())
 INFERENCE_MINER_ID = env_str("INFERENCE_MINER_ID", f"{socket.gethostname()}-cluster")
 INFERENCE_OWNER_USERNAME = env_str("INFERENCE_OWNER_USERNAME", "cluster")
-INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 16, minimum=1)
+# An agent in-process beside the inference host (agents.embedded): on by default when embedded.
+AGENT_EMBEDDED = env_bool("AGENT_EMBEDDED", EMBEDDED_WORKERS)
+AGENT_EMBEDDED_ID = env_str("AGENT_EMBEDDED_ID", f"{INFERENCE_MINER_ID}-agent")
+# Rows of a continuous batch: room for jobs arriving while others decode (at 16 rows, staggered
+# arrivals on two CPU cores waited for room; bench/README.md has the figures).
+INFERENCE_BATCH_SIZE = env_int("INFERENCE_BATCH_SIZE", 32, minimum=1)
 # CPU threads for inference in this process; 0 leaves torch's default (one per core).
 INFERENCE_THREADS = env_int("INFERENCE_THREADS", 0, minimum=0)
 INFERENCE_DEVICE = env_str("INFERENCE_DEVICE")  # "cuda", "cpu"…; empty picks CUDA when present
@@ -378,3 +406,18 @@ EXCHANGE_PAYMENT_TTL_SECONDS = env_int("EXCHANGE_PAYMENT_TTL_SECONDS", 3600, min
 EXCHANGE_MIN_CONFIRMATIONS = env_int("EXCHANGE_MIN_CONFIRMATIONS", 1, minimum=0)
 # Shared with the payment processor, which signs its confirmations with it; empty turns the webhook off.
 EXCHANGE_WEBHOOK_SECRET = env_str("EXCHANGE_WEBHOOK_SECRET")
+
+# --- Webhooks -------------------------------------------------------------------------
+# Private, loopback and link-local endpoints are refused unless this is set (tests, closed networks).
+WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+WEBHOOKS_MAX_PER_USER = env_int("WEBHOOKS_MAX_PER_USER", 20, minimum=1)
+WEBHOOK_TIMEOUT_SECONDS = env_int("WEBHOOK_TIMEOUT_SECONDS", 10, minimum=1)
+# A delivery failing this long after its first attempt is given up and its endpoint disabled.
+WEBHOOK_RETRY_SECONDS = env_int("WEBHOOK_RETRY_SECONDS", 86400, minimum=0)
+# Dramatiq's backoff between attempts: doubling from the minimum up to the maximum, with jitter.
+WEBHOOK_RETRY_MIN_BACKOFF_MS = env_int("WEBHOOK_RETRY_MIN_BACKOFF_MS", 10_000, minimum=1)
+WEBHOOK_RETRY_MAX_BACKOFF_MS = env_int("WEBHOOK_RETRY_MAX_BACKOFF_MS", 3_600_000, minimum=1)
+WEBHOOK_MAX_RETRIES = env_int("WEBHOOK_MAX_RETRIES", 100, minimum=0)
+# After a secret is rotated, deliveries are signed with the old one too for this long.
+WEBHOOK_SECRET_ROTATION_SECONDS = env_int("WEBHOOK_SECRET_ROTATION_SECONDS", 86400, minimum=0)
+WEBHOOK_RESEND_BATCH = env_int("WEBHOOK_RESEND_BATCH", 500, minimum=1)

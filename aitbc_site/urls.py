@@ -14,6 +14,8 @@ urlpatterns = [
     path("", include("payments.api.urls")),
     path("", include("accounts.api.urls")),
     path("", include("explorer.api.urls")),
+    path("", include("agents.api.urls")),
+    path("", include("webhooks.api.urls")),
     path("health", health.HealthView.as_view(), name="health"),
     path("v1/health", health.HealthView.as_view(), name="v1-health"),
     path("health/live", health.HealthView.as_view(), name="health-live"),
@@ -33,6 +35,7 @@ urlpatterns = [
     path("", include("jobs.urls")),
     path("", include("payments.urls")),
     path("", include("explorer.urls")),
+    path("", include("agents.urls")),
 ]
 
 handler400 = "core.api.exceptions.bad_request"

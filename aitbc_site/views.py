@@ -7,6 +7,7 @@ from django.views.generic import RedirectView, TemplateView
 from explorer.selectors import live_network_figures, network_figures
 from jobs.selectors import job_counts_of_client, jobs_of_client
 from payments.selectors import wallet_of
+from webhooks.selectors import disabled_endpoints_of
 
 RECENT_JOBS = 5
 
@@ -35,6 +36,7 @@ class OverviewView(LoginRequiredMixin, TemplateView):
             "job_counts": job_counts_of_client(user=user),
             "wallet": wallet_of(user=user),
             "network": live_network_figures(),
+            "disabled_webhooks": list(disabled_endpoints_of(owner=user)),
         }
 
 

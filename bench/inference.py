@@ -438,7 +438,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="where the GGUF model is converted (default: a temporary dir)")
     parser.add_argument("--model-dir", type=Path, help="a local model directory to run instead of SmolLM2")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16, help="rows of one batch (INFERENCE_BATCH_SIZE)")
+    parser.add_argument("--batch", type=int, default=32, help="rows of one batch (INFERENCE_BATCH_SIZE)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=32, help="staggered jobs per round (16 to 64)")
     parser.add_argument("--load", type=float, default=0.6, help="staggered arrivals, as a share of the capacity")

@@ -137,7 +137,7 @@ def install_pieces() -> Pieces:
 
     pieces = Pieces()
     pieces.wrap(jobs.services, "_store_completions", "complete_statement")
-    pieces.wrap(jobs.services, "_settle_charged", "settle")
+    pieces.wrap_first(jobs.services, ("_settle", "_settle_charged"), "settle")
     pieces.wrap(jobs.services, "receipts_sign", "receipt")
     pieces.wrap(jobs.receipts, "_signed_receipt", "receipt_signing")
     pieces.wrap(jobs.events, "publish_job_statuses", "status_publish")

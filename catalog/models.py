@@ -1,5 +1,8 @@
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+
+from catalog.payloads import PayloadError, check_default_params
 
 
 class ModelTask(models.TextChoices):
@@ -25,6 +28,11 @@ class CatalogModel(models.Model):
     default_max_tokens = models.PositiveIntegerField(default=256)
     max_tokens = models.PositiveIntegerField(default=2048, help_text="The most tokens one job may ask for.")
     price_per_1k_tokens = models.DecimalField(max_digits=18, decimal_places=8, default=0)
+    default_params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Generation parameters a job gets when it sets none of its own, e.g. {"temperature": 0}.',
+    )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -43,6 +51,13 @@ class CatalogModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self):
+        super().clean()
+        try:
+            check_default_params(self.default_params)
+        except PayloadError as error:
+            raise ValidationError({"default_params": error.message}) from None
 
     @property
     def generates_text(self) -> bool:

@@ -13,7 +13,8 @@ A payload is a JSON object whose ``type`` is one of ``PAYLOAD_TYPES``:
   parameters under ``params`` or, from older clients, at the payload's top level ("params"
   winning): ``max_tokens`` (1 to the model's limit), ``temperature`` (0 to 2), ``top_p`` (above
   0, at most 1), ``seed`` (0 to 2**63 - 1) and ``stop`` (a non-empty string or a list of at most
-  four);
+  four). A catalog model may set defaults for these (``with_default_params``): the shipped chat
+  model answers greedily (temperature 0) unless a job asks otherwise;
 - "embedding": ``input`` (or, from older clients, ``prompt``), a non-empty string or a list of
   them.
 
@@ -63,6 +64,26 @@ def check_params(params: dict, *, max_tokens: int = MAX_TOKENS) -> dict:
     _check_int(params, "seed", 0, MAX_SEED)
     stop_strings(params)
     return params
+
+
+def check_default_params(defaults) -> dict:
+    """A catalog model's default parameters: an object of generation parameters, each within its rule."""
+    if not isinstance(defaults, dict):
+        raise PayloadError("INVALID_PARAMS", "params", "Default parameters must be a JSON object.")
+    unknown = sorted(set(defaults) - set(PARAM_NAMES))
+    if unknown:
+        raise PayloadError("INVALID_PARAMS", unknown[0], f"Unknown parameter {unknown[0]!r}: one of {PARAM_NAMES}.")
+    return check_params(defaults)
+
+
+def with_default_params(payload: dict, defaults: dict) -> dict:
+    """``payload`` with each of a model's ``defaults`` that it does not set itself (under ``params``
+    or at its top level) added under ``params``."""
+    given = generation_params(payload)
+    missing = {name: value for name, value in defaults.items() if name not in given}
+    if not missing:
+        return payload
+    return {**payload, "params": {**(payload.get("params") or {}), **missing}}
 
 
 def stop_strings(params: dict) -> tuple[str, ...]:

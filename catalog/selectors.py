@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
-from catalog.models import CatalogModel
+from catalog.models import CatalogModel, ModelTask
 from miners.models import MinerStatus, ServedModel
 
 
@@ -38,6 +38,26 @@ _cluster_models = _Snapshot(
 
 def catalog_entry(name: str) -> CatalogModel | None:
     return _catalog.get().get(name)
+
+
+def catalog_names() -> frozenset[str]:
+    """Every model of the catalog, enabled or not."""
+    return frozenset(_catalog.get())
+
+
+def default_model(*, embedding: bool) -> str | None:
+    """The model a job naming none runs on: for generation ``JOB_DEFAULT_MODEL``, else the
+    catalog's first enabled chat model (then text-generation model); for embeddings the first
+    enabled embedding model. None when there is none."""
+    if not embedding and settings.JOB_DEFAULT_MODEL:
+        return settings.JOB_DEFAULT_MODEL
+    tasks = [ModelTask.EMBEDDING] if embedding else [ModelTask.CHAT, ModelTask.TEXT_GENERATION]
+    entries = [entry for entry in _catalog.get().values() if entry.enabled]
+    for task in tasks:
+        names = sorted(entry.name for entry in entries if entry.task == task)
+        if names:
+            return names[0]
+    return None
 
 
 def cluster_served_models() -> frozenset[str]:

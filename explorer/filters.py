@@ -10,3 +10,13 @@ class ReceiptFilter(django_filters.FilterSet):
     class Meta:
         model = Receipt
         fields = ["client", "job_id"]
+
+
+class ExplorerReceiptFilter(django_filters.FilterSet):
+    """The public receipt list's filters (the AITBC CLI's ``client receipts --job-id``)."""
+
+    job_id = django_filters.UUIDFilter(field_name="job_id")
+
+    class Meta:
+        model = Receipt
+        fields = ["job_id"]

@@ -66,6 +66,7 @@ class BlockLeaf(models.Model):
 
     class Meta:
         ordering = ["block", "position"]
+        verbose_name_plural = "block leaves"
         constraints = [
             models.UniqueConstraint(fields=["kind", "ref"], name="block_leaf_sealed_once"),
             models.UniqueConstraint(fields=["block", "position"], name="block_leaf_position_unique"),

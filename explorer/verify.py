@@ -148,6 +148,16 @@ def verify_receipt(
     ``public_key`` (hex or base64, or several) names the coordinator keys to trust; without
     it any key that signs correctly is accepted. Returns ``(valid, reason)``.
     """
+    valid, reason = verify_signed(document, public_key)
+    if not valid:
+        return False, reason
+    reason = check_contents(document, opening, payload=payload, result=result)
+    return (False, reason) if reason else (True, None)
+
+
+def verify_signed(document, public_key: str | Iterable[str] | None = None) -> tuple[bool, str | None]:
+    """Check a signed document's coordinator signature (by a trusted key when ``public_key`` names
+    them) and its attestations. Returns ``(valid, reason)``."""
     if not isinstance(document, dict):
         return False, "a receipt is a JSON object"
     signature = document.get("signature")
@@ -171,8 +181,58 @@ def verify_receipt(
         reason = check_signature(signed, attestation)
         if reason:
             return False, f"attestation {index}: {reason}"
-    reason = check_contents(document, opening, payload=payload, result=result)
-    return (False, reason) if reason else (True, None)
+    return True, None
+
+
+def merkle_root(leaf_hashes: list[str]) -> str:
+    """The RFC 6962 tree hash (hex) over leaf hashes (hex), as blocks and execution receipts use it."""
+    nodes = [bytes.fromhex(leaf) for leaf in leaf_hashes]
+    if not nodes:
+        return hashlib.sha256(b"").hexdigest()
+
+    def tree(items: list[bytes]) -> bytes:
+        if len(items) == 1:
+            return items[0]
+        split = 1 << ((len(items) - 1).bit_length() - 1)
+        return hashlib.sha256(b"\x01" + tree(items[:split]) + tree(items[split:])).digest()
+
+    return tree(nodes).hex()
+
+
+def verify_execution_receipt(bundle, public_key: str | Iterable[str] | None = None) -> tuple[bool, str | None]:
+    """Check a workflow execution's receipt bundle, ``{"receipt", "step_receipts"}``: the coordinator's
+    signature over the execution's receipt, every step receipt, each step's leaf hash and the Merkle
+    root over them. Returns ``(valid, reason)``."""
+    if not isinstance(bundle, dict) or not isinstance(bundle.get("receipt"), dict):
+        return False, "an execution receipt bundle is an object with receipt and step_receipts"
+    document, step_receipts = bundle["receipt"], bundle.get("step_receipts")
+    valid, reason = verify_signed(document, public_key)
+    if not valid:
+        return False, f"execution receipt: {reason}"
+    steps = document.get("steps")
+    if not isinstance(steps, list) or not isinstance(step_receipts, list) or len(steps) != len(step_receipts):
+        return False, "the step receipts do not match the execution receipt's steps"
+    for step, receipt in zip(steps, step_receipts, strict=True):
+        name = step.get("step_id") if isinstance(step, dict) else None
+        valid, reason = verify_receipt(receipt, public_key)
+        if not valid:
+            return False, f"step {name}: {reason}"
+        if not isinstance(step, dict) or receipt_leaf_hash(receipt) != step.get("leaf_hash"):
+            return False, f"step {name}: its receipt is not the one the execution receipt names"
+    try:
+        root = merkle_root([step["leaf_hash"] for step in steps])
+    except (TypeError, ValueError):
+        return False, "unreadable leaf hash"
+    if root != document.get("merkle_root"):
+        return False, "the Merkle root does not match the steps"
+    return True, None
+
+
+def verify_any(document, public_key=None, **given) -> tuple[bool, str | None]:
+    """``verify_execution_receipt`` for an execution's receipt bundle, else ``verify_receipt``."""
+    if isinstance(document, dict) and "step_receipts" in document:
+        return verify_execution_receipt(document, public_key)
+    return verify_receipt(document, public_key, **given)
 
 
 def receipt_leaf_hash(document: dict) -> str:
@@ -204,6 +264,8 @@ def unpack(value) -> tuple[object, dict]:
     ``opening`` (or ``receipt_opening``), ``payload`` and ``result``. The second item holds those
     given, as ``verify_receipt``'s keyword arguments."""
     if not (isinstance(value, dict) and "signature" not in value and isinstance(value.get("receipt"), dict)):
+        return value, {}
+    if "step_receipts" in value:  # a workflow execution's receipt bundle: checked whole
         return value, {}
     given = {name: value[name] for name in ("payload", "result") if name in value}
     opening = value.get("opening", value.get("receipt_opening"))
@@ -254,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError, ValueError) as error:
         print(f"unreadable receipt: {error}", file=sys.stderr)
         return 2
-    valid, reason = verify_receipt(document, options.public_key, **given)
+    valid, reason = verify_any(document, options.public_key, **given)
     also = matched(given)
     print(("valid" + (f": {also}" if also else "")) if valid else f"invalid: {reason}")
     return 0 if valid else 1

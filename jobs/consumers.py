@@ -168,7 +168,7 @@ class MinerConsumer(ClientSocket):
         loop = asyncio.get_running_loop()
         events.use_server_loop(loop)
         credentials = socket_credentials(self.scope)
-        close_code, miner, models = await database_sync_to_async(_speaking_miner)(
+        close_code, miner, wait_scope = await database_sync_to_async(_speaking_miner)(
             raw_key=credentials.raw_key, miner_id=_named_miner_id(self.scope), user=self.scope.get("user")
         )
         await self.accept(credentials.subprotocol)
@@ -181,7 +181,7 @@ class MinerConsumer(ClientSocket):
         self.waiter: wakeup.Waiter | None = None
         registered = asyncio.Event()
         threading.Thread(
-            target=self._wait_for_work, args=(loop, models, registered), name="miner-socket", daemon=True
+            target=self._wait_for_work, args=(loop, wait_scope, registered), name="miner-socket", daemon=True
         ).start()
         self.pusher = loop.create_task(self._push_work(registered))
 
@@ -215,10 +215,11 @@ class MinerConsumer(ClientSocket):
         if refused:
             await self.send_json({"type": TOKENS_REFUSED, "job_ids": sorted(refused)})
 
-    def _wait_for_work(self, loop: asyncio.AbstractEventLoop, models: list[str], registered: asyncio.Event) -> None:
-        """The socket's waiting thread: relays this miner's wake-ups to the event loop."""
+    def _wait_for_work(self, loop: asyncio.AbstractEventLoop, wait_scope: tuple, registered: asyncio.Event) -> None:
+        """The socket's waiting thread: relays this miner's wake-ups (``wakeup.miner_wait_scope``)
+        to the event loop."""
         try:
-            with wakeup.hub.waiter(models) as waiter:
+            with wakeup.hub.waiter(*wait_scope) as waiter:
                 self.waiter = waiter
                 loop.call_soon_threadsafe(registered.set)
                 while not self.closing.is_set():
@@ -264,28 +265,27 @@ def _named_miner_id(scope) -> str | None:
     return named[0] if named else None
 
 
-def _speaking_miner(
-    *, raw_key: str | None, miner_id: str | None, user=None
-) -> tuple[int | None, Miner | None, list[str]]:
-    """``(None, miner, its models)`` if the key may speak for the miner, else ``(close code, None, [])``.
+def _speaking_miner(*, raw_key: str | None, miner_id: str | None, user=None) -> tuple[int | None, Miner | None, tuple]:
+    """``(None, miner, what it waits for)`` if the key may speak for the miner (the last as
+    ``wakeup.miner_wait_scope`` gives it), else ``(close code, None, ())``.
 
     A browser session is a user, not a miner: it has the wrong scope (4403), as a client key does.
     """
     if raw_key is None:
         signed_in = user is not None and user.is_authenticated
-        return (CLOSE_FORBIDDEN if signed_in else CLOSE_UNAUTHENTICATED), None, []
+        return (CLOSE_FORBIDDEN if signed_in else CLOSE_UNAUTHENTICATED), None, ()
     api_key = api_key_authenticate(raw_key=raw_key)
     if api_key is None:
-        return CLOSE_UNAUTHENTICATED, None, []
+        return CLOSE_UNAUTHENTICATED, None, ()
     if api_key.scope not in (ApiKeyScope.MINER, ApiKeyScope.ADMIN):
-        return CLOSE_FORBIDDEN, None, []
+        return CLOSE_FORBIDDEN, None, ()
     try:
         miner = miner_selectors.miner_for_owner(
             owner=api_key.user, miner_id=miner_id or api_key.user.username, any_owner=api_key.scope == ApiKeyScope.ADMIN
         )
     except NotFound:
-        return CLOSE_NOT_FOUND, None, []
-    return None, miner, list(ServedModel.objects.filter(miner=miner).values_list("name", flat=True))
+        return CLOSE_NOT_FOUND, None, ()
+    return None, miner, wakeup.miner_wait_scope(ServedModel.objects.filter(miner=miner).values_list("name", flat=True))
 
 
 def _claim(*, miner: Miner) -> list:

@@ -6,7 +6,12 @@ from rest_framework.exceptions import ValidationError
 
 from jobs.models import AITBC_STATE, Job, JobStatus
 
-_STATUS_BY_SPELLING = {**{s.value: s.value for s in JobStatus}, **{v.lower(): k for k, v in AITBC_STATE.items()}}
+# Every spelling clients send: ours, the AITBC states', and the AITBC CLI's "pending" (queued).
+_STATUS_BY_SPELLING = {
+    **{s.value: s.value for s in JobStatus},
+    **{v.lower(): k for k, v in AITBC_STATE.items()},
+    "pending": JobStatus.QUEUED,
+}
 
 
 class GivenIsoDateTimeField(IsoDateTimeField):
@@ -25,7 +30,7 @@ class GivenIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
 class JobFilter(django_filters.FilterSet):
     status = django_filters.CharFilter(
         method="filter_status",
-        help_text="queued, running, completed, … (AITBC spellings too); comma-separated for several.",
+        help_text="queued (or pending), running, completed, … (AITBC spellings too); comma-separated for several.",
     )
     type = django_filters.CharFilter(field_name="type")
     job_type = django_filters.CharFilter(field_name="type")

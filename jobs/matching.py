@@ -1,7 +1,11 @@
 """Which miner may run which job: the one rule, in the two forms the code needs.
 
 A miner may run a queued job when it takes work (online, not draining), serves the job's model,
-and meets each constraint the job sets (a constraint left empty is met by every miner):
+and meets each constraint the job sets (a constraint left empty is met by every miner). A miner
+that declares no models at all (the original AITBC CLI's ``miner register``, an Ollama miner)
+serves every model outside the catalog, as the original coordinator offered any job to any
+miner; a catalog model is only ever run by the miners that declare it, and agents' tasks
+(``AGENT_TASK_MODEL``) by agents. The constraints:
 
 - ``min_vram_gb``: the miner's VRAM is at least that;
 - ``cuda``: the miner's CUDA version code is at least the job's (a miner that reported no CUDA
@@ -18,10 +22,12 @@ changing the rule here takes a migration that runs ``create_claim_function`` aga
 ``jobs/tests/test_matching.py`` holds all three to one table of cases on both backends.
 """
 
-from django.db.models import F, Q, QuerySet, Value
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 
+from catalog.models import CatalogModel
 from jobs.models import Job
+from miners.capabilities import AGENT_TASK_MODEL
 from miners.models import Miner, MinerStatus, ServedModel
 
 MINER_MEETS_JOB = """
@@ -38,6 +44,16 @@ MINER_MEETS_JOB = """
 # before the lock was granted. Outside a transaction the call is its own transaction: a claim is
 # one round trip. The queue is walked through its partial index per served model; the plans are
 # generic (the status tests are literals), made once per connection.
+_LEASE_PICKED = """
+    UPDATE jobs_job j SET status = 'running', miner_id = p_miner, attempt = j.attempt + 1,
+        lease_token = gen_random_uuid()::text, lease_expires_at = p_lease_until, started_at = p_now,
+        progress = 0, updated_at = p_now
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*;
+"""
+_FREE_SLOTS = """LEAST(p_limit, GREATEST(0, m.max_concurrent_jobs - (
+            SELECT count(*) FROM jobs_job r WHERE r.miner_id = p_miner AND r.status = 'running'
+        )))"""
 CLAIM_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION jobs_claim(
     p_miner bigint, p_limit integer, p_job_id uuid, p_models text[], p_now timestamptz, p_lease_until timestamptz
@@ -51,29 +67,41 @@ BEGIN
     IF NOT FOUND OR m.status <> 'online' OR m.draining THEN
         RETURN;
     END IF;
-    RETURN QUERY
-    WITH picked AS (
-        SELECT c.id FROM miners_servedmodel s
-        CROSS JOIN LATERAL (
-            SELECT j.id, j.rank_at FROM jobs_job j
-            WHERE j.status = 'queued' AND j.model = s.name AND j.expires_at > p_now
+    IF EXISTS (SELECT 1 FROM miners_servedmodel s WHERE s.miner_id = p_miner) THEN
+        RETURN QUERY
+        WITH picked AS (
+            SELECT c.id FROM miners_servedmodel s
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.rank_at FROM jobs_job j
+                WHERE j.status = 'queued' AND j.model = s.name AND j.expires_at > p_now
+                  AND (p_job_id IS NULL OR j.id = p_job_id)
+                  AND {MINER_MEETS_JOB.strip()}
+                ORDER BY j.rank_at
+                LIMIT p_limit
+                FOR UPDATE OF j SKIP LOCKED
+            ) c
+            WHERE s.miner_id = p_miner AND (p_models IS NULL OR s.name = ANY(p_models))
+            ORDER BY c.rank_at
+            LIMIT {_FREE_SLOTS}
+        )
+        {_LEASE_PICKED.strip()}
+    ELSE
+        -- A miner that declares no models serves every model outside the catalog.
+        RETURN QUERY
+        WITH picked AS (
+            SELECT j.id FROM jobs_job j
+            WHERE j.status = 'queued' AND j.expires_at > p_now
               AND (p_job_id IS NULL OR j.id = p_job_id)
+              AND (p_models IS NULL OR j.model = ANY(p_models))
+              AND j.model <> '{AGENT_TASK_MODEL}'
+              AND NOT EXISTS (SELECT 1 FROM {CatalogModel._meta.db_table} cm WHERE cm.name = j.model)
               AND {MINER_MEETS_JOB.strip()}
             ORDER BY j.rank_at
-            LIMIT p_limit
+            LIMIT {_FREE_SLOTS}
             FOR UPDATE OF j SKIP LOCKED
-        ) c
-        WHERE s.miner_id = p_miner AND (p_models IS NULL OR s.name = ANY(p_models))
-        ORDER BY c.rank_at
-        LIMIT LEAST(p_limit, GREATEST(0, m.max_concurrent_jobs - (
-            SELECT count(*) FROM jobs_job r WHERE r.miner_id = p_miner AND r.status = 'running'
-        )))
-    )
-    UPDATE jobs_job j SET status = 'running', miner_id = p_miner, attempt = j.attempt + 1,
-        lease_token = gen_random_uuid()::text, lease_expires_at = p_lease_until, started_at = p_now,
-        progress = 0, updated_at = p_now
-    FROM picked WHERE j.id = picked.id
-    RETURNING j.*;
+        )
+        {_LEASE_PICKED.strip()}
+    END IF;
 END $$;
 """
 
@@ -86,7 +114,11 @@ def create_claim_function(schema_editor) -> None:
 
 def jobs_for_miner(jobs: QuerySet[Job], *, miner: Miner) -> QuerySet[Job]:
     """Those of ``jobs`` whose model ``miner`` serves and whose constraints it meets."""
-    jobs = jobs.filter(model__in=ServedModel.objects.filter(miner=miner.pk).values("name"))
+    served = ServedModel.objects.filter(miner=miner.pk)
+    jobs = jobs.filter(
+        Q(model__in=served.values("name"))
+        | (~Exists(served) & ~Q(model=AGENT_TASK_MODEL) & ~Exists(CatalogModel.objects.filter(name=OuterRef("model"))))
+    )
     jobs = jobs.filter(Q(req_min_vram_gb__isnull=True) | Q(req_min_vram_gb__lte=miner.vram_gb))
     jobs = jobs.filter(Q(req_cuda_code__isnull=True) | Q(req_cuda_code__lte=miner.cuda_code or 0))
     jobs = jobs.filter(Q(req_region="") | Q(req_region__iexact=miner.region))
@@ -101,7 +133,12 @@ def jobs_for_miner(jobs: QuerySet[Job], *, miner: Miner) -> QuerySet[Job]:
 
 def miners_for_job(miners: QuerySet[Miner], *, job: Job) -> QuerySet[Miner]:
     """Those of ``miners`` that take work, serve ``job``'s model and meet its constraints."""
-    miners = miners.filter(status=MinerStatus.ONLINE, draining=False, served_models__name=job.model)
+    serves_model = Q(served_models__name=job.model)
+    if job.model != AGENT_TASK_MODEL:
+        serves_model |= ~Exists(ServedModel.objects.filter(miner=OuterRef("pk"))) & ~Exists(
+            CatalogModel.objects.filter(name=job.model)
+        )
+    miners = miners.filter(serves_model, status=MinerStatus.ONLINE, draining=False)
     if job.req_min_vram_gb is not None:
         miners = miners.filter(vram_gb__gte=job.req_min_vram_gb)
     if job.req_cuda_code is not None:

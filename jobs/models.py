@@ -34,6 +34,8 @@ class JobType(models.TextChoices):
     INFERENCE = "inference", "Inference (text generation)"
     CHAT = "chat", "Chat"
     EMBEDDING = "embedding", "Embedding"
+    # An agent's task (``agents``): queued for the model ``AGENT_TASK_MODEL``, which only agents serve.
+    TASK = "task", "Agent task"
 
 
 class JobPriority(models.IntegerChoices):
@@ -76,7 +78,11 @@ class Job(models.Model):
     req_max_price = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
 
     # The current (or last) attempt and its lease. ``lease_token`` fences each attempt.
-    miner = models.ForeignKey("miners.Miner", on_delete=models.PROTECT, null=True, blank=True, related_name="jobs")
+    # Looked up through ``job_miner_status_idx`` (miner, status, completed_at), which also counts a
+    # miner's jobs by state from the index alone.
+    miner = models.ForeignKey(
+        "miners.Miner", on_delete=models.PROTECT, null=True, blank=True, related_name="jobs", db_index=False
+    )
     attempt = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField()
     lease_token = models.CharField(max_length=36, blank=True)
@@ -135,6 +141,9 @@ class Job(models.Model):
             models.Index(fields=["expires_at"], condition=Q(status="queued"), name="job_queue_expiry_idx"),
             models.Index(fields=["lease_expires_at"], condition=Q(status="running"), name="job_lease_idx"),
             models.Index(fields=["miner"], condition=Q(status="running"), name="job_running_miner_idx"),
+            models.Index(fields=["miner", "status", "completed_at"], name="job_miner_status_idx"),
+            # The staff console's job list, newest first, without sorting every job.
+            models.Index(fields=["-created_at", "-id"], name="job_created_idx"),
             models.Index(
                 fields=["model", "-completed_at"], condition=Q(status="completed"), name="job_completed_model_idx"
             ),

@@ -1,6 +1,8 @@
+import operator
 import time
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import reduce
 
 from django.conf import settings
 from django.db import connection
@@ -14,6 +16,7 @@ from django.db.models import (
     F,
     FloatField,
     IntegerField,
+    Min,
     OuterRef,
     Prefetch,
     Q,
@@ -25,11 +28,11 @@ from django.db.models import (
 )
 from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce, NullIf
+from django.db.models.functions import Cast, Coalesce, NullIf, TruncMinute
 from django.utils import timezone
 
 from jobs import matching, sql
-from jobs.models import FailedAttempt, Job, JobStatus, Receipt
+from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, Receipt
 from miners.models import Miner, MinerStatus, ServedModel
 from payments.models import LedgerEntry, TransactionKind
 
@@ -198,7 +201,7 @@ def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
         Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED, completed_at__gte=since)
         .order_by()
         .values("miner")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("*"))
         .values("n")
     )
     failed = (
@@ -215,6 +218,54 @@ def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
         reputation=Cast(F("recent_completed"), FloatField())
         / NullIf(F("recent_completed") + F("recent_failed"), 0, output_field=FloatField())
     )
+
+
+def failed_attempts_by_code(*, miner: Miner, now=None) -> list[tuple[str, int]]:
+    """The miner's failed attempts in the reputation window, counted by error code, most first."""
+    since = (now or timezone.now()) - REPUTATION_WINDOW
+    counts = (
+        FailedAttempt.objects.filter(miner=miner, created_at__gte=since)
+        .values_list("error_code")
+        .annotate(n=Count("id"))
+        .order_by("-n", "error_code")
+    )
+    return list(counts)
+
+
+def _count(jobs: QuerySet) -> Coalesce:
+    """How many of ``jobs`` (filtered on ``miner=OuterRef("pk")``) each outer miner row has; counted
+    as ``*`` so that an index holding the filter's columns answers alone."""
+    counted = jobs.order_by().values("miner").annotate(n=Count("*")).values("n")
+    return Coalesce(Subquery(counted, IntegerField()), 0)
+
+
+def with_work_figures(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
+    """``with_reputation``, plus ``running`` and ``completed`` (the miner's jobs in those states). Each
+    figure is a subquery of the outer miner row over an index of its own (``job_miner_status_idx``,
+    failed attempts by miner), so a page of miners costs the same however many jobs they ran; none
+    joins the jobs into the outer query. Earnings are read for a page's miners at once
+    (``earnings_by_miner``)."""
+    jobs = Job.objects.filter(miner=OuterRef("pk"))
+    return with_reputation(miners, now=now).annotate(
+        running=_count(jobs.filter(status=JobStatus.RUNNING)),
+        completed=_count(jobs.filter(status=JobStatus.COMPLETED)),
+    )
+
+
+def earnings_by_miner(miners) -> dict[int, Decimal]:
+    """What ``miner_earnings`` counts, for each of ``miners`` (by primary key), in one query; 0 for none."""
+    ids = [miner.pk for miner in miners]
+    credits = (
+        LedgerEntry.objects.filter(
+            transaction__kind=TransactionKind.SETTLE,
+            transaction__job__miner__in=ids,
+            wallet__user=F("transaction__job__miner__owner"),
+        )
+        .values_list("transaction__job__miner")
+        .annotate(total=Sum("amount"))
+        .order_by()
+    )
+    return {pk: Decimal(0) for pk in ids} | dict(credits)
 
 
 def _settlement_credits(*, miner, owner) -> QuerySet[LedgerEntry]:
@@ -326,3 +377,116 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
 def latest_receipt_of_job(*, job: Job) -> Receipt | None:
     """The job's newest receipt, with its attestations."""
     return receipts_for_job(job_id=job.pk).prefetch_related("attestations").first()
+
+
+# --- The staff console's health panel -----------------------------------------------------
+
+HEALTH_WINDOW = timedelta(hours=1)
+# A running job is stuck once it has run this many times its model's recent average, and at least
+# STUCK_AFTER_AT_LEAST.
+STUCK_FACTOR = 10
+STUCK_AFTER_AT_LEAST = timedelta(minutes=5)
+
+
+def stuck_cutoffs(*, models, now) -> dict[str, datetime]:
+    """For each model, the start time before which a running job of it is stuck: ``STUCK_FACTOR``
+    times its mean run time over ``RECENT_RUNS_WINDOW`` (``DEFAULT_RUN_SECONDS`` without one), and
+    at least ``STUCK_AFTER_AT_LEAST``. One grouped query."""
+    duration = ExpressionWrapper(F("completed_at") - F("started_at"), output_field=DurationField())
+    recent = dict(
+        Job.objects.filter(
+            status=JobStatus.COMPLETED, model__in=list(models), completed_at__gte=now - RECENT_RUNS_WINDOW
+        )
+        .values_list("model")
+        .annotate(mean=Avg(duration))
+        .order_by()
+    )
+    cutoffs = {}
+    for model in models:
+        mean = recent.get(model)
+        run_seconds = mean.total_seconds() if mean else DEFAULT_RUN_SECONDS
+        cutoffs[model] = now - max(STUCK_AFTER_AT_LEAST, timedelta(seconds=STUCK_FACTOR * run_seconds))
+    return cutoffs
+
+
+def health_figures(*, now=None) -> dict:
+    """What the admin home's health panel shows, each figure read over an index:
+
+    - ``failures`` (failed attempts) and ``expiries`` (jobs expired in the queue) in the last hour,
+      and ``worst_miners``: the miners with most failed attempts in it, with their failure rate;
+    - ``stuck_running``: per model, jobs running past ``stuck_cutoffs`` (with the cut-off time);
+    - ``unserved``: per model, queued jobs no online, undrained miner serves;
+    - ``queue``: per model and priority, the depth and the oldest job's submission time.
+    """
+    now = now or timezone.now()
+    since = now - HEALTH_WINDOW
+    failures = FailedAttempt.objects.filter(created_at__gte=since)
+    worst = list(
+        failures.values("miner_id", "miner__miner_id").annotate(failed=Count("id")).order_by("-failed", "miner_id")[:5]
+    )
+    completed = dict(
+        Job.objects.filter(
+            miner_id__in=[row["miner_id"] for row in worst], status=JobStatus.COMPLETED, completed_at__gte=since
+        )
+        .values_list("miner_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in worst:
+        row["completed"] = completed.get(row["miner_id"], 0)
+        row["failure_rate"] = row["failed"] / (row["failed"] + row["completed"])
+    running = Job.objects.filter(status=JobStatus.RUNNING)
+    cutoffs = stuck_cutoffs(models=running.values_list("model", flat=True).distinct().order_by(), now=now)
+    stuck_counts = dict(
+        running.filter(reduce(operator.or_, (Q(model=m, started_at__lt=c) for m, c in cutoffs.items()), Q(pk=None)))
+        .values_list("model")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    stuck = [
+        {"model": model, "jobs": stuck_counts[model], "started_before": cutoffs[model]}
+        for model in sorted(stuck_counts)
+    ]
+    served = ServedModel.objects.filter(miner__status=MinerStatus.ONLINE, miner__draining=False).values("name")
+    unserved = list(
+        Job.objects.filter(status=JobStatus.QUEUED)
+        .exclude(model__in=Subquery(served))
+        .values("model")
+        .annotate(jobs=Count("id"))
+        .order_by("model")
+    )
+    queue = list(
+        Job.objects.filter(status=JobStatus.QUEUED)
+        .values("model", "priority")
+        .annotate(depth=Count("id"), oldest=Min("created_at"))
+        .order_by("model", "-priority")
+    )
+    for row in queue:
+        row["priority_label"] = JobPriority(row["priority"]).label
+    return {
+        "since": since,
+        "failures": failures.count(),
+        "expiries": Job.objects.filter(status=JobStatus.EXPIRED, completed_at__gte=since).count(),
+        "worst_miners": worst,
+        "stuck_running": stuck,
+        "unserved": unserved,
+        "queue": queue,
+    }
+
+
+def outcomes_over_time(*, since: datetime, step: timedelta, now=None, miner: Miner | None = None) -> list[dict]:
+    """Completed jobs and failed attempts from ``since`` to now in buckets of ``step`` (oldest first):
+    ``[{"start", "completed", "failed"}]``. Counted per minute in SQL, bucketed here."""
+    now = now or timezone.now()
+    completed = Job.objects.filter(status=JobStatus.COMPLETED, completed_at__gte=since)
+    failed = FailedAttempt.objects.filter(created_at__gte=since)
+    if miner is not None:
+        completed, failed = completed.filter(miner=miner), failed.filter(miner=miner)
+    count = int((now - since) / step) + 1
+    buckets = [{"start": since + n * step, "completed": 0, "failed": 0} for n in range(count)]
+    for name, rows, field in (("completed", completed, "completed_at"), ("failed", failed, "created_at")):
+        per_minute = rows.annotate(minute=TruncMinute(field)).values_list("minute").annotate(n=Count("id")).order_by()
+        for minute, n in per_minute:
+            index = min(count - 1, max(0, int((minute - since) / step)))
+            buckets[index][name] += n
+    return buckets

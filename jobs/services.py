@@ -7,9 +7,11 @@ going offline or ban are here too, since they extend or end the attempts the min
 """
 
 import hashlib
+import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -36,6 +38,8 @@ from miners.capabilities import cuda_code
 from miners.models import Miner, ServedModel
 from payments.models import Payment, PaymentStatus
 from payments.services import credits, escrow_hold, escrow_refund, escrows_settle, new_payment_id
+
+logger = logging.getLogger(__name__)
 
 # Failures that another attempt cannot fix: the job fails at once.
 NON_RETRYABLE_ERRORS = frozenset(
@@ -75,14 +79,16 @@ def job_submit(
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job. A caller
     may choose the job's id (``job_id``), to follow its events from before it can have any.
 
-    A model of the catalog must be enabled and fit the job; other models are for the miners
-    that bring them. The job's price (``payment_amount``, else the catalog's price for its
+    A model of the catalog must be enabled and fit the job, and the job gets the model's default
+    parameters for those it does not set; other models are for the miners that bring them. The job's price (``payment_amount``, else the catalog's price for its
     ``max_tokens``) is held in escrow from the client's wallet in the same transaction.
     """
     constraints = constraints or {}
     entry = catalog_entry(model)
     if entry is not None:
         _check_against_catalog(entry, job_type=job_type, payload=payload)
+        if entry.default_params and entry.generates_text:
+            payload = payloads.with_default_params(payload, entry.default_params)
     ttl_seconds = ttl_seconds or settings.JOB_DEFAULT_TTL_SECONDS
     fingerprint = ""
     if idempotency_key:
@@ -210,7 +216,7 @@ def job_cancel(*, job_id) -> Job:
     job.lease_expires_at = None
     _refund(job, reason="The client cancelled the job.")
     job.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
-    _publish_after_commit([job])
+    _jobs_changed([job])
     return job
 
 
@@ -256,6 +262,7 @@ def job_payment_release(*, job_id) -> Payment:
         if job.status != JobStatus.COMPLETED or job.miner is None:
             raise Conflict(f"Job is {job.status}: only a completed job's escrow is released.", code="JOB_NOT_COMPLETED")
         _settle([(job, _charge(job))], miner=job.miner)
+        _announce(_payment_events([job]))
     return Payment.objects.get(pk=payment.pk)
 
 
@@ -268,6 +275,7 @@ def job_payment_refund(*, job_id, reason: str) -> Payment:
         if job.status == JobStatus.COMPLETED:
             raise Conflict("A completed job's escrow is released to its miner, not refunded.", code="JOB_COMPLETED")
         _refund(job, reason=reason)
+        _announce(_payment_events([job]))
     return Payment.objects.get(pk=payment.pk)
 
 
@@ -279,9 +287,47 @@ def _refund(job: Job, *, reason: str) -> None:
             job.payment = payment
 
 
-def _publish_after_commit(jobs: list[Job]) -> None:
-    """Tell the jobs' WebSocket subscribers about their new status once it is committed."""
+# Called as ``listener(events)`` inside the transaction that ends jobs or settles their escrow, with
+# ``events`` a list of ``(event_type, job)``: "job.completed", "job.failed", "job.cancelled",
+# "job.expired", "payment.released", "payment.refunded". What a listener records is committed or
+# rolled back with the change itself (a free job's completion on PostgreSQL is one statement in
+# autocommit, kept so on the hot path: its listeners run right after it). Higher apps, which this
+# one may not import, add theirs from their ``AppConfig.ready()`` (``webhooks`` queues its deliveries).
+_event_listeners: list[Callable[[list[tuple[str, Job]]], None]] = []
+
+
+def when_jobs_end(listener: Callable[[list[tuple[str, Job]]], None]) -> None:
+    """Have ``listener(events)`` called in the transaction of each job's end and each escrow's settlement."""
+    if listener not in _event_listeners:
+        _event_listeners.append(listener)
+
+
+def job_events(jobs: list[Job]) -> list[tuple[str, Job]]:
+    """What ended among ``jobs`` as they are now: each terminal job, then each settled payment."""
+    return [(f"job.{job.status}", job) for job in jobs if job.status in JobStatus.TERMINAL] + _payment_events(jobs)
+
+
+def _payment_events(jobs: list[Job]) -> list[tuple[str, Job]]:
+    ended = (PaymentStatus.RELEASED, PaymentStatus.REFUNDED)
+    return [
+        (f"payment.{job.payment.status}", job)
+        for job in jobs
+        if job.payment_id and Job.payment.is_cached(job) and job.payment is not None and job.payment.status in ended
+    ]
+
+
+def _announce(events: list[tuple[str, Job]]) -> None:
+    if events:
+        for listener in _event_listeners:
+            listener(events)
+
+
+def _jobs_changed(jobs: list[Job]) -> None:
+    """Jobs changed in the current transaction: the listeners hear of those that ended now, in it;
+    the jobs' WebSocket subscribers once it commits."""
     if jobs:
+        if _event_listeners:
+            _announce(job_events(jobs))
         transaction.on_commit(partial(_publish_statuses, jobs))
 
 
@@ -293,6 +339,24 @@ def _publish_statuses(jobs: list[Job]) -> None:
         prefetch_related_objects(unread, "payment")
     events.publish_job_statuses(jobs)
     feed.publish_jobs_changed(jobs)
+    ended = [job for job in jobs if job.is_terminal]
+    for listener in _finished_listeners if ended else ():
+        try:
+            listener(ended)
+        except Exception:
+            logger.exception("a listener for finished jobs failed")
+
+
+# Called as ``listener(jobs)`` with jobs that reached a terminal state, once that is committed. Higher
+# apps, which this one may not import, add theirs from their ``AppConfig.ready()`` (agents advance the
+# workflow executions the jobs are steps of). A listener's failure is logged, never the caller's.
+_finished_listeners: list[Callable[[list[Job]], None]] = []
+
+
+def when_finished(listener: Callable[[list[Job]], None]) -> None:
+    """Have ``listener(jobs)`` called with the jobs that ended, after each change commits."""
+    if listener not in _finished_listeners:
+        _finished_listeners.append(listener)
 
 
 # --- Claims ----------------------------------------------------------------------------
@@ -323,7 +387,7 @@ def job_claim(*, miner: Miner, limit: int = 1, job_id=None, models: list[str] | 
             )
     for job in jobs:
         job.miner = miner
-    _publish_after_commit(jobs)
+    _jobs_changed(jobs)
     jobs.sort(key=lambda j: j.rank_at)
     return jobs
 
@@ -383,7 +447,7 @@ def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) 
         return jobs
     deadline = time.monotonic() + wait_seconds
     models = list(ServedModel.objects.filter(miner=miner.pk).values_list("name", flat=True))
-    with wakeup.hub.waiter(models) as waiter:
+    with wakeup.hub.waiter(*wakeup.miner_wait_scope(models)) as waiter:
         # Claim again now that we are registered: a job committed in between still wakes us.
         jobs = job_claim(miner=miner, limit=limit)
         # A stopping server wakes its waiters after it says so: none sleeps through the stop.
@@ -573,11 +637,13 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
             continue  # a superseded attempt's result
         held.append(_completed(job, outcome, miner=miner, now=now))
     charges, receipts = _charge_and_sign(held, miner=miner)
+    # The listeners hear of the jobs' ends in the settlement's transaction; a free job's completion
+    # stays one statement in autocommit, and they hear of it right after.
     with transaction.atomic() if charges else nullcontext():
         stored = _store_completions(held, receipts, miner=miner, now=now)
         _settle([(job, charge) for job, charge in charges if job.pk in stored], miner=miner)
-    done = [(job, receipt) for job, receipt in zip(held, receipts, strict=True) if job.pk in stored]
-    _publish_after_commit([job for job, _ in done])
+        done = [(job, receipt) for job, receipt in zip(held, receipts, strict=True) if job.pk in stored]
+        _jobs_changed([job for job, _ in done])
     # A job paid for since it was read was left alone too: read once more, it settles.
     missed = {str(job.pk): replace(outcomes[str(job.pk)], job=None) for job in held if job.pk not in stored}
     if missed and read_again:
@@ -633,7 +699,7 @@ def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, 
             ])  # fmt: skip
         receipts_store(receipts)
         _settle(charges, miner=miner)
-        _publish_after_commit(held)
+        _jobs_changed(held)
     return list(zip(held, receipts, strict=True))
 
 
@@ -692,7 +758,7 @@ def _fail_attempts(jobs: list[Job], *, code: str, message: str, blame: bool) -> 
         )
     for job in jobs:
         _fail_attempt(job, code=code, message=message)
-    _publish_after_commit(jobs)
+    _jobs_changed(jobs)
 
 
 def _fail_attempt(job: Job, *, code: str, message: str) -> None:
@@ -823,7 +889,7 @@ def jobs_expire_queued(*, now: datetime | None = None) -> int:
             expired_jobs = list(Job.objects.select_related("miner").filter(pk__in=ids))
             for job in expired_jobs:
                 _refund(job, reason="The job expired in the queue.")
-            _publish_after_commit(expired_jobs)
+            _jobs_changed(expired_jobs)
 
 
 def jobs_requeue_lapsed(*, now: datetime | None = None) -> int:
@@ -900,6 +966,26 @@ def miner_take_offline(*, miner: Miner) -> int:
     miner_services.miner_mark_offline(miner=miner)
     transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
     return jobs_release_for_miner(miner=miner, reason="The miner was taken offline by staff.", blame=False)
+
+
+@transaction.atomic
+def miner_put_in_maintenance(*, miner: Miner, reason: str) -> int:
+    """Staff hold a miner offline for maintenance (heartbeats don't bring it back): its jobs return to
+    the queue, not counted against it. Returns how many."""
+    if miner_services.miner_mark_maintenance(miner=miner, reason=reason):
+        transaction.on_commit(partial(feed.publish_miners_offline, [miner]))
+    return jobs_release_for_miner(miner=miner, reason="The miner was taken offline for maintenance.", blame=False)
+
+
+@transaction.atomic
+def miner_ban_wide(*, kind: str, reason: str, actor, owner=None, network: str = "") -> tuple:
+    """Ban an owner (every miner id it has or registers) or an address range: the ban refuses new
+    registrations, and the registered miners it covers are banned now (``miner_ban``). Returns the
+    ban, the miners banned now and how many jobs went back to the queue."""
+    ban = miner_services.miner_ban_create(kind=kind, reason=reason, actor=actor, owner=owner, network=network)
+    banned = [miner for miner in miner_services.miners_covered(ban=ban) if not miner.banned_at]
+    released = sum(miner_ban(miner=miner, reason=reason, actor=actor) for miner in banned)
+    return ban, banned, released
 
 
 @transaction.atomic

@@ -24,6 +24,9 @@ from functools import partial, update_wrapper
 from django.conf import settings
 from django.db import connection, transaction
 
+from catalog.selectors import catalog_names
+from miners.capabilities import AGENT_TASK_MODEL
+
 logger = logging.getLogger(__name__)
 
 CHANNEL = "aitbc_jobs"
@@ -38,11 +41,18 @@ class Wakeup:
 
 
 class Waiter:
-    def __init__(self, hub: "WakeupHub", models: Iterable[str]):
+    """A sleeping poll for ``models``; with ``all_but`` instead, for every model but those (a miner
+    that declares no models waits for the models outside the catalog)."""
+
+    def __init__(self, hub: "WakeupHub", models: Iterable[str], all_but: frozenset[str] | None = None):
         self.hub = hub
         self.models = frozenset(models)
+        self.all_but = all_but
         self._event = threading.Event()
         self._pending: list[Wakeup] = []
+
+    def wants(self, model: str) -> bool:
+        return model in self.models or (self.all_but is not None and model not in self.all_but)
 
     def wake(self, wakeup: Wakeup) -> None:
         with self.hub._lock:
@@ -75,8 +85,8 @@ class WakeupHub:
         self._stopping = threading.Event()
 
     @contextmanager
-    def waiter(self, models: Iterable[str]):
-        waiter = Waiter(self, models)
+    def waiter(self, models: Iterable[str], all_but: frozenset[str] | None = None):
+        waiter = Waiter(self, models, all_but)
         self._ensure_listener()
         with self._lock:
             self._waiters.append(waiter)
@@ -93,7 +103,12 @@ class WakeupHub:
 
     def relay(self, wakeup: Wakeup) -> None:
         with self._lock:
-            chosen = next((w for w in self._waiters if wakeup.model in w.models and id(w) not in wakeup.tried), None)
+            untried = [w for w in self._waiters if id(w) not in wakeup.tried]
+            # A waiter naming the model (or an agent's own name) before one waiting for any model
+            # outside the catalog.
+            chosen = next((w for w in untried if wakeup.model in w.models), None) or next(
+                (w for w in untried if w.wants(wakeup.model)), None
+            )
             if chosen is None:
                 return
             wakeup.tried.add(id(chosen))
@@ -149,17 +164,30 @@ class WakeupHub:
 hub = WakeupHub()
 
 
+def miner_wait_scope(models: Iterable[str]) -> tuple[frozenset[str], frozenset[str] | None]:
+    """The arguments of ``hub.waiter`` for a miner serving ``models``: one that declares none
+    waits for every model outside the catalog, as it claims (``jobs.matching``)."""
+    models = frozenset(models)
+    return (models, None) if models else (models, catalog_names() | {AGENT_TASK_MODEL})
+
+
 def announce(job) -> None:
     """Announce ``job``'s model once the current transaction commits.
 
     The payload names the job too: PostgreSQL folds identical notifications of one
     transaction into one, and a sweep re-queueing many jobs of a model must wake as many
     waiters."""
+    announce_to(job.model, job_id=job.pk)
+
+
+def announce_to(name: str, *, job_id) -> None:
+    """Wake a waiter for ``name`` (a model, or another name waiters wait on: an agent waits on its
+    own) once the current transaction commits, in whichever process it waits."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{job.pk} {job.model}"])
+            cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, f"{job_id} {name}"])
     else:
-        transaction.on_commit(lambda: hub.notify(job.model))
+        transaction.on_commit(lambda: hub.notify(name))
 
 
 _queued_callbacks: list[Callable[[str], None]] = []

@@ -4,6 +4,10 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+# The model name agents' tasks queue under (``jobs.models.JobType.TASK``): only agents serve it, so
+# a miner may not claim to.
+AGENT_TASK_MODEL = "agent-task"
+
 _VERSION = re.compile(r"^\s*(\d{1,4})(?:\.(\d{1,3}))?")
 
 

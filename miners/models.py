@@ -43,6 +43,14 @@ class Miner(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
 
+    maintenance_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Staff took the miner offline for maintenance: it is refused (its heartbeats too) until they end it.",
+    )
+    maintenance_reason = models.CharField(max_length=300, blank=True)
+    last_address = models.GenericIPAddressField(null=True, blank=True, help_text="Where it last registered from.")
+
     registered_at = models.DateTimeField(auto_now_add=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -55,6 +63,10 @@ class Miner(models.Model):
             models.CheckConstraint(condition=Q(vram_gb__gte=0), name="miner_vram_non_negative"),
             models.CheckConstraint(
                 condition=Q(banned_at__isnull=True) | ~Q(status=MinerStatus.ONLINE), name="miner_banned_not_online"
+            ),
+            models.CheckConstraint(
+                condition=Q(maintenance_since__isnull=True) | ~Q(status=MinerStatus.ONLINE),
+                name="miner_maintenance_not_online",
             ),
         ]
         indexes = [
@@ -81,3 +93,46 @@ class ServedModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.miner_id}:{self.name}"
+
+
+class MinerBanKind(models.TextChoices):
+    OWNER = "owner", "Owner (every miner id, every key)"
+    NETWORK = "network", "Address range"
+
+
+class MinerBan(models.Model):
+    """A ban wider than one miner: every miner of an owner, registered or yet to come, or every
+    miner registering from an address range. ``Miner.banned_at`` bans one miner id."""
+
+    kind = models.CharField(max_length=16, choices=MinerBanKind.choices)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="miner_bans"
+    )
+    network = models.CharField(
+        max_length=50, blank=True, help_text="An address or a range: 203.0.113.0/24, 2001:db8::/32."
+    )
+    reason = models.CharField(max_length=300)
+    banned_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+    lifted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(kind__in=MinerBanKind.values), name="miner_ban_kind_valid"),
+            models.CheckConstraint(
+                condition=Q(kind=MinerBanKind.OWNER, owner__isnull=False, network="")
+                | Q(kind=MinerBanKind.NETWORK, owner__isnull=True) & ~Q(network=""),
+                name="miner_ban_names_its_target",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} ban of {self.owner or self.network}"
+
+    @property
+    def target(self) -> str:
+        return str(self.owner) if self.kind == MinerBanKind.OWNER else self.network

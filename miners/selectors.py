@@ -1,7 +1,7 @@
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from accounts.services import KEY_COLUMN_COUNT, KEY_COLUMNS, KEY_TABLES, keys_from_rows
 from core import rawsql
@@ -65,3 +65,16 @@ def miner_counts() -> dict[str, int]:
 def model_served_online(name: str) -> bool:
     """Whether an online miner that is not draining serves the model ``name``."""
     return ServedModel.objects.filter(name=name, miner__status=MinerStatus.ONLINE, miner__draining=False).exists()
+
+
+def miner_states() -> dict[str, int]:
+    """Miners by what staff see: online (taking work), draining, offline, banned, in maintenance."""
+    return Miner.objects.aggregate(
+        online=Count("id", filter=Q(status=MinerStatus.ONLINE, draining=False)),
+        draining=Count("id", filter=Q(status=MinerStatus.ONLINE, draining=True)),
+        offline=Count(
+            "id", filter=Q(status=MinerStatus.OFFLINE, banned_at__isnull=True, maintenance_since__isnull=True)
+        ),
+        banned=Count("id", filter=Q(banned_at__isnull=False)),
+        maintenance=Count("id", filter=Q(maintenance_since__isnull=False, banned_at__isnull=True)),
+    )

@@ -4,6 +4,7 @@ These change the miners' own rows. What also ends the jobs a miner holds (deregi
 offline, a ban) or extends its leases (a heartbeat) is composed in ``jobs.services``."""
 
 import hashlib
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable
@@ -13,9 +14,9 @@ from functools import partial
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from core.errors import Conflict, NotFound, ServiceError
+from core.errors import Conflict, Invalid, NotFound, ServiceError
 from miners.capabilities import Capabilities, cuda_code
-from miners.models import Miner, MinerStatus, ServedModel
+from miners.models import Miner, MinerBan, MinerBanKind, MinerStatus, ServedModel
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +53,32 @@ def _replace_served_models(miner: Miner, models: tuple[str, ...]) -> None:
 
 
 def miner_register(
-    *, owner, miner_id: str, capabilities: Capabilities, public_key: str = "", in_cluster: bool = False
+    *,
+    owner,
+    miner_id: str,
+    capabilities: Capabilities,
+    public_key: str = "",
+    in_cluster: bool = False,
+    address: str | None = None,
 ) -> tuple[Miner, str]:
-    """Register a miner, or update it when it registers again. Returns it and a new session token."""
+    """Register a miner, or update it when it registers again. Returns it and a new session token.
+    Refused (403) while the miner, its owner or its ``address`` is banned, or the miner is in maintenance."""
     session_token = secrets.token_urlsafe(32)
     now = timezone.now()
     try:
         with transaction.atomic():
+            ban = _wide_ban_covering(owner=owner, address=address)
+            if ban is not None:
+                raise ServiceError(f"This miner is banned: {ban.reason}.", code="MINER_BANNED", status_code=403)
             miner = Miner.objects.select_for_update().filter(miner_id=miner_id).first()
             if miner is None:
                 miner = Miner(miner_id=miner_id, owner=owner)
             elif miner.owner_id != owner.pk:
                 raise Conflict("This miner_id belongs to another account.", code="MINER_ID_TAKEN")
-            elif miner.banned_at:
-                raise _banned(miner)
+            else:
+                miner_refusal_check(miner=miner)
+            if address:
+                miner.last_address = address
             _apply_capabilities(miner, capabilities)
             if public_key:
                 miner.public_key = public_key
@@ -98,14 +111,14 @@ def miner_record_heartbeat(*, miner: Miner, inflight: int | None = None, metadat
     if metadata is not None:
         fields["metadata"] = metadata
     updated = (
-        Miner.objects.filter(pk=miner.pk, banned_at__isnull=True)
+        Miner.objects.filter(pk=miner.pk, banned_at__isnull=True, maintenance_since__isnull=True)
         .exclude(status=MinerStatus.DEREGISTERED)
         .update(**fields, updated_at=timezone.now())
     )
     if not updated:
-        banned = Miner.objects.filter(pk=miner.pk, banned_at__isnull=False).first()
-        if banned is not None:
-            raise _banned(banned)
+        current = Miner.objects.filter(pk=miner.pk).first()
+        if current is not None:
+            miner_refusal_check(miner=current)
         raise NotFound("This miner was deregistered.", code="MINER_NOT_FOUND")
 
 
@@ -118,9 +131,10 @@ def miner_touch(*, miner: Miner) -> None:
         and now - miner.last_heartbeat_at < LIVENESS_RESOLUTION
     ):
         return
-    # A banned miner stays offline, so the claim that follows (which checks the status) gets nothing.
+    # A banned miner, or one in maintenance, stays offline, so a claim that follows (which checks the
+    # status) gets nothing.
     touched = (
-        Miner.objects.filter(pk=miner.pk, banned_at__isnull=True)
+        Miner.objects.filter(pk=miner.pk, banned_at__isnull=True, maintenance_since__isnull=True)
         .exclude(status=MinerStatus.DEREGISTERED)
         .update(last_heartbeat_at=now, status=MinerStatus.ONLINE)
     )
@@ -159,6 +173,97 @@ def _banned(miner: Miner) -> ServiceError:
     return ServiceError(
         f"This miner is banned: {miner.banned_reason or 'no reason given'}.", code="MINER_BANNED", status_code=403
     )
+
+
+def miner_refusal_check(*, miner: Miner) -> None:
+    """Raise the 403 a banned miner, or one staff hold in maintenance, gets for anything it asks."""
+    if miner.banned_at:
+        raise _banned(miner)
+    if miner.maintenance_since:
+        raise ServiceError(
+            f"This miner is offline for maintenance: {miner.maintenance_reason or 'no reason given'}.",
+            code="MINER_MAINTENANCE",
+            status_code=403,
+        )
+
+
+def parse_network(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise Invalid(f"{value!r} is not an address or an address range.", code="VALIDATION_ERROR") from None
+
+
+def _wide_ban_covering(*, owner, address: str | None) -> MinerBan | None:
+    """The owner's ban, or one of an address range holding ``address``, in force now."""
+    bans = MinerBan.objects.filter(lifted_at__isnull=True)
+    ban = bans.filter(kind=MinerBanKind.OWNER, owner=owner).first()
+    if ban is not None or not address:
+        return ban
+    where = ipaddress.ip_address(address)
+    for ban in bans.filter(kind=MinerBanKind.NETWORK):
+        network = ipaddress.ip_network(ban.network)
+        if where.version == network.version and where in network:
+            return ban
+    return None
+
+
+def miners_covered(*, ban: MinerBan) -> list[Miner]:
+    """The registered miners a wide ban covers: the owner's, or those last registered from the range."""
+    if ban.kind == MinerBanKind.OWNER:
+        return list(Miner.objects.filter(owner=ban.owner).order_by("miner_id"))
+    network = ipaddress.ip_network(ban.network)
+    candidates = Miner.objects.filter(last_address__isnull=False).order_by("miner_id")
+    return [
+        miner
+        for miner in candidates
+        if (where := ipaddress.ip_address(miner.last_address)).version == network.version and where in network
+    ]
+
+
+def miner_ban_create(*, kind: str, reason: str, actor, owner=None, network: str = "") -> MinerBan:
+    """Record a ban of every miner of ``owner``, or of those registering from ``network``; registrations
+    it covers are refused from now on. The miners it covers already are the caller's to ban
+    (``jobs.services.miner_ban_wide`` bans them and re-queues their jobs)."""
+    if kind == MinerBanKind.NETWORK:
+        network, owner = str(parse_network(network)), None
+    elif owner is None:
+        raise Invalid("An owner ban names its owner.", code="VALIDATION_ERROR")
+    else:
+        network = ""
+    return MinerBan.objects.create(kind=kind, owner=owner, network=network, reason=reason[:300], banned_by=actor)
+
+
+def miner_ban_lift(*, ban: MinerBan, actor) -> MinerBan:
+    """End a wide ban: its owner or range may register again (miners banned by it stay banned until approved)."""
+    MinerBan.objects.filter(pk=ban.pk, lifted_at__isnull=True).update(lifted_at=timezone.now(), lifted_by=actor)
+    ban.refresh_from_db()
+    return ban
+
+
+@transaction.atomic
+def miner_mark_maintenance(*, miner: Miner, reason: str) -> bool:
+    """Hold the miner offline for maintenance until ``miner_end_maintenance``: its heartbeats, polls and
+    registrations are refused meanwhile. Returns whether it was online (its jobs are the caller's to release)."""
+    locked = Miner.objects.select_for_update().get(pk=miner.pk)
+    was_online = locked.status == MinerStatus.ONLINE
+    if was_online:
+        locked.status = MinerStatus.OFFLINE
+    locked.maintenance_since, locked.maintenance_reason = timezone.now(), reason[:300]
+    locked.save(update_fields=["status", "maintenance_since", "maintenance_reason", "updated_at"])
+    miner.status, miner.maintenance_since, miner.maintenance_reason = (
+        locked.status,
+        locked.maintenance_since,
+        locked.maintenance_reason,
+    )
+    return was_online
+
+
+def miner_end_maintenance(*, miner: Miner) -> Miner:
+    """The miner may come back: it goes online when it next registers, heartbeats or polls."""
+    Miner.objects.filter(pk=miner.pk).update(maintenance_since=None, maintenance_reason="", updated_at=timezone.now())
+    miner.maintenance_since, miner.maintenance_reason = None, ""
+    return miner
 
 
 @transaction.atomic

@@ -88,6 +88,7 @@ class LedgerEntry(models.Model):
 
     class Meta:
         ordering = ["id"]
+        verbose_name_plural = "ledger entries"
         constraints = [models.CheckConstraint(condition=~Q(amount=0), name="ledger_entry_non_zero")]
         indexes = [models.Index(fields=["wallet", "-id"], name="ledger_entry_wallet_idx")]
 
@@ -139,6 +140,47 @@ class Payment(models.Model):
     def amount_charged(self):
         """What the job cost its client: the amount paid out on settlement; None until released."""
         return self.amount_paid if self.status == PaymentStatus.RELEASED else None
+
+
+class PendingCreditStatus(models.TextChoices):
+    PENDING = "pending", "Awaiting approval"
+    APPROVED = "approved", "Approved and minted"
+    DECLINED = "declined", "Declined"
+
+
+class PendingCredit(models.Model):
+    """A staff credit above ``ADMIN_CREDIT_APPROVAL_THRESHOLD``: nothing is minted until a second
+    staff member approves it (never the one who asked)."""
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="pending_credits")
+    amount = models.DecimalField(**AMOUNT)
+    reason = models.CharField(max_length=300)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=16, choices=PendingCreditStatus.choices, default=PendingCreditStatus.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    transaction = models.OneToOneField(
+        LedgerTransaction, on_delete=models.PROTECT, null=True, blank=True, related_name="approved_credit"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=PendingCreditStatus.values), name="pending_credit_status_valid"
+            ),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="pending_credit_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(decided_by__isnull=True) | ~Q(decided_by=models.F("requested_by")),
+                name="pending_credit_second_approver",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"credit of {self.amount} AITBC to {self.wallet_id} ({self.status})"
 
 
 class ExchangePaymentStatus(models.TextChoices):

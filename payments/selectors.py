@@ -1,8 +1,9 @@
 from collections import defaultdict
+from decimal import Decimal
 
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
 
-from payments.models import ExchangePayment, LedgerEntry, LedgerTransaction, Wallet
+from payments.models import ExchangePayment, LedgerEntry, LedgerTransaction, Wallet, WalletKind
 
 
 def wallet_of(*, user) -> Wallet | None:
@@ -66,3 +67,8 @@ def transaction_documents(transactions: QuerySet[LedgerTransaction]) -> list[tup
 def wallets_list() -> QuerySet[Wallet]:
     """Every wallet, oldest first (the explorer's address list)."""
     return Wallet.objects.order_by("id")
+
+
+def escrow_held() -> Decimal:
+    """AITBC held in escrow now, for jobs not yet settled or refunded."""
+    return Wallet.objects.filter(kind=WalletKind.ESCROW).aggregate(total=Sum("balance", default=Decimal(0)))["total"]

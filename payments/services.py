@@ -20,13 +20,15 @@ from nacl.signing import SigningKey
 
 from core import rawsql
 from core.crypto.addresses import HRP, wallet_address
-from core.errors import Invalid, PaymentRequired
+from core.errors import Conflict, Invalid, PaymentRequired
 from payments import sql
 from payments.models import (
     LedgerEntry,
     LedgerTransaction,
     Payment,
     PaymentStatus,
+    PendingCredit,
+    PendingCreditStatus,
     TransactionKind,
     Wallet,
     WalletKind,
@@ -180,6 +182,53 @@ def treasury_mint(*, wallet: Wallet, amount, actor=None, memo: str = "", busines
     )
 
 
+def credit_needs_approval(*, total: Decimal) -> bool:
+    return total > settings.ADMIN_CREDIT_APPROVAL_THRESHOLD
+
+
+def credit_request(*, wallets: list[Wallet], amount, reason: str, actor) -> list[PendingCredit]:
+    """Ask for a credit of ``amount`` into each wallet, to be minted once another staff member approves."""
+    amount = credits(amount)
+    if amount <= 0:
+        raise Invalid("The amount must be positive.", code="INVALID_AMOUNT")
+    return PendingCredit.objects.bulk_create(
+        [PendingCredit(wallet=wallet, amount=amount, reason=reason[:300], requested_by=actor) for wallet in wallets]
+    )
+
+
+def _pending_credit_locked(pending: PendingCredit, *, actor) -> PendingCredit:
+    locked = PendingCredit.objects.select_for_update().select_related("wallet").get(pk=pending.pk)
+    if locked.status != PendingCreditStatus.PENDING:
+        raise Conflict(f"This credit was {locked.get_status_display().lower()} already.", code="CREDIT_DECIDED")
+    if locked.requested_by_id == actor.pk:
+        raise Conflict("A second staff member must decide on a credit you asked for.", code="SECOND_APPROVER_REQUIRED")
+    return locked
+
+
+@transaction.atomic
+def credit_approve(*, pending: PendingCredit, actor) -> PendingCredit:
+    """Mint a pending credit, approved by ``actor`` (not its requester); once only."""
+    locked = _pending_credit_locked(pending, actor=actor)
+    locked.transaction = treasury_mint(
+        wallet=locked.wallet,
+        amount=locked.amount,
+        actor=locked.requested_by,
+        memo=f"{locked.reason} (approved by {actor})"[:300],
+        business_key=f"credit-approved:{locked.pk}",
+    )
+    locked.status, locked.decided_by, locked.decided_at = PendingCreditStatus.APPROVED, actor, timezone.now()
+    locked.save(update_fields=["transaction", "status", "decided_by", "decided_at"])
+    return locked
+
+
+@transaction.atomic
+def credit_decline(*, pending: PendingCredit, actor) -> PendingCredit:
+    locked = _pending_credit_locked(pending, actor=actor)
+    locked.status, locked.decided_by, locked.decided_at = PendingCreditStatus.DECLINED, actor, timezone.now()
+    locked.save(update_fields=["status", "decided_by", "decided_at"])
+    return locked
+
+
 # --- Escrow ----------------------------------------------------------------------------
 
 
@@ -318,3 +367,68 @@ def escrow_refund(*, job, reason: str) -> Payment | None:
     payment.settled_at = timezone.now()
     payment.save(update_fields=["status", "amount_refunded", "settled_at", "updated_at"])
     return payment
+
+
+# --- Budgets: credits held for a run of many payments -------------------------------------
+
+
+def budget_hold(*, user, amount, key: str, memo: str) -> Wallet:
+    """Move ``amount`` from the user's wallet into an escrow wallet of its own for ``key`` (a workflow
+    execution's budget, from which its steps are paid), once: ``escrow:<key>``."""
+    amount = credits(amount)
+    payer = wallet_open(user=user)
+    escrow = Wallet.objects.filter(address=_derived_address(f"escrow:{key}")).first()
+    if escrow is None:
+        escrow = Wallet.objects.create(kind=WalletKind.ESCROW, address=_derived_address(f"escrow:{key}"))
+    ledger_post(
+        business_key=f"escrow:{key}", kind=TransactionKind.ESCROW, legs=[(payer, -amount), (escrow, amount)], memo=memo
+    )
+    return escrow
+
+
+def budget_draw(*, user, amount, key: str, part: str) -> None:
+    """Hand ``amount`` of the budget ``key`` back to its user for one payment (``draw:<key>:<part>``,
+    once), which the caller escrows for that payment in the same transaction. More than is left is
+    402 ``BUDGET_EXHAUSTED``."""
+    amount = credits(amount)
+    if amount <= 0:
+        return
+    escrow = Wallet.objects.select_for_update().get(address=_derived_address(f"escrow:{key}"))
+    if escrow.balance < amount:
+        raise PaymentRequired("The budget has too little left for this step.", code="BUDGET_EXHAUSTED")
+    ledger_post(
+        business_key=f"draw:{key}:{part}",
+        kind=TransactionKind.TRANSFER,
+        legs=[(escrow, -amount), (wallet_open(user=user), amount)],
+        memo=f"Budget {key}, {part}",
+    )
+
+
+def budget_release(*, user, key: str, memo: str) -> Decimal:
+    """Give what is left of the budget ``key`` back to its user (``refund:<key>``, once). Returns it."""
+    escrow = Wallet.objects.select_for_update().filter(address=_derived_address(f"escrow:{key}")).first()
+    if escrow is None or escrow.balance <= 0:
+        return Decimal(0)
+    left = escrow.balance
+    ledger_post(
+        business_key=f"refund:{key}",
+        kind=TransactionKind.REFUND,
+        legs=[(escrow, -left), (wallet_open(user=user), left)],
+        memo=memo[:300],
+    )
+    return left
+
+
+def budget_return(*, user, amount, key: str, part: str) -> None:
+    """Put ``amount`` drawn from the budget ``key`` and refunded to its user back into the budget
+    (``return:<key>:<part>``, once)."""
+    amount = credits(amount)
+    if amount <= 0:
+        return
+    escrow = Wallet.objects.get(address=_derived_address(f"escrow:{key}"))
+    ledger_post(
+        business_key=f"return:{key}:{part}",
+        kind=TransactionKind.TRANSFER,
+        legs=[(wallet_open(user=user), -amount), (escrow, amount)],
+        memo=f"Budget {key}, {part} returned",
+    )

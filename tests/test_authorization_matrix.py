@@ -16,6 +16,7 @@ from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
+from agents.services import agent_register, task_submit, workflow_create, workflow_execute
 from catalog.models import CatalogModel
 from explorer.models import BlockLeaf, LeafKind
 from explorer.services import blocks_seal_pending
@@ -89,6 +90,15 @@ def world(settings, make_api, register_miner, submit_job, django_user_model):
         format="json",
     )
     assert exchange.status_code == 201, exchange.content
+    agent_owner = django_user_model.objects.create(username="agent-runner")
+    agent_register(owner=agent_owner, agent_id="matrix-agent", agent_type="worker")
+    task = task_submit(client=alice.user, task_data={"prompt": SECRET_PROMPT}, priority="normal")
+    workflow = workflow_create(
+        owner=alice.user, name="matrix", steps={"a": {"type": "chat", "model": "matrix-model", "prompt": SECRET_PROMPT}}
+    )
+    execution = workflow_execute(workflow=workflow, client=alice.user, inputs={})
+    webhook = alice.post("/v1/webhooks", {"url": WEBHOOK_URL, "events": ["job.completed"]}, format="json")
+    assert webhook.status_code == 201, webhook.content
     receipt = Receipt.objects.get(job_id=done)
     leaf = BlockLeaf.objects.filter(kind=LeafKind.RECEIPT, ref=receipt.pk).select_related("block").get()
     values = {
@@ -104,6 +114,12 @@ def world(settings, make_api, register_miner, submit_job, django_user_model):
         "tx": leaf.leaf_hash,
         "address": wallet_of(user=alice.user).address,
         "document": receipt.served_document(),
+        "agent": "matrix-agent",
+        "task": str(task.job_id),
+        "priority": "low",
+        "workflow": str(workflow.pk),
+        "execution": str(execution.pk),
+        "webhook": webhook.json()["id"],
     }
     return callers, values, alice.user
 
@@ -133,6 +149,11 @@ SUBMIT = {"prompt": "hi", "model": "llama3.2"}
 RESULT = {"result": {"output": "ok"}}
 TOKENS = {"tokens": [{"job_id": "{running}", "index": 0, "text": "ok"}]}
 CHAT = {"model": "matrix-model", "messages": [{"role": "user", "content": "hi"}]}
+AGENT = {"agent_id": "matrix-new", "agent_type": "worker"}
+TASK = {"task_data": {"prompt": "hi"}, "priority": "normal"}
+REPORT = {"agent_id": "{agent}", "result": "x"}
+WORKFLOW = {"name": "w", "steps": {"a": {"type": "chat", "model": "matrix-model", "prompt": "hi"}}}
+WEBHOOK_URL = "https://hooks.example.com/aitbc"
 ROWS = [
     ("GET", "/v1/jobs", None, (401, 200, 200, 403, 403, 200, 200)),
     ("POST", "/v1/jobs", SUBMIT, (401, 201, 201, 403, 403, 201, 201)),
@@ -155,7 +176,9 @@ ROWS = [
     ("POST", "/v1/miners/{running}/result", RESULT, (401, 403, 403, 200, 409, 200, 403)),
     ("POST", "/v1/miners/{running}/fail", {"error_code": "INFERENCE_FAILED"}, (401, 403, 403, 200, 409, 200, 403)),
     ("POST", "/v1/miners/miner-1/jobs", None, (401, 403, 403, 200, 404, 200, 403)),
+    ("GET", "/v1/miners/miner-1/jobs", None, (401, 403, 403, 200, 404, 200, 403)),
     ("POST", "/v1/miners/miner-1/earnings", None, (401, 403, 403, 200, 404, 200, 403)),
+    ("GET", "/v1/miners/miner-1/earnings", None, (401, 403, 403, 200, 404, 200, 403)),
     (
         "PUT",
         "/v1/miners/miner-1/capabilities",
@@ -228,6 +251,15 @@ ROWS = [
         (401, 403, 403, 422, 403, 403, 403),
     ),
     ("GET", "/v1/stats", None, PUBLIC),
+    ("GET", "/api/v1/blocks", None, PUBLIC),
+    ("GET", "/v1/webhooks", None, (401, 200, 200, 403, 403, 200, 200)),
+    ("POST", "/v1/webhooks", {"url": WEBHOOK_URL, "events": ["job.completed"]}, (401, 201, 201, 403, 403, 201, 201)),
+    ("GET", "/v1/webhooks/{webhook}", None, (401, 200, 404, 403, 403, 404, 200)),
+    ("DELETE", "/v1/webhooks/{webhook}", None, (401, 204, 404, 403, 403, 404, 204)),
+    ("POST", "/v1/webhooks/{webhook}/test", None, (401, 202, 404, 403, 403, 404, 202)),
+    ("POST", "/v1/webhooks/{webhook}/rotate-secret", None, (401, 200, 404, 403, 403, 404, 200)),
+    ("POST", "/v1/webhooks/{webhook}/enable", None, (401, 200, 404, 403, 403, 404, 200)),
+    ("GET", "/v1/webhooks/{webhook}/deliveries", None, (401, 200, 404, 403, 403, 404, 200)),
     *(
         row
         for prefix in ("/v1/explorer", "/explorer")
@@ -245,6 +277,66 @@ ROWS = [
     ),
     ("GET", "/health", None, PUBLIC),
     ("GET", "/v1/health", None, PUBLIC),
+    ("POST", "/agents/register", AGENT, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/agents/discover", {"agent_type": "worker"}, (401, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/agents/{agent}", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("PUT", "/agents/{agent}/status", {"status": "busy"}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/agents/{agent}/heartbeat", {}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/agents/{agent}/poll", {}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/v1/agents/register", AGENT, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/v1/agents/discover", {"agent_type": "worker"}, (401, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/agents/{agent}", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("PUT", "/v1/agents/{agent}/status", {"status": "busy"}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/v1/agents/{agent}/heartbeat", {}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/v1/agents/{agent}/poll", {}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/api/v1/agents/register", AGENT, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/api/v1/agents/discover", {"agent_type": "worker"}, (401, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/api/v1/agents/{agent}", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("PUT", "/api/v1/agents/{agent}/status", {"status": "busy"}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/api/v1/agents/{agent}/heartbeat", {}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/api/v1/agents/{agent}/poll", {}, (401, 403, 403, 403, 403, 200, 403)),
+    ("POST", "/tasks/submit", TASK, (401, 200, 200, 403, 403, 200, 200)),
+    ("GET", "/tasks/status", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/tasks/queues", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/tasks/queues/stats", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("POST", "/tasks/queues/{priority}/clear", None, (401, 403, 403, 403, 403, 200, 403)),
+    ("GET", "/tasks/{task}", None, (401, 200, 404, 404, 404, 200, 200)),
+    # Nobody holds the task's lease: the admin, speaking for the agent, is refused.
+    ("POST", "/tasks/{task}/result", REPORT, (401, 403, 403, 403, 403, 409, 403)),
+    ("POST", "/tasks/{task}/fail", {**REPORT, "error": "x"}, (401, 403, 403, 403, 403, 409, 403)),
+    ("POST", "/v1/tasks/submit", TASK, (401, 200, 200, 403, 403, 200, 200)),
+    ("GET", "/v1/tasks/status", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/tasks/queues", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("GET", "/v1/tasks/queues/stats", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("POST", "/v1/tasks/queues/{priority}/clear", None, (401, 403, 403, 403, 403, 200, 403)),
+    ("GET", "/v1/tasks/{task}", None, (401, 200, 404, 404, 404, 200, 200)),
+    # Nobody holds the task's lease: the admin, speaking for the agent, is refused.
+    ("POST", "/v1/tasks/{task}/result", REPORT, (401, 403, 403, 403, 403, 409, 403)),
+    ("POST", "/v1/tasks/{task}/fail", {**REPORT, "error": "x"}, (401, 403, 403, 403, 403, 409, 403)),
+    ("GET", "/v1/agents/workflows", None, (401, 200, 200, 403, 403, 200, 200)),
+    ("POST", "/v1/agents/workflows", WORKFLOW, (401, 200, 200, 403, 403, 200, 200)),
+    ("GET", "/v1/agents/workflows/{workflow}", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("PUT", "/v1/agents/workflows/{workflow}", {"description": "d"}, (401, 200, 404, 403, 403, 200, 200)),
+    ("DELETE", "/v1/agents/workflows/{workflow}", None, (401, 204, 404, 403, 403, 204, 204)),
+    ("POST", "/v1/agents/workflows/{workflow}/execute", {"inputs": {}}, (401, 200, 404, 403, 403, 200, 200)),
+    ("GET", "/v1/agents/executions", None, (401, 200, 200, 403, 403, 200, 200)),
+    ("GET", "/v1/agents/executions/{execution}", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("GET", "/v1/agents/executions/{execution}/status", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("POST", "/v1/agents/executions/{execution}/cancel", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("GET", "/v1/agents/executions/{execution}/logs", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("GET", "/v1/agents/executions/{execution}/receipt", None, (401, 425, 404, 403, 403, 425, 425)),
+    ("GET", "/api/v1/agents/workflows", None, (401, 200, 200, 403, 403, 200, 200)),
+    ("POST", "/api/v1/agents/workflows", WORKFLOW, (401, 200, 200, 403, 403, 200, 200)),
+    ("GET", "/api/v1/agents/workflows/{workflow}", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("PUT", "/api/v1/agents/workflows/{workflow}", {"description": "d"}, (401, 200, 404, 403, 403, 200, 200)),
+    ("DELETE", "/api/v1/agents/workflows/{workflow}", None, (401, 204, 404, 403, 403, 204, 204)),
+    ("POST", "/api/v1/agents/workflows/{workflow}/execute", {"inputs": {}}, (401, 200, 404, 403, 403, 200, 200)),
+    ("GET", "/api/v1/agents/executions", None, (401, 200, 200, 403, 403, 200, 200)),
+    ("GET", "/api/v1/agents/executions/{execution}", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("GET", "/api/v1/agents/executions/{execution}/status", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("POST", "/api/v1/agents/executions/{execution}/cancel", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("GET", "/api/v1/agents/executions/{execution}/logs", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("GET", "/api/v1/agents/executions/{execution}/receipt", None, (401, 425, 404, 403, 403, 425, 425)),
     ("GET", "/health/live", None, PUBLIC),
     ("GET", "/health/ready", None, PUBLIC),
     ("GET", "/metrics", None, PUBLIC),
@@ -264,6 +356,9 @@ ROWS = [
     ("GET", "/jobs/{done}/", None, (302, 302, 302, 302, 302, 302, 200)),
     ("GET", "/wallet/", None, (302, 302, 302, 302, 302, 302, 200)),
     ("GET", "/miners/", None, (302, 302, 302, 302, 302, 302, 200)),
+    ("GET", "/agents/", None, (302, 302, 302, 302, 302, 302, 200)),
+    ("GET", "/workflows/{workflow}/", None, (302, 302, 302, 302, 302, 302, 200)),
+    ("GET", "/executions/{execution}/", None, (302, 302, 302, 302, 302, 302, 200)),
     ("GET", "/network/", None, PUBLIC),
     ("GET", "/explorer/", None, PUBLIC),
     ("GET", "/explorer/blocks/", None, (302, 302, 302, 302, 302, 302, 302)),
@@ -290,6 +385,8 @@ def fill(template, values: dict):
 def test_every_route_has_a_row():
     job_id, number = "00000000-0000-0000-0000-000000000000", "1"
     values = {"done": job_id, "running": job_id, "queued": job_id, "user": number, "key": number, "height": number}
+    values.update({"agent": "x", "task": job_id, "priority": "low", "workflow": job_id, "execution": job_id})
+    values["webhook"] = job_id
     values.update({name: "x" for name in ("payment", "exchange", "receipt", "tx", "address")})
     rows: dict[str, set[str]] = {}
     for method, template, _, _ in ROWS:

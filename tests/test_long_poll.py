@@ -151,3 +151,16 @@ def test_a_sweep_requeueing_several_jobs_wakes_as_many_miners(settings):
         thread.join(timeout=5)
         assert len(outcome["jobs"]) == 1
         assert outcome["returned_at"] - swept_at < 1
+
+
+def test_a_miner_declaring_no_models_is_woken_by_a_job_outside_the_catalog():
+    modelless = MinerFactory(owner__username="cli-owner", miner_id="cli-miner", models=())
+    client = user_get_or_create(username="client")
+    thread, outcome = _poll_in_thread(modelless, wait_seconds=10)
+    time.sleep(0.2)
+    job = job_submit(client=client, model="llama3", payload={"prompt": "hi"}).job
+    committed_at = time.perf_counter()
+    thread.join(timeout=10)
+
+    assert [j.pk for j in outcome["jobs"]] == [job.pk]
+    assert outcome["returned_at"] - committed_at < 2

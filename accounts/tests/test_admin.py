@@ -71,7 +71,15 @@ def test_api_key_filter_by_scope(admin_client, keys):
 
 
 def test_api_key_filter_by_revoked(admin_client, keys):
-    admin_client.post(CHANGELIST, {"action": "revoke_keys", "_selected_action": [keys["alice-miner"].pk]})
+    admin_client.post(
+        CHANGELIST,
+        {
+            "action": "revoke_keys",
+            "_selected_action": [keys["alice-miner"].pk],
+            "apply": "1",
+            "reason": "Fraud report 7",
+        },
+    )
     revoked = admin_client.get(CHANGELIST, {"revoked_at__isempty": "0"})
     active = admin_client.get(CHANGELIST, {"revoked_at__isempty": "1"})
     assert listed_prefixes(revoked) == {keys["alice-miner"].prefix}
@@ -81,7 +89,12 @@ def test_api_key_filter_by_revoked(admin_client, keys):
 def test_revoke_action_revokes_the_selected_keys_and_reports(admin_client, client_api, keys):
     response = admin_client.post(
         CHANGELIST,
-        {"action": "revoke_keys", "_selected_action": [client_api.api_key.pk, keys["bob-client"].pk]},
+        {
+            "action": "revoke_keys",
+            "_selected_action": [client_api.api_key.pk, keys["bob-client"].pk],
+            "apply": "1",
+            "reason": "Fraud report 7",
+        },
         follow=True,
     )
     assert "Revoked 2 key(s)." in messages_of(response)
@@ -93,7 +106,12 @@ def test_revoke_action_revokes_the_selected_keys_and_reports(admin_client, clien
 
 
 def test_revoke_action_counts_only_keys_not_already_revoked(admin_client, keys):
-    selected = {"action": "revoke_keys", "_selected_action": [keys["bob-client"].pk]}
+    selected = {
+        "action": "revoke_keys",
+        "_selected_action": [keys["bob-client"].pk],
+        "apply": "1",
+        "reason": "Fraud report 7",
+    }
     admin_client.post(CHANGELIST, selected)
     first_revoked_at = ApiKey.objects.get(pk=keys["bob-client"].pk).revoked_at
     response = admin_client.post(CHANGELIST, selected, follow=True)

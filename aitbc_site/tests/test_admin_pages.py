@@ -98,13 +98,21 @@ def test_requeue_action_leaves_queued_jobs_alone(admin_client, client_api, submi
 
 def test_cancel_action_cancels_a_queued_job(admin_client, client_api, submit_job):
     queued = submit_job(client_api)
-    response = admin_client.post(JOBS, {"action": "cancel_jobs", "_selected_action": [queued["job_id"]]}, follow=True)
+    response = admin_client.post(
+        JOBS,
+        {"action": "cancel_jobs", "_selected_action": [queued["job_id"]], "apply": "1", "reason": "Fraud report 7"},
+        follow=True,
+    )
     assert "1 job(s) cancelled." in messages_of(response)
     assert client_api.get(f"/v1/jobs/{queued['job_id']}").json()["status"] == "cancelled"
 
 
 def test_cancel_action_leaves_finished_jobs_alone(admin_client, receipt):
-    response = admin_client.post(JOBS, {"action": "cancel_jobs", "_selected_action": [receipt.job_id]}, follow=True)
+    response = admin_client.post(
+        JOBS,
+        {"action": "cancel_jobs", "_selected_action": [receipt.job_id], "apply": "1", "reason": "Fraud report 7"},
+        follow=True,
+    )
     assert "0 job(s) cancelled." in messages_of(response)
     assert Job.objects.get(pk=receipt.job_id).status == JobStatus.COMPLETED
 

@@ -15,6 +15,7 @@ class CatalogModelSerializer(serializers.Serializer):
     default_max_tokens = serializers.IntegerField()
     max_tokens = serializers.IntegerField()
     price_per_1k_tokens = serializers.DecimalField(max_digits=18, decimal_places=8)
+    default_params = serializers.DictField(help_text="Generation parameters a job gets unless it sets its own.")
     online_miners = serializers.IntegerField(help_text="Online miners serving this model now.")
 
     def get_object(self, entry) -> str:

@@ -7,6 +7,7 @@ class ApiKeyScope(models.TextChoices):
 
     CLIENT = "client", "Client"
     MINER = "miner", "Miner"
+    AGENT = "agent", "Agent"
     ADMIN = "admin", "Admin"
 
 
@@ -40,6 +41,10 @@ class IsClient(_ScopePermission):
 
 class IsMiner(_ScopePermission):
     scope = ApiKeyScope.MINER
+
+
+class IsAgent(_ScopePermission):
+    scope = ApiKeyScope.AGENT
 
 
 class IsAdmin(_ScopePermission):

@@ -28,6 +28,8 @@ urlpatterns = [
         name="receipt-attestations",
     ),
     path("v1/stats", views.NetworkStatsView.as_view(), name="network-stats"),
+    # The AITBC CLI's blockchain commands.
+    path("api/v1/blocks", views.ChainBlockListView.as_view(), name="chain-blocks"),
     *(
         path(f"{prefix}explorer/{route}", view.as_view(), name=f"{name_prefix}explorer-{name}")
         for prefix, name_prefix in (("v1/", ""), ("", "legacy-"))

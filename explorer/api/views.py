@@ -26,7 +26,7 @@ from explorer.api.serializers import (
     ReceiptPublicKeySerializer,
     ReceiptVerificationSerializer,
 )
-from explorer.filters import ReceiptFilter
+from explorer.filters import ExplorerReceiptFilter, ReceiptFilter
 from jobs.models import Receipt
 from jobs.receipts import receipt_attest
 from jobs.selectors import receipt_documents, receipt_of_client, receipt_visible_to, receipts_of_client
@@ -218,6 +218,19 @@ class ExplorerBlockListView(ExplorerListView):
         return super().get(request, *args, **kwargs)
 
 
+class ChainBlockListView(ExplorerBlockListView):
+    """The AITBC CLI's ``GET /api/v1/blocks?limit&chain_id``: the explorer's blocks. The coordinator
+    keeps one chain, so ``chain_id`` names it whatever its value."""
+
+    @extend_schema(
+        summary="Blocks, newest first (the AITBC CLI's route)",
+        parameters=[OpenApiParameter("chain_id", str, required=False, description="Accepted; there is one chain")],
+        responses={200: ExplorerBlockSerializer(many=True)},
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
 class ExplorerBlockDetailView(ExplorerView):
     @extend_schema(summary="A block, by height or hash", responses={200: ExplorerBlockDetailSerializer, **NOT_FOUND})
     def get(self, request, height_or_hash):
@@ -313,12 +326,14 @@ class ExplorerAddressDetailView(ExplorerView):
 
 class ExplorerReceiptListView(ExplorerListView):
     serializer_class = ExplorerReceiptSerializer
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = ExplorerReceiptFilter
 
     def get_queryset(self):
         return selectors.explorer_receipts()
 
     def list(self, request, *args, **kwargs):
-        page = selectors.with_public_documents(self.paginate_queryset(self.get_queryset()))
+        page = selectors.with_public_documents(self.paginate_queryset(self.filter_queryset(self.get_queryset())))
         return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(summary="Receipts, newest first", responses={200: ExplorerReceiptSerializer(many=True)})

@@ -12,6 +12,7 @@ import pytest
 
 from inference import engine
 from inference.agent import AgentError, MinerAgent
+from inference.management.commands.runminer import Command as RunMiner
 from inference.tests.conftest import TINY
 from jobs.models import Job, JobStatus
 from miners.models import Miner
@@ -144,3 +145,9 @@ def test_sigterm_past_the_grace_period_hands_the_job_back(live_server, tiny_mode
     assert returncode == 0, output
     assert job.status == JobStatus.QUEUED
     assert job.error_code == "MINER_SHUTDOWN"
+
+
+def test_runminer_batches_as_many_jobs_as_an_in_cluster_worker_by_default(settings):
+    settings.INFERENCE_BATCH_SIZE = 24
+    parser = RunMiner().create_parser("manage.py", "runminer")
+    assert parser.parse_args(["--models", TINY]).batch_size == 24

@@ -4,6 +4,7 @@ are ``miners.api.views``; these views speak for a miner the same way (``MinerVie
 
 from django.conf import settings
 from django.utils import timezone
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, status
 from rest_framework.response import Response
@@ -28,6 +29,7 @@ from jobs.api.miner_serializers import (
     TutorialCompleteSerializer,
 )
 from jobs.api.serializers import JobSerializer, ResultAcceptedSerializer
+from jobs.filters import JobFilter
 from jobs.models import Job
 from miners import services as miner_services
 from miners.api.views import ERRORS, MINER_ID_HEADER, MinerView, named_miner_id
@@ -193,20 +195,40 @@ class FailView(JobReportView):
 
 
 class MinerJobsView(MinerView, generics.GenericAPIView):
+    """A miner's jobs, newest first. GET and POST alike: the AITBC CLI has sent both."""
+
     queryset = Job.objects.none()
     serializer_class = JobSerializer
     pagination_class = ItemsLimitOffsetPagination
+    filter_backends = [DjangoFilterBackend]
+    filterset_class = JobFilter
+
+    @extend_schema(summary="List a miner's jobs", responses={200: JobSerializer(many=True), **ERRORS})
+    def get(self, request, miner_id):
+        return self._list(miner_id)
 
     @extend_schema(summary="List a miner's jobs", request=None, responses={200: JobSerializer(many=True), **ERRORS})
     def post(self, request, miner_id):
-        jobs = selectors.jobs_of_miner(miner=self.miner(miner_id))
+        return self._list(miner_id)
+
+    def _list(self, miner_id) -> Response:
+        jobs = self.filter_queryset(selectors.jobs_of_miner(miner=self.miner(miner_id)))
         page = self.paginate_queryset(jobs)
         return self.get_paginated_response(JobSerializer(page, many=True).data)
 
 
 class MinerEarningsView(MinerView):
+    """GET and POST alike: the AITBC CLI has sent both."""
+
+    @extend_schema(summary="A miner's work and earnings", responses={200: EarningsSerializer, **ERRORS})
+    def get(self, request, miner_id):
+        return self._earnings(miner_id)
+
     @extend_schema(summary="A miner's work and earnings", request=None, responses={200: EarningsSerializer, **ERRORS})
     def post(self, request, miner_id):
+        return self._earnings(miner_id)
+
+    def _earnings(self, miner_id) -> Response:
         miner = self.miner(miner_id)
         return Response(
             EarningsSerializer({"miner_id": miner.miner_id, **selectors.miner_work_summary(miner=miner)}).data

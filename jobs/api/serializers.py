@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from catalog import payloads
 from catalog.payloads import MAX_EMBEDDING_INPUTS, MAX_MESSAGES
+from catalog.selectors import catalog_entry, default_model
 from core.api.formats import iso_datetime
 from core.errors import Invalid
 from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
@@ -161,8 +162,14 @@ class JobSubmitSerializer(serializers.Serializer):
         help_text=f"Text or list of up to {MAX_EMBEDDING_INPUTS} texts to embed, "
         f"at most {settings.JOB_MAX_INPUT_CHARS} characters together.",
     )
-    model = serializers.CharField(required=False, max_length=200)
-    type = serializers.CharField(required=False, max_length=32)
+    model = serializers.CharField(
+        required=False, max_length=200, help_text="Absent: JOB_DEFAULT_MODEL (the catalog's chat model)."
+    )
+    type = serializers.CharField(
+        required=False,
+        max_length=32,
+        help_text="inference (the default), chat or embedding (implied by an embedding model, or by input alone).",
+    )
     params = GenerationParamsSerializer(required=False)
     constraints = ConstraintsSerializer(required=False)
     ttl_seconds = serializers.IntegerField(required=False, min_value=1)
@@ -198,18 +205,23 @@ class JobSubmitSerializer(serializers.Serializer):
             params.is_valid(raise_exception=True)
             payload["params"] = params.validated_data
 
-        job_type = payload.get("type") or raw.get("type") or JobType.INFERENCE
+        constraints = attrs.get("constraints", {})
+        model = payload.get("model") or (constraints.get("models") or [None])[0]
+        job_type = payload.get("type") or raw.get("type") or _implied_type(model, payload)
         if not isinstance(job_type, str) or job_type.lower() not in JOB_TYPE_ALIASES:
             raise Invalid(
-                f"Unknown job type {job_type!r}; expected one of {', '.join(JobType.values)}.",
+                f"Unknown job type {job_type!r}; expected one of inference, chat, embedding.",
                 code="INVALID_JOB_TYPE",
                 errors={"type": [f"Unknown job type {job_type!r}."]},
             )
         job_type = JOB_TYPE_ALIASES[job_type.lower()]
         payload["type"] = job_type
 
-        constraints = attrs.get("constraints", {})
-        model = payload.get("model") or (constraints.get("models") or [None])[0]
+        if model is None:
+            # The AITBC CLI's `client submit` without --model.
+            model = default_model(embedding=job_type == JobType.EMBEDDING)
+            if model is None:
+                raise serializers.ValidationError({"model": "A model name is required: no default model is set."})
         if not isinstance(model, str) or not model.strip() or len(model) > 200:
             raise serializers.ValidationError({"model": "A model name is required (payload.model or model)."})
         payload["model"] = model = model.strip()
@@ -235,6 +247,17 @@ class JobSubmitSerializer(serializers.Serializer):
 
     def validate_payment_currency(self, value):
         return aitbc_currency(value)
+
+
+def _implied_type(model, payload: dict) -> str:
+    """The type of a job that names none: an embedding job when its model is a catalog embedding
+    model, or when it carries ``input`` and neither prompt nor messages; else text generation."""
+    entry = catalog_entry(model) if isinstance(model, str) else None
+    if entry is not None:
+        return JobType.INFERENCE if entry.generates_text else JobType.EMBEDDING
+    if "input" in payload and "prompt" not in payload and "messages" not in payload:
+        return JobType.EMBEDDING
+    return JobType.INFERENCE
 
 
 def _payload_refused(error: payloads.PayloadError) -> Exception:

@@ -36,12 +36,23 @@ def paid_job(api, submit_job, amount="3") -> Job:
 
 def refund(admin_client, *jobs):
     return admin_client.post(
-        JOBS, {"action": "refund_payments", "_selected_action": [job.pk for job in jobs]}, follow=True
+        JOBS,
+        {
+            "action": "refund_payments",
+            "_selected_action": [job.pk for job in jobs],
+            "apply": "1",
+            "reason": "Fraud report 7",
+        },
+        follow=True,
     )
 
 
 def cancel(admin_client, *job_ids):
-    return admin_client.post(JOBS, {"action": "cancel_jobs", "_selected_action": list(job_ids)}, follow=True)
+    return admin_client.post(
+        JOBS,
+        {"action": "cancel_jobs", "_selected_action": list(job_ids), "apply": "1", "reason": "Fraud report 7"},
+        follow=True,
+    )
 
 
 # --- Refunds ---------------------------------------------------------------------------
@@ -183,7 +194,7 @@ def test_admin_home_shows_the_network_at_a_glance(
     # Welcome credits for the client and the miner's owner are all the treasury has minted.
     assert Decimal(figure(page, "glance-treasury-minted")) == 2 * settings.AITBC_WELCOME_CREDITS
     assert Decimal(figure(page, "glance-fees-collected")) == Decimal("0.5")
-    assert '<tr class="glance-queue"><td>mistral-7b</td><td>1</td><td>2</td></tr>' in page
+    assert '<tr class="health-queue"><td>mistral-7b</td><td>normal</td><td><a href="' in page
 
 
 def test_admin_home_opens_on_an_empty_network(admin_client):

@@ -9,10 +9,12 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.services import user_get_or_create
+from catalog.models import CatalogModel
 from jobs import matching
+from jobs.models import JobType
 from jobs.selectors import claimable_jobs, miners_able_to_run
 from jobs.services import job_claim, job_submit
-from miners.capabilities import Capabilities
+from miners.capabilities import AGENT_TASK_MODEL, Capabilities
 from miners.services import miner_register
 
 MINER = {"gpu_name": "NVIDIA RTX 4090", "vram_gb": 24.0, "cuda_version": "12.4", "region": "eu-west", "price": "0.5"}
@@ -93,3 +95,40 @@ def test_the_installed_claim_function_is_built_from_the_stated_rule():
         cursor.execute("SELECT prosrc FROM pg_proc WHERE proname = 'jobs_claim'")
         (source,) = cursor.fetchone()
     assert matching.MINER_MEETS_JOB.strip() in source
+
+
+@pytest.mark.django_db
+def test_a_miner_declaring_no_models_matches_every_model_outside_the_catalog_and_none_inside():
+    CatalogModel.objects.create(name="catalogued", task="chat", source_kind="hub", source="org/catalogued")
+    miner = register(models=())
+    outside = submit({}, model="llama3")
+    inside = submit({}, model="catalogued")
+    too_big = submit({"min_vram_gb": 80}, model="mistral")
+
+    assert set(claimable_jobs(miner=miner, now=timezone.now())) == {outside}
+    assert list(miners_able_to_run(job=outside)) == [miner]
+    assert not miners_able_to_run(job=inside).exists()
+    assert not miners_able_to_run(job=too_big).exists()
+    assert [claimed.pk for claimed in job_claim(miner=miner, limit=5)] == [outside.pk]
+
+
+@pytest.mark.django_db
+def test_a_miner_declaring_models_is_not_offered_other_models_outside_the_catalog():
+    miner = register(models=("llama3.2",))
+    submit({}, model="llama3")
+
+    assert not claimable_jobs(miner=miner, now=timezone.now()).exists()
+    assert job_claim(miner=miner) == []
+
+
+@pytest.mark.django_db
+def test_a_miner_declaring_no_models_is_never_offered_an_agents_task():
+    miner = register(models=())
+    client = user_get_or_create(username="alice")
+    task = job_submit(
+        client=client, model=AGENT_TASK_MODEL, job_type=JobType.TASK, payload={"task_type": "summarize"}
+    ).job
+
+    assert not claimable_jobs(miner=miner, now=timezone.now()).exists()
+    assert not miners_able_to_run(job=task).exists()
+    assert job_claim(miner=miner) == []

@@ -44,7 +44,11 @@ def running_job(miner, client_api, miner_api, submit_job) -> Job:
 
 
 def ban(admin_client, *miners):
-    return admin_client.post(MINERS, {"action": "ban", "_selected_action": [m.pk for m in miners]}, follow=True)
+    return admin_client.post(
+        MINERS,
+        {"action": "ban", "_selected_action": [m.pk for m in miners], "apply": "1", "reason": "Fraud report 7"},
+        follow=True,
+    )
 
 
 def approve(admin_client, *miners):
@@ -63,18 +67,23 @@ def test_ban_action_takes_the_miner_offline_and_requeues_its_jobs(admin_client, 
     assert (job.status, job.miner) == (JobStatus.QUEUED, None)
 
 
-def test_banned_miner_claims_nothing(admin_client, miner, miner_api, client_api, submit_job):
+def test_banned_miner_is_told_why_when_it_polls_and_claims_nothing(
+    admin_client, miner, miner_api, client_api, submit_job
+):
     ban(admin_client, miner)
-    submit_job(client_api)
-    assert poll(miner_api).status_code == 204
+    job = submit_job(client_api)
+    response = poll(miner_api)
+    assert (response.status_code, response.json()["error_code"]) == (403, "MINER_BANNED")
+    assert "Fraud report 7" in response.json()["detail"]
     assert Miner.objects.get(pk=miner.pk).status == MinerStatus.OFFLINE
+    assert Job.objects.get(pk=job["job_id"]).status == JobStatus.QUEUED
 
 
 def test_banned_miner_cannot_claim_a_specific_job(admin_client, miner, miner_api, client_api, submit_job):
     ban(admin_client, miner)
     job = submit_job(client_api)
     claimed = miner_api.post(f"/v1/jobs/{job['job_id']}/claim", {"miner_id": "miner-1"}, format="json")
-    assert claimed.status_code == 409, claimed.content
+    assert (claimed.status_code, claimed.json()["error_code"]) == (403, "MINER_BANNED")
     assert Job.objects.get(pk=job["job_id"]).status == JobStatus.QUEUED
 
 

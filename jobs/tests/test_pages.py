@@ -183,7 +183,8 @@ def test_job_page_shows_a_chats_messages_with_their_roles(browser, alice):
     assert re.search(
         r"system</span><pre[^>]*>Answer briefly\.</pre>.*user</span><pre[^>]*>Capital of Peru\?</pre>", content, re.S
     )
-    assert "{&quot;max_tokens&quot;: 8}" in content
+    # With the catalog model's default parameters it did not set.
+    assert "{&quot;max_tokens&quot;: 8, &quot;temperature&quot;: 0}" in content
 
 
 def test_job_page_shows_the_texts_an_embedding_job_was_given(browser, alice):

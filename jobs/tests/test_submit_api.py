@@ -34,7 +34,7 @@ def test_unknown_job_type_is_422_invalid_job_type(client_api):
     "body, field",
     [
         ({"payload": {"type": "inference", "model": "m"}}, "prompt"),
-        ({"payload": {"type": "inference", "prompt": "x"}}, "model"),
+        ({"payload": {"type": "inference", "prompt": "x", "model": 7}}, "model"),
         ({"payload": {"type": "embedding", "model": "m"}}, "input"),
         ({"prompt": "x", "model": "m", "params": {"temperature": 7}}, "temperature"),
         ({"prompt": "x", "model": "m", "ttl_seconds": 0}, "ttl_seconds"),

@@ -4,7 +4,7 @@ from decimal import Decimal, InvalidOperation
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
-from miners.capabilities import Capabilities
+from miners.capabilities import AGENT_TASK_MODEL, Capabilities
 from miners.models import Miner
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?)?\s*$", re.IGNORECASE)
@@ -25,6 +25,12 @@ def _memory_gb(value) -> float:
     return float(match.group(1)) * _MEMORY_UNITS_GB[unit]
 
 
+def _gpu_memory_gb(gpu: dict) -> float:
+    if "memory_mb" in gpu:
+        return _memory_gb(gpu["memory_mb"]) / 1024
+    return _memory_gb(gpu.get("memory_gb", gpu.get("memory", 0)))
+
+
 def _str_list(value, field: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -34,21 +40,27 @@ def _str_list(value, field: str) -> tuple[str, ...]:
 
 
 def parse_capabilities(data: dict, *, concurrency=None, region=None, gpu_info=None) -> Capabilities:
-    """Both register shapes: ``{"capabilities": {...}}`` and the tutorial's list of models + ``gpu_info``."""
+    """Every register shape: ``{"capabilities": {...}}`` with ``gpus`` (the AITBC miner), ``gpu`` as an
+    object (the AITBC CLI's ``{"gpu": {"model", "memory_gb", "cuda_cores"}}``) or a name, or no GPU
+    at all (the CLI's default ``{"cpu": {"cores"}, "memory": {"gb"}}``, kept as sent); and the
+    tutorial's list of models + ``gpu_info``. A miner naming no models serves every model outside
+    the catalog (``jobs.matching``)."""
     caps = data if isinstance(data, dict) else {"models": data}
     gpus = caps.get("gpus") or ([gpu_info] if isinstance(gpu_info, dict) else [])
     if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
         raise serializers.ValidationError({"capabilities": "gpus must be a list of {name, memory_mb} objects."})
     best_gpu, vram_gb = "", 0.0
     for gpu in gpus:
-        if "memory_mb" in gpu:
-            memory = _memory_gb(gpu["memory_mb"]) / 1024
-        else:
-            memory = _memory_gb(gpu.get("memory_gb", gpu.get("memory", 0)))
+        memory = _gpu_memory_gb(gpu)
         if memory >= vram_gb:
             best_gpu, vram_gb = str(gpu.get("name") or ""), memory
-    if not gpus and caps.get("gpu"):
-        best_gpu, vram_gb = str(caps["gpu"]), _memory_gb(caps.get("vram_gb", 0))
+    gpu = caps.get("gpu")
+    if not gpus and isinstance(gpu, dict):
+        # The AITBC CLI's {"gpu": {"model", "memory_gb", "cuda_cores"}}.
+        best_gpu = str(gpu.get("model") or gpu.get("name") or "")
+        vram_gb = _gpu_memory_gb(gpu)
+    elif not gpus and gpu:
+        best_gpu, vram_gb = str(gpu), _memory_gb(caps.get("vram_gb", 0))
     price = caps.get("price")
     try:
         price = None if price is None else Decimal(str(price))
@@ -56,11 +68,14 @@ def parse_capabilities(data: dict, *, concurrency=None, region=None, gpu_info=No
         raise serializers.ValidationError({"capabilities": "price must be a number."}) from None
     if price is not None and not (price.is_finite() and 0 <= price < MAX_PRICE):
         raise serializers.ValidationError({"capabilities": "price must be a number from 0 to 10^10."})
+    models = _str_list(caps.get("models"), "models")
+    if AGENT_TASK_MODEL in models:
+        raise serializers.ValidationError({"capabilities": f"{AGENT_TASK_MODEL!r} is reserved for agents' tasks."})
     max_jobs = caps.get("max_concurrent_jobs", concurrency) or 1
     if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) or not 1 <= max_jobs <= 1024:
         raise serializers.ValidationError({"concurrency": "Must be an integer from 1 to 1024."})
     return Capabilities(
-        models=_str_list(caps.get("models"), "models"),
+        models=models,
         gpu_name=best_gpu[:200],
         vram_gb=round(vram_gb, 3),
         cuda_version=str(caps.get("cuda") or caps.get("cuda_version") or "")[:16],

@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def server_url(tiny_model, tmp_path):
+def server(tiny_model, tmp_path):
     """The app served over HTTP and WebSockets by daphne on the test database."""
     database = connection.settings_dict
     env = {
@@ -49,10 +49,15 @@ def server_url(tiny_model, tmp_path):
     server = Daphne(env, log_dir=tmp_path)
     try:
         server.start(timeout=30)
-        yield server.url
+        yield server
     finally:
         server.stop(timeout=3)
         print("daphne's log:\n" + server.log(5000))  # shown when the test fails
+
+
+@pytest.fixture
+def server_url(server):
+    return server.url
 
 
 @pytest.fixture

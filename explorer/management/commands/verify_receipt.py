@@ -21,7 +21,7 @@ class Command(BaseCommand):
             document, given = verify.load(file, opening=opening, payload=payload, result=result)
         except (OSError, UnicodeDecodeError, ValueError) as error:
             raise CommandError(f"unreadable receipt: {error}") from error
-        valid, reason = verify.verify_receipt(document, public_key, **given)
+        valid, reason = verify.verify_any(document, public_key, **given)
         if not valid:
             self.stderr.write(f"invalid: {reason}")
             sys.exit(1)

@@ -101,7 +101,9 @@
   });
   if (socket === null) return;
   socket.addEventListener("open", function () { status.textContent = "Live."; });
-  socket.addEventListener("close", function () {
-    status.textContent = "Live updates are off; figures as of the last update.";
+  socket.addEventListener("close", function (close) {
+    status.textContent = close.retrying
+      ? "Connection lost; reconnecting… (figures as of the last update)"
+      : "Live updates are off; figures as of the last update.";
   });
 })();

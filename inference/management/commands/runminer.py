@@ -26,7 +26,10 @@ class Command(BaseCommand):
         )
         parser.add_argument("--miner-id", default=socket.gethostname())
         parser.add_argument(
-            "--batch-size", type=int, default=8, help="Most jobs run at once (they decode as one batch)."
+            "--batch-size",
+            type=int,
+            default=settings.INFERENCE_BATCH_SIZE,
+            help="Most jobs run at once, decoding as one continuous batch (default: INFERENCE_BATCH_SIZE).",
         )
         parser.add_argument("--poll-wait", type=float, default=15, help="Long-poll seconds.")
         parser.add_argument("--heartbeat", type=float, default=20, help="Seconds between heartbeats.")

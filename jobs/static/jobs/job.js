@@ -78,10 +78,12 @@
       liveNote.textContent = "Live updates are unavailable; reload the page to see the latest status.";
       return;
     }
+    socket.addEventListener("open", function () {
+      liveNote.textContent = "This page follows the job live.";
+    });
     socket.addEventListener("close", function (close) {
-      if (close.code !== 1000) {
-        liveNote.textContent = "Live updates stopped; reload the page to see the latest status.";
-      }
+      if (close.retrying) liveNote.textContent = "Connection lost; reconnecting…";
+      else if (close.code !== 1000) liveNote.textContent = "Live updates stopped; reload the page to see the latest status.";
     });
   }
 

@@ -80,7 +80,10 @@
     status.textContent = "Live.";
     schedule();
   });
-  socket.addEventListener("close", function () {
-    if (!signedOut) status.textContent = "Live updates are off; reload the page for the latest.";
+  socket.addEventListener("close", function (close) {
+    if (signedOut) return;
+    status.textContent = close.retrying
+      ? "Connection lost; reconnecting…"
+      : "Live updates are off; reload the page for the latest.";
   });
 })();

@@ -1,0 +1,113 @@
+"""``ws/agents/<agent_id>/``: an agent receives its tasks without polling."""
+
+import asyncio
+import logging
+from contextlib import suppress
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.db import close_old_connections, connection
+
+from accounts.services import api_key_authenticate
+from agents import selectors, services
+from agents.api.views import assigned_task
+from core.api.permissions import ApiKeyScope
+from core.errors import NotFound, ServiceError
+from core.sockets import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, ClientSocket, socket_credentials
+from jobs.services import job_requeue
+
+logger = logging.getLogger(__name__)
+
+TASK_ASSIGNED = "task.assigned"
+
+
+class AgentConsumer(ClientSocket):
+    """Pushes each task assigned to the agent as ``{"type": "task.assigned", "task": {...}}`` (a
+    poll's task, lease included); results still go to ``POST /tasks/{task_id}/result``. The socket
+    waits as a long poll does (``agents.services.agent_poll``, a heartbeat too), on a thread of its
+    own, ``WAIT_SECONDS`` at a time. A task taken as the socket closes goes back to the queue.
+
+    An agent key (or an admin key) whose owner registered the agent connects; anything else is
+    closed with 4401 (no or bad key), 4403 (another scope) or 4404 (not its agent)."""
+
+    WAIT_SECONDS = 5.0
+
+    pusher: asyncio.Task | None = None
+
+    async def connect(self):
+        credentials = socket_credentials(self.scope)
+        close_code, agent = await database_sync_to_async(_speaking_agent)(
+            raw_key=credentials.raw_key, agent_id=self.scope["url_route"]["kwargs"]["agent_id"]
+        )
+        await self.accept(credentials.subprotocol)
+        if close_code is not None:
+            await self.close(code=close_code)
+            return
+        self.agent = agent
+        self.closing = asyncio.Event()
+        self.pusher = asyncio.get_running_loop().create_task(self._push_tasks())
+
+    async def disconnect(self, code):
+        if self.pusher is not None:
+            self.closing.set()
+            await asyncio.wait({self.pusher}, timeout=self.WAIT_SECONDS + 5)
+
+    async def close_for_restart(self) -> None:
+        if self.pusher is not None:
+            self.closing.set()
+        await super().close_for_restart()
+
+    async def _push_tasks(self) -> None:
+        poll = sync_to_async(_poll, thread_sensitive=False)
+        while not self.closing.is_set():
+            try:
+                tasks = await poll(agent=self.agent, wait_seconds=self.WAIT_SECONDS)
+            except ServiceError:  # banned or gone meanwhile
+                await self.close(code=CLOSE_FORBIDDEN)
+                return
+            except Exception:
+                logger.exception("poll for agent %s failed", self.agent.agent_id)
+                await asyncio.sleep(1)
+                continue
+            sent = 0
+            try:
+                for task in tasks:
+                    if self.closing.is_set():
+                        break
+                    await self.send_json({"type": TASK_ASSIGNED, "task": task})
+                    sent += 1
+            finally:
+                if sent < len(tasks):
+                    await database_sync_to_async(_hand_back)(task_ids=[t["task_id"] for t in tasks[sent:]])
+
+
+def _speaking_agent(*, raw_key: str | None, agent_id: str):
+    if raw_key is None:
+        return CLOSE_UNAUTHENTICATED, None
+    api_key = api_key_authenticate(raw_key=raw_key)
+    if api_key is None:
+        return CLOSE_UNAUTHENTICATED, None
+    if api_key.scope not in (ApiKeyScope.AGENT, ApiKeyScope.ADMIN):
+        return CLOSE_FORBIDDEN, None
+    try:
+        agent = selectors.agent_for_owner(
+            owner=api_key.user, agent_id=agent_id, any_owner=api_key.scope == ApiKeyScope.ADMIN
+        )
+    except NotFound:
+        return CLOSE_NOT_FOUND, None
+    return None, agent
+
+
+def _poll(*, agent, wait_seconds: float) -> list[dict]:
+    """The agent's next tasks (serialised here, on this thread), as a long poll waits for them."""
+    close_old_connections()
+    try:
+        return [assigned_task(task) for task in services.agent_poll(agent=agent, limit=8, wait_seconds=wait_seconds)]
+    finally:
+        connection.close()
+
+
+def _hand_back(*, task_ids: list) -> None:
+    for task_id in task_ids:
+        with suppress(ServiceError):
+            job_requeue(job_id=task_id, reason="The agent's socket closed before the task reached it.")

@@ -1,0 +1,71 @@
+"""The reference agent (``runagent``) against a live coordinator, on the platform's engine."""
+
+import threading
+import time
+
+import pytest
+
+from agents.runner import RunnerError, TaskRunner
+from inference.testing import TINY
+from jobs.models import Job, JobStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_reference_agent_runs_a_submitted_task_on_the_engine(live_server, tiny_model, client_api, make_api, tmp_path):
+    agent_key = make_api("agent", "agent-owner").raw_key
+    body = {
+        "task_data": {"task_type": "text-generation", "prompt": "The coordinator", "parameters": {"max_tokens": 6}},
+        "priority": "high",
+        "requirements": {"capabilities": ["text-generation"]},
+    }
+    task_id = client_api.post("/tasks/submit", body, format="json").json()["task_id"]
+    runner = TaskRunner(
+        url=live_server.url, api_key=agent_key, agent_id="reference", generation_model=TINY, embedding_model=None,
+        poll_wait=1, heartbeat_seconds=1, cache_dir=tmp_path, max_tasks=1,
+    )  # fmt: skip
+    watchdog = threading.Timer(60, runner.stop)
+    watchdog.start()
+    try:
+        assert runner.run() == 1
+    finally:
+        watchdog.cancel()
+
+    job = Job.objects.get(pk=task_id)
+    assert job.status == JobStatus.COMPLETED
+    assert job.miner.agent.agent_id == "reference"
+    task = client_api.get(f"/tasks/{task_id}").json()["task"]
+    assert isinstance(task["result"]["text"], str)
+    assert task["result"]["usage"]["completion_tokens"] > 0
+
+
+def test_a_client_key_is_refused(live_server, tiny_model, client_api, tmp_path):
+    runner = TaskRunner(
+        url=live_server.url, api_key=client_api.raw_key, agent_id="x", generation_model=TINY, embedding_model=None,
+        cache_dir=tmp_path,
+    )  # fmt: skip
+
+    with pytest.raises(RunnerError):
+        runner.run()
+
+
+def test_the_embedded_agent_answers_the_reference_example_in_process(tiny_model, tiny_model_dir, client_api):
+    from agents.embedded import EmbeddedAgent
+    from inference import engine
+
+    model = engine.load(engine.ModelSpec.from_catalog(tiny_model))
+    agent = EmbeddedAgent(models={"generation": model}, agent_id="embedded", poll_wait=0.5, heartbeat_seconds=1)
+    agent.start()
+    try:
+        body = {"task_data": {"model": "llama2", "prompt": "test prompt"}, "priority": "normal", "requirements": {}}
+        task_id = client_api.post("/tasks/submit", body, format="json").json()["task_id"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and Job.objects.get(pk=task_id).status != JobStatus.COMPLETED:
+            time.sleep(0.1)
+    finally:
+        agent.stop()
+        agent.join(timeout=10)
+
+    task = client_api.get(f"/tasks/{task_id}").json()["task"]
+    assert (task["status"], task["agent_id"]) == ("completed", "embedded")
+    assert isinstance(task["result"]["text"], str)
