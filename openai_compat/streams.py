@@ -25,9 +25,9 @@ from openai_compat import selectors
 
 RECHECK_SECONDS = 2.0
 LAYER_TIMEOUT_SECONDS = 2.0
-# How long a job whose row shows it ended is given for its status event and the tokens before it
-# (behind in a busy process's sends): a stream then misses no piece; a lost event costs this wait.
-ROW_GRACE_SECONDS = 5.0
+# How long past its last event a job whose row shows it ended is given for its status event and
+# the tokens before it: a stream then misses no piece; a lost status event costs this wait.
+ROW_GRACE_SECONDS = 2.0
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class JobWatch:
         self.choices = {job_id: StreamedChoice() for job_id in self.job_ids}
         self.pending = set(self.job_ids)
         self._ended_in_row: dict[str, float] = {}
+        self._last_heard: dict[str, float] = {}
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._layer = None
         self._reader: asyncio.Task | None = None
@@ -174,10 +175,12 @@ class JobWatch:
                 recheck = RECHECK_SECONDS
                 for job_id, (status, attempt) in states.items():
                     if status in JobStatus.TERMINAL and self._layer is not None:
-                        # Its status event follows the job's last tokens: wait a little for it.
-                        seen = self._ended_in_row.setdefault(job_id, now)
-                        if now - seen < ROW_GRACE_SECONDS:
-                            recheck = min(recheck, seen + ROW_GRACE_SECONDS - now)
+                        # Its status event follows the job's last tokens: wait for it while the
+                        # job's events still arrive (a busy process sends them late), a little
+                        # past the last one.
+                        since = max(self._ended_in_row.setdefault(job_id, now), self._last_heard.get(job_id, 0.0))
+                        if now - since < ROW_GRACE_SECONDS:
+                            recheck = min(recheck, since + ROW_GRACE_SECONDS - now)
                             continue
                     for update in self._changed(job_id, status, attempt):
                         yield update
@@ -217,6 +220,7 @@ class JobWatch:
         job_id = event.get("job_id")
         if job_id not in self.pending:
             return
+        self._last_heard[job_id] = time.monotonic()
         if event.get("type") == events.JOB_TOKEN:
             if self.status[job_id] == JobStatus.QUEUED:
                 self.status[job_id] = JobStatus.RUNNING
