@@ -164,9 +164,9 @@ def test_a_worker_completing_the_jobs_it_claimed_does_not_read_them_again(
         job_id=claimed.pk, result={"output": "done"}, lease_token=claimed.lease_token, job=claimed
     )
 
-    # The completing statement; the client's webhooks looked up; after commit, the workflow
-    # executions the job might be a step of.
-    with django_assert_num_queries(3):
+    # The completing statement and the client's webhooks looked up (a job that is no workflow's
+    # step reads nothing more).
+    with django_assert_num_queries(2):
         (done,) = services.jobs_complete(miner=miner, outcomes=[outcome])
 
     assert done.job is claimed

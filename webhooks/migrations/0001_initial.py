@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ("jobs", "0011_claim_function_modelless_miners"),
+        ("jobs", "0012_claim_function_modelless_miners"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
