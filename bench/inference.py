@@ -19,8 +19,8 @@ too), medians reported:
 - staggered: ``--jobs`` jobs (mixed prompts, ``max_tokens`` 8 to 128) arriving as a Poisson
   process at ``--load`` of the throughput measured in ``together``: time to first token and
   completion time (from arrival) p50 / p99, aggregate tokens/s; the continuous engine's decoding
-  step and joining step (prefill + decoding step) p50. Target: time to first token p99 <= the
-  prefill plus two decoding steps (the joining step p50 plus the decoding step p50).
+  step and prefill step p50 (a step is one or the other). Target: time to first token p99 <= the
+  prefill plus two decoding steps.
 - short beside long: an 8-token job alone, and the same job arriving three steps into a
   200-token job: continuous, it joins; static, it waits for that batch, then runs. Target: within
   3x its time alone, answered before the long job.
@@ -116,7 +116,7 @@ class ContinuousEngine:
     def __init__(self, engine, model, batch: int):
         self.engine, self.model, self.batch = engine, model, batch
         self.decode_steps: list[float] = []  # steps no job joined
-        self.joining_steps: list[float] = []  # steps one or more jobs joined: their prefill + a decoding step
+        self.prefill_steps: list[float] = []  # steps that prefilled the jobs waiting to join
 
     def serve(self, jobs: list[Job], start: float, *, after_step=None) -> None:
         """Serve ``jobs`` (by arrival) as the worker does: arrived jobs join between steps while there is room."""
@@ -142,10 +142,10 @@ class ContinuousEngine:
                 if not batch:
                     time.sleep(max(0.0, start + waiting[0].arrives - time.perf_counter()))
                     continue
-                began = time.perf_counter()
+                began, waited = time.perf_counter(), batch.waiting
                 answers = batch.step()
                 ended = time.perf_counter()
-                (self.joining_steps if joining else self.decode_steps).append(ended - began)
+                (self.prefill_steps if batch.waiting < waited else self.decode_steps).append(ended - began)
                 for answer in answers:
                     if answer.error is not None:
                         raise SystemExit(f"inference failed: {answer.error.code}: {answer.error.message}")
@@ -323,7 +323,7 @@ def bench_staggered(model, engines, continuous, args, capacity_jobs_per_s: float
         return result
 
     continuous.decode_steps.clear()
-    continuous.joining_steps.clear()
+    continuous.prefill_steps.clear()
     with CpuMeter({"bench": lambda: [os.getpid()]}) as cpu:
         runs = alternating(args.rounds, engines, run)
     out = {"jobs": args.jobs, "arrivals_per_s": round(rate, 2), "max_tokens_drawn_from": STAGGERED_MAX_TOKENS}
@@ -337,14 +337,10 @@ def bench_staggered(model, engines, continuous, args, capacity_jobs_per_s: float
             "each_round": results,
         }
     decode_ms = 1000 * percentile(continuous.decode_steps, 50)
-    joining_ms = 1000 * percentile(continuous.joining_steps, 50)
-    out["continuous_steps"] = {
-        "decoding_step_p50_ms": round(decode_ms, 1),
-        "joining_step_p50_ms": round(joining_ms, 1),
-        "prefill_p50_ms": round(joining_ms - decode_ms, 1),
-    }
+    prefill_ms = 1000 * percentile(continuous.prefill_steps, 50)
+    out["continuous_steps"] = {"decoding_step_p50_ms": round(decode_ms, 1), "prefill_step_p50_ms": round(prefill_ms, 1)}
     out["continuous_ttft_p99_within_prefill_plus_two_steps"] = target(
-        out["continuous"]["time_to_first_token_p99_ms"], round(joining_ms + decode_ms, 1), higher_is_better=False
+        out["continuous"]["time_to_first_token_p99_ms"], round(prefill_ms + 2 * decode_ms, 1), higher_is_better=False
     )
     out["cpu"] = cpu.report()
     return out

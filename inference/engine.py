@@ -39,6 +39,9 @@ TASKS = ("text-generation", "chat", "embedding")
 SOURCE_KINDS = ("directory", "package", "hub")
 GENERATION_TASKS = frozenset({"text-generation", "chat"})
 EMBEDDING_CHUNK = 32
+# Prefills a continuous batch runs in a row, each giving newcomers their first token, before its
+# running rows decode again: arrivals in quick succession delay the others by at most this many.
+PREFILLS_BEFORE_DECODING = 4
 # Written last into a converted GGUF cache: names the GGUF it came from, so a changed source is reconverted.
 CACHE_SOURCE_FILE = "gguf-source.json"
 # A tokenizer's model_max_length at or above this is transformers' "no limit" placeholder.
@@ -511,10 +514,11 @@ def _printable(text: str) -> str:
 class Generation:
     """A continuous batch of one generation model's jobs.
 
-    Jobs join with ``add()`` whenever there is ``room``. Each ``step()`` prefills the jobs waiting
-    to join (together, in one forward pass), then decodes one token for every row, and returns the
-    answers of the rows that finished: a job leaves the batch, answered, as soon as it ends, and a
-    new one starts at the next step instead of after the longest answer of the batch before it.
+    Jobs join with ``add()`` whenever there is ``room``. Each ``step()`` is one forward pass: it
+    prefills the jobs waiting to join (together), which gives each its first token, or else
+    decodes one token for every row; it returns the answers of the rows that finished: a job
+    leaves the batch, answered, as soon as it ends, and a new one starts at the next step instead
+    of after the longest answer of the batch before it.
     Sampling, stop strings and ``max_tokens`` apply per row, and a greedy job gives the same text
     as alone.
 
@@ -549,6 +553,7 @@ class Generation:
         self.should_stop = should_stop
         self._waiting: list[_Row] = []
         self._rows: list[_Row] = []
+        self._prefills_in_a_row = 0
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # (rows, cache columns): which columns each row attends to
         self._next_tokens: torch.Tensor | None = None  # (rows,): each row's newest token, not yet in the cache
@@ -568,6 +573,11 @@ class Generation:
     def room(self) -> int:
         """How many more jobs may join now."""
         return max(0, self.capacity - len(self))
+
+    @property
+    def waiting(self) -> int:
+        """How many jobs wait to be prefilled."""
+        return len(self._waiting)
 
     @property
     def keys(self) -> list[str]:
@@ -596,21 +606,28 @@ class Generation:
 
     @torch.inference_mode()
     def step(self) -> list[Answer]:
-        """Prefill the rows waiting to join (as many as there is room for), decode one token for every
-        row, and return the answers of those that finished. Once ``should_stop()`` says so, every
-        unfinished job is answered MINER_SHUTDOWN instead."""
+        """One forward pass, and the answers of the rows it finished: the rows waiting to join (as
+        many as there is room for) are prefilled, which gives each its first token, else every
+        running row decodes one token. A prefill goes first so that a newcomer's first token waits
+        for at most the pass already running, not for that pass and a decoding step after it;
+        after ``PREFILLS_BEFORE_DECODING`` prefills in a row the running rows decode, however many
+        wait. Once ``should_stop()`` says so, every unfinished job is answered MINER_SHUTDOWN
+        instead."""
+        answers = []
         if self.should_stop is not None and self.should_stop():
             answers = [row.answer() for row in (*self._rows, *self._waiting)]
             self._waiting = []
             self._keep([])
-        else:
-            answers = []
-            joining = self._waiting[: self.capacity - len(self._rows)]
-            if joining:
-                del self._waiting[: len(joining)]
-                self._prefill(joining, answers)
+        elif (joining := self._waiting[: self.capacity - len(self._rows)]) and (
+            not self._rows or self._prefills_in_a_row < PREFILLS_BEFORE_DECODING
+        ):
+            del self._waiting[: len(joining)]
             if self._rows:
-                self._decode(answers)
+                self._prefills_in_a_row += 1  # the running rows wait a step for it
+            self._prefill(joining, answers)
+        elif self._rows:
+            self._decode(answers)
+            self._prefills_in_a_row = 0
         self._reset_capacity_when_empty()
         return answers
 

@@ -234,14 +234,36 @@ def test_a_job_joins_the_running_batch_and_leaves_it_answered_as_soon_as_it_ends
         while batch:
             rest += batch.step()
 
-    # The prefill gives the first token and the step's decoding the second: 3 tokens in 2 steps.
-    assert (short_answer.key, steps) == ("short", 2)
+    # The prefill step gives the first token, each decoding step one more: 3 tokens in 3 steps.
+    assert (short_answer.key, steps) == ("short", 3)
     assert short_answer.result == short_alone
     assert [answer.result for answer in rest] == [long_alone]
-    assert shapes[5][0] == 1 and shapes[6] == (2, 1), "the newcomer is prefilled alone, then decodes with the batch"
+    assert shapes[4][0] == 1 and shapes[5] == (2, 1), "the newcomer is prefilled alone, then decodes with the batch"
     short_events = [event for event in events if event.key == "short"]
     assert [event.index for event in short_events] == list(range(len(short_events)))
     assert "".join(event.text for event in short_events) == short_alone["text"]
+
+
+def test_a_newcomer_is_prefilled_before_the_running_rows_decode_again_up_to_a_bound(text_model, monkeypatch):
+    monkeypatch.setattr(engine, "PREFILLS_BEFORE_DECODING", 2)
+    shapes = record_forward_rows(text_model, monkeypatch)
+    with engine.Generation(text_model, capacity=8) as batch:
+        batch.add([("running", generation(PROMPTS[0], max_tokens=30))])
+        batch.step()
+        passes = []
+        for i, prompt in enumerate(PROMPTS[1::2] + PROMPTS[1:2]):  # a newcomer before every step
+            batch.add([(f"new-{i}", generation(prompt, max_tokens=30))])
+            before = len(shapes)
+            batch.step()
+            passes.append(shapes[before:])
+
+    # one pass a step: the first two newcomers are prefilled in turn (the running rows wait a
+    # step each time), then the three rows decode while the third newcomer waits its turn
+    assert [len(step) for step in passes] == [1, 1, 1]
+    assert [step[0] for step in passes[:2]] == [
+        (1, len(text_model.tokenizer(prompt).input_ids)) for prompt in PROMPTS[1::2]
+    ]
+    assert passes[2][0] == (3, 1)
 
 
 def test_a_sampled_job_joining_mid_flight_draws_the_same_text_as_alone(text_model):
@@ -289,7 +311,8 @@ def test_capacity_halved_by_out_of_memory_comes_back_once_the_batch_empties(text
 
     with engine.Generation(text_model, capacity=4) as batch:
         batch.add([(str(i), generation(PROMPTS[i], max_tokens=5)) for i in range(4)])
-        batch.step()
+        batch.step()  # prefilled in halves
+        batch.step()  # four rows decoding run out of memory: two go on, two wait
         assert (batch.capacity, batch.room) == (2, 0)
         answers = []
         while batch:

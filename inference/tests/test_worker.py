@@ -91,9 +91,9 @@ def test_each_job_is_completed_as_soon_as_it_finishes_while_the_others_go_on(clu
     watch_steps(monkeypatch, before=record)
     cluster_host.drain(TINY)
 
-    # The first step gives two tokens (the prefill's and the first decoding step's): before the
-    # second, the short job is completed and the long one still runs.
-    assert seen[1] == (JobStatus.COMPLETED, JobStatus.RUNNING, [str(long.pk)], [str(long.pk)])
+    # The first step (the prefill) gives each job its first token, the second its second: before
+    # the third, the short job is completed and the long one still runs.
+    assert seen[2] == (JobStatus.COMPLETED, JobStatus.RUNNING, [str(long.pk)], [str(long.pk)])
     assert Receipt.objects.filter(job=short).exists()
     assert Job.objects.get(pk=long.pk).status == JobStatus.COMPLETED
     assert cluster_host._inflight == {}
@@ -115,9 +115,10 @@ def test_a_job_submitted_while_another_decodes_joins_its_batch(cluster_host, cli
     watch_steps(monkeypatch, before=submit_a_short_job_at_step_3)
     assert cluster_host.drain(TINY) == 2
 
-    # Announced during step 3, it is claimed right after it, joins at step 4, has its 3 tokens
-    # after step 5 and is completed before step 6, while the long job still decodes.
-    assert (joined["done_at"], joined["long_then"]) == (6, JobStatus.RUNNING)
+    # Announced during step 3, it is claimed right after it, is prefilled at step 4 (its first
+    # token), has its 3 tokens after step 6 and is completed before step 7, while the long job
+    # still decodes.
+    assert (joined["done_at"], joined["long_then"]) == (7, JobStatus.RUNNING)
     model = cluster_host.models[TINY]
     for job in (long, joined["job"]):
         job.refresh_from_db()
