@@ -4,7 +4,8 @@ them on the platform's engine, one at a time, reporting each result or failure u
 A task's ``task_type`` says what to run: ``text-generation`` (``prompt``), ``chat`` (``messages``
 or ``prompt``), ``summarize`` (``text`` or ``prompt``) on the generation model, ``embedding``
 (``input`` or ``prompt``) on the embedding model; ``parameters`` (or ``params``) are the job
-parameters (``max_tokens``, ``temperature``, …). A task without a type is text generation.
+parameters (``max_tokens``, ``temperature``, …), which may also sit in the task data itself, as
+they may in a job's payload. A task without a type is text generation.
 """
 
 import logging
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from catalog.payloads import PARAM_NAMES
 from inference import engine
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,8 @@ def run_task(models: dict, task_data: dict) -> dict:
     model = models.get(role)
     if model is None:
         raise engine.InferenceError("UNSUPPORTED_TASK", f"This agent has no {role} model.")
-    params = task_data.get("parameters") or task_data.get("params") or {}
+    params = {name: task_data[name] for name in PARAM_NAMES if name in task_data}
+    params |= task_data.get("parameters") or task_data.get("params") or {}
     if task_type == "embedding":
         payload = {"input": task_data.get("input", task_data.get("prompt"))}
     elif task_type == "summarize":

@@ -39,6 +39,19 @@ def test_reference_agent_runs_a_submitted_task_on_the_engine(live_server, tiny_m
     assert task["result"]["usage"]["completion_tokens"] > 0
 
 
+def test_parameters_in_the_task_data_itself_apply(tiny_model):
+    from agents.runner import run_task
+    from inference import engine
+
+    model = engine.load(engine.ModelSpec.from_catalog(tiny_model))
+    flat = run_task({"generation": model}, {"prompt": "The coordinator", "max_tokens": 3, "temperature": 0})
+    nested = run_task(
+        {"generation": model}, {"prompt": "The coordinator", "parameters": {"max_tokens": 3}, "max_tokens": 9}
+    )
+
+    assert flat["usage"]["completion_tokens"] == nested["usage"]["completion_tokens"] == 3
+
+
 def test_a_client_key_is_refused(live_server, tiny_model, client_api, tmp_path):
     runner = TaskRunner(
         url=live_server.url, api_key=client_api.raw_key, agent_id="x", generation_model=TINY, embedding_model=None,
