@@ -1,12 +1,14 @@
 """Workflows: a DAG checked at creation, executed step by step as real jobs, advanced after commit."""
 
 import copy
+import io
 import json
 import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 
 from agents import services
@@ -115,6 +117,9 @@ def test_a_changed_step_receipt_fails_verification(client_api, host, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(tampered))
     assert verify.main([str(tmp_path / "good.json")]) == 0
     assert verify.main([str(tmp_path / "bad.json")]) == 1
+    out = io.StringIO()
+    call_command("verify_receipt", str(tmp_path / "good.json"), stdout=out)
+    assert out.getvalue().startswith("valid: signed by ") and "3 step receipt(s)" in out.getvalue()
 
 
 @pytest.mark.parametrize(

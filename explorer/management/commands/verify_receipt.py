@@ -25,6 +25,11 @@ class Command(BaseCommand):
         if not valid:
             self.stderr.write(f"invalid: {reason}")
             sys.exit(1)
+        if "step_receipts" in document:  # an execution's receipt bundle
+            steps = len(document["step_receipts"])
+            signer = document["receipt"]["signature"]["key_id"]
+            self.stdout.write(f"valid: signed by {signer}, over {steps} step receipt(s), each valid")
+            return
         signer = document["signature"]["key_id"]
         attested = len(document.get("attestations", []))
         also = verify.matched(given)
