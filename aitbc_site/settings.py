@@ -106,7 +106,9 @@ if IS_POSTGRES:
             "pool": {
                 "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
                 "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20, minimum=1),
-                "timeout": 10,
+                # How long a request waits for a connection. After a database restart the pool
+                # reconnects with backoff (1, 2, 4, 8 s…): a request waits that out, not fails.
+                "timeout": env_int("DATABASE_POOL_TIMEOUT_SECONDS", 30, minimum=1),
             }
         }
         # The pool then checks a connection (one round trip) before handing it out: those a

@@ -141,6 +141,13 @@ def load(spec: ModelSpec, *, cache_dir: Path | None = None, device: str | None =
         return _models[spec.name]
 
 
+def unload(name: str) -> None:
+    """Forget the model named ``name`` in this process: the next ``load`` of that name reads its
+    source again (a catalog entry pointed elsewhere, in tests)."""
+    with _registry_lock:
+        _models.pop(name, None)
+
+
 def loaded_models() -> list[str]:
     with _registry_lock:
         return sorted(_models)

@@ -83,3 +83,20 @@ def test_long_poll_is_woken_after_a_restart(cluster, gunicorn):
     assert answers, "the poll was not woken by the job's announcement"
     assert answers[0].status_code == 200
     assert answers[0].json()["job_id"] == submitted.json()["job_id"]
+
+
+def test_a_request_made_while_the_database_is_down_waits_for_it(cluster, gunicorn):
+    client = httpx.Client(base_url=gunicorn.url, headers={"X-Api-Key": CLIENT_KEY}, timeout=60)
+    assert client.get("/v1/jobs").status_code == 200
+
+    # Down for 12 s, longer than a restart takes: the request waits for the pool to reconnect
+    # (DATABASE_POOL_TIMEOUT_SECONDS) instead of failing.
+    cluster.stop()
+    answers = []
+    request = threading.Thread(target=lambda: answers.append(client.get("/v1/jobs")), daemon=True)
+    request.start()
+    threading.Event().wait(12)
+    cluster.start()
+    request.join(timeout=45)
+
+    assert answers and answers[0].status_code == 200, gunicorn.log()

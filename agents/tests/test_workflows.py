@@ -17,6 +17,7 @@ from agents.models import Execution, ExecutionStep, Workflow
 from catalog.models import CatalogModel
 from explorer import verify
 from explorer.verify import verify_execution_receipt
+from inference import engine
 from jobs.models import Job, JobStatus
 from payments.selectors import wallet_of
 
@@ -27,7 +28,9 @@ MODEL = "smollm2-135m"
 
 @pytest.fixture
 def smollm_is_tiny(tiny_model_dir):
-    """The catalog's smollm2-135m, answered by the tiny GPT-2 (the test database may have lost its seed)."""
+    """The catalog's smollm2-135m, answered by the tiny GPT-2 (the test database may have lost its seed);
+    the tiny model loaded under that name is forgotten afterwards, so later tests load the real one."""
+    engine.unload(MODEL)
     CatalogModel.objects.update_or_create(
         name=MODEL,
         defaults={
@@ -38,6 +41,8 @@ def smollm_is_tiny(tiny_model_dir):
             "max_tokens": 2000,
         },
     )
+    yield
+    engine.unload(MODEL)
 
 
 @pytest.fixture

@@ -235,8 +235,8 @@ class Deployment:
         with self.connect() as conn:
             conn.execute(
                 "INSERT INTO catalog_catalogmodel (name, task, source_kind, source, description, "
-                "default_max_tokens, max_tokens, price_per_1k_tokens, enabled, created_at, updated_at) "
-                "VALUES (%s, 'text-generation', 'directory', %s, '', 8, 64, %s, true, now(), now())",
+                "default_max_tokens, max_tokens, price_per_1k_tokens, default_params, enabled, created_at, updated_at) "
+                "VALUES (%s, 'text-generation', 'directory', %s, '', 8, 64, %s, '{}', true, now(), now())",
                 [entry.name, str(entry.directory), entry.price_per_1k_tokens],
             )
 
