@@ -253,6 +253,10 @@ class Deployment:
         with self.connect() as conn:
             return conn.execute("SELECT count(*) FROM jobs_job WHERE status = 'completed'").fetchone()[0]
 
+    def unsealed_items(self) -> int:
+        with self.connect() as conn:
+            return conn.execute("SELECT count(*) FROM explorer_pendingleaf").fetchone()[0]
+
     def unfinished_jobs(self) -> int:
         with self.connect() as conn:
             return conn.execute("SELECT count(*) FROM jobs_job WHERE status IN ('queued', 'running')").fetchone()[0]
@@ -325,6 +329,14 @@ class ChaosRun:
                 raise TimeoutError(f"jobs still unfinished {timeout}s after the load ended")
             await asyncio.sleep(0.2)
         self.drained_s = time.monotonic() - started
+
+    async def sealed(self, timeout: float = 60) -> None:
+        """Wait until housekeeping has sealed every receipt and ledger transaction stored so far."""
+        started = time.monotonic()
+        while await asyncio.to_thread(self.deployment.unsealed_items):
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"items still unsealed {timeout}s after the jobs were drained")
+            await asyncio.sleep(0.2)
 
     # --- faults ------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ def server(tiny_model, tmp_path):
         "DATABASE_POOL": "false",
         "AITBC_DATA_DIR": str(tmp_path),
         "AITBC_EMBEDDED_WORKERS": "true",
+        "AGENT_EMBEDDED": "false",  # its agent would join the miners the pages count
         "INFERENCE_MODELS": TINY,
         "MODEL_CACHE_DIR": str(tmp_path / "models"),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
