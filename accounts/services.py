@@ -3,6 +3,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -14,6 +15,7 @@ from accounts.models import ApiKey, ApiKeyScope, User, UserSession, WalletNonce
 from core import rawsql
 from core.crypto.addresses import wallet_address
 from core.errors import Conflict, ServiceError
+from core.versioned import VersionedCache
 from payments.models import Wallet
 from payments.selectors import wallet_by_address
 from payments.services import wallet_open
@@ -78,12 +80,39 @@ def api_key_create(*, user: User, scope: str, name: str = "") -> IssuedKey:
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    credentials_changed()
     api_key.refresh_from_db(fields=["revoked_at"])
     return api_key
 
 
-def api_key_authenticate(*, raw_key: str, candidates: list[ApiKey] | None = None) -> ApiKey | None:
-    """Return the active key matching ``raw_key``, or None.
+# API keys with their users (and the miners their requests name, ``miners.api.authentication``), kept
+# by each process between requests while nothing about them changes (``core.versioned``).
+credentials = VersionedCache("credentials")
+
+
+def credentials_changed() -> None:
+    """Keys, accounts or miners changed (a revocation, a ban...): every process reads them again at once."""
+    credentials.bump()
+
+
+def credentials_saved(sender, update_fields=None, **kwargs) -> None:
+    """A receiver of ``post_save`` and ``post_delete`` for the models ``credentials`` keeps (connected
+    in the apps' ``ready()``), so that a change made with ``save()`` (in the admin, say) lands at
+    once too. A sign-in's ``last_login`` changes nothing kept."""
+    if update_fields is None or set(update_fields) != {"last_login"}:
+        credentials_changed()
+
+
+def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
+    """Return the active key matching ``raw_key``, or None; kept in ``credentials`` once read."""
+    api_key = credentials.read(("key", hash_key(raw_key)), partial(api_key_active, raw_key=raw_key))
+    if api_key is not None:
+        api_key_touch(api_key=api_key)
+    return api_key
+
+
+def api_key_active(*, raw_key: str, candidates: list[ApiKey] | None = None) -> ApiKey | None:
+    """The active key matching ``raw_key``, or None, read from the database.
 
     ``candidates`` are the keys with ``raw_key``'s prefix when the caller has read them already
     (``keys_from_rows``). Keys configured through ``*_API_KEYS`` settings are imported (hashed)
@@ -97,7 +126,6 @@ def api_key_authenticate(*, raw_key: str, candidates: list[ApiKey] | None = None
         api_key = _api_key_import_from_settings(raw_key=raw_key)
     if api_key is None or api_key.revoked_at is not None or not api_key.user.is_active:
         return None
-    _api_key_touch(api_key=api_key)
     return api_key
 
 
@@ -145,7 +173,8 @@ def _api_key_import_from_settings(*, raw_key: str) -> ApiKey | None:
         return ApiKey.objects.select_related("user").get(key_hash=digest)
 
 
-def _api_key_touch(*, api_key: ApiKey) -> None:
+def api_key_touch(*, api_key: ApiKey) -> None:
+    """Record the key's use, at most once a ``LAST_USED_RESOLUTION``."""
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at >= LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)

@@ -14,6 +14,7 @@ from functools import partial
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.services import credentials_changed
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from miners.capabilities import Capabilities, cuda_code
 from miners.models import Miner, MinerBan, MinerBanKind, MinerStatus, ServedModel
@@ -144,17 +145,20 @@ def miner_touch(*, miner: Miner) -> None:
 
 def miner_set_draining(*, miner: Miner, draining: bool) -> Miner:
     Miner.objects.filter(pk=miner.pk).update(draining=draining, updated_at=timezone.now())
+    credentials_changed()
     miner.draining = draining
     return miner
 
 
 def miner_mark_deregistered(*, miner: Miner) -> None:
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.DEREGISTERED, updated_at=timezone.now())
+    credentials_changed()
     miner.status = MinerStatus.DEREGISTERED
 
 
 def miner_mark_offline(*, miner: Miner) -> None:
     Miner.objects.filter(pk=miner.pk).update(status=MinerStatus.OFFLINE, updated_at=timezone.now())
+    credentials_changed()
     miner.status = MinerStatus.OFFLINE
 
 
@@ -262,6 +266,7 @@ def miner_mark_maintenance(*, miner: Miner, reason: str) -> bool:
 def miner_end_maintenance(*, miner: Miner) -> Miner:
     """The miner may come back: it goes online when it next registers, heartbeats or polls."""
     Miner.objects.filter(pk=miner.pk).update(maintenance_since=None, maintenance_reason="", updated_at=timezone.now())
+    credentials_changed()
     miner.maintenance_since, miner.maintenance_reason = None, ""
     return miner
 
@@ -291,6 +296,7 @@ def miner_unban(*, miner: Miner, actor) -> Miner:
     Miner.objects.filter(pk=miner.pk).update(
         banned_at=None, banned_reason="", banned_by=None, updated_at=timezone.now()
     )
+    credentials_changed()
     miner.banned_at, miner.banned_reason, miner.banned_by = None, "", None
     logger.info("miner %s unbanned by %s", miner.miner_id, actor)
     return miner

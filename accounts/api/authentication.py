@@ -14,11 +14,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         raw_key = raw_key_from_headers(request.headers)
         if raw_key is None:
             return None
-        return self.authenticate_key(raw_key)
+        return self.authenticated(api_key_authenticate(raw_key=raw_key))
 
-    def authenticate_key(self, raw_key: str, *, candidates=None):
-        """``(user, api_key)`` for ``raw_key`` (``candidates``: its prefix's keys, already read)."""
-        api_key = api_key_authenticate(raw_key=raw_key, candidates=candidates)
+    def authenticated(self, api_key):
+        """``(user, api_key)``, or the 401 of a key that is not (or no longer) valid."""
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         return api_key.user, api_key

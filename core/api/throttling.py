@@ -17,17 +17,13 @@ from functools import lru_cache
 
 import redis
 from django.conf import settings
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from rest_framework.throttling import BaseThrottle
 
 from core.api.permissions import request_scope
 from core.env import parse_rate
+from core.versioned import REDIS_RETRY_SECONDS, guard_client
 
 logger = logging.getLogger(__name__)
-
-# After Redis failed, requests are counted in this process for this long before it is tried again.
-REDIS_RETRY_SECONDS = 1.0
 
 
 class _LocalCounter:
@@ -51,8 +47,7 @@ class _RedisCounter:
     """Window counters in the Redis at ``url``; ``None`` for a request counted while it does not answer."""
 
     def __init__(self, url: str):
-        # A limit is a guard: a request never waits on retries for it.
-        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        self.client = guard_client(url)
         self._retry_at = 0.0
         self._failing = False
 
