@@ -715,12 +715,18 @@ def _complete_with_failure(outcome: Outcome, *, miner: Miner) -> Completion:
 
 
 def _raise_lease_error(*, job_id, miner: Miner, lease_token: str | None):
+    raise lease_refusal(job_id=job_id, miner=miner, lease_token=lease_token)
+
+
+def lease_refusal(*, job_id, miner: Miner, lease_token: str | None) -> ServiceError:
+    """Why a result of ``miner`` for ``job_id`` changed nothing: the job is gone, or the miner does not
+    hold its current lease."""
     job = Job.objects.filter(pk=job_id).only("status", "miner", "lease_token").first()
     if job is None:
-        raise NotFound("Job not found.", code="JOB_NOT_FOUND")
+        return NotFound("Job not found.", code="JOB_NOT_FOUND")
     if job.status == JobStatus.RUNNING and job.miner_id == miner.pk and lease_token:
-        raise Conflict("This result belongs to a superseded attempt.", code="LEASE_NOT_HELD")
-    raise Conflict("This miner does not hold the job's lease.", code="LEASE_NOT_HELD")
+        return Conflict("This result belongs to a superseded attempt.", code="LEASE_NOT_HELD")
+    return Conflict("This miner does not hold the job's lease.", code="LEASE_NOT_HELD")
 
 
 def _lock_leased_job(*, job_id, miner: Miner, lease_token: str | None) -> Job:

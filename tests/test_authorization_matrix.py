@@ -174,6 +174,12 @@ ROWS = [
     ("POST", "/v1/miners/poll", {}, (401, 403, 403, 200, 200, 404, 403)),
     ("POST", "/v1/miners/tokens", TOKENS, (401, 403, 403, 200, 200, 404, 403)),
     ("POST", "/v1/miners/{running}/result", RESULT, (401, 403, 403, 200, 409, 200, 403)),
+    (
+        "POST",
+        "/v1/miners/results",
+        {"results": [{**RESULT, "job_id": "{running}"}]},
+        (401, 403, 403, 200, 200, 404, 403),
+    ),
     ("POST", "/v1/miners/{running}/fail", {"error_code": "INFERENCE_FAILED"}, (401, 403, 403, 200, 409, 200, 403)),
     ("POST", "/v1/miners/miner-1/jobs", None, (401, 403, 403, 200, 404, 200, 403)),
     ("GET", "/v1/miners/miner-1/jobs", None, (401, 403, 403, 200, 404, 200, 403)),

@@ -63,6 +63,35 @@ class ResultWithJobSerializer(ResultSerializer):
     job_id = serializers.UUIDField()
 
 
+class ResultsSerializer(serializers.Serializer):
+    """Results of several of the miner's jobs (a batch it polled with ``max_jobs``), in one request."""
+
+    results = ResultWithJobSerializer(many=True, min_length=1, max_length=256)
+
+    def validate_results(self, results):
+        if len({result["job_id"] for result in results}) < len(results):
+            raise serializers.ValidationError("Each job may appear once.")
+        return results
+
+
+class ResultOutcomeSerializer(serializers.Serializer):
+    job_id = serializers.CharField()
+    status = serializers.ChoiceField(
+        choices=["ok", "error"], help_text="error: nothing changed for this job (see error_code)"
+    )
+    job_status = serializers.CharField(
+        required=False, help_text="completed, or queued/failed when the result reported a failure"
+    )
+    receipt = serializers.DictField(required=False, allow_null=True, help_text="The signed receipt, as a result gets")
+    error_code = serializers.CharField(required=False, help_text="LEASE_NOT_HELD or JOB_NOT_FOUND")
+    detail = serializers.CharField(required=False)
+
+
+class ResultsAcceptedSerializer(serializers.Serializer):
+    status = serializers.CharField(default="ok")
+    results = ResultOutcomeSerializer(many=True, help_text="One per result sent, in the same order")
+
+
 class TutorialCompleteSerializer(ResultSerializer):
     miner_id = serializers.CharField(required=False, max_length=128)
     completed_at = serializers.DateTimeField(required=False)

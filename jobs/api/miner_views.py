@@ -22,7 +22,9 @@ from jobs.api.miner_serializers import (
     LeasedJobSerializer,
     OkSerializer,
     PollSerializer,
+    ResultsAcceptedSerializer,
     ResultSerializer,
+    ResultsSerializer,
     ResultWithJobSerializer,
     TokensRelayedSerializer,
     TokensSerializer,
@@ -157,6 +159,50 @@ class ResultView(JobReportView):
         submitted = ResultSerializer(data=request.data)
         submitted.is_valid(raise_exception=True)
         return self.accept_result(job_id=job_id, miner=self.miner_for_job(job_id), data=submitted.validated_data)
+
+
+class ResultsView(MinerView):
+    """Several results in one request: each job completes (or fails, as its result says) as if
+    posted alone, and is answered in the same order; a job the miner does not hold the lease of
+    changes nothing and is answered with its error, the others going on."""
+
+    @extend_schema(
+        summary="Submit the results of several jobs",
+        request=ResultsSerializer,
+        parameters=[MINER_ID_HEADER],
+        responses={200: ResultsAcceptedSerializer, **ERRORS},
+    )
+    def post(self, request):
+        submitted = ResultsSerializer(data=request.data)
+        submitted.is_valid(raise_exception=True)
+        results = submitted.validated_data["results"]
+        miner = self.miner()
+        outcomes = [
+            services.Outcome(
+                job_id=str(result["job_id"]),
+                result=result["result"],
+                metrics=result.get("metrics") or {},
+                lease_token=result.get("lease_token") or None,
+            )
+            for result in results
+        ]
+        done = {
+            str(completion.job.pk): completion for completion in services.jobs_complete(miner=miner, outcomes=outcomes)
+        }
+        answers = []
+        for outcome in outcomes:
+            completion = done.get(outcome.job_id)
+            if completion is None:
+                refusal = services.lease_refusal(job_id=outcome.job_id, miner=miner, lease_token=outcome.lease_token)
+                answers.append(
+                    {"job_id": outcome.job_id, "status": "error", "error_code": refusal.code, "detail": refusal.detail}
+                )
+                continue
+            receipt = completion.receipt.document if completion.receipt else None
+            answers.append(
+                {"job_id": outcome.job_id, "status": "ok", "job_status": completion.job.status, "receipt": receipt}
+            )
+        return Response({"status": "ok", "results": answers})
 
 
 class LegacyResultView(JobReportView):

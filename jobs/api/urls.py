@@ -25,6 +25,7 @@ urlpatterns = [
     path("v1/miners/heartbeat", miner_views.HeartbeatView.as_view(), name="miner-heartbeat"),
     path("v1/miners/poll", miner_views.PollView.as_view(), name="miner-poll"),
     path("v1/miners/tokens", miner_views.TokensView.as_view(), name="miner-tokens"),
+    path("v1/miners/results", miner_views.ResultsView.as_view(), name="miner-results"),
     path("v1/miners/<uuid:job_id>/result", miner_views.ResultView.as_view(), name="miner-result"),
     path("v1/miners/<uuid:job_id>/fail", miner_views.FailView.as_view(), name="miner-fail"),
     path("v1/miners/<str:miner_id>/jobs", miner_views.MinerJobsView.as_view(), name="miner-jobs"),

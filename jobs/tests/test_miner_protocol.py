@@ -331,3 +331,95 @@ def test_a_key_from_the_environment_used_first_with_a_miner_named_finds_that_min
     # Its first use imports the key; no stored key with its prefix was there to join the miner to.
     response = admin.post("/v1/miners/heartbeat", {}, format="json")
     assert response.status_code == 200, response.content
+
+
+def post_results(api, results):
+    return api.post("/v1/miners/results", {"results": results}, format="json")
+
+
+def test_results_of_a_batch_complete_each_job_with_its_receipt(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api, max_concurrent_jobs=3)
+    for _ in range(3):
+        submit_job(client_api)
+    jobs = poll(miner_api, max_jobs=3).json()["jobs"]
+    results = [
+        {"job_id": job["job_id"], "result": {"output": f"out {n}"}, "lease_token": job["lease_token"]}
+        for n, job in enumerate(jobs)
+    ]
+    response = post_results(miner_api, results)
+    assert response.status_code == 200, response.content
+    answers = response.json()["results"]
+    assert [a["job_id"] for a in answers] == [job["job_id"] for job in jobs]
+    assert {a["status"] for a in answers} == {"ok"}
+    for n, (job, answer) in enumerate(zip(jobs, answers, strict=True)):
+        stored = Job.objects.get(pk=job["job_id"])
+        assert (stored.status, stored.result) == (JobStatus.COMPLETED, {"output": f"out {n}"})
+        assert answer["receipt"]["job_id"] == job["job_id"]
+        assert stored.receipts.get().receipt_id == answer["receipt"]["receipt_id"]
+
+
+def test_a_result_in_a_batch_for_a_job_not_held_changes_nothing_and_the_others_go_on(
+    client_api, miner_api, make_api, register_miner, submit_job
+):
+    register_miner(miner_api)
+    other = make_api("miner", "other-owner", miner_id="miner-2")
+    register_miner(other)
+    mine, theirs = submit_job(client_api), submit_job(client_api)
+    leased = poll(miner_api).json()
+    poll(other)
+    if leased["job_id"] != mine["job_id"]:
+        mine, theirs = theirs, mine
+    missing = "00000000-0000-4000-8000-000000000000"
+    response = post_results(
+        miner_api,
+        [
+            {"job_id": theirs["job_id"], "result": {"output": "stolen"}},
+            {"job_id": mine["job_id"], "result": {"output": "mine"}, "lease_token": leased["lease_token"]},
+            {"job_id": missing, "result": {"output": "?"}},
+        ],
+    )
+    assert response.status_code == 200
+    refused, accepted, unknown = response.json()["results"]
+    assert (refused["status"], refused["error_code"]) == ("error", "LEASE_NOT_HELD")
+    assert (accepted["status"], accepted["job_status"]) == ("ok", "completed")
+    assert (unknown["status"], unknown["error_code"]) == ("error", "JOB_NOT_FOUND")
+    assert Job.objects.get(pk=theirs["job_id"]).status == JobStatus.RUNNING
+    assert Job.objects.get(pk=theirs["job_id"]).result is None
+
+
+def test_a_failure_reported_in_a_batch_fails_the_attempt(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    leased = poll(miner_api).json()
+    response = post_results(
+        miner_api,
+        [
+            {
+                "job_id": job["job_id"],
+                "result": {"status": "failed", "error": "OOM"},
+                "lease_token": leased["lease_token"],
+            }
+        ],
+    )
+    assert response.json()["results"] == [
+        {"job_id": job["job_id"], "status": "ok", "job_status": "queued", "receipt": None}
+    ]
+
+
+@pytest.mark.parametrize(
+    "results",
+    [[], "x", [{"result": {}}], [{"job_id": "not-a-uuid", "result": {}}]],
+    ids=["empty", "not-a-list", "no-job-id", "bad-job-id"],
+)
+def test_a_malformed_batch_of_results_is_422(miner_api, register_miner, results):
+    register_miner(miner_api)
+    assert post_results(miner_api, results).status_code == 422
+
+
+def test_a_job_twice_in_a_batch_is_422(client_api, miner_api, register_miner, submit_job):
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    poll(miner_api)
+    twice = [{"job_id": job["job_id"], "result": {"output": "a"}}, {"job_id": job["job_id"], "result": {"output": "b"}}]
+    assert post_results(miner_api, twice).status_code == 422
+    assert Job.objects.get(pk=job["job_id"]).status == JobStatus.RUNNING

@@ -1,0 +1,332 @@
+"""Where a request's CPU goes on the hot routes: in-process, through the WSGI application
+gunicorn serves (every middleware, URL routing, DRF), on one PostgreSQL connection.
+
+Routes, each `--requests` (2,000) times after 100 warm-up, in interleaved rounds:
+
+- *submit*: ``POST /v1/jobs`` (a client key, the CLI's body);
+- *poll + result*: ``POST /v1/miners/poll`` (``X-Miner-ID``) then ``POST /v1/miners/{id}/result``
+  for the job it got (counted as one cycle);
+- *poll 10 + results*: ``POST /v1/miners/poll {"max_jobs": 10}`` then one result per job (per job);
+- *health*: ``GET /health/live``, the bare request of ``floors.py``.
+
+Reports, per route, the CPU time of this thread per request (``time.thread_time``: waits on
+PostgreSQL and Redis excluded, the driver's work included), the statements each ran and the wall
+time. ``--profile`` adds cProfile's top functions per route, by own time and by cumulative time,
+and ``--svg DIR`` writes a flame graph of each route (folded stacks from the profile rendered as
+SVG, no dependency). Rate limits are off as in the other benchmarks unless ``--throttle``.
+
+    .venv/bin/python bench/hotpath.py [--requests 2000] [--profile] [--svg bench/flame] [--throttle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SUBMIT_BODY, bench_env, emit, load_average, log, make_key, make_miner, prefill_jobs
+
+RESULT = {"result": {"output": "hello there", "usage": {"prompt_tokens": 1, "completion_tokens": 2}}}
+METRICS = {"duration_ms": 5, "units": 3}
+
+
+class Caller:
+    """Calls the WSGI application as gunicorn does, with a hand-built environ."""
+
+    def __init__(self):
+        from django.core.wsgi import get_wsgi_application
+
+        self.app = get_wsgi_application()
+
+    def __call__(self, method: str, path: str, headers: dict, body: dict | None = None) -> tuple[int, bytes]:
+        raw = json.dumps(body).encode() if body is not None else b""
+        environ = {
+            "REQUEST_METHOD": method,
+            "PATH_INFO": path,
+            "SCRIPT_NAME": "",
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1:8000",
+            "wsgi.input": io.BytesIO(raw),
+            "wsgi.errors": sys.stderr,
+            "wsgi.url_scheme": "http",
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.version": (1, 0),
+        }
+        if body is not None:
+            environ["CONTENT_TYPE"], environ["CONTENT_LENGTH"] = "application/json", str(len(raw))
+        for name, value in headers.items():
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+        statuses = []
+        chunks = self.app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+        content = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        return int(statuses[0].split(" ", 1)[0]), content
+
+
+def routes(call: Caller, client_key: str, miner_key: str, miner_id: str) -> dict:
+    client = {"X-Api-Key": client_key}
+    miner = {"X-Api-Key": miner_key, "X-Miner-ID": miner_id}
+
+    def submit():
+        status, _ = call("POST", "/v1/jobs", client, SUBMIT_BODY)
+        assert status == 201, status
+        return 1
+
+    def poll_result():
+        status, body = call("POST", "/v1/miners/poll", miner, {})
+        assert status == 200, status
+        job = json.loads(body)
+        status, _ = call(
+            "POST",
+            f"/v1/miners/{job['job_id']}/result",
+            miner,
+            {**RESULT, "metrics": METRICS, "lease_token": job["lease_token"]},
+        )
+        assert status == 200, status
+        return 1
+
+    def poll10_results():
+        status, body = call("POST", "/v1/miners/poll", miner, {"max_jobs": 10})
+        assert status == 200, status
+        jobs = json.loads(body)["jobs"]
+        for job in jobs:
+            status, _ = call(
+                "POST", f"/v1/miners/{job['job_id']}/result", miner,
+                {**RESULT, "metrics": METRICS, "lease_token": job["lease_token"]},
+            )  # fmt: skip
+            assert status == 200, status
+        return len(jobs)
+
+    def health():
+        status, _ = call("GET", "/health/live", {})
+        assert status == 200, status
+        return 1
+
+    return {"submit": submit, "poll + result": poll_result, "poll 10 + results": poll10_results, "health": health}
+
+
+class StatementCounter:
+    """Counts the statements run on this thread's connections (pooled ones included)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.count += 1
+        return execute(sql, params, many, context)
+
+
+STATEMENTS = StatementCounter()
+
+
+def measure(name: str, route, *, iterations: int, profiler: cProfile.Profile | None) -> dict:
+    from django.db import connection
+
+    queries_before = STATEMENTS.count
+    done, cpu, wall = 0, 0.0, 0.0
+    samples = []
+    for _ in range(iterations):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        if profiler:
+            profiler.enable()
+        with connection.execute_wrapper(STATEMENTS):
+            n = route()
+        if profiler:
+            profiler.disable()
+        c1, t1 = time.thread_time(), time.perf_counter()
+        done += n
+        cpu += c1 - c0
+        wall += t1 - t0
+        samples.append((c1 - c0) / n)
+    statements = STATEMENTS.count - queries_before
+    return {"done": done, "cpu": cpu, "wall": wall, "statements": statements, "samples": samples}
+
+
+def folded_stacks(profiler: cProfile.Profile) -> dict[str, float]:
+    """Approximate folded stacks from cProfile's caller graph: each function's own time, spread
+    over the paths that reach it in proportion to its callers' call counts."""
+    stats = pstats.Stats(profiler).stats
+
+    def label(func):
+        filename, _line, name = func
+        short = filename.rsplit("site-packages/", 1)[-1].replace(str(Path(__file__).resolve().parent.parent) + "/", "")
+        return f"{short}:{name}"
+
+    memo: dict = {}
+
+    def paths(func, depth=0) -> list[tuple[list[str], float]]:
+        if func in memo:
+            return memo[func]
+        callers = stats[func][4]
+        if not callers or depth > 60:
+            result = [([label(func)], 1.0)]
+        else:
+            total = sum(c[0] for c in callers.values()) or 1
+            result = []
+            for caller, values in callers.items():
+                if caller not in stats or caller == func:
+                    continue
+                share = values[0] / total
+                for path, weight in paths(caller, depth + 1)[:40]:
+                    result.append(([*path, label(func)], weight * share))
+            result = result or [([label(func)], 1.0)]
+        memo[func] = result
+        return result
+
+    folded: dict[str, float] = {}
+    for func, (_, _, own, _, _) in stats.items():
+        if own <= 0:
+            continue
+        for path, weight in paths(func):
+            key = ";".join(path)
+            folded[key] = folded.get(key, 0.0) + own * weight
+    return folded
+
+
+def flame_svg(folded: dict[str, float], title: str) -> str:
+    """A minimal flame graph: frames as rectangles, width by time, root at the bottom."""
+    tree: dict = {"children": {}, "value": 0.0}
+    for stack, value in folded.items():
+        node = tree
+        node["value"] += value
+        for frame in stack.split(";"):
+            node = node["children"].setdefault(frame, {"children": {}, "value": 0.0})
+            node["value"] += value
+    width, row = 1200, 16
+    total = tree["value"] or 1
+    rects, depth_max = [], 0
+
+    def walk(node, x, depth):
+        nonlocal depth_max
+        depth_max = max(depth_max, depth)
+        for name, child in sorted(node["children"].items()):
+            w = width * child["value"] / total
+            if w >= 0.3:
+                rects.append((x, depth, w, name, child["value"]))
+                walk(child, x, depth + 1)
+            x += w
+
+    walk(tree, 0.0, 0)
+    height = (depth_max + 2) * row + 24
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" font-size="10">',
+        f'<text x="4" y="14">{title} (width: share of the profiled CPU time; hover for names)</text>',
+    ]
+    for x, depth, w, name, value in rects:
+        y = height - (depth + 1) * row
+        hue = 20 + (hash(name.split(":")[0]) % 40)
+        safe = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        out.append(
+            f"<g><title>{safe} ({100 * value / total:.1f}%)</title>"
+            f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 1}" fill="hsl({hue},80%,60%)"/>'
+        )
+        if w > 60:
+            out.append(f'<text x="{x + 2:.1f}" y="{y + 11}">{safe[: int(w / 6)]}</text>')
+        out.append("</g>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def top_functions(profiler: cProfile.Profile, per: int, *, sort: str, limit: int = 25) -> list[str]:
+    stats = pstats.Stats(profiler)
+    rows = []
+    key = 2 if sort == "own" else 3
+    for func, values in sorted(stats.stats.items(), key=lambda item: -item[1][key])[:limit]:
+        filename, line, name = func
+        short = filename.rsplit("site-packages/", 1)[-1].replace(str(Path(__file__).resolve().parent.parent) + "/", "")
+        rows.append(f"{1e6 * values[key] / per:8.1f} µs  {short}:{line}({name})")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="cycles per route")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="the routes' cycles split into this many interleaved rounds"
+    )
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--svg", help="write a flame graph per route into this directory")
+    parser.add_argument("--pstats", help="write each route's profile (pstats) into this directory")
+    parser.add_argument("--throttle", action="store_true", help="rate limits on (very high): the Redis counter is paid")
+    parser.add_argument("--db", default="aitbc_hotpath")
+    parser.add_argument("--keep-db", action="store_true")
+    args = parser.parse_args()
+    result: dict = {"benchmark": "hotpath", "machine": {"cpus": os.cpu_count(), "loadavg_start": load_average()}}
+    with bench_env(args.db, keep_db=args.keep_db, throttle=args.throttle) as env:
+        env.django_setup()
+        from django.db import connection
+
+        client_key = make_key("bench-client", "client")
+        miner_key = make_key("bench-owner-0", "miner")
+        miner = make_miner("bench-owner-0", "bench-miner-0")
+        prefill_jobs(args.requests * 12 + 2000)
+        call = Caller()
+        named = routes(call, client_key, miner_key, miner.miner_id)
+        for route in named.values():  # warm up: imports, prepared statements, caches
+            for _ in range(100 // 10):
+                route()
+        # CPU time, not wall time: the profile shows what the request costs, not what it waits on.
+        profilers = {
+            name: cProfile.Profile(time.thread_time) if args.profile or args.svg or args.pstats else None
+            for name in named
+        }
+        totals = {name: {"done": 0, "cpu": 0.0, "wall": 0.0, "statements": 0, "samples": []} for name in named}
+        per_round = max(1, args.requests // args.rounds)
+        for _ in range(args.rounds):
+            for name, route in named.items():
+                iterations = per_round if name != "poll 10 + results" else max(1, per_round // 10)
+                got = measure(name, route, iterations=iterations, profiler=profilers[name])
+                for field in ("done", "cpu", "wall", "statements"):
+                    totals[name][field] += got[field]
+                totals[name]["samples"] += got["samples"]
+        connection.close()
+        routes_out = {}
+        for name, total in totals.items():
+            per = total["done"]
+            routes_out[name] = {
+                "cycles": per,
+                "cpu_ms_per_cycle": round(1000 * total["cpu"] / per, 3),
+                "cpu_ms_per_cycle_median": round(1000 * statistics.median(total["samples"]), 3),
+                "wall_ms_per_cycle": round(1000 * total["wall"] / per, 3),
+                "statements_per_cycle": round(total["statements"] / per, 2),
+            }
+            log(f"{name}: {routes_out[name]}")
+            profiler = profilers[name]
+            if profiler and args.profile:
+                routes_out[name]["top_own_us"] = top_functions(profiler, per, sort="own")
+                routes_out[name]["top_cumulative_us"] = top_functions(profiler, per, sort="cumulative")
+            if profiler and args.pstats:
+                Path(args.pstats).mkdir(parents=True, exist_ok=True)
+                profiler.dump_stats(Path(args.pstats, f"{name.replace(' + ', '-').replace(' ', '')}.pstats"))
+            if profiler and args.svg:
+                Path(args.svg).mkdir(parents=True, exist_ok=True)
+                slug = name.replace(" + ", "-").replace(" ", "")
+                Path(args.svg, f"{slug}.svg").write_text(flame_svg(folded_stacks(profiler), name))
+        result["routes"] = routes_out
+    result["notes"] = [
+        "cpu: this thread's CPU per cycle (time.thread_time), waits on PostgreSQL and Redis excluded; "
+        "PostgreSQL's own CPU is not counted",
+        "poll 10 + results: per job (one poll of ten, then ten results)",
+        "with --profile or --svg the figures include cProfile's overhead: compare runs made alike",
+    ]
+    result["machine"]["loadavg_end"] = load_average()
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
