@@ -19,7 +19,7 @@ from core.sockets import (
     socket_credentials,
 )
 from jobs import events, selectors, wakeup
-from jobs.api.miner_serializers import LeasedJobSerializer, TokensSerializer
+from jobs.api.miner_serializers import TokensSerializer, leased_job
 from jobs.models import JobStatus
 from jobs.services import job_claim, job_requeue, job_tokens_relay
 from miners import selectors as miner_selectors
@@ -242,7 +242,7 @@ class MinerConsumer(ClientSocket):
                 for job in jobs:
                     if self.closing.is_set():
                         break
-                    await self.send_json({"type": JOB_ASSIGNED, "job": LeasedJobSerializer(job).data})
+                    await self.send_json({"type": JOB_ASSIGNED, "job": leased_job(job)})
                     delivered += 1
             finally:
                 if delivered < len(jobs):

@@ -1,5 +1,8 @@
 """Requests and responses of the miner work protocol (``jobs.api.miner_views``)."""
 
+import math
+import uuid
+
 from rest_framework import serializers
 
 from core.api.formats import iso_datetime
@@ -22,6 +25,23 @@ class PollSerializer(serializers.Serializer):
     max_jobs = serializers.IntegerField(required=False, min_value=1, max_value=256, default=1)
 
 
+def _is_number(value) -> bool:
+    """A JSON number a float holds: a finite float, or an int of at most 2**53."""
+    return (type(value) is float and math.isfinite(value)) or (type(value) is int and abs(value) <= 2**53)
+
+
+def plain_poll(data) -> dict | None:
+    """``PollSerializer``'s validated data for a JSON body that is plainly valid, read without
+    building the serializer (every poll sends one); None for anything else, which the serializer
+    then validates and words the errors of."""
+    if type(data) is not dict:
+        return None
+    wait, jobs = data.get("max_wait_seconds", 0), data.get("max_jobs", 1)
+    if not (_is_number(wait) and wait >= 0 and type(jobs) is int and 1 <= jobs <= 256):
+        return None
+    return {"max_wait_seconds": float(wait), "max_jobs": jobs}
+
+
 class LeasedJobSerializer(serializers.Serializer):
     """A job handed to a miner, with the lease it now holds."""
 
@@ -35,17 +55,22 @@ class LeasedJobSerializer(serializers.Serializer):
     lease_expires_at = serializers.DateTimeField()
 
     def to_representation(self, job):
-        # Every poll that gets work: built directly rather than field by field.
-        return {
-            "job_id": str(job.pk),
-            "type": job.type,
-            "model": job.model,
-            "payload": job.payload,
-            "constraints": job.constraints,
-            "attempt": job.attempt,
-            "lease_token": job.lease_token,
-            "lease_expires_at": iso_datetime(job.lease_expires_at),
-        }
+        return leased_job(job)
+
+
+def leased_job(job) -> dict:
+    """What ``LeasedJobSerializer`` shows of ``job``, built directly, without a serializer: every
+    poll that gets work and every job pushed on ``ws/miners/``."""
+    return {
+        "job_id": str(job.pk),
+        "type": job.type,
+        "model": job.model,
+        "payload": job.payload,
+        "constraints": job.constraints,
+        "attempt": job.attempt,
+        "lease_token": job.lease_token,
+        "lease_expires_at": iso_datetime(job.lease_expires_at),
+    }
 
 
 class LeasedJobBatchSerializer(serializers.Serializer):
@@ -61,6 +86,39 @@ class ResultSerializer(serializers.Serializer):
 
 class ResultWithJobSerializer(ResultSerializer):
     job_id = serializers.UUIDField()
+
+
+def plain_result(data) -> dict | None:
+    """``ResultSerializer``'s validated data for a JSON body that is plainly valid, read without
+    building the serializer (every result sends one); None for anything else, which the serializer
+    then validates and words the errors of. With ``job_id`` (``ResultWithJobSerializer``'s) too."""
+    if type(data) is not dict or data.get("result") is None or data.get("signature", ...) is None:
+        return None
+    metrics, token = data.get("metrics", {}), data.get("lease_token", "")
+    if type(metrics) is not dict or type(token) is not str or len(token) > 36 or token != token.strip():
+        return None
+    validated = {"result": data["result"], "metrics": metrics}
+    if "signature" in data:
+        validated["signature"] = data["signature"]
+    if "lease_token" in data:
+        validated["lease_token"] = token
+    if "job_id" in data:
+        try:
+            validated["job_id"] = uuid.UUID(data["job_id"])
+        except (TypeError, ValueError, AttributeError):
+            return None
+    return validated
+
+
+def plain_results(data) -> list | None:
+    """``ResultsSerializer``'s validated ``results`` for a body that is plainly valid, else None."""
+    results = data.get("results") if type(data) is dict else None
+    if type(results) is not list or not 1 <= len(results) <= 256:
+        return None
+    validated = [plain_result(result) if type(result) is dict and "job_id" in result else None for result in results]
+    if None in validated or len({result["job_id"] for result in validated}) < len(validated):
+        return None
+    return validated
 
 
 class ResultsSerializer(serializers.Serializer):

@@ -29,6 +29,10 @@ from jobs.api.miner_serializers import (
     TokensRelayedSerializer,
     TokensSerializer,
     TutorialCompleteSerializer,
+    leased_job,
+    plain_poll,
+    plain_result,
+    plain_results,
 )
 from jobs.api.serializers import JobSerializer, ResultAcceptedSerializer
 from jobs.filters import JobFilter
@@ -115,18 +119,21 @@ class PollView(MinerView):
         return self._poll(request.query_params)
 
     def _poll(self, params) -> Response:
-        poll = PollSerializer(data=params)
-        poll.is_valid(raise_exception=True)
-        max_jobs = poll.validated_data["max_jobs"]
-        wait = min(poll.validated_data["max_wait_seconds"], settings.MINER_MAX_POLL_WAIT_SECONDS)
+        asked = plain_poll(params)
+        if asked is None:
+            poll = PollSerializer(data=params)
+            poll.is_valid(raise_exception=True)
+            asked = poll.validated_data
+        max_jobs = asked["max_jobs"]
+        wait = min(asked["max_wait_seconds"], settings.MINER_MAX_POLL_WAIT_SECONDS)
         miner = self.miner()
         miner_services.miner_touch(miner=miner)
         jobs = services.job_claim_waiting(miner=miner, limit=max_jobs, wait_seconds=wait)
         if not jobs:
             return Response(status=status.HTTP_204_NO_CONTENT)
         if max_jobs == 1:
-            return Response(LeasedJobSerializer(jobs[0]).data)
-        return Response(LeasedJobBatchSerializer({"jobs": jobs}).data)
+            return Response(leased_job(jobs[0]))
+        return Response({"jobs": [leased_job(job) for job in jobs]})
 
 
 class TokensView(MinerView):
@@ -156,9 +163,12 @@ class ResultView(JobReportView):
         responses={200: ResultAcceptedSerializer, **LEASE_CONFLICT, **ERRORS},
     )
     def post(self, request, job_id):
-        submitted = ResultSerializer(data=request.data)
-        submitted.is_valid(raise_exception=True)
-        return self.accept_result(job_id=job_id, miner=self.miner_for_job(job_id), data=submitted.validated_data)
+        data = plain_result(request.data)
+        if data is None:
+            submitted = ResultSerializer(data=request.data)
+            submitted.is_valid(raise_exception=True)
+            data = submitted.validated_data
+        return self.accept_result(job_id=job_id, miner=self.miner_for_job(job_id), data=data)
 
 
 class ResultsView(MinerView):
@@ -173,9 +183,11 @@ class ResultsView(MinerView):
         responses={200: ResultsAcceptedSerializer, **ERRORS},
     )
     def post(self, request):
-        submitted = ResultsSerializer(data=request.data)
-        submitted.is_valid(raise_exception=True)
-        results = submitted.validated_data["results"]
+        results = plain_results(request.data)
+        if results is None:
+            submitted = ResultsSerializer(data=request.data)
+            submitted.is_valid(raise_exception=True)
+            results = submitted.validated_data["results"]
         miner = self.miner()
         outcomes = [
             services.Outcome(
@@ -324,7 +336,7 @@ class ClaimView(MinerView):
         miner = self.miner()
         miner_services.miner_touch(miner=miner)
         job = services.job_claim_specific(miner=miner, job_id=job_id)
-        return Response(LeasedJobSerializer(job).data)
+        return Response(leased_job(job))
 
 
 class CompleteView(JobReportView):
