@@ -111,9 +111,11 @@ if IS_POSTGRES:
                 "timeout": env_int("DATABASE_POOL_TIMEOUT_SECONDS", 30, minimum=1),
             }
         }
-        # The pool then checks a connection (one round trip) before handing it out: those a
-        # database restart ended are replaced instead of failing a request each.
+        # The pool then checks a connection before handing it out: those a database restart ended
+        # are replaced instead of failing a request each. The backend's check looks at the socket
+        # and sends a query only when the server sent something (core.dbpool).
         DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+        DATABASES["default"]["ENGINE"] = "core.backends.postgresql"
     # Server-side binding lets PostgreSQL reuse the plans of the queue's hot statements.
     if env_bool("DATABASE_PREPARED_STATEMENTS", True):
         DATABASES["default"]["OPTIONS"] = {
