@@ -8,7 +8,7 @@ from catalog import payloads
 from catalog.payloads import MAX_EMBEDDING_INPUTS, MAX_MESSAGES
 from catalog.selectors import catalog_entry, default_model
 from core.api.formats import iso_datetime
-from core.errors import Invalid
+from core.errors import Invalid, ServiceError
 from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP
 from payments.api.serializers import aitbc_currency
@@ -193,60 +193,111 @@ class JobSubmitSerializer(serializers.Serializer):
         raise serializers.ValidationError("Must be one of urgent, critical, high, normal, low.")
 
     def validate(self, attrs):
-        raw = self.initial_data
-        if "payload" in attrs:
-            payload = dict(attrs["payload"])
-        else:
-            payload = {k: v for k, v in raw.items() if k not in _ENVELOPE_FIELDS}
-        if "params" in payload and not isinstance(payload["params"], dict):
-            raise serializers.ValidationError({"params": "Must be an object."})
-        if isinstance(payload.get("params"), dict):
-            params = GenerationParamsSerializer(data=payload["params"])
-            params.is_valid(raise_exception=True)
-            payload["params"] = params.validated_data
-
-        constraints = attrs.get("constraints", {})
-        model = payload.get("model") or (constraints.get("models") or [None])[0]
-        job_type = payload.get("type") or raw.get("type") or _implied_type(model, payload)
-        if not isinstance(job_type, str) or job_type.lower() not in JOB_TYPE_ALIASES:
-            raise Invalid(
-                f"Unknown job type {job_type!r}; expected one of inference, chat, embedding.",
-                code="INVALID_JOB_TYPE",
-                errors={"type": [f"Unknown job type {job_type!r}."]},
-            )
-        job_type = JOB_TYPE_ALIASES[job_type.lower()]
-        payload["type"] = job_type
-
-        if model is None:
-            # The AITBC CLI's `client submit` without --model.
-            model = default_model(embedding=job_type == JobType.EMBEDDING)
-            if model is None:
-                raise serializers.ValidationError({"model": "A model name is required: no default model is set."})
-        if not isinstance(model, str) or not model.strip() or len(model) > 200:
-            raise serializers.ValidationError({"model": "A model name is required (payload.model or model)."})
-        payload["model"] = model = model.strip()
-        try:
-            payloads.check_payload(payload, max_input_chars=settings.JOB_MAX_INPUT_CHARS)
-        except payloads.PayloadError as error:
-            raise _payload_refused(error) from None
-        if len(json.dumps(payload, ensure_ascii=False).encode()) > settings.JOB_MAX_PAYLOAD_BYTES:
-            raise Invalid(
-                f"The job's payload is larger than {settings.JOB_MAX_PAYLOAD_BYTES} bytes.", code="PAYLOAD_TOO_LARGE"
-            )
-
-        return {
-            "job_type": job_type,
-            "model": model,
-            "payload": payload,
-            "constraints": constraints,
-            "ttl_seconds": attrs.get("ttl_seconds"),
-            "priority": attrs.get("priority", JobPriority.NORMAL),
-            "max_attempts": attrs.get("max_attempts"),
-            "payment_amount": attrs.get("payment_amount"),
-        }
+        return submission(attrs, self.initial_data)
 
     def validate_payment_currency(self, value):
         return aitbc_currency(value)
+
+
+def submission(attrs: dict, raw: dict) -> dict:
+    """What ``job_submit`` is called with, from the submission's fields (``attrs``, validated one by
+    one) and its body as sent (``raw``)."""
+    if "payload" in attrs:
+        payload = dict(attrs["payload"])
+    else:
+        payload = {k: v for k, v in raw.items() if k not in _ENVELOPE_FIELDS}
+    if "params" in payload and not isinstance(payload["params"], dict):
+        raise serializers.ValidationError({"params": "Must be an object."})
+    if isinstance(payload.get("params"), dict):
+        params = GenerationParamsSerializer(data=payload["params"])
+        params.is_valid(raise_exception=True)
+        payload["params"] = params.validated_data
+
+    constraints = attrs.get("constraints", {})
+    model = payload.get("model") or (constraints.get("models") or [None])[0]
+    job_type = payload.get("type") or raw.get("type") or _implied_type(model, payload)
+    if not isinstance(job_type, str) or job_type.lower() not in JOB_TYPE_ALIASES:
+        raise Invalid(
+            f"Unknown job type {job_type!r}; expected one of inference, chat, embedding.",
+            code="INVALID_JOB_TYPE",
+            errors={"type": [f"Unknown job type {job_type!r}."]},
+        )
+    job_type = JOB_TYPE_ALIASES[job_type.lower()]
+    payload["type"] = job_type
+
+    if model is None:
+        # The AITBC CLI's `client submit` without --model.
+        model = default_model(embedding=job_type == JobType.EMBEDDING)
+        if model is None:
+            raise serializers.ValidationError({"model": "A model name is required: no default model is set."})
+    if not isinstance(model, str) or not model.strip() or len(model) > 200:
+        raise serializers.ValidationError({"model": "A model name is required (payload.model or model)."})
+    payload["model"] = model = model.strip()
+    try:
+        payloads.check_payload(payload, max_input_chars=settings.JOB_MAX_INPUT_CHARS)
+    except payloads.PayloadError as error:
+        raise _payload_refused(error) from None
+    if len(json.dumps(payload, ensure_ascii=False).encode()) > settings.JOB_MAX_PAYLOAD_BYTES:
+        raise Invalid(
+            f"The job's payload is larger than {settings.JOB_MAX_PAYLOAD_BYTES} bytes.", code="PAYLOAD_TOO_LARGE"
+        )
+
+    return {
+        "job_type": job_type,
+        "model": model,
+        "payload": payload,
+        "constraints": constraints,
+        "ttl_seconds": attrs.get("ttl_seconds"),
+        "priority": attrs.get("priority", JobPriority.NORMAL),
+        "max_attempts": attrs.get("max_attempts"),
+        "payment_amount": attrs.get("payment_amount"),
+    }
+
+
+def plain_submission(data) -> dict | None:
+    """``JobSubmitSerializer``'s validated data for a body of the plain shapes clients send most
+    (``{"payload": {...}, "ttl_seconds"?, "constraints": {}?}`` and ``{"prompt", "model"?,
+    "params"?, "type"?}``), read without building the serializer and its nested ones: every
+    submission sends one. None for anything else, and for a body the rules refuse: the serializer
+    then reads it and words the errors."""
+    if type(data) is not dict:
+        return None
+    if "payload" in data:
+        if not data.keys() <= {"payload", "ttl_seconds", "constraints"} or type(data["payload"]) is not dict:
+            return None
+        if data.get("constraints", {}) != {} or type(data.get("constraints", {})) is not dict:
+            return None
+        ttl = data.get("ttl_seconds")
+        if ttl is not None and not (type(ttl) is int and 1 <= ttl <= settings.JOB_MAX_TTL_SECONDS):
+            return None
+        attrs = {"payload": data["payload"], **({"ttl_seconds": ttl} if "ttl_seconds" in data else {})}
+        if "constraints" in data:
+            attrs["constraints"] = {}
+    else:
+        if not data.keys() <= {"prompt", "model", "params", "type"} or not _plain_text(data.get("prompt"), strip=False):
+            return None
+        if any(name in data and not _plain_text(data[name], max_length=length) for name, length in _PLAIN_NAMES):
+            return None
+        if "params" in data and type(data["params"]) is not dict:
+            return None
+        attrs = {}  # ``submission`` reads such a job from the body itself
+    try:
+        return submission(attrs, data)
+    except (serializers.ValidationError, ServiceError):
+        return None
+
+
+_PLAIN_NAMES = (("model", 200), ("type", 32))
+
+
+def _plain_text(value, *, strip: bool = True, max_length: int | None = None) -> bool:
+    """A string a ``CharField`` takes as it is: not empty, not trimmed (when it trims), not too long."""
+    return (
+        type(value) is str
+        and value != ""
+        and (not strip or value == value.strip())
+        and (max_length is None or len(value) <= max_length)
+    )
 
 
 def _implied_type(model, payload: dict) -> str:

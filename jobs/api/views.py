@@ -17,6 +17,7 @@ from jobs.api.serializers import (
     JobSubmitSerializer,
     ReceiptDocumentSerializer,
     ReceiptListSerializer,
+    plain_submission,
 )
 from jobs.filters import JobFilter
 from jobs.models import Job, JobStatus
@@ -94,8 +95,11 @@ class JobSubmitView(ClientJobMixin, generics.GenericAPIView):
         },
     )
     def post(self, request, *args, **kwargs):
-        submit = JobSubmitSerializer(data=request.data)
-        submit.is_valid(raise_exception=True)
+        validated = plain_submission(request.data)
+        if validated is None:
+            submit = JobSubmitSerializer(data=request.data)
+            submit.is_valid(raise_exception=True)
+            validated = submit.validated_data
         key = request.headers.get("Idempotency-Key")
         if key is not None and not 0 < len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH:
             raise ServiceError(
@@ -103,7 +107,7 @@ class JobSubmitView(ClientJobMixin, generics.GenericAPIView):
                 code="VALIDATION_ERROR",
                 status_code=422,
             )
-        submission = services.job_submit(client=request.user, idempotency_key=key, **submit.validated_data)
+        submission = services.job_submit(client=request.user, idempotency_key=key, **validated)
         job = submission.job
         if job.status == JobStatus.QUEUED:
             job.queue_position = submission.queue_position or selectors.queue_position(job=job)

@@ -6,7 +6,7 @@ read them."""
 import uuid
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobs.api.miner_serializers import (
@@ -19,7 +19,7 @@ from jobs.api.miner_serializers import (
     plain_result,
     plain_results,
 )
-from jobs.api.serializers import JobSerializer
+from jobs.api.serializers import JobSerializer, JobSubmitSerializer, plain_submission
 from jobs.services import job_claim
 from tests.factories import JobFactory, MinerFactory
 
@@ -100,3 +100,46 @@ def test_the_usual_bodies_are_read_plainly():
     assert plain_result(body) == body
     job_id = "0b9e5c1e-1c6e-4c1f-8d5e-2f0e6b1d9a10"
     assert plain_results({"results": [{**body, "job_id": job_id}]})[0]["job_id"] == uuid.UUID(job_id)
+
+
+_text = st.one_of(st.sampled_from(["llama3.2", " llama3.2", "", "chat", "embedding", "x" * 201]), st.text(max_size=8))
+_params = st.one_of(
+    st.fixed_dictionaries(
+        {}, optional={"max_tokens": st.integers(-2, 5000), "temperature": _json, "stop": _json, "seed": _json}
+    ),
+    _json,
+)
+_submission = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "payload": st.one_of(
+                _json, st.fixed_dictionaries({"prompt": _text, "model": _text}, optional={"type": _text})
+            )
+        },
+        optional={"ttl_seconds": st.one_of(st.integers(-1, 10**7), _json), "constraints": _json, "priority": _json},
+    ),
+    st.fixed_dictionaries(
+        {"prompt": st.one_of(_text, _json)},
+        optional={"model": _text, "type": _text, "params": _params, "messages": _json},
+    ),
+)
+
+
+@pytest.mark.django_db
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_submission)
+def test_a_plainly_valid_submission_reads_as_the_serializer_reads_it(body):
+    plain = plain_submission(body)
+    if plain is not None:
+        serializer = JobSubmitSerializer(data=body)
+        assert serializer.is_valid(), serializer.errors
+        assert plain == serializer.validated_data
+
+
+@pytest.mark.django_db
+def test_the_usual_submissions_are_read_plainly():
+    cli = {"payload": {"type": "inference", "prompt": "hi", "model": "llama3.2"}, "ttl_seconds": 900, "constraints": {}}
+    assert plain_submission(cli)["payload"] == {"type": "inference", "prompt": "hi", "model": "llama3.2"}
+    tutorial = {"prompt": "hi", "model": "llama3.2", "params": {"max_tokens": 16}}
+    assert plain_submission(tutorial)["payload"]["params"] == {"max_tokens": 16}
+    assert plain_submission({"prompt": "hi", "model": "llama3.2", "params": {"max_tokens": 0}}) is None
