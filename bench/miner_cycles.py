@@ -11,7 +11,8 @@ One gunicorn (``--gunicorn`` 2x8) serves the REST API and one daphne serves ``ws
   ``POST /v1/miners/results`` (each on its own where the server has no such route);
 - *push*: each miner holds a ``ws/miners/`` socket (its concurrency 1, so the server pushes one
   job at a time), posts each result to ``POST /v1/miners/{id}/result`` on gunicorn, then sends
-  ``{"type": "ready"}``.
+  ``{"type": "ready"}``. The sockets connect, and complete the job pushed on connect, before the
+  clock starts.
 
 A cycle is one job claimed and completed with its receipt. Each phase is checked as ``claims.py``
 checks its own (no job handed out twice, none lost, one receipt per completed job), and reports
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -60,6 +62,8 @@ def _result_body(job: dict) -> dict:
 class Tally:
     def __init__(self):
         self.claimed, self.receipts, self.statuses, self.latency = [], [], Counter(), []
+        self.cycles = 0  # completed within the timed window
+        self.ended = []  # when each pushed miner's timed loop ended
 
 
 async def floor_miner(port: int, deadline: float, tally: Tally, *_):
@@ -113,30 +117,45 @@ async def poll_miner(port: int, deadline: float, tally: Tally, key: str, miner_i
     conn.close()
 
 
-async def push_miner(port: int, deadline: float, tally: Tally, key: str, miner_id: str, ws_port: int):
+async def push_miner(port: int, deadline, tally: Tally, key: str, miner_id: str, ws_port: int, started, ready):
+    """A miner on ``ws/miners/``: connects and completes the job pushed on connect (untimed), waits
+    for every miner to be there (``started``), then loops "ready" → pushed job → result."""
     from websockets.asyncio.client import connect
 
     loop = asyncio.get_running_loop()
     conn = AsyncConn(port)
     headers = {"X-Api-Key": key, "X-Miner-ID": miner_id}
+
+    async def complete_pushed(timeout: float) -> bool:
+        while True:
+            message = json.loads(await asyncio.wait_for(socket.recv(), timeout=timeout))
+            if message.get("type") == "job.assigned":
+                break
+        job = message["job"]
+        tally.claimed.append(job["job_id"])
+        raw = build_request(port, "POST", f"/v1/miners/{job['job_id']}/result", headers, _result_body(job))
+        status, body = await conn.request(raw)
+        tally.statuses[f"result {status}"] += 1
+        receipt = (json.loads(body).get("receipt") or {}).get("receipt_id") if status == 200 else None
+        tally.receipts.append(receipt)
+        return receipt is not None
+
     async with connect(f"ws://127.0.0.1:{ws_port}/ws/miners/", additional_headers=headers, max_queue=None) as socket:
+        await complete_pushed(30)  # the socket pushes a job on connect
+        ready.append(miner_id)
+        await started.wait()
         t0 = loop.time()
-        while True:  # the socket pushes a job on connect, then one after each "ready"
-            message = json.loads(await asyncio.wait_for(socket.recv(), timeout=30))
-            if message.get("type") != "job.assigned":
-                continue
-            job = message["job"]
-            tally.claimed.append(job["job_id"])
-            raw = build_request(port, "POST", f"/v1/miners/{job['job_id']}/result", headers, _result_body(job))
-            status, body = await conn.request(raw)
-            tally.statuses[f"result {status}"] += 1
-            if status == 200:
-                tally.receipts.append((json.loads(body).get("receipt") or {}).get("receipt_id"))
+        while t0 < deadline[0]:
+            await socket.send(json.dumps({"type": "ready"}))
+            if await complete_pushed(30):
+                tally.cycles += 1
             tally.latency.append(loop.time() - t0)
             t0 = loop.time()
-            if t0 >= deadline:
-                break  # no "ready": nothing more is pushed, so no job is left claimed
-            await socket.send(json.dumps({"type": "ready"}))
+        tally.ended.append(t0)
+        # Nothing more is asked for; a job pushed all the same (a wake-up) is completed too.
+        with contextlib.suppress(TimeoutError):
+            while True:
+                await complete_pushed(0.5)
     conn.close()
 
 
@@ -150,19 +169,32 @@ def batch_results_served(port: int, key: str, miner_id: str) -> bool:
 async def run_phase(kind: str, port: int, ws_port: int | None, miners: list[tuple[str, str]], seconds: float) -> dict:
     loop = asyncio.get_running_loop()
     tally = Tally()
-    started = loop.time()
-    deadline = started + seconds
+    if kind == "push":
+        # Sockets connect (each authenticated, its waiter registered) before the clock starts.
+        started, ready, deadline = asyncio.Event(), [], [float("inf")]
+        tasks = [
+            asyncio.create_task(push_miner(port, deadline, tally, key, miner_id, ws_port, started, ready))
+            for key, miner_id in miners
+        ]
+        while len(ready) < len(miners):
+            await asyncio.sleep(0.05)
+        begun = loop.time()
+        deadline[0] = begun + seconds
+        started.set()
+        await asyncio.gather(*tasks)
+        return {"elapsed": max(tally.ended) - begun, "tally": tally}
+    begun = loop.time()
+    deadline = begun + seconds
     if kind == "floor":
         coros = [floor_miner(port, deadline, tally) for _ in miners]
-    elif kind.startswith("poll"):
+    else:
         batch = int(kind.removeprefix("poll"))
         batched = batch > 1 and batch_results_served(port, *miners[0])
         coros = [poll_miner(port, deadline, tally, key, miner_id, batch, batched) for key, miner_id in miners]
-    else:
-        coros = [push_miner(port, deadline, tally, key, miner_id, ws_port) for key, miner_id in miners]
     await asyncio.gather(*coros)
-    elapsed = loop.time() - started
-    return {"elapsed": elapsed, "tally": tally}
+    for receipt in tally.receipts:
+        tally.cycles += receipt is not None or kind == "floor"
+    return {"elapsed": loop.time() - begun, "tally": tally}
 
 
 def main() -> None:
@@ -208,7 +240,7 @@ def main() -> None:
                 with meter:
                     run = asyncio.run(run_phase(kind, server.port, daphne.port, pairs, args.seconds))
                 tally = run["tally"]
-                cycles = len(tally.receipts) if kind == "floor" else sum(1 for r in tally.receipts if r)
+                cycles = tally.cycles
                 phase = {
                     "cycles": cycles,
                     "cycles_per_s": round(cycles / run["elapsed"], 1),
