@@ -6,16 +6,17 @@ Routes, each `--requests` (2,000) times after 100 warm-up, in interleaved rounds
 - *submit*: ``POST /v1/jobs`` (a client key, the CLI's body);
 - *poll + result*: ``POST /v1/miners/poll`` (``X-Miner-ID``) then ``POST /v1/miners/{id}/result``
   for the job it got (counted as one cycle);
-- *poll 10 + results*: ``POST /v1/miners/poll {"max_jobs": 10}`` then one result per job (per job);
+- *poll 10 + results*: ``POST /v1/miners/poll {"max_jobs": 10}`` then the ten results in one
+  ``POST /v1/miners/results`` (one request per result where the server has no such route), per job;
 - *health*: ``GET /health/live``, the bare request of ``floors.py``.
 
 Reports, per route, the CPU time of this thread per request (``time.thread_time``: waits on
 PostgreSQL and Redis excluded, the driver's work included), the statements each ran and the wall
-time. ``--profile`` adds cProfile's top functions per route, by own time and by cumulative time,
-and ``--svg DIR`` writes a flame graph of each route (folded stacks from the profile rendered as
-SVG, no dependency). Rate limits are off as in the other benchmarks unless ``--throttle``.
+time. ``--profile`` adds cProfile's top functions per route, by own time and by cumulative time
+(the profiler's clock is the thread's CPU time), ``--pstats DIR`` writes each route's profile for
+``pstats``. Rate limits are off as in the other benchmarks unless ``--throttle``.
 
-    .venv/bin/python bench/hotpath.py [--requests 2000] [--profile] [--svg bench/flame] [--throttle]
+    .venv/bin/python bench/hotpath.py [--requests 2000] [--profile] [--pstats DIR] [--throttle]
 """
 
 from __future__ import annotations
@@ -100,15 +101,20 @@ def routes(call: Caller, client_key: str, miner_key: str, miner_id: str) -> dict
         assert status == 200, status
         return 1
 
+    # The ten results in one request where the server takes them so (POST /v1/miners/results).
+    batched = call("POST", "/v1/miners/results", miner, {"results": []})[0] not in (404, 405)
+
     def poll10_results():
         status, body = call("POST", "/v1/miners/poll", miner, {"max_jobs": 10})
         assert status == 200, status
         jobs = json.loads(body)["jobs"]
-        for job in jobs:
-            status, _ = call(
-                "POST", f"/v1/miners/{job['job_id']}/result", miner,
-                {**RESULT, "metrics": METRICS, "lease_token": job["lease_token"]},
-            )  # fmt: skip
+        reports = [{**RESULT, "metrics": METRICS, "lease_token": job["lease_token"]} for job in jobs]
+        if batched:
+            results = [{**report, "job_id": job["job_id"]} for job, report in zip(jobs, reports, strict=True)]
+            status, _ = call("POST", "/v1/miners/results", miner, {"results": results})
+            assert status == 200, status
+        for job, report in zip(jobs, reports, strict=True) if not batched else ():
+            status, _ = call("POST", f"/v1/miners/{job['job_id']}/result", miner, report)
             assert status == 200, status
         return len(jobs)
 
@@ -157,91 +163,6 @@ def measure(name: str, route, *, iterations: int, profiler: cProfile.Profile | N
     return {"done": done, "cpu": cpu, "wall": wall, "statements": statements, "samples": samples}
 
 
-def folded_stacks(profiler: cProfile.Profile) -> dict[str, float]:
-    """Approximate folded stacks from cProfile's caller graph: each function's own time, spread
-    over the paths that reach it in proportion to its callers' call counts."""
-    stats = pstats.Stats(profiler).stats
-
-    def label(func):
-        filename, _line, name = func
-        short = filename.rsplit("site-packages/", 1)[-1].replace(str(Path(__file__).resolve().parent.parent) + "/", "")
-        return f"{short}:{name}"
-
-    memo: dict = {}
-
-    def paths(func, depth=0) -> list[tuple[list[str], float]]:
-        if func in memo:
-            return memo[func]
-        callers = stats[func][4]
-        if not callers or depth > 60:
-            result = [([label(func)], 1.0)]
-        else:
-            total = sum(c[0] for c in callers.values()) or 1
-            result = []
-            for caller, values in callers.items():
-                if caller not in stats or caller == func:
-                    continue
-                share = values[0] / total
-                for path, weight in paths(caller, depth + 1)[:40]:
-                    result.append(([*path, label(func)], weight * share))
-            result = result or [([label(func)], 1.0)]
-        memo[func] = result
-        return result
-
-    folded: dict[str, float] = {}
-    for func, (_, _, own, _, _) in stats.items():
-        if own <= 0:
-            continue
-        for path, weight in paths(func):
-            key = ";".join(path)
-            folded[key] = folded.get(key, 0.0) + own * weight
-    return folded
-
-
-def flame_svg(folded: dict[str, float], title: str) -> str:
-    """A minimal flame graph: frames as rectangles, width by time, root at the bottom."""
-    tree: dict = {"children": {}, "value": 0.0}
-    for stack, value in folded.items():
-        node = tree
-        node["value"] += value
-        for frame in stack.split(";"):
-            node = node["children"].setdefault(frame, {"children": {}, "value": 0.0})
-            node["value"] += value
-    width, row = 1200, 16
-    total = tree["value"] or 1
-    rects, depth_max = [], 0
-
-    def walk(node, x, depth):
-        nonlocal depth_max
-        depth_max = max(depth_max, depth)
-        for name, child in sorted(node["children"].items()):
-            w = width * child["value"] / total
-            if w >= 0.3:
-                rects.append((x, depth, w, name, child["value"]))
-                walk(child, x, depth + 1)
-            x += w
-
-    walk(tree, 0.0, 0)
-    height = (depth_max + 2) * row + 24
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" font-size="10">',
-        f'<text x="4" y="14">{title} (width: share of the profiled CPU time; hover for names)</text>',
-    ]
-    for x, depth, w, name, value in rects:
-        y = height - (depth + 1) * row
-        hue = 20 + (hash(name.split(":")[0]) % 40)
-        safe = name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        out.append(
-            f"<g><title>{safe} ({100 * value / total:.1f}%)</title>"
-            f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row - 1}" fill="hsl({hue},80%,60%)"/>'
-        )
-        if w > 60:
-            out.append(f'<text x="{x + 2:.1f}" y="{y + 11}">{safe[: int(w / 6)]}</text>')
-        out.append("</g>")
-    out.append("</svg>")
-    return "\n".join(out)
-
-
 def top_functions(profiler: cProfile.Profile, per: int, *, sort: str, limit: int = 25) -> list[str]:
     stats = pstats.Stats(profiler)
     rows = []
@@ -260,7 +181,6 @@ def main() -> None:
         "--rounds", type=int, default=4, help="the routes' cycles split into this many interleaved rounds"
     )
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--svg", help="write a flame graph per route into this directory")
     parser.add_argument("--pstats", help="write each route's profile (pstats) into this directory")
     parser.add_argument("--throttle", action="store_true", help="rate limits on (very high): the Redis counter is paid")
     parser.add_argument("--db", default="aitbc_hotpath")
@@ -282,8 +202,7 @@ def main() -> None:
                 route()
         # CPU time, not wall time: the profile shows what the request costs, not what it waits on.
         profilers = {
-            name: cProfile.Profile(time.thread_time) if args.profile or args.svg or args.pstats else None
-            for name in named
+            name: cProfile.Profile(time.thread_time) if args.profile or args.pstats else None for name in named
         }
         totals = {name: {"done": 0, "cpu": 0.0, "wall": 0.0, "statements": 0, "samples": []} for name in named}
         per_round = max(1, args.requests // args.rounds)
@@ -313,16 +232,12 @@ def main() -> None:
             if profiler and args.pstats:
                 Path(args.pstats).mkdir(parents=True, exist_ok=True)
                 profiler.dump_stats(Path(args.pstats, f"{name.replace(' + ', '-').replace(' ', '')}.pstats"))
-            if profiler and args.svg:
-                Path(args.svg).mkdir(parents=True, exist_ok=True)
-                slug = name.replace(" + ", "-").replace(" ", "")
-                Path(args.svg, f"{slug}.svg").write_text(flame_svg(folded_stacks(profiler), name))
         result["routes"] = routes_out
     result["notes"] = [
         "cpu: this thread's CPU per cycle (time.thread_time), waits on PostgreSQL and Redis excluded; "
         "PostgreSQL's own CPU is not counted",
         "poll 10 + results: per job (one poll of ten, then ten results)",
-        "with --profile or --svg the figures include cProfile's overhead: compare runs made alike",
+        "with --profile or --pstats the figures include cProfile's overhead: compare runs made alike",
     ]
     result["machine"]["loadavg_end"] = load_average()
     emit(result)
