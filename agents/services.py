@@ -263,28 +263,34 @@ def tasks_assign(*, limit: int = ASSIGN_BATCH, strategy: str | None = None, task
     chosen by the strategy (``AGENT_LB_STRATEGY``). A task no agent fits waits. Returns how many
     were assigned.
 
-    Each assignment is a claim of the task's job for the agent's miner: concurrent assigners
-    never give one task twice, and an agent's concurrency limit holds (its row is locked). A pass
-    is one transaction (one commit, not one per claim); on PostgreSQL passes take turns on an
-    advisory lock, so two never wait on each other's agents in opposite orders."""
+    A pass chooses an agent for each task in memory, then leases the tasks' jobs to the chosen
+    agents' miners in one batch (``jobs.services.jobs_lease_to``): a job is leased once however
+    many assign at once, and an agent's concurrency limit holds (its miner's row is locked). A task
+    the batch left queued (its agent filled up or went away meanwhile) is chosen for again among
+    the others. A pass is one transaction; on PostgreSQL passes take turns on an advisory lock, so
+    two never wait on each other's agents in opposite orders."""
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ASSIGN_LOCK])
         given = _assign_pass(limit=limit, strategy=strategy, task_ids=task_ids)
-    # Figures and wake-ups after the commit: the claims are visible by then.
-    for candidate, job_ids in given.items():
-        Agent.objects.filter(pk=candidate.agent.pk).update(assignments=F("assignments") + len(job_ids))
-        wakeup.announce_to(waiter_name(candidate.agent), job_id=job_ids[-1])
+        if given:
+            by_count: dict[int, list] = {}
+            for candidate, job_ids in given.items():
+                by_count.setdefault(len(job_ids), []).append(candidate.agent.pk)
+            for count, pks in by_count.items():  # a statement per count, not per agent
+                Agent.objects.filter(pk__in=pks).update(assignments=F("assignments") + count)
+            # Delivered once this commits, when the leases are visible.
+            wakeup.announce_to_many([(waiter_name(c.agent), job_ids[-1]) for c, job_ids in given.items()])
     return sum(len(job_ids) for job_ids in given.values())
 
 
 def _assign_pass(*, limit: int, strategy: str | None, task_ids: list | None) -> dict:
     choose = STRATEGIES[strategy or settings.AGENT_LB_STRATEGY]
     now = timezone.now()
-    queued = Task.objects.select_related("job").filter(
+    queued = Task.objects.filter(
         job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now
-    )
+    ).only("job_id", "task_type", "required_capabilities", "required_agent_type")
     if task_ids is not None:
         queued = queued.filter(pk__in=task_ids)
     queued = list(queued.order_by("job__rank_at")[:limit])
@@ -294,22 +300,54 @@ def _assign_pass(*, limit: int, strategy: str | None, task_ids: list | None) -> 
     if not agents:
         return {}
     running = _running_counts([agent.miner_id for agent in agents])
-    candidates = [Candidate(agent=agent, running=running.get(agent.miner_id, 0)) for agent in agents]
+    candidates = [
+        Candidate(agent=agent, running=running.get(agent.miner_id, 0), capacity=agent.miner.max_concurrent_jobs)
+        for agent in agents
+    ]
     given: dict[Candidate, list] = {}
-    for task in queued:
-        fitting = [c for c in candidates if c.running < c.capacity and fits(c.agent, task)]
-        while fitting:
-            chosen = choose(fitting, task)
-            if job_services.job_claim(miner=chosen.agent.miner, job_id=task.job_id):
-                chosen.agent.assignments += 1
-                chosen.running += 1
+    while queued:
+        planned = _plan(queued, candidates, choose)
+        if not planned:
+            break
+        leased = {
+            job.pk
+            for job in job_services.jobs_lease_to([(chosen.agent.miner, task.job_id) for task, chosen in planned])
+        }
+        queued = []
+        for task, chosen in planned:
+            if task.job_id in leased:
                 given.setdefault(chosen, []).append(task.job_id)
-                break
-            if not Job.objects.filter(pk=task.job_id, status=JobStatus.QUEUED).exists():
-                break  # another assigner gave it out
-            fitting.remove(chosen)  # full, or gone offline meanwhile
-            chosen.running = chosen.capacity
+            else:
+                # Full, or gone offline meanwhile: choose again among the others, if it still waits.
+                chosen.running, chosen.agent.assignments = chosen.capacity, chosen.agent.assignments - 1
+                queued.append(task)
+        if queued:
+            waiting = Job.objects.filter(pk__in=[task.job_id for task in queued], status=JobStatus.QUEUED)
+            still = set(waiting.values_list("pk", flat=True))
+            queued = [task for task in queued if task.job_id in still]
     return given
+
+
+def _plan(tasks: list[Task], candidates: list[Candidate], choose) -> list[tuple[Task, Candidate]]:
+    """An agent for each task that one fits, as the strategy chooses, counting each choice as taken."""
+    # The agents with room that fit each distinct requirement, worked out once per pass.
+    fitting_by_need: dict[tuple, list[Candidate]] = {}
+    planned = []
+    for task in tasks:
+        need = (task.required_agent_type, tuple(task.required_capabilities))
+        if need not in fitting_by_need:
+            fitting_by_need[need] = [c for c in candidates if c.running < c.capacity and fits(c.agent, task)]
+        fitting = fitting_by_need[need]
+        if fitting:
+            chosen = choose(fitting, task)
+            chosen.agent.assignments += 1
+            chosen.running += 1
+            planned.append((task, chosen))
+            if chosen.running >= chosen.capacity:
+                for others in fitting_by_need.values():
+                    if chosen in others:
+                        others.remove(chosen)
+    return planned
 
 
 def _running_counts(miner_ids: list[int]) -> dict[int, int]:

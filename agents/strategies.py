@@ -17,12 +17,11 @@ from agents.models import Agent, Task
 
 @dataclass(eq=False)
 class Candidate:
+    """An agent that may be given tasks: how many it runs now, and how many it may run at once."""
+
     agent: Agent
     running: int
-
-    @property
-    def capacity(self) -> int:
-        return self.agent.miner.max_concurrent_jobs
+    capacity: int
 
 
 def fits(agent: Agent, task: Task) -> bool:

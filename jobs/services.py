@@ -398,7 +398,11 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
     }  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql.CLAIM, params)
-        rows = cursor.fetchall()
+        return _jobs_with_payments(cursor.fetchall())
+
+
+def _jobs_with_payments(rows) -> list[Job]:
+    """Jobs from rows of their columns, then their payments' (NULL for a free job)."""
     jobs = rawsql.instances(Job, rows)
     paid = [(job, row) for job, row in zip(jobs, rows, strict=True) if job.payment_id]
     if paid:
@@ -434,6 +438,44 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
         updated_at=now,
     )
     return list(Job.objects.filter(pk__in=ids).select_related("payment"))
+
+
+def jobs_lease_to(assignments: list[tuple[Miner, object]]) -> list[Job]:
+    """Lease each job of ``(miner, job_id)`` pairs to the miner chosen for it: a dispatcher's batch
+    (agents' task assignment), where ``job_claim`` is a miner asking for its own. A job is leased
+    only while queued and to a miner that takes work, serves its model, meets its constraints and
+    has a free slot (each miner's jobs in the order given); the others are left as they are.
+    Returns the leased jobs. Two statements on PostgreSQL however many pairs, in one transaction."""
+    if not assignments:
+        return []
+    now = timezone.now()
+    lease_until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+    miners = {miner.pk: miner for miner, _ in assignments}
+    if connection.vendor == "postgresql":
+        params = {
+            "jobs": [str(job_id) for _, job_id in assignments],
+            "miners": [miner.pk for miner, _ in assignments],
+            "now": now,
+            "lease_until": lease_until,
+        }
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(sql.LOCK_MINERS, params)
+            cursor.execute(sql.LEASE_TO, params)
+            jobs = _jobs_with_payments(cursor.fetchall())
+    else:
+        # SQLite serialises writers: a claim per pair is as good as one statement.
+        with transaction.atomic():
+            jobs = [
+                job
+                for miner, job_id in assignments
+                for job in _claim_portable(
+                    miner_pk=miner.pk, limit=1, job_id=job_id, models=None, now=now, lease_until=lease_until
+                )
+            ]
+    for job in jobs:
+        job.miner = miners[job.miner_id]
+    _jobs_changed(jobs)
+    return jobs
 
 
 def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) -> list[Job]:
