@@ -226,6 +226,7 @@ def task_submit(
     budget: Decimal | None = None,
     ttl_seconds: int | None = None,
     idempotency_key: str | None = None,
+    key_is_new: bool = False,
 ) -> Task:
     """Queue a task as a job of type ``task``; a ``budget`` is held in escrow from the client's
     wallet and paid to the owner of the agent that completes it."""
@@ -241,6 +242,7 @@ def task_submit(
             ttl_seconds=ttl_seconds,
             payment_amount=budget,
             idempotency_key=idempotency_key,
+            key_is_new=key_is_new,
         )
         task = Task.objects.create(
             job=submission.job,
@@ -541,13 +543,29 @@ def _budget_key(execution: Execution) -> str:
 
 
 def _log(execution: Execution, step_id: str, kind: str, *, job_id=None, message: str = "") -> None:
-    """Add an event to the execution's log: written at once, or with the others of an advance."""
+    """Add an event to the execution's log: written at once, or with the others of an advance (``_write``)."""
     event = ExecutionEvent(execution=execution, step_id=step_id, kind=kind, job_id=job_id, message=message[:2000])
     pending = getattr(execution, "pending_events", None)
     if pending is None:
         event.save()
     else:
         pending.append(event)
+
+
+def _changed(execution: Execution, row: ExecutionStep, *fields: str) -> None:
+    """A step row changed in an advance: written with the others (``_write``)."""
+    execution.changed_rows.setdefault(row, set()).update(fields)
+
+
+def _write(execution: Execution) -> None:
+    """Store what an advance changed in its steps and log: a statement for each, however many."""
+    changed = execution.changed_rows
+    if len(changed) == 1:
+        ((row, fields),) = changed.items()
+        row.save(update_fields=fields)
+    elif changed:
+        ExecutionStep.objects.bulk_update(list(changed), sorted(set().union(*changed.values())))
+    ExecutionEvent.objects.bulk_create(execution.pending_events)
 
 
 STEP_JOB_KEY = "workflow-step"
@@ -587,13 +605,15 @@ def execution_advance(*, execution_id) -> Execution | None:
     """Take in the steps' ended jobs and start the steps now ready. Idempotent, and safe to run at once
     from many processes: the execution's row is locked, so each step's attempt starts once."""
     with transaction.atomic():
-        execution = Execution.objects.select_for_update().filter(pk=execution_id).first()
+        execution = (
+            Execution.objects.select_for_update(of=("self",)).select_related("client").filter(pk=execution_id).first()
+        )
         if execution is None or execution.status in ExecutionStatus.TERMINAL:
             return execution
-        execution.pending_events = []
+        execution.pending_events, execution.changed_rows = [], {}
         figures = (execution.drawn, execution.total_cost)
         _advance(execution)
-        ExecutionEvent.objects.bulk_create(execution.pending_events)
+        _write(execution)
         if execution.status == ExecutionStatus.RUNNING and (execution.drawn, execution.total_cost) != figures:
             execution.save(update_fields=["drawn", "total_cost", "updated_at"])
     return execution
@@ -625,7 +645,7 @@ def _advance(execution: Execution) -> None:
                 _start(execution, row, outputs=outputs, now=now)
             except ServiceError as error:
                 row.status, row.error = StepStatus.FAILED, error.detail
-                row.save(update_fields=["status", "error"])
+                _changed(execution, row, "status", "error")
                 _log(execution, step_id, "failed", message=error.detail)
                 _end(execution, rows, ExecutionStatus.FAILED, error=f"Step {step_id} failed: {error.detail}", now=now)
                 return
@@ -662,6 +682,7 @@ def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> N
             budget=budget or None,
             ttl_seconds=ttl,
             idempotency_key=_step_job_key(execution, row.step_id, attempt),
+            key_is_new=True,  # the execution is locked, and its step row names no job for this attempt
         )
         job = task.job
     else:
@@ -682,10 +703,11 @@ def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> N
             ttl_seconds=ttl,
             payment_amount=budget or None,
             idempotency_key=_step_job_key(execution, row.step_id, attempt),
+            key_is_new=True,  # the execution is locked, and its step row names no job for this attempt
         ).job
     row.job, row.attempts, row.status, row.not_before = job, attempt, StepStatus.RUNNING, None
     row.started_at = row.started_at or now
-    row.save(update_fields=["job", "attempts", "status", "not_before", "started_at"])
+    _changed(execution, row, "job", "attempts", "status", "not_before", "started_at")
     _log(execution, row.step_id, "queued" if attempt == 1 else "requeued", job_id=job.pk, message=f"attempt {attempt}")
 
 
@@ -716,7 +738,7 @@ def _take_in(execution: Execution, row: ExecutionStep, *, now) -> None:
         row.output = _output(job)
         row.cost = (job.amount_charged or Decimal(0)) if job.payment_id else Decimal(0)
         execution.total_cost += row.cost
-        row.save(update_fields=["status", "finished_at", "output", "cost"])
+        _changed(execution, row, "status", "finished_at", "output", "cost")
         _log(execution, row.step_id, "finished", job_id=job.pk)
         return
     error = job.error_message or job.error_code or job.status
@@ -729,11 +751,11 @@ def _take_in(execution: Execution, row: ExecutionStep, *, now) -> None:
     if row.attempts <= step.get("retries", 0):
         delay = min(RETRY_BACKOFF * 2 ** (row.attempts - 1), RETRY_BACKOFF_CAP)
         row.status, row.not_before, row.error = StepStatus.WAITING, now + delay, error
-        row.save(update_fields=["status", "not_before", "error"])
+        _changed(execution, row, "status", "not_before", "error")
         _log(execution, row.step_id, "retried", job_id=job.pk, message=f"{error}; again in {delay.total_seconds():g} s")
         return
     row.status, row.finished_at, row.error = StepStatus.FAILED, now, error
-    row.save(update_fields=["status", "finished_at", "error"])
+    _changed(execution, row, "status", "finished_at", "error")
     _log(execution, row.step_id, "failed", job_id=job.pk, message=error)
 
 
@@ -756,11 +778,11 @@ def _end(execution: Execution, rows: dict, status: str, *, error: str = "", now)
                 with suppress(ServiceError):
                     job_services.job_cancel(job_id=row.job_id)
             row.status, row.finished_at = StepStatus.CANCELLED, now
-            row.save(update_fields=["status", "finished_at"])
+            _changed(execution, row, "status", "finished_at")
             _log(execution, row.step_id, "cancelled", job_id=row.job_id)
         elif row.status == StepStatus.WAITING:
             row.status = StepStatus.CANCELLED
-            row.save(update_fields=["status"])
+            _changed(execution, row, "status")
     execution.status, execution.error, execution.completed_at = status, error, now
     _release(execution)
     execution.save(update_fields=["status", "error", "completed_at", "drawn", "total_cost", "updated_at"])
@@ -796,7 +818,7 @@ def execution_cancel(*, execution: Execution) -> Execution:
         if execution.status in ExecutionStatus.TERMINAL:
             raise Conflict(f"The execution is {execution.status}.", code="EXECUTION_NOT_CANCELABLE")
         rows = {row.step_id: row for row in execution.step_rows.select_related("job")}
-        execution.pending_events = []
+        execution.pending_events, execution.changed_rows = [], {}
         _end(execution, rows, ExecutionStatus.CANCELLED, error="Cancelled by its client.", now=timezone.now())
-        ExecutionEvent.objects.bulk_create(execution.pending_events)
+        _write(execution)
     return execution

@@ -75,9 +75,13 @@ def job_submit(
     idempotency_key: str | None = None,
     payment_amount: Decimal | None = None,
     job_id: uuid.UUID | None = None,
+    key_is_new: bool = False,
 ) -> Submission:
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job. A caller
-    may choose the job's id (``job_id``), to follow its events from before it can have any.
+    may choose the job's id (``job_id``), to follow its events from before it can have any. One
+    that knows its key unused (``key_is_new``, a caller holding a lock that makes it so) saves
+    looking it up first and, inside its transaction, the savepoint that makes a repeat recoverable:
+    a repeat is then an ``IntegrityError`` that aborts the caller's transaction.
 
     A model of the catalog must be enabled and fit the job, and the job gets the model's default
     parameters for those it does not set; other models are for the miners that bring them. The job's price (``payment_amount``, else the catalog's price for its
@@ -97,7 +101,7 @@ def job_submit(
             type=job_type, model=model, payload=payload, constraints=constraints, priority=priority, ttl=ttl_seconds,
             payment=str(payment_amount) if payment_amount is not None else None,
         )  # fmt: skip
-        existing = Job.objects.filter(client=client, idempotency_key=idempotency_key).first()
+        existing = None if key_is_new else Job.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _replayed(existing, fingerprint)
 
@@ -139,7 +143,7 @@ def job_submit(
     try:
         with transaction.atomic() if price else nullcontext():
             if connection.vendor == "postgresql":
-                position = _insert_postgres(job)
+                position = _insert_postgres(job, key_is_new=key_is_new)
             else:
                 with transaction.atomic():
                     job.save(force_insert=True)
@@ -186,12 +190,14 @@ def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
         ) from None
 
 
-def _insert_postgres(job: Job) -> int:
+def _insert_postgres(job: Job, *, key_is_new: bool = False) -> int:
     """Insert and announce the job in one statement (its own transaction outside an atomic
     block); return its queue position."""
     statement, params = sql.insert_and_announce(job)
-    # Inside a caller's transaction, a savepoint keeps a duplicate Idempotency-Key recoverable.
-    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+    # Inside a caller's transaction, a savepoint keeps a duplicate Idempotency-Key recoverable
+    # (unless the caller knows its key unused).
+    savepoint = connection.in_atomic_block and not (key_is_new and job.idempotency_key)
+    with transaction.atomic() if savepoint else nullcontext(), connection.cursor() as cursor:
         cursor.execute(statement, [*params, wakeup.CHANNEL, QUEUE_POSITION_CAP])
         ahead = cursor.fetchone()[1]
     job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS

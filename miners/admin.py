@@ -5,6 +5,7 @@ from core.admin_bases import age
 from core.services import staff_action_record
 from miners import services
 from miners.models import Miner, ServedModel
+from miners.selectors import agent_seat
 
 
 class BannedFilter(admin.SimpleListFilter):
@@ -37,6 +38,23 @@ class MaintenanceFilter(admin.SimpleListFilter):
         return queryset
 
 
+class KindFilter(admin.SimpleListFilter):
+    """GPU miners, or agents' seats in the job machinery (each agent's own miner row)."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return (("gpu", "GPU miners"), ("agent", "Agents"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "gpu":
+            return queryset.filter(~agent_seat())
+        if self.value() == "agent":
+            return queryset.filter(agent_seat())
+        return queryset
+
+
 class ServedModelInline(admin.TabularInline):
     model = ServedModel
     extra = 0
@@ -52,7 +70,7 @@ class MinerRegistryAdmin(admin.ModelAdmin):
     registered for ``Miner``, adds the figures of each miner's jobs and the actions that end them."""
 
     list_display = ("miner_id", "owner", "state", "gpu", "heartbeat")
-    list_filter = ("status", "draining", BannedFilter, MaintenanceFilter, "region", "served_models__name")
+    list_filter = ("status", "draining", KindFilter, BannedFilter, MaintenanceFilter, "region", "served_models__name")
     search_fields = ("miner_id", "owner__username", "gpu_name", "served_models__name")
     list_select_related = ("owner",)
     inlines = [ServedModelInline]
