@@ -37,6 +37,7 @@ from catalog.payloads import PayloadError, requested_max_tokens
 from catalog.selectors import catalog_entry
 from core import shutdown
 from core.errors import Conflict, Invalid, NotFound, ServiceError
+from jobs import events as job_events
 from jobs import services as job_services
 from jobs import wakeup
 from jobs.models import Job, JobPriority, JobStatus, JobType
@@ -577,6 +578,19 @@ def _step_job_key(execution: Execution, step_id: str, attempt: int) -> str:
     return f"{STEP_JOB_KEY}:{execution.pk}:{step_id}:{attempt}"
 
 
+def execution_group(execution_id) -> str:
+    """The channel group of ``ws/executions/<id>/``, the execution's live page."""
+    return f"execution-{execution_id}"
+
+
+EXECUTION_CHANGED = "execution.changed"
+
+
+def publish_execution_changed(execution_id) -> None:
+    """Tell the execution's sockets it changed (they read it again): sent off this thread."""
+    job_events.publish_to_groups([(execution_group(execution_id), {"type": EXECUTION_CHANGED})])
+
+
 def advance_after_commit(execution_id) -> None:
     execution_advance(execution_id=execution_id)
 
@@ -614,6 +628,8 @@ def execution_advance(*, execution_id) -> Execution | None:
         figures = (execution.drawn, execution.total_cost)
         _advance(execution)
         _write(execution)
+        if execution.pending_events:
+            transaction.on_commit(partial(publish_execution_changed, execution.pk))
         if execution.status == ExecutionStatus.RUNNING and (execution.drawn, execution.total_cost) != figures:
             execution.save(update_fields=["drawn", "total_cost", "updated_at"])
     return execution
@@ -821,4 +837,5 @@ def execution_cancel(*, execution: Execution) -> Execution:
         execution.pending_events, execution.changed_rows = [], {}
         _end(execution, rows, ExecutionStatus.CANCELLED, error="Cancelled by its client.", now=timezone.now())
         _write(execution)
+        transaction.on_commit(partial(publish_execution_changed, execution.pk))
     return execution
