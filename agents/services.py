@@ -9,18 +9,20 @@ result from an agent that no longer holds the lease is ``409 LEASE_NOT_HELD`` an
 
 import logging
 import time
+import uuid
 from contextlib import suppress
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial, update_wrapper
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
+from accounts.models import User
 from agents import dag, receipts
+from agents import sql as agents_sql
 from agents.models import (
     Agent,
     AgentStatus,
@@ -35,7 +37,7 @@ from agents.models import (
 from agents.strategies import STRATEGIES, Candidate, fits
 from catalog.payloads import PayloadError, requested_max_tokens
 from catalog.selectors import catalog_entry
-from core import shutdown
+from core import rawsql, shutdown
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from jobs import events as job_events
 from jobs import services as job_services
@@ -44,6 +46,7 @@ from jobs.models import Job, JobPriority, JobStatus, JobType
 from miners import services as miner_services
 from miners.capabilities import AGENT_TASK_MODEL, Capabilities
 from payments import services as payment_services
+from payments.models import Payment
 
 logger = logging.getLogger(__name__)
 
@@ -603,8 +606,8 @@ def executions_advance_for_jobs(jobs) -> None:
         if job.is_terminal and (job.idempotency_key or "").startswith(f"{STEP_JOB_KEY}:")
     }
     for execution_id in executions:
-        with suppress(ValidationError):  # a client's own key that only looks like a step's
-            execution_advance(execution_id=execution_id)
+        with suppress(ValueError):  # a client's own key that only looks like a step's
+            execution_advance(execution_id=uuid.UUID(execution_id))
 
 
 def executions_advance_running() -> int:
@@ -619,9 +622,7 @@ def execution_advance(*, execution_id) -> Execution | None:
     """Take in the steps' ended jobs and start the steps now ready. Idempotent, and safe to run at once
     from many processes: the execution's row is locked, so each step's attempt starts once."""
     with transaction.atomic():
-        execution = (
-            Execution.objects.select_for_update(of=("self",)).select_related("client").filter(pk=execution_id).first()
-        )
+        execution = _locked_execution(execution_id)
         if execution is None or execution.status in ExecutionStatus.TERMINAL:
             return execution
         execution.pending_events, execution.changed_rows = [], {}
@@ -635,10 +636,43 @@ def execution_advance(*, execution_id) -> Execution | None:
     return execution
 
 
+def _locked_execution(execution_id) -> Execution | None:
+    """The execution, its row locked, with its client."""
+    if connection.vendor != "postgresql":
+        return Execution.objects.select_for_update().select_related("client").filter(pk=execution_id).first()
+    with connection.cursor() as cursor:
+        cursor.execute(agents_sql.LOCK_EXECUTION, [execution_id])
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    (execution,) = rawsql.instances(Execution, rows)
+    (execution.client,) = rawsql.instances(User, rows, start=len(Execution._meta.concrete_fields))
+    return execution
+
+
+def _step_rows(execution: Execution) -> dict[str, ExecutionStep]:
+    """The execution's steps by step id, each with its job and the job's payment."""
+    if connection.vendor != "postgresql":
+        return {row.step_id: row for row in execution.step_rows.select_related("job", "job__payment")}
+    with connection.cursor() as cursor:
+        cursor.execute(agents_sql.STEP_ROWS, [execution.pk])
+        rows = cursor.fetchall()
+    steps = rawsql.instances(ExecutionStep, rows)
+    job_start = len(ExecutionStep._meta.concrete_fields)
+    payment_start = job_start + len(Job._meta.concrete_fields)
+    for step, row in zip(steps, rows, strict=True):
+        step.execution = execution
+        job = rawsql.instances(Job, [row], start=job_start)[0] if step.job_id else None
+        if job is not None:
+            job.payment = rawsql.instances(Payment, [row], start=payment_start)[0] if job.payment_id else None
+        step.job = job
+    return {step.step_id: step for step in steps}
+
+
 def _advance(execution: Execution) -> None:
     """Take in the running steps' ended jobs, then end the execution or start what is ready."""
     now = timezone.now()
-    rows = {row.step_id: row for row in execution.step_rows.select_related("job", "job__payment")}
+    rows = _step_rows(execution)
     for row in rows.values():
         if row.status == StepStatus.RUNNING:
             _take_in(execution, row, now=now)
