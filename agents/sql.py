@@ -27,3 +27,17 @@ LEFT JOIN {Job._meta.db_table} j ON j.id = s.job_id
 LEFT JOIN {Payment._meta.db_table} p ON p.payment_id = j.payment_id
 WHERE s.execution_id = %s
 """
+
+# What an advance changed in its steps, in one statement however many: each changed row's
+# mutable fields as they now are in memory (``agents.services._write`` builds the JSON).
+STEP_CHANGES = f"""
+UPDATE {ExecutionStep._meta.db_table} s SET status = v.status, job_id = v.job_id, attempts = v.attempts,
+    not_before = v.not_before, output = v.output, error = v.error, cost = v.cost, started_at = v.started_at,
+    finished_at = v.finished_at
+FROM jsonb_to_recordset(%s::jsonb) AS v(
+    id bigint, status text, job_id uuid, attempts smallint, not_before timestamptz, output jsonb, error text,
+    cost numeric, started_at timestamptz, finished_at timestamptz
+)
+WHERE s.id = v.id
+"""
+STEP_FIELDS = ("status", "job_id", "attempts", "not_before", "output", "error", "cost", "started_at", "finished_at")
