@@ -464,13 +464,13 @@ def jobs_lease_to(assignments: list[tuple[Miner, object]]) -> list[Job]:
             "now": now,
             "lease_until": lease_until,
         }
-        with transaction.atomic(), connection.cursor() as cursor:
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
             cursor.execute(sql.LOCK_MINERS, params)
             cursor.execute(sql.LEASE_TO, params)
             jobs = _jobs_with_payments(cursor.fetchall())
     else:
         # SQLite serialises writers: a claim per pair is as good as one statement.
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             jobs = [
                 job
                 for miner, job_id in assignments
