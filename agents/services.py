@@ -303,7 +303,11 @@ def _assign_pass(*, limit: int, strategy: str | None, task_ids: list | None) -> 
     queued = list(queued.order_by("job__rank_at")[:limit])
     if not queued:
         return {}
-    agents = list(Agent.objects.select_related("miner").filter(status=AgentStatus.ACTIVE, banned_at__isnull=True))
+    agents = list(
+        Agent.objects.select_related("miner")
+        .filter(status=AgentStatus.ACTIVE, banned_at__isnull=True)
+        .defer("services", "endpoints", "metadata", "tags", "load_metrics")  # what choosing never reads
+    )
     if not agents:
         return {}
     running = _running_counts([agent.miner_id for agent in agents])
