@@ -238,13 +238,19 @@ def miner_reputation(*, miner: Miner) -> float | None:
     return with_reputation(Miner.objects.filter(pk=miner.pk)).values_list("reputation", flat=True).first()
 
 
-def wrong_answers_counting(*, miner: Miner, now=None) -> int:
-    """The miner's wrong answers that count towards a suspension: in the reputation window, after
-    staff last lifted one."""
+def with_wrong_answers_counting(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
+    """``with_reputation``, plus ``wrong_counting``: the wrong answers that count towards a
+    suspension (in the reputation window, after staff last lifted one)."""
     since = (now or timezone.now()) - REPUTATION_WINDOW
-    if miner.suspension_lifted_at is not None:
-        since = max(since, miner.suspension_lifted_at)
-    return Verdict.objects.filter(miner=miner, kind__in=VerdictKind.WRONG, created_at__gt=since).count()
+    after = Greatest(Value(since), Coalesce(OuterRef("suspension_lifted_at"), Value(since)))
+    counting = (
+        Verdict.objects.filter(miner=OuterRef("pk"), kind__in=VerdictKind.WRONG, created_at__gt=after)
+        .order_by()
+        .values("miner")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return with_reputation(miners, now=now).annotate(wrong_counting=Coalesce(Subquery(counting, IntegerField()), 0))
 
 
 def failed_attempts_by_code(*, miner: Miner, now=None) -> list[tuple[str, int]]:

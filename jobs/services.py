@@ -394,8 +394,9 @@ def settle_each(jobs: list[Job]) -> list[Decimal]:
 def jobs_ended(jobs: list[Job], *, settled: list[Job] = ()) -> None:
     """Announce jobs a verification ended (as every change does, in its transaction), and the
     payments of ``settled`` jobs, which ended before."""
-    _announce(_payment_events(list(settled)))
-    _jobs_changed(jobs)
+    if _event_listeners:
+        _announce(job_events(jobs) + _payment_events(list(settled)))
+    transaction.on_commit(partial(_publish_statuses, jobs))
 
 
 def canary_submit(

@@ -40,7 +40,7 @@ from jobs import services
 from jobs.agreement import EXACT, SEMANTIC, agree, consensus, majority
 from jobs.models import Job, JobStatus, JobType, Verdict, VerdictKind
 from jobs.receipts import receipt_sign_agreed, receipts_store
-from jobs.selectors import miner_reputation, with_reputation, wrong_answers_counting
+from jobs.selectors import with_reputation, with_wrong_answers_counting
 from miners import services as miner_services
 from miners.models import Miner, MinerStatus
 
@@ -66,31 +66,35 @@ _CANARY_PROMPTS = (
 # --- Verdicts --------------------------------------------------------------------------
 
 
-@transaction.atomic
 def verdict_record(*, attempt: Job, kind: str) -> Verdict:
-    """Record ``kind`` (a ``VerdictKind``) on the answer of ``attempt``, a job its miner completed;
-    refresh the miner's reputation, and suspend the miner when the verdict is its wrong answer
-    too many. Once per job: a second verdict on it returns the first."""
-    verdict, created = Verdict.objects.get_or_create(job=attempt, defaults={"miner_id": attempt.miner_id, "kind": kind})
-    if created:
-        miner = Miner.objects.get(pk=attempt.miner_id)
-        if verdict.wrong:
-            _suspend_if_due(miner, last=verdict)
-        miner_services.miners_set_reputation(reputations={miner.pk: miner_reputation(miner=miner)})
-    return verdict
+    """Record ``kind`` (a ``VerdictKind``) on the answer of ``attempt``, a job its miner completed
+    (see ``verdicts_record``); the verdict on it, the first when it had one already."""
+    with transaction.atomic():
+        verdicts_record(verdicts=[(attempt, kind)])
+    return Verdict.objects.get(job=attempt)
 
 
-def _suspend_if_due(miner: Miner, *, last: Verdict) -> None:
-    if miner.suspended_at is not None:
+def verdicts_record(*, verdicts: list[tuple[Job, str]]) -> None:
+    """Record verdicts, ``(attempt, kind)`` each, on answers their miners completed, once per job
+    (a second verdict on a job is ignored), in the caller's transaction. A wrong answer refreshes its miner's stored reputation
+    and suspends the miner when it is one too many; an agreeing one changes neither."""
+    Verdict.objects.bulk_create(
+        [Verdict(job=attempt, miner_id=attempt.miner_id, kind=kind) for attempt, kind in verdicts],
+        ignore_conflicts=True,
+    )
+    wrong = {attempt.miner_id: (attempt, kind) for attempt, kind in verdicts if kind in VerdictKind.WRONG}
+    if not wrong:
         return
-    wrong = wrong_answers_counting(miner=miner)
-    if wrong >= settings.VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS:
-        what = "failed canary" if last.kind == VerdictKind.CANARY_FAILED else "outvoted answer"
-        miner_services.miner_suspend(
-            miner=miner,
-            reason=f"{wrong} wrong answers (outvoted or failed canaries) in the reputation window; "
-            f"the last, a {what}, on job {last.job_id}.",
-        )
+    for miner in with_wrong_answers_counting(Miner.objects.filter(pk__in=list(wrong))):
+        miner_services.miner_set_reputation(miner=miner, reputation=miner.reputation)
+        if miner.suspended_at is None and miner.wrong_counting >= settings.VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS:
+            attempt, kind = wrong[miner.pk]
+            what = "failed canary" if kind == VerdictKind.CANARY_FAILED else "outvoted answer"
+            miner_services.miner_suspend(
+                miner=miner,
+                reason=f"{miner.wrong_counting} wrong answers (outvoted or failed canaries) in the reputation "
+                f"window; the last, a {what}, on job {attempt.pk}.",
+            )
 
 
 def miners_refresh_reputation() -> int:
@@ -126,7 +130,7 @@ def verification_decide(*, parent_id, past_deadline: bool = False) -> Job | None
             return parent
         attempts = list(
             Job.objects.select_for_update(of=("self",))
-            .select_related("miner__owner")
+            .select_related("miner__owner", "payment")
             .filter(parent=parent)
             .order_by("completed_at", "created_at")
         )
@@ -187,10 +191,10 @@ def _agree(parent: Job, *, agreed: list[Job], outvoted: list[Job], active: list[
             },
         )
     ])  # fmt: skip
-    for attempt in agreed:
-        verdict_record(attempt=attempt, kind=VerdictKind.AGREED)
-    for attempt in outvoted:
-        verdict_record(attempt=attempt, kind=VerdictKind.OUTVOTED)
+    verdicts_record(
+        verdicts=[(attempt, VerdictKind.AGREED) for attempt in agreed]
+        + [(attempt, VerdictKind.OUTVOTED) for attempt in outvoted]
+    )
     services.jobs_ended([parent, *cancelled], settled=[*agreed, *outvoted])
 
 

@@ -321,6 +321,13 @@ def miner_lift_suspension(*, miner: Miner, actor) -> Miner:
     return miner
 
 
+def miner_set_reputation(*, miner: Miner, reputation: float | None) -> None:
+    """Store the reputation matching reads for ``miner`` (as read with it), when it changed."""
+    if miner.reputation_score != reputation:
+        Miner.objects.filter(pk=miner.pk).update(reputation_score=reputation)
+        miner.reputation_score = reputation
+
+
 def miners_set_reputation(*, reputations: dict[int, float | None]) -> None:
     """Store the reputations matching reads (``Miner.reputation_score``), by miner pk, as ``jobs``
     computes them; only those that changed are written."""
