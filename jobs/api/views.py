@@ -93,7 +93,7 @@ class JobSubmitView(ClientJobMixin, generics.GenericAPIView):
         responses={
             201: JobSerializer,
             409: OpenApiResponse(description="Idempotency-Key reused with a different request"),
-            422: OpenApiResponse(description="Invalid job (INVALID_JOB_TYPE, VALIDATION_ERROR)"),
+            422: OpenApiResponse(description="Invalid job (INVALID_JOB_TYPE, INVALID_VERIFICATION, VALIDATION_ERROR)"),
             **ERRORS,
         },
     )

@@ -1,6 +1,8 @@
 """Pinned jobs, minimum reputations, verdicts on answers and the suspensions they bring. The claim
 tests run on whichever database the suite runs on (PostgreSQL's ``jobs_claim``, SQLite's ORM)."""
 
+import re
+
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -148,3 +150,15 @@ def test_staff_see_why_a_miner_is_suspended_and_lift_it(admin_client, settings):
     assert miner.suspended_at is None and miner.suspension_lifted_at is not None
     action = StaffAction.objects.get(action="lift suspension miner")
     assert "failed canary" in action.summary
+
+
+def test_staff_list_canary_outcomes(admin_client):
+    miner = register("rig")
+    verdict_record(attempt=answered(miner), kind=VerdictKind.CANARY_PASSED)
+    verdict_record(attempt=answered(miner), kind=VerdictKind.CANARY_FAILED)
+
+    failed = admin_client.get(reverse("admin:jobs_verdict_changelist") + "?kind__exact=canary_failed")
+
+    assert failed.status_code == 200
+    rows = re.findall(r'class="field-kind">([^<]+)<', failed.content.decode())
+    assert rows == ["Canary answered wrong"]
