@@ -125,7 +125,9 @@ def verification_decide(*, parent_id, past_deadline: bool = False) -> Job | None
     """Judge the answers of a verified job's attempts so far (see the module's docstring); the job
     as it is after. ``past_deadline``: its TTL has passed, so no agreement yet is a failure."""
     with transaction.atomic():
-        parent = Job.objects.select_for_update(of=("self",)).filter(pk=parent_id).first()
+        # A job locked by another decision (or a cancel) is left to it: that one locks the attempts
+        # next, so it sees this change, and waiting here could deadlock with it on the attempts.
+        parent = Job.objects.select_for_update(of=("self",), skip_locked=True).filter(pk=parent_id).first()
         if parent is None or parent.status != JobStatus.RUNNING or not parent.verification:
             return parent
         attempts = list(

@@ -11,6 +11,7 @@ import pytest
 from django.db import connections
 
 from accounts.services import user_get_or_create
+from core.errors import Conflict
 from jobs.models import Job, JobStatus, Verdict, VerdictKind
 from jobs.selectors import miner_reputation
 from jobs.services import job_claim, job_complete, job_submit, jobs_expire_queued
@@ -23,6 +24,7 @@ from payments.services import wallet_open
 
 MODEL = "llama3.2"
 PROMPT = {"type": "inference", "model": MODEL, "prompt": "What is the capital of France?"}
+TRUTH_TEXT = {"text": "Paris."}
 
 
 @pytest.fixture
@@ -407,3 +409,56 @@ def test_the_verified_jobs_page_shows_who_agreed_and_who_was_outvoted(browser, a
     assert receipt["providers"] == ["honest-1", "honest-2"]
     assert f"/jobs/{parent.pk}/" in listed
     assert not any(str(attempt.pk) in listed for attempt in Job.objects.filter(parent=parent))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_attempts_answering_at_once_decide_their_job_once():
+    client = user_get_or_create(username="client")
+    wallet_open(user=client)
+    rigs = [_register(f"rig-{i}", f"owner-{i}") for i in range(3)]
+    parents = [
+        job_submit(
+            client=client, model=MODEL, payload=PROMPT, payment_amount=Decimal(1), verification={"redundancy": 3}
+        ).job
+        for _ in range(5)
+    ]
+    claims = [
+        [
+            job_claim(miner=rig, job_id=attempt.pk)[0]
+            for rig, attempt in zip(rigs, Job.objects.filter(parent=parent).order_by("pk"), strict=True)
+        ]
+        for parent in parents
+    ]
+    connections.close_all()
+
+    for claimed in claims:
+        barrier = threading.Barrier(3)
+
+        def answer_now(rig, attempt, barrier=barrier):
+            try:
+                barrier.wait()
+                job_complete(job_id=attempt.pk, miner=rig, result=TRUTH_TEXT, lease_token=attempt.lease_token)
+            except Conflict:  # the one after the agreement is refused: its attempt was cancelled
+                pass
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=answer_now, args=pair) for pair in zip(rigs, claimed, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+    for parent in parents:
+        parent.refresh_from_db()
+        assert parent.status == JobStatus.COMPLETED and parent.result == TRUTH_TEXT
+        assert parent.receipts.count() == 1
+        payments = Payment.objects.filter(job__parent=parent)
+        assert sorted(payments.values_list("status", flat=True)) in (
+            [PaymentStatus.RELEASED] * 3,
+            [PaymentStatus.REFUNDED] + [PaymentStatus.RELEASED] * 2,
+        )
+        assert (
+            Verdict.objects.filter(job__parent=parent).count() == payments.filter(status=PaymentStatus.RELEASED).count()
+        )
