@@ -462,3 +462,18 @@ def test_attempts_answering_at_once_decide_their_job_once():
         assert (
             Verdict.objects.filter(job__parent=parent).count() == payments.filter(status=PaymentStatus.RELEASED).count()
         )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", [-0.1, 1.5, "high"])
+def test_a_min_reputation_out_of_range_is_refused(client_api, value):
+    response = client_api.post("/v1/jobs", {"payload": PROMPT, "min_reputation": value}, format="json")
+
+    assert response.status_code == 422 and "min_reputation" in str(response.json())
+
+
+@pytest.mark.django_db
+def test_a_min_reputation_is_kept_for_matching(client_api):
+    job_id = client_api.post("/v1/jobs", {"payload": PROMPT, "min_reputation": 0.8}, format="json").json()["job_id"]
+
+    assert Job.objects.get(pk=job_id).req_min_reputation == 0.8
