@@ -23,6 +23,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
     from inference.tasks import announce_waiting_models
     from jobs.tasks import expire_queued_jobs, mark_silent_miners_offline, requeue_lapsed_leases
     from payments.tasks import exchange_payments_expire
+    from swarm.tasks import advance_swarm_tasks
     from webhooks.tasks import resend_stalled_webhooks
 
     return [
@@ -36,6 +37,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
         mark_stale_agents,
         assign_waiting_tasks,
         advance_executions,
+        advance_swarm_tasks,
         resend_stalled_webhooks,
     ]
 
