@@ -327,6 +327,19 @@ MINER_MAX_CLAIM_BATCH = env_int("MINER_MAX_CLAIM_BATCH", 64, minimum=1)
 # How long a queue outlook (is_possible, wait estimate) for one kind of job may be reused.
 JOB_OUTLOOK_CACHE_SECONDS = env_int("JOB_OUTLOOK_CACHE_SECONDS", 2, minimum=0)
 HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, minimum=1)
+
+# --- Verification ---------------------------------------------------------------------
+# The most attempts a verified job (``verification.redundancy``) may ask for.
+VERIFICATION_MAX_REDUNDANCY = env_int("VERIFICATION_MAX_REDUNDANCY", 7, minimum=2)
+# The share of the jobs an external miner completes that are followed by a canary (a known-answer
+# job, answered first by an in-cluster worker) pinned to it: 0 to 1.
+VERIFICATION_CANARY_RATE = float(env_decimal("VERIFICATION_CANARY_RATE", "0"))
+if VERIFICATION_CANARY_RATE > 1:
+    raise ImproperlyConfigured(f"VERIFICATION_CANARY_RATE must be at most 1, got {VERIFICATION_CANARY_RATE}")
+# A miner is suspended (it claims nothing until staff lift it) once it gives this many wrong
+# answers (outvoted attempts, failed canaries) within the reputation window, since any lift.
+VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS = env_int("VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS", 3, minimum=1)
+
 # The OpenAI-compatible routes: how long a request waits for a miner to take its job, and for
 # the job to end, before it answers 504 with the job's id (the job goes on; its result is
 # fetched later from /v1/jobs/<id>/result).

@@ -14,6 +14,16 @@ miner; a catalog model is only ever run by the miners that declare it, and agent
 - ``max_price``: the miner's price is at most that (a miner that set no price meets any);
 - ``gpu``: the text occurs in the miner's GPU name, case-insensitively.
 
+Beyond the client's constraints:
+
+- a job pinned to a miner (``req_miner``: a verified job's attempt, a canary) is offered to that
+  miner only;
+- a job with ``req_min_reputation`` only to a miner whose cached reputation (``Miner.reputation_score``)
+  is at least that (a miner with no reputation yet has none);
+- an attempt of a verified job (``parent`` set) never to a miner whose owner holds, or held, an
+  attempt of the same job, so its answers come from distinct owners;
+- a suspended miner (``Miner.suspended_at``) claims nothing.
+
 ``MINER_MEETS_JOB`` states the constraints in SQL over a job row ``j`` and a miner row ``m``; the
 claim function ``jobs_claim`` (``CLAIM_FUNCTION``, installed by migration) is built from it, so
 changing the rule here takes a migration that runs ``create_claim_function`` again.
@@ -36,6 +46,12 @@ MINER_MEETS_JOB = """
     AND (j.req_region = '' OR lower(j.req_region) = lower(m.region))
     AND (j.req_max_price IS NULL OR m.price IS NULL OR j.req_max_price >= m.price)
     AND (j.req_gpu = '' OR strpos(lower(m.gpu_name), lower(j.req_gpu)) > 0)
+    AND (j.req_miner_id IS NULL OR j.req_miner_id = m.id)
+    AND (j.req_min_reputation IS NULL OR coalesce(m.reputation_score, -1) >= j.req_min_reputation)
+    AND (j.parent_id IS NULL OR NOT EXISTS (
+        SELECT 1 FROM jobs_job s JOIN miners_miner sm ON sm.id = s.miner_id
+        WHERE s.parent_id = j.parent_id AND sm.owner_id = m.owner_id
+    ))
 """
 
 # A claim as one call on PostgreSQL: lock the miner's row (its concurrency limit holds against
@@ -44,6 +60,10 @@ MINER_MEETS_JOB = """
 # before the lock was granted. Outside a transaction the call is its own transaction: a claim is
 # one round trip. The queue is walked through its partial index per served model; the plans are
 # generic (the status tests are literals), made once per connection.
+#
+# While attempts of verified jobs wait in the queue, claims by miners of one owner take turns (a
+# transaction-level advisory lock on the owner): the distinct-owner rule reads the attempts
+# committed before, so two miners of one owner can't take two attempts of one job at once.
 _LEASE_PICKED = """
     UPDATE jobs_job j SET status = 'running', miner_id = p_miner, attempt = j.attempt + 1,
         lease_token = gen_random_uuid()::text, lease_expires_at = p_lease_until, started_at = p_now,
@@ -61,11 +81,14 @@ CREATE OR REPLACE FUNCTION jobs_claim(
 DECLARE
     m record;
 BEGIN
-    SELECT mm.status, mm.draining, mm.vram_gb, mm.cuda_code, mm.region, mm.price, mm.gpu_name,
-           mm.max_concurrent_jobs
+    SELECT mm.id, mm.owner_id, mm.status, mm.draining, mm.suspended_at, mm.reputation_score, mm.vram_gb, mm.cuda_code,
+           mm.region, mm.price, mm.gpu_name, mm.max_concurrent_jobs
     INTO m FROM miners_miner mm WHERE mm.id = p_miner FOR UPDATE;
-    IF NOT FOUND OR m.status <> 'online' OR m.draining THEN
+    IF NOT FOUND OR m.status <> 'online' OR m.draining OR m.suspended_at IS NOT NULL THEN
         RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM jobs_job q WHERE q.parent_id IS NOT NULL AND q.status = 'queued') THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('jobs_claim:owner:' || m.owner_id, 0));
     END IF;
     IF EXISTS (SELECT 1 FROM miners_servedmodel s WHERE s.miner_id = p_miner) THEN
         RETURN QUERY
@@ -122,6 +145,11 @@ def jobs_for_miner(jobs: QuerySet[Job], *, miner: Miner) -> QuerySet[Job]:
     jobs = jobs.filter(Q(req_min_vram_gb__isnull=True) | Q(req_min_vram_gb__lte=miner.vram_gb))
     jobs = jobs.filter(Q(req_cuda_code__isnull=True) | Q(req_cuda_code__lte=miner.cuda_code or 0))
     jobs = jobs.filter(Q(req_region="") | Q(req_region__iexact=miner.region))
+    jobs = jobs.filter(Q(req_miner__isnull=True) | Q(req_miner=miner.pk))
+    reputation = miner.reputation_score if miner.reputation_score is not None else -1
+    jobs = jobs.filter(Q(req_min_reputation__isnull=True) | Q(req_min_reputation__lte=reputation))
+    same_owner = Job.objects.filter(parent=OuterRef("parent"), miner__owner=miner.owner_id)
+    jobs = jobs.filter(Q(parent__isnull=True) | ~Exists(same_owner))
     if miner.price is not None:
         jobs = jobs.filter(Q(req_max_price__isnull=True) | Q(req_max_price__gte=miner.price))
     if miner.gpu_name:
@@ -138,7 +166,13 @@ def miners_for_job(miners: QuerySet[Miner], *, job: Job) -> QuerySet[Miner]:
         serves_model |= ~Exists(ServedModel.objects.filter(miner=OuterRef("pk"))) & ~Exists(
             CatalogModel.objects.filter(name=job.model)
         )
-    miners = miners.filter(serves_model, status=MinerStatus.ONLINE, draining=False)
+    miners = miners.filter(serves_model, status=MinerStatus.ONLINE, draining=False, suspended_at__isnull=True)
+    if job.req_miner_id is not None:
+        miners = miners.filter(pk=job.req_miner_id)
+    if job.req_min_reputation is not None:
+        miners = miners.filter(reputation_score__gte=job.req_min_reputation)
+    if job.parent_id is not None:
+        miners = miners.exclude(owner__miners__jobs__parent=job.parent_id)
     if job.req_min_vram_gb is not None:
         miners = miners.filter(vram_gb__gte=job.req_min_vram_gb)
     if job.req_cuda_code is not None:

@@ -75,9 +75,13 @@ def job_submit(
     idempotency_key: str | None = None,
     payment_amount: Decimal | None = None,
     job_id: uuid.UUID | None = None,
+    pinned_miner: Miner | None = None,
+    min_reputation: float | None = None,
 ) -> Submission:
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job. A caller
-    may choose the job's id (``job_id``), to follow its events from before it can have any.
+    may choose the job's id (``job_id``), to follow its events from before it can have any. A job
+    pinned to a miner (``pinned_miner``) is offered to that miner only; one with a
+    ``min_reputation`` only to miners whose reputation is at least that.
 
     A model of the catalog must be enabled and fit the job, and the job gets the model's default
     parameters for those it does not set; other models are for the miners that bring them. The job's price (``payment_amount``, else the catalog's price for its
@@ -129,6 +133,8 @@ def job_submit(
         req_cuda_code=cuda_code(constraints.get("cuda")),
         req_region=str(constraints.get("region") or ""),
         req_max_price=constraints.get("max_price"),
+        req_miner=pinned_miner,
+        req_min_reputation=min_reputation,
         idempotency_key=idempotency_key or None,
         request_fingerprint=fingerprint,
         created_at=now,
