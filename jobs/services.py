@@ -77,11 +77,13 @@ def job_submit(
     job_id: uuid.UUID | None = None,
     pinned_miner: Miner | None = None,
     min_reputation: float | None = None,
+    settle_on_verdict: bool = False,
 ) -> Submission:
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job. A caller
     may choose the job's id (``job_id``), to follow its events from before it can have any. A job
     pinned to a miner (``pinned_miner``) is offered to that miner only; one with a
-    ``min_reputation`` only to miners whose reputation is at least that.
+    ``min_reputation`` only to miners whose reputation is at least that. A job that settles on a
+    verdict (``settle_on_verdict``) keeps its escrow past completion until ``job_verdict_settle``.
 
     A model of the catalog must be enabled and fit the job, and the job gets the model's default
     parameters for those it does not set; other models are for the miners that bring them. The job's price (``payment_amount``, else the catalog's price for its
@@ -135,6 +137,7 @@ def job_submit(
         req_max_price=constraints.get("max_price"),
         req_miner=pinned_miner,
         req_min_reputation=min_reputation,
+        settles_on_verdict=settle_on_verdict,
         idempotency_key=idempotency_key or None,
         request_fingerprint=fingerprint,
         created_at=now,
@@ -270,6 +273,21 @@ def job_payment_release(*, job_id) -> Payment:
         _settle([(job, _charge(job))], miner=job.miner)
         _announce(_payment_events([job]))
     return Payment.objects.get(pk=payment.pk)
+
+
+def job_verdict_settle(*, job_id, agreed: bool, reason: str = "") -> Job:
+    """Settle the escrow of a completed job that settles on a verdict: its miner is paid the charge
+    when its answer ``agreed``, else the client gets it all back (an outvoted answer is paid nothing)."""
+    with transaction.atomic():
+        job, _ = _locked_job_with_escrow(job_id)
+        if job.status != JobStatus.COMPLETED or not job.settles_on_verdict or job.miner is None:
+            raise Conflict("Only a completed job settling on a verdict is settled so.", code="NOT_AWAITING_VERDICT")
+        if agreed:
+            _settle([(job, _charge(job))], miner=job.miner)
+        else:
+            _refund(job, reason=reason or "The miner's answer was outvoted.")
+        _announce(_payment_events([job]))
+    return job
 
 
 def job_payment_refund(*, job_id, reason: str) -> Payment:
@@ -624,9 +642,11 @@ def _charge(job: Job) -> Decimal:
 def _charge_and_sign(held: list[Job], *, miner: Miner) -> tuple[list[tuple[Job, Decimal]], list[Receipt]]:
     """Charge the paid jobs of ``held`` (completed, not yet stored) and sign their receipts: what both
     backends do before storing the jobs with their receipts, then settling the charges."""
-    charges = [(job, _charge(job)) for job in held if job.payment_id]
-    # A receipt states what its client pays: the charge, or the job's price when it is free.
-    charged = {job.pk: charge for job, charge in charges}
+    priced = [(job, _charge(job)) for job in held if job.payment_id]
+    # A receipt states what its client pays: the charge (for a job settling on a verdict, if its
+    # answer agrees), or the job's price when it is free.
+    charged = {job.pk: charge for job, charge in priced}
+    charges = [(job, charge) for job, charge in priced if not job.settles_on_verdict]
     return charges, receipts_sign(completed=[(job, miner.miner_id, charged.get(job.pk, job.price)) for job in held])
 
 

@@ -105,6 +105,9 @@ class SwarmTask(models.Model):
         max_digits=24, decimal_places=8, null=True, blank=True, help_text="What each share's job holds in escrow."
     )
     consensus_threshold = models.FloatField(default=0.5)
+    agreement_rule = models.CharField(
+        max_length=16, default="exact", help_text="Redundant: exact (text) or semantic (embeddings: cosine)."
+    )
     judge = models.CharField(max_length=200, blank=True, help_text="Best of n: 'client', or the judging model.")
     judge_job = models.OneToOneField(
         "jobs.Job", on_delete=models.PROTECT, null=True, blank=True, related_name="swarm_judged"

@@ -11,10 +11,12 @@ from swarm.models import ShareOutcome, Swarm, SwarmMember, SwarmShare, SwarmTask
 
 
 def member_status(miner: Miner) -> str:
-    """A member's live status, from its miner's: banned, maintenance, draining, online or offline
-    (the miner's heartbeats keep it online; housekeeping takes a silent one offline)."""
+    """A member's live status, from its miner's: banned, suspended, maintenance, draining, online or
+    offline (the miner's heartbeats keep it online; housekeeping takes a silent one offline)."""
     if miner.banned_at:
         return "banned"
+    if miner.suspended_at:
+        return "suspended"
     if miner.maintenance_since:
         return "maintenance"
     if miner.status == MinerStatus.ONLINE:

@@ -10,6 +10,7 @@ task ends as its strategy says.
 """
 
 import logging
+import math
 from contextlib import suppress
 from datetime import timedelta
 from decimal import Decimal
@@ -21,11 +22,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.errors import Conflict, Invalid, NotFound, ServiceError
+from jobs import agreement
 from jobs import services as job_services
-from jobs.models import Job, JobStatus, JobType
+from jobs.models import Job, JobStatus, JobType, VerdictKind
 from jobs.selectors import miners_able_to_run
 from jobs.services import NON_RETRYABLE_ERRORS
+from jobs.verification import verdict_record
 from miners.models import Miner
+from payments.models import PaymentStatus
 from swarm import outputs
 from swarm.models import (
     MemberPriority,
@@ -121,13 +125,16 @@ def task_coordinate(
     judge: str = "",
     spec: dict | None = None,
     payment_amount: Decimal | None = None,
+    agreement_rule: str = "",
 ) -> SwarmTask:
     """Start a coordinated task on ``collaborators`` of the swarm's members: each share a job pinned
     to one member, paid from the client's wallet (a short wallet is 402 and nothing starts).
 
     ``redundant`` and ``best_of`` give every chosen member the same job and choose members of
     distinct owners; ``split`` cuts ``inputs`` into ``collaborators`` runs in order, one job per item.
-    Each share's job holds ``payment_amount`` in escrow (else its catalog price).
+    Each share's job holds ``payment_amount`` in escrow (else its catalog price). Redundant answers
+    agree by ``agreement_rule`` (``jobs.agreement``): by default ``exact`` for text, ``semantic``
+    (cosine similarity) for embeddings.
     """
     if strategy == Strategy.SPLIT and not inputs:
         raise Invalid("A split task needs a non-empty list input.", code="VALIDATION_ERROR")
@@ -145,6 +152,7 @@ def task_coordinate(
             collaborators=collaborators,
             share_payment=payment_amount,
             consensus_threshold=consensus_threshold or settings.SWARM_CONSENSUS_THRESHOLD,
+            agreement_rule=agreement_rule or (agreement.SEMANTIC if job_type == JobType.EMBEDDING else agreement.EXACT),
             judge=judge if strategy == Strategy.BEST_OF else "",
             timeout_seconds=timeout_seconds,
             deadline=now + timedelta(seconds=timeout_seconds),
@@ -209,6 +217,8 @@ def _start_share(task: SwarmTask, *, index: int, member: SwarmMember) -> SwarmSh
         max_attempts=1,
         payment_amount=task.share_payment,
         pinned_miner=member.miner,
+        # A redundant share is paid only if its answer agrees with the consensus.
+        settle_on_verdict=task.strategy == Strategy.REDUNDANT,
         idempotency_key=f"{SHARE_JOB_KEY}:{task.pk}:{index}:{attempt}",
     ).job
     return SwarmShare.objects.create(task=task, index=index, member=member, job=job)
@@ -313,8 +323,11 @@ def _replace(task: SwarmTask, share: SwarmShare, *, now) -> None:
 
 
 def _end(task: SwarmTask, shares: list[SwarmShare], status: str, *, now, code: str = "", message: str = "") -> None:
-    """End the task: shares still running are cancelled (their escrow refunded)."""
+    """End the task: shares still running are cancelled, and answers still holding escrow for a
+    verdict that never came are refunded."""
     for share in shares:
+        if share.outcome == ShareOutcome.ANSWERED:
+            _settle_held(share, agreed=False, reason=f"The swarm task ended {status} before a verdict.")
         if share.outcome == ShareOutcome.PENDING:
             if not share.job.is_terminal:
                 with suppress(ServiceError):
@@ -366,7 +379,49 @@ def _finish(task: SwarmTask, shares: list[SwarmShare], *, now) -> None:
 
 
 def _decide_consensus(task: SwarmTask, shares: list[SwarmShare], answered: list[SwarmShare], *, now) -> None:
-    raise NotImplementedError
+    """A redundant task's vote: the largest group of answers agreeing with one of them wins when it
+    holds at least ``consensus_threshold`` of the collaborators and no other group is as large. Its
+    members' verdicts are ``agreed`` and their escrow is released; the answers outside it are
+    ``outvoted``: their miners' reputation drops and their escrow goes back to the client. Without a
+    consensus no one is judged, and every answer is refunded."""
+    required = max(1, math.ceil(task.consensus_threshold * task.collaborators - 1e-9))
+    results = [share.job.result for share in answered]
+    rule = {"agreement": task.agreement_rule, "threshold": None}
+    found = agreement.consensus(results, required=required, **rule)
+    dissenting = [answered[i] for i in found.dissenters(len(answered))]
+    tied = (
+        found.group
+        and agreement.consensus([s.job.result for s in dissenting], required=len(found.group), **rule).reached
+    )
+    task.agreement = len(found.group) / task.collaborators
+    if not found.reached or tied:
+        why = (
+            "two groups of answers are as large"
+            if tied
+            else f"at most {len(found.group)} of {task.collaborators} agree"
+        )
+        for share in answered:
+            _settle_held(share, agreed=False, reason="The swarm task reached no consensus.")
+        _end(task, shares, TaskStatus.FAILED, now=now, code="NO_CONSENSUS", message=f"No consensus: {why}.")
+        return
+    winners = [answered[i] for i in found.group]
+    for share, verdict, outcome in [
+        *((s, VerdictKind.AGREED, ShareOutcome.AGREED) for s in winners),
+        *((s, VerdictKind.OUTVOTED, ShareOutcome.OUTVOTED) for s in dissenting),
+    ]:
+        verdict_record(attempt=share.job, kind=verdict)
+        _settle_held(share, agreed=outcome == ShareOutcome.AGREED)
+        share.outcome = outcome
+        share.save(update_fields=["outcome"])
+    task.output = outputs.output_of(answered[found.representative].job)
+    _end(task, shares, TaskStatus.COMPLETED, now=now)
+
+
+def _settle_held(share: SwarmShare, *, agreed: bool, reason: str = "") -> None:
+    """Release (``agreed``) or refund the escrow a redundant share's job holds for its verdict."""
+    job = share.job
+    if job.settles_on_verdict and job.payment_id and job.payment.status == PaymentStatus.ESCROWED:
+        share.job = job_services.job_verdict_settle(job_id=job.pk, agreed=agreed, reason=reason)
 
 
 # --- Best of n: the judge ------------------------------------------------------------------

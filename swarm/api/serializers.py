@@ -2,8 +2,8 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
+from jobs.agreement import AGREEMENTS
 from jobs.api.serializers import JobSubmitSerializer
-from jobs.models import JobType
 from swarm.models import MemberPriority, MemberRole, ShareOutcome, Strategy, TaskStatus
 
 # The original CLI's names for the strategies.
@@ -53,7 +53,9 @@ class SwarmMemberSerializer(serializers.Serializer):
     capability = serializers.CharField()
     priority = serializers.ChoiceField(choices=MemberPriority.choices)
     region = serializers.CharField()
-    status = serializers.CharField(help_text="online, offline, draining, banned, maintenance (the miner's, live)")
+    status = serializers.CharField(
+        help_text="online, offline, draining, suspended, banned, maintenance (the miner's, live)"
+    )
     joined_at = serializers.DateTimeField()
 
 
@@ -121,7 +123,8 @@ class SwarmCoordinateSerializer(serializers.Serializer):
     task = serializers.JSONField(
         help_text="The job each share runs: a prompt (text), or an object with prompt, messages or input, model, "
         "type, params and payment_amount (each share's) as POST /v1/jobs takes them. split: input is the list cut into shares. best_of: judge is "
-        '"client" (the default: POST …/choose) or the model that judges.'
+        '"client" (the default: POST …/choose) or the model that judges. redundant: agreement is exact (the default '
+        "for text) or semantic (the default for embeddings)."
     )
     collaborators = serializers.IntegerField(min_value=1, max_value=settings.SWARM_MAX_COLLABORATORS, default=3)
     strategy = serializers.CharField(
@@ -160,6 +163,9 @@ class SwarmCoordinateSerializer(serializers.Serializer):
                     {"task": {"input": [f"At most {settings.SWARM_MAX_SPLIT_ITEMS} items."]}}
                 )
         checked = _checked_split(job, inputs) if inputs else _checked(job)
+        rule = task.get("agreement", "")
+        if rule not in ("", *AGREEMENTS):
+            raise serializers.ValidationError({"task": {"agreement": ["exact or semantic."]}})
         judge = ""
         if strategy == Strategy.BEST_OF:
             judge = task.get("judge", "client")
@@ -178,6 +184,7 @@ class SwarmCoordinateSerializer(serializers.Serializer):
             "judge": judge.strip(),
             "spec": task,
             "payment_amount": checked["payment_amount"],
+            "agreement_rule": rule,
         }
 
 
@@ -190,19 +197,15 @@ def _checked(job: dict) -> dict:
 
 
 def _checked_split(job: dict, inputs: list[str]) -> dict:
-    """A split task's job, checked with its first item as the input of an embedding job, else as
-    the prompt; every item within the bounds of one job's text."""
+    """A split task's job, checked with its first item as its prompt (an embedding job's input); every
+    item within the bounds of one job's text. Its payload is stored without the item."""
     too_long = [i for i, item in enumerate(inputs) if len(item) > settings.JOB_MAX_INPUT_CHARS]
     if too_long:
         raise serializers.ValidationError(
             {"task": {"input": [f"Items {too_long} are longer than {settings.JOB_MAX_INPUT_CHARS} characters."]}}
         )
     rest = {k: v for k, v in job.items() if k not in ("input", "prompt", "messages")}
-    as_input = JobSubmitSerializer(data={**rest, "input": inputs[0]})
-    if as_input.is_valid() and as_input.validated_data["job_type"] == JobType.EMBEDDING:
-        checked = as_input.validated_data
-    else:
-        checked = _checked({**rest, "prompt": inputs[0]})
+    checked = _checked({**rest, "prompt": inputs[0]})
     payload = {k: v for k, v in checked["payload"].items() if k not in ("input", "prompt")}
     return {**checked, "payload": payload}
 
