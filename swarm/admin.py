@@ -1,10 +1,13 @@
+from decimal import Decimal
+
 from django.contrib import admin, messages
 
-from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline
+from core.admin_bases import ReadOnlyAdmin, ReadOnlyInline, confirm_action
 from core.errors import ServiceError
 from core.services import staff_action_record
+from payments.models import PaymentStatus
 from swarm import selectors, services
-from swarm.models import Swarm, SwarmMember, SwarmShare, SwarmTask
+from swarm.models import ShareOutcome, Swarm, SwarmMember, SwarmShare, SwarmTask
 
 
 class SwarmMemberInline(ReadOnlyInline):
@@ -50,15 +53,43 @@ class SwarmTaskAdmin(ReadOnlyAdmin):
     inlines = [SwarmShareInline]
     actions = ["cancel_tasks"]
 
-    @admin.action(description="Cancel selected tasks (shares still running are cancelled and refunded)")
+    def has_move_money_permission(self, request) -> bool:
+        # As on the ledger's own pages: moving money takes the ledger's "add" permission.
+        return request.user.has_perm("payments.add_ledgertransaction")
+
+    @admin.action(description="Cancel selected tasks and refund their running shares…", permissions=["move_money"])
     def cancel_tasks(self, request, queryset):
-        cancelled = []
-        for task in queryset:
-            try:
-                cancelled.append(services.task_cancel(task=task))
-            except ServiceError as error:
-                self.message_user(request, f"{task}: {error.detail}", messages.WARNING)
-        if cancelled:
-            summary = f"Cancelled {len(cancelled)} swarm task(s)."
-            staff_action_record(actor=request.user, action="cancel swarm tasks", targets=cancelled, summary=summary)
-            self.message_user(request, summary)
+        tasks = [task for task in queryset.select_related("client") if not task.is_terminal]
+        held = [
+            share.job
+            for share in SwarmShare.objects.filter(task__in=tasks, job__payment__status=PaymentStatus.ESCROWED)
+            .exclude(outcome__in=[ShareOutcome.REPLACED, ShareOutcome.CHOSEN, ShareOutcome.NOT_CHOSEN])
+            .select_related("job__payment")
+        ]
+        total = sum((job.payment.amount for job in held), Decimal(0))
+
+        def cancel(cleaned):
+            cancelled = []
+            for task in tasks:
+                try:
+                    cancelled.append(services.task_cancel(task=task))
+                except ServiceError as error:
+                    self.message_user(request, f"{task}: {error.detail}", messages.WARNING)
+            if cancelled:
+                summary = f"Cancelled {len(cancelled)} swarm task(s)."
+                staff_action_record(
+                    actor=request.user, action="cancel swarm tasks", targets=cancelled, summary=summary,
+                    reason=cleaned["reason"], amount=total or None,
+                )  # fmt: skip
+                self.message_user(request, summary, messages.SUCCESS)
+
+        return confirm_action(
+            self,
+            request,
+            tasks,
+            title="Cancel swarm tasks and refund their running shares",
+            changes=[f"Task {task.pk} ({task.strategy}, {task.client}) is cancelled." for task in tasks],
+            money_moved=f"Up to {total} AITBC held for {len(held)} share(s) goes back to the clients." if held else "",
+            act=cancel,
+            submit="Cancel tasks",
+        )

@@ -57,9 +57,12 @@ def test_staff_see_swarms_and_tasks_in_the_admin_and_cancel_tasks(admin_client, 
     assert "member-1" in admin_client.get(f"/admin/swarm/swarm/{swarm_id}/change/").content.decode()
     assert task_id in admin_client.get("/admin/swarm/swarmtask/").content.decode()
     assert "pending" in admin_client.get(f"/admin/swarm/swarmtask/{task_id}/change/").content.decode()
-    response = admin_client.post(
-        "/admin/swarm/swarmtask/", {"action": "cancel_tasks", "_selected_action": [task_id]}, follow=True
-    )
+    chosen = {"action": "cancel_tasks", "_selected_action": [task_id]}
+    confirm = admin_client.post("/admin/swarm/swarmtask/", chosen).content.decode()
+    assert "Cancel swarm tasks and refund their running shares" in confirm
+    assert SwarmTask.objects.get(pk=task_id).status == "running"
+    response = admin_client.post("/admin/swarm/swarmtask/", {**chosen, "apply": "1", "reason": "stuck"}, follow=True)
     assert "Cancelled 1 swarm task(s)." in response.content.decode()
     assert SwarmTask.objects.get(pk=task_id).status == "cancelled"
-    assert StaffAction.objects.get().action == "cancel swarm tasks"
+    action = StaffAction.objects.get()
+    assert (action.action, action.reason) == ("cancel swarm tasks", "stuck")
