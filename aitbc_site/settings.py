@@ -329,6 +329,11 @@ JOB_OUTLOOK_CACHE_SECONDS = env_int("JOB_OUTLOOK_CACHE_SECONDS", 2, minimum=0)
 HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, minimum=1)
 
 # --- Verification ---------------------------------------------------------------------
+# Matching prefers reputable miners: one whose reputation r is below 1 claims a job only once it
+# has waited this many seconds × (1 − r).
+MATCHING_REPUTATION_HEADSTART_SECONDS = float(env_decimal("MATCHING_REPUTATION_HEADSTART_SECONDS", "2"))
+# The platform account that submits (and pays for) canaries.
+VERIFICATION_CANARY_USERNAME = env_str("VERIFICATION_CANARY_USERNAME", "canary")
 # The most attempts a verified job (``verification.redundancy``) may ask for.
 VERIFICATION_MAX_REDUNDANCY = env_int("VERIFICATION_MAX_REDUNDANCY", 7, minimum=2)
 # The share of the jobs an external miner completes that are followed by a canary (a known-answer

@@ -25,6 +25,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from django.conf import settings
+
+from core.errors import Invalid
+
 EXACT = "exact"
 SEMANTIC = "semantic"
 AGREEMENTS = (EXACT, SEMANTIC)
@@ -150,3 +154,35 @@ def consensus(results: Sequence, *, agreement: str, threshold: float | None = No
 def majority(count: int) -> int:
     """The smallest number of ``count`` answers that outvotes the rest."""
     return count // 2 + 1
+
+
+def verification_request(raw) -> dict:
+    """A job's ``verification`` as sent, checked and completed: ``redundancy`` (2 to
+    ``VERIFICATION_MAX_REDUNDANCY`` attempts), ``agreement`` (``exact``, the default, or
+    ``semantic``) and ``threshold`` (for ``semantic``: the similarity, above 0 and at most 1). A
+    bad value is a 422 naming the field."""
+    if not isinstance(raw, dict):
+        _refuse("verification", "Must be an object: redundancy, agreement, threshold.")
+    unknown = sorted(set(raw) - {"redundancy", "agreement", "threshold"})
+    if unknown:
+        _refuse(unknown[0], "Unknown field; expected redundancy, agreement and threshold.")
+    redundancy = raw.get("redundancy")
+    most = settings.VERIFICATION_MAX_REDUNDANCY
+    if not isinstance(redundancy, int) or isinstance(redundancy, bool) or not 2 <= redundancy <= most:
+        _refuse("redundancy", f"Must be an integer from 2 to {most}.")
+    agreement = raw.get("agreement", EXACT)
+    if agreement not in AGREEMENTS:
+        _refuse("agreement", f"Must be one of {', '.join(AGREEMENTS)}.")
+    threshold = raw.get("threshold")
+    if threshold is not None:
+        if agreement != SEMANTIC:
+            _refuse("threshold", "Only semantic agreement takes a threshold.")
+        if not _is_number(threshold) or not 0 < threshold <= 1:
+            _refuse("threshold", "Must be a number above 0 and at most 1.")
+    elif agreement == SEMANTIC:
+        threshold = DEFAULT_SEMANTIC_THRESHOLD
+    return {"redundancy": redundancy, "agreement": agreement, "threshold": threshold}
+
+
+def _refuse(field: str, message: str):
+    raise Invalid(message, code="INVALID_VERIFICATION", errors={"verification": {field: [message]}})

@@ -24,6 +24,11 @@ Beyond the client's constraints:
   attempt of the same job, so its answers come from distinct owners;
 - a suspended miner (``Miner.suspended_at``) claims nothing.
 
+Where several miners could take a job, the claim prefers those of higher reputation: a miner
+whose stored reputation r is below 1 claims a job only once it has waited
+``MATCHING_REPUTATION_HEADSTART_SECONDS`` × (1 − r) (``PREFERS_REPUTATION``; a miner with no
+reputation yet waits for nothing), so better miners polling meanwhile take it first.
+
 ``MINER_MEETS_JOB`` states the constraints in SQL over a job row ``j`` and a miner row ``m``; the
 claim function ``jobs_claim`` (``CLAIM_FUNCTION``, installed by migration) is built from it, so
 changing the rule here takes a migration that runs ``create_claim_function`` again.
@@ -31,6 +36,8 @@ changing the rule here takes a migration that runs ``create_claim_function`` aga
 (SQLite), a miner's list of available jobs, and a queued job's outlook use them.
 ``jobs/tests/test_matching.py`` holds all three to one table of cases on both backends.
 """
+
+from datetime import timedelta
 
 from django.db.models import Exists, F, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
@@ -64,6 +71,9 @@ MINER_MEETS_JOB = """
 # While attempts of verified jobs wait in the queue, claims by miners of one owner take turns (a
 # transaction-level advisory lock on the owner): the distinct-owner rule reads the attempts
 # committed before, so two miners of one owner can't take two attempts of one job at once.
+PREFERS_REPUTATION = """
+    (m.reputation_score IS NULL OR j.created_at <= p_now - p_headstart * (1 - m.reputation_score) * interval '1 second')
+"""
 _LEASE_PICKED = """
     UPDATE jobs_job j SET status = 'running', miner_id = p_miner, attempt = j.attempt + 1,
         lease_token = gen_random_uuid()::text, lease_expires_at = p_lease_until, started_at = p_now,
@@ -71,12 +81,21 @@ _LEASE_PICKED = """
     FROM picked WHERE j.id = picked.id
     RETURNING j.*;
 """
+# Of the candidates, the best attempt of each verified job only (a miner takes one attempt of a job).
+_ONE_ATTEMPT_PER_JOB = """
+            SELECT one.id FROM (
+                SELECT DISTINCT ON (coalesce(c.parent_id, c.id)) c.id, c.rank_at FROM candidates c
+                ORDER BY coalesce(c.parent_id, c.id), c.rank_at
+            ) one
+            ORDER BY one.rank_at
+"""
 _FREE_SLOTS = """LEAST(p_limit, GREATEST(0, m.max_concurrent_jobs - (
             SELECT count(*) FROM jobs_job r WHERE r.miner_id = p_miner AND r.status = 'running'
         )))"""
 CLAIM_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION jobs_claim(
-    p_miner bigint, p_limit integer, p_job_id uuid, p_models text[], p_now timestamptz, p_lease_until timestamptz
+    p_miner bigint, p_limit integer, p_job_id uuid, p_models text[], p_now timestamptz, p_lease_until timestamptz,
+    p_headstart double precision
 ) RETURNS SETOF jobs_job LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 DECLARE
     m record;
@@ -92,36 +111,41 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM miners_servedmodel s WHERE s.miner_id = p_miner) THEN
         RETURN QUERY
-        WITH picked AS (
-            SELECT c.id FROM miners_servedmodel s
+        WITH candidates AS (
+            SELECT c.id, c.rank_at, c.parent_id FROM miners_servedmodel s
             CROSS JOIN LATERAL (
-                SELECT j.id, j.rank_at FROM jobs_job j
+                SELECT j.id, j.rank_at, j.parent_id FROM jobs_job j
                 WHERE j.status = 'queued' AND j.model = s.name AND j.expires_at > p_now
                   AND (p_job_id IS NULL OR j.id = p_job_id)
                   AND {MINER_MEETS_JOB.strip()}
+                  AND {PREFERS_REPUTATION.strip()}
                 ORDER BY j.rank_at
                 LIMIT p_limit
                 FOR UPDATE OF j SKIP LOCKED
             ) c
             WHERE s.miner_id = p_miner AND (p_models IS NULL OR s.name = ANY(p_models))
-            ORDER BY c.rank_at
+        ), picked AS (
+            {_ONE_ATTEMPT_PER_JOB.strip()}
             LIMIT {_FREE_SLOTS}
         )
         {_LEASE_PICKED.strip()}
     ELSE
         -- A miner that declares no models serves every model outside the catalog.
         RETURN QUERY
-        WITH picked AS (
-            SELECT j.id FROM jobs_job j
+        WITH candidates AS (
+            SELECT j.id, j.rank_at, j.parent_id FROM jobs_job j
             WHERE j.status = 'queued' AND j.expires_at > p_now
               AND (p_job_id IS NULL OR j.id = p_job_id)
               AND (p_models IS NULL OR j.model = ANY(p_models))
               AND j.model <> '{AGENT_TASK_MODEL}'
               AND NOT EXISTS (SELECT 1 FROM {CatalogModel._meta.db_table} cm WHERE cm.name = j.model)
               AND {MINER_MEETS_JOB.strip()}
+              AND {PREFERS_REPUTATION.strip()}
             ORDER BY j.rank_at
             LIMIT {_FREE_SLOTS}
             FOR UPDATE OF j SKIP LOCKED
+        ), picked AS (
+            {_ONE_ATTEMPT_PER_JOB.strip()}
         )
         {_LEASE_PICKED.strip()}
     END IF;
@@ -133,6 +157,13 @@ def create_claim_function(schema_editor) -> None:
     """Install (or replace) ``jobs_claim`` as this module states it; PostgreSQL only."""
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(CLAIM_FUNCTION, params=None)
+
+
+def reputation_headstart_filter(jobs: QuerySet[Job], *, miner: Miner, now, headstart: float) -> QuerySet[Job]:
+    """``PREFERS_REPUTATION`` as an ORM filter (the portable claim)."""
+    if miner.reputation_score is None or headstart <= 0 or miner.reputation_score >= 1:
+        return jobs
+    return jobs.filter(created_at__lte=now - timedelta(seconds=headstart * (1 - miner.reputation_score)))
 
 
 def jobs_for_miner(jobs: QuerySet[Job], *, miner: Miner) -> QuerySet[Job]:

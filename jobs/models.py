@@ -137,9 +137,11 @@ class Job(models.Model):
             models.CheckConstraint(condition=Q(priority__lte=JobPriority.URGENT), name="job_priority_valid"),
             models.CheckConstraint(condition=Q(attempt__lte=models.F("max_attempts")), name="job_attempts_bounded"),
             models.CheckConstraint(condition=Q(progress__gte=0, progress__lte=100), name="job_progress_percent"),
+            # A verified job runs as its attempts: it holds no lease of its own.
             models.CheckConstraint(
                 condition=~Q(status="running")
-                | Q(miner__isnull=False, lease_expires_at__isnull=False) & ~Q(lease_token=""),
+                | Q(miner__isnull=False, lease_expires_at__isnull=False) & ~Q(lease_token="")
+                | Q(miner__isnull=True, parent__isnull=True) & ~Q(verification={}),
                 name="job_running_has_lease",
             ),
             models.CheckConstraint(

@@ -337,7 +337,9 @@ def miner_earnings(*, miner: Miner) -> Decimal:
 
 
 def receipts_for_job(*, job_id) -> QuerySet[Receipt]:
-    return Receipt.objects.filter(job_id=job_id).order_by("-created_at", "-receipt_id")
+    """The job's receipts, newest first, with those of its attempts when it is a verified job (its
+    own, signed once they agreed, comes first)."""
+    return Receipt.objects.filter(Q(job_id=job_id) | Q(job__parent_id=job_id)).order_by("-created_at", "-receipt_id")
 
 
 def receipt_documents(receipts) -> list[dict]:

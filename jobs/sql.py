@@ -24,7 +24,9 @@ _PAYMENT_COLUMNS = ", ".join(
 )
 CLAIM = f"""
 SELECT {columns(Job, "c")}, {_PAYMENT_COLUMNS}
-FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
+FROM jobs_claim(
+    %(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s, %(headstart)s::float8
+) c
 LEFT JOIN {Payment._meta.db_table} p ON p.payment_id = c.payment_id
 """
 

@@ -68,6 +68,10 @@ class JobListView(ClientJobMixin, generics.ListAPIView):
     filter_backends = [DjangoFilterBackend]
     filterset_class = JobFilter
 
+    def get_queryset(self):
+        # A verified job is listed; its attempts are its own business (its receipts name them).
+        return super().get_queryset().filter(parent__isnull=True)
+
     def get_serializer_context(self):
         return {**super().get_serializer_context(), "outlook": getattr(self, "_outlook", {})}
 

@@ -12,9 +12,17 @@ def create(apps, schema_editor):
     create_claim_function(schema_editor)
 
 
+def drop_old_claim_function(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(
+            "DROP FUNCTION IF EXISTS jobs_claim(bigint, integer, uuid, text[], timestamptz, timestamptz)"
+        )
+
+
 class Migration(migrations.Migration):
     """Verified jobs and their attempts, pinned jobs, verdicts; ``jobs_claim`` honours pins, minimum
-    reputations, suspensions and the distinct owners of a verified job's attempts."""
+    reputations, suspensions and the distinct owners of a verified job's attempts, and gives
+    reputable miners a head start."""
 
     dependencies = [
         ("jobs", "0012_claim_function_modelless_miners"),
@@ -117,6 +125,30 @@ class Migration(migrations.Migration):
                 name="verdict_kind_valid",
             ),
         ),
+        migrations.RemoveConstraint(
+            model_name="job",
+            name="job_running_has_lease",
+        ),
+        migrations.AddConstraint(
+            model_name="job",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("status", "running"), _negated=True),
+                    models.Q(
+                        ("lease_expires_at__isnull", False),
+                        ("miner__isnull", False),
+                        models.Q(("lease_token", ""), _negated=True),
+                    ),
+                    models.Q(
+                        ("miner__isnull", True), ("parent__isnull", True), models.Q(("verification", {}), _negated=True)
+                    ),
+                    _connector="OR",
+                ),
+                name="job_running_has_lease",
+            ),
+        ),
+        # jobs_claim takes the reputation head start (p_headstart) now: the old signature goes.
+        migrations.RunPython(drop_old_claim_function, migrations.RunPython.noop),
         # Not reversible in place: the function reads the columns added here.
         migrations.RunPython(create, migrations.RunPython.noop),
     ]
