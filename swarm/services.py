@@ -161,10 +161,9 @@ def task_coordinate(
         members = _eligible_members(task, distinct_owners=strategy != Strategy.SPLIT)
         needed = min(collaborators, len(inputs)) if strategy == Strategy.SPLIT else collaborators
         if len(members) < needed:
+            owners = " of distinct owners" if strategy != Strategy.SPLIT else ""
             raise Conflict(
-                f"The swarm has {len(members)} live member(s) able to run {model} "
-                f"({'of distinct owners, ' if strategy != Strategy.SPLIT else ''}not busy elsewhere); "
-                f"the task needs {needed}.",
+                f"The swarm has {len(members)} live member(s){owners} able to run {model}; the task needs {needed}.",
                 code="NOT_ENOUGH_MEMBERS",
             )
         task.collaborators = needed
@@ -324,10 +323,10 @@ def _replace(task: SwarmTask, share: SwarmShare, *, now) -> None:
 
 def _end(task: SwarmTask, shares: list[SwarmShare], status: str, *, now, code: str = "", message: str = "") -> None:
     """End the task: shares still running are cancelled, and answers still holding escrow for a
-    verdict that never came are refunded."""
+    verdict that never came (no consensus, a cancelled task) are refunded."""
     for share in shares:
         if share.outcome == ShareOutcome.ANSWERED:
-            _settle_held(share, agreed=False, reason=f"The swarm task ended {status} before a verdict.")
+            _settle_held(share, agreed=False, reason=f"The swarm task ended ({code or status}) without a verdict.")
         if share.outcome == ShareOutcome.PENDING:
             if not share.job.is_terminal:
                 with suppress(ServiceError):
@@ -342,10 +341,8 @@ def _end(task: SwarmTask, shares: list[SwarmShare], status: str, *, now, code: s
 
 
 def _end_at_deadline(task: SwarmTask, shares: list[SwarmShare], *, now) -> None:
-    if task.strategy == Strategy.REDUNDANT and any(s.outcome == ShareOutcome.ANSWERED for s in shares):
-        _finish(task, shares, now=now)
-        return
-    if task.strategy == Strategy.BEST_OF and any(s.outcome == ShareOutcome.ANSWERED for s in shares):
+    """Past its timeout a redundant or best-of task goes on with the answers it has; else it fails."""
+    if task.strategy != Strategy.SPLIT and any(s.outcome == ShareOutcome.ANSWERED for s in shares):
         _finish(task, shares, now=now)
         return
     _end(task, shares, TaskStatus.FAILED, now=now, code="TIMEOUT", message="The task ran past its timeout.")
@@ -395,13 +392,7 @@ def _decide_consensus(task: SwarmTask, shares: list[SwarmShare], answered: list[
     )
     task.agreement = len(found.group) / task.collaborators
     if not found.reached or tied:
-        why = (
-            "two groups of answers are as large"
-            if tied
-            else f"at most {len(found.group)} of {task.collaborators} agree"
-        )
-        for share in answered:
-            _settle_held(share, agreed=False, reason="The swarm task reached no consensus.")
+        why = "two groups of answers are as large" if tied else f"{len(found.group)} of {task.collaborators} agree"
         _end(task, shares, TaskStatus.FAILED, now=now, code="NO_CONSENSUS", message=f"No consensus: {why}.")
         return
     winners = [answered[i] for i in found.group]

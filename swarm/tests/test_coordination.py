@@ -1,10 +1,12 @@
 """Coordinated tasks end to end: fake miners answer through the real HTTP miner API, the jobs' hook
 advances the task, and the money and reputations follow the verdicts. On PostgreSQL, committed."""
 
+import threading
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from jobs import services as job_services
@@ -13,7 +15,7 @@ from jobs.selectors import miner_reputation
 from miners.models import Miner
 from payments.selectors import wallet_of
 from swarm.models import SwarmShare, SwarmTask
-from swarm.services import tasks_advance_running
+from swarm.services import task_advance, tasks_advance_running
 from swarm.tests.conftest import MODEL
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -220,3 +222,35 @@ def test_a_task_past_its_timeout_fails_and_refunds(swarm_of, client_api):
     assert (status["status"], status["error_code"]) == ("failed", "TIMEOUT")
     # The answered share was paid; the one cancelled was refunded.
     assert balance(client_api) == client_before - Decimal("1")
+
+
+def test_processes_advancing_a_task_at_once_replace_a_silent_member_once(swarm_of, fake_miner, client_api):
+    swarm_id, (_first, silent) = swarm_of(2)
+    for name in ("spare-a", "spare-b"):
+        fake_miner(name).join(swarm_id)
+    task_id = coordinate(client_api, swarm_id, {"prompt": "hi", "model": MODEL}, strategy="redundant", collaborators=2)[
+        "task_id"
+    ]
+    # Silent, and not yet noticed: no job of its ended, so no hook ran.
+    Miner.objects.filter(miner_id=silent.miner_id).update(status="offline")
+    barrier, errors = threading.Barrier(6), []
+
+    def advance():
+        barrier.wait()
+        try:
+            task_advance(task_id=task_id)
+        except Exception as error:  # what a process without the task's lock would meet
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=advance) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    shares = SwarmShare.objects.filter(task=task_id)
+    assert shares.count() == 3
+    assert shares.filter(outcome="replaced").get().member.miner.miner_id == silent.miner_id
+    assert shares.filter(outcome="pending").count() == 2
