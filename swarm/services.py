@@ -19,8 +19,11 @@ from functools import partial, update_wrapper
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from agents import services as agent_services
+from agents.models import AgentStatus
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from jobs import agreement
 from jobs import services as job_services
@@ -185,6 +188,8 @@ def _eligible_members(task: SwarmTask, *, distinct_owners: bool, excluding=()) -
     members = (
         SwarmMember.objects.select_related("miner")
         .filter(swarm=task.swarm_id, left_at__isnull=True, miner__in=able)
+        # An agent takes tasks while it is active (its miner may outlive a pause).
+        .filter(Q(agent__isnull=True) | Q(agent__status=AgentStatus.ACTIVE, agent__banned_at__isnull=True))
         .exclude(pk__in=[m.pk for m in excluding])
     )
     ordered = sorted(members, key=lambda m: (PRIORITY_ORDER.get(m.priority, 1), m.joined_at, m.pk))
@@ -205,21 +210,26 @@ def _share_payload(task: SwarmTask, index: int) -> dict:
 
 
 def _start_share(task: SwarmTask, *, index: int, member: SwarmMember) -> SwarmShare:
+    """Queue the member's share: a job pinned to its miner (for an agent's task, an agent task given
+    to that agent alone)."""
     attempt = SwarmShare.objects.filter(task=task, index=index).count() + 1
-    job = job_services.job_submit(
-        client=task.client,
-        model=task.model,
-        payload=_share_payload(task, index),
-        job_type=task.job_type,
-        ttl_seconds=task.timeout_seconds,
-        # One attempt: a member that goes silent is replaced by another member, not waited for.
-        max_attempts=1,
-        payment_amount=task.share_payment,
-        pinned_miner=member.miner,
-        # A redundant share is paid only if its answer agrees with the consensus.
-        settle_on_verdict=task.strategy == Strategy.REDUNDANT,
-        idempotency_key=f"{SHARE_JOB_KEY}:{task.pk}:{index}:{attempt}",
-    ).job
+    key = f"{SHARE_JOB_KEY}:{task.pk}:{index}:{attempt}"
+    # A redundant share is paid only if its answer agrees with the consensus.
+    settle_on_verdict = task.strategy == Strategy.REDUNDANT
+    if task.job_type == JobType.TASK:
+        job = agent_services.task_submit(
+            client=task.client, task_data=_share_payload(task, index), priority="normal",
+            budget=task.share_payment, ttl_seconds=task.timeout_seconds, idempotency_key=key,
+            pinned_miner=member.miner, settle_on_verdict=settle_on_verdict,
+        ).job  # fmt: skip
+    else:
+        job = job_services.job_submit(
+            client=task.client, model=task.model, payload=_share_payload(task, index), job_type=task.job_type,
+            ttl_seconds=task.timeout_seconds, payment_amount=task.share_payment, idempotency_key=key,
+            pinned_miner=member.miner, settle_on_verdict=settle_on_verdict,
+            # One attempt: a member that goes silent is replaced by another member, not waited for.
+            max_attempts=1,
+        ).job  # fmt: skip
     return SwarmShare.objects.create(task=task, index=index, member=member, job=job)
 
 

@@ -1,9 +1,13 @@
+import json
+
 from django.conf import settings
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from jobs.agreement import AGREEMENTS
 from jobs.api.serializers import JobSubmitSerializer
+from jobs.models import JobType
+from miners.capabilities import AGENT_TASK_MODEL
 from swarm.models import MemberPriority, MemberRole, ShareOutcome, Strategy, TaskStatus
 
 # The original CLI's names for the strategies.
@@ -122,7 +126,8 @@ class SwarmCoordinateSerializer(serializers.Serializer):
     )
     task = serializers.JSONField(
         help_text="The job each share runs: a prompt (text), or an object with prompt, messages or input, model, "
-        "type, params and payment_amount (each share's) as POST /v1/jobs takes them. split: input is the list cut into shares. best_of: judge is "
+        "type, params and payment_amount (each share's) as POST /v1/jobs takes them; for agents, task_data (an agent task) "
+        "and payment_amount. split: input is the list cut into shares. best_of: judge is "
         '"client" (the default: POST …/choose) or the model that judges. redundant: agreement is exact (the default '
         "for text) or semantic (the default for embeddings)."
     )
@@ -162,7 +167,10 @@ class SwarmCoordinateSerializer(serializers.Serializer):
                 raise serializers.ValidationError(
                     {"task": {"input": [f"At most {settings.SWARM_MAX_SPLIT_ITEMS} items."]}}
                 )
-        checked = _checked_split(job, inputs) if inputs else _checked(job)
+        if "task_data" in task:
+            checked = _checked_agent_task(task)
+        else:
+            checked = _checked_split(job, inputs) if inputs else _checked(job)
         rule = task.get("agreement", "")
         if rule not in ("", *AGREEMENTS):
             raise serializers.ValidationError({"task": {"agreement": ["exact or semantic."]}})
@@ -194,6 +202,21 @@ def _checked(job: dict) -> dict:
     if not checked.is_valid():
         raise serializers.ValidationError({"task": checked.errors})
     return checked.validated_data
+
+
+def _checked_agent_task(task: dict) -> dict:
+    """An agent task (``task_data``, as ``POST /tasks/submit`` takes it), for members that are agents."""
+    data = task["task_data"]
+    if not isinstance(data, dict):
+        raise serializers.ValidationError({"task": {"task_data": ["Must be an object."]}})
+    if len(json.dumps(data, ensure_ascii=False).encode()) > settings.JOB_MAX_PAYLOAD_BYTES:
+        raise serializers.ValidationError({"task": {"task_data": [f"At most {settings.JOB_MAX_PAYLOAD_BYTES} bytes."]}})
+    budget = serializers.DecimalField(max_digits=18, decimal_places=8, min_value=0, allow_null=True)
+    try:
+        payment = budget.run_validation(task.get("payment_amount"))
+    except serializers.ValidationError as error:
+        raise serializers.ValidationError({"task": {"payment_amount": error.detail}}) from None
+    return {"job_type": JobType.TASK, "model": AGENT_TASK_MODEL, "payload": data, "payment_amount": payment}
 
 
 def _checked_split(job: dict, inputs: list[str]) -> dict:

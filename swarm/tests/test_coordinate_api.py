@@ -34,6 +34,8 @@ def post(api, body):
         ({"strategy": "split", "task": {"model": MODEL, "input": ["a", 2]}}, "task"),
         ({"strategy": "best_of", "task": {**TASK, "judge": 5}}, "task"),
         ({"task": {**TASK, "agreement": "fuzzy"}}, "task"),
+        ({"task": {"task_data": ["not", "an", "object"]}}, "task"),
+        ({"task": {"task_data": {}, "payment_amount": "-1"}}, "task"),
         ({"collaborators": 0}, "collaborators"),
         ({"collaborators": 33}, "collaborators"),
         ({"timeout_seconds": 0}, "timeout_seconds"),

@@ -254,3 +254,35 @@ def test_processes_advancing_a_task_at_once_replace_a_silent_member_once(swarm_o
     assert shares.count() == 3
     assert shares.filter(outcome="replaced").get().member.miner.miner_id == silent.miner_id
     assert shares.filter(outcome="pending").count() == 2
+
+
+def test_agents_take_part_through_their_miners(make_api, client_api):
+    agents = []
+    for name in ("agent-a", "agent-b"):
+        api = make_api("agent", f"owner-of-{name}")
+        registered = api.post("/agents/register", {"agent_id": name, "agent_type": "worker"}, format="json")
+        assert registered.status_code == 200, registered.content
+        agents.append((api, name))
+    swarm_id = None
+    for api, name in agents:
+        body = {"agent_id": name, "role": "task-coordinator", **({"swarm_id": swarm_id} if swarm_id else {})}
+        joined = api.post("/v1/swarm/join", body, format="json")
+        assert joined.status_code == 201, joined.content
+        swarm_id = joined.json()["swarm_id"]
+    task = {"task_data": {"task_type": "sum", "numbers": [2, 2]}, "payment_amount": "1"}
+    started = coordinate(client_api, swarm_id, task, strategy="redundant", collaborators=2)
+
+    for api, name in agents:
+        polled = api.post(f"/agents/{name}/poll", {}, format="json")
+        assert polled.status_code == 200, polled.content
+        (given,) = polled.json()["tasks"]
+        assert given["task_data"]["numbers"] == [2, 2]
+        reported = api.post(
+            f"/tasks/{given['task_id']}/result",
+            {"agent_id": name, "result": "4", "lease_token": given["lease_token"]},
+            format="json",
+        )
+        assert reported.status_code == 200, reported.content
+    status = client_api.get(f"/v1/swarm/tasks/{started['task_id']}/status").json()
+    assert (status["status"], status["output"]) == ("completed", "4")
+    assert {(m["agent_id"], m["outcome"]) for m in status["members"]} == {("agent-a", "agreed"), ("agent-b", "agreed")}
