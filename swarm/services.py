@@ -301,7 +301,11 @@ def _take_in(task: SwarmTask, share: SwarmShare, *, now) -> None:
     if job.status in JobStatus.ACTIVE and not member_gone:
         return
     if job.status in JobStatus.ACTIVE:
-        job = job_services.job_cancel(job_id=job.pk)
+        job = _cancelled(share)
+        if job.status == JobStatus.COMPLETED:  # it answered as it was being replaced
+            share.outcome, share.ended_at = ShareOutcome.ANSWERED, now
+            share.save(update_fields=["outcome", "ended_at"])
+            return
     if job.error_code in NON_RETRYABLE_ERRORS:
         share.outcome, share.ended_at = ShareOutcome.FAILED, now
         share.save(update_fields=["outcome", "ended_at"])
@@ -339,8 +343,9 @@ def _end(task: SwarmTask, shares: list[SwarmShare], status: str, *, now, code: s
             _settle_held(share, agreed=False, reason=f"The swarm task ended ({code or status}) without a verdict.")
         if share.outcome == ShareOutcome.PENDING:
             if not share.job.is_terminal:
-                with suppress(ServiceError):
-                    job_services.job_cancel(job_id=share.job_id)
+                _cancelled(share)
+                # An answer that came in meanwhile is not judged: refunded.
+                _settle_held(share, agreed=False, reason=f"The swarm task ended ({code or status}) without a verdict.")
             share.outcome, share.ended_at = ShareOutcome.CANCELLED, now
             share.save(update_fields=["outcome", "ended_at"])
     task.status, task.completed_at = status, now
@@ -348,6 +353,14 @@ def _end(task: SwarmTask, shares: list[SwarmShare], status: str, *, now, code: s
     task.save(
         update_fields=["status", "completed_at", "error_code", "error_message", "output", "agreement", "updated_at"]
     )
+
+
+def _cancelled(share: SwarmShare) -> Job:
+    """Cancel a share's job (its escrow refunded); the job as it is now, which may have ended first."""
+    with suppress(Conflict):
+        job_services.job_cancel(job_id=share.job_id)
+    share.job = Job.objects.select_related("payment").get(pk=share.job_id)
+    return share.job
 
 
 def _end_at_deadline(task: SwarmTask, shares: list[SwarmShare], *, now) -> None:

@@ -286,3 +286,28 @@ def test_agents_take_part_through_their_miners(make_api, client_api):
     status = client_api.get(f"/v1/swarm/tasks/{started['task_id']}/status").json()
     assert (status["status"], status["output"]) == ("completed", "4")
     assert {(m["agent_id"], m["outcome"]) for m in status["members"]} == {("agent-a", "agreed"), ("agent-b", "agreed")}
+
+
+def test_an_answer_that_arrives_as_its_member_is_replaced_is_kept(swarm_of, fake_miner, client_api, monkeypatch):
+    swarm_id, (first, late) = swarm_of(2)
+    fake_miner("spare").join(swarm_id)
+    task = {"prompt": "hi", "model": MODEL, "payment_amount": "1"}
+    task_id = coordinate(client_api, swarm_id, task, strategy="redundant", collaborators=2)["task_id"]
+    first.answer("ok")
+    taken = late.poll()
+    Miner.objects.filter(miner_id=late.miner_id).update(status="offline")
+    cancel = job_services.job_cancel
+
+    def answered_first(*, job_id):
+        # The member's result commits between the task reading its share and cancelling its job.
+        late.api.post(
+            f"/v1/miners/{taken['job_id']}/result", {"result": {"text": "ok"}, "lease_token": taken["lease_token"]},
+            format="json",
+        )  # fmt: skip
+        return cancel(job_id=job_id)
+
+    monkeypatch.setattr("swarm.services.job_services.job_cancel", answered_first)
+    task_advance(task_id=task_id)
+    status = client_api.get(f"/v1/swarm/tasks/{task_id}/status").json()
+    assert (status["status"], status["output"]) == ("completed", "ok")
+    assert {m["miner_id"]: m["outcome"] for m in status["members"]} == {"member-0": "agreed", "member-1": "agreed"}
