@@ -74,6 +74,8 @@ class MemberView(APIView):
         admin = is_admin(request)
         agent_id = data.get("agent_id")
         if agent_id or request_scope(request) == ApiKeyScope.AGENT:
+            if not agent_id and not required:
+                return None
             if not agent_id:
                 raise Invalid("Name the agent: agent_id.", code="VALIDATION_ERROR", errors={"agent_id": ["Required."]})
             agent = agent_selectors.agent_for_owner(owner=request.user, agent_id=agent_id, any_owner=admin)

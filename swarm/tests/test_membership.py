@@ -48,6 +48,17 @@ def test_an_agent_joins_through_its_miner(make_api):
     assert (body["agent_id"], body["miner_id"]) == ("helper", agent.miner.miner_id)
 
 
+def test_an_agent_leaving_without_naming_itself_takes_all_its_owners_agents_out(make_api):
+    api = make_api("agent", "agent-owner")
+    for name in ("a-1", "a-2"):
+        agent_register(owner=api.user, agent_id=name, agent_type="worker")
+    swarm_id = api.post("/v1/swarm/join", {"agent_id": "a-1", "role": "monitor"}, format="json").json()["swarm_id"]
+    api.post("/v1/swarm/join", {"agent_id": "a-2", "role": "monitor", "swarm_id": swarm_id}, format="json")
+    left = api.post(f"/swarm/{swarm_id}/leave")
+    assert left.status_code == 200, left.content
+    assert sorted(left.json()["left"]) == ["agent:a-1", "agent:a-2"]
+
+
 def test_an_agent_key_must_name_its_agent(make_api):
     api = make_api("agent", "agent-owner")
     response = api.post("/v1/swarm/join", {"role": "monitor"}, format="json")
