@@ -311,3 +311,21 @@ def test_an_answer_that_arrives_as_its_member_is_replaced_is_kept(swarm_of, fake
     status = client_api.get(f"/v1/swarm/tasks/{task_id}/status").json()
     assert (status["status"], status["output"]) == ("completed", "ok")
     assert {m["miner_id"]: m["outcome"] for m in status["members"]} == {"member-0": "agreed", "member-1": "agreed"}
+
+
+def test_a_liar_suspended_for_its_lies_shows_so_and_gets_no_more_shares(swarm_of, client_api, settings):
+    settings.VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS = 1
+    swarm_id, (first, second, liar) = swarm_of(3)
+    coordinate(client_api, swarm_id, {"prompt": "2+2?", "model": MODEL}, strategy="redundant", collaborators=3)
+    first.answer("4")
+    second.answer("4")
+    liar.answer("5")
+
+    members = client_api.get(f"/v1/swarm/list?swarm_id={swarm_id}").json()["swarms"][0]["members"]
+    assert {m["miner_id"]: m["status"] for m in members}["member-2"] == "suspended"
+    again = client_api.post(
+        "/v1/swarm/coordinate",
+        {"swarm_id": swarm_id, "task": {"prompt": "3+3?", "model": MODEL}, "collaborators": 3},
+        format="json",
+    )
+    assert (again.status_code, again.json()["error_code"]) == (409, "NOT_ENOUGH_MEMBERS")
