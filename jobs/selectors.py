@@ -336,10 +336,18 @@ def miner_earnings(*, miner: Miner) -> Decimal:
 # --- Receipts ----------------------------------------------------------------------------
 
 
-def receipts_for_job(*, job_id) -> QuerySet[Receipt]:
-    """The job's receipts, newest first, with those of its attempts when it is a verified job (its
-    own, signed once they agreed, comes first)."""
-    return Receipt.objects.filter(Q(job_id=job_id) | Q(job__parent_id=job_id)).order_by("-created_at", "-receipt_id")
+def receipts_for_job(*, job_id, with_attempts: bool = False) -> QuerySet[Receipt]:
+    """The job's receipts, newest first; ``with_attempts``: with those of its attempts when it is a
+    verified job (its own, signed once they agreed, comes first)."""
+    mine = Q(job_id=job_id) | Q(job__parent_id=job_id) if with_attempts else Q(job_id=job_id)
+    return Receipt.objects.filter(mine).order_by("-created_at", "-receipt_id")
+
+
+def attempts_of(*, job: Job) -> list[Job]:
+    """A verified job's attempts, the first answered first, each with its miner and the verdict on
+    its answer (``verdict_kind``: agreed, outvoted, or None)."""
+    attempts = Job.objects.filter(parent=job).select_related("miner", "payment").order_by("completed_at", "created_at")
+    return list(attempts.annotate(verdict_kind=F("verdict__kind")))
 
 
 def receipt_documents(receipts) -> list[dict]:

@@ -299,7 +299,7 @@ def job_cancel(*, job_id) -> Job:
         # Its attempts end with it; those that answered are refunded too, their answers never judged.
         attempts = Job.objects.select_for_update(of=("self",)).filter(parent=job)
         for attempt in attempts.exclude(status__in=[JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED]):
-            _refund(attempt, reason="The client cancelled the verified job.")
+            refund_escrow(attempt, reason="The client cancelled the verified job.")
             if attempt.status in JobStatus.ACTIVE:
                 attempt.status, attempt.completed_at, attempt.lease_expires_at = JobStatus.CANCELLED, now, None
                 attempt.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
@@ -307,7 +307,7 @@ def job_cancel(*, job_id) -> Job:
     job.status = JobStatus.CANCELLED
     job.completed_at = now
     job.lease_expires_at = None
-    _refund(job, reason="The client cancelled the job.")
+    refund_escrow(job, reason="The client cancelled the job.")
     job.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
     _jobs_changed(ended)
     return job
@@ -377,7 +377,7 @@ def job_verdict_settle(*, job_id, agreed: bool, reason: str = "") -> Job:
         if agreed:
             _settle([(job, _charge(job))], miner=job.miner)
         else:
-            _refund(job, reason=reason or "The miner's answer was outvoted.")
+            refund_escrow(job, reason=reason or "The miner's answer was outvoted.")
         _announce(_payment_events([job]))
     return job
 
@@ -390,20 +390,17 @@ def job_payment_refund(*, job_id, reason: str) -> Payment:
             raise Conflict(f"Job is {job.status}: cancel it instead, which refunds its escrow.", code="JOB_ACTIVE")
         if job.status == JobStatus.COMPLETED:
             raise Conflict("A completed job's escrow is released to its miner, not refunded.", code="JOB_COMPLETED")
-        _refund(job, reason=reason)
+        refund_escrow(job, reason=reason)
         _announce(_payment_events([job]))
     return Payment.objects.get(pk=payment.pk)
 
 
-def _refund(job: Job, *, reason: str) -> None:
-    """Give a job that ends unpaid its escrow back."""
+def refund_escrow(job: Job, *, reason: str) -> None:
+    """Give a job that ends unpaid its escrow back (once, whoever calls it)."""
     if job.payment_id:
         payment = escrow_refund(job=job, reason=reason)
         if payment is not None:
             job.payment = payment
-
-
-refund = _refund
 
 
 def settle_each(jobs: list[Job]) -> list[Decimal]:
@@ -954,7 +951,7 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
     else:
         job.status = JobStatus.FAILED
         job.completed_at = now
-        _refund(job, reason=f"The job failed: {code}.")
+        refund_escrow(job, reason=f"The job failed: {code}.")
     job.save(
         update_fields=[
             "status",
@@ -1066,7 +1063,7 @@ def jobs_expire_queued(*, now: datetime | None = None) -> int:
             )
             expired_jobs = list(Job.objects.select_related("miner").filter(pk__in=ids))
             for job in expired_jobs:
-                _refund(job, reason="The job expired in the queue.")
+                refund_escrow(job, reason="The job expired in the queue.")
             _jobs_changed(expired_jobs)
 
 

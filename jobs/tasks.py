@@ -21,3 +21,8 @@ def mark_silent_miners_offline() -> None:
 @dramatiq.actor(queue_name="housekeeping", time_limit=60_000, max_retries=0)
 def refresh_miner_reputations() -> None:
     verification.miners_refresh_reputation()
+
+
+@dramatiq.actor(queue_name="housekeeping", time_limit=60_000, max_retries=0)
+def end_verifications_past_ttl() -> None:
+    verification.verifications_end_past_ttl()

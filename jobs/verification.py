@@ -28,6 +28,7 @@ reputation window, suspend it (``miners.services.miner_suspend``) until staff li
 
 import logging
 import random
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
@@ -165,7 +166,7 @@ def _agree(parent: Job, *, agreed: list[Job], outvoted: list[Job], active: list[
     now = timezone.now()
     cancelled = _cancel(active, now=now, reason="Another answer was agreed on.")
     for attempt in outvoted:
-        services.refund(attempt, reason="The answer was outvoted.")
+        services.refund_escrow(attempt, reason="The answer was outvoted.")
     paid = services.settle_each(agreed)
     representative = agreed[0]
     parent.status, parent.result, parent.usage = JobStatus.COMPLETED, representative.result, representative.usage
@@ -176,7 +177,7 @@ def _agree(parent: Job, *, agreed: list[Job], outvoted: list[Job], active: list[
         receipt_sign_agreed(
             job=parent,
             providers=[attempt.miner.miner_id for attempt in agreed],
-            price=sum(paid, start=type(paid[0])(0)) if paid else None,
+            price=sum(paid, Decimal(0)) if paid else None,
             metadata={
                 "redundancy": parent.verification["redundancy"],
                 "agreement": parent.verification["agreement"],
@@ -199,7 +200,7 @@ def _fail(parent: Job, attempts: list[Job], *, code: str, message: str) -> None:
     cancelled = _cancel([a for a in attempts if a.status in JobStatus.ACTIVE], now=now, reason=message)
     held = [attempt for attempt in attempts if attempt.status == JobStatus.COMPLETED]
     for attempt in held:
-        services.refund(attempt, reason=message)
+        services.refund_escrow(attempt, reason=message)
     parent.status, parent.completed_at, parent.error_code, parent.error_message = JobStatus.FAILED, now, code, message
     parent.save(update_fields=["status", "completed_at", "error_code", "error_message", "updated_at"])
     services.jobs_ended([parent, *cancelled], settled=held)
@@ -210,7 +211,7 @@ def _cancel(attempts: list[Job], *, now, reason: str) -> list[Job]:
     for attempt in attempts:
         attempt.status, attempt.completed_at, attempt.lease_expires_at = JobStatus.CANCELLED, now, None
         attempt.error_code, attempt.error_message = "ATTEMPT_NOT_NEEDED", reason
-        services.refund(attempt, reason=reason)
+        services.refund_escrow(attempt, reason=reason)
         attempt.save(update_fields=["status", "completed_at", "lease_expires_at", "error_code", "error_message",
                                     "updated_at"])  # fmt: skip
     return attempts
@@ -306,7 +307,7 @@ def _decide_canary(parent: Job, attempts: list[Job], *, past_deadline: bool) -> 
         verdict_record(attempt=probe, kind=VerdictKind.CANARY_PASSED if right else VerdictKind.CANARY_FAILED)
         if right:
             services.settle_each([probe])
-            services.refund(reference, reason="The canary's reference answer.")
+            services.refund_escrow(reference, reason="The canary's reference answer.")
             _close_canary(parent, reference, settled=[probe, reference])
         else:
             _fail(parent, attempts, code="CANARY_FAILED", message="The miner's answer differs from the reference.")

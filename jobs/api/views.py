@@ -227,5 +227,6 @@ class JobReceiptsView(ClientJobMixin, APIView):
     def get(self, request, job_id):
         job = self.get_object()
         paginator = ReceiptCursorPagination()
-        page = paginator.paginate_queryset(selectors.receipts_for_job(job_id=job.pk), request, view=self)
+        receipts = selectors.receipts_for_job(job_id=job.pk, with_attempts=True)
+        page = paginator.paginate_queryset(receipts, request, view=self)
         return paginator.get_paginated_response(page)

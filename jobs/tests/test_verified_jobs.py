@@ -1,7 +1,10 @@
 """Verified jobs (``verification`` on ``POST /v1/jobs``): k attempts on miners of distinct owners,
 the answer a majority agree on, the liars paid nothing; canaries; no consensus."""
 
+import json
+import re
 import threading
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -10,12 +13,13 @@ from django.db import connections
 from accounts.services import user_get_or_create
 from jobs.models import Job, JobStatus, Verdict, VerdictKind
 from jobs.selectors import miner_reputation
-from jobs.services import job_claim, job_submit, jobs_expire_queued
+from jobs.services import job_claim, job_complete, job_submit, jobs_expire_queued
 from jobs.verification import verifications_end_past_ttl
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_register
 from payments.models import Payment, PaymentStatus, Wallet
+from payments.services import wallet_open
 
 MODEL = "llama3.2"
 PROMPT = {"type": "inference", "model": MODEL, "prompt": "What is the capital of France?"}
@@ -293,3 +297,113 @@ def test_a_verified_jobs_attempts_are_not_listed_among_the_clients_jobs(client_a
 
     assert [job["job_id"] for job in listed] == [job_id]
     assert Job.objects.filter(parent_id=job_id).count() == 2
+
+
+def _register(miner_id: str, owner: str, *, in_cluster: bool = False) -> Miner:
+    capabilities = Capabilities(models=(MODEL,), max_concurrent_jobs=10)
+    return miner_register(
+        owner=user_get_or_create(username=owner), miner_id=miner_id, capabilities=capabilities, in_cluster=in_cluster
+    )[0]
+
+
+def _run(miner: Miner, text: str) -> Job:
+    """``miner`` claims the next job it is offered and answers ``text``."""
+    (job,) = job_claim(miner=miner)
+    job_complete(job_id=job.pk, miner=miner, result={"text": text}, lease_token=job.lease_token)
+    return job
+
+
+@pytest.fixture
+def canaries(settings):
+    settings.VERIFICATION_CANARY_RATE = 1
+    settings.VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS = 2
+    return _register("cluster-rig", "cluster", in_cluster=True)
+
+
+@pytest.mark.django_db
+def test_failed_canaries_count_against_a_lying_miner_until_it_is_suspended(canaries):
+    liar = _register("liar", "bad-owner")
+    client = user_get_or_create(username="client")
+    wallet_before = wallet_open(user=client).balance
+
+    for round_number in (1, 2):
+        job_submit(client=client, model=MODEL, payload=PROMPT)
+        _run(liar, "whatever")  # a real job: a canary follows it, answered first by the platform's engine
+        reference = _run(canaries, "4")
+        assert reference.parent.verification["canary_miner"] == liar.pk
+        probe = _run(liar, "whatever")  # the same kind of job, pinned to the liar
+        assert probe.parent_id == reference.parent_id and probe.req_miner_id == liar.pk
+        assert set(probe.payload) == set(reference.payload) and "canary" not in str(probe.payload)
+        assert Verdict.objects.get(job=probe).kind == VerdictKind.CANARY_FAILED
+        assert Job.objects.get(pk=probe.parent_id).error_code == "CANARY_FAILED"
+        liar.refresh_from_db()
+        assert (liar.suspended_at is not None) is (round_number == 2)
+
+    assert "failed canary" in liar.suspended_reason
+    assert miner_reputation(miner=liar) == pytest.approx(2 / 4)
+    job_submit(client=client, model=MODEL, payload=PROMPT)
+    assert job_claim(miner=liar) == []
+    # Canaries cost no real client anything: the client's two free jobs moved nothing.
+    assert wallet_open(user=client).balance == wallet_before
+    assert {job.client.username for job in Job.objects.filter(parent__verification__has_key="canary_miner")} == {
+        "canary"
+    }
+
+
+@pytest.mark.django_db
+def test_an_honest_miner_passes_its_canary(canaries):
+    honest = _register("honest", "good-owner")
+    client = user_get_or_create(username="client")
+    job_submit(client=client, model=MODEL, payload=PROMPT)
+    _run(honest, "Paris.")
+    _run(canaries, "The answer is 4.")
+
+    probe = _run(honest, "The   answer is 4.")
+
+    assert Verdict.objects.get(job=probe).kind == VerdictKind.CANARY_PASSED
+    assert Job.objects.get(pk=probe.parent_id).status == JobStatus.COMPLETED
+    honest.refresh_from_db()
+    assert honest.suspended_at is None and miner_reputation(miner=honest) == 1
+
+
+@pytest.mark.django_db
+def test_no_canary_without_an_in_cluster_worker_to_answer_first(settings):
+    settings.VERIFICATION_CANARY_RATE = 1
+    rig = _register("rig", "owner")
+    job_submit(client=user_get_or_create(username="client"), model=MODEL, payload=PROMPT)
+    _run(rig, "Paris.")
+
+    assert not Job.objects.filter(parent__isnull=False).exists()
+
+
+@pytest.mark.django_db
+def test_matching_prefers_reputable_miners_while_a_job_is_young(settings):
+    settings.MATCHING_REPUTATION_HEADSTART_SECONDS = 60
+    doubtful, trusted = _register("doubtful", "owner-1"), _register("trusted", "owner-2")
+    Miner.objects.filter(pk=doubtful.pk).update(reputation_score=0.5)
+    Miner.objects.filter(pk=trusted.pk).update(reputation_score=1.0)
+    client = user_get_or_create(username="client")
+    fresh = job_submit(client=client, model=MODEL, payload=PROMPT).job
+    waited = job_submit(client=client, model=MODEL, payload=PROMPT).job
+    Job.objects.filter(pk=waited.pk).update(created_at=waited.created_at - timedelta(seconds=31))
+
+    assert [job.pk for job in job_claim(miner=doubtful, limit=5)] == [waited.pk]
+    assert [job.pk for job in job_claim(miner=trusted, limit=5)] == [fresh.pk]
+
+
+@pytest.mark.django_db
+def test_the_verified_jobs_page_shows_who_agreed_and_who_was_outvoted(browser, alice):
+    rigs = [_register(name, f"owner-{name}") for name in ("liar", "honest-1", "honest-2")]
+    parent = job_submit(client=alice, model=MODEL, payload=PROMPT, verification={"redundancy": 3}).job
+    for rig, text in zip(rigs, ("Berlin.", "Paris.", "Paris."), strict=True):
+        _run(rig, text)
+
+    page = browser.get(f"/jobs/{parent.pk}/").content.decode()
+    listed = browser.get("/jobs/").content.decode()
+
+    rows = re.findall(r'<tr class="verdict-(\w+)">\s*<td>([\w-]+)</td>', page)
+    assert sorted(rows) == [("agreed", "honest-1"), ("agreed", "honest-2"), ("outvoted", "liar")]
+    receipt = json.loads(re.search(r'<script id="receipt-data" type="application/json">(.*?)</script>', page)[1])
+    assert receipt["providers"] == ["honest-1", "honest-2"]
+    assert f"/jobs/{parent.pk}/" in listed
+    assert not any(str(attempt.pk) in listed for attempt in Job.objects.filter(parent=parent))
