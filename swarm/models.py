@@ -64,10 +64,6 @@ class SwarmMember(models.Model):
     def __str__(self) -> str:
         return f"{self.miner_id} in {self.swarm_id}"
 
-    @property
-    def is_current(self) -> bool:
-        return self.left_at is None
-
 
 class Strategy(models.TextChoices):
     REDUNDANT = "redundant", "Redundant (the answer a threshold agree on)"
