@@ -226,9 +226,12 @@ def task_submit(
     budget: Decimal | None = None,
     ttl_seconds: int | None = None,
     idempotency_key: str | None = None,
+    pinned_miner=None,
+    settle_on_verdict: bool = False,
 ) -> Task:
     """Queue a task as a job of type ``task``; a ``budget`` is held in escrow from the client's
-    wallet and paid to the owner of the agent that completes it."""
+    wallet and paid to the owner of the agent that completes it. A task pinned to an agent's miner
+    (``pinned_miner``: a swarm's share) goes to that agent only; ``settle_on_verdict`` is the job's."""
     level = priority_value(priority)
     requirements = requirements or {}
     with transaction.atomic():
@@ -241,6 +244,8 @@ def task_submit(
             ttl_seconds=ttl_seconds,
             payment_amount=budget,
             idempotency_key=idempotency_key,
+            pinned_miner=pinned_miner,
+            settle_on_verdict=settle_on_verdict,
         )
         task = Task.objects.create(
             job=submission.job,

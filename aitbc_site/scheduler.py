@@ -29,6 +29,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
         requeue_lapsed_leases,
     )
     from payments.tasks import exchange_payments_expire
+    from swarm.tasks import advance_swarm_tasks
     from webhooks.tasks import resend_stalled_webhooks
 
     return [
@@ -44,6 +45,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
         mark_stale_agents,
         assign_waiting_tasks,
         advance_executions,
+        advance_swarm_tasks,
         resend_stalled_webhooks,
     ]
 

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "explorer",
     "openai_compat",
     "agents",
+    "swarm",
     "webhooks",
 ]
 
@@ -272,6 +273,8 @@ SPECTACULAR_SETTINGS = {
         "MinerStatusEnum": "miners.models.MinerStatus",
         "PaymentStatusEnum": "payments.models.PaymentStatus",
         "AgentStatusEnum": "agents.models.AgentStatus",
+        "SwarmTaskStatusEnum": "swarm.models.TaskStatus",
+        "SwarmMemberPriorityEnum": "swarm.models.MemberPriority",
     },
 }
 
@@ -358,6 +361,15 @@ AGENT_HEARTBEAT_TIMEOUT_SECONDS = env_int("AGENT_HEARTBEAT_TIMEOUT_SECONDS", 60,
 AGENT_MAX_POLL_WAIT_SECONDS = env_int("AGENT_MAX_POLL_WAIT_SECONDS", 60, minimum=0)
 # The tasks an agent runs at once unless it registers another max_concurrent_tasks.
 AGENT_MAX_CONCURRENT_TASKS = env_int("AGENT_MAX_CONCURRENT_TASKS", 4, minimum=1)
+
+# --- Swarms ---------------------------------------------------------------------------
+# The share of a redundant task's collaborators that must agree, unless the task sets its own.
+SWARM_CONSENSUS_THRESHOLD = float(env_decimal("SWARM_CONSENSUS_THRESHOLD", "0.5"))
+if not 0 < SWARM_CONSENSUS_THRESHOLD <= 1:
+    raise ImproperlyConfigured("SWARM_CONSENSUS_THRESHOLD must be above 0 and at most 1")
+# The most members one coordinated task takes, and the most items a split task cuts.
+SWARM_MAX_COLLABORATORS = env_int("SWARM_MAX_COLLABORATORS", 32, minimum=1)
+SWARM_MAX_SPLIT_ITEMS = env_int("SWARM_MAX_SPLIT_ITEMS", 256, minimum=1)
 
 RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 

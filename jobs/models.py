@@ -89,6 +89,9 @@ class Job(models.Model):
         "self", on_delete=models.PROTECT, null=True, blank=True, related_name="attempts", db_index=False
     )
     verification = models.JSONField(default=dict, blank=True)
+    # The escrow of a job settling on a verdict outlives its completion: it is released when its
+    # answer is found to agree with others', refunded when it was outvoted (``job_verdict_settle``).
+    settles_on_verdict = models.BooleanField(default=False)
 
     # The current (or last) attempt and its lease. ``lease_token`` fences each attempt.
     # Looked up through ``job_miner_status_idx`` (miner, status, completed_at), which also counts a

@@ -80,11 +80,13 @@ def job_submit(
     min_reputation: float | None = None,
     verification: dict | None = None,
     canary_for: Miner | None = None,
+    settle_on_verdict: bool = False,
 ) -> Submission:
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job. A caller
     may choose the job's id (``job_id``), to follow its events from before it can have any. A job
     pinned to a miner (``pinned_miner``) is offered to that miner only; one with a
-    ``min_reputation`` only to miners whose reputation is at least that.
+    ``min_reputation`` only to miners whose reputation is at least that. A job that settles on a
+    verdict (``settle_on_verdict``) keeps its escrow past completion until ``job_verdict_settle``.
 
     A verified job (``verification``: ``redundancy`` k, ``agreement``, ``threshold``; see
     ``jobs.agreement.verification_request``) is not queued itself: it runs as k attempts, child
@@ -148,6 +150,7 @@ def job_submit(
         req_max_price=constraints.get("max_price"),
         req_miner=pinned_miner,
         req_min_reputation=min_reputation,
+        settles_on_verdict=settle_on_verdict,
         idempotency_key=idempotency_key or None,
         request_fingerprint=fingerprint,
         created_at=now,
@@ -351,11 +354,32 @@ def job_payment_release(*, job_id) -> Payment:
         job, payment = _locked_job_with_escrow(job_id)
         if job.status != JobStatus.COMPLETED or job.miner is None:
             raise Conflict(f"Job is {job.status}: only a completed job's escrow is released.", code="JOB_NOT_COMPLETED")
-        if job.parent_id:
-            raise Conflict("An attempt of a verified job is paid once its answer is judged.", code="JOB_BEING_VERIFIED")
+        if awaits_verdict(job):
+            raise Conflict("This job is paid once its answer is judged.", code="JOB_BEING_VERIFIED")
         _settle([(job, _charge(job))], miner=job.miner)
         _announce(_payment_events([job]))
     return Payment.objects.get(pk=payment.pk)
+
+
+def awaits_verdict(job: Job) -> bool:
+    """Whether a completed job's escrow waits for a verdict on its answer: an attempt of a verified
+    job, or a job submitted to settle on a verdict (``settle_on_verdict``)."""
+    return job.parent_id is not None or job.settles_on_verdict
+
+
+def job_verdict_settle(*, job_id, agreed: bool, reason: str = "") -> Job:
+    """Settle the escrow of a completed job that settles on a verdict: its miner is paid the charge
+    when its answer ``agreed``, else the client gets it all back (an outvoted answer is paid nothing)."""
+    with transaction.atomic():
+        job, _ = _locked_job_with_escrow(job_id)
+        if job.status != JobStatus.COMPLETED or not job.settles_on_verdict or job.miner is None:
+            raise Conflict("Only a completed job settling on a verdict is settled so.", code="NOT_AWAITING_VERDICT")
+        if agreed:
+            _settle([(job, _charge(job))], miner=job.miner)
+        else:
+            refund_escrow(job, reason=reason or "The miner's answer was outvoted.")
+        _announce(_payment_events([job]))
+    return job
 
 
 def job_payment_refund(*, job_id, reason: str) -> Payment:
@@ -766,8 +790,9 @@ def _charge(job: Job) -> Decimal:
 def _charge_and_sign(held: list[Job], *, miner: Miner) -> tuple[list[tuple[Job, Decimal]], list[Receipt]]:
     """Charge the paid jobs of ``held`` (completed, not yet stored) and sign their receipts: what both
     backends do before storing the jobs with their receipts, then settling the charges."""
-    # An attempt of a verified job is paid, or refunded, once its answer is judged (``jobs.verification``).
-    charges = [(job, _charge(job)) for job in held if job.payment_id and job.parent_id is None]
+    # A job awaiting a verdict is paid, or refunded, once its answer is judged (``jobs.verification``,
+    # ``job_verdict_settle``).
+    charges = [(job, _charge(job)) for job in held if job.payment_id and not awaits_verdict(job)]
     # A receipt states what its client pays: the charge, or the job's price when it is free (or judged later).
     charged = {job.pk: charge for job, charge in charges}
     return charges, receipts_sign(completed=[(job, miner.miner_id, charged.get(job.pk, job.price)) for job in held])
