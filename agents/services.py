@@ -232,9 +232,12 @@ def task_submit(
     ttl_seconds: int | None = None,
     idempotency_key: str | None = None,
     key_is_new: bool = False,
+    pinned_miner=None,
+    settle_on_verdict: bool = False,
 ) -> Task:
     """Queue a task as a job of type ``task``; a ``budget`` is held in escrow from the client's
-    wallet and paid to the owner of the agent that completes it."""
+    wallet and paid to the owner of the agent that completes it. A task pinned to an agent's miner
+    (``pinned_miner``: a swarm's share) goes to that agent only; ``settle_on_verdict`` is the job's."""
     level = priority_value(priority)
     requirements = requirements or {}
     with transaction.atomic():
@@ -248,6 +251,8 @@ def task_submit(
             payment_amount=budget,
             idempotency_key=idempotency_key,
             key_is_new=key_is_new,
+            pinned_miner=pinned_miner,
+            settle_on_verdict=settle_on_verdict,
         )
         task = Task.objects.create(
             job=submission.job,
@@ -295,9 +300,11 @@ def tasks_assign(*, limit: int = ASSIGN_BATCH, strategy: str | None = None, task
 def _assign_pass(*, limit: int, strategy: str | None, task_ids: list | None) -> dict:
     choose = STRATEGIES[strategy or settings.AGENT_LB_STRATEGY]
     now = timezone.now()
-    queued = Task.objects.filter(
-        job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now
-    ).only("job_id", "task_type", "required_capabilities", "required_agent_type")
+    queued = (
+        Task.objects.select_related("job")
+        .filter(job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now)
+        .only("job_id", "task_type", "required_capabilities", "required_agent_type", "job__req_miner_id")
+    )
     if task_ids is not None:
         queued = queued.filter(pk__in=task_ids)
     queued = list(queued.order_by("job__rank_at")[:limit])
@@ -345,7 +352,7 @@ def _plan(tasks: list[Task], candidates: list[Candidate], choose) -> list[tuple[
     fitting_by_need: dict[tuple, list[Candidate]] = {}
     planned = []
     for task in tasks:
-        need = (task.required_agent_type, tuple(task.required_capabilities))
+        need = (task.required_agent_type, tuple(task.required_capabilities), task.job.req_miner_id)
         if need not in fitting_by_need:
             fitting_by_need[need] = [c for c in candidates if c.running < c.capacity and fits(c.agent, task)]
         fitting = fitting_by_need[need]

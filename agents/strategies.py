@@ -30,7 +30,10 @@ class Candidate:
 
 
 def fits(agent: Agent, task: Task) -> bool:
-    """Whether ``agent`` meets the task's requirements (its type, its capabilities)."""
+    """Whether ``agent`` meets the task's requirements (its type, its capabilities) and may take it (a
+    task pinned to one agent's miner goes to that agent alone)."""
+    if task.job.req_miner_id is not None and task.job.req_miner_id != agent.miner_id:
+        return False
     if task.required_agent_type and agent.agent_type != task.required_agent_type:
         return False
     return set(task.required_capabilities) <= set(agent.capabilities)

@@ -25,7 +25,9 @@ _PAYMENT_COLUMNS = ", ".join(
 )
 CLAIM = f"""
 SELECT {columns(Job, "c")}, {_PAYMENT_COLUMNS}
-FROM jobs_claim(%(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s) c
+FROM jobs_claim(
+    %(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s, %(headstart)s::float8
+) c
 LEFT JOIN {Payment._meta.db_table} p ON p.payment_id = c.payment_id
 """
 
@@ -34,8 +36,9 @@ LEFT JOIN {Payment._meta.db_table} p ON p.payment_id = c.payment_id
 # running counts read here (a new snapshot, after the locks) hold each miner's concurrency limit
 # against its own claims; a job is leased only while queued (``SKIP LOCKED``, then re-checked
 # under its lock), so one job never goes to two miners. A miner takes its jobs in the order given,
-# up to its free slots; it must be online, not draining, serve the job's model and meet its
-# constraints. The leased jobs come back with their payments' columns, as from ``CLAIM``.
+# up to its free slots; it must be online, not draining nor suspended, serve the job's model and
+# meet its constraints (``jobs.matching.MINER_MEETS_JOB``: a pinned job goes to its miner only).
+# The leased jobs come back with their payments' columns, as from ``CLAIM``.
 LOCK_MINERS = "SELECT id FROM miners_miner WHERE id = ANY(%(miners)s::bigint[]) ORDER BY id FOR UPDATE"
 LEASE_TO = f"""
 WITH v AS (
@@ -44,7 +47,8 @@ WITH v AS (
     SELECT m.id, m.max_concurrent_jobs - (
         SELECT count(*) FROM jobs_job r WHERE r.miner_id = m.id AND r.status = '{JobStatus.RUNNING}'
     ) AS slots
-    FROM miners_miner m WHERE m.id IN (SELECT miner_id FROM v) AND m.status = 'online' AND NOT m.draining
+    FROM miners_miner m
+    WHERE m.id IN (SELECT miner_id FROM v) AND m.status = 'online' AND NOT m.draining AND m.suspended_at IS NULL
 ), fitting AS (
     SELECT j.id, v.miner_id, v.ord FROM v
     JOIN jobs_job j ON j.id = v.job_id
