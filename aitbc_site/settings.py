@@ -171,12 +171,13 @@ LOGGING = {
 # --- Redis, cache and channel layer --------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
-    from channels_redis.core import RedisChannelLayer
+    from core.channel_layers import RedisChannelLayer
 
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis, sending and receiving in bulk (core/channel_layers.py).
+            "BACKEND": "core.channel_layers.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {
