@@ -113,8 +113,8 @@ class RedisChannelLayer(core.RedisChannelLayer):
         for group in by_group:
             assert self.require_valid_group_name(group), "Group name not valid"
             by_host[self.consistent_hash(group)].append(group)
-        queued: dict[int, dict[bytes, list[bytes]]] = collections.defaultdict(dict)  # host → key → messages
-        capacities: dict[bytes, int] = {}
+        queued: dict[int, dict[str, list[bytes]]] = collections.defaultdict(dict)  # host → key → messages
+        capacities: dict[str, int] = {}
         watched = []
         for index, groups in by_host.items():
             script = self.connection(index).register_script(_GROUP_MEMBERS)
