@@ -8,7 +8,8 @@ see: ids, models, statuses, block headers — never a payload, prompt or result.
 
 Publishing is cheap because submit and complete run thousands of times a second: the publish
 functions build events from the objects in hand (no queries), append them to this process's
-buffer and return. The buffer is flushed as one ``group_send`` per group at most every
+buffer and return. The buffer is flushed as one message per group (every group's in one send,
+``jobs.events.send_to_groups``) at most every
 ``FLUSH_INTERVAL_SECONDS`` — at once when the feed has been quiet, so a lone event is not
 delayed — on the long-lived loop ``jobs.events`` publishes on. A user's events are coalesced
 to the latest per job. At most ``MAX_EVENTS_PER_FLUSH`` go out per group and flush; the oldest
