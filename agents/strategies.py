@@ -11,22 +11,29 @@ Ties go to the agent id first in order, so an assignment is the same however oft
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from agents.models import Agent, Task
 
 
 @dataclass(eq=False)
 class Candidate:
+    """An agent that may be given tasks: how many it runs now, and how many it may run at once."""
+
     agent: Agent
     running: int
+    capacity: int
 
-    @property
-    def capacity(self) -> int:
-        return self.agent.miner.max_concurrent_jobs
+    @cached_property
+    def offered(self) -> frozenset[str]:
+        return frozenset(self.agent.capabilities)
 
 
 def fits(agent: Agent, task: Task) -> bool:
-    """Whether ``agent`` meets the task's requirements (its type, its capabilities)."""
+    """Whether ``agent`` meets the task's requirements (its type, its capabilities) and may take it (a
+    task pinned to one agent's miner goes to that agent alone)."""
+    if task.job.req_miner_id is not None and task.job.req_miner_id != agent.miner_id:
+        return False
     if task.required_agent_type and agent.agent_type != task.required_agent_type:
         return False
     return set(task.required_capabilities) <= set(agent.capabilities)
@@ -44,7 +51,7 @@ def capability_match(candidates: list[Candidate], task: Task) -> Candidate:
     wanted = set(task.required_capabilities) | ({task.task_type} if task.task_type else set())
 
     def fit(candidate: Candidate):
-        offered = set(candidate.agent.capabilities)
+        offered = candidate.offered
         return (-len(wanted & offered), len(offered - wanted), candidate.running, candidate.agent.agent_id)
 
     return min(candidates, key=fit)

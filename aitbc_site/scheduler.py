@@ -21,14 +21,23 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
     from agents.tasks import advance_executions, assign_waiting_tasks, mark_stale_agents
     from explorer.tasks import seal_block
     from inference.tasks import announce_waiting_models
-    from jobs.tasks import expire_queued_jobs, mark_silent_miners_offline, requeue_lapsed_leases
+    from jobs.tasks import (
+        end_verifications_past_ttl,
+        expire_queued_jobs,
+        mark_silent_miners_offline,
+        refresh_miner_reputations,
+        requeue_lapsed_leases,
+    )
     from payments.tasks import exchange_payments_expire
+    from swarm.tasks import advance_swarm_tasks
     from webhooks.tasks import resend_stalled_webhooks
 
     return [
         expire_queued_jobs,
         requeue_lapsed_leases,
         mark_silent_miners_offline,
+        refresh_miner_reputations,
+        end_verifications_past_ttl,
         announce_waiting_models,
         seal_block,
         purge_ended_sign_ins,
@@ -36,6 +45,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
         mark_stale_agents,
         assign_waiting_tasks,
         advance_executions,
+        advance_swarm_tasks,
         resend_stalled_webhooks,
     ]
 

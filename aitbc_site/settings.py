@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "explorer",
     "openai_compat",
     "agents",
+    "swarm",
     "webhooks",
 ]
 
@@ -63,13 +64,15 @@ MIDDLEWARE = [
     "aitbc_site.metrics.MetricsMiddleware",
     "core.api.middleware.StorableTextMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Innermost: it is sync-only, so under daphne the middleware above it run in one thread, in
+    # sync mode, instead of each hopping to a thread and back (about a dozen hops a request).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
 ]
 
 ROOT_URLCONF = "aitbc_site.urls"
@@ -173,12 +176,13 @@ LOGGING = {
 # --- Redis, cache and channel layer --------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
-    from channels_redis.core import RedisChannelLayer
+    from core.channel_layers import RedisChannelLayer
 
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis, sending and receiving in bulk (core/channel_layers.py).
+            "BACKEND": "core.channel_layers.RedisChannelLayer",
             "CONFIG": {
                 "hosts": [
                     {
@@ -275,6 +279,8 @@ SPECTACULAR_SETTINGS = {
         "MinerStatusEnum": "miners.models.MinerStatus",
         "PaymentStatusEnum": "payments.models.PaymentStatus",
         "AgentStatusEnum": "agents.models.AgentStatus",
+        "SwarmTaskStatusEnum": "swarm.models.TaskStatus",
+        "SwarmMemberPriorityEnum": "swarm.models.MemberPriority",
     },
 }
 
@@ -327,6 +333,24 @@ MINER_MAX_CLAIM_BATCH = env_int("MINER_MAX_CLAIM_BATCH", 64, minimum=1)
 # How long a queue outlook (is_possible, wait estimate) for one kind of job may be reused.
 JOB_OUTLOOK_CACHE_SECONDS = env_int("JOB_OUTLOOK_CACHE_SECONDS", 2, minimum=0)
 HOUSEKEEPING_INTERVAL_SECONDS = env_int("HOUSEKEEPING_INTERVAL_SECONDS", 5, minimum=1)
+
+# --- Verification ---------------------------------------------------------------------
+# Matching prefers reputable miners: one whose reputation r is below 1 claims a job only once it
+# has waited this many seconds × (1 − r).
+MATCHING_REPUTATION_HEADSTART_SECONDS = float(env_decimal("MATCHING_REPUTATION_HEADSTART_SECONDS", "2"))
+# The platform account that submits (and pays for) canaries.
+VERIFICATION_CANARY_USERNAME = env_str("VERIFICATION_CANARY_USERNAME", "canary")
+# The most attempts a verified job (``verification.redundancy``) may ask for.
+VERIFICATION_MAX_REDUNDANCY = env_int("VERIFICATION_MAX_REDUNDANCY", 7, minimum=2)
+# The share of the jobs an external miner completes that are followed by a canary (a known-answer
+# job, answered first by an in-cluster worker) pinned to it: 0 to 1.
+VERIFICATION_CANARY_RATE = float(env_decimal("VERIFICATION_CANARY_RATE", "0"))
+if VERIFICATION_CANARY_RATE > 1:
+    raise ImproperlyConfigured(f"VERIFICATION_CANARY_RATE must be at most 1, got {VERIFICATION_CANARY_RATE}")
+# A miner is suspended (it claims nothing until staff lift it) once it gives this many wrong
+# answers (outvoted attempts, failed canaries) within the reputation window, since any lift.
+VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS = env_int("VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS", 3, minimum=1)
+
 # The OpenAI-compatible routes: how long a request waits for a miner to take its job, and for
 # the job to end, before it answers 504 with the job's id (the job goes on; its result is
 # fetched later from /v1/jobs/<id>/result).
@@ -343,6 +367,15 @@ AGENT_HEARTBEAT_TIMEOUT_SECONDS = env_int("AGENT_HEARTBEAT_TIMEOUT_SECONDS", 60,
 AGENT_MAX_POLL_WAIT_SECONDS = env_int("AGENT_MAX_POLL_WAIT_SECONDS", 60, minimum=0)
 # The tasks an agent runs at once unless it registers another max_concurrent_tasks.
 AGENT_MAX_CONCURRENT_TASKS = env_int("AGENT_MAX_CONCURRENT_TASKS", 4, minimum=1)
+
+# --- Swarms ---------------------------------------------------------------------------
+# The share of a redundant task's collaborators that must agree, unless the task sets its own.
+SWARM_CONSENSUS_THRESHOLD = float(env_decimal("SWARM_CONSENSUS_THRESHOLD", "0.5"))
+if not 0 < SWARM_CONSENSUS_THRESHOLD <= 1:
+    raise ImproperlyConfigured("SWARM_CONSENSUS_THRESHOLD must be above 0 and at most 1")
+# The most members one coordinated task takes, and the most items a split task cuts.
+SWARM_MAX_COLLABORATORS = env_int("SWARM_MAX_COLLABORATORS", 32, minimum=1)
+SWARM_MAX_SPLIT_ITEMS = env_int("SWARM_MAX_SPLIT_ITEMS", 256, minimum=1)
 
 RECEIPT_SIGNING_KEY_HEX = env_str("RECEIPT_SIGNING_KEY_HEX")
 

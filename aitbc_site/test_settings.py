@@ -18,3 +18,6 @@ EXPLORER_STATS_CACHE_SECONDS = 0
 
 # Worker threads a test starts load no model unless the test, or a subprocess's environment, names one.
 INFERENCE_MODELS = env_list("INFERENCE_MODELS")
+
+# Claims don't wait on reputations: tests that count on the head start set it themselves.
+MATCHING_REPUTATION_HEADSTART_SECONDS = 0

@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("accounts.api.urls")),
     path("", include("explorer.api.urls")),
     path("", include("agents.api.urls")),
+    path("", include("swarm.api.urls")),
     path("", include("webhooks.api.urls")),
     path("health", health.HealthView.as_view(), name="health"),
     path("v1/health", health.HealthView.as_view(), name="v1-health"),
@@ -36,6 +37,7 @@ urlpatterns = [
     path("", include("payments.urls")),
     path("", include("explorer.urls")),
     path("", include("agents.urls")),
+    path("", include("swarm.urls")),
 ]
 
 handler400 = "core.api.exceptions.bad_request"

@@ -12,7 +12,12 @@ from miners.models import MinerStatus, ServedModel
 
 class _Snapshot:
     """A value read from the database and reused for ``MODEL_CATALOG_CACHE_SECONDS`` in this process:
-    the submit path consults the catalog on every request."""
+    the submit path consults the catalog on every request.
+
+    It is read without holding the lock: a caller may hold a pooled connection (inside a
+    submit's transaction) when it asks, and a reader holding the lock while it waits for a
+    connection would hold up every one of them until the pool gave up. Callers arriving while it
+    is stale may each read it; the latest read is kept."""
 
     def __init__(self, load: Callable[[], object]):
         self._load = load
@@ -21,9 +26,14 @@ class _Snapshot:
 
     def get(self):
         with self._lock:
-            if time.monotonic() - self._read_at >= settings.MODEL_CATALOG_CACHE_SECONDS:
-                self._value, self._read_at = self._load(), time.monotonic()
-            return self._value
+            if time.monotonic() - self._read_at < settings.MODEL_CATALOG_CACHE_SECONDS:
+                return self._value
+        started = time.monotonic()
+        value = self._load()
+        with self._lock:
+            if started >= self._read_at:
+                self._value, self._read_at = value, started
+        return value
 
 
 _catalog = _Snapshot(lambda: {entry.name: entry for entry in CatalogModel.objects.all()})

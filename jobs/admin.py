@@ -25,12 +25,13 @@ from core.crypto import signing
 from core.errors import ServiceError
 from core.services import staff_action_record
 from jobs import services
-from jobs.models import FailedAttempt, Job, JobStatus, Receipt, ReceiptAttestation
+from jobs.models import FailedAttempt, Job, JobStatus, Receipt, ReceiptAttestation, Verdict, VerdictKind
 from jobs.selectors import (
     REPUTATION_WINDOW,
     earnings_by_miner,
     failed_attempts_by_code,
     outcomes_over_time,
+    verdicts_by_kind,
     with_work_figures,
 )
 from miners import services as miner_services
@@ -286,6 +287,35 @@ class FailedAttemptAdmin(ReadOnlyAdmin):
         return str(attempt.job_id)[:8]
 
 
+@admin.register(Verdict)
+class VerdictAdmin(ReadOnlyAdmin):
+    """Verdicts on miners' answers: agreed or outvoted attempts of verified jobs, canaries passed
+    or failed. Wrong answers lower a miner's reputation and may suspend it."""
+
+    list_display = ("when", "miner", "kind", "job_short_id", "parent_short_id")
+    list_select_related = ("miner", "job")
+    list_filter = ("kind", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("miner__miner_id", "=job__id", "=job__parent__id")
+    show_full_result_count = False
+
+    @admin.display(ordering="created_at", description="when")
+    def when(self, verdict):
+        return age(verdict.created_at)
+
+    @admin.display(ordering="job_id", description="attempt")
+    def job_short_id(self, verdict):
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[verdict.job_id]), str(verdict.job_id)[:8]
+        )
+
+    @admin.display(description="verified job")
+    def parent_short_id(self, verdict):
+        parent = verdict.job.parent_id
+        if parent is None:
+            return "—"
+        return format_html('<a href="{}">{}</a>', reverse("admin:jobs_job_change", args=[parent]), str(parent)[:8])
+
+
 @admin.register(Miner)
 class MinerAdmin(MinerRegistryAdmin):
     """Miners with their load, completed jobs, earnings and reputation; taking one offline or
@@ -302,6 +332,7 @@ class MinerAdmin(MinerRegistryAdmin):
         "running_jobs",
         "recent_jobs",
         "failures",
+        "verdicts",
     ]
     # The miner page's buttons: the list's actions, for this miner.
     _BUTTONS = {
@@ -313,6 +344,7 @@ class MinerAdmin(MinerRegistryAdmin):
         "ban": "Ban…",
         "ban_owner": "Ban owner…",
         "approve": "Approve (lift ban)",
+        "lift_suspension": "Lift suspension",
     }
     fieldsets = (
         (
@@ -334,8 +366,20 @@ class MinerAdmin(MinerRegistryAdmin):
             },
         ),
         (
-            "Bans and maintenance",
-            {"fields": ("banned_at", "banned_reason", "banned_by", "maintenance_since", "maintenance_reason")},
+            "Bans, maintenance and suspension",
+            {
+                "fields": (
+                    "banned_at",
+                    "banned_reason",
+                    "banned_by",
+                    "maintenance_since",
+                    "maintenance_reason",
+                    "suspended_at",
+                    "suspended_reason",
+                    "suspension_lifted_at",
+                    "verdicts",
+                )
+            },
         ),
         (
             "Hardware and reports",
@@ -356,7 +400,10 @@ class MinerAdmin(MinerRegistryAdmin):
             },
         ),
     )
-    actions = ["drain", "undrain", "take_offline", "maintenance", "end_maintenance", "ban", "ban_owner", "approve"]
+    actions = [
+        "drain", "undrain", "take_offline", "maintenance", "end_maintenance", "ban", "ban_owner", "approve",
+        "lift_suspension",
+    ]  # fmt: skip
 
     def get_queryset(self, request):
         return with_work_figures(super().get_queryset(request))
@@ -448,6 +495,13 @@ class MinerAdmin(MinerRegistryAdmin):
         listed = format_html_join(", ", "{} × {}", ((n, code) for code, n in counts))
         return format_html('{} <a href="{}">(all)</a>', listed or "none", every)
 
+    @admin.display(description=f"verdicts on its answers ({REPUTATION_WINDOW.days} days)")
+    def verdicts(self, miner):
+        counts = verdicts_by_kind(miner=miner)
+        every = reverse("admin:jobs_verdict_changelist") + f"?miner__id__exact={miner.pk}"
+        listed = format_html_join(", ", "{} × {}", ((n, VerdictKind(kind).label.lower()) for kind, n in counts))
+        return format_html('{} <a href="{}">(all)</a>', listed or "none", every)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
         allowed = self.get_actions(request)
         buttons = [(name, label) for name, label in self._BUTTONS.items() if name in allowed]
@@ -457,7 +511,8 @@ class MinerAdmin(MinerRegistryAdmin):
     def reputation(self, miner):
         if miner.reputation is None:
             return "—"
-        return f"{miner.reputation:.0%} ({miner.recent_completed} done, {miner.recent_failed} failed)"
+        wrong = f", {miner.recent_wrong} wrong" if miner.recent_wrong else ""
+        return f"{miner.reputation:.0%} ({miner.recent_completed} done, {miner.recent_failed} failed{wrong})"
 
     @admin.action(description="Take offline now and re-queue their jobs")
     @transaction.atomic

@@ -19,13 +19,11 @@ import concurrent.futures
 import logging
 import os
 import threading
-import time
 import uuid
 from collections.abc import Iterable
 from functools import partial
 
 from channels.layers import get_channel_layer
-from channels_redis.core import RedisChannelLayer
 
 from jobs.api.serializers import job_view
 from jobs.models import Job
@@ -80,6 +78,12 @@ def publish_job_statuses(jobs: Iterable[Job]) -> None:
     except Exception as error:
         logger.warning("status events not published: %r", error)
         return
+    _deliver(messages)
+
+
+def publish_to_groups(messages: list[tuple[str, dict]]) -> None:
+    """Send each ``(group, message)`` to the group's subscribers, off this thread, all in one hop.
+    Never raises. Higher apps' live pages use it too (an execution's page, ``ws/executions/<id>/``)."""
     _deliver(messages)
 
 
@@ -153,56 +157,23 @@ async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
 
 
 async def send_to_groups(layer, by_group: dict[str, list], *, what: str) -> None:
-    """Send each watched group its messages in order, the groups side by side; a message may be
-    a function that builds it. A group that fails is logged; a layer that can't tell who
-    watches, or a send past the timeout, raises."""
+    """Send each watched group its messages in order; a message may be a function that builds
+    it. On the project's Redis layer, all of them in two script calls (``group_send_many``);
+    elsewhere, the groups side by side, a group that fails logged. A layer that fails as a
+    whole, or a send past the timeout, raises."""
+    if hasattr(layer, "group_send_many"):
+        await asyncio.wait_for(layer.group_send_many(by_group), PUBLISH_TIMEOUT_SECONDS)
+        return
 
     async def send_in_order(group: str) -> None:
         for message in by_group[group]:
             await layer.group_send(group, message() if callable(message) else message)
 
-    groups = await asyncio.wait_for(watched_groups(layer, list(by_group)), PUBLISH_TIMEOUT_SECONDS)
-    if not groups:
-        return
-    sends = asyncio.gather(*(send_in_order(group) for group in groups), return_exceptions=True)
+    sends = asyncio.gather(*(send_in_order(group) for group in by_group), return_exceptions=True)
     results = await asyncio.wait_for(sends, PUBLISH_TIMEOUT_SECONDS)
     failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
-        logger.warning("%s for %d of %d group(s) not published: %r", what, len(failures), len(groups), failures[0])
-
-
-# What channels-redis's group_send does first, for many groups in one call: drop the members past
-# the group expiry, then see who is left. Most jobs have no watcher, and their events end here.
-_GROUPS_WITH_MEMBERS = """
-local found = {}
-for i = 1, #KEYS do
-    redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, ARGV[1])
-    if redis.call('ZCARD', KEYS[i]) > 0 then
-        found[#found + 1] = i
-    end
-end
-return found
-"""
-
-
-async def watched_groups(layer, groups: list[str]) -> list[str]:
-    """Those of ``groups`` that have a member. On channels-redis, one script call per Redis host
-    instead of two commands per group (``group_send`` then delivers to the rest as usual); on
-    other layers, all of them."""
-    if not isinstance(layer, RedisChannelLayer) or not groups:
-        return groups
-    by_host: dict[int, list[str]] = {}
-    for group in groups:
-        by_host.setdefault(layer.consistent_hash(group), []).append(group)
-    expired_before = int(time.time()) - layer.group_expiry
-    found = []
-    for index, host_groups in by_host.items():
-        keys = [layer._group_key(group) for group in host_groups]  # channels-redis's own key names
-        # EVALSHA, with EVAL only when the server has not seen the script yet.
-        script = layer.connection(index).register_script(_GROUPS_WITH_MEMBERS)
-        positions = await script(keys=keys, args=[expired_before])
-        found += [host_groups[position - 1] for position in positions]
-    return found
+        logger.warning("%s for %d of %d group(s) not published: %r", what, len(failures), len(by_group), failures[0])
 
 
 def _task_done(task: asyncio.Task) -> None:

@@ -76,6 +76,22 @@ class Job(models.Model):
     req_cuda_code = models.PositiveIntegerField(null=True, blank=True)
     req_region = models.CharField(max_length=64, blank=True)
     req_max_price = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+    # A job pinned to one miner is offered to that miner only (a verified job's attempts, canaries).
+    req_miner = models.ForeignKey(
+        "miners.Miner", on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    # Only a miner whose cached reputation (``Miner.reputation_score``) is at least this may claim the job.
+    req_min_reputation = models.FloatField(null=True, blank=True)
+
+    # Verification: a verified job (``verification`` set: redundancy, agreement, threshold) is the
+    # parent of its attempts, child jobs that miners of distinct owners claim and run like any job.
+    parent = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="attempts", db_index=False
+    )
+    verification = models.JSONField(default=dict, blank=True)
+    # The escrow of a job settling on a verdict outlives its completion: it is released when its
+    # answer is found to agree with others', refunded when it was outvoted (``job_verdict_settle``).
+    settles_on_verdict = models.BooleanField(default=False)
 
     # The current (or last) attempt and its lease. ``lease_token`` fences each attempt.
     # Looked up through ``job_miner_status_idx`` (miner, status, completed_at), which also counts a
@@ -121,9 +137,11 @@ class Job(models.Model):
             models.CheckConstraint(condition=Q(priority__lte=JobPriority.URGENT), name="job_priority_valid"),
             models.CheckConstraint(condition=Q(attempt__lte=models.F("max_attempts")), name="job_attempts_bounded"),
             models.CheckConstraint(condition=Q(progress__gte=0, progress__lte=100), name="job_progress_percent"),
+            # A verified job runs as its attempts: it holds no lease of its own.
             models.CheckConstraint(
                 condition=~Q(status="running")
-                | Q(miner__isnull=False, lease_expires_at__isnull=False) & ~Q(lease_token=""),
+                | Q(miner__isnull=False, lease_expires_at__isnull=False) & ~Q(lease_token="")
+                | Q(miner__isnull=True, parent__isnull=True) & ~Q(verification={}),
                 name="job_running_has_lease",
             ),
             models.CheckConstraint(
@@ -149,6 +167,11 @@ class Job(models.Model):
             ),
             models.Index(fields=["client", "-created_at"], name="job_client_created_idx"),
             models.Index(fields=["status", "-created_at"], name="job_status_created_idx"),
+            models.Index(fields=["parent"], condition=Q(parent__isnull=False), name="job_parent_idx"),
+            # Whether attempts of verified jobs wait (the claim's distinct-owner rule then takes turns).
+            models.Index(
+                fields=["rank_at"], condition=Q(status="queued", parent__isnull=False), name="job_queue_attempt_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -200,6 +223,40 @@ class FailedAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.error_code} on attempt {self.attempt} of job {self.job_id}"
+
+
+class VerdictKind(models.TextChoices):
+    AGREED = "agreed", "Agreed with the consensus"
+    OUTVOTED = "outvoted", "Outvoted"
+    CANARY_PASSED = "canary_passed", "Canary answered right"
+    CANARY_FAILED = "canary_failed", "Canary answered wrong"
+
+
+# The verdicts that count against a miner: its answer was wrong.
+VerdictKind.WRONG = (VerdictKind.OUTVOTED, VerdictKind.CANARY_FAILED)
+
+
+class Verdict(models.Model):
+    """What the platform concluded about a miner's answer to one job: it agreed with the other
+    attempts of a verified job or was outvoted, or it answered a canary right or wrong. Wrong
+    answers count against the miner's reputation and may suspend it."""
+
+    job = models.OneToOneField(Job, on_delete=models.PROTECT, related_name="verdict")
+    miner = models.ForeignKey("miners.Miner", on_delete=models.PROTECT, related_name="verdicts", db_index=False)
+    kind = models.CharField(max_length=16, choices=VerdictKind.choices)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.CheckConstraint(condition=Q(kind__in=VerdictKind.values), name="verdict_kind_valid")]
+        indexes = [models.Index(fields=["miner", "-created_at"], name="verdict_miner_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()}: {self.miner_id} on job {self.job_id}"
+
+    @property
+    def wrong(self) -> bool:
+        return self.kind in VerdictKind.WRONG
 
 
 class Receipt(models.Model):

@@ -28,7 +28,7 @@ def client_pseudonym(user_id) -> str:
     return "clt_" + salted_hmac(_CLIENT_PSEUDONYM_SALT, str(user_id), algorithm="sha256").hexdigest()[:32]
 
 
-def _signed_receipt(job: Job, *, provider: str, price) -> Receipt:
+def _signed_receipt(job: Job, *, provider: str, price, verification: dict | None = None) -> Receipt:
     usage = job.usage or {}
     opening = {"input_salt": signing.new_salt(), "output_salt": signing.new_salt()}
     payload = {
@@ -53,6 +53,9 @@ def _signed_receipt(job: Job, *, provider: str, price) -> Receipt:
             "usage": usage,
         },
     }
+    if verification is not None:
+        payload["providers"] = verification["providers"]
+        payload["metadata"]["verification"] = verification["metadata"]
     _, signed_json = signing.signed_document(payload, signing.coordinator_signing_key())
     return Receipt(receipt_id=payload["receipt_id"], job=job, signed_json=signed_json.decode(), opening=opening)
 
@@ -62,6 +65,15 @@ def receipts_sign(*, completed: list[tuple]) -> list[Receipt]:
     being what the client pays for the job (None when it is free). The caller stores them (and
     their openings) in the transaction that completes the jobs."""
     return [_signed_receipt(job, provider=provider, price=price) for job, provider, price in completed]
+
+
+def receipt_sign_agreed(*, job: Job, providers: list[str], price, metadata: dict) -> Receipt:
+    """The signed, unsaved receipt of a verified job's agreed answer: ``provider`` is the miner whose
+    answer the others agreed with, ``providers`` every miner that agreed, and
+    ``metadata.verification`` how they were judged (``metadata``)."""
+    return _signed_receipt(
+        job, provider=providers[0], price=price, verification={"providers": providers, "metadata": metadata}
+    )
 
 
 def receipts_store(receipts: list[Receipt]) -> None:

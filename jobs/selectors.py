@@ -28,12 +28,13 @@ from django.db.models import (
 )
 from django.db.models.expressions import RawSQL
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, Coalesce, NullIf, TruncMinute
+from django.db.models.functions import Cast, Coalesce, Greatest, NullIf, TruncMinute
 from django.utils import timezone
 
 from jobs import matching, sql
-from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, Receipt
+from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, Receipt, Verdict, VerdictKind
 from miners.models import Miner, MinerStatus, ServedModel
+from miners.selectors import gpu_miners
 from payments.models import LedgerEntry, TransactionKind
 
 RECENT_RUNS_WINDOW = timedelta(minutes=15)
@@ -181,7 +182,7 @@ def miner_work_summary(*, miner: Miner) -> dict:
         running=Count("id", filter=Q(status=JobStatus.RUNNING)),
         units=Sum(units, filter=Q(status=JobStatus.COMPLETED), default=0),
     )
-    reputation = with_reputation(Miner.objects.filter(pk=miner.pk)).values_list("reputation", flat=True).first()
+    reputation = miner_reputation(miner=miner)
     return {
         "jobs_completed": totals["completed"],
         "jobs_running": totals["running"],
@@ -194,8 +195,10 @@ def miner_work_summary(*, miner: Miner) -> dict:
 def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
     """``miners`` annotated, over the last ``REPUTATION_WINDOW``, with ``recent_completed`` (jobs
     it completed), ``recent_failed`` (attempts it failed, let lapse or abandoned: see
-    ``jobs.models.FailedAttempt``) and ``reputation``, the completed share of both (0 to 1;
-    ``None`` for a miner that ended no attempt in the window). Subqueries of the same statement."""
+    ``jobs.models.FailedAttempt``), ``recent_wrong`` (completed answers found wrong: outvoted, or a
+    failed canary; see ``jobs.models.Verdict``) and ``reputation``, the share of the attempts it
+    ended that completed with an answer not found wrong (0 to 1; ``None`` for a miner that ended
+    no attempt in the window). Subqueries of the same statement."""
     since = (now or timezone.now()) - REPUTATION_WINDOW
     completed = (
         Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED, completed_at__gte=since)
@@ -214,10 +217,41 @@ def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
     return miners.annotate(
         recent_completed=Coalesce(Subquery(completed, IntegerField()), 0),
         recent_failed=Coalesce(Subquery(failed, IntegerField()), 0),
+        recent_wrong=_wrong_answers(since),
     ).annotate(
-        reputation=Cast(F("recent_completed"), FloatField())
+        reputation=Cast(Greatest(F("recent_completed") - F("recent_wrong"), 0), FloatField())
         / NullIf(F("recent_completed") + F("recent_failed"), 0, output_field=FloatField())
     )
+
+
+def _wrong_answers(since) -> Coalesce:
+    wrong = (
+        Verdict.objects.filter(miner=OuterRef("pk"), kind__in=VerdictKind.WRONG, created_at__gte=since)
+        .order_by()
+        .values("miner")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return Coalesce(Subquery(wrong, IntegerField()), 0)
+
+
+def miner_reputation(*, miner: Miner) -> float | None:
+    return with_reputation(Miner.objects.filter(pk=miner.pk)).values_list("reputation", flat=True).first()
+
+
+def with_wrong_answers_counting(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
+    """``with_reputation``, plus ``wrong_counting``: the wrong answers that count towards a
+    suspension (in the reputation window, after staff last lifted one)."""
+    since = (now or timezone.now()) - REPUTATION_WINDOW
+    after = Greatest(Value(since), Coalesce(OuterRef("suspension_lifted_at"), Value(since)))
+    counting = (
+        Verdict.objects.filter(miner=OuterRef("pk"), kind__in=VerdictKind.WRONG, created_at__gt=after)
+        .order_by()
+        .values("miner")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
+    return with_reputation(miners, now=now).annotate(wrong_counting=Coalesce(Subquery(counting, IntegerField()), 0))
 
 
 def failed_attempts_by_code(*, miner: Miner, now=None) -> list[tuple[str, int]]:
@@ -228,6 +262,18 @@ def failed_attempts_by_code(*, miner: Miner, now=None) -> list[tuple[str, int]]:
         .values_list("error_code")
         .annotate(n=Count("id"))
         .order_by("-n", "error_code")
+    )
+    return list(counts)
+
+
+def verdicts_by_kind(*, miner: Miner, now=None) -> list[tuple[str, int]]:
+    """The verdicts on the miner's answers in the reputation window, counted by kind, most first."""
+    since = (now or timezone.now()) - REPUTATION_WINDOW
+    counts = (
+        Verdict.objects.filter(miner=miner, created_at__gte=since)
+        .values_list("kind")
+        .annotate(n=Count("id"))
+        .order_by("-n", "kind")
     )
     return list(counts)
 
@@ -297,8 +343,26 @@ def miner_earnings(*, miner: Miner) -> Decimal:
 # --- Receipts ----------------------------------------------------------------------------
 
 
-def receipts_for_job(*, job_id) -> QuerySet[Receipt]:
-    return Receipt.objects.filter(job_id=job_id).order_by("-created_at", "-receipt_id")
+def receipts_for_job(*, job_id, with_attempts: bool = False) -> QuerySet[Receipt]:
+    """The job's receipts, newest first; ``with_attempts``: with those of its attempts when it is a
+    verified job (its own, signed once they agreed, comes first)."""
+    mine = Q(job_id=job_id) | Q(job__parent_id=job_id) if with_attempts else Q(job_id=job_id)
+    return Receipt.objects.filter(mine).order_by("-created_at", "-receipt_id")
+
+
+def attempts_of(*, job: Job) -> list[Job]:
+    """A verified job's attempts, the first answered first, each with its miner and the verdict on
+    its answer (``verdict_kind``: agreed, outvoted, or None)."""
+    attempts = Job.objects.filter(parent=job).select_related("miner", "payment").order_by("completed_at", "created_at")
+    return list(attempts.annotate(verdict_kind=F("verdict__kind")))
+
+
+def latest_receipts(*, job_ids) -> dict:
+    """Each of the jobs' latest receipt, by job id, in one query."""
+    latest = {}
+    for receipt in Receipt.objects.filter(job__in=list(job_ids)).order_by("created_at", "receipt_id"):
+        latest[receipt.job_id] = receipt
+    return latest
 
 
 def receipt_documents(receipts) -> list[dict]:
@@ -346,7 +410,7 @@ def job_counts_of_client(*, user) -> dict[str, int]:
 
 
 def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
-    """Online miners with their models and, in subqueries of the same statement, what
+    """Online GPU miners (agents' seats left out) with their models and, in subqueries of the same statement, what
     ``miner_work_summary`` reports for one miner: jobs completed and running, units served,
     earnings; plus units served in the last hour (throughput) and the miner's reputation."""
     since = (now or timezone.now()) - THROUGHPUT_WINDOW
@@ -354,7 +418,7 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
     running = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.RUNNING).order_by().values("miner")
     money = DecimalField(max_digits=24, decimal_places=8)
     return (
-        with_reputation(Miner.objects.filter(status=MinerStatus.ONLINE), now=now)
+        with_reputation(gpu_miners(Miner.objects.filter(status=MinerStatus.ONLINE)), now=now)
         .select_related("owner")
         .prefetch_related(Prefetch("served_models", queryset=ServedModel.objects.order_by("name")))
         .annotate(

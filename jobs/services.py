@@ -28,7 +28,8 @@ from catalog.selectors import catalog_entry
 from core import rawsql, shutdown
 from core.crypto import signing
 from core.errors import Conflict, Invalid, NotFound, ServiceError
-from jobs import events, feed, sql, wakeup
+from jobs import events, feed, matching, sql, wakeup
+from jobs.agreement import verification_request
 from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, JobType, Receipt
 from jobs.receipts import receipts_sign, receipts_store
 from jobs.selectors import QUEUE_POSITION_CAP, claimable_jobs, queue_position
@@ -75,15 +76,36 @@ def job_submit(
     idempotency_key: str | None = None,
     payment_amount: Decimal | None = None,
     job_id: uuid.UUID | None = None,
+    key_is_new: bool = False,
+    pinned_miner: Miner | None = None,
+    min_reputation: float | None = None,
+    verification: dict | None = None,
+    canary_for: Miner | None = None,
+    settle_on_verdict: bool = False,
 ) -> Submission:
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job. A caller
-    may choose the job's id (``job_id``), to follow its events from before it can have any.
+    may choose the job's id (``job_id``), to follow its events from before it can have any. One
+    that knows its key unused (``key_is_new``, a caller holding a lock that makes it so) saves
+    looking it up first and, inside its transaction, the savepoint that makes a repeat recoverable:
+    a repeat is then an ``IntegrityError`` that aborts the caller's transaction. A job
+    pinned to a miner (``pinned_miner``) is offered to that miner only; one with a
+    ``min_reputation`` only to miners whose reputation is at least that. A job that settles on a
+    verdict (``settle_on_verdict``) keeps its escrow past completion until ``job_verdict_settle``.
+
+    A verified job (``verification``: ``redundancy`` k, ``agreement``, ``threshold``; see
+    ``jobs.agreement.verification_request``) is not queued itself: it runs as k attempts, child
+    jobs that miners of distinct owners claim, each with its price in escrow, and completes with
+    the answer a majority of them agree on (``jobs.verification``).
 
     A model of the catalog must be enabled and fit the job, and the job gets the model's default
     parameters for those it does not set; other models are for the miners that bring them. The job's price (``payment_amount``, else the catalog's price for its
     ``max_tokens``) is held in escrow from the client's wallet in the same transaction.
     """
     constraints = constraints or {}
+    if verification is not None:
+        verification = verification_request(verification)
+        if canary_for is not None:
+            verification["canary_miner"] = canary_for.pk
     entry = catalog_entry(model)
     if entry is not None:
         _check_against_catalog(entry, job_type=job_type, payload=payload)
@@ -96,8 +118,9 @@ def job_submit(
         fingerprint = _fingerprint(
             type=job_type, model=model, payload=payload, constraints=constraints, priority=priority, ttl=ttl_seconds,
             payment=str(payment_amount) if payment_amount is not None else None,
+            **({"verification": verification, "min_reputation": min_reputation} if verification else {}),
         )  # fmt: skip
-        existing = Job.objects.filter(client=client, idempotency_key=idempotency_key).first()
+        existing = None if key_is_new else Job.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _replayed(existing, fingerprint)
 
@@ -129,17 +152,25 @@ def job_submit(
         req_cuda_code=cuda_code(constraints.get("cuda")),
         req_region=str(constraints.get("region") or ""),
         req_max_price=constraints.get("max_price"),
+        req_miner=pinned_miner,
+        req_min_reputation=min_reputation,
+        settles_on_verdict=settle_on_verdict,
         idempotency_key=idempotency_key or None,
         request_fingerprint=fingerprint,
         created_at=now,
     )
+    if verification:
+        job.req_miner = None
+        return _submit_verified(
+            job, verification=verification, price=price, unit_price=unit_price, pinned_miner=pinned_miner
+        )
     if price:
         job.price, job.unit_price = credits(price), unit_price
         job.payment_id = new_payment_id()
     try:
         with transaction.atomic() if price else nullcontext():
             if connection.vendor == "postgresql":
-                position = _insert_postgres(job)
+                position = _insert_postgres(job, key_is_new=key_is_new)
             else:
                 with transaction.atomic():
                     job.save(force_insert=True)
@@ -156,6 +187,59 @@ def job_submit(
     wakeup.queued(model)
     transaction.on_commit(partial(feed.publish_jobs_submitted, [job]))
     return Submission(job=job, created=True, queue_position=position)
+
+
+def _submit_verified(
+    parent: Job, *, verification: dict, price: Decimal, unit_price, pinned_miner: Miner | None
+) -> Submission:
+    """Store a verified job running, and its attempts queued, each with its price in escrow, in
+    one transaction. A canary queues only its reference attempt, pinned to ``pinned_miner``."""
+    now = parent.created_at
+    parent.verification = verification
+    parent.status, parent.started_at = JobStatus.RUNNING, now
+    count = 1 if "canary_miner" in verification else verification["redundancy"]
+    attempts = [
+        attempt_of(parent, price=price, unit_price=unit_price, now=now, pinned_miner=pinned_miner) for _ in range(count)
+    ]
+    if price:
+        parent.price, parent.unit_price = credits(price) * verification["redundancy"], unit_price
+    try:
+        with transaction.atomic():
+            parent.save(force_insert=True)
+            for attempt in attempts:
+                _store_attempt(attempt)
+    except IntegrityError:
+        if not parent.idempotency_key:
+            raise
+        existing = Job.objects.get(client=parent.client, idempotency_key=parent.idempotency_key)
+        return _replayed(existing, parent.request_fingerprint)
+    wakeup.queued(parent.model)
+    transaction.on_commit(partial(feed.publish_jobs_submitted, [parent]))
+    return Submission(job=parent, created=True)
+
+
+def attempt_of(parent: Job, *, price, unit_price, now, pinned_miner: Miner | None = None) -> Job:
+    """A new attempt (unsaved) of ``parent``: the same job, queued until the parent's deadline."""
+    return Job(
+        id=uuid.uuid4(), parent=parent, client=parent.client, type=parent.type, model=parent.model,
+        payload=parent.payload, constraints=parent.constraints, priority=parent.priority, rank_at=parent.rank_at,
+        ttl_seconds=max(1, int((parent.expires_at - now).total_seconds())), expires_at=parent.expires_at,
+        max_attempts=parent.max_attempts, req_gpu=parent.req_gpu, req_min_vram_gb=parent.req_min_vram_gb,
+        req_cuda_code=parent.req_cuda_code, req_region=parent.req_region, req_max_price=parent.req_max_price,
+        req_miner=pinned_miner, req_min_reputation=parent.req_min_reputation, created_at=now,
+        price=credits(price) if price else None, unit_price=unit_price if price else None,
+        payment_id=new_payment_id() if price else None,
+    )  # fmt: skip
+
+
+def _store_attempt(attempt: Job) -> None:
+    """Insert and announce an attempt, holding its price in escrow, inside the caller's transaction."""
+    attempt.save(force_insert=True)
+    wakeup.announce(attempt)
+    if attempt.price:
+        attempt.payment = escrow_hold(
+            job=attempt, client=attempt.client, amount=attempt.price, payment_id=attempt.payment_id
+        )
 
 
 def _catalog_price(entry, unit_price, payload: dict) -> Decimal:
@@ -186,12 +270,14 @@ def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
         ) from None
 
 
-def _insert_postgres(job: Job) -> int:
+def _insert_postgres(job: Job, *, key_is_new: bool = False) -> int:
     """Insert and announce the job in one statement (its own transaction outside an atomic
     block); return its queue position."""
     statement, params = sql.insert_and_announce(job)
-    # Inside a caller's transaction, a savepoint keeps a duplicate Idempotency-Key recoverable.
-    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+    # Inside a caller's transaction, a savepoint keeps a duplicate Idempotency-Key recoverable
+    # (unless the caller knows its key unused).
+    savepoint = connection.in_atomic_block and not (key_is_new and job.idempotency_key)
+    with transaction.atomic() if savepoint else nullcontext(), connection.cursor() as cursor:
         cursor.execute(statement, [*params, wakeup.CHANNEL, QUEUE_POSITION_CAP])
         ahead = cursor.fetchone()[1]
     job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS
@@ -211,12 +297,25 @@ def job_cancel(*, job_id) -> Job:
         raise NotFound("Job not found.", code="JOB_NOT_FOUND")
     if job.is_terminal:
         raise Conflict(f"Job is {job.status} and can no longer be cancelled.", code="JOB_NOT_CANCELABLE")
+    if job.parent_id:
+        raise Conflict("This is an attempt of a verified job: cancel that job instead.", code="JOB_NOT_CANCELABLE")
+    now = timezone.now()
+    ended = [job]
+    if job.verification:
+        # Its attempts end with it; those that answered are refunded too, their answers never judged.
+        attempts = Job.objects.select_for_update(of=("self",)).filter(parent=job)
+        for attempt in attempts.exclude(status__in=[JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED]):
+            refund_escrow(attempt, reason="The client cancelled the verified job.")
+            if attempt.status in JobStatus.ACTIVE:
+                attempt.status, attempt.completed_at, attempt.lease_expires_at = JobStatus.CANCELLED, now, None
+                attempt.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
+                ended.append(attempt)
     job.status = JobStatus.CANCELLED
-    job.completed_at = timezone.now()
+    job.completed_at = now
     job.lease_expires_at = None
-    _refund(job, reason="The client cancelled the job.")
+    refund_escrow(job, reason="The client cancelled the job.")
     job.save(update_fields=["status", "completed_at", "lease_expires_at", "updated_at"])
-    _jobs_changed([job])
+    _jobs_changed(ended)
     return job
 
 
@@ -261,9 +360,32 @@ def job_payment_release(*, job_id) -> Payment:
         job, payment = _locked_job_with_escrow(job_id)
         if job.status != JobStatus.COMPLETED or job.miner is None:
             raise Conflict(f"Job is {job.status}: only a completed job's escrow is released.", code="JOB_NOT_COMPLETED")
+        if awaits_verdict(job):
+            raise Conflict("This job is paid once its answer is judged.", code="JOB_BEING_VERIFIED")
         _settle([(job, _charge(job))], miner=job.miner)
         _announce(_payment_events([job]))
     return Payment.objects.get(pk=payment.pk)
+
+
+def awaits_verdict(job: Job) -> bool:
+    """Whether a completed job's escrow waits for a verdict on its answer: an attempt of a verified
+    job, or a job submitted to settle on a verdict (``settle_on_verdict``)."""
+    return job.parent_id is not None or job.settles_on_verdict
+
+
+def job_verdict_settle(*, job_id, agreed: bool, reason: str = "") -> Job:
+    """Settle the escrow of a completed job that settles on a verdict: its miner is paid the charge
+    when its answer ``agreed``, else the client gets it all back (an outvoted answer is paid nothing)."""
+    with transaction.atomic():
+        job, _ = _locked_job_with_escrow(job_id)
+        if job.status != JobStatus.COMPLETED or not job.settles_on_verdict or job.miner is None:
+            raise Conflict("Only a completed job settling on a verdict is settled so.", code="NOT_AWAITING_VERDICT")
+        if agreed:
+            _settle([(job, _charge(job))], miner=job.miner)
+        else:
+            refund_escrow(job, reason=reason or "The miner's answer was outvoted.")
+        _announce(_payment_events([job]))
+    return job
 
 
 def job_payment_refund(*, job_id, reason: str) -> Payment:
@@ -274,17 +396,61 @@ def job_payment_refund(*, job_id, reason: str) -> Payment:
             raise Conflict(f"Job is {job.status}: cancel it instead, which refunds its escrow.", code="JOB_ACTIVE")
         if job.status == JobStatus.COMPLETED:
             raise Conflict("A completed job's escrow is released to its miner, not refunded.", code="JOB_COMPLETED")
-        _refund(job, reason=reason)
+        refund_escrow(job, reason=reason)
         _announce(_payment_events([job]))
     return Payment.objects.get(pk=payment.pk)
 
 
-def _refund(job: Job, *, reason: str) -> None:
-    """Give a job that ends unpaid its escrow back."""
+def refund_escrow(job: Job, *, reason: str) -> None:
+    """Give a job that ends unpaid its escrow back (once, whoever calls it)."""
     if job.payment_id:
         payment = escrow_refund(job=job, reason=reason)
         if payment is not None:
             job.payment = payment
+
+
+def settle_each(jobs: list[Job]) -> list[Decimal]:
+    """Pay each of these completed, paid jobs' escrows to its own miner's owner (the attempts of a
+    verified job that agreed, a canary answered right); their charges, in order."""
+    charges = []
+    for job in jobs:
+        if job.payment_id:
+            charge = _charge(job)
+            _settle([(job, charge)], miner=job.miner)
+            charges.append(charge)
+    return charges
+
+
+def jobs_ended(jobs: list[Job], *, settled: list[Job] = ()) -> None:
+    """Announce jobs a verification ended (as every change does, in its transaction), and the
+    payments of ``settled`` jobs, which ended before."""
+    if _event_listeners:
+        _announce(job_events(jobs) + _payment_events(list(settled)))
+    transaction.on_commit(partial(_publish_statuses, jobs))
+
+
+def canary_submit(
+    *, client, model: str, job_type: str, payload: dict, verification: dict, target: Miner, reference: Miner
+) -> Job:
+    """Store a canary for ``target``: a verified job of the canary account whose first attempt is
+    pinned to ``reference`` (an in-cluster worker); the attempt asking ``target`` follows once the
+    reference answers (``canary_probe_queue``)."""
+    return job_submit(
+        client=client, model=model, payload=payload, job_type=job_type, verification=verification,
+        pinned_miner=reference, canary_for=target,
+    ).job  # fmt: skip
+
+
+def canary_probe_queue(parent: Job, *, reference: Job) -> Job:
+    """Queue the attempt of a canary that asks its miner, once the reference has answered."""
+    price = reference.price or Decimal(0)
+    probe = attempt_of(
+        parent, price=price, unit_price=reference.unit_price, now=timezone.now(),
+        pinned_miner=Miner.objects.get(pk=parent.verification["canary_miner"]),
+    )  # fmt: skip
+    _store_attempt(probe)
+    wakeup.queued(probe.model)
+    return probe
 
 
 # Called as ``listener(events)`` inside the transaction that ends jobs or settles their escrow, with
@@ -394,11 +560,16 @@ def job_claim(*, miner: Miner, limit: int = 1, job_id=None, models: list[str] | 
 
 def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
     params = {
-        "miner": miner_pk, "limit": limit, "job_id": job_id, "models": models, "now": now, "lease_until": lease_until
+        "miner": miner_pk, "limit": limit, "job_id": job_id, "models": models, "now": now, "lease_until": lease_until,
+        "headstart": settings.MATCHING_REPUTATION_HEADSTART_SECONDS,
     }  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql.CLAIM, params)
-        rows = cursor.fetchall()
+        return _jobs_with_payments(cursor.fetchall())
+
+
+def _jobs_with_payments(rows) -> list[Job]:
+    """Jobs from rows of their columns, then their payments' (NULL for a free job)."""
     jobs = rawsql.instances(Job, rows)
     paid = [(job, row) for job, row in zip(jobs, rows, strict=True) if job.payment_id]
     if paid:
@@ -418,11 +589,22 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
     if limit <= 0:
         return []
     candidates = claimable_jobs(miner=miner, now=now).order_by("rank_at")
+    candidates = matching.reputation_headstart_filter(
+        candidates, miner=miner, now=now, headstart=settings.MATCHING_REPUTATION_HEADSTART_SECONDS
+    )
     if job_id is not None:
         candidates = candidates.filter(pk=job_id)
     if models is not None:
         candidates = candidates.filter(model__in=models)
-    ids = list(candidates.values_list("id", flat=True)[:limit])
+    ids, verified_jobs = [], set()
+    for pk, parent_id in candidates.values_list("id", "parent_id").iterator(chunk_size=limit):
+        if parent_id is not None:
+            if parent_id in verified_jobs:
+                continue  # one attempt of each verified job at most
+            verified_jobs.add(parent_id)
+        ids.append(pk)
+        if len(ids) == limit:
+            break
     Job.objects.filter(pk__in=ids, status=JobStatus.QUEUED).update(
         status=JobStatus.RUNNING,
         miner=miner_pk,
@@ -434,6 +616,44 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
         updated_at=now,
     )
     return list(Job.objects.filter(pk__in=ids).select_related("payment"))
+
+
+def jobs_lease_to(assignments: list[tuple[Miner, object]]) -> list[Job]:
+    """Lease each job of ``(miner, job_id)`` pairs to the miner chosen for it: a dispatcher's batch
+    (agents' task assignment), where ``job_claim`` is a miner asking for its own. A job is leased
+    only while queued and to a miner that takes work, serves its model, meets its constraints and
+    has a free slot (each miner's jobs in the order given); the others are left as they are.
+    Returns the leased jobs. Two statements on PostgreSQL however many pairs, in one transaction."""
+    if not assignments:
+        return []
+    now = timezone.now()
+    lease_until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+    miners = {miner.pk: miner for miner, _ in assignments}
+    if connection.vendor == "postgresql":
+        params = {
+            "jobs": [str(job_id) for _, job_id in assignments],
+            "miners": [miner.pk for miner, _ in assignments],
+            "now": now,
+            "lease_until": lease_until,
+        }
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute(sql.LOCK_MINERS, params)
+            cursor.execute(sql.LEASE_TO, params)
+            jobs = _jobs_with_payments(cursor.fetchall())
+    else:
+        # SQLite serialises writers: a claim per pair is as good as one statement.
+        with transaction.atomic(savepoint=False):
+            jobs = [
+                job
+                for miner, job_id in assignments
+                for job in _claim_portable(
+                    miner_pk=miner.pk, limit=1, job_id=job_id, models=None, now=now, lease_until=lease_until
+                )
+            ]
+    for job in jobs:
+        job.miner = miners[job.miner_id]
+    _jobs_changed(jobs)
+    return jobs
 
 
 def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) -> list[Job]:
@@ -618,8 +838,10 @@ def _charge(job: Job) -> Decimal:
 def _charge_and_sign(held: list[Job], *, miner: Miner) -> tuple[list[tuple[Job, Decimal]], list[Receipt]]:
     """Charge the paid jobs of ``held`` (completed, not yet stored) and sign their receipts: what both
     backends do before storing the jobs with their receipts, then settling the charges."""
-    charges = [(job, _charge(job)) for job in held if job.payment_id]
-    # A receipt states what its client pays: the charge, or the job's price when it is free.
+    # A job awaiting a verdict is paid, or refunded, once its answer is judged (``jobs.verification``,
+    # ``job_verdict_settle``).
+    charges = [(job, _charge(job)) for job in held if job.payment_id and not awaits_verdict(job)]
+    # A receipt states what its client pays: the charge, or the job's price when it is free (or judged later).
     charged = {job.pk: charge for job, charge in charges}
     return charges, receipts_sign(completed=[(job, miner.miner_id, charged.get(job.pk, job.price)) for job in held])
 
@@ -784,7 +1006,7 @@ def _fail_attempt(job: Job, *, code: str, message: str) -> None:
     else:
         job.status = JobStatus.FAILED
         job.completed_at = now
-        _refund(job, reason=f"The job failed: {code}.")
+        refund_escrow(job, reason=f"The job failed: {code}.")
     job.save(
         update_fields=[
             "status",
@@ -819,6 +1041,8 @@ def job_requeue(*, job_id, reason: str = "re-queued by staff") -> Job:
             raise NotFound("Job not found.", code="JOB_NOT_FOUND")
         if job.status != JobStatus.RUNNING:
             raise Conflict(f"Only running jobs can be re-queued; this one is {job.status}.", code="JOB_NOT_RUNNING")
+        if job.miner_id is None:
+            raise Conflict("A verified job runs as its attempts: re-queue those.", code="JOB_NOT_RUNNING")
         job.max_attempts = max(job.max_attempts, job.attempt + 1)
         _fail_attempts([job], code="REQUEUED", message=reason, blame=False)
     return job
@@ -894,7 +1118,7 @@ def jobs_expire_queued(*, now: datetime | None = None) -> int:
             )
             expired_jobs = list(Job.objects.select_related("miner").filter(pk__in=ids))
             for job in expired_jobs:
-                _refund(job, reason="The job expired in the queue.")
+                refund_escrow(job, reason="The job expired in the queue.")
             _jobs_changed(expired_jobs)
 
 

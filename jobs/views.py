@@ -43,7 +43,7 @@ class JobListView(LoginRequiredMixin, FormView):
         return {**super().get_context_data(**kwargs), "page": self._page()}
 
     def _page(self):
-        jobs = selectors.jobs_of_client(user=self.request.user)
+        jobs = selectors.jobs_of_client(user=self.request.user).filter(parent__isnull=True)
         return Paginator(jobs, PAGE_SIZE).get_page(self.request.GET.get("page"))
 
     def form_valid(self, form):
@@ -79,6 +79,7 @@ class JobDetailView(LoginRequiredMixin, TemplateView):
             # What the receipt commits to, for the page's verifier and the bundle it offers.
             "contents": {"payload": job.payload, "result": job.result},
             "live": job.status in JobStatus.ACTIVE,
+            "attempts": selectors.attempts_of(job=job) if job.verification else [],
         }
 
 

@@ -5,6 +5,7 @@ from core.admin_bases import age
 from core.services import staff_action_record
 from miners import services
 from miners.models import Miner, ServedModel
+from miners.selectors import agent_seat
 
 
 class BannedFilter(admin.SimpleListFilter):
@@ -37,6 +38,38 @@ class MaintenanceFilter(admin.SimpleListFilter):
         return queryset
 
 
+class KindFilter(admin.SimpleListFilter):
+    """GPU miners, or agents' seats in the job machinery (each agent's own miner row)."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return (("gpu", "GPU miners"), ("agent", "Agents"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "gpu":
+            return queryset.filter(~agent_seat())
+        if self.value() == "agent":
+            return queryset.filter(agent_seat())
+        return queryset
+
+
+class SuspendedFilter(admin.SimpleListFilter):
+    title = "suspended"
+    parameter_name = "suspended"
+
+    def lookups(self, request, model_admin):
+        return (("yes", "Yes"), ("no", "No"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(suspended_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(suspended_at__isnull=True)
+        return queryset
+
+
 class ServedModelInline(admin.TabularInline):
     model = ServedModel
     extra = 0
@@ -52,11 +85,14 @@ class MinerRegistryAdmin(admin.ModelAdmin):
     registered for ``Miner``, adds the figures of each miner's jobs and the actions that end them."""
 
     list_display = ("miner_id", "owner", "state", "gpu", "heartbeat")
-    list_filter = ("status", "draining", BannedFilter, MaintenanceFilter, "region", "served_models__name")
+    list_filter = (
+        "status", "draining", KindFilter, BannedFilter, MaintenanceFilter, SuspendedFilter, "region",
+        "served_models__name",
+    )  # fmt: skip
     search_fields = ("miner_id", "owner__username", "gpu_name", "served_models__name")
     list_select_related = ("owner",)
     inlines = [ServedModelInline]
-    actions = ["drain", "undrain", "approve", "end_maintenance"]
+    actions = ["drain", "undrain", "approve", "end_maintenance", "lift_suspension"]
     # The session token's hash is nobody's business, staff's included.
     readonly_fields = [f.name for f in Miner._meta.fields if f.name not in ("draining", "session_token_hash")]
     exclude = ("session_token_hash",)
@@ -67,6 +103,8 @@ class MinerRegistryAdmin(admin.ModelAdmin):
             return f"banned {age(miner.banned_at)}"
         if miner.maintenance_since:
             return f"maintenance since {age(miner.maintenance_since)}"
+        if miner.suspended_at:
+            return f"{miner.status}, suspended {age(miner.suspended_at)}"
         return f"{miner.status}, draining" if miner.draining else miner.status
 
     @admin.display(ordering="gpu_name", description="GPU")
@@ -132,7 +170,19 @@ class MinerRegistryAdmin(admin.ModelAdmin):
             self._record(request, "end maintenance", ended)
         self.message_user(request, f"{len(ended)} miner(s) out of maintenance.", messages.SUCCESS)
 
+    @admin.action(description="Lift suspension: let them claim again")
+    @transaction.atomic
+    def lift_suspension(self, request, queryset):
+        lifted = list(queryset.filter(suspended_at__isnull=False))
+        reasons = "; ".join(f"{miner.miner_id}: {miner.suspended_reason}" for miner in lifted)
+        for miner in lifted:
+            services.miner_lift_suspension(miner=miner, actor=request.user)
+        if lifted:
+            self._record(request, "lift suspension", lifted, detail=f" Suspended for: {reasons}")
+        self.message_user(request, f"{len(lifted)} suspension(s) lifted.", messages.SUCCESS)
+
     _SUMMARIES = {
+        "lift suspension": "suspension lifted: they may claim again, and their earlier wrong answers no longer count",
         "end maintenance": "out of maintenance: they come back online at their next heartbeat",
         "maintenance": "held offline for maintenance (heartbeats refused), their jobs returned to the queue",
         "ban owner": "banned with their owners (every miner id, present and future), their jobs returned to the queue",

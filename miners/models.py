@@ -43,6 +43,21 @@ class Miner(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
 
+    suspended_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Suspended for wrong answers (outvoted, failed canaries): it may not claim until staff lift it.",
+    )
+    suspended_reason = models.CharField(max_length=300, blank=True)
+    suspension_lifted_at = models.DateTimeField(
+        null=True, blank=True, help_text="Wrong answers before this no longer count towards a suspension."
+    )
+    reputation_score = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="The reputation as last computed (after each verdict and housekeeping), which matching reads.",
+    )
+
     maintenance_since = models.DateTimeField(
         null=True,
         blank=True,
@@ -78,7 +93,7 @@ class Miner(models.Model):
 
     @property
     def accepts_work(self) -> bool:
-        return self.status == MinerStatus.ONLINE and not self.draining
+        return self.status == MinerStatus.ONLINE and not self.draining and self.suspended_at is None
 
 
 class ServedModel(models.Model):

@@ -300,3 +300,44 @@ def miner_unban(*, miner: Miner, actor) -> Miner:
     miner.banned_at, miner.banned_reason, miner.banned_by = None, "", None
     logger.info("miner %s unbanned by %s", miner.miner_id, actor)
     return miner
+
+
+def miner_suspend(*, miner: Miner, reason: str) -> bool:
+    """Suspend a miner for wrong answers: it stays registered and online but claims nothing until
+    staff lift the suspension. Returns whether it was not suspended already."""
+    now = timezone.now()
+    suspended = Miner.objects.filter(pk=miner.pk, suspended_at__isnull=True).update(
+        suspended_at=now, suspended_reason=reason[:300], updated_at=now
+    )
+    if suspended:
+        miner.suspended_at, miner.suspended_reason = now, reason[:300]
+        logger.warning("miner %s suspended: %s", miner.miner_id, reason)
+    return bool(suspended)
+
+
+def miner_lift_suspension(*, miner: Miner, actor) -> Miner:
+    """Staff lift a suspension: the miner may claim again, and the wrong answers it gave before
+    no longer count towards the next one."""
+    now = timezone.now()
+    Miner.objects.filter(pk=miner.pk).update(
+        suspended_at=None, suspended_reason="", suspension_lifted_at=now, updated_at=now
+    )
+    miner.suspended_at, miner.suspended_reason, miner.suspension_lifted_at = None, "", now
+    logger.info("suspension of miner %s lifted by %s", miner.miner_id, actor)
+    return miner
+
+
+def miner_set_reputation(*, miner: Miner, reputation: float | None) -> None:
+    """Store the reputation matching reads for ``miner`` (as read with it), when it changed."""
+    if miner.reputation_score != reputation:
+        Miner.objects.filter(pk=miner.pk).update(reputation_score=reputation)
+        miner.reputation_score = reputation
+
+
+def miners_set_reputation(*, reputations: dict[int, float | None]) -> None:
+    """Store the reputations matching reads (``Miner.reputation_score``), by miner pk, as ``jobs``
+    computes them; only those that changed are written."""
+    stored = dict(Miner.objects.filter(pk__in=list(reputations)).values_list("pk", "reputation_score"))
+    for pk, reputation in reputations.items():
+        if pk in stored and stored[pk] != reputation:
+            Miner.objects.filter(pk=pk).update(reputation_score=reputation)

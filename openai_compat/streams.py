@@ -25,6 +25,10 @@ from openai_compat import selectors
 
 RECHECK_SECONDS = 2.0
 LAYER_TIMEOUT_SECONDS = 2.0
+# Joining the jobs' groups may take seconds on a busy process (a burst of 200 requests each
+# joining at once): waited for, since a watch that gives up streams without events, its pieces
+# arriving merged at the end. A layer that is down fails at once.
+SUBSCRIBE_TIMEOUT_SECONDS = 10.0
 # How long past its last event a job whose row shows it ended is given for its status event and
 # the tokens before it: a stream then misses no piece; a lost status event costs this wait.
 ROW_GRACE_SECONDS = 2.0
@@ -130,9 +134,9 @@ class JobWatch:
         # Workers of this process publish on this loop (the in-memory layer wakes no other).
         events.use_server_loop(asyncio.get_running_loop())
         try:
-            self._channel = await asyncio.wait_for(layer.new_channel(), LAYER_TIMEOUT_SECONDS)
-            for job_id in self.job_ids:
-                await asyncio.wait_for(layer.group_add(events.job_group(job_id), self._channel), LAYER_TIMEOUT_SECONDS)
+            self._channel = await layer.new_channel()
+            joins = (layer.group_add(events.job_group(job_id), self._channel) for job_id in self.job_ids)
+            await asyncio.wait_for(asyncio.gather(*joins), SUBSCRIBE_TIMEOUT_SECONDS)
         except Exception as error:
             # Without events the jobs' rows still tell when they end (every RECHECK_SECONDS).
             logger.warning("following jobs %s without their events: %r", self.job_ids, error)

@@ -21,7 +21,10 @@ from catalog.models import CatalogModel
 from explorer.models import BlockLeaf, LeafKind
 from explorer.services import blocks_seal_pending
 from jobs.models import Receipt
+from miners.models import Miner
 from payments.selectors import wallet_of
+from swarm.models import MemberRole
+from swarm.services import member_join, task_coordinate
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -99,6 +102,13 @@ def world(settings, make_api, register_miner, submit_job, django_user_model):
     execution = workflow_execute(workflow=workflow, client=alice.user, inputs={})
     webhook = alice.post("/v1/webhooks", {"url": WEBHOOK_URL, "events": ["job.completed"]}, format="json")
     assert webhook.status_code == 201, webhook.content
+    member, _ = member_join(miner=Miner.objects.get(miner_id="miner-1"), role=MemberRole.MONITOR)
+    member_join(miner=Miner.objects.get(miner_id="miner-2"), role=MemberRole.MONITOR, swarm_id=member.swarm_id)
+    swarm_task = task_coordinate(
+        client=alice.user, swarm=member.swarm, strategy="redundant", job_type="inference", model="llama3.2",
+        payload={"type": "inference", "model": "llama3.2", "prompt": SECRET_PROMPT}, collaborators=2,
+        timeout_seconds=600,
+    )  # fmt: skip
     receipt = Receipt.objects.get(job_id=done)
     leaf = BlockLeaf.objects.filter(kind=LeafKind.RECEIPT, ref=receipt.pk).select_related("block").get()
     values = {
@@ -120,6 +130,8 @@ def world(settings, make_api, register_miner, submit_job, django_user_model):
         "workflow": str(workflow.pk),
         "execution": str(execution.pk),
         "webhook": webhook.json()["id"],
+        "swarm": str(member.swarm_id),
+        "swarm_task": str(swarm_task.pk),
     }
     return callers, values, alice.user
 
@@ -154,6 +166,17 @@ TASK = {"task_data": {"prompt": "hi"}, "priority": "normal"}
 REPORT = {"agent_id": "{agent}", "result": "x"}
 WORKFLOW = {"name": "w", "steps": {"a": {"type": "chat", "model": "matrix-model", "prompt": "hi"}}}
 WEBHOOK_URL = "https://hooks.example.com/aitbc"
+COORDINATE = {"swarm_id": "{swarm}", "task": {"prompt": "hi", "model": "llama3.2"}, "collaborators": 1}
+SWARM_ROWS = [
+    ("POST", "join", {"role": "monitor"}, (401, 403, 403, 201, 201, 404, 403)),
+    ("POST", "{swarm}/leave", None, (401, 403, 403, 200, 200, 422, 403)),
+    ("GET", "list", None, (401, 200, 200, 200, 200, 200, 200)),
+    ("POST", "coordinate", COORDINATE, (401, 202, 202, 403, 403, 202, 202)),
+    ("GET", "tasks/{swarm_task}/status", None, (401, 200, 404, 403, 403, 200, 200)),
+    ("POST", "tasks/{swarm_task}/consensus", {}, (401, 200, 404, 403, 403, 200, 200)),
+    ("POST", "tasks/{swarm_task}/choose", {"choice": 0}, (401, 409, 404, 403, 403, 409, 409)),
+    ("POST", "tasks/{swarm_task}/cancel", None, (401, 200, 404, 403, 403, 200, 200)),
+]
 ROWS = [
     ("GET", "/v1/jobs", None, (401, 200, 200, 403, 403, 200, 200)),
     ("POST", "/v1/jobs", SUBMIT, (401, 201, 201, 403, 403, 201, 201)),
@@ -365,6 +388,9 @@ ROWS = [
     ("GET", "/agents/", None, (302, 302, 302, 302, 302, 302, 200)),
     ("GET", "/workflows/{workflow}/", None, (302, 302, 302, 302, 302, 302, 200)),
     ("GET", "/executions/{execution}/", None, (302, 302, 302, 302, 302, 302, 200)),
+    ("GET", "/swarms/", None, (302, 302, 302, 302, 302, 302, 200)),
+    ("GET", "/swarms/{swarm}/", None, (302, 302, 302, 302, 302, 302, 200)),
+    ("GET", "/swarms/tasks/{swarm_task}/", None, (302, 302, 302, 302, 302, 302, 200)),
     ("GET", "/network/", None, PUBLIC),
     ("GET", "/explorer/", None, PUBLIC),
     ("GET", "/explorer/blocks/", None, (302, 302, 302, 302, 302, 302, 302)),
@@ -372,6 +398,11 @@ ROWS = [
     ("GET", "/explorer/transactions/{tx}/", None, PUBLIC),
     ("GET", "/explorer/addresses/{address}/", None, PUBLIC),
     ("GET", "/explorer/receipts/", None, PUBLIC),
+    *(
+        (method, f"{prefix}{route}", body, expected)
+        for prefix in ("/v1/swarm/", "/swarm/")
+        for method, route, body, expected in SWARM_ROWS
+    ),
 ]
 
 
@@ -392,7 +423,7 @@ def test_every_route_has_a_row():
     job_id, number = "00000000-0000-0000-0000-000000000000", "1"
     values = {"done": job_id, "running": job_id, "queued": job_id, "user": number, "key": number, "height": number}
     values.update({"agent": "x", "task": job_id, "priority": "low", "workflow": job_id, "execution": job_id})
-    values["webhook"] = job_id
+    values.update({"webhook": job_id, "swarm": job_id, "swarm_task": job_id})
     values.update({name: "x" for name in ("payment", "exchange", "receipt", "tx", "address")})
     rows: dict[str, set[str]] = {}
     for method, template, _, _ in ROWS:

@@ -23,12 +23,12 @@ from functools import partial
 
 import httpx
 from django.conf import settings
-from django.db import connection, transaction
+from django.core.cache import cache
+from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from core import rawsql
 from core.api.formats import iso_datetime
 from core.errors import Conflict, Invalid
 from jobs.api.serializers import decimal_text, job_view
@@ -69,6 +69,7 @@ def endpoint_create(*, owner, url: str, events: list[str], description: str = ""
     if WebhookEndpoint.objects.filter(owner=owner).count() >= settings.WEBHOOKS_MAX_PER_USER:
         raise Conflict(f"An account has at most {settings.WEBHOOKS_MAX_PER_USER} webhooks.", code="WEBHOOK_LIMIT")
     secret = new_secret()
+    _owner_has_endpoints(owner.pk)
     endpoint = WebhookEndpoint.objects.create(
         owner=owner, url=url, events=events, description=description, secret=secret
     )
@@ -77,6 +78,7 @@ def endpoint_create(*, owner, url: str, events: list[str], description: str = ""
 
 def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
     endpoint.delete()
+    _owner_changed(endpoint.owner_id)
 
 
 def endpoint_rotate_secret(*, endpoint: WebhookEndpoint) -> str:
@@ -94,12 +96,14 @@ def endpoint_disable(*, endpoint: WebhookEndpoint, reason: str) -> None:
     WebhookEndpoint.objects.filter(pk=endpoint.pk, enabled=True).update(
         enabled=False, disabled_at=timezone.now(), disabled_reason=reason[:300], updated_at=timezone.now()
     )
+    _owner_changed(endpoint.owner_id)
     logger.warning("webhook %s of user %s disabled: %s", endpoint.pk, endpoint.owner_id, reason)
 
 
 @transaction.atomic
 def endpoint_enable(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
     """Enable an endpoint again: its pending deliveries are sent, each job's in order."""
+    _owner_has_endpoints(endpoint.owner_id)
     WebhookEndpoint.objects.filter(pk=endpoint.pk).update(
         enabled=True, disabled_at=None, disabled_reason="", updated_at=timezone.now()
     )
@@ -149,21 +153,6 @@ def _event_data(event_type: str, job) -> dict:
     return view
 
 
-# Runs at every job's end: on PostgreSQL one prepared statement rather than an ORM query.
-_ENABLED_ENDPOINTS = (
-    f"SELECT {rawsql.columns(WebhookEndpoint, 'e')} FROM {WebhookEndpoint._meta.db_table} e "
-    "WHERE e.owner_id = ANY(%s) AND e.enabled"
-)
-
-
-def _enabled_endpoints(owners: set) -> list[WebhookEndpoint]:
-    if connection.vendor != "postgresql":
-        return list(WebhookEndpoint.objects.filter(owner__in=owners, enabled=True))
-    with connection.cursor() as cursor:
-        cursor.execute(_ENABLED_ENDPOINTS, [sorted(owners)])
-        return rawsql.instances(WebhookEndpoint, cursor.fetchall())
-
-
 def deliveries_record(events: list) -> None:
     """Record a delivery of each event (``(event_type, job)``) to each enabled endpoint of the job's
     client that subscribes to it, in the caller's transaction; send them once it commits."""
@@ -185,6 +174,52 @@ def deliveries_record(events: list) -> None:
     # An event already recorded for an endpoint (a payment settled by hand, say) is not recorded twice.
     WebhookDelivery.objects.bulk_create(deliveries, ignore_conflicts=True)
     _send_after_commit([delivery.message_id for delivery in deliveries])
+
+
+# Whether a user has an enabled endpoint, in the cache: most clients have none, and their jobs'
+# ends then cost no query. Creating or enabling an endpoint marks its owner before the row is
+# written and again once it commits (over what an event recorded meanwhile may have found), so
+# the very next event after the commit reaches it; deleting or disabling one forgets the mark,
+# and the next event reads the endpoints. An event only ever adds a mark that is missing.
+OWNER_MARK_SECONDS = 24 * 3600
+
+
+def _owner_key(owner_id) -> str:
+    return f"webhooks:owner-has-endpoints:{owner_id}"
+
+
+def _owner_has_endpoints(owner_id) -> None:
+    cache.set(_owner_key(owner_id), True, OWNER_MARK_SECONDS)
+    transaction.on_commit(partial(cache.set, _owner_key(owner_id), True, OWNER_MARK_SECONDS), robust=True)
+
+
+def _owner_changed(owner_id) -> None:
+    try:
+        cache.delete(_owner_key(owner_id))
+    except Exception as error:  # a mark left behind costs a query per event, nothing more
+        logger.warning("webhook mark of user %s not dropped: %r", owner_id, error)
+
+
+def _enabled_endpoints(owner_ids: set) -> list[WebhookEndpoint]:
+    """The enabled endpoints of ``owner_ids``: read only for the owners marked as having some, or
+    not known either way (who are then marked)."""
+    keys = {_owner_key(owner_id): owner_id for owner_id in owner_ids}
+    try:
+        marks = cache.get_many(list(keys))
+    except Exception as error:
+        logger.warning("webhook marks not read: %r", error)
+        marks = {}
+    unknown = {owner_id for key, owner_id in keys.items() if key not in marks}
+    candidates = unknown | {owner_id for key, owner_id in keys.items() if marks.get(key)}
+    if not candidates:
+        return []
+    endpoints = list(WebhookEndpoint.objects.filter(owner__in=candidates, enabled=True))
+    for owner_id in unknown:
+        try:
+            cache.add(_owner_key(owner_id), any(e.owner_id == owner_id for e in endpoints), OWNER_MARK_SECONDS)
+        except Exception as error:
+            logger.warning("webhook mark of user %s not stored: %r", owner_id, error)
+    return endpoints
 
 
 def _send_after_commit(message_ids: list[str]) -> None:

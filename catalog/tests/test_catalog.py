@@ -1,6 +1,9 @@
+import threading
+
 import pytest
 
 from catalog.models import CatalogModel
+from catalog.selectors import _Snapshot
 from jobs.models import Job
 
 
@@ -97,3 +100,29 @@ def test_job_within_the_catalog_limits_is_queued(client_api):
 
 def test_models_outside_the_catalog_are_left_to_the_miners_that_bring_them(client_api):
     assert client_api.post("/v1/jobs", {"prompt": "hi", "model": "my-own-llama"}, format="json").status_code == 201
+
+
+def test_a_caller_does_not_wait_for_another_reading_the_catalog(settings):
+    # A reader may wait for a pooled connection that callers waiting on it hold: it holds no lock.
+    settings.MODEL_CATALOG_CACHE_SECONDS = 60
+    reading, release = threading.Event(), threading.Event()
+    reads = []
+
+    def load():
+        reads.append(len(reads))
+        if reads == [0]:
+            reading.set()
+            release.wait(5)
+            return "first"
+        return "second"
+
+    snapshot = _Snapshot(load)
+    first = threading.Thread(target=snapshot.get)
+    first.start()
+    assert reading.wait(5)
+
+    assert snapshot.get() == "second"
+    release.set()
+    first.join(5)
+    assert snapshot.get() == "second"  # the read that began later is kept
+    assert reads == [0, 1]

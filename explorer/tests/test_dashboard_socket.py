@@ -342,13 +342,14 @@ def test_on_redis_feed_events_go_only_to_groups_someone_watches(settings, monkey
     settings.CHANNEL_LAYERS = layers
     layer = get_channel_layer()
     sent_to = []
-    group_send = type(layer).group_send
+    group_send_many = type(layer).group_send_many
 
-    async def recording_group_send(self, group, message):
-        sent_to.append(group)
-        await group_send(self, group, message)
+    async def recording_group_send_many(self, by_group):
+        watched = await group_send_many(self, by_group)
+        sent_to.extend(watched)
+        return watched
 
-    monkeypatch.setattr(type(layer), "group_send", recording_group_send)
+    monkeypatch.setattr(type(layer), "group_send_many", recording_group_send_many)
     event = feed.job_event(feed.JOB_UPDATED, SimpleNamespace(pk=uuid.uuid4(), model="m", status="queued"))
     watched, unwatched = feed.user_group(1), feed.user_group(2)
 

@@ -9,6 +9,7 @@ from catalog.payloads import MAX_EMBEDDING_INPUTS, MAX_MESSAGES
 from catalog.selectors import catalog_entry, default_model
 from core.api.formats import iso_datetime
 from core.errors import Invalid, ServiceError
+from jobs.agreement import AGREEMENTS, DEFAULT_SEMANTIC_THRESHOLD, EXACT, verification_request
 from jobs.models import AITBC_STATE, JobPriority, JobStatus, JobType
 from jobs.selectors import QUEUE_POSITION_CAP
 from payments.api.serializers import aitbc_currency
@@ -91,6 +92,8 @@ _ENVELOPE_FIELDS = {
     "payment_amount",
     "payment_currency",
     "max_attempts",
+    "verification",
+    "min_reputation",
 }
 
 
@@ -108,6 +111,31 @@ class ConstraintsSerializer(serializers.Serializer):
         super().to_internal_value(data)
         # Stored as sent (valid, and JSON as the client wrote it), so clients see them back unchanged.
         return dict(data)
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": "Run the job as `redundancy` attempts on miners of distinct owners; the answer a majority "
+        "of them agree on is the job's result. `agreement`: `exact` (the default: the same text once whitespace "
+        "is normalised; for greedy decoding, temperature 0 with a seed) or `semantic` (embeddings: cosine "
+        "similarity; sampled text: Jaccard similarity of the word sets) with its `threshold` (above 0, at most 1; "
+        f"default {DEFAULT_SEMANTIC_THRESHOLD}). Each attempt's price is held in escrow; only the attempts that "
+        "agreed are paid.",
+        "properties": {
+            "redundancy": {"type": "integer", "minimum": 2, "maximum": settings.VERIFICATION_MAX_REDUNDANCY},
+            "agreement": {"type": "string", "enum": list(AGREEMENTS), "default": EXACT},
+            "threshold": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1},
+        },
+        "required": ["redundancy"],
+        "additionalProperties": False,
+    }
+)
+class VerificationField(serializers.JSONField):
+    """A job's ``verification``, checked by ``jobs.agreement.verification_request``."""
+
+    def to_internal_value(self, data):
+        return verification_request(super().to_internal_value(data))
 
 
 @extend_schema_field({"type": "string", "minLength": 1, "maxLength": settings.JOB_MAX_INPUT_CHARS})
@@ -177,6 +205,14 @@ class JobSubmitSerializer(serializers.Serializer):
     max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=10)
     payment_amount = serializers.DecimalField(required=False, max_digits=18, decimal_places=8, min_value=0)
     payment_currency = serializers.CharField(required=False, max_length=16)
+    verification = VerificationField(required=False)
+    min_reputation = serializers.FloatField(
+        required=False,
+        min_value=0,
+        max_value=1,
+        help_text="Only miners whose reputation (the share of their attempts in the last 7 days that completed "
+        "with an answer not found wrong) is at least this may run the job.",
+    )
 
     def validate_ttl_seconds(self, value):
         if value > settings.JOB_MAX_TTL_SECONDS:
@@ -251,6 +287,8 @@ def submission(attrs: dict, raw: dict) -> dict:
         "priority": attrs.get("priority", JobPriority.NORMAL),
         "max_attempts": attrs.get("max_attempts"),
         "payment_amount": attrs.get("payment_amount"),
+        "verification": attrs.get("verification"),
+        "min_reputation": attrs.get("min_reputation"),
     }
 
 
@@ -320,6 +358,12 @@ def _payload_refused(error: payloads.PayloadError) -> Exception:
     return serializers.ValidationError({error.field: error.message})
 
 
+class VerificationViewSerializer(serializers.Serializer):
+    redundancy = serializers.IntegerField()
+    agreement = serializers.ChoiceField(choices=AGREEMENTS)
+    threshold = serializers.FloatField(allow_null=True)
+
+
 class JobSerializer(serializers.Serializer):
     """JobView: a job as clients see it. The fields describe the schema; ``to_representation``
     builds the same shape directly, since it runs on every submit and status poll."""
@@ -360,6 +404,10 @@ class JobSerializer(serializers.Serializer):
     )
     payment_id = serializers.CharField(allow_null=True)
     payment_status = serializers.CharField(allow_null=True, help_text="escrowed, released or refunded")
+    verification = VerificationViewSerializer(
+        allow_null=True,
+        help_text="A verified job's rule (null for others): it runs as attempts, their receipts listed with its own",
+    )
 
     def to_representation(self, job):
         return job_view(job, outlook=self.context.get("outlook", {}).get(job.pk, {}))
@@ -404,7 +452,14 @@ def job_view(job, *, outlook: dict) -> dict:
         "amount_charged": decimal_text(job.amount_charged),
         "payment_id": job.payment_id or None,
         "payment_status": job.payment_status or None,
+        "verification": _verification_view(job.verification),
     }
+
+
+def _verification_view(rule: dict) -> dict | None:
+    if not rule:
+        return None
+    return {"redundancy": rule["redundancy"], "agreement": rule["agreement"], "threshold": rule.get("threshold")}
 
 
 def decimal_text(value) -> str | None:

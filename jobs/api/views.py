@@ -69,6 +69,10 @@ class JobListView(ClientJobMixin, generics.ListAPIView):
     filter_backends = [DjangoFilterBackend]
     filterset_class = JobFilter
 
+    def get_queryset(self):
+        # A verified job is listed; its attempts are its own business (its receipts name them).
+        return super().get_queryset().filter(parent__isnull=True)
+
     def get_serializer_context(self):
         return {**super().get_serializer_context(), "outlook": getattr(self, "_outlook", {})}
 
@@ -90,7 +94,7 @@ class JobSubmitView(ClientJobMixin, generics.GenericAPIView):
         responses={
             201: JobSerializer,
             409: OpenApiResponse(description="Idempotency-Key reused with a different request"),
-            422: OpenApiResponse(description="Invalid job (INVALID_JOB_TYPE, VALIDATION_ERROR)"),
+            422: OpenApiResponse(description="Invalid job (INVALID_JOB_TYPE, INVALID_VERIFICATION, VALIDATION_ERROR)"),
             **ERRORS,
         },
     )
@@ -227,5 +231,6 @@ class JobReceiptsView(ClientJobMixin, APIView):
     def get(self, request, job_id):
         job = self.get_object()
         paginator = ReceiptCursorPagination()
-        page = paginator.paginate_queryset(selectors.receipts_for_job(job_id=job.pk), request, view=self)
+        receipts = selectors.receipts_for_job(job_id=job.pk, with_attempts=True)
+        page = paginator.paginate_queryset(receipts, request, view=self)
         return paginator.get_paginated_response(page)

@@ -30,7 +30,7 @@ class TokenEvent:
 def use_redis_layer(settings) -> None:
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "core.channel_layers.RedisChannelLayer",
             # Other test runs share the Redis database.
             "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": f"aitbc-test-{uuid.uuid4().hex}"},
         }
@@ -309,28 +309,30 @@ def test_batches_handed_over_during_a_send_go_out_together_in_order(monkeypatch)
 
 
 @needs_redis
-def test_on_redis_only_watched_jobs_groups_are_sent_to(settings, monkeypatch):
+def test_on_redis_only_watched_jobs_groups_are_sent_to_all_in_one_send(settings, monkeypatch):
     use_redis_layer(settings)
     watched, unwatched = str(uuid.uuid4()), str(uuid.uuid4())
-    sent_to = []
+    sends = []
     layer = get_channel_layer()
-    group_send = type(layer).group_send
+    group_send_many = type(layer).group_send_many
 
-    async def recording_group_send(self, group, message):
-        sent_to.append(group)
-        await group_send(self, group, message)
+    async def recording_group_send_many(self, by_group):
+        sent_to = await group_send_many(self, by_group)
+        sends.append(sent_to)
+        return sent_to
 
-    monkeypatch.setattr(type(layer), "group_send", recording_group_send)
+    monkeypatch.setattr(type(layer), "group_send_many", recording_group_send_many)
     tokens = [
         TokenEvent(key=unwatched, index=0, text="a", completion_tokens=1, max_tokens=4),
         TokenEvent(key=watched, index=0, text="b", completion_tokens=1, max_tokens=4),
+        TokenEvent(key=watched, index=1, text="c", completion_tokens=2, max_tokens=4),
     ]
 
     def publish():
         events.publish_token_events(tokens)
         events.flush()
 
-    received = receive_on_groups([events.job_group(watched)], publish, count=1)
+    received = receive_on_groups([events.job_group(watched)], publish, count=2)
 
-    assert [m["text"] for m in received[events.job_group(watched)]] == ["b"]
-    assert sent_to == [events.job_group(watched)]
+    assert [m["text"] for m in received[events.job_group(watched)]] == ["b", "c"]
+    assert sends == [[events.job_group(watched)]]

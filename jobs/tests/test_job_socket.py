@@ -36,7 +36,7 @@ def layer_kind(request, settings):
     if request.param == "redis":
         settings.CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "BACKEND": "core.channel_layers.RedisChannelLayer",
                 "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": f"aitbc-test-{uuid.uuid4().hex}"},
             }
         }

@@ -8,10 +8,14 @@ from decimal import Decimal
 
 import dramatiq
 import pytest
+from django.core.cache import cache
+from django.db import connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from jobs import services as job_services
 from jobs.services import jobs_expire_queued
 from tests.factories import WalletFactory
 from webhooks import services, tasks
@@ -229,10 +233,11 @@ def test_enabling_a_disabled_webhook_sends_what_waits(
     [delivery] = deliveries_of(job_id)
     assert services.delivery_attempt(message_id=delivery.message_id) == services.SKIPPED
 
-    with django_capture_on_commit_callbacks(execute=False) as sends:
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
         assert client_api.post(f"/v1/webhooks/{hook['id']}/enable").json()["enabled"] is True
 
-    assert len(sends) == 1
+    sends = [c for c in callbacks if getattr(c, "func", None) == tasks.deliver_webhook.send]
+    assert [send.args for send in sends] == [(delivery.message_id,)]
     assert services.delivery_attempt(message_id=delivery.message_id) == services.DELIVERED
 
 
@@ -307,3 +312,85 @@ def test_housekeeping_resends_a_delivery_whose_message_was_lost(client_api, subm
 
     [message] = broker.queues["webhooks"].queue
     assert list(dramatiq.Message.decode(message).args) == [delivery.message_id]
+
+
+# --- Clients without webhooks ------------------------------------------------------------------
+
+
+def complete_job(client_api, miner_api, submit_job) -> str:
+    job_id = submit_job(client_api)["job_id"]
+    lease = miner_api.post("/v1/miners/poll", {}, format="json").json()
+    done = miner_api.post(
+        f"/v1/miners/{job_id}/result", {"result": {"output": "hi"}, "lease_token": lease["lease_token"]}, format="json"
+    )
+    assert done.status_code == 200, done.content
+    return job_id
+
+
+def statements_of(action) -> list[str]:
+    with CaptureQueriesContext(connection) as queries:
+        action()
+    return [query["sql"] for query in queries.captured_queries]
+
+
+def test_a_client_without_webhooks_pays_no_statement_for_them_when_its_jobs_end(
+    client_api, miner_api, register_miner, submit_job, monkeypatch
+):
+    register_miner(miner_api)
+    cache.delete(services._owner_key(client_api.user.pk))
+    first = statements_of(lambda: complete_job(client_api, miner_api, submit_job))
+    assert any("webhooks_webhookendpoint" in sql for sql in first)  # not known yet: looked up once
+    with_webhooks = statements_of(lambda: complete_job(client_api, miner_api, submit_job))
+    listeners = [listener for listener in job_services._event_listeners if listener != services.deliveries_record]
+    monkeypatch.setattr(job_services, "_event_listeners", listeners)
+    without_webhooks = statements_of(lambda: complete_job(client_api, miner_api, submit_job))
+
+    assert not any("webhook" in sql for sql in with_webhooks)
+    assert len(with_webhooks) == len(without_webhooks)
+
+
+def test_a_webhook_created_just_before_a_job_ends_receives_its_event(
+    client_api, miner_api, register_miner, submit_job, receiver
+):
+    register_miner(miner_api)
+    cache.delete(services._owner_key(client_api.user.pk))
+    complete_job(client_api, miner_api, submit_job)  # known: no webhooks
+
+    create_webhook(client_api, receiver.url, events=["job.completed"])
+    job_id = complete_job(client_api, miner_api, submit_job)
+
+    assert [d.event_type for d in deliveries_of(job_id)] == ["job.completed"]
+
+
+def test_disabling_deleting_and_enabling_webhooks_are_seen_by_the_next_event(
+    client_api, miner_api, register_miner, submit_job, receiver
+):
+    register_miner(miner_api)
+    first = create_webhook(client_api, receiver.url, events=["job.completed"])
+    second = create_webhook(client_api, receiver.url, events=["job.completed"])
+    client_api.delete(f"/v1/webhooks/{first['id']}")
+    assert len(deliveries_of(complete_job(client_api, miner_api, submit_job))) == 1  # the other one
+    services.endpoint_disable(endpoint=WebhookEndpoint.objects.get(pk=second["id"]), reason="down")
+    assert deliveries_of(complete_job(client_api, miner_api, submit_job)) == []
+    assert not any("webhook" in sql for sql in statements_of(lambda: complete_job(client_api, miner_api, submit_job)))
+
+    client_api.post(f"/v1/webhooks/{second['id']}/enable")
+
+    assert len(deliveries_of(complete_job(client_api, miner_api, submit_job))) == 1
+
+
+def test_an_event_that_read_no_webhooks_while_one_was_being_created_does_not_hide_it(
+    client_api, miner_api, register_miner, submit_job, receiver, django_capture_on_commit_callbacks
+):
+    register_miner(miner_api)
+    key = services._owner_key(client_api.user.pk)
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        services.endpoint_create(owner=client_api.user, url=receiver.url, events=["job.completed"])
+        # What a job ending meanwhile stores if its mark had gone (evicted) and it read the
+        # endpoints before this commit.
+        cache.delete(key)
+        cache.add(key, False)
+
+    job_id = complete_job(client_api, miner_api, submit_job)
+
+    assert [d.event_type for d in deliveries_of(job_id)] == ["job.completed"]
