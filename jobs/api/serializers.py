@@ -305,8 +305,8 @@ def plain_submission(data) -> dict | None:
             return None
         if data.get("constraints", {}) != {} or type(data.get("constraints", {})) is not dict:
             return None
-        ttl = data.get("ttl_seconds")
-        if ttl is not None and not (type(ttl) is int and 1 <= ttl <= settings.JOB_MAX_TTL_SECONDS):
+        ttl = data.get("ttl_seconds", 1)
+        if not (type(ttl) is int and 1 <= ttl <= settings.JOB_MAX_TTL_SECONDS):  # null is refused too
             return None
         attrs = {"payload": data["payload"], **({"ttl_seconds": ttl} if "ttl_seconds" in data else {})}
         if "constraints" in data:

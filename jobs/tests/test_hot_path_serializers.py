@@ -151,3 +151,9 @@ def test_the_usual_submissions_are_read_plainly():
     tutorial = {"prompt": "hi", "model": "llama3.2", "params": {"max_tokens": 16}}
     assert plain_submission(tutorial)["payload"]["params"] == {"max_tokens": 16}
     assert plain_submission({"prompt": "hi", "model": "llama3.2", "params": {"max_tokens": 0}}) is None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("ttl", [None, 0, True, 1.5, "900"])
+def test_a_submission_with_an_odd_ttl_is_left_to_the_serializer(ttl):
+    assert plain_submission({"payload": {"prompt": "hi", "model": "llama3.2"}, "ttl_seconds": ttl}) is None
