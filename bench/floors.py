@@ -63,6 +63,8 @@ def pgbench_script(*, batch: int, first_miner_pk: int, signed_json_length: int) 
     """``jobs.sql.CLAIM`` and ``jobs.sql.COMPLETE`` as a pgbench script: psycopg's named
     parameters become pgbench variables or SQL expressions, the statements are otherwise the
     service's own."""
+    from django.conf import settings
+
     from jobs import sql
 
     claim = sql.CLAIM
@@ -73,6 +75,7 @@ def pgbench_script(*, batch: int, first_miner_pk: int, signed_json_length: int) 
         "models": "NULL",
         "now": "now()",
         "lease_until": "now() + interval '60 seconds'",
+        "headstart": repr(float(settings.MATCHING_REPUTATION_HEADSTART_SECONDS)),
     }.items():
         claim = claim.replace(f"%({name})s", value)
     rows = (
