@@ -10,7 +10,9 @@ provider that agreed; the attempts that agreed are paid, those outvoted are refu
 miners are paid nothing), the attempts still queued or running are cancelled and refunded (a
 late result from them is a 409, as for any ended job). When agreement can no longer be reached,
 or the job's TTL passes first (``verifications_end_past_ttl``), it fails with ``NO_CONSENSUS``
-and every attempt's escrow is refunded.
+and every attempt's escrow is refunded. A job whose attempts have all ended but that is still
+undecided (its decision failed after the last result was stored) is decided by housekeeping
+(``verifications_decide_stalled``) at its next pass.
 
 **Canaries.** After a job an external miner completes, with probability
 ``VERIFICATION_CANARY_RATE``, a canary follows: a known-answer job for the same model, submitted
@@ -32,6 +34,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from accounts.services import user_get_or_create
@@ -233,6 +236,24 @@ def verifications_end_past_ttl(*, now=None) -> int:
     ids = list(overdue.values_list("pk", flat=True)[: services.SWEEP_BATCH])
     for parent_id in ids:
         verification_decide(parent_id=parent_id, past_deadline=True)
+    return len(ids)
+
+
+def verifications_decide_stalled() -> int:
+    """Decide the verified jobs (and canaries) still running though none of their attempts is queued
+    or running any more (housekeeping): a decision that failed after an attempt's result was
+    stored, or one left to another decision that had read the attempts before that result. Such a
+    job would otherwise wait for its TTL. Returns how many were judged."""
+    attempts = Job.objects.filter(parent=OuterRef("pk"))
+    stalled = (
+        Job.objects.filter(status=JobStatus.RUNNING, miner__isnull=True, parent__isnull=True)
+        .exclude(verification={})
+        .filter(Exists(attempts))
+        .exclude(Exists(attempts.filter(status__in=JobStatus.ACTIVE)))
+    )
+    ids = list(stalled.values_list("pk", flat=True)[: services.SWEEP_BATCH])
+    for parent_id in ids:
+        verification_decide(parent_id=parent_id)
     return len(ids)
 
 

@@ -12,10 +12,11 @@ from django.db import connections
 
 from accounts.services import user_get_or_create
 from core.errors import Conflict
+from jobs import verification
 from jobs.models import Job, JobStatus, Verdict, VerdictKind
 from jobs.selectors import miner_reputation
 from jobs.services import job_claim, job_complete, job_submit, jobs_expire_queued
-from jobs.verification import verifications_end_past_ttl
+from jobs.verification import verifications_decide_stalled, verifications_end_past_ttl
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_register
@@ -477,3 +478,39 @@ def test_a_min_reputation_is_kept_for_matching(client_api):
     job_id = client_api.post("/v1/jobs", {"payload": PROMPT, "min_reputation": 0.8}, format="json").json()["job_id"]
 
     assert Job.objects.get(pk=job_id).req_min_reputation == 0.8
+
+
+@pytest.mark.django_db
+def test_a_decision_that_failed_after_the_last_result_is_taken_up_by_housekeeping(monkeypatch):
+    miners = [_register(f"rig-{i}", f"owner-{i}") for i in range(2)]
+    job = job_submit(client=user_get_or_create(username="alice"), model=MODEL, payload=PROMPT,
+                     verification={"redundancy": 2}).job  # fmt: skip
+    _run(miners[0], "Paris.")
+    (attempt,) = job_claim(miner=miners[1])
+
+    def broken(parent, attempts, *, past_deadline):
+        raise RuntimeError("the decision broke")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(verification, "_decide_verified", broken)
+        with pytest.raises(RuntimeError):
+            job_complete(job_id=attempt.pk, miner=miners[1], result={"text": "Paris."}, lease_token=attempt.lease_token)
+    assert Job.objects.get(pk=attempt.pk).status == JobStatus.COMPLETED
+    assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
+
+    assert verifications_decide_stalled() == 1
+
+    job.refresh_from_db()
+    assert (job.status, job.result) == (JobStatus.COMPLETED, {"text": "Paris."})
+    assert verifications_decide_stalled() == 0
+
+
+@pytest.mark.django_db
+def test_housekeeping_leaves_verified_jobs_with_attempts_still_out_to_them():
+    miners = [_register(f"rig-{i}", f"owner-{i}") for i in range(2)]
+    job = job_submit(client=user_get_or_create(username="alice"), model=MODEL, payload=PROMPT,
+                     verification={"redundancy": 2}).job  # fmt: skip
+    _run(miners[0], "Paris.")
+
+    assert verifications_decide_stalled() == 0
+    assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
