@@ -174,8 +174,10 @@ def _decide_verified(parent: Job, attempts: list[Job], *, past_deadline: bool) -
 def _agree(parent: Job, *, agreed: list[Job], outvoted: list[Job], active: list[Job]) -> None:
     now = timezone.now()
     cancelled = _cancel(active, now=now, reason="Another answer was agreed on.")
-    for attempt in outvoted:
-        services.refund_escrow(attempt, reason="The answer was outvoted.")
+    services.refund_escrows(
+        [(attempt, "Another answer was agreed on.") for attempt in cancelled]
+        + [(attempt, "The answer was outvoted.") for attempt in outvoted]
+    )
     paid = services.settle_each(agreed)
     representative = agreed[0]
     parent.status, parent.result, parent.usage = JobStatus.COMPLETED, representative.result, representative.usage
@@ -208,21 +210,22 @@ def _fail(parent: Job, attempts: list[Job], *, code: str, message: str) -> None:
     now = timezone.now()
     cancelled = _cancel([a for a in attempts if a.status in JobStatus.ACTIVE], now=now, reason=message)
     held = [attempt for attempt in attempts if attempt.status == JobStatus.COMPLETED]
-    for attempt in held:
-        services.refund_escrow(attempt, reason=message)
+    services.refund_escrows([(attempt, message) for attempt in [*cancelled, *held]])
     parent.status, parent.completed_at, parent.error_code, parent.error_message = JobStatus.FAILED, now, code, message
     parent.save(update_fields=["status", "completed_at", "error_code", "error_message", "updated_at"])
     services.jobs_ended([parent, *cancelled], settled=held)
 
 
 def _cancel(attempts: list[Job], *, now, reason: str) -> list[Job]:
-    """Cancel attempts still queued or running (refunded): their miners' late results are 409s."""
+    """Cancel attempts still queued or running (the caller refunds them): their miners' late results
+    are 409s."""
     for attempt in attempts:
         attempt.status, attempt.completed_at, attempt.lease_expires_at = JobStatus.CANCELLED, now, None
-        attempt.error_code, attempt.error_message = "ATTEMPT_NOT_NEEDED", reason
-        services.refund_escrow(attempt, reason=reason)
-        attempt.save(update_fields=["status", "completed_at", "lease_expires_at", "error_code", "error_message",
-                                    "updated_at"])  # fmt: skip
+        attempt.error_code, attempt.error_message, attempt.updated_at = "ATTEMPT_NOT_NEEDED", reason, now
+    if attempts:
+        Job.objects.bulk_update(
+            attempts, ["status", "completed_at", "lease_expires_at", "error_code", "error_message", "updated_at"]
+        )
     return attempts
 
 

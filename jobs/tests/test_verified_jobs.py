@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 
 from accounts.services import user_get_or_create
 from core.errors import Conflict
@@ -21,7 +22,7 @@ from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_register
 from payments.models import Payment, PaymentStatus, Wallet
-from payments.services import wallet_open
+from payments.services import treasury_mint, wallet_open
 
 MODEL = "llama3.2"
 PROMPT = {"type": "inference", "model": MODEL, "prompt": "What is the capital of France?"}
@@ -514,3 +515,31 @@ def test_housekeeping_leaves_verified_jobs_with_attempts_still_out_to_them():
 
     assert verifications_decide_stalled() == 0
     assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_with_a_liar_costs_a_fixed_number_of_statements(monkeypatch):
+    client = user_get_or_create(username="alice")
+    treasury_mint(wallet=wallet_open(user=client), amount=100)
+    miners = [_register(f"rig-{i}", f"owner-{i}") for i in range(3)]
+    decide, captured = verification.verification_decide, []
+
+    def counted(**kwargs):
+        with CaptureQueriesContext(connections["default"]) as queries:
+            decided = decide(**kwargs)
+        captured.append([query["sql"] for query in queries.captured_queries])
+        return decided
+
+    monkeypatch.setattr(verification, "verification_decide", counted)
+    for _ in range(2):  # the second, with the payees' wallets in place
+        job = job_submit(client=client, model=MODEL, payload=PROMPT, payment_amount=1,
+                         verification={"redundancy": 3}).job  # fmt: skip
+        attempts = [job_claim(miner=miner)[0] for miner in miners]
+        for miner, attempt, text in zip(miners, attempts, ("Berlin.", "Paris.", "Paris."), strict=True):
+            job_complete(job_id=attempt.pk, miner=miner, result={"text": text}, lease_token=attempt.lease_token)
+        assert Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+
+    # BEGIN; lock the job, then its attempts; refund the liar (one statement for every refund); the
+    # payees' wallets, then settle the two that agreed (one statement for all); complete the job; its
+    # receipt; the verdicts; the liar's wrong answers (its stored reputation is written when it changes); COMMIT.
+    assert len(captured[-1]) == 11, "\n".join(captured[-1])
