@@ -267,7 +267,7 @@ def escrows_settle(*, charges: list[tuple], payee) -> dict:
     split between the miner's owner ``payee`` and the platform fee, the rest back to the client.
     Returns ``{job id: payment}`` for the escrows it settled.
 
-    A batch costs the same few statements however many jobs it holds (two on PostgreSQL), and
+    A batch costs the same few statements however many jobs it holds (one on PostgreSQL), and
     locks every wallet it touches first, in one order, so concurrent batches never deadlock.
     """
     return escrows_settle_each(charges=[(job, charge, payee) for job, charge in charges])
@@ -275,7 +275,7 @@ def escrows_settle(*, charges: list[tuple], payee) -> dict:
 
 def escrows_settle_each(*, charges: list[tuple]) -> dict:
     """``escrows_settle`` for charges of several payees, ``(job, charge, payee)`` each (the answers
-    of a verified job that agreed): on PostgreSQL one batch, the same two statements for all."""
+    of a verified job that agreed): on PostgreSQL one settlement statement for all of them."""
     if connection.vendor == "postgresql":
         return _settle_postgres(charges=charges)
     paid, payees = {}, {payee.pk: payee for _, _, payee in charges}
