@@ -1,4 +1,5 @@
-"""``ws/agents/<agent_id>/``: an agent receives its tasks without polling."""
+"""``ws/agents/<agent_id>/``: an agent receives its tasks without polling. ``ws/executions/<id>/``: an
+execution's state, as it changes (its page follows it)."""
 
 import asyncio
 import logging
@@ -11,9 +12,18 @@ from django.db import close_old_connections, connection
 from accounts.services import api_key_authenticate
 from agents import selectors, services
 from agents.api.views import assigned_task
+from agents.models import ExecutionStatus
 from core.api.permissions import ApiKeyScope
 from core.errors import NotFound, ServiceError
-from core.sockets import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED, ClientSocket, socket_credentials
+from core.sockets import (
+    CLOSE_DONE,
+    CLOSE_FORBIDDEN,
+    CLOSE_NOT_FOUND,
+    CLOSE_UNAUTHENTICATED,
+    ClientSocket,
+    socket_credentials,
+)
+from jobs import events as job_events
 from jobs.services import job_requeue
 
 logger = logging.getLogger(__name__)
@@ -111,3 +121,89 @@ def _hand_back(*, task_ids: list) -> None:
     for task_id in task_ids:
         with suppress(ServiceError):
             job_requeue(job_id=task_id, reason="The agent's socket closed before the task reached it.")
+
+
+EXECUTION_STATUS = "execution.status"
+
+
+class ExecutionConsumer(ClientSocket):
+    """``ws/executions/<execution_id>/``: the execution's state (``GET …/executions/{id}/status``'s
+    body) as ``{"type": "execution.status", ...}``, on connect and after each change. Each advance
+    that changes the execution publishes ``execution.changed`` to its group once it commits; the
+    socket reads the execution again and sends it. Once it has ended the socket closes with 1000.
+
+    Credentials as for ``ws/jobs/<id>/``: an API key (client or admin scope), else the session's
+    user; the execution's client and admins may follow it. Refusals, sent after accepting: 4401
+    no or bad credentials, 4403 another scope, 4404 no such execution, or not yours."""
+
+    group: str | None = None
+    finished = False
+
+    async def connect(self):
+        job_events.use_server_loop(asyncio.get_running_loop())
+        execution_id = self.scope["url_route"]["kwargs"]["execution_id"]
+        credentials = socket_credentials(self.scope)
+        user = self.scope.get("user")
+        if credentials.raw_key is None and not (user and user.is_authenticated):
+            await self._refuse(CLOSE_UNAUTHENTICATED, credentials.subprotocol)
+            return
+        # Joined before reading, so that no change between the two is missed.
+        self.group = services.execution_group(execution_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        close_code, self.reader = await database_sync_to_async(_execution_reader)(
+            execution_id=execution_id, raw_key=credentials.raw_key, user=user
+        )
+        if close_code is not None:
+            await self._leave_group()
+            await self._refuse(close_code, credentials.subprotocol)
+            return
+        await self.accept(credentials.subprotocol)
+        await self.execution_changed({})
+
+    async def disconnect(self, code):
+        await self._leave_group()
+
+    async def execution_changed(self, event):
+        if self.finished:
+            return
+        state = await database_sync_to_async(self.reader)()
+        await self.send_json({"type": EXECUTION_STATUS, **state})
+        if state["status"] in ExecutionStatus.TERMINAL:
+            self.finished = True
+            await self._leave_group()
+            await self.close(code=CLOSE_DONE)
+
+    async def _refuse(self, code: int, subprotocol: str | None) -> None:
+        await self.accept(subprotocol)
+        await self.close(code=code)
+
+    async def _leave_group(self) -> None:
+        if self.group is not None:
+            group, self.group = self.group, None
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+
+def _execution_reader(*, execution_id, raw_key: str | None, user):
+    """``(None, read)`` where ``read()`` is the execution's state now, if the caller may follow it;
+    else ``(close code, None)``."""
+    if raw_key is not None:
+        api_key = api_key_authenticate(raw_key=raw_key)
+        if api_key is None:
+            return CLOSE_UNAUTHENTICATED, None
+        user, scope = api_key.user, api_key.scope
+    else:
+        scope = ApiKeyScope.ADMIN if user.is_staff else ApiKeyScope.CLIENT
+    if scope not in (ApiKeyScope.CLIENT, ApiKeyScope.ADMIN):
+        return CLOSE_FORBIDDEN, None
+    is_admin = scope == ApiKeyScope.ADMIN
+    try:
+        selectors.execution_for(user=user, execution_id=execution_id, is_admin=is_admin)
+    except NotFound:
+        return CLOSE_NOT_FOUND, None
+
+    def read() -> dict:
+        return selectors.execution_view(
+            selectors.execution_for(user=user, execution_id=execution_id, is_admin=is_admin)
+        )
+
+    return None, read

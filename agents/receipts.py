@@ -9,6 +9,7 @@ root. A step receipt changed in any way fails.
 
 from core.crypto import merkle, signing
 from core.crypto.signing import canonical_json
+from jobs.selectors import latest_receipts
 
 VERSION = "1"
 
@@ -16,9 +17,9 @@ VERSION = "1"
 def execution_receipt(execution, rows: dict) -> dict:
     """The receipt bundle of a completed ``execution`` whose step rows are ``rows`` (by step id)."""
     step_receipts, leaves, steps = [], [], []
+    latest = latest_receipts(job_ids=[row.job_id for row in rows.values()])
     for step_id in sorted(rows):
-        job = rows[step_id].job
-        receipt = job.receipts.order_by("-created_at").first()
+        receipt = latest[rows[step_id].job_id]
         document = receipt.document
         issued = {key: value for key, value in document.items() if key != "attestations"}
         leaf = merkle.leaf_hash(canonical_json(issued))

@@ -7,20 +7,23 @@ lease, its fencing token, attempts, escrow, settlement and the receipt are the j
 result from an agent that no longer holds the lease is ``409 LEASE_NOT_HELD`` and changes nothing.
 """
 
+import json
 import logging
 import time
+import uuid
 from contextlib import suppress
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial, update_wrapper
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
+from accounts.models import User
 from agents import dag, receipts
+from agents import sql as agents_sql
 from agents.models import (
     Agent,
     AgentStatus,
@@ -35,14 +38,16 @@ from agents.models import (
 from agents.strategies import STRATEGIES, Candidate, fits
 from catalog.payloads import PayloadError, requested_max_tokens
 from catalog.selectors import catalog_entry
-from core import shutdown
+from core import rawsql, shutdown
 from core.errors import Conflict, Invalid, NotFound, ServiceError
+from jobs import events as job_events
 from jobs import services as job_services
 from jobs import wakeup
 from jobs.models import Job, JobPriority, JobStatus, JobType
 from miners import services as miner_services
 from miners.capabilities import AGENT_TASK_MODEL, Capabilities
 from payments import services as payment_services
+from payments.models import Payment
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +231,7 @@ def task_submit(
     budget: Decimal | None = None,
     ttl_seconds: int | None = None,
     idempotency_key: str | None = None,
+    key_is_new: bool = False,
     pinned_miner=None,
     settle_on_verdict: bool = False,
 ) -> Task:
@@ -244,6 +250,7 @@ def task_submit(
             ttl_seconds=ttl_seconds,
             payment_amount=budget,
             idempotency_key=idempotency_key,
+            key_is_new=key_is_new,
             pinned_miner=pinned_miner,
             settle_on_verdict=settle_on_verdict,
         )
@@ -268,53 +275,97 @@ def tasks_assign(*, limit: int = ASSIGN_BATCH, strategy: str | None = None, task
     chosen by the strategy (``AGENT_LB_STRATEGY``). A task no agent fits waits. Returns how many
     were assigned.
 
-    Each assignment is a claim of the task's job for the agent's miner: concurrent assigners
-    never give one task twice, and an agent's concurrency limit holds (its row is locked). A pass
-    is one transaction (one commit, not one per claim); on PostgreSQL passes take turns on an
-    advisory lock, so two never wait on each other's agents in opposite orders."""
+    A pass chooses an agent for each task in memory, then leases the tasks' jobs to the chosen
+    agents' miners in one batch (``jobs.services.jobs_lease_to``): a job is leased once however
+    many assign at once, and an agent's concurrency limit holds (its miner's row is locked). A task
+    the batch left queued (its agent filled up or went away meanwhile) is chosen for again among
+    the others. A pass is one transaction; on PostgreSQL passes take turns on an advisory lock, so
+    two never wait on each other's agents in opposite orders."""
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ASSIGN_LOCK])
         given = _assign_pass(limit=limit, strategy=strategy, task_ids=task_ids)
-    # Figures and wake-ups after the commit: the claims are visible by then.
-    for candidate, job_ids in given.items():
-        Agent.objects.filter(pk=candidate.agent.pk).update(assignments=F("assignments") + len(job_ids))
-        wakeup.announce_to(waiter_name(candidate.agent), job_id=job_ids[-1])
+        if given:
+            by_count: dict[int, list] = {}
+            for candidate, job_ids in given.items():
+                by_count.setdefault(len(job_ids), []).append(candidate.agent.pk)
+            for count, pks in by_count.items():  # a statement per count, not per agent
+                Agent.objects.filter(pk__in=pks).update(assignments=F("assignments") + count)
+            # Delivered once this commits, when the leases are visible.
+            wakeup.announce_to_many([(waiter_name(c.agent), job_ids[-1]) for c, job_ids in given.items()])
     return sum(len(job_ids) for job_ids in given.values())
 
 
 def _assign_pass(*, limit: int, strategy: str | None, task_ids: list | None) -> dict:
     choose = STRATEGIES[strategy or settings.AGENT_LB_STRATEGY]
     now = timezone.now()
-    queued = Task.objects.select_related("job").filter(
-        job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now
+    queued = (
+        Task.objects.select_related("job")
+        .filter(job__status=JobStatus.QUEUED, job__model=AGENT_TASK_MODEL, job__expires_at__gt=now)
+        .only("job_id", "task_type", "required_capabilities", "required_agent_type", "job__req_miner_id")
     )
     if task_ids is not None:
         queued = queued.filter(pk__in=task_ids)
     queued = list(queued.order_by("job__rank_at")[:limit])
     if not queued:
         return {}
-    agents = list(Agent.objects.select_related("miner").filter(status=AgentStatus.ACTIVE, banned_at__isnull=True))
+    agents = list(
+        Agent.objects.select_related("miner")
+        .filter(status=AgentStatus.ACTIVE, banned_at__isnull=True)
+        .defer("services", "endpoints", "metadata", "tags", "load_metrics")  # what choosing never reads
+    )
     if not agents:
         return {}
     running = _running_counts([agent.miner_id for agent in agents])
-    candidates = [Candidate(agent=agent, running=running.get(agent.miner_id, 0)) for agent in agents]
+    candidates = [
+        Candidate(agent=agent, running=running.get(agent.miner_id, 0), capacity=agent.miner.max_concurrent_jobs)
+        for agent in agents
+    ]
     given: dict[Candidate, list] = {}
-    for task in queued:
-        fitting = [c for c in candidates if c.running < c.capacity and fits(c.agent, task)]
-        while fitting:
-            chosen = choose(fitting, task)
-            if job_services.job_claim(miner=chosen.agent.miner, job_id=task.job_id):
-                chosen.agent.assignments += 1
-                chosen.running += 1
+    while queued:
+        planned = _plan(queued, candidates, choose)
+        if not planned:
+            break
+        leased = {
+            job.pk
+            for job in job_services.jobs_lease_to([(chosen.agent.miner, task.job_id) for task, chosen in planned])
+        }
+        queued = []
+        for task, chosen in planned:
+            if task.job_id in leased:
                 given.setdefault(chosen, []).append(task.job_id)
-                break
-            if not Job.objects.filter(pk=task.job_id, status=JobStatus.QUEUED).exists():
-                break  # another assigner gave it out
-            fitting.remove(chosen)  # full, or gone offline meanwhile
-            chosen.running = chosen.capacity
+            else:
+                # Full, or gone offline meanwhile: choose again among the others, if it still waits.
+                chosen.running, chosen.agent.assignments = chosen.capacity, chosen.agent.assignments - 1
+                queued.append(task)
+        if queued:
+            waiting = Job.objects.filter(pk__in=[task.job_id for task in queued], status=JobStatus.QUEUED)
+            still = set(waiting.values_list("pk", flat=True))
+            queued = [task for task in queued if task.job_id in still]
     return given
+
+
+def _plan(tasks: list[Task], candidates: list[Candidate], choose) -> list[tuple[Task, Candidate]]:
+    """An agent for each task that one fits, as the strategy chooses, counting each choice as taken."""
+    # The agents with room that fit each distinct requirement, worked out once per pass.
+    fitting_by_need: dict[tuple, list[Candidate]] = {}
+    planned = []
+    for task in tasks:
+        need = (task.required_agent_type, tuple(task.required_capabilities), task.job.req_miner_id)
+        if need not in fitting_by_need:
+            fitting_by_need[need] = [c for c in candidates if c.running < c.capacity and fits(c.agent, task)]
+        fitting = fitting_by_need[need]
+        if fitting:
+            chosen = choose(fitting, task)
+            chosen.agent.assignments += 1
+            chosen.running += 1
+            planned.append((task, chosen))
+            if chosen.running >= chosen.capacity:
+                for others in fitting_by_need.values():
+                    if chosen in others:
+                        others.remove(chosen)
+    return planned
 
 
 def _running_counts(miner_ids: list[int]) -> dict[int, int]:
@@ -508,13 +559,44 @@ def _budget_key(execution: Execution) -> str:
 
 
 def _log(execution: Execution, step_id: str, kind: str, *, job_id=None, message: str = "") -> None:
-    """Add an event to the execution's log: written at once, or with the others of an advance."""
+    """Add an event to the execution's log: written at once, or with the others of an advance (``_write``)."""
     event = ExecutionEvent(execution=execution, step_id=step_id, kind=kind, job_id=job_id, message=message[:2000])
     pending = getattr(execution, "pending_events", None)
     if pending is None:
         event.save()
     else:
         pending.append(event)
+
+
+def _changed(execution: Execution, row: ExecutionStep, *fields: str) -> None:
+    """A step row changed in an advance: written with the others (``_write``)."""
+    execution.changed_rows.setdefault(row, set()).update(fields)
+
+
+def _write(execution: Execution) -> None:
+    """Store what an advance changed in its steps and log: a statement for each, however many."""
+    changed = execution.changed_rows
+    if changed and connection.vendor == "postgresql":
+        values = [
+            {"id": row.pk, **{name: _as_json(getattr(row, name)) for name in agents_sql.STEP_FIELDS}} for row in changed
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(agents_sql.STEP_CHANGES, [json.dumps(values)])
+    elif len(changed) == 1:
+        ((row, fields),) = changed.items()
+        row.save(update_fields=fields)
+    elif changed:
+        ExecutionStep.objects.bulk_update(list(changed), sorted(set().union(*changed.values())))
+    ExecutionEvent.objects.bulk_create(execution.pending_events)
+
+
+def _as_json(value):
+    """A step field's value as ``STEP_CHANGES`` reads it from JSON (times and amounts as text)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal | uuid.UUID):
+        return str(value)
+    return value
 
 
 STEP_JOB_KEY = "workflow-step"
@@ -524,6 +606,19 @@ def _step_job_key(execution: Execution, step_id: str, attempt: int) -> str:
     """The Idempotency-Key of a step's job: a replayed start gets the same job, and the jobs' hook
     knows a step's job (and its execution) without reading anything."""
     return f"{STEP_JOB_KEY}:{execution.pk}:{step_id}:{attempt}"
+
+
+def execution_group(execution_id) -> str:
+    """The channel group of ``ws/executions/<id>/``, the execution's live page."""
+    return f"execution-{execution_id}"
+
+
+EXECUTION_CHANGED = "execution.changed"
+
+
+def publish_execution_changed(execution_id) -> None:
+    """Tell the execution's sockets it changed (they read it again): sent off this thread."""
+    job_events.publish_to_groups([(execution_group(execution_id), {"type": EXECUTION_CHANGED})])
 
 
 def advance_after_commit(execution_id) -> None:
@@ -538,8 +633,8 @@ def executions_advance_for_jobs(jobs) -> None:
         if job.is_terminal and (job.idempotency_key or "").startswith(f"{STEP_JOB_KEY}:")
     }
     for execution_id in executions:
-        with suppress(ValidationError):  # a client's own key that only looks like a step's
-            execution_advance(execution_id=execution_id)
+        with suppress(ValueError):  # a client's own key that only looks like a step's
+            execution_advance(execution_id=uuid.UUID(execution_id))
 
 
 def executions_advance_running() -> int:
@@ -554,22 +649,57 @@ def execution_advance(*, execution_id) -> Execution | None:
     """Take in the steps' ended jobs and start the steps now ready. Idempotent, and safe to run at once
     from many processes: the execution's row is locked, so each step's attempt starts once."""
     with transaction.atomic():
-        execution = Execution.objects.select_for_update().filter(pk=execution_id).first()
+        execution = _locked_execution(execution_id)
         if execution is None or execution.status in ExecutionStatus.TERMINAL:
             return execution
-        execution.pending_events = []
+        execution.pending_events, execution.changed_rows = [], {}
         figures = (execution.drawn, execution.total_cost)
         _advance(execution)
-        ExecutionEvent.objects.bulk_create(execution.pending_events)
+        _write(execution)
+        if execution.pending_events:
+            transaction.on_commit(partial(publish_execution_changed, execution.pk))
         if execution.status == ExecutionStatus.RUNNING and (execution.drawn, execution.total_cost) != figures:
             execution.save(update_fields=["drawn", "total_cost", "updated_at"])
     return execution
 
 
+def _locked_execution(execution_id) -> Execution | None:
+    """The execution, its row locked, with its client."""
+    if connection.vendor != "postgresql":
+        return Execution.objects.select_for_update().select_related("client").filter(pk=execution_id).first()
+    with connection.cursor() as cursor:
+        cursor.execute(agents_sql.LOCK_EXECUTION, [execution_id])
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    (execution,) = rawsql.instances(Execution, rows)
+    (execution.client,) = rawsql.instances(User, rows, start=len(Execution._meta.concrete_fields))
+    return execution
+
+
+def _step_rows(execution: Execution) -> dict[str, ExecutionStep]:
+    """The execution's steps by step id, each with its job and the job's payment."""
+    if connection.vendor != "postgresql":
+        return {row.step_id: row for row in execution.step_rows.select_related("job", "job__payment")}
+    with connection.cursor() as cursor:
+        cursor.execute(agents_sql.STEP_ROWS, [execution.pk])
+        rows = cursor.fetchall()
+    steps = rawsql.instances(ExecutionStep, rows)
+    job_start = len(ExecutionStep._meta.concrete_fields)
+    payment_start = job_start + len(Job._meta.concrete_fields)
+    for step, row in zip(steps, rows, strict=True):
+        step.execution = execution
+        job = rawsql.instances(Job, [row], start=job_start)[0] if step.job_id else None
+        if job is not None:
+            job.payment = rawsql.instances(Payment, [row], start=payment_start)[0] if job.payment_id else None
+        step.job = job
+    return {step.step_id: step for step in steps}
+
+
 def _advance(execution: Execution) -> None:
     """Take in the running steps' ended jobs, then end the execution or start what is ready."""
     now = timezone.now()
-    rows = {row.step_id: row for row in execution.step_rows.select_related("job", "job__payment")}
+    rows = _step_rows(execution)
     for row in rows.values():
         if row.status == StepStatus.RUNNING:
             _take_in(execution, row, now=now)
@@ -592,7 +722,7 @@ def _advance(execution: Execution) -> None:
                 _start(execution, row, outputs=outputs, now=now)
             except ServiceError as error:
                 row.status, row.error = StepStatus.FAILED, error.detail
-                row.save(update_fields=["status", "error"])
+                _changed(execution, row, "status", "error")
                 _log(execution, step_id, "failed", message=error.detail)
                 _end(execution, rows, ExecutionStatus.FAILED, error=f"Step {step_id} failed: {error.detail}", now=now)
                 return
@@ -629,6 +759,7 @@ def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> N
             budget=budget or None,
             ttl_seconds=ttl,
             idempotency_key=_step_job_key(execution, row.step_id, attempt),
+            key_is_new=True,  # the execution is locked, and its step row names no job for this attempt
         )
         job = task.job
     else:
@@ -649,10 +780,11 @@ def _start(execution: Execution, row: ExecutionStep, *, outputs: dict, now) -> N
             ttl_seconds=ttl,
             payment_amount=budget or None,
             idempotency_key=_step_job_key(execution, row.step_id, attempt),
+            key_is_new=True,  # the execution is locked, and its step row names no job for this attempt
         ).job
     row.job, row.attempts, row.status, row.not_before = job, attempt, StepStatus.RUNNING, None
     row.started_at = row.started_at or now
-    row.save(update_fields=["job", "attempts", "status", "not_before", "started_at"])
+    _changed(execution, row, "job", "attempts", "status", "not_before", "started_at")
     _log(execution, row.step_id, "queued" if attempt == 1 else "requeued", job_id=job.pk, message=f"attempt {attempt}")
 
 
@@ -683,7 +815,7 @@ def _take_in(execution: Execution, row: ExecutionStep, *, now) -> None:
         row.output = _output(job)
         row.cost = (job.amount_charged or Decimal(0)) if job.payment_id else Decimal(0)
         execution.total_cost += row.cost
-        row.save(update_fields=["status", "finished_at", "output", "cost"])
+        _changed(execution, row, "status", "finished_at", "output", "cost")
         _log(execution, row.step_id, "finished", job_id=job.pk)
         return
     error = job.error_message or job.error_code or job.status
@@ -696,11 +828,11 @@ def _take_in(execution: Execution, row: ExecutionStep, *, now) -> None:
     if row.attempts <= step.get("retries", 0):
         delay = min(RETRY_BACKOFF * 2 ** (row.attempts - 1), RETRY_BACKOFF_CAP)
         row.status, row.not_before, row.error = StepStatus.WAITING, now + delay, error
-        row.save(update_fields=["status", "not_before", "error"])
+        _changed(execution, row, "status", "not_before", "error")
         _log(execution, row.step_id, "retried", job_id=job.pk, message=f"{error}; again in {delay.total_seconds():g} s")
         return
     row.status, row.finished_at, row.error = StepStatus.FAILED, now, error
-    row.save(update_fields=["status", "finished_at", "error"])
+    _changed(execution, row, "status", "finished_at", "error")
     _log(execution, row.step_id, "failed", job_id=job.pk, message=error)
 
 
@@ -723,11 +855,11 @@ def _end(execution: Execution, rows: dict, status: str, *, error: str = "", now)
                 with suppress(ServiceError):
                     job_services.job_cancel(job_id=row.job_id)
             row.status, row.finished_at = StepStatus.CANCELLED, now
-            row.save(update_fields=["status", "finished_at"])
+            _changed(execution, row, "status", "finished_at")
             _log(execution, row.step_id, "cancelled", job_id=row.job_id)
         elif row.status == StepStatus.WAITING:
             row.status = StepStatus.CANCELLED
-            row.save(update_fields=["status"])
+            _changed(execution, row, "status")
     execution.status, execution.error, execution.completed_at = status, error, now
     _release(execution)
     execution.save(update_fields=["status", "error", "completed_at", "drawn", "total_cost", "updated_at"])
@@ -763,7 +895,8 @@ def execution_cancel(*, execution: Execution) -> Execution:
         if execution.status in ExecutionStatus.TERMINAL:
             raise Conflict(f"The execution is {execution.status}.", code="EXECUTION_NOT_CANCELABLE")
         rows = {row.step_id: row for row in execution.step_rows.select_related("job")}
-        execution.pending_events = []
+        execution.pending_events, execution.changed_rows = [], {}
         _end(execution, rows, ExecutionStatus.CANCELLED, error="Cancelled by its client.", now=timezone.now())
-        ExecutionEvent.objects.bulk_create(execution.pending_events)
+        _write(execution)
+        transaction.on_commit(partial(publish_execution_changed, execution.pk))
     return execution

@@ -11,18 +11,22 @@ Ties go to the agent id first in order, so an assignment is the same however oft
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 from agents.models import Agent, Task
 
 
 @dataclass(eq=False)
 class Candidate:
+    """An agent that may be given tasks: how many it runs now, and how many it may run at once."""
+
     agent: Agent
     running: int
+    capacity: int
 
-    @property
-    def capacity(self) -> int:
-        return self.agent.miner.max_concurrent_jobs
+    @cached_property
+    def offered(self) -> frozenset[str]:
+        return frozenset(self.agent.capabilities)
 
 
 def fits(agent: Agent, task: Task) -> bool:
@@ -47,7 +51,7 @@ def capability_match(candidates: list[Candidate], task: Task) -> Candidate:
     wanted = set(task.required_capabilities) | ({task.task_type} if task.task_type else set())
 
     def fit(candidate: Candidate):
-        offered = set(candidate.agent.capabilities)
+        offered = candidate.offered
         return (-len(wanted & offered), len(offered - wanted), candidate.running, candidate.agent.agent_id)
 
     return min(candidates, key=fit)

@@ -52,12 +52,12 @@ def health() -> dict:
     figures = health_figures()
     since = _moment(figures["since"])
     states = miner_states()
-    miner_links = {
-        "online": _list("miners_miner", status__exact="online", draining__exact=0),
-        "draining": _list("miners_miner", status__exact="online", draining__exact=1),
-        "offline": _list("miners_miner", status__exact="offline", banned="no", maintenance="no"),
-        "banned": _list("miners_miner", banned="yes"),
-        "maintenance": _list("miners_miner", maintenance="yes", banned="no"),
+    miner_links = {  # GPU miners, as counted: agents' seats are on the agents' own pages
+        "online": _list("miners_miner", kind="gpu", status__exact="online", draining__exact=0),
+        "draining": _list("miners_miner", kind="gpu", status__exact="online", draining__exact=1),
+        "offline": _list("miners_miner", kind="gpu", status__exact="offline", banned="no", maintenance="no"),
+        "banned": _list("miners_miner", kind="gpu", banned="yes"),
+        "maintenance": _list("miners_miner", kind="gpu", maintenance="yes", banned="no"),
     }
     for row in figures["worst_miners"]:
         row["link"] = _list("jobs_failedattempt", miner__id__exact=row["miner_id"], created_at__gte=since)

@@ -6,7 +6,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.urls import path
 
-from agents.consumers import AgentConsumer
+from agents.consumers import AgentConsumer, ExecutionConsumer
 from explorer.consumers import DashboardConsumer
 from jobs.consumers import JobConsumer, MinerConsumer
 
@@ -15,6 +15,7 @@ websocket_urlpatterns: list = [
     path("ws/dashboard/", DashboardConsumer.as_asgi()),
     path("ws/miners/", MinerConsumer.as_asgi()),
     path("ws/agents/<str:agent_id>/", AgentConsumer.as_asgi()),
+    path("ws/executions/<uuid:execution_id>/", ExecutionConsumer.as_asgi()),
 ]
 
 

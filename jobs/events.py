@@ -81,6 +81,12 @@ def publish_job_statuses(jobs: Iterable[Job]) -> None:
     _deliver(messages)
 
 
+def publish_to_groups(messages: list[tuple[str, dict]]) -> None:
+    """Send each ``(group, message)`` to the group's subscribers, off this thread, all in one hop.
+    Never raises. Higher apps' live pages use it too (an execution's page, ``ws/executions/<id>/``)."""
+    _deliver(messages)
+
+
 def _snapshot(job: Job) -> Job:
     copy = Job.__new__(Job)
     copy.__dict__.update(job.__dict__)

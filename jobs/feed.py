@@ -29,6 +29,7 @@ from channels.layers import get_channel_layer
 
 from jobs.events import _publishing_loop, send_to_groups
 from jobs.models import Job, JobStatus
+from miners.capabilities import AGENT_TASK_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -90,13 +91,16 @@ def _to_all(events: Iterable[dict]) -> list[tuple[str, dict]]:
 
 
 def publish_miner_online(miner, *, models: Iterable[str]) -> None:
-    _post_built(
-        lambda: _to_all([dashboard_event(MINER_ONLINE, {"miner_id": miner.miner_id, "models": sorted(models)})])
-    )
+    """Announce a miner come online; an agent's seat (``AGENT_TASK_MODEL``) is no miner to the feed."""
+    models = sorted(models)
+    if AGENT_TASK_MODEL in models:
+        return
+    _post_built(lambda: _to_all([dashboard_event(MINER_ONLINE, {"miner_id": miner.miner_id, "models": models})]))
 
 
 def publish_miners_offline(miners: Iterable) -> None:
-    """Announce miners gone offline or deregistered, with the models they served (one query)."""
+    """Announce miners gone offline or deregistered, with the models they served (one query); agents'
+    seats are left out."""
 
     def build():
         from miners.models import ServedModel
@@ -108,6 +112,7 @@ def publish_miners_offline(miners: Iterable) -> None:
         return _to_all(
             dashboard_event(MINER_OFFLINE, {"miner_id": miner.miner_id, "models": sorted(served[pk])})
             for pk, miner in miners_by_pk.items()
+            if AGENT_TASK_MODEL not in served[pk]
         )
 
     _post_built(build)

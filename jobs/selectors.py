@@ -34,6 +34,7 @@ from django.utils import timezone
 from jobs import matching, sql
 from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, Receipt, Verdict, VerdictKind
 from miners.models import Miner, MinerStatus, ServedModel
+from miners.selectors import gpu_miners
 from payments.models import LedgerEntry, TransactionKind
 
 RECENT_RUNS_WINDOW = timedelta(minutes=15)
@@ -356,6 +357,14 @@ def attempts_of(*, job: Job) -> list[Job]:
     return list(attempts.annotate(verdict_kind=F("verdict__kind")))
 
 
+def latest_receipts(*, job_ids) -> dict:
+    """Each of the jobs' latest receipt, by job id, in one query."""
+    latest = {}
+    for receipt in Receipt.objects.filter(job__in=list(job_ids)).order_by("created_at", "receipt_id"):
+        latest[receipt.job_id] = receipt
+    return latest
+
+
 def receipt_documents(receipts) -> list[dict]:
     return [receipt.served_document() for receipt in receipts]
 
@@ -401,7 +410,7 @@ def job_counts_of_client(*, user) -> dict[str, int]:
 
 
 def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
-    """Online miners with their models and, in subqueries of the same statement, what
+    """Online GPU miners (agents' seats left out) with their models and, in subqueries of the same statement, what
     ``miner_work_summary`` reports for one miner: jobs completed and running, units served,
     earnings; plus units served in the last hour (throughput) and the miner's reputation."""
     since = (now or timezone.now()) - THROUGHPUT_WINDOW
@@ -409,7 +418,7 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
     running = Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.RUNNING).order_by().values("miner")
     money = DecimalField(max_digits=24, decimal_places=8)
     return (
-        with_reputation(Miner.objects.filter(status=MinerStatus.ONLINE), now=now)
+        with_reputation(gpu_miners(Miner.objects.filter(status=MinerStatus.ONLINE)), now=now)
         .select_related("owner")
         .prefetch_related(Prefetch("served_models", queryset=ServedModel.objects.order_by("name")))
         .annotate(

@@ -84,6 +84,7 @@ def job_submit(
     idempotency_key: str | None = None,
     payment_amount: Decimal | None = None,
     job_id: uuid.UUID | None = None,
+    key_is_new: bool = False,
     pinned_miner: Miner | None = None,
     min_reputation: float | None = None,
     verification: dict | None = None,
@@ -91,7 +92,10 @@ def job_submit(
     settle_on_verdict: bool = False,
 ) -> Submission:
     """Queue a job. With an ``idempotency_key`` a repeated request returns the first job. A caller
-    may choose the job's id (``job_id``), to follow its events from before it can have any. A job
+    may choose the job's id (``job_id``), to follow its events from before it can have any. One
+    that knows its key unused (``key_is_new``, a caller holding a lock that makes it so) saves
+    looking it up first and, inside its transaction, the savepoint that makes a repeat recoverable:
+    a repeat is then an ``IntegrityError`` that aborts the caller's transaction. A job
     pinned to a miner (``pinned_miner``) is offered to that miner only; one with a
     ``min_reputation`` only to miners whose reputation is at least that. A job that settles on a
     verdict (``settle_on_verdict``) keeps its escrow past completion until ``job_verdict_settle``.
@@ -124,7 +128,7 @@ def job_submit(
             payment=str(payment_amount) if payment_amount is not None else None,
             **({"verification": verification, "min_reputation": min_reputation} if verification else {}),
         )  # fmt: skip
-        existing = Job.objects.filter(client=client, idempotency_key=idempotency_key).first()
+        existing = None if key_is_new else Job.objects.filter(client=client, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _replayed(existing, fingerprint)
 
@@ -174,7 +178,7 @@ def job_submit(
     try:
         with transaction.atomic() if price else nullcontext():
             if connection.vendor == "postgresql":
-                position = _insert_postgres(job)
+                position = _insert_postgres(job, key_is_new=key_is_new)
             else:
                 with transaction.atomic():
                     job.save(force_insert=True)
@@ -274,12 +278,14 @@ def _check_against_catalog(entry, *, job_type: str, payload: dict) -> None:
         ) from None
 
 
-def _insert_postgres(job: Job) -> int:
+def _insert_postgres(job: Job, *, key_is_new: bool = False) -> int:
     """Insert and announce the job in one statement (its own transaction outside an atomic
     block); return its queue position."""
     statement, params = sql.insert_and_announce(job)
-    # Inside a caller's transaction, a savepoint keeps a duplicate Idempotency-Key recoverable.
-    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+    # Inside a caller's transaction, a savepoint keeps a duplicate Idempotency-Key recoverable
+    # (unless the caller knows its key unused).
+    savepoint = connection.in_atomic_block and not (key_is_new and job.idempotency_key)
+    with transaction.atomic() if savepoint else nullcontext(), connection.cursor() as cursor:
         cursor.execute(statement, [*params, wakeup.CHANNEL, QUEUE_POSITION_CAP])
         ahead = cursor.fetchone()[1]
     job._state.adding, job._state.db = False, DEFAULT_DB_ALIAS
@@ -578,7 +584,11 @@ def _claim_postgres(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
     }  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(sql.CLAIM, params)
-        rows = cursor.fetchall()
+        return _jobs_with_payments(cursor.fetchall())
+
+
+def _jobs_with_payments(rows) -> list[Job]:
+    """Jobs from rows of their columns, then their payments' (NULL for a free job)."""
     jobs = rawsql.instances(Job, rows)
     paid = [(job, row) for job, row in zip(jobs, rows, strict=True) if job.payment_id]
     if paid:
@@ -625,6 +635,44 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
         updated_at=now,
     )
     return list(Job.objects.filter(pk__in=ids).select_related("payment"))
+
+
+def jobs_lease_to(assignments: list[tuple[Miner, object]]) -> list[Job]:
+    """Lease each job of ``(miner, job_id)`` pairs to the miner chosen for it: a dispatcher's batch
+    (agents' task assignment), where ``job_claim`` is a miner asking for its own. A job is leased
+    only while queued and to a miner that takes work, serves its model, meets its constraints and
+    has a free slot (each miner's jobs in the order given); the others are left as they are.
+    Returns the leased jobs. Two statements on PostgreSQL however many pairs, in one transaction."""
+    if not assignments:
+        return []
+    now = timezone.now()
+    lease_until = now + timedelta(seconds=settings.JOB_LEASE_SECONDS)
+    miners = {miner.pk: miner for miner, _ in assignments}
+    if connection.vendor == "postgresql":
+        params = {
+            "jobs": [str(job_id) for _, job_id in assignments],
+            "miners": [miner.pk for miner, _ in assignments],
+            "now": now,
+            "lease_until": lease_until,
+        }
+        with transaction.atomic(savepoint=False), connection.cursor() as cursor:
+            cursor.execute(sql.LOCK_MINERS, params)
+            cursor.execute(sql.LEASE_TO, params)
+            jobs = _jobs_with_payments(cursor.fetchall())
+    else:
+        # SQLite serialises writers: a claim per pair is as good as one statement.
+        with transaction.atomic(savepoint=False):
+            jobs = [
+                job
+                for miner, job_id in assignments
+                for job in _claim_portable(
+                    miner_pk=miner.pk, limit=1, job_id=job_id, models=None, now=now, lease_until=lease_until
+                )
+            ]
+    for job in jobs:
+        job.miner = miners[job.miner_id]
+    _jobs_changed(jobs)
+    return jobs
 
 
 def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) -> list[Job]:

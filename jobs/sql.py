@@ -11,6 +11,7 @@ import json
 from django.db import connection
 
 from core.rawsql import columns
+from jobs.matching import MINER_MEETS_JOB
 from jobs.models import Job, JobStatus, Receipt
 from payments.models import Payment
 
@@ -27,6 +28,49 @@ SELECT {columns(Job, "c")}, {_PAYMENT_COLUMNS}
 FROM jobs_claim(
     %(miner)s, %(limit)s, %(job_id)s::uuid, %(models)s::text[], %(now)s, %(lease_until)s, %(headstart)s::float8
 ) c
+LEFT JOIN {Payment._meta.db_table} p ON p.payment_id = c.payment_id
+"""
+
+# A dispatcher's batch (agents' assignment): each job to the miner chosen for it, in one statement
+# after ``LOCK_MINERS``. The miners' rows are locked first, as ``jobs_claim`` locks them, so the
+# running counts read here (a new snapshot, after the locks) hold each miner's concurrency limit
+# against its own claims; a job is leased only while queued (``SKIP LOCKED``, then re-checked
+# under its lock), so one job never goes to two miners. A miner takes its jobs in the order given,
+# up to its free slots; it must be online, not draining nor suspended, serve the job's model and
+# meet its constraints (``jobs.matching.MINER_MEETS_JOB``: a pinned job goes to its miner only).
+# The leased jobs come back with their payments' columns, as from ``CLAIM``.
+LOCK_MINERS = "SELECT id FROM miners_miner WHERE id = ANY(%(miners)s::bigint[]) ORDER BY id FOR UPDATE"
+LEASE_TO = f"""
+WITH v AS (
+    SELECT * FROM unnest(%(jobs)s::uuid[], %(miners)s::bigint[]) WITH ORDINALITY AS v(job_id, miner_id, ord)
+), free AS (
+    SELECT m.id, m.max_concurrent_jobs - (
+        SELECT count(*) FROM jobs_job r WHERE r.miner_id = m.id AND r.status = '{JobStatus.RUNNING}'
+    ) AS slots
+    FROM miners_miner m
+    WHERE m.id IN (SELECT miner_id FROM v) AND m.status = 'online' AND NOT m.draining AND m.suspended_at IS NULL
+), fitting AS (
+    SELECT j.id, v.miner_id, v.ord FROM v
+    JOIN jobs_job j ON j.id = v.job_id
+    JOIN miners_miner m ON m.id = v.miner_id
+    WHERE j.status = '{JobStatus.QUEUED}' AND j.expires_at > %(now)s
+      AND EXISTS (SELECT 1 FROM miners_servedmodel s WHERE s.miner_id = m.id AND s.name = j.model)
+      AND {MINER_MEETS_JOB.strip()}
+    FOR UPDATE OF j SKIP LOCKED
+), picked AS (
+    SELECT f.id, f.miner_id FROM (
+        SELECT fitting.*, row_number() OVER (PARTITION BY fitting.miner_id ORDER BY fitting.ord) AS n FROM fitting
+    ) f JOIN free ON free.id = f.miner_id
+    WHERE f.n <= free.slots
+), leased AS (
+    UPDATE jobs_job j SET status = '{JobStatus.RUNNING}', miner_id = picked.miner_id, attempt = j.attempt + 1,
+        lease_token = gen_random_uuid()::text, lease_expires_at = %(lease_until)s, started_at = %(now)s,
+        progress = 0, updated_at = %(now)s
+    FROM picked WHERE j.id = picked.id
+    RETURNING j.*
+)
+SELECT {columns(Job, "c")}, {_PAYMENT_COLUMNS}
+FROM leased c
 LEFT JOIN {Payment._meta.db_table} p ON p.payment_id = c.payment_id
 """
 

@@ -190,6 +190,19 @@ def announce_to(name: str, *, job_id) -> None:
         transaction.on_commit(lambda: hub.notify(name))
 
 
+def announce_to_many(wakeups: list[tuple[str, object]]) -> None:
+    """``announce_to`` for each ``(name, job_id)``: one statement on PostgreSQL."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) p",
+                [CHANNEL, [f"{job_id} {name}" for name, job_id in wakeups]],
+            )
+    else:
+        for name, job_id in wakeups:
+            announce_to(name, job_id=job_id)
+
+
 _queued_callbacks: list[Callable[[str], None]] = []
 
 

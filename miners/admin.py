@@ -5,6 +5,7 @@ from core.admin_bases import age
 from core.services import staff_action_record
 from miners import services
 from miners.models import Miner, ServedModel
+from miners.selectors import agent_seat
 
 
 class BannedFilter(admin.SimpleListFilter):
@@ -34,6 +35,23 @@ class MaintenanceFilter(admin.SimpleListFilter):
             return queryset.filter(maintenance_since__isnull=False)
         if self.value() == "no":
             return queryset.filter(maintenance_since__isnull=True)
+        return queryset
+
+
+class KindFilter(admin.SimpleListFilter):
+    """GPU miners, or agents' seats in the job machinery (each agent's own miner row)."""
+
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request, model_admin):
+        return (("gpu", "GPU miners"), ("agent", "Agents"))
+
+    def queryset(self, request, queryset):
+        if self.value() == "gpu":
+            return queryset.filter(~agent_seat())
+        if self.value() == "agent":
+            return queryset.filter(agent_seat())
         return queryset
 
 
@@ -68,7 +86,8 @@ class MinerRegistryAdmin(admin.ModelAdmin):
 
     list_display = ("miner_id", "owner", "state", "gpu", "heartbeat")
     list_filter = (
-        "status", "draining", BannedFilter, MaintenanceFilter, SuspendedFilter, "region", "served_models__name"
+        "status", "draining", KindFilter, BannedFilter, MaintenanceFilter, SuspendedFilter, "region",
+        "served_models__name",
     )  # fmt: skip
     search_fields = ("miner_id", "owner__username", "gpu_name", "served_models__name")
     list_select_related = ("owner",)

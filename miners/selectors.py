@@ -1,11 +1,12 @@
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 
 from accounts.services import KEY_COLUMN_COUNT, KEY_COLUMNS, KEY_TABLES, keys_from_rows
 from core import rawsql
 from core.errors import NotFound
+from miners.capabilities import AGENT_TASK_MODEL
 from miners.models import Miner, MinerStatus, ServedModel
 
 _MINER_BY_NAME = f"SELECT {rawsql.columns(Miner, 'm')} FROM miners_miner m WHERE m.miner_id = %s AND m.status <> %s"
@@ -52,13 +53,26 @@ def miner_for_owner(*, owner, miner_id: str, any_owner: bool = False, looked_up=
     return miner
 
 
+def agent_seat() -> Exists:
+    """Whether a miner is an agent's seat in the job machinery (it serves ``AGENT_TASK_MODEL``, which
+    no other miner may): a filter on ``Miner`` rows."""
+    return Exists(ServedModel.objects.filter(miner=OuterRef("pk"), name=AGENT_TASK_MODEL))
+
+
+def gpu_miners(miners: QuerySet[Miner] | None = None) -> QuerySet[Miner]:
+    """``miners`` (every one by default) less agents' seats: the miners people mean by miners, whose
+    lists and counts these are."""
+    return (Miner.objects.all() if miners is None else miners).filter(~agent_seat())
+
+
 def miners_silent_since(*, cutoff: datetime) -> QuerySet[Miner]:
     """Online miners that have sent nothing since ``cutoff``."""
     return Miner.objects.filter(status=MinerStatus.ONLINE, last_heartbeat_at__lt=cutoff)
 
 
 def miner_counts() -> dict[str, int]:
-    counts = dict(Miner.objects.values_list("status").annotate(n=Count("id")).order_by())
+    """GPU miners (``gpu_miners``) by status."""
+    counts = dict(gpu_miners().values_list("status").annotate(n=Count("id")).order_by())
     return {status.value: counts.get(status.value, 0) for status in MinerStatus}
 
 
@@ -68,8 +82,8 @@ def model_served_online(name: str) -> bool:
 
 
 def miner_states() -> dict[str, int]:
-    """Miners by what staff see: online (taking work), draining, offline, banned, in maintenance."""
-    return Miner.objects.aggregate(
+    """GPU miners by what staff see: online (taking work), draining, offline, banned, in maintenance."""
+    return gpu_miners().aggregate(
         online=Count("id", filter=Q(status=MinerStatus.ONLINE, draining=False)),
         draining=Count("id", filter=Q(status=MinerStatus.ONLINE, draining=True)),
         offline=Count(

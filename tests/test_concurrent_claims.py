@@ -10,7 +10,7 @@ from django.db import connections, transaction
 
 from accounts.services import user_get_or_create
 from jobs.models import Job, JobStatus, Receipt
-from jobs.services import job_claim, job_complete, job_submit
+from jobs.services import job_claim, job_complete, job_submit, jobs_lease_to
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_register
@@ -110,3 +110,77 @@ def test_a_claim_waiting_on_the_miners_lock_counts_the_claim_committed_before_it
 
     assert second == []
     assert Job.objects.filter(miner=miner, status=JobStatus.RUNNING).count() == 1
+
+
+def test_batch_leases_racing_each_other_and_the_miners_own_claims_lease_each_job_once():
+    client = user_get_or_create(username="batch-client")
+    owner = user_get_or_create(username="batch-farm")
+    job_ids = [job_submit(client=client, model="llama3.2", payload={"prompt": f"job {i}"}).job.pk for i in range(60)]
+    miners = [
+        miner_register(
+            owner=owner, miner_id=f"batch-{i}", capabilities=Capabilities(models=("llama3.2",), max_concurrent_jobs=10)
+        )[0]
+        for i in range(4)
+    ]
+    connections.close_all()
+    leased: list[list] = []
+    errors = []
+    start = threading.Barrier(7)
+
+    def dispatch(shift: int):
+        # Every job, each to a different miner than the other dispatchers choose.
+        try:
+            start.wait()
+            pairs = [(miners[(n + shift) % len(miners)], job_id) for n, job_id in enumerate(job_ids)]
+            leased.append([job.pk for job in jobs_lease_to(pairs)])
+        except Exception as error:  # reported below: a thread's failure must fail the test
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    def claim_until_full(miner):
+        try:
+            start.wait()
+            while jobs := job_claim(miner=miner, limit=3):
+                leased.append([job.pk for job in jobs])
+        except Exception as error:
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=dispatch, args=(shift,)) for shift in range(3)]
+    threads += [threading.Thread(target=claim_until_full, args=(miner,)) for miner in miners]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert not errors
+    handed_out = [job_id for batch in leased for job_id in batch]
+    assert len(handed_out) == len(set(handed_out)) == 40, "a job was leased twice, or a limit broken"
+    running = Job.objects.filter(status=JobStatus.RUNNING)
+    assert set(running.values_list("pk", flat=True)) == set(handed_out)
+    assert set(running.values_list("attempt", flat=True)) == {1}
+    assert [running.filter(miner=miner).count() for miner in miners] == [10, 10, 10, 10]
+    assert Job.objects.filter(status=JobStatus.QUEUED).count() == 20
+
+
+def test_a_batch_lease_skips_what_the_chosen_miner_cannot_take():
+    client = user_get_or_create(username="skip-client")
+    owner = user_get_or_create(username="skip-farm")
+    jobs = [job_submit(client=client, model="llama3.2", payload={"prompt": f"job {i}"}).job for i in range(5)]
+    two_slots, _ = miner_register(
+        owner=owner, miner_id="two-slots", capabilities=Capabilities(models=("llama3.2",), max_concurrent_jobs=2)
+    )
+    other_model, _ = miner_register(owner=owner, miner_id="other-model", capabilities=Capabilities(models=("qwen",)))
+    offline, _ = miner_register(owner=owner, miner_id="offline", capabilities=Capabilities(models=("llama3.2",)))
+    Miner.objects.filter(pk=offline.pk).update(status="offline")
+
+    chosen = [two_slots, other_model, two_slots, offline, two_slots]  # the last finds no free slot
+    leased = jobs_lease_to([(miner, job.pk) for miner, job in zip(chosen, jobs, strict=True)])
+
+    assert {(job.pk, job.miner_id, job.status) for job in leased} == {
+        (jobs[0].pk, two_slots.pk, JobStatus.RUNNING),
+        (jobs[2].pk, two_slots.pk, JobStatus.RUNNING),
+    }
+    assert Job.objects.filter(status=JobStatus.QUEUED).count() == 3

@@ -43,6 +43,9 @@ def test_workflow_page_draws_the_dag_and_execution_page_its_steps(signed_in):
     assert drawn.count("<rect") == 3 and drawn.count("<line") == 2
     assert ">merge<" in drawn
     assert "waiting" in followed and "started" in followed
+    # Followed over its socket while it runs, not reloaded.
+    assert f'data-socket="/ws/executions/{execution.pk}/"' in followed and "agents/execution.js" in followed
+    assert 'http-equiv="refresh"' not in followed
 
 
 def test_someone_elses_execution_is_not_found(signed_in):

@@ -57,3 +57,60 @@ def test_refused_sockets_close_with_their_code(make_api, agent_api, register_age
         return closed["code"]
 
     assert async_to_sync(scenario)() == code
+
+
+def test_an_executions_page_socket_follows_its_steps_until_it_ends(client_api, agent_api, register_agent):
+    register_agent(agent_api)
+    workflow = {"name": "one", "steps": {"ask": {"type": "task", "task_data": {"q": "x"}}}}
+    workflow_id = client_api.post("/v1/agents/workflows", workflow, format="json").json()["id"]
+    execution_id = client_api.post(f"/v1/agents/workflows/{workflow_id}/execute", {}, format="json").json()[
+        "execution_id"
+    ]
+
+    async def scenario():
+        socket = WebsocketCommunicator(
+            application, f"/ws/executions/{execution_id}/", headers=[(b"x-api-key", client_api.raw_key.encode())]
+        )
+        assert (await socket.connect())[0]
+        first = await socket.receive_json_from(timeout=5)
+        (task,) = (await sync_to_async(agent_api.post)("/agents/hermes-agent/poll", {}, format="json")).json()["tasks"]
+        await sync_to_async(agent_api.post)(
+            f"/tasks/{task['task_id']}/result", {"agent_id": "hermes-agent", "result": "42"}, format="json"
+        )
+        last = await socket.receive_json_from(timeout=10)
+        closed = await socket.receive_output(timeout=5)
+        await socket.disconnect()
+        return first, last, closed
+
+    first, last, closed = async_to_sync(scenario)()
+
+    assert (first["type"], first["status"], first["step_states"]["ask"]["status"]) == (
+        "execution.status",
+        "running",
+        "running",
+    )
+    assert (last["status"], last["step_states"]["ask"]["status"], last["final_result"]) == (
+        "completed",
+        "completed",
+        "42",
+    )
+    assert closed == {"type": "websocket.close", "code": 1000}
+
+
+@pytest.mark.parametrize(("scope", "code"), [(None, 4401), ("agent", 4403), ("client", 4404)])
+def test_an_executions_socket_refuses_others(client_api, make_api, scope, code):
+    workflow = {"name": "one", "steps": {"ask": {"type": "task", "task_data": {"q": "x"}}}}
+    workflow_id = client_api.post("/v1/agents/workflows", workflow, format="json").json()["id"]
+    execution_id = client_api.post(f"/v1/agents/workflows/{workflow_id}/execute", {}, format="json").json()[
+        "execution_id"
+    ]
+    headers = [(b"x-api-key", make_api(scope, f"other-{scope}").raw_key.encode())] if scope else []
+
+    async def scenario():
+        socket = WebsocketCommunicator(application, f"/ws/executions/{execution_id}/", headers=headers)
+        await socket.connect()
+        closed = await socket.receive_output()
+        await socket.disconnect()
+        return closed["code"]
+
+    assert async_to_sync(scenario)() == code

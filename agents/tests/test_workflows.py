@@ -285,3 +285,42 @@ def test_an_execution_left_by_a_dead_advancer_goes_on_from_the_database(client_a
 
     assert execution.status == "completed"
     assert Job.objects.count() == 3
+
+
+def test_an_advance_costs_a_fixed_few_statements(client_api, monkeypatch, settings, django_assert_num_queries):
+    """What a workflow adds per step beyond its jobs: taking a step in is 6 statements (with BEGIN and
+    COMMIT), taking one in and starting the next 7, completing the execution with its receipt 8."""
+    from jobs import services as job_services
+    from jobs.services import Outcome, job_claim, jobs_complete
+    from tests.factories import MinerFactory
+
+    CatalogModel.objects.create(name="off-engine", task="text-generation", source_kind="hub", source="x/off-engine")
+    miner = MinerFactory(models=("off-engine",), max_concurrent_jobs=8)
+    step = {"type": "inference", "model": "off-engine", "params": {"max_tokens": 8}}
+    workflow = services.workflow_create(
+        owner=client_api.user,
+        name="fan",
+        steps={"a": {**step, "prompt": "a"}, "b": {**step, "prompt": "b"}, "c": {**step, "prompt": "c"}},
+        dependencies={"c": ["a", "b"]},
+    )
+    execution = services.workflow_execute(workflow=workflow, client=client_api.user, inputs={})
+    monkeypatch.setattr(job_services, "_finished_listeners", [])  # advanced by hand below
+    settings.MODEL_CATALOG_CACHE_SECONDS = 3600  # as served: the catalog just read is reused
+
+    def complete(job):
+        jobs_complete(miner=miner, outcomes=[Outcome(job_id=job.pk, result={"text": job.payload["prompt"]})])
+
+    first, second = job_claim(miner=miner, limit=8)
+    complete(first)
+    with django_assert_num_queries(6):
+        services.execution_advance(execution_id=execution.pk)  # takes in one of a and b
+    complete(second)
+    with django_assert_num_queries(7):
+        services.execution_advance(execution_id=execution.pk)  # takes in the other, starts c
+    (last,) = job_claim(miner=miner, limit=8)
+    complete(last)
+    with django_assert_num_queries(8):
+        services.execution_advance(execution_id=execution.pk)  # takes in c, signs the receipt
+
+    execution.refresh_from_db()
+    assert (execution.status, execution.final_result) == ("completed", "c")

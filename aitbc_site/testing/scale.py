@@ -103,7 +103,7 @@ INSERT INTO jobs_job (
     id, client_id, type, model, payload, constraints, priority, rank_at, status, ttl_seconds, expires_at,
     req_gpu, req_region, miner_id, attempt, max_attempts, lease_token, lease_expires_at,
     result, error_code, error_message, progress, usage, price, unit_price, request_fingerprint, verification,
-    created_at, started_at, completed_at, updated_at
+    settles_on_verdict, created_at, started_at, completed_at, updated_at
 )
 SELECT
     md5('scale-job-' || g)::uuid, %(client)s, 'inference',
@@ -117,7 +117,7 @@ SELECT
     CASE WHEN state = 'failed' THEN 'OUT_OF_MEMORY' ELSE '' END, '',
     CASE WHEN state = 'completed' THEN 100 ELSE 0 END,
     CASE WHEN state = 'completed' THEN '{"units": 42, "total_tokens": 42}'::jsonb ELSE '{}'::jsonb END,
-    NULL, NULL, '', '{}'::jsonb,
+    NULL, NULL, '', '{}'::jsonb, false,
     created,
     CASE WHEN state IN ('queued', 'cancelled') THEN NULL ELSE created + interval '1 second' END,
     CASE WHEN state IN ('completed', 'failed', 'cancelled') THEN created + interval '5 seconds' END,
