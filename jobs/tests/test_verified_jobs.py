@@ -77,6 +77,7 @@ def test_redundancy_3_with_one_liar_agrees_without_it_and_pays_the_liar_nothing(
     assert submitted.json()["status"] == "running"
     assert submitted.json()["price"] == "6.00000000"
     assert submitted.json()["verification"] == {"redundancy": 3, "agreement": "exact", "threshold": None}
+    assert submitted.json()["payment_status"] == "escrowed" and submitted.json()["amount_charged"] is None
     assert balance("alice") == client_before - 6
 
     claims = {name: poll(api) for name, api in (("liar", liar), ("honest-1", honest_1), ("honest-2", honest_2))}
@@ -89,6 +90,8 @@ def test_redundancy_3_with_one_liar_agrees_without_it_and_pays_the_liar_nothing(
 
     view = client_api.get(f"/v1/jobs/{job_id}").json()
     assert view["status"] == "completed" and view["result"] == {"text": "Paris."}
+    # What the client paid is what its agreeing attempts were paid.
+    assert view["payment_status"] == "released" and view["amount_charged"] == "4.00000000"
     receipt = client_api.get(f"/v1/jobs/{job_id}/receipt").json()
     assert receipt["job_id"] == job_id
     assert receipt["providers"] == ["honest-1", "honest-2"]
@@ -152,6 +155,7 @@ def test_no_consensus_fails_the_job_and_refunds_everything(client_api, make_api)
 
     view = client_api.get(f"/v1/jobs/{job_id}").json()
     assert view["status"] == "failed" and view["error_code"] == "NO_CONSENSUS"
+    assert view["payment_status"] == "refunded" and view["amount_charged"] is None
     assert balance("alice") == before
     payments = Payment.objects.filter(job__parent_id=job_id)
     assert sorted(payments.values_list("status", flat=True)) == [PaymentStatus.REFUNDED] * 3
@@ -175,6 +179,7 @@ def test_no_consensus_before_the_ttl_fails_the_job_and_refunds_everything(client
 
     view = client_api.get(f"/v1/jobs/{job_id}").json()
     assert view["status"] == "failed" and view["error_code"] == "NO_CONSENSUS"
+    assert view["payment_status"] == "refunded" and view["amount_charged"] is None
     assert balance("alice") == before
 
 
