@@ -22,6 +22,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
     from explorer.tasks import seal_block
     from inference.tasks import announce_waiting_models
     from jobs.tasks import (
+        decide_stalled_verifications,
         end_verifications_past_ttl,
         expire_queued_jobs,
         mark_silent_miners_offline,
@@ -38,6 +39,7 @@ def housekeeping_actors() -> list[dramatiq.Actor]:
         mark_silent_miners_offline,
         refresh_miner_reputations,
         end_verifications_past_ttl,
+        decide_stalled_verifications,
         announce_waiting_models,
         seal_block,
         purge_ended_sign_ins,

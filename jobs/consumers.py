@@ -114,6 +114,8 @@ def _subscription(*, job_id, raw_key: str | None, user) -> tuple[int | None, dic
     if scope not in (ApiKeyScope.CLIENT, ApiKeyScope.ADMIN):
         return CLOSE_FORBIDDEN, None
     jobs = selectors.jobs_visible_to(user=user, is_admin=scope == ApiKeyScope.ADMIN)
+    if scope != ApiKeyScope.ADMIN:
+        jobs = jobs.filter(parent__isnull=True)  # a verified job's attempts are followed by staff only
     job = selectors.with_queue_position(jobs).filter(pk=job_id).first()
     if job is None:
         return CLOSE_NOT_FOUND, None

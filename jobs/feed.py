@@ -78,7 +78,9 @@ def _submitted(job: Job) -> list[tuple[str, dict]]:
 
 
 def _changed(job: Job) -> list[tuple[str, dict]]:
-    items = [(user_group(job.client_id), job_event(JOB_UPDATED, job))]
+    # A verified job's attempts are not its client's jobs (it follows the job they answer), but work
+    # the network did.
+    items = [] if job.parent_id else [(user_group(job.client_id), job_event(JOB_UPDATED, job))]
     if job.status in JobStatus.TERMINAL:
         items.append((DASHBOARD_GROUP, job_event(JOB_FINISHED, job)))
     return items

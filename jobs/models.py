@@ -5,6 +5,9 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.functional import cached_property
+
+from payments.models import Payment, PaymentStatus
 
 
 class JobStatus(models.TextChoices):
@@ -187,13 +190,35 @@ class Job(models.Model):
 
     @property
     def payment_status(self) -> str:
-        """The payment's status (escrowed, released or refunded); empty for a free job."""
-        return self.payment.status if self.payment_id else ""
+        """The payment's status (escrowed, released or refunded); empty for a free job. A verified
+        job's is its attempts': released once any agreeing attempt was paid, refunded when all
+        were refunded, escrowed until then."""
+        if self.payment_id:
+            return self.payment.status
+        escrows = self.attempt_escrows
+        if not escrows:
+            return ""
+        statuses = {payment.status for payment in escrows}
+        if PaymentStatus.RELEASED in statuses:
+            return PaymentStatus.RELEASED
+        return PaymentStatus.REFUNDED if statuses == {PaymentStatus.REFUNDED} else PaymentStatus.ESCROWED
 
     @property
     def amount_charged(self):
-        """What the job cost its client once its escrow was released, else None."""
-        return self.payment.amount_charged if self.payment_id else None
+        """What the job cost its client once its escrow was released, else None: for a verified
+        job, what its agreeing attempts were paid once they were."""
+        if self.payment_id:
+            return self.payment.amount_charged
+        if self.payment_status != PaymentStatus.RELEASED:
+            return None
+        return sum(payment.amount_charged for payment in self.attempt_escrows if payment.amount_charged is not None)
+
+    @cached_property
+    def attempt_escrows(self) -> list[Payment]:
+        """A verified job's attempts' escrows (each attempt holds its own); empty for other jobs."""
+        if not self.verification or self.parent_id:
+            return []
+        return list(Payment.objects.filter(job__parent=self))
 
 
 class FailedAttempt(models.Model):

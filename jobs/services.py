@@ -38,7 +38,15 @@ from miners import services as miner_services
 from miners.capabilities import cuda_code
 from miners.models import Miner, ServedModel
 from payments.models import Payment, PaymentStatus
-from payments.services import credits, escrow_hold, escrow_refund, escrows_settle, new_payment_id
+from payments.services import (
+    credits,
+    escrow_hold,
+    escrow_refund,
+    escrows_refund,
+    escrows_settle,
+    escrows_settle_each,
+    new_payment_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -409,16 +417,27 @@ def refund_escrow(job: Job, *, reason: str) -> None:
             job.payment = payment
 
 
+def refund_escrows(refunds: list[tuple[Job, str]]) -> None:
+    """``refund_escrow`` for several jobs, ``(job, reason)`` each, all at once."""
+    refunded = escrows_refund(refunds=[(job, reason) for job, reason in refunds if job.payment_id])
+    for job, _ in refunds:
+        if job.pk in refunded:
+            job.payment = refunded[job.pk]
+
+
 def settle_each(jobs: list[Job]) -> list[Decimal]:
     """Pay each of these completed, paid jobs' escrows to its own miner's owner (the attempts of a
-    verified job that agreed, a canary answered right); their charges, in order."""
-    charges = []
-    for job in jobs:
-        if job.payment_id:
-            charge = _charge(job)
-            _settle([(job, charge)], miner=job.miner)
-            charges.append(charge)
-    return charges
+    verified job that agreed, a canary answered right), all in one settlement; their charges, in order."""
+    charges = [(job, _charge(job), job.miner.owner) for job in jobs if job.payment_id]
+    if not charges:
+        return []
+    paid = escrows_settle_each(charges=charges)
+    unpaid = [job.pk for job, charge, _ in charges if job.pk not in paid or paid[job.pk].amount_paid != charge]
+    if unpaid:
+        raise RuntimeError(f"escrow of jobs {unpaid} did not settle as charged")
+    for job, _, _ in charges:
+        job.payment = paid[job.pk]
+    return [charge for _, charge, _ in charges]
 
 
 def jobs_ended(jobs: list[Job], *, settled: list[Job] = ()) -> None:

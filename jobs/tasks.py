@@ -26,3 +26,8 @@ def refresh_miner_reputations() -> None:
 @dramatiq.actor(queue_name="housekeeping", time_limit=60_000, max_retries=0)
 def end_verifications_past_ttl() -> None:
     verification.verifications_end_past_ttl()
+
+
+@dramatiq.actor(queue_name="housekeeping", time_limit=60_000, max_retries=0)
+def decide_stalled_verifications() -> None:
+    verification.verifications_decide_stalled()

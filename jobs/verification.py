@@ -10,7 +10,9 @@ provider that agreed; the attempts that agreed are paid, those outvoted are refu
 miners are paid nothing), the attempts still queued or running are cancelled and refunded (a
 late result from them is a 409, as for any ended job). When agreement can no longer be reached,
 or the job's TTL passes first (``verifications_end_past_ttl``), it fails with ``NO_CONSENSUS``
-and every attempt's escrow is refunded.
+and every attempt's escrow is refunded. A job whose attempts have all ended but that is still
+undecided (its decision failed after the last result was stored) is decided by housekeeping
+(``verifications_decide_stalled``) at its next pass.
 
 **Canaries.** After a job an external miner completes, with probability
 ``VERIFICATION_CANARY_RATE``, a canary follows: a known-answer job for the same model, submitted
@@ -32,6 +34,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from accounts.services import user_get_or_create
@@ -171,8 +174,10 @@ def _decide_verified(parent: Job, attempts: list[Job], *, past_deadline: bool) -
 def _agree(parent: Job, *, agreed: list[Job], outvoted: list[Job], active: list[Job]) -> None:
     now = timezone.now()
     cancelled = _cancel(active, now=now, reason="Another answer was agreed on.")
-    for attempt in outvoted:
-        services.refund_escrow(attempt, reason="The answer was outvoted.")
+    services.refund_escrows(
+        [(attempt, "Another answer was agreed on.") for attempt in cancelled]
+        + [(attempt, "The answer was outvoted.") for attempt in outvoted]
+    )
     paid = services.settle_each(agreed)
     representative = agreed[0]
     parent.status, parent.result, parent.usage = JobStatus.COMPLETED, representative.result, representative.usage
@@ -205,21 +210,22 @@ def _fail(parent: Job, attempts: list[Job], *, code: str, message: str) -> None:
     now = timezone.now()
     cancelled = _cancel([a for a in attempts if a.status in JobStatus.ACTIVE], now=now, reason=message)
     held = [attempt for attempt in attempts if attempt.status == JobStatus.COMPLETED]
-    for attempt in held:
-        services.refund_escrow(attempt, reason=message)
+    services.refund_escrows([(attempt, message) for attempt in [*cancelled, *held]])
     parent.status, parent.completed_at, parent.error_code, parent.error_message = JobStatus.FAILED, now, code, message
     parent.save(update_fields=["status", "completed_at", "error_code", "error_message", "updated_at"])
     services.jobs_ended([parent, *cancelled], settled=held)
 
 
 def _cancel(attempts: list[Job], *, now, reason: str) -> list[Job]:
-    """Cancel attempts still queued or running (refunded): their miners' late results are 409s."""
+    """Cancel attempts still queued or running (the caller refunds them): their miners' late results
+    are 409s."""
     for attempt in attempts:
         attempt.status, attempt.completed_at, attempt.lease_expires_at = JobStatus.CANCELLED, now, None
-        attempt.error_code, attempt.error_message = "ATTEMPT_NOT_NEEDED", reason
-        services.refund_escrow(attempt, reason=reason)
-        attempt.save(update_fields=["status", "completed_at", "lease_expires_at", "error_code", "error_message",
-                                    "updated_at"])  # fmt: skip
+        attempt.error_code, attempt.error_message, attempt.updated_at = "ATTEMPT_NOT_NEEDED", reason, now
+    if attempts:
+        Job.objects.bulk_update(
+            attempts, ["status", "completed_at", "lease_expires_at", "error_code", "error_message", "updated_at"]
+        )
     return attempts
 
 
@@ -233,6 +239,24 @@ def verifications_end_past_ttl(*, now=None) -> int:
     ids = list(overdue.values_list("pk", flat=True)[: services.SWEEP_BATCH])
     for parent_id in ids:
         verification_decide(parent_id=parent_id, past_deadline=True)
+    return len(ids)
+
+
+def verifications_decide_stalled() -> int:
+    """Decide the verified jobs (and canaries) still running though none of their attempts is queued
+    or running any more (housekeeping): a decision that failed after an attempt's result was
+    stored, or one left to another decision that had read the attempts before that result. Such a
+    job would otherwise wait for its TTL. Returns how many were judged."""
+    attempts = Job.objects.filter(parent=OuterRef("pk"))
+    stalled = (
+        Job.objects.filter(status=JobStatus.RUNNING, miner__isnull=True, parent__isnull=True)
+        .exclude(verification={})
+        .filter(Exists(attempts))
+        .exclude(Exists(attempts.filter(status__in=JobStatus.ACTIVE)))
+    )
+    ids = list(stalled.values_list("pk", flat=True)[: services.SWEEP_BATCH])
+    for parent_id in ids:
+        verification_decide(parent_id=parent_id)
     return len(ids)
 
 

@@ -270,8 +270,22 @@ def escrows_settle(*, charges: list[tuple], payee) -> dict:
     A batch costs the same few statements however many jobs it holds (one on PostgreSQL), and
     locks every wallet it touches first, in one order, so concurrent batches never deadlock.
     """
+    return escrows_settle_each(charges=[(job, charge, payee) for job, charge in charges])
+
+
+def escrows_settle_each(*, charges: list[tuple]) -> dict:
+    """``escrows_settle`` for charges of several payees, ``(job, charge, payee)`` each (the answers
+    of a verified job that agreed): on PostgreSQL one settlement statement for all of them."""
     if connection.vendor == "postgresql":
-        return _settle_postgres(charges=charges, payee=payee)
+        return _settle_postgres(charges=charges)
+    paid, payees = {}, {payee.pk: payee for _, _, payee in charges}
+    for payee_id, payee in payees.items():
+        mine = [(job, charge) for job, charge, to in charges if to.pk == payee_id]
+        paid |= _settle_portable(charges=mine, payee=payee)
+    return paid
+
+
+def _settle_portable(*, charges: list[tuple], payee) -> dict:
     payments = {
         payment.payment_id: payment
         for payment in Payment.objects.select_for_update()
@@ -288,7 +302,7 @@ def escrows_settle(*, charges: list[tuple], payee) -> dict:
     if payee_wallet is None or fees is None:  # the first settlement of this payee, or of all
         wallet_open(user=payee)
         system_wallet(WalletKind.FEES)
-        return escrows_settle(charges=charges, payee=payee)
+        return _settle_portable(charges=charges, payee=payee)
     now = timezone.now()
     postings, settled = [], {}
     for job, charge in charges:
@@ -322,23 +336,31 @@ def escrows_settle(*, charges: list[tuple], payee) -> dict:
     return settled
 
 
-def _settle_postgres(*, charges: list[tuple], payee) -> dict:
+def _settle_postgres(*, charges: list[tuple]) -> dict:
+    payees = {payee.pk: payee for _, _, payee in charges}
     with connection.cursor() as cursor:
-        cursor.execute(sql.WALLETS_OF_SETTLEMENT, {"payee": payee.pk})
-        payee_wallet, fees_wallet = cursor.fetchone()
-        if payee_wallet is None or fees_wallet is None:  # the first settlement of this payee, or of all
-            payee_wallet, fees_wallet = wallet_open(user=payee).pk, system_wallet(WalletKind.FEES).pk
+        cursor.execute(sql.WALLETS_OF_SETTLEMENT, {"payees": list(payees)})
+        wallets = dict(cursor.fetchall())
+        for payee_id, payee in payees.items():  # the first settlement of this payee
+            if payee_id not in wallets:
+                wallets[payee_id] = wallet_open(user=payee).pk
+        if None not in wallets:  # the first settlement of all
+            wallets[None] = system_wallet(WalletKind.FEES).pk
         rows = [
-            {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": str(credits(charge))}
-            for job, charge in charges
+            {
+                "job_id": str(job.pk),
+                "payment_id": job.payment_id,
+                "charge": str(credits(charge)),
+                "payee_wallet": wallets[payee.pk],
+            }
+            for job, charge, payee in charges
         ]
         cursor.execute(
             sql.SETTLE,
             {
                 "charges": json.dumps(rows),
                 "fee_percent": str(settings.PLATFORM_FEE_PERCENT),
-                "payee_wallet": payee_wallet,
-                "fees_wallet": fees_wallet,
+                "fees_wallet": wallets[None],
                 "now": timezone.now(),
             },
         )
@@ -367,6 +389,27 @@ def escrow_refund(*, job, reason: str) -> Payment | None:
     payment.settled_at = timezone.now()
     payment.save(update_fields=["status", "amount_refunded", "settled_at", "updated_at"])
     return payment
+
+
+def escrows_refund(*, refunds: list[tuple]) -> dict:
+    """``escrow_refund`` for several jobs, ``(job, reason)`` each: on PostgreSQL one statement for
+    all. Returns ``{job id: payment}`` for the escrows it refunded."""
+    if connection.vendor != "postgresql":
+        refunded = {job.pk: escrow_refund(job=job, reason=reason) for job, reason in refunds}
+        return {job_id: payment for job_id, payment in refunded.items() if payment is not None}
+    rows = [
+        {"job_id": str(job.pk), "payment_id": job.payment_id, "memo": reason[:300]}
+        for job, reason in refunds
+        if job.payment_id
+    ]
+    if not rows:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(sql.REFUND, {"refunds": json.dumps(rows), "now": timezone.now()})
+        refunded = cursor.fetchall()
+    return {
+        row[0]: payment for row, payment in zip(refunded, rawsql.instances(Payment, refunded, start=1), strict=True)
+    }
 
 
 # --- Budgets: credits held for a run of many payments -------------------------------------

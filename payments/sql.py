@@ -7,21 +7,24 @@ embedded store); this one saves a dozen round trips and the ORM's own cost.
 from core.rawsql import columns
 from payments.models import Payment, PaymentStatus, TransactionKind
 
+# The wallets of the payees (users' ids, each once) and the fees wallet, ``(user id, wallet id)``
+# each (the fees wallet's user id is null); a payee without a wallet is left out.
 WALLETS_OF_SETTLEMENT = """
-SELECT (SELECT id FROM payments_wallet WHERE user_id = %(payee)s),
-       (SELECT id FROM payments_wallet WHERE kind = 'fees')
+SELECT user_id, id FROM payments_wallet WHERE user_id = ANY(%(payees)s) OR kind = 'fees'
 """
 
 # For each escrowed payment of the given jobs (locked): the charge capped by what was held, the
 # fee, a balanced ledger transaction (escrow → miner's owner, platform, client), the balances
 # moved once per wallet after locking every wallet in id order, and the payment updated (returned
-# as the job's id, then the payment's columns).
+# as the job's id, then the payment's columns). Each charge names the wallet of its payee.
 SETTLE = f"""
 WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%(charges)s::jsonb) AS v(job_id uuid, payment_id text, charge numeric)
+    SELECT * FROM jsonb_to_recordset(%(charges)s::jsonb)
+        AS v(job_id uuid, payment_id text, charge numeric, payee_wallet bigint)
 ),
 pay AS (
-    SELECT p.id, i.job_id, p.payer_id, p.escrow_id, p.amount, LEAST(GREATEST(i.charge, 0), p.amount) AS charge
+    SELECT p.id, i.job_id, p.payer_id, p.escrow_id, p.amount, LEAST(GREATEST(i.charge, 0), p.amount) AS charge,
+           i.payee_wallet
     FROM payments_payment p JOIN input i ON i.payment_id = p.payment_id
     WHERE p.status = '{PaymentStatus.ESCROWED}'
     ORDER BY p.id
@@ -32,8 +35,8 @@ split AS (
 ),
 locked AS (
     SELECT w.id FROM payments_wallet w
-    WHERE w.id IN (SELECT payer_id FROM split UNION SELECT escrow_id FROM split)
-       OR w.id = %(payee_wallet)s OR w.id = %(fees_wallet)s
+    WHERE w.id IN (SELECT payer_id FROM split UNION SELECT escrow_id FROM split UNION SELECT payee_wallet FROM split)
+       OR w.id = %(fees_wallet)s
     ORDER BY w.id
     FOR UPDATE
 ),
@@ -48,7 +51,7 @@ legs AS (
     FROM tx JOIN split ON split.job_id = tx.job_id
     CROSS JOIN LATERAL (VALUES
         (split.escrow_id, -split.amount),
-        (%(payee_wallet)s::bigint, split.charge - split.fee),
+        (split.payee_wallet, split.charge - split.fee),
         (split.payer_id, split.amount - split.charge),
         (%(fees_wallet)s::bigint, split.fee)
     ) AS leg(wallet_id, amount)
@@ -73,4 +76,57 @@ paid AS (
     RETURNING split.job_id, {columns(Payment, "p")}
 )
 SELECT paid.*, (SELECT count(*) FROM entries), (SELECT count(*) FROM moved) FROM paid
+"""
+
+# For each escrowed payment of the given jobs (locked): its whole amount back from the escrow to
+# the client, as a balanced ledger transaction (``refund:<job>``, with the row's memo), the balances
+# moved once per wallet after locking every wallet in id order, and the payment updated (returned
+# as the job's id, then the payment's columns).
+REFUND = f"""
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(refunds)s::jsonb) AS v(job_id uuid, payment_id text, memo text)
+),
+pay AS (
+    SELECT p.id, i.job_id, i.memo, p.payer_id, p.escrow_id, p.amount
+    FROM payments_payment p JOIN input i ON i.payment_id = p.payment_id
+    WHERE p.status = '{PaymentStatus.ESCROWED}'
+    ORDER BY p.id
+    FOR UPDATE OF p
+),
+locked AS (
+    SELECT w.id FROM payments_wallet w
+    WHERE w.id IN (SELECT payer_id FROM pay UNION SELECT escrow_id FROM pay)
+    ORDER BY w.id
+    FOR UPDATE
+),
+tx AS (
+    INSERT INTO payments_ledgertransaction (business_key, kind, job_id, memo, created_at)
+    SELECT 'refund:' || pay.job_id::text, '{TransactionKind.REFUND}', pay.job_id, pay.memo, %(now)s
+    FROM pay
+    RETURNING id, job_id
+),
+legs AS (
+    SELECT tx.id AS transaction_id, leg.wallet_id, leg.amount
+    FROM tx JOIN pay ON pay.job_id = tx.job_id
+    CROSS JOIN LATERAL (VALUES (pay.escrow_id, -pay.amount), (pay.payer_id, pay.amount)) AS leg(wallet_id, amount)
+    WHERE leg.amount <> 0
+),
+entries AS (
+    INSERT INTO payments_ledgerentry (transaction_id, wallet_id, amount)
+    SELECT transaction_id, wallet_id, amount FROM legs
+    RETURNING 1
+),
+moved AS (
+    UPDATE payments_wallet w SET balance = w.balance + d.delta
+    FROM (SELECT wallet_id, sum(amount) AS delta FROM legs GROUP BY wallet_id) d
+    WHERE w.id = d.wallet_id AND (SELECT count(*) FROM locked) > 0
+    RETURNING 1
+),
+refunded AS (
+    UPDATE payments_payment p
+    SET status = '{PaymentStatus.REFUNDED}', amount_refunded = pay.amount, settled_at = %(now)s, updated_at = %(now)s
+    FROM pay WHERE p.id = pay.id
+    RETURNING pay.job_id, {columns(Payment, "p")}
+)
+SELECT refunded.*, (SELECT count(*) FROM entries), (SELECT count(*) FROM moved) FROM refunded
 """

@@ -28,7 +28,7 @@ from core.errors import Conflict, Invalid, NotFound, ServiceError
 from jobs import agreement
 from jobs import services as job_services
 from jobs.models import Job, JobStatus, JobType, VerdictKind
-from jobs.selectors import miners_able_to_run
+from jobs.selectors import miners_able_to_run, with_reputation
 from jobs.services import NON_RETRYABLE_ERRORS
 from jobs.verification import verdict_record
 from miners.models import Miner
@@ -183,7 +183,8 @@ def task_coordinate(
 
 def _eligible_members(task: SwarmTask, *, distinct_owners: bool, excluding=()) -> list[SwarmMember]:
     """The swarm's current members whose miner takes work and can run the task's model, best
-    first (priority, then who joined first); with ``distinct_owners`` one per owner."""
+    first (priority, then higher reputation, then who joined first); with ``distinct_owners`` one
+    per owner. A miner with no reputation yet ranks as a perfect one, as in matching."""
     able = miners_able_to_run(job=Job(model=task.model)).values("pk")
     members = (
         SwarmMember.objects.select_related("miner")
@@ -192,7 +193,17 @@ def _eligible_members(task: SwarmTask, *, distinct_owners: bool, excluding=()) -
         .filter(Q(agent__isnull=True) | Q(agent__status=AgentStatus.ACTIVE, agent__banned_at__isnull=True))
         .exclude(pk__in=[m.pk for m in excluding])
     )
-    ordered = sorted(members, key=lambda m: (PRIORITY_ORDER.get(m.priority, 1), m.joined_at, m.pk))
+    members = list(members)
+    reputations = dict(
+        with_reputation(Miner.objects.filter(pk__in=[m.miner_id for m in members])).values_list("pk", "reputation")
+    )
+
+    def rank(member: SwarmMember) -> tuple:
+        reputation = reputations.get(member.miner_id)
+        return (PRIORITY_ORDER.get(member.priority, 1), -(1.0 if reputation is None else reputation),
+                member.joined_at, member.pk)  # fmt: skip
+
+    ordered = sorted(members, key=rank)
     if not distinct_owners:
         return ordered
     owners, chosen = {m.miner.owner_id for m in excluding}, []

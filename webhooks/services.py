@@ -155,7 +155,14 @@ def _event_data(event_type: str, job) -> dict:
 
 def deliveries_record(events: list) -> None:
     """Record a delivery of each event (``(event_type, job)``) to each enabled endpoint of the job's
-    client that subscribes to it, in the caller's transaction; send them once it commits."""
+    client that subscribes to it, in the caller's transaction; send them once it commits.
+
+    The attempts of a verified job (``Job.parent``) are the platform's way of answering it, not
+    jobs of the client's: the client hears of its own job's end, not theirs. (A swarm's shares are
+    jobs the coordinating client submitted, each escrowed and receipted: their events are sent.)"""
+    events = [(event_type, job) for event_type, job in events if job.parent_id is None]
+    if not events:
+        return
     endpoints = _enabled_endpoints({job.client_id for _, job in events})
     if not endpoints:
         return

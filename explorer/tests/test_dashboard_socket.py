@@ -17,6 +17,7 @@ from aitbc_site import settings as site_settings
 from aitbc_site.routing import websocket_urlpatterns
 from explorer import consumers, selectors
 from jobs import feed
+from jobs.models import Job
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
@@ -380,3 +381,19 @@ def test_a_connect_that_fails_leaves_no_group_membership(client_api, monkeypatch
     async_to_sync(scenario)()
 
     assert not get_channel_layer().groups.get(feed.user_group(client_api.user.pk))
+
+
+def test_a_verified_jobs_attempts_are_not_shown_to_its_client_as_jobs(client_api, monkeypatch):
+    posted = []
+    monkeypatch.setattr(feed, "_post", posted.extend)
+    job_id = client_api.post(
+        "/v1/jobs", {"payload": {"prompt": "hi", "model": "llama3.2"}, "verification": {"redundancy": 2}}, format="json"
+    ).json()["job_id"]
+    parent = Job.objects.get(pk=job_id)
+    attempts = list(Job.objects.filter(parent=parent))
+    posted.clear()
+
+    feed.publish_jobs_changed([parent, *attempts])
+
+    mine = [event["data"]["job_id"] for group, event in posted if group == feed.user_group(client_api.user.pk)]
+    assert mine == [job_id]

@@ -331,3 +331,15 @@ def test_a_browser_page_from_another_site_is_refused(client_api, job_id, setting
     assert not connects_through_the_production_stack(job_id, headers)
     headers["Origin"] = "https://coordinator.example.com"
     assert connects_through_the_production_stack(job_id, headers)
+
+
+def test_a_verified_jobs_attempts_are_followed_by_staff_not_by_the_client(client_api, make_api):
+    job_id = client_api.post(
+        "/v1/jobs", {"payload": {"prompt": "hi", "model": "llama3.2"}, "verification": {"redundancy": 2}}, format="json"
+    ).json()["job_id"]
+    attempt_id = str(Job.objects.filter(parent_id=job_id).values_list("pk", flat=True).first())
+    admin = make_api("admin", "operator")
+
+    assert close_code_for(attempt_id, headers={"X-Api-Key": client_api.raw_key}) == 4404
+    assert snapshot_for(job_id, headers={"X-Api-Key": client_api.raw_key})[1]["job_id"] == job_id
+    assert snapshot_for(attempt_id, headers={"X-Api-Key": admin.raw_key})[1]["job_id"] == attempt_id

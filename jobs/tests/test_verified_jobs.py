@@ -9,18 +9,20 @@ from decimal import Decimal
 
 import pytest
 from django.db import connections
+from django.test.utils import CaptureQueriesContext
 
 from accounts.services import user_get_or_create
 from core.errors import Conflict
+from jobs import verification
 from jobs.models import Job, JobStatus, Verdict, VerdictKind
 from jobs.selectors import miner_reputation
 from jobs.services import job_claim, job_complete, job_submit, jobs_expire_queued
-from jobs.verification import verifications_end_past_ttl
+from jobs.verification import verifications_decide_stalled, verifications_end_past_ttl
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_register
 from payments.models import Payment, PaymentStatus, Wallet
-from payments.services import wallet_open
+from payments.services import treasury_mint, wallet_open
 
 MODEL = "llama3.2"
 PROMPT = {"type": "inference", "model": MODEL, "prompt": "What is the capital of France?"}
@@ -75,6 +77,7 @@ def test_redundancy_3_with_one_liar_agrees_without_it_and_pays_the_liar_nothing(
     assert submitted.json()["status"] == "running"
     assert submitted.json()["price"] == "6.00000000"
     assert submitted.json()["verification"] == {"redundancy": 3, "agreement": "exact", "threshold": None}
+    assert submitted.json()["payment_status"] == "escrowed" and submitted.json()["amount_charged"] is None
     assert balance("alice") == client_before - 6
 
     claims = {name: poll(api) for name, api in (("liar", liar), ("honest-1", honest_1), ("honest-2", honest_2))}
@@ -87,6 +90,8 @@ def test_redundancy_3_with_one_liar_agrees_without_it_and_pays_the_liar_nothing(
 
     view = client_api.get(f"/v1/jobs/{job_id}").json()
     assert view["status"] == "completed" and view["result"] == {"text": "Paris."}
+    # What the client paid is what its agreeing attempts were paid.
+    assert view["payment_status"] == "released" and view["amount_charged"] == "4.00000000"
     receipt = client_api.get(f"/v1/jobs/{job_id}/receipt").json()
     assert receipt["job_id"] == job_id
     assert receipt["providers"] == ["honest-1", "honest-2"]
@@ -150,6 +155,7 @@ def test_no_consensus_fails_the_job_and_refunds_everything(client_api, make_api)
 
     view = client_api.get(f"/v1/jobs/{job_id}").json()
     assert view["status"] == "failed" and view["error_code"] == "NO_CONSENSUS"
+    assert view["payment_status"] == "refunded" and view["amount_charged"] is None
     assert balance("alice") == before
     payments = Payment.objects.filter(job__parent_id=job_id)
     assert sorted(payments.values_list("status", flat=True)) == [PaymentStatus.REFUNDED] * 3
@@ -173,6 +179,7 @@ def test_no_consensus_before_the_ttl_fails_the_job_and_refunds_everything(client
 
     view = client_api.get(f"/v1/jobs/{job_id}").json()
     assert view["status"] == "failed" and view["error_code"] == "NO_CONSENSUS"
+    assert view["payment_status"] == "refunded" and view["amount_charged"] is None
     assert balance("alice") == before
 
 
@@ -477,3 +484,67 @@ def test_a_min_reputation_is_kept_for_matching(client_api):
     job_id = client_api.post("/v1/jobs", {"payload": PROMPT, "min_reputation": 0.8}, format="json").json()["job_id"]
 
     assert Job.objects.get(pk=job_id).req_min_reputation == 0.8
+
+
+@pytest.mark.django_db
+def test_a_decision_that_failed_after_the_last_result_is_taken_up_by_housekeeping(monkeypatch):
+    miners = [_register(f"rig-{i}", f"owner-{i}") for i in range(2)]
+    job = job_submit(client=user_get_or_create(username="alice"), model=MODEL, payload=PROMPT,
+                     verification={"redundancy": 2}).job  # fmt: skip
+    _run(miners[0], "Paris.")
+    (attempt,) = job_claim(miner=miners[1])
+
+    def broken(parent, attempts, *, past_deadline):
+        raise RuntimeError("the decision broke")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(verification, "_decide_verified", broken)
+        with pytest.raises(RuntimeError):
+            job_complete(job_id=attempt.pk, miner=miners[1], result={"text": "Paris."}, lease_token=attempt.lease_token)
+    assert Job.objects.get(pk=attempt.pk).status == JobStatus.COMPLETED
+    assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
+
+    assert verifications_decide_stalled() == 1
+
+    job.refresh_from_db()
+    assert (job.status, job.result) == (JobStatus.COMPLETED, {"text": "Paris."})
+    assert verifications_decide_stalled() == 0
+
+
+@pytest.mark.django_db
+def test_housekeeping_leaves_verified_jobs_with_attempts_still_out_to_them():
+    miners = [_register(f"rig-{i}", f"owner-{i}") for i in range(2)]
+    job = job_submit(client=user_get_or_create(username="alice"), model=MODEL, payload=PROMPT,
+                     verification={"redundancy": 2}).job  # fmt: skip
+    _run(miners[0], "Paris.")
+
+    assert verifications_decide_stalled() == 0
+    assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_decision_with_a_liar_costs_a_fixed_number_of_statements(monkeypatch):
+    client = user_get_or_create(username="alice")
+    treasury_mint(wallet=wallet_open(user=client), amount=100)
+    miners = [_register(f"rig-{i}", f"owner-{i}") for i in range(3)]
+    decide, captured = verification.verification_decide, []
+
+    def counted(**kwargs):
+        with CaptureQueriesContext(connections["default"]) as queries:
+            decided = decide(**kwargs)
+        captured.append([query["sql"] for query in queries.captured_queries])
+        return decided
+
+    monkeypatch.setattr(verification, "verification_decide", counted)
+    for _ in range(2):  # the second, with the payees' wallets in place
+        job = job_submit(client=client, model=MODEL, payload=PROMPT, payment_amount=1,
+                         verification={"redundancy": 3}).job  # fmt: skip
+        attempts = [job_claim(miner=miner)[0] for miner in miners]
+        for miner, attempt, text in zip(miners, attempts, ("Berlin.", "Paris.", "Paris."), strict=True):
+            job_complete(job_id=attempt.pk, miner=miner, result={"text": text}, lease_token=attempt.lease_token)
+        assert Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+
+    # BEGIN; lock the job, then its attempts; refund the liar (one statement for every refund); the
+    # payees' wallets, then settle the two that agreed (one statement for all); complete the job; its
+    # receipt; the verdicts; the liar's wrong answers (its stored reputation is written when it changes); COMMIT.
+    assert len(captured[-1]) == 11, "\n".join(captured[-1])

@@ -10,13 +10,14 @@ from django.db import connection
 from django.utils import timezone
 
 from jobs import services as job_services
-from jobs.models import Job, JobStatus, Verdict
+from jobs.models import FailedAttempt, Job, JobStatus, Verdict
 from jobs.selectors import miner_reputation
 from miners.models import Miner
 from payments.selectors import wallet_of
 from swarm.models import SwarmShare, SwarmTask
 from swarm.services import task_advance, tasks_advance_running
 from swarm.tests.conftest import MODEL
+from tests.factories import JobFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -329,3 +330,19 @@ def test_a_liar_suspended_for_its_lies_shows_so_and_gets_no_more_shares(swarm_of
         format="json",
     )
     assert (again.status_code, again.json()["error_code"]) == (409, "NOT_ENOUGH_MEMBERS")
+
+
+def test_members_of_equal_priority_are_chosen_by_reputation(swarm_of, client_api):
+    swarm_id, _ = swarm_of(3)
+    # The first member to join failed one of its two attempts: it ranks below the two others, of
+    # equal priority with no record yet.
+    first = Miner.objects.get(miner_id="member-0")
+    JobFactory(completed_by=first)
+    FailedAttempt.objects.create(job=JobFactory(claimed_by=first), miner=first, attempt=1, error_code="TIMEOUT")
+
+    started = coordinate(
+        client_api, swarm_id, {"prompt": "2+2?", "model": MODEL}, strategy="redundant", collaborators=2
+    )
+
+    chosen = SwarmShare.objects.filter(task_id=started["task_id"]).values_list("member__miner__miner_id", flat=True)
+    assert sorted(chosen) == ["member-1", "member-2"]

@@ -142,12 +142,15 @@ def test_redis_outage_loses_nothing_and_housekeeping_resumes(deploy):
         await chaos.wait_for_completions(80)
         await chaos.redis_outage(3)
         await load
+        # On a slow host the load may have ended while Redis was away: recovery counts the first
+        # job accepted after it is back.
+        await chaos.submit(20)
         await chaos.drain()
         await chaos.sealed()
 
     run(scenario)
     report = assert_kept(chaos, recovery_within_s=3 + OUTAGE_RECOVERY_S)
-    assert report["invariants"]["jobs_accepted"] == 400
+    assert report["invariants"]["jobs_accepted"] == 420
     [outage] = report["faults"]
     # The API stays up while Redis is away, and nothing fails once it is back.
     assert outage["requests_failed_while_out"] == 0

@@ -3,6 +3,7 @@ retries with backoff, and the addresses a delivery may not reach."""
 
 import itertools
 import time
+import uuid
 from datetime import timedelta
 from decimal import Decimal
 
@@ -394,3 +395,26 @@ def test_an_event_that_read_no_webhooks_while_one_was_being_created_does_not_hid
     job_id = complete_job(client_api, miner_api, submit_job)
 
     assert [d.event_type for d in deliveries_of(job_id)] == ["job.completed"]
+
+
+def test_a_verified_jobs_events_are_its_own_not_its_attempts(client_api, make_api, register_miner, receiver):
+    WalletFactory(user=client_api.user, minted=Decimal(10))
+    create_webhook(client_api, receiver.url, events=["job.completed", "job.cancelled", "payment.released",
+                                                    "payment.refunded"])  # fmt: skip
+    miners = [make_api("miner", f"owner-{i}", miner_id=f"rig-{i}") for i in range(3)]
+    for miner in miners:
+        register_miner(miner)
+    body = {"payload": {"prompt": "hi", "model": "llama3.2"}, "payment_amount": "1", "verification": {"redundancy": 3}}
+    job_id = client_api.post("/v1/jobs", body, format="json").json()["job_id"]
+    for miner in miners[:2]:
+        lease = miner.post("/v1/miners/poll", {}, format="json").json()
+        done = miner.post(
+            f"/v1/miners/{lease['job_id']}/result", {"result": {"text": "hello"}, "lease_token": lease["lease_token"]},
+            format="json",
+        )  # fmt: skip
+        assert done.status_code == 200, done.content
+
+    # The two agreeing attempts are paid and the third cancelled and refunded: none of it is sent.
+    assert [(d.job_id, d.event_type) for d in WebhookDelivery.objects.order_by("id")] == [
+        (uuid.UUID(job_id), "job.completed")
+    ]
