@@ -30,9 +30,13 @@ def _stop_wakeup_listener(django_db_setup):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_rate_limits(settings):
-    # Counters live in Redis when REDIS_URL is set: give every test its own namespace.
-    settings.RATE_LIMIT_KEY_PREFIX = f"aitbc-test:{uuid.uuid4().hex}"
+def _isolated_cache_and_rate_limits(settings):
+    # Counters and the cache live in Redis when REDIS_URL is set, and outlive the test database:
+    # give every test its own namespace, or a mark keyed by a user id of an earlier run (ids start
+    # over with each test database) would stand for this test's user.
+    namespace = f"aitbc-test:{uuid.uuid4().hex}"
+    settings.RATE_LIMIT_KEY_PREFIX = namespace
+    settings.CACHES = {name: {**config, "KEY_PREFIX": namespace} for name, config in settings.CACHES.items()}
 
 
 @pytest.fixture
