@@ -178,7 +178,7 @@ REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
     from core.channel_layers import RedisChannelLayer
 
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "core.backends.redis_cache.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {
             # channels-redis, sending and receiving in bulk (core/channel_layers.py).
