@@ -9,6 +9,7 @@ going offline or ban are here too, since they extend or end the attempts the min
 import hashlib
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -706,6 +707,53 @@ def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) 
     return jobs
 
 
+class _KeptLeases:
+    """Jobs this process leased to polling miners, kept until their results come back.
+
+    A miner's keep-alive connection brings its result to the process that answered its poll:
+    the completion then signs the job as claimed, with no read of it, as an in-cluster worker
+    does with the jobs it hands back. Only a shortcut: the completing statement is fenced by the
+    lease token, the miner and the payment the job was claimed with, so a job changed since
+    (cancelled, re-leased, paid for) is left alone and read again. The oldest go first past
+    ``max_entries``; a job is taken once."""
+
+    def __init__(self, max_entries: int = 1024):
+        self.max_entries = max_entries
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def keep(self, jobs: list[Job]) -> None:
+        if connection.vendor != "postgresql":
+            return  # the portable completion reads its jobs in its own transaction
+        with self._lock:
+            for job in jobs:
+                self._jobs[str(job.pk)] = job
+            while len(self._jobs) > self.max_entries:
+                del self._jobs[next(iter(self._jobs))]
+
+    def take(self, job_id, *, miner: Miner, lease_token: str | None) -> Job | None:
+        """The job as ``miner`` leased it here, if the result names that lease (or none)."""
+        key = str(job_id)
+        with self._lock:
+            job = self._jobs.get(key)
+            if job is None or job.miner_id != miner.pk or (lease_token and lease_token != job.lease_token):
+                return None
+            del self._jobs[key]
+        return job
+
+    def clear(self) -> None:
+        with self._lock:
+            self._jobs.clear()
+
+
+kept_leases = _KeptLeases()
+
+
+def leases_keep(jobs: list[Job]) -> None:
+    """Keep jobs just leased to a polling miner in this process, for their results (``_KeptLeases``)."""
+    kept_leases.keep(jobs)
+
+
 def job_claim_specific(*, miner: Miner, job_id) -> Job:
     """The tutorial protocol's ``POST /v1/jobs/{id}/claim``: lease exactly this job or fail."""
     claimed = job_claim(miner=miner, limit=1, job_id=job_id)
@@ -870,6 +918,11 @@ def _complete_postgres(*, miner: Miner, outcomes: dict, now, read_again: bool = 
     # their receipts with one statement: for free jobs, two round trips and one transaction (the
     # statement's); a paid job's escrow settles in a transaction around the statement.
     given = {str(o.job.pk): o.job for o in outcomes.values() if o.job is not None}
+    for job_id, outcome in outcomes.items():
+        if job_id not in given and read_again:
+            kept = kept_leases.take(job_id, miner=miner, lease_token=outcome.lease_token)
+            if kept is not None:
+                given[job_id] = kept
     unread = [job_id for job_id in outcomes if job_id not in given]
     held = []
     for job in [*given.values(), *(_leased(miner, unread) if unread else [])]:

@@ -129,6 +129,7 @@ class PollView(MinerView):
         miner = self.miner()
         miner_services.miner_touch(miner=miner)
         jobs = services.job_claim_waiting(miner=miner, limit=max_jobs, wait_seconds=wait)
+        services.leases_keep(jobs)  # their results come back on this miner's connection, to this process
         if not jobs:
             return Response(status=status.HTTP_204_NO_CONTENT)
         if max_jobs == 1:

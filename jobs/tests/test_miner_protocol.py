@@ -423,3 +423,85 @@ def test_a_job_twice_in_a_batch_is_422(client_api, miner_api, register_miner, su
     twice = [{"job_id": job["job_id"], "result": {"output": "a"}}, {"job_id": job["job_id"], "result": {"output": "b"}}]
     assert post_results(miner_api, twice).status_code == 422
     assert Job.objects.get(pk=job["job_id"]).status == JobStatus.RUNNING
+
+
+@pytest.mark.postgres  # the portable completion reads its jobs in its own transaction
+def test_a_result_to_the_process_that_answered_the_poll_completes_the_job_as_leased_without_reading_it(
+    client_api, miner_api, register_miner, submit_job
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from core.crypto import signing
+    from jobs import sql
+
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    leased = poll(miner_api).json()
+    with CaptureQueriesContext(connection) as queries:
+        response = miner_api.post(
+            f"/v1/miners/{job['job_id']}/result",
+            {"result": {"output": "done"}, "lease_token": leased["lease_token"]},
+            format="json",
+        )
+    assert response.status_code == 200, response.content
+    assert not [q for q in queries if q["sql"].strip().startswith(sql.LEASED.strip()[:40])]
+    receipt = response.json()["receipt"]
+    assert signing.verify(receipt)[0]
+    assert receipt["metadata"]["attempt"] == 1
+    stored = Job.objects.get(pk=job["job_id"])
+    assert (stored.status, stored.result) == (JobStatus.COMPLETED, {"output": "done"})
+    assert stored.receipts.count() == 1
+
+
+@pytest.mark.postgres
+def test_a_job_leased_again_since_the_poll_kept_it_is_read_again(client_api, miner_api, register_miner, submit_job):
+    from django.db.models import F
+
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    leased = poll(miner_api).json()
+    # Its lease lapsed and the same miner leased it again elsewhere: a new token, a second attempt.
+    Job.objects.filter(pk=job["job_id"]).update(lease_token="second-lease", attempt=F("attempt") + 1)
+    stale = miner_api.post(
+        f"/v1/miners/{job['job_id']}/result",
+        {"result": {"output": "late"}, "lease_token": leased["lease_token"]},
+        format="json",
+    )
+    assert stale.status_code == 409
+    response = miner_api.post(f"/v1/miners/{job['job_id']}/result", {"result": {"output": "now"}}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["receipt"]["metadata"]["attempt"] == 2
+    stored = Job.objects.get(pk=job["job_id"])
+    assert (stored.status, stored.result, stored.receipts.count()) == (JobStatus.COMPLETED, {"output": "now"}, 1)
+
+
+@pytest.mark.postgres
+def test_another_miners_result_leaves_the_kept_job_to_its_holder(
+    client_api, miner_api, make_api, register_miner, submit_job
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from jobs import sql
+
+    register_miner(miner_api)
+    other = make_api("miner", "other-owner", miner_id="miner-2")
+    register_miner(other)
+    job = submit_job(client_api)
+    leased = poll(miner_api).json()
+    stolen = other.post(
+        f"/v1/miners/{job['job_id']}/result",
+        {"result": {"output": "stolen"}, "lease_token": leased["lease_token"]},
+        format="json",
+    )
+    assert stolen.status_code == 409
+    with CaptureQueriesContext(connection) as queries:
+        response = miner_api.post(
+            f"/v1/miners/{job['job_id']}/result",
+            {"result": {"output": "mine"}, "lease_token": leased["lease_token"]},
+            format="json",
+        )
+    assert response.status_code == 200, response.content
+    assert not [q for q in queries if q["sql"].strip().startswith(sql.LEASED.strip()[:40])]
+    assert Job.objects.get(pk=job["job_id"]).result == {"output": "mine"}
