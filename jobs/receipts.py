@@ -8,7 +8,9 @@ The explorer seals stored receipts into blocks (a database trigger queues each o
 """
 
 import uuid
+from functools import lru_cache
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -25,7 +27,13 @@ _CLIENT_PSEUDONYM_SALT = "aitbc.explorer.receipt-client"
 def client_pseudonym(user_id) -> str:
     """The client as receipts name it: the same for every receipt of one client, and not to be told
     from its username or id without the server's ``SECRET_KEY`` (an HMAC under a key derived from it)."""
-    return "clt_" + salted_hmac(_CLIENT_PSEUDONYM_SALT, str(user_id), algorithm="sha256").hexdigest()[:32]
+    return _pseudonym(settings.SECRET_KEY, str(user_id))
+
+
+@lru_cache(maxsize=4096)
+def _pseudonym(secret: str, user_id: str) -> str:
+    # Every receipt names its client: computed once per client (and key) in each process.
+    return "clt_" + salted_hmac(_CLIENT_PSEUDONYM_SALT, user_id, secret=secret, algorithm="sha256").hexdigest()[:32]
 
 
 def _signed_receipt(job: Job, *, provider: str, price, verification: dict | None = None) -> Receipt:

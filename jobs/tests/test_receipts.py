@@ -28,3 +28,14 @@ def test_a_paid_jobs_receipt_is_stored_after_its_escrow_and_before_its_settlemen
     # Signed before settling, the receipt names what the settlement then paid.
     charged = client_api.get(f"/v1/jobs/{job['job_id']}").json()["amount_charged"]
     assert Decimal(receipt.document["price"]) == Decimal(charged) > 0
+
+
+def test_a_clients_pseudonym_is_computed_once_per_process_and_key(settings):
+    from jobs import receipts
+
+    first = receipts.client_pseudonym(424242)
+    hits = receipts._pseudonym.cache_info().hits
+    assert receipts.client_pseudonym(424242) == first
+    assert receipts._pseudonym.cache_info().hits == hits + 1
+    settings.SECRET_KEY = "another-secret-key-for-this-test"
+    assert receipts.client_pseudonym(424242) != first
