@@ -16,7 +16,7 @@ time. ``--profile`` adds cProfile's top functions per route, by own time and by 
 (the profiler's clock is the thread's CPU time), ``--pstats DIR`` writes each route's profile for
 ``pstats``. Rate limits are off as in the other benchmarks unless ``--throttle``.
 
-    .venv/bin/python bench/hotpath.py [--requests 2000] [--profile] [--pstats DIR] [--throttle]
+    .venv/bin/python bench/hotpath.py [--requests 2000] [--profile] [--pstats DIR] [--throttle] [--routes submit,health]
 """
 
 from __future__ import annotations
