@@ -46,8 +46,9 @@ def guard_call(url: str, *commands: tuple) -> list:
     ``url`` in one round trip on a connection this thread keeps (one per process and thread).
 
     On the request path each guard is one or two commands: a connection of the thread's own spares
-    the client's pool, retries and events, most of a command's cost. Any failure (an error reply
-    included) closes the connection, the next call opening another, and raises ``redis.RedisError``.
+    the client's pool, retries and events, most of a command's cost. A connection the server closed
+    while it was idle is opened again before sending; any failure (an error reply included) closes
+    the connection, the next call opening another, and raises ``redis.RedisError``.
     """
     kept = getattr(_guard_connections, "by_url", None)
     if kept is None:
@@ -56,6 +57,15 @@ def guard_call(url: str, *commands: tuple) -> list:
     if pid != os.getpid():  # none yet, or the parent's before a fork: never share its socket
         connection = guard_client(url).connection_pool.make_connection()
         kept[url] = os.getpid(), connection
+    else:
+        try:
+            # Anything to read on a kept connection between calls: the server closed it (an idle
+            # client's timeout, a restart) or left something; a fresh one is opened as the pool would.
+            stale = connection.can_read(timeout=0)
+        except redis.ConnectionError:
+            stale = True
+        if stale:
+            connection.disconnect()
     try:
         connection.send_packed_command(connection.pack_commands(commands), check_health=False)
         return [connection.read_response() for _ in commands]

@@ -2,6 +2,7 @@
 
 import multiprocessing
 import threading
+import time
 
 import pytest
 import redis
@@ -78,3 +79,11 @@ def test_an_error_inside_the_limit_transaction_counts_the_request_in_process(red
     versioned.guard_call(redis_server.url, ("SET", "aitbc-test:not-a-counter", "x"))
     assert counter.incr("aitbc-test:not-a-counter", 60) is None
     assert counter.incr("aitbc-test:a-counter", 60) is None  # asked again only a second later
+
+
+def test_a_connection_the_server_closed_while_idle_is_opened_again_before_sending(redis_server):
+    url = redis_server.url
+    versioned.guard_call(url, ("CONFIG", "SET", "timeout", "1"))
+    versioned.guard_call(url, ("SET", "idle", "0"))
+    time.sleep(2.5)  # the server drops idle clients after a second, checked in its background cycle
+    assert versioned.guard_call(url, ("INCR", "idle")) == [1]
