@@ -147,9 +147,11 @@ class TaskRunner:
         except engine.InferenceError as error:
             body = {"agent_id": self.agent_id, "error": f"{error.code}: {error.message}", "lease_token": lease}
             self._request("POST", f"/v1/tasks/{task_id}/fail", json=body, allow_conflict=True)
+            logger.info("task %s failed (%s)", task_id, error.code)
         else:
             body = {"agent_id": self.agent_id, "result": result, "lease_token": lease}
             self._request("POST", f"/v1/tasks/{task_id}/result", json=body, allow_conflict=True)
+            logger.info("task %s answered", task_id)
         self.tasks_done += 1
 
     def execute(self, task_data: dict) -> dict:

@@ -310,6 +310,8 @@ class MinerAgent:
             logger.warning("job %s was no longer ours to report: %s", job_id, response.text[:200])
         else:
             self.jobs_done += 1
+            outcome = "completed" if answer.error is None else f"failed ({answer.error.code})"
+            logger.info("job %s (%s) %s", job_id, job.get("model", ""), outcome)
 
     def _request(self, method: str, path: str, *, accept=(), until_stopped=False, **kwargs) -> httpx.Response | None:
         """A request retried through network errors, 5xx and 429; another 4xx (unless in ``accept``) is fatal.

@@ -12,7 +12,9 @@ from jobs.models import Job, JobStatus
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_reference_agent_runs_a_submitted_task_on_the_engine(live_server, tiny_model, client_api, make_api, tmp_path):
+def test_reference_agent_runs_a_submitted_task_on_the_engine(
+    live_server, tiny_model, client_api, make_api, tmp_path, caplog
+):
     agent_key = make_api("agent", "agent-owner").raw_key
     body = {
         "task_data": {"task_type": "text-generation", "prompt": "The coordinator", "parameters": {"max_tokens": 6}},
@@ -37,6 +39,7 @@ def test_reference_agent_runs_a_submitted_task_on_the_engine(live_server, tiny_m
     task = client_api.get(f"/tasks/{task_id}").json()["task"]
     assert isinstance(task["result"]["text"], str)
     assert task["result"]["usage"]["completion_tokens"] > 0
+    assert f"task {task_id} answered" in caplog.text, "the agent says what it did, one line a task"
 
 
 def test_parameters_in_the_task_data_itself_apply(tiny_model):

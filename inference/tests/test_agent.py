@@ -139,6 +139,8 @@ def test_sigterm_finishes_the_running_jobs_then_exits(live_server, tiny_model, c
     returncode, output, job = run_until_job_is_running(live_server, client_api, miner_key, tmp_path, "--grace", "150")
     assert returncode == 0, output
     assert job.status == JobStatus.COMPLETED, output
+    assert f"job {job.pk} ({job.model}) completed" in output, "one line per job"
+    assert "HTTP Request:" not in output, "not one per request"
 
 
 def test_sigterm_past_the_grace_period_hands_the_job_back(live_server, tiny_model, client_api, miner_key, tmp_path):
