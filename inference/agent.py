@@ -330,7 +330,8 @@ class MinerAgent:
                     return response
                 if response.status_code < 500 and response.status_code != 429:
                     raise AgentError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-                problem = f"{response.status_code} {response.text[:200]}"
+                # One line: a proxy's error page is HTML over many.
+                problem = f"{response.status_code} {' '.join(response.text[:200].split())}"
             delay = next(delays, self.RETRY_DELAYS[-1] if until_stopped else None)
             if delay is None:
                 raise AgentError(f"{method} {path} failed: {problem}")
