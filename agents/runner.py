@@ -10,6 +10,7 @@ they may in a job's payload. A task without a type is text generation.
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,9 @@ class RunnerError(Exception):
 
 
 class TaskRunner:
+    # Seconds between the retries of a request the coordinator did not answer (a restart).
+    RETRY_DELAYS = (0.5, 1, 2, 5, 10)
+
     def __init__(
         self,
         *,
@@ -104,9 +108,12 @@ class TaskRunner:
         try:
             while not self._stop.is_set() and (self.max_tasks is None or self.tasks_done < self.max_tasks):
                 response = self._request(
-                    "POST", f"/v1/agents/{self.agent_id}/poll", json={"max_wait_seconds": self.poll_wait}
+                    "POST",
+                    f"/v1/agents/{self.agent_id}/poll",
+                    json={"max_wait_seconds": self.poll_wait},
+                    until_stopped=True,
                 )
-                if response.status_code == 204:
+                if response is None or response.status_code == 204:
                     continue
                 for task in response.json()["tasks"]:
                     self.answer(task)
@@ -147,9 +154,11 @@ class TaskRunner:
         except engine.InferenceError as error:
             body = {"agent_id": self.agent_id, "error": f"{error.code}: {error.message}", "lease_token": lease}
             self._request("POST", f"/v1/tasks/{task_id}/fail", json=body, allow_conflict=True)
+            logger.info("task %s failed (%s)", task_id, error.code)
         else:
             body = {"agent_id": self.agent_id, "result": result, "lease_token": lease}
             self._request("POST", f"/v1/tasks/{task_id}/result", json=body, allow_conflict=True)
+            logger.info("task %s answered", task_id)
         self.tasks_done += 1
 
     def execute(self, task_data: dict) -> dict:
@@ -163,8 +172,35 @@ class TaskRunner:
             except (httpx.HTTPError, RunnerError):
                 logger.warning("heartbeat failed; trying again")
 
-    def _request(self, method: str, path: str, *, allow_conflict: bool = False, **kwargs) -> httpx.Response:
-        response = self.http.request(method, path, **kwargs)
+    def _request(
+        self, method: str, path: str, *, allow_conflict: bool = False, until_stopped: bool = False, **kwargs
+    ) -> httpx.Response | None:
+        """A request retried through network errors, 5xx and 429 (a coordinator restarting, a proxy
+        with no server behind it yet); another 4xx is fatal.
+
+        After ``RETRY_DELAYS`` it fails, or, ``until_stopped``, goes on every last delay until the
+        agent is stopped (then ``None``)."""
+        delays = iter(self.RETRY_DELAYS)
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as error:
+                problem = str(error) or type(error).__name__
+            else:
+                if response.status_code < 500 and response.status_code != 429:
+                    return self._checked(response, allow_conflict=allow_conflict)
+                problem = f"{response.status_code} {response.reason_phrase}"
+            delay = next(delays, self.RETRY_DELAYS[-1] if until_stopped else None)
+            if delay is None:
+                raise RunnerError(f"{method} {path} failed: {problem}")
+            logger.warning("%s %s failed (%s); retrying in %ss", method, path, problem, delay)
+            if until_stopped:
+                if self._stop.wait(delay):
+                    return None
+            else:
+                time.sleep(delay)
+
+    def _checked(self, response: httpx.Response, *, allow_conflict: bool) -> httpx.Response:
         if response.status_code in (401, 403):
             raise RunnerError(f"The coordinator refused the key ({response.status_code}): {response.text}")
         if response.status_code == 409 and allow_conflict:

@@ -7,7 +7,7 @@ from django.db.models import Avg, Count, F, Q, Sum
 from django.utils import timezone
 
 from agents.models import Agent, AgentStatus, Execution, StepStatus, Task, Workflow
-from core.api.formats import iso_datetime
+from core.api.formats import iso_datetime, money_text
 from core.errors import NotFound
 from jobs.models import Job, JobPriority, JobStatus, JobType
 
@@ -179,7 +179,7 @@ def execution_view(execution: Execution) -> dict:
                 "attempts": row.attempts,
                 "output": row.output,
                 "error": row.error or None,
-                "cost": str(row.cost),
+                "cost": money_text(row.cost),
                 "started_at": iso_datetime(row.started_at),
                 "finished_at": iso_datetime(row.finished_at),
             }
@@ -187,8 +187,8 @@ def execution_view(execution: Execution) -> dict:
         },
         "inputs": execution.inputs,
         "final_result": execution.final_result,
-        "total_cost": str(execution.total_cost),
-        "budget": str(execution.budget) if execution.budget is not None else None,
+        "total_cost": money_text(execution.total_cost),
+        "budget": money_text(execution.budget),
         "error": execution.error or None,
         "verification_proof": proof,
         "started_at": iso_datetime(execution.started_at),

@@ -4,6 +4,7 @@ from django.contrib.auth.mixins import LoginRequiredMixin
 from django.templatetags.static import static
 from django.views.generic import RedirectView, TemplateView
 
+from catalog.selectors import catalog_with_miner_counts
 from explorer.selectors import live_network_figures, network_figures
 from jobs.selectors import job_counts_of_client, jobs_of_client
 from payments.selectors import wallet_of
@@ -21,6 +22,7 @@ class LandingView(TemplateView):
         return {
             **super().get_context_data(**kwargs),
             "network": network_figures(),
+            "catalog": list(catalog_with_miner_counts()),
             "coordinator_url": self.request.build_absolute_uri("/").rstrip("/"),
         }
 

@@ -310,6 +310,8 @@ class MinerAgent:
             logger.warning("job %s was no longer ours to report: %s", job_id, response.text[:200])
         else:
             self.jobs_done += 1
+            outcome = "completed" if answer.error is None else f"failed ({answer.error.code})"
+            logger.info("job %s (%s) %s", job_id, job.get("model", ""), outcome)
 
     def _request(self, method: str, path: str, *, accept=(), until_stopped=False, **kwargs) -> httpx.Response | None:
         """A request retried through network errors, 5xx and 429; another 4xx (unless in ``accept``) is fatal.
@@ -328,7 +330,8 @@ class MinerAgent:
                     return response
                 if response.status_code < 500 and response.status_code != 429:
                     raise AgentError(f"{method} {path}: {response.status_code} {response.text[:300]}")
-                problem = f"{response.status_code} {response.text[:200]}"
+                # One line: a proxy's error page is HTML over many.
+                problem = f"{response.status_code} {' '.join(response.text[:200].split())}"
             delay = next(delays, self.RETRY_DELAYS[-1] if until_stopped else None)
             if delay is None:
                 raise AgentError(f"{method} {path} failed: {problem}")

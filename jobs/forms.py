@@ -18,12 +18,13 @@ class JobSubmitForm(forms.Form):
         help_text="The prompt to complete, or the text to embed for an embedding model.",
     )
     max_tokens = forms.IntegerField(min_value=1, required=False, help_text="Leave empty for the model's default.")
+    # No initial value: a job that leaves it out runs with the model's default parameters (the
+    # shipped SmolLM2 answers greedily), as an API job does.
     temperature = forms.FloatField(
         min_value=0,
         max_value=payloads.MAX_TEMPERATURE,
-        initial=payloads.DEFAULT_TEMPERATURE,
         required=False,
-        help_text="0 is greedy and deterministic.",
+        help_text="Leave empty for the model's default; 0 is greedy and deterministic.",
     )
 
     def __init__(self, *args, catalog: list[CatalogModel], **kwargs):

@@ -4,10 +4,15 @@ programs. (``tests/chaos/test_scale_out.py`` runs the nginx site in front of rea
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from django.core.management import get_commands
+
+from aitbc_site.testing.pages import PASSWORD, make_user
+from aitbc_site.testing.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -78,3 +83,45 @@ def test_nginx_site_passes_nginx_t(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "test is successful" in done.stderr
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_browser_signs_in_through_the_nginx_site_on_a_port_of_its_own(live_server, tmp_path):
+    if shutil.which("nginx") is None:
+        pytest.skip("needs nginx (apt-get install nginx; .ci/run does)")
+    make_user("behind-nginx")
+    upstream = live_server.url.removeprefix("http://")
+    port = free_port()
+    site = (DEPLOY / "nginx" / "aitbc.conf").read_text().replace("listen 80;", f"listen 127.0.0.1:{port};")
+    site = re.sub(r"server 127\.0\.0\.1:\d+;", f"server {upstream};", site)
+    (tmp_path / "aitbc.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off;\npid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+        f"http {{\n    access_log off;\n    client_body_temp_path {tmp_path}/body;\n"
+        f"    proxy_temp_path {tmp_path}/proxy;\n    include {tmp_path}/aitbc.conf;\n}}\n"
+    )
+    server = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")])
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=origin, timeout=10) as browser:
+            deadline = time.monotonic() + 10
+            while True:
+                assert server.poll() is None, (tmp_path / "error.log").read_text()
+                try:
+                    form = browser.get("/login/")
+                    break
+                except httpx.HTTPError:
+                    assert time.monotonic() < deadline, "nginx did not answer"
+                    time.sleep(0.1)
+            token = browser.cookies["csrftoken"]
+            signed_in = browser.post(
+                "/login/",
+                data={"csrfmiddlewaretoken": token, "username": "behind-nginx", "password": PASSWORD},
+                headers={"Origin": origin, "Referer": f"{origin}/login/"},
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+    assert form.status_code == 200
+    assert signed_in.status_code == 302, signed_in.text[:300]

@@ -4,8 +4,10 @@ from django.conf import settings
 from webhooks import services
 
 
-class DeliveryFailed(Exception):
-    """An attempt failed: Dramatiq retries the message with exponential backoff and jitter."""
+class DeliveryFailed(dramatiq.Retry):
+    """An attempt failed: Dramatiq retries the message with exponential backoff and jitter. A ``Retry``,
+    so that an endpoint that is down is not logged as the server's error, with a traceback, at every
+    attempt: the delivery log keeps why each one failed."""
 
 
 def _retry_when(retries: int, exception: BaseException) -> bool:

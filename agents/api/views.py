@@ -41,7 +41,7 @@ from agents.api.serializers import (
     WorkflowWriteSerializer,
 )
 from agents.models import Agent, Execution, Task, Workflow
-from core.api.formats import iso_datetime
+from core.api.formats import iso_datetime, money_text
 from core.api.permissions import ApiKeyScope, IsAdmin, IsAgent, is_admin, request_scope
 from core.errors import ServiceError
 from jobs.models import JobPriority
@@ -113,7 +113,7 @@ def assigned_task(task: Task) -> dict:
             "attempt": task.job.attempt,
             "lease_token": task.job.lease_token,
             "lease_expires_at": iso_datetime(task.job.lease_expires_at),
-            "budget": str(task.job.price) if task.job.price is not None else None,
+            "budget": money_text(task.job.price),
         }
     ).data
 
@@ -361,7 +361,7 @@ class TaskDetailView(APIView):
             "attempt": job.attempt,
             "result": result,
             "error": job.error_message or None,
-            "budget": str(job.price) if job.price is not None else None,
+            "budget": money_text(job.price),
             "payment_status": job.payment_status,
             "receipt": receipt_document(job),
             "submitted_at": iso_datetime(job.created_at),
@@ -434,7 +434,7 @@ def workflow_view(workflow: Workflow) -> dict:
         "steps": workflow.steps,
         "dependencies": workflow.dependencies,
         "max_execution_time": workflow.max_execution_time,
-        "max_cost_budget": str(workflow.max_cost_budget) if workflow.max_cost_budget is not None else None,
+        "max_cost_budget": money_text(workflow.max_cost_budget),
         "requires_verification": workflow.requires_verification,
         "verification_level": workflow.verification_level,
         "tags": workflow.tags,

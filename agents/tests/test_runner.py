@@ -3,6 +3,7 @@
 import threading
 import time
 
+import httpx
 import pytest
 
 from agents.runner import RunnerError, TaskRunner
@@ -12,7 +13,9 @@ from jobs.models import Job, JobStatus
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_reference_agent_runs_a_submitted_task_on_the_engine(live_server, tiny_model, client_api, make_api, tmp_path):
+def test_reference_agent_runs_a_submitted_task_on_the_engine(
+    live_server, tiny_model, client_api, make_api, tmp_path, caplog
+):
     agent_key = make_api("agent", "agent-owner").raw_key
     body = {
         "task_data": {"task_type": "text-generation", "prompt": "The coordinator", "parameters": {"max_tokens": 6}},
@@ -37,6 +40,7 @@ def test_reference_agent_runs_a_submitted_task_on_the_engine(live_server, tiny_m
     task = client_api.get(f"/tasks/{task_id}").json()["task"]
     assert isinstance(task["result"]["text"], str)
     assert task["result"]["usage"]["completion_tokens"] > 0
+    assert f"task {task_id} answered" in caplog.text, "the agent says what it did, one line a task"
 
 
 def test_parameters_in_the_task_data_itself_apply(tiny_model):
@@ -82,3 +86,41 @@ def test_the_embedded_agent_answers_the_reference_example_in_process(tiny_model,
     task = client_api.get(f"/tasks/{task_id}").json()["task"]
     assert (task["status"], task["agent_id"]) == ("completed", "embedded")
     assert isinstance(task["result"]["text"], str)
+
+
+def test_the_agent_waits_out_a_coordinator_that_restarts_instead_of_dying(monkeypatch):
+    answers = iter([httpx.ConnectError("refused"), 502, 503, 200])
+    requests = []
+
+    def coordinator(request):
+        requests.append(request.url.path)
+        if request.url.path.endswith("/poll"):
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            if answer == 200:
+                return httpx.Response(200, json={"tasks": [{"task_id": "t-1", "lease_token": "l", "task_data": {}}]})
+            return httpx.Response(answer, text="<html>Bad Gateway</html>")
+        return httpx.Response(200, json={"status": "success"})
+
+    runner = TaskRunner(
+        url="http://coordinator", api_key="k", agent_id="steady", generation_model=None, embedding_model=None,
+        heartbeat_seconds=60, max_tasks=1, transport=httpx.MockTransport(coordinator),
+    )  # fmt: skip
+    monkeypatch.setattr(TaskRunner, "RETRY_DELAYS", (0.01, 0.01))
+    monkeypatch.setattr(runner, "load_models", lambda: None)
+    monkeypatch.setattr(runner, "execute", lambda task_data: {"text": "done"})
+
+    assert runner.run() == 1
+    assert requests == ["/v1/agents/register"] + ["/v1/agents/steady/poll"] * 4 + ["/v1/tasks/t-1/result"]
+
+
+def test_a_report_the_coordinator_keeps_failing_ends_in_a_readable_error(monkeypatch):
+    runner = TaskRunner(
+        url="http://coordinator", api_key="k", agent_id="steady", generation_model=None, embedding_model=None,
+        transport=httpx.MockTransport(lambda request: httpx.Response(502)),
+    )  # fmt: skip
+    monkeypatch.setattr(TaskRunner, "RETRY_DELAYS", (0.01, 0.01))
+
+    with pytest.raises(RunnerError, match="502 Bad Gateway"):
+        runner._request("POST", "/v1/tasks/t-1/result", json={})

@@ -233,6 +233,21 @@ def test_cancel_mid_run_cancels_running_steps_and_starts_nothing_new(client_api,
     assert client_api.post(f"/v1/agents/executions/{execution_id}/cancel").status_code == 409
 
 
+def test_amounts_are_written_with_eight_decimals_zeros_included(client_api, smollm_is_tiny):
+    workflow = {**BRIEF, "max_cost_budget": "5"}
+    workflow_id = client_api.post("/v1/agents/workflows", workflow, format="json").json()["id"]
+    assert client_api.get(f"/v1/agents/workflows/{workflow_id}").json()["max_cost_budget"] == "5.00000000"
+    execution_id = client_api.post(
+        f"/v1/agents/workflows/{workflow_id}/execute", {"inputs": {"topic": "Oslo"}}, format="json"
+    ).json()["execution_id"]
+
+    view = client_api.get(f"/v1/agents/executions/{execution_id}").json()
+
+    assert view["step_states"]["merge"]["cost"] == "0.00000000", "a waiting step has cost nothing yet"
+    assert view["total_cost"] == "0.00000000"
+    assert view["budget"] == "5.00000000"
+
+
 def test_two_advancers_at_once_start_each_step_once(client_user_workflow, monkeypatch):
     monkeypatch.setattr(services, "advance_after_commit", lambda execution_id: None)
     workflow, client = client_user_workflow

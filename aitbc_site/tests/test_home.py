@@ -1,3 +1,5 @@
+import re
+
 from django.contrib.staticfiles import finders
 
 from explorer.services import block_seal
@@ -23,6 +25,25 @@ def test_anonymous_visitors_get_the_public_landing_page_with_figures_and_links(c
         assert link in content, link
     assert "runminer --url http://testserver --api-key" in content, "how to join as a miner"
     assert "Hello," not in content
+
+
+def test_every_link_of_the_landing_page_opens_for_an_anonymous_visitor(client, db):
+    content = client.get("/").content.decode()
+    links = set(re.findall(r'href="(/[^"#]*)"', content)) - {"/"}
+    assert links
+    for link in links:
+        if link.startswith("/static/"):
+            continue
+        assert client.get(link).status_code in (200, 301, 302), link
+
+
+def test_landing_page_lists_the_catalog_with_its_miners_online(client, miner):
+    response = client.get("/")
+    catalog = {model.name: model.online_miners for model in response.context["catalog"]}
+    assert catalog and all(count >= 0 for count in catalog.values())
+    content = response.content.decode()
+    for name in catalog:
+        assert f"<code>{name}</code>" in content, name
 
 
 def test_landing_page_reads_a_fixed_number_of_queries(client, alice, finished_job, django_assert_max_num_queries):

@@ -116,6 +116,31 @@ def test_unknown_api_path_is_json_404(path):
     assert response.json() == {"detail": "Not found.", "error_code": "NOT_FOUND"}
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path", ["/jobs/00000000-0000-0000-0000-000000000000/", "/explorer/blocks/99999/", "/nowhere/"]
+)
+def test_a_browser_asking_for_a_page_that_is_not_there_gets_a_page(browser, path):
+    response = browser.get(path, HTTP_ACCEPT=BROWSER_ACCEPT)
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("text/html")
+    assert b'<a class="brand" href="/">AITBC</a>' in response.content
+    assert b"Not found" in response.content
+    program = browser.get(path)
+    assert program.status_code == 404
+    assert program.json() == {"detail": "Not found.", "error_code": "NOT_FOUND"}
+
+
+@pytest.mark.django_db
+def test_the_api_answers_json_even_to_a_browser():
+    response = APIClient().get("/v1/no-such-route", HTTP_ACCEPT=BROWSER_ACCEPT)
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not found.", "error_code": "NOT_FOUND"}
+
+
 # --- Rate limits ----------------------------------------------------------------------
 
 

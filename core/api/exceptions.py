@@ -98,7 +98,13 @@ def _suspicious_request(exc: SuspiciousOperation | None) -> tuple[int, dict]:
 
 
 def _wants_json(request) -> bool:
-    return not request.path.startswith("/admin/")
+    """JSON for programs; pages for the admin, and for a browser (it asks for HTML) outside ``/v1/`` and
+    ``/api/``, so that a page that is not there is a page saying so."""
+    if request.path.startswith("/admin/"):
+        return False
+    if request.path.startswith(("/v1/", "/api/")):
+        return True
+    return "text/html" not in request.headers.get("Accept", "")
 
 
 def error_response(request, *, status: int, detail: str, code: str) -> HttpResponse:

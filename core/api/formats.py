@@ -6,3 +6,9 @@ def iso_datetime(value) -> str | None:
         return None
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def money_text(value) -> str | None:
+    """An amount of AITBC as the API writes it: eight decimals, never an exponent (``str`` of a zero
+    read from a ``numeric(24, 8)`` column is ``0E-8``)."""
+    return None if value is None else f"{value:.8f}"

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from inference import engine
@@ -139,6 +140,8 @@ def test_sigterm_finishes_the_running_jobs_then_exits(live_server, tiny_model, c
     returncode, output, job = run_until_job_is_running(live_server, client_api, miner_key, tmp_path, "--grace", "150")
     assert returncode == 0, output
     assert job.status == JobStatus.COMPLETED, output
+    assert f"job {job.pk} ({job.model}) completed" in output, "one line per job"
+    assert "HTTP Request:" not in output, "not one per request"
 
 
 def test_sigterm_past_the_grace_period_hands_the_job_back(live_server, tiny_model, client_api, miner_key, tmp_path):
@@ -152,3 +155,19 @@ def test_runminer_batches_as_many_jobs_as_an_in_cluster_worker_by_default(settin
     settings.INFERENCE_BATCH_SIZE = 24
     parser = RunMiner().create_parser("manage.py", "runminer")
     assert parser.parse_args(["--models", TINY]).batch_size == 24
+
+
+def test_a_coordinator_down_behind_a_proxy_is_retried_and_logged_on_one_line(monkeypatch, caplog):
+    page = "<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body>\n</html>\n"
+    answers = iter([httpx.Response(502, text=page), httpx.Response(200, json={"status": "ok"})])
+    agent = MinerAgent(
+        url="http://coordinator", api_key="k", models=[TINY], miner_id="steady",
+        transport=httpx.MockTransport(lambda request: next(answers)),
+    )  # fmt: skip
+    monkeypatch.setattr(MinerAgent, "RETRY_DELAYS", (0.01,))
+
+    assert agent._request("POST", "/v1/miners/heartbeat").status_code == 200
+
+    [warning] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "\n" not in warning
+    assert "502 <html> <head><title>502 Bad Gateway</title>" in warning

@@ -200,6 +200,16 @@ def test_submit_form_defaults_to_a_chat_model_not_the_embedding_one(browser):
     assert '<option value="smollm2-135m" selected>' in response.content.decode()
 
 
+def test_a_prompt_sent_as_the_form_comes_runs_with_the_models_default_parameters(browser, alice):
+    form = browser.get("/jobs/").context["form"]
+    assert form["temperature"].value() is None, "the form offers no temperature of its own"
+
+    browser.post("/jobs/", {"model": "smollm2-135m", "prompt": "What is the capital of France?", "temperature": ""})
+
+    job = Job.objects.get(client=alice)
+    assert job.payload["params"]["temperature"] == 0, "the catalog's default: SmolLM2 answers greedily"
+
+
 def test_model_labels_and_the_job_page_nest_no_parentheses(browser, alice, queued_job):
     labels = [label for _, label in browser.get("/jobs/").context["form"].fields["model"].choices]
     assert labels == ["minilm-l6 — embedding, 0 miners online", "smollm2-135m — chat, 0 miners online"]

@@ -2,6 +2,7 @@
 retries with backoff, and the addresses a delivery may not reach."""
 
 import itertools
+import logging
 import time
 import uuid
 from datetime import timedelta
@@ -245,7 +246,7 @@ def test_enabling_a_disabled_webhook_sends_what_waits(
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_endpoint_is_retried_with_growing_delays_then_disabled_and_its_owner_told(
-    make_api, receiver, settings, monkeypatch
+    make_api, receiver, settings, monkeypatch, caplog
 ):
     receiver.statuses = [500]
     settings.WEBHOOK_RETRY_SECONDS = 1.5
@@ -278,6 +279,8 @@ def test_a_failing_endpoint_is_retried_with_growing_delays_then_disabled_and_its
     endpoint = WebhookEndpoint.objects.get()
     assert not endpoint.enabled
     assert "HTTP 500" in endpoint.disabled_reason
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [], "an endpoint that is down is not the server's error"
     # Nothing more is sent to a disabled endpoint.
     assert services.delivery_attempt(message_id=delivery.message_id) == services.SKIPPED
     browser = Client()

@@ -33,6 +33,8 @@ class Command(BaseCommand):
         if not options["api_key"]:
             raise CommandError("An agent API key is required (--api-key or AITBC_API_KEY).")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # One line per job, not one per request: httpx logs every poll, heartbeat and streamed batch at INFO.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         runner = TaskRunner(
             url=options["url"],
             api_key=options["api_key"],

@@ -54,6 +54,8 @@ class Command(BaseCommand):
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1.")
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # One line per job, not one per request: httpx logs every poll, heartbeat and streamed batch at INFO.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         agent = MinerAgent(
             url=options["url"],
             api_key=options["api_key"],
