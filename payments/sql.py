@@ -5,27 +5,35 @@ embedded store); this one saves a dozen round trips and the ORM's own cost.
 """
 
 from core.rawsql import columns
-from payments.models import Payment, PaymentStatus, TransactionKind
+from payments.models import Payment, PaymentStatus, TransactionKind, WalletKind
 
-# The wallets of the payees (users' ids, each once) and the fees wallet, ``(user id, wallet id)``
-# each (the fees wallet's user id is null); a payee without a wallet is left out.
-WALLETS_OF_SETTLEMENT = """
-SELECT user_id, id FROM payments_wallet WHERE user_id = ANY(%(payees)s) OR kind = 'fees'
+# The payees (users' ids) that have a wallet, and whether the fees wallet is there: a settlement
+# that left charges alone asks, to open what is missing.
+WALLETS_OF_SETTLEMENT = f"""
+SELECT user_id FROM payments_wallet WHERE user_id = ANY(%(payees)s) OR kind = '{WalletKind.FEES}'
 """
 
 # For each escrowed payment of the given jobs (locked): the charge capped by what was held, the
 # fee, a balanced ledger transaction (escrow → miner's owner, platform, client), the balances
 # moved once per wallet after locking every wallet in id order, and the payment updated (returned
-# as the job's id, then the payment's columns). Each charge names the wallet of its payee.
+# as the job's id, then the payment's columns). Each charge names its payee (a user's id): its
+# wallet and the fees wallet are found here, and a charge whose payee has no wallet yet, or any
+# charge while the fees wallet is missing, is left alone (the caller opens them and settles it again).
 SETTLE = f"""
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(charges)s::jsonb)
-        AS v(job_id uuid, payment_id text, charge numeric, payee_wallet bigint)
+        AS v(job_id uuid, payment_id text, charge numeric, payee bigint)
+),
+fees AS (
+    SELECT id FROM payments_wallet WHERE kind = '{WalletKind.FEES}'
 ),
 pay AS (
     SELECT p.id, i.job_id, p.payer_id, p.escrow_id, p.amount, LEAST(GREATEST(i.charge, 0), p.amount) AS charge,
-           i.payee_wallet
-    FROM payments_payment p JOIN input i ON i.payment_id = p.payment_id
+           pw.id AS payee_wallet, fees.id AS fees_wallet
+    FROM payments_payment p
+    JOIN input i ON i.payment_id = p.payment_id
+    JOIN payments_wallet pw ON pw.user_id = i.payee
+    CROSS JOIN fees
     WHERE p.status = '{PaymentStatus.ESCROWED}'
     ORDER BY p.id
     FOR UPDATE OF p
@@ -35,8 +43,10 @@ split AS (
 ),
 locked AS (
     SELECT w.id FROM payments_wallet w
-    WHERE w.id IN (SELECT payer_id FROM split UNION SELECT escrow_id FROM split UNION SELECT payee_wallet FROM split)
-       OR w.id = %(fees_wallet)s
+    WHERE w.id IN (
+        SELECT payer_id FROM split UNION SELECT escrow_id FROM split UNION SELECT payee_wallet FROM split
+        UNION SELECT fees_wallet FROM split
+    )
     ORDER BY w.id
     FOR UPDATE
 ),
@@ -53,7 +63,7 @@ legs AS (
         (split.escrow_id, -split.amount),
         (split.payee_wallet, split.charge - split.fee),
         (split.payer_id, split.amount - split.charge),
-        (%(fees_wallet)s::bigint, split.fee)
+        (split.fees_wallet, split.fee)
     ) AS leg(wallet_id, amount)
     WHERE leg.amount <> 0
 ),
