@@ -245,10 +245,12 @@ def _agree(parent: Job, *, agreed: list[Job], outvoted: list[Job], active: list[
     now = timezone.now()
     reason = "Another answer was agreed on."
     cancelled = _cancel(active, now=now, reason=reason, save=connection.vendor != "postgresql")
-    services.refund_escrows(
-        [(attempt, reason) for attempt in cancelled] + [(attempt, "The answer was outvoted.") for attempt in outvoted]
+    # The agreeing attempts paid, the others refunded: one statement.
+    paid = services.settle_each(
+        agreed,
+        refunds=[(attempt, reason) for attempt in cancelled]
+        + [(attempt, "The answer was outvoted.") for attempt in outvoted],
     )
-    paid = services.settle_each(agreed)
     representative = agreed[0]
     parent.status, parent.result, parent.usage = JobStatus.COMPLETED, representative.result, representative.usage
     parent.progress, parent.completed_at, parent.error_code, parent.error_message = 100, now, "", ""
@@ -428,8 +430,7 @@ def _decide_canary(parent: Job, attempts: list[Job], *, past_deadline: bool) -> 
         right = agree(reference.result, probe.result, agreement=rule["agreement"], threshold=rule.get("threshold"))
         verdict_record(attempt=probe, kind=VerdictKind.CANARY_PASSED if right else VerdictKind.CANARY_FAILED)
         if right:
-            services.settle_each([probe])
-            services.refund_escrow(reference, reason="The canary's reference answer.")
+            services.settle_each([probe], refunds=[(reference, "The canary's reference answer.")])
             _close_canary(parent, reference, settled=[probe, reference])
         else:
             _fail(parent, attempts, code="CANARY_FAILED", message="The miner's answer differs from the reference.")

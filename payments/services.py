@@ -372,6 +372,39 @@ def _open_settlement_wallets(*, payees: dict) -> bool:
     return bool(missing) or None not in present
 
 
+def escrows_end(*, charges: list[tuple], refunds: list[tuple]) -> tuple[dict, dict]:
+    """``escrows_settle_each`` for ``charges`` and ``escrows_refund`` for ``refunds`` together (the
+    escrows a verified job's decision ends): on PostgreSQL one statement for all. Returns ``({job
+    id: payment settled}, {job id: payment refunded})``."""
+    if connection.vendor != "postgresql":
+        refunded = escrows_refund(refunds=refunds)
+        return (escrows_settle_each(charges=charges) if charges else {}), refunded
+    rows = [
+        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": str(credits(charge)), "payee": payee.pk}
+        for job, charge, payee in charges
+    ]
+    rows += [
+        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": None, "memo": reason[:300]}
+        for job, reason in refunds
+        if job.payment_id
+    ]
+    if not rows:
+        return {}, {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.ESCROWS_END,
+            {"rows": json.dumps(rows), "fee_percent": str(settings.PLATFORM_FEE_PERCENT), "now": timezone.now()},
+        )
+        ended = cursor.fetchall()
+    paid, refunded = {}, {}
+    for row, payment in zip(ended, rawsql.instances(Payment, ended, start=1), strict=True):
+        (refunded if payment.status == PaymentStatus.REFUNDED else paid)[row[0]] = payment
+    left = [(job, charge, payee) for job, charge, payee in charges if job.pk not in paid]
+    if left and _open_settlement_wallets(payees={payee.pk: payee for _, _, payee in left}):
+        paid |= _settle_postgres(charges=left, opened=True)
+    return paid, refunded
+
+
 def escrow_refund(*, job, reason: str) -> Payment | None:
     """Give a job's whole escrow back to the client (``refund:<job>``); once, whatever calls it."""
     payment = (

@@ -271,10 +271,14 @@ def test_listing_verified_jobs_reads_their_escrows_at_once(client_api, client):
             assert client_api.post("/v1/jobs", body, format="json").status_code == 201
 
     def queries(get):
-        with CaptureQueriesContext(connections["default"]) as captured:
-            response = get()
-        assert response.status_code == 200
-        return len(captured.captured_queries), response
+        # The fewer of two reads: a key's or session's occasional bookkeeping write is not the list's.
+        counts = []
+        for _ in range(2):
+            with CaptureQueriesContext(connections["default"]) as captured:
+                response = get()
+            assert response.status_code == 200
+            counts.append(len(captured.captured_queries))
+        return min(counts), response
 
     client.force_login(user_get_or_create(username="alice"))
     submit_verified(2)
@@ -636,8 +640,7 @@ def test_a_decision_with_a_liar_costs_a_fixed_number_of_statements(monkeypatch):
             job_complete(job_id=attempt.pk, miner=miner, result={"text": text}, lease_token=attempt.lease_token)
         assert Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
 
-    # BEGIN; lock the job and its attempts, read with their miners and payments; refund the liar (one
-    # statement for every refund); settle the two that agreed (one statement for all, the payees'
-    # wallets found in it); complete the job with its receipt, the verdicts and the liar's reputation
-    # (one statement); COMMIT.
-    assert len(captured[-1]) == 6, "\n".join(captured[-1])
+    # BEGIN; lock the job and its attempts, read with their miners and payments; settle the two that
+    # agreed and refund the liar (one statement, the payees' wallets found in it); complete the job
+    # with its receipt, the verdicts and the liar's reputation (one statement); COMMIT.
+    assert len(captured[-1]) == 5, "\n".join(captured[-1])
