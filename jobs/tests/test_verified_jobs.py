@@ -618,6 +618,7 @@ def test_a_decision_stores_the_reputation_the_selectors_count_and_suspends_a_rep
     assert liar.reputation_score == pytest.approx(1 / 4)
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_decision_with_a_liar_costs_a_fixed_number_of_statements(monkeypatch):
     client = user_get_or_create(username="alice")

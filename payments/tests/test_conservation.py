@@ -153,6 +153,7 @@ def test_a_verified_jobs_decision_settles_and_refunds_in_one_go_and_the_books_ba
     assert LedgerTransaction.objects.filter(kind="refund", memo="The answer was outvoted.").count() == 2
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_paid_completion_settles_in_one_statement_that_finds_the_wallets():
     (user,), miner = make_network(clients=1)
