@@ -6,7 +6,7 @@ from django.views.generic import RedirectView, TemplateView
 
 from catalog.selectors import catalog_with_miner_counts
 from explorer.selectors import live_network_figures, network_figures
-from jobs.selectors import job_counts_of_client, jobs_of_client
+from jobs.selectors import job_counts_of_client, jobs_of_client, with_attempt_escrows
 from payments.selectors import wallet_of
 from webhooks.selectors import disabled_endpoints_of
 
@@ -34,7 +34,7 @@ class OverviewView(LoginRequiredMixin, TemplateView):
         user = self.request.user
         return {
             **super().get_context_data(**kwargs),
-            "recent_jobs": jobs_of_client(user=user)[:RECENT_JOBS],
+            "recent_jobs": with_attempt_escrows(jobs_of_client(user=user)[:RECENT_JOBS]),
             "job_counts": job_counts_of_client(user=user),
             "wallet": wallet_of(user=user),
             "network": live_network_figures(),

@@ -35,7 +35,7 @@ from jobs import matching, sql
 from jobs.models import FailedAttempt, Job, JobPriority, JobStatus, Receipt, Verdict, VerdictKind
 from miners.models import Miner, MinerStatus, ServedModel
 from miners.selectors import gpu_miners
-from payments.models import LedgerEntry, TransactionKind
+from payments.models import LedgerEntry, Payment, TransactionKind
 
 RECENT_RUNS_WINDOW = timedelta(minutes=15)
 RECENT_RUNS = 200
@@ -390,6 +390,21 @@ def receipts_of_client(*, user, is_admin: bool = False) -> QuerySet[Receipt]:
 
 
 # --- What the pages show ------------------------------------------------------------------
+
+
+def with_attempt_escrows(jobs) -> list[Job]:
+    """``jobs`` as a list, the verified ones among them given their attempts' escrows
+    (``Job.attempt_escrows``, which their payment status and charge are read from) with one query
+    for all, not one each."""
+    jobs = list(jobs)
+    verified = {job.pk: job for job in jobs if job.verification and not job.parent_id}
+    if verified:
+        escrows = {pk: [] for pk in verified}
+        for payment in Payment.objects.filter(job__parent__in=list(verified)).annotate(parent_pk=F("job__parent")):
+            escrows[payment.parent_pk].append(payment)
+        for pk, job in verified.items():
+            job.__dict__["attempt_escrows"] = escrows[pk]
+    return jobs
 
 
 def jobs_of_client(*, user) -> QuerySet[Job]:

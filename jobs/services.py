@@ -43,9 +43,9 @@ from payments.services import (
     credits,
     escrow_hold,
     escrow_refund,
+    escrows_end,
     escrows_refund,
     escrows_settle,
-    escrows_settle_each,
     new_payment_id,
 )
 
@@ -426,18 +426,23 @@ def refund_escrows(refunds: list[tuple[Job, str]]) -> None:
             job.payment = refunded[job.pk]
 
 
-def settle_each(jobs: list[Job]) -> list[Decimal]:
+def settle_each(jobs: list[Job], *, refunds: list[tuple[Job, str]] = ()) -> list[Decimal]:
     """Pay each of these completed, paid jobs' escrows to its own miner's owner (the attempts of a
-    verified job that agreed, a canary answered right), all in one settlement; their charges, in order."""
+    verified job that agreed, a canary answered right), all in one settlement; their charges, in
+    order. ``refunds``: ``refund_escrow`` for these ``(job, reason)`` too, in the same statement
+    (on PostgreSQL)."""
     charges = [(job, _charge(job), job.miner.owner) for job in jobs if job.payment_id]
-    if not charges:
+    if not charges and not refunds:
         return []
-    paid = escrows_settle_each(charges=charges)
+    paid, refunded = escrows_end(charges=charges, refunds=list(refunds))
     unpaid = [job.pk for job, charge, _ in charges if job.pk not in paid or paid[job.pk].amount_paid != charge]
     if unpaid:
         raise RuntimeError(f"escrow of jobs {unpaid} did not settle as charged")
     for job, _, _ in charges:
         job.payment = paid[job.pk]
+    for job, _ in refunds:
+        if job.pk in refunded:
+            job.payment = refunded[job.pk]
     return [charge for _, charge, _ in charges]
 
 

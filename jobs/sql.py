@@ -12,9 +12,11 @@ from datetime import datetime
 
 from django.db import DEFAULT_DB_ALIAS, connections, models
 
+from accounts.models import User
 from core.rawsql import columns
 from jobs.matching import MINER_MEETS_JOB
-from jobs.models import Job, JobStatus, Receipt
+from jobs.models import FailedAttempt, Job, JobStatus, Receipt, Verdict
+from miners.models import Miner
 from payments.models import Payment
 
 # ``jobs_claim`` (``jobs.matching.CLAIM_FUNCTION``, installed by migration) locks the miner's row,
@@ -208,3 +210,103 @@ def _insert_param(field):
 
 
 _INSERT_PARAMS = [_insert_param(field) for field in _INSERT_FIELDS]
+
+
+# --- Verified jobs (``jobs.verification``) ------------------------------------------------
+
+# A decision's read: the verified job locked (``SKIP LOCKED``: one locked by another decision, or
+# a cancel, is left to it), then, while it runs, its attempts locked, each with its miner, the
+# miner's owner and its payment (NULL where there is none). One row per attempt, each holding the
+# job's columns first (one row of the job alone when there is no attempt to read). The rows are
+# the locked versions: an attempt completed while the lock was awaited is read completed.
+LOCK_VERIFIED = f"""
+WITH parent AS MATERIALIZED (
+    SELECT {columns(Job, "j")} FROM jobs_job j WHERE j.id = %(id)s FOR UPDATE SKIP LOCKED
+), attempts AS MATERIALIZED (
+    SELECT {columns(Job, "a")} FROM jobs_job a
+    WHERE a.parent_id = (
+        SELECT id FROM parent WHERE status = '{JobStatus.RUNNING}' AND verification <> '{{}}'::jsonb
+    )
+    ORDER BY a.completed_at, a.created_at
+    FOR UPDATE OF a
+)
+SELECT {columns(Job, "parent")}, {columns(Job, "attempts")}, {columns(Miner, "m")}, {columns(User, "u")},
+       {columns(Payment, "p")}
+FROM parent
+LEFT JOIN attempts ON true
+LEFT JOIN miners_miner m ON m.id = attempts.miner_id
+LEFT JOIN {User._meta.db_table} u ON u.id = m.owner_id
+LEFT JOIN payments_payment p ON p.payment_id = attempts.payment_id
+"""
+LOCK_VERIFIED_OFFSETS = tuple(
+    sum(len(model._meta.concrete_fields) for model in (Job, Job, Miner, User, Payment)[:n]) for n in range(5)
+)
+
+# Verdicts on answers, ``(job, miner, kind)`` each, once per job (a second is ignored), and, for
+# the miners among them given a wrong one (``%(wrong_miners)s``), the figures of their reputation
+# (``jobs.selectors.with_wrong_answers_counting``, the verdicts just inserted counted with the
+# others: the statement's own reads do not see its inserts): the reputation matching reads is
+# stored where it changed, and each such miner's row comes back as ``(id, wrong answers counting
+# towards a suspension, whether it is suspended)``.
+_VERDICTS = f"""
+verdicts AS (
+    INSERT INTO {Verdict._meta.db_table} (job_id, miner_id, kind, created_at)
+    SELECT v.job_id, v.miner_id, v.kind, %(now)s
+    FROM unnest(%(verdict_jobs)s::uuid[], %(verdict_miners)s::bigint[], %(verdict_kinds)s::text[])
+        AS v(job_id, miner_id, kind)
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING miner_id, kind, created_at
+), figures AS (
+    SELECT m.id, m.suspended_at,
+        (SELECT count(*) FROM jobs_job j
+         WHERE j.miner_id = m.id AND j.status = '{JobStatus.COMPLETED}' AND j.completed_at >= %(since)s) AS completed,
+        (SELECT count(*) FROM {FailedAttempt._meta.db_table} f
+         WHERE f.miner_id = m.id AND f.created_at >= %(since)s) AS failed,
+        (SELECT count(*) FROM {Verdict._meta.db_table} v
+         WHERE v.miner_id = m.id AND v.kind = ANY(%(wrong_kinds)s::text[]) AND v.created_at >= %(since)s)
+        + (SELECT count(*) FROM verdicts n
+           WHERE n.miner_id = m.id AND n.kind = ANY(%(wrong_kinds)s::text[]) AND n.created_at >= %(since)s) AS wrong,
+        (SELECT count(*) FROM {Verdict._meta.db_table} v
+         WHERE v.miner_id = m.id AND v.kind = ANY(%(wrong_kinds)s::text[])
+           AND v.created_at > GREATEST(%(since)s, COALESCE(m.suspension_lifted_at, %(since)s)))
+        + (SELECT count(*) FROM verdicts n
+           WHERE n.miner_id = m.id AND n.kind = ANY(%(wrong_kinds)s::text[])
+             AND n.created_at > GREATEST(%(since)s, COALESCE(m.suspension_lifted_at, %(since)s))) AS counting
+    FROM miners_miner m WHERE m.id = ANY(%(wrong_miners)s::bigint[])
+), reputations AS (
+    SELECT id, GREATEST(completed - wrong, 0)::float8 / NULLIF(completed + failed, 0)::float8 AS reputation
+    FROM figures
+), stored AS (
+    UPDATE miners_miner m SET reputation_score = r.reputation
+    FROM reputations r
+    WHERE m.id = r.id AND m.reputation_score IS DISTINCT FROM r.reputation
+    RETURNING m.id
+)"""
+VERDICTS = f"""
+WITH {_VERDICTS.strip()}
+SELECT f.id, f.counting, f.suspended_at IS NOT NULL, (SELECT count(*) FROM stored) FROM figures f
+"""
+
+# A verified job's agreed answer, in one statement: the job completed with it, the attempts still
+# out cancelled (``%(cancel)s``, with the reason ``%(reason)s``), its receipt inserted, and the
+# verdicts on the answers with their miners' reputations (as ``VERDICTS``, which it returns).
+AGREED = f"""
+WITH done AS (
+    UPDATE jobs_job SET status = '{JobStatus.COMPLETED}', result = %(result)s::jsonb, usage = %(usage)s::jsonb,
+        progress = 100, completed_at = %(now)s, error_code = '', error_message = '', updated_at = %(now)s
+    WHERE id = %(id)s
+    RETURNING id
+), cancelled AS (
+    UPDATE jobs_job SET status = '{JobStatus.CANCELLED}', completed_at = %(now)s, lease_expires_at = NULL,
+        error_code = %(cancel_code)s, error_message = %(reason)s, updated_at = %(now)s
+    WHERE id = ANY(%(cancel)s::uuid[])
+    RETURNING id
+), receipt AS (
+    INSERT INTO {Receipt._meta.db_table} (receipt_id, job_id, signed_json, opening, created_at)
+    SELECT %(receipt_id)s, id, %(signed_json)s, %(opening)s::jsonb, %(now)s FROM done
+    RETURNING 1
+), {_VERDICTS.strip()}
+SELECT f.id, f.counting, f.suspended_at IS NOT NULL,
+       (SELECT count(*) FROM stored), (SELECT count(*) FROM receipt), (SELECT count(*) FROM cancelled)
+FROM figures f
+"""

@@ -33,23 +33,27 @@ import random
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from accounts.models import User
 from accounts.services import user_get_or_create
+from core import rawsql
 from core.errors import ServiceError
-from jobs import services
+from jobs import services, sql
 from jobs.agreement import EXACT, SEMANTIC, agree, consensus, majority
 from jobs.models import Job, JobStatus, JobType, Verdict, VerdictKind
 from jobs.receipts import receipt_sign_agreed, receipts_store
-from jobs.selectors import with_reputation, with_wrong_answers_counting
+from jobs.selectors import REPUTATION_WINDOW, with_reputation, with_wrong_answers_counting
 from miners import services as miner_services
 from miners.models import Miner, MinerStatus
+from payments.models import Payment
 
 logger = logging.getLogger(__name__)
 
 NO_CONSENSUS = "NO_CONSENSUS"
+ATTEMPT_NOT_NEEDED = "ATTEMPT_NOT_NEEDED"
 # The similarity a canary's embedding must reach: the same model on another host gives the same
 # vectors up to rounding.
 CANARY_EMBEDDING_THRESHOLD = 0.99
@@ -79,25 +83,57 @@ def verdict_record(*, attempt: Job, kind: str) -> Verdict:
 
 def verdicts_record(*, verdicts: list[tuple[Job, str]]) -> None:
     """Record verdicts, ``(attempt, kind)`` each, on answers their miners completed, once per job
-    (a second verdict on a job is ignored), in the caller's transaction. A wrong answer refreshes its miner's stored reputation
-    and suspends the miner when it is one too many; an agreeing one changes neither."""
+    (a second verdict on a job is ignored), in the caller's transaction. A wrong answer refreshes
+    its miner's stored reputation and suspends the miner when it is one too many; an agreeing one
+    changes neither. On PostgreSQL one statement (``jobs.sql.VERDICTS``)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(sql.VERDICTS, _verdict_params(verdicts, now=timezone.now()))
+            _suspend_past_threshold(verdicts, cursor.fetchall())
+        return
     Verdict.objects.bulk_create(
         [Verdict(job=attempt, miner_id=attempt.miner_id, kind=kind) for attempt, kind in verdicts],
         ignore_conflicts=True,
     )
-    wrong = {attempt.miner_id: (attempt, kind) for attempt, kind in verdicts if kind in VerdictKind.WRONG}
+    wrong = {attempt.miner_id for attempt, kind in verdicts if kind in VerdictKind.WRONG}
     if not wrong:
         return
+    figures = []
     for miner in with_wrong_answers_counting(Miner.objects.filter(pk__in=list(wrong))):
         miner_services.miner_set_reputation(miner=miner, reputation=miner.reputation)
-        if miner.suspended_at is None and miner.wrong_counting >= settings.VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS:
-            attempt, kind = wrong[miner.pk]
-            what = "failed canary" if kind == VerdictKind.CANARY_FAILED else "outvoted answer"
-            miner_services.miner_suspend(
-                miner=miner,
-                reason=f"{miner.wrong_counting} wrong answers (outvoted or failed canaries) in the reputation "
-                f"window; the last, a {what}, on job {attempt.pk}.",
-            )
+        figures.append((miner.pk, miner.wrong_counting, miner.suspended_at is not None))
+    _suspend_past_threshold(verdicts, figures)
+
+
+def _verdict_params(verdicts: list[tuple[Job, str]], *, now) -> dict:
+    """The parameters of ``jobs.sql.VERDICTS`` (and of ``AGREED``) for ``verdicts``."""
+    return {
+        "verdict_jobs": [attempt.pk for attempt, _ in verdicts],
+        "verdict_miners": [attempt.miner_id for attempt, _ in verdicts],
+        "verdict_kinds": [str(kind) for _, kind in verdicts],
+        "wrong_miners": list({attempt.miner_id for attempt, kind in verdicts if kind in VerdictKind.WRONG}),
+        "wrong_kinds": [str(kind) for kind in VerdictKind.WRONG],
+        "since": now - REPUTATION_WINDOW,
+        "now": now,
+    }
+
+
+def _suspend_past_threshold(verdicts: list[tuple[Job, str]], figures) -> None:
+    """Suspend the miners given a wrong answer among ``verdicts`` whose wrong answers counting
+    towards a suspension reach the threshold: ``figures`` are ``(miner pk, that count, whether it
+    is suspended already, ...)`` each."""
+    wrong = {attempt.miner_id: (attempt, kind) for attempt, kind in verdicts if kind in VerdictKind.WRONG}
+    for miner_pk, counting, suspended, *_ in figures:
+        if suspended or counting < settings.VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS:
+            continue
+        attempt, kind = wrong[miner_pk]
+        miner = attempt.miner
+        what = "failed canary" if kind == VerdictKind.CANARY_FAILED else "outvoted answer"
+        miner_services.miner_suspend(
+            miner=miner,
+            reason=f"{counting} wrong answers (outvoted or failed canaries) in the reputation "
+            f"window; the last, a {what}, on job {attempt.pk}.",
+        )
 
 
 def miners_refresh_reputation() -> int:
@@ -124,26 +160,60 @@ def attempts_ended(events: list[tuple[str, Job]]) -> None:
                 canary_schedule(after=job)
 
 
-def verification_decide(*, parent_id, past_deadline: bool = False) -> Job | None:
+def verification_decide(*, parent_id, past_deadline: bool = False, judged_at=None) -> Job | None:
     """Judge the answers of a verified job's attempts so far (see the module's docstring); the job
-    as it is after. ``past_deadline``: its TTL has passed, so no agreement yet is a failure."""
+    as it is after. ``past_deadline``: its TTL has passed, so no agreement yet is a failure.
+    ``judged_at`` (the stalled sweep's time, read before it): a job the decision leaves running is
+    marked judged then (its ``updated_at``), and the sweep passes it over until an attempt changes."""
     with transaction.atomic():
-        # A job locked by another decision (or a cancel) is left to it: that one locks the attempts
-        # next, so it sees this change, and waiting here could deadlock with it on the attempts.
-        parent = Job.objects.select_for_update(of=("self",), skip_locked=True).filter(pk=parent_id).first()
+        parent, attempts = _locked(parent_id)
         if parent is None or parent.status != JobStatus.RUNNING or not parent.verification:
             return parent
+        if parent.verification.get("canary_miner"):
+            _decide_canary(parent, attempts, past_deadline=past_deadline)
+        else:
+            _decide_verified(parent, attempts, past_deadline=past_deadline)
+        if judged_at is not None and parent.status == JobStatus.RUNNING:
+            Job.objects.filter(pk=parent.pk, updated_at__lt=judged_at).update(updated_at=judged_at)
+    return parent
+
+
+def _locked(parent_id) -> tuple[Job | None, list[Job]]:
+    """The verified job, locked, and, while it runs, its attempts, locked, each with its miner (and
+    the miner's owner) and payment, in the order they completed (those still out last); ``(None,
+    [])`` when another decision (or a cancel) holds the job: that one locks the attempts next, so
+    it sees this change, and waiting here could deadlock with it on the attempts."""
+    if connection.vendor != "postgresql":
+        parent = Job.objects.select_for_update(of=("self",), skip_locked=True).filter(pk=parent_id).first()
+        if parent is None or parent.status != JobStatus.RUNNING or not parent.verification:
+            return parent, []
         attempts = list(
             Job.objects.select_for_update(of=("self",))
             .select_related("miner__owner", "payment")
             .filter(parent=parent)
             .order_by("completed_at", "created_at")
         )
-        if parent.verification.get("canary_miner"):
-            _decide_canary(parent, attempts, past_deadline=past_deadline)
-        else:
-            _decide_verified(parent, attempts, past_deadline=past_deadline)
-    return parent
+        return parent, attempts
+    with connection.cursor() as cursor:
+        cursor.execute(sql.LOCK_VERIFIED, {"id": parent_id})
+        rows = cursor.fetchall()
+    if not rows:
+        return None, []
+    job_at, attempt_at, miner_at, owner_at, payment_at = sql.LOCK_VERIFIED_OFFSETS
+    (parent,) = rawsql.instances(Job, rows[:1], start=job_at)
+    rows = [row for row in rows if row[attempt_at] is not None]
+    attempts = rawsql.instances(Job, rows, start=attempt_at)
+    for row, attempt, payment in zip(rows, attempts, rawsql.instances(Payment, rows, start=payment_at), strict=True):
+        attempt.parent = parent
+        attempt.payment = payment if attempt.payment_id else None
+        if attempt.miner_id is None:
+            attempt.miner = None
+            continue
+        (attempt.miner,) = rawsql.instances(Miner, [row], start=miner_at)
+        (attempt.miner.owner,) = rawsql.instances(User, [row], start=owner_at)
+    # As locked: by completion (PostgreSQL's ascending order puts those not completed last).
+    attempts.sort(key=lambda a: (a.completed_at is None, a.completed_at or a.created_at, a.created_at))
+    return parent, attempts
 
 
 def _decide_verified(parent: Job, attempts: list[Job], *, past_deadline: bool) -> None:
@@ -173,35 +243,56 @@ def _decide_verified(parent: Job, attempts: list[Job], *, past_deadline: bool) -
 
 def _agree(parent: Job, *, agreed: list[Job], outvoted: list[Job], active: list[Job]) -> None:
     now = timezone.now()
-    cancelled = _cancel(active, now=now, reason="Another answer was agreed on.")
-    services.refund_escrows(
-        [(attempt, "Another answer was agreed on.") for attempt in cancelled]
-        + [(attempt, "The answer was outvoted.") for attempt in outvoted]
+    reason = "Another answer was agreed on."
+    cancelled = _cancel(active, now=now, reason=reason, save=connection.vendor != "postgresql")
+    # The agreeing attempts paid, the others refunded: one statement.
+    paid = services.settle_each(
+        agreed,
+        refunds=[(attempt, reason) for attempt in cancelled]
+        + [(attempt, "The answer was outvoted.") for attempt in outvoted],
     )
-    paid = services.settle_each(agreed)
     representative = agreed[0]
     parent.status, parent.result, parent.usage = JobStatus.COMPLETED, representative.result, representative.usage
     parent.progress, parent.completed_at, parent.error_code, parent.error_message = 100, now, "", ""
-    parent.save(update_fields=["status", "result", "usage", "progress", "completed_at", "error_code",
-                               "error_message", "updated_at"])  # fmt: skip
-    receipts_store([
-        receipt_sign_agreed(
-            job=parent,
-            providers=[attempt.miner.miner_id for attempt in agreed],
-            price=sum(paid, Decimal(0)) if paid else None,
-            metadata={
-                "redundancy": parent.verification["redundancy"],
-                "agreement": parent.verification["agreement"],
-                "threshold": parent.verification.get("threshold"),
-                "attempts": [str(attempt.pk) for attempt in agreed],
-                "outvoted": [attempt.miner.miner_id for attempt in outvoted],
-            },
-        )
-    ])  # fmt: skip
-    verdicts_record(
-        verdicts=[(attempt, VerdictKind.AGREED) for attempt in agreed]
-        + [(attempt, VerdictKind.OUTVOTED) for attempt in outvoted]
+    parent.updated_at = now
+    receipt = receipt_sign_agreed(
+        job=parent,
+        providers=[attempt.miner.miner_id for attempt in agreed],
+        price=sum(paid, Decimal(0)) if paid else None,
+        metadata={
+            "redundancy": parent.verification["redundancy"],
+            "agreement": parent.verification["agreement"],
+            "threshold": parent.verification.get("threshold"),
+            "attempts": [str(attempt.pk) for attempt in agreed],
+            "outvoted": [attempt.miner.miner_id for attempt in outvoted],
+        },
     )
+    verdicts = [(attempt, VerdictKind.AGREED) for attempt in agreed]
+    verdicts += [(attempt, VerdictKind.OUTVOTED) for attempt in outvoted]
+    if connection.vendor == "postgresql":
+        # The job, the attempts cancelled, the receipt, the verdicts and reputations: one statement.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                sql.AGREED,
+                {
+                    "id": parent.pk,
+                    "result": sql.jsonb_param(parent.result),
+                    "usage": sql.jsonb_param(parent.usage),
+                    "cancel": [attempt.pk for attempt in cancelled],
+                    "cancel_code": ATTEMPT_NOT_NEEDED,
+                    "reason": reason,
+                    "receipt_id": receipt.receipt_id,
+                    "signed_json": receipt.signed_json,
+                    "opening": None if receipt.opening is None else sql.jsonb_param(receipt.opening),
+                    **_verdict_params(verdicts, now=now),
+                },
+            )
+            _suspend_past_threshold(verdicts, cursor.fetchall())
+    else:
+        parent.save(update_fields=["status", "result", "usage", "progress", "completed_at", "error_code",
+                                   "error_message", "updated_at"])  # fmt: skip
+        receipts_store([receipt])
+        verdicts_record(verdicts=verdicts)
     services.jobs_ended([parent, *cancelled], settled=[*agreed, *outvoted])
 
 
@@ -216,13 +307,13 @@ def _fail(parent: Job, attempts: list[Job], *, code: str, message: str) -> None:
     services.jobs_ended([parent, *cancelled], settled=held)
 
 
-def _cancel(attempts: list[Job], *, now, reason: str) -> list[Job]:
+def _cancel(attempts: list[Job], *, now, reason: str, save: bool = True) -> list[Job]:
     """Cancel attempts still queued or running (the caller refunds them): their miners' late results
-    are 409s."""
+    are 409s. ``save=False``: the caller stores them."""
     for attempt in attempts:
         attempt.status, attempt.completed_at, attempt.lease_expires_at = JobStatus.CANCELLED, now, None
-        attempt.error_code, attempt.error_message, attempt.updated_at = "ATTEMPT_NOT_NEEDED", reason, now
-    if attempts:
+        attempt.error_code, attempt.error_message, attempt.updated_at = ATTEMPT_NOT_NEEDED, reason, now
+    if attempts and save:
         Job.objects.bulk_update(
             attempts, ["status", "completed_at", "lease_expires_at", "error_code", "error_message", "updated_at"]
         )
@@ -246,17 +337,20 @@ def verifications_decide_stalled() -> int:
     """Decide the verified jobs (and canaries) still running though none of their attempts is queued
     or running any more (housekeeping): a decision that failed after an attempt's result was
     stored, or one left to another decision that had read the attempts before that result. Such a
-    job would otherwise wait for its TTL. Returns how many were judged."""
+    job would otherwise wait for its TTL. A job judged here and left running (its decision found
+    nothing to do) is passed over until one of its attempts changes after that. Returns how many
+    were judged."""
+    judged_at = timezone.now()
     attempts = Job.objects.filter(parent=OuterRef("pk"))
     stalled = (
         Job.objects.filter(status=JobStatus.RUNNING, miner__isnull=True, parent__isnull=True)
         .exclude(verification={})
-        .filter(Exists(attempts))
+        .filter(Exists(attempts.filter(updated_at__gt=OuterRef("updated_at"))))
         .exclude(Exists(attempts.filter(status__in=JobStatus.ACTIVE)))
     )
     ids = list(stalled.values_list("pk", flat=True)[: services.SWEEP_BATCH])
     for parent_id in ids:
-        verification_decide(parent_id=parent_id)
+        verification_decide(parent_id=parent_id, judged_at=judged_at)
     return len(ids)
 
 
@@ -336,8 +430,7 @@ def _decide_canary(parent: Job, attempts: list[Job], *, past_deadline: bool) -> 
         right = agree(reference.result, probe.result, agreement=rule["agreement"], threshold=rule.get("threshold"))
         verdict_record(attempt=probe, kind=VerdictKind.CANARY_PASSED if right else VerdictKind.CANARY_FAILED)
         if right:
-            services.settle_each([probe])
-            services.refund_escrow(reference, reason="The canary's reference answer.")
+            services.settle_each([probe], refunds=[(reference, "The canary's reference answer.")])
             _close_canary(parent, reference, settled=[probe, reference])
         else:
             _fail(parent, attempts, code="CANARY_FAILED", message="The miner's answer differs from the reference.")

@@ -44,7 +44,9 @@ class JobListView(LoginRequiredMixin, FormView):
 
     def _page(self):
         jobs = selectors.jobs_of_client(user=self.request.user).filter(parent__isnull=True)
-        return Paginator(jobs, PAGE_SIZE).get_page(self.request.GET.get("page"))
+        page = Paginator(jobs, PAGE_SIZE).get_page(self.request.GET.get("page"))
+        page.object_list = selectors.with_attempt_escrows(page.object_list)
+        return page
 
     def form_valid(self, form):
         try:

@@ -76,6 +76,11 @@ def miner_counts() -> dict[str, int]:
     return {status.value: counts.get(status.value, 0) for status in MinerStatus}
 
 
+def model_served(name: str) -> bool:
+    """Whether a registered miner (online or not) serves the model ``name``."""
+    return ServedModel.objects.filter(name=name).exclude(miner__status=MinerStatus.DEREGISTERED).exists()
+
+
 def model_served_online(name: str) -> bool:
     """Whether an online miner that is not draining serves the model ``name``."""
     return ServedModel.objects.filter(name=name, miner__status=MinerStatus.ONLINE, miner__draining=False).exists()

@@ -336,36 +336,73 @@ def _settle_portable(*, charges: list[tuple], payee) -> dict:
     return settled
 
 
-def _settle_postgres(*, charges: list[tuple]) -> dict:
-    payees = {payee.pk: payee for _, _, payee in charges}
+def _settle_postgres(*, charges: list[tuple], opened: bool = False) -> dict:
+    rows = [
+        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": str(credits(charge)), "payee": payee.pk}
+        for job, charge, payee in charges
+    ]
     with connection.cursor() as cursor:
-        cursor.execute(sql.WALLETS_OF_SETTLEMENT, {"payees": list(payees)})
-        wallets = dict(cursor.fetchall())
-        for payee_id, payee in payees.items():  # the first settlement of this payee
-            if payee_id not in wallets:
-                wallets[payee_id] = wallet_open(user=payee).pk
-        if None not in wallets:  # the first settlement of all
-            wallets[None] = system_wallet(WalletKind.FEES).pk
-        rows = [
-            {
-                "job_id": str(job.pk),
-                "payment_id": job.payment_id,
-                "charge": str(credits(charge)),
-                "payee_wallet": wallets[payee.pk],
-            }
-            for job, charge, payee in charges
-        ]
         cursor.execute(
             sql.SETTLE,
             {
                 "charges": json.dumps(rows),
                 "fee_percent": str(settings.PLATFORM_FEE_PERCENT),
-                "fees_wallet": wallets[None],
                 "now": timezone.now(),
             },
         )
         settled = cursor.fetchall()
-    return {row[0]: payment for row, payment in zip(settled, rawsql.instances(Payment, settled, start=1), strict=True)}
+    paid = {row[0]: payment for row, payment in zip(settled, rawsql.instances(Payment, settled, start=1), strict=True)}
+    left = [(job, charge, payee) for job, charge, payee in charges if job.pk not in paid]
+    if left and not opened and _open_settlement_wallets(payees={payee.pk: payee for _, _, payee in left}):
+        # The first settlement of a payee, or of all: with their wallets open, settle what was left.
+        paid |= _settle_postgres(charges=left, opened=True)
+    return paid
+
+
+def _open_settlement_wallets(*, payees: dict) -> bool:
+    """Open the wallets a settlement of ``payees`` (by user id) needs and lacks; whether any was."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.WALLETS_OF_SETTLEMENT, {"payees": list(payees)})
+        present = {row[0] for row in cursor.fetchall()}
+    missing = [payee for payee_id, payee in payees.items() if payee_id not in present]
+    for payee in missing:
+        wallet_open(user=payee)
+    if None not in present:
+        system_wallet(WalletKind.FEES)
+    return bool(missing) or None not in present
+
+
+def escrows_end(*, charges: list[tuple], refunds: list[tuple]) -> tuple[dict, dict]:
+    """``escrows_settle_each`` for ``charges`` and ``escrows_refund`` for ``refunds`` together (the
+    escrows a verified job's decision ends): on PostgreSQL one statement for all. Returns ``({job
+    id: payment settled}, {job id: payment refunded})``."""
+    if connection.vendor != "postgresql":
+        refunded = escrows_refund(refunds=refunds)
+        return (escrows_settle_each(charges=charges) if charges else {}), refunded
+    rows = [
+        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": str(credits(charge)), "payee": payee.pk}
+        for job, charge, payee in charges
+    ]
+    rows += [
+        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": None, "memo": reason[:300]}
+        for job, reason in refunds
+        if job.payment_id
+    ]
+    if not rows:
+        return {}, {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql.ESCROWS_END,
+            {"rows": json.dumps(rows), "fee_percent": str(settings.PLATFORM_FEE_PERCENT), "now": timezone.now()},
+        )
+        ended = cursor.fetchall()
+    paid, refunded = {}, {}
+    for row, payment in zip(ended, rawsql.instances(Payment, ended, start=1), strict=True):
+        (refunded if payment.status == PaymentStatus.REFUNDED else paid)[row[0]] = payment
+    left = [(job, charge, payee) for job, charge, payee in charges if job.pk not in paid]
+    if left and _open_settlement_wallets(payees={payee.pk: payee for _, _, payee in left}):
+        paid |= _settle_postgres(charges=left, opened=True)
+    return paid, refunded
 
 
 def escrow_refund(*, job, reason: str) -> Payment | None:

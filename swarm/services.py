@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from agents import services as agent_services
 from agents.models import AgentStatus
+from catalog.selectors import catalog_entry
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from jobs import agreement
 from jobs import services as job_services
@@ -32,6 +33,7 @@ from jobs.selectors import miners_able_to_run, with_reputation
 from jobs.services import NON_RETRYABLE_ERRORS
 from jobs.verification import verdict_record
 from miners.models import Miner
+from miners.selectors import model_served
 from payments.models import PaymentStatus
 from swarm import outputs
 from swarm.models import (
@@ -113,6 +115,16 @@ def member_leave(*, swarm_id, miners: list[Miner]) -> list[SwarmMember]:
 # --- Coordinated tasks -------------------------------------------------------------------
 
 
+def model_check(*, model: str, job_type: str) -> None:
+    """A task's model must be one the platform knows: a catalog model, or one a registered miner
+    serves (online or not: members that are away make too few, a 409). Anything else is 422
+    ``UNKNOWN_MODEL``. An agent task's model is the agents' own."""
+    if job_type == JobType.TASK or catalog_entry(model) is not None or model_served(model):
+        return
+    message = f"Unknown model {model!r}: neither a catalog model nor served by any registered miner."
+    raise Invalid(message, code="UNKNOWN_MODEL", errors={"task": {"model": [message]}})
+
+
 def task_coordinate(
     *,
     client,
@@ -141,6 +153,7 @@ def task_coordinate(
     """
     if strategy == Strategy.SPLIT and not inputs:
         raise Invalid("A split task needs a non-empty list input.", code="VALIDATION_ERROR")
+    model_check(model=model, job_type=job_type)
     now = timezone.now()
     with transaction.atomic():
         task = SwarmTask(

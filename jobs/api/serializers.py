@@ -205,7 +205,9 @@ class JobSubmitSerializer(serializers.Serializer):
     max_attempts = serializers.IntegerField(required=False, min_value=1, max_value=10)
     payment_amount = serializers.DecimalField(required=False, max_digits=18, decimal_places=8, min_value=0)
     payment_currency = serializers.CharField(required=False, max_length=16)
-    verification = VerificationField(required=False)
+    verification = VerificationField(
+        required=False, allow_null=True, help_text="null, or absent: an ordinary job, run once, unverified."
+    )
     min_reputation = serializers.FloatField(
         required=False,
         min_value=0,

@@ -80,6 +80,7 @@ class JobListView(ClientJobMixin, generics.ListAPIView):
 
     def paginate_queryset(self, queryset):
         page = super().paginate_queryset(queryset)
+        page = None if page is None else selectors.with_attempt_escrows(page)
         self._outlook = selectors.queue_outlook(jobs=page)
         return page
 

@@ -10,13 +10,14 @@ from decimal import Decimal
 import pytest
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.services import user_get_or_create
 from core.errors import Conflict
 from jobs import verification
 from jobs.models import Job, JobStatus, Verdict, VerdictKind
 from jobs.selectors import miner_reputation
-from jobs.services import job_claim, job_complete, job_submit, jobs_expire_queued
+from jobs.services import job_claim, job_complete, job_fail, job_submit, jobs_expire_queued
 from jobs.verification import verifications_decide_stalled, verifications_end_past_ttl
 from miners.capabilities import Capabilities
 from miners.models import Miner
@@ -250,6 +251,45 @@ def test_bad_verification_values_are_refused_with_a_422_naming_the_field(client_
     assert body["error_code"] == "INVALID_VERIFICATION"
     assert field in str(body)
     assert not Job.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_null_verification_is_an_ordinary_job(client_api):
+    response = client_api.post("/v1/jobs", {"payload": PROMPT, "verification": None}, format="json")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["verification"] is None
+    (job,) = Job.objects.all()
+    assert (job.verification, job.status, job.parent_id) == ({}, JobStatus.QUEUED, None)
+
+
+@pytest.mark.django_db
+def test_listing_verified_jobs_reads_their_escrows_at_once(client_api, client):
+    def submit_verified(n):
+        for _ in range(n):
+            body = {"payload": PROMPT, "payment_amount": "1", "verification": {"redundancy": 2}}
+            assert client_api.post("/v1/jobs", body, format="json").status_code == 201
+
+    def queries(get):
+        # The fewer of two reads: a key's or session's occasional bookkeeping write is not the list's.
+        counts = []
+        for _ in range(2):
+            with CaptureQueriesContext(connections["default"]) as captured:
+                response = get()
+            assert response.status_code == 200
+            counts.append(len(captured.captured_queries))
+        return min(counts), response
+
+    client.force_login(user_get_or_create(username="alice"))
+    submit_verified(2)
+    few, listed = queries(lambda: client_api.get("/v1/jobs"))
+    few_page, _ = queries(lambda: client.get("/jobs/"))
+    submit_verified(3)
+    many, listed = queries(lambda: client_api.get("/v1/jobs"))
+    many_page, _ = queries(lambda: client.get("/jobs/"))
+
+    assert (many, many_page) == (few, few_page)
+    assert [job["payment_status"] for job in listed.json()["items"]] == ["escrowed"] * 5
 
 
 @pytest.mark.django_db
@@ -512,6 +552,34 @@ def test_a_decision_that_failed_after_the_last_result_is_taken_up_by_housekeepin
 
 
 @pytest.mark.django_db
+def test_housekeeping_passes_over_a_job_it_judged_until_an_attempt_changes(monkeypatch):
+    miners = [_register(f"rig-{i}", f"owner-{i}") for i in range(2)]
+    job = job_submit(client=user_get_or_create(username="alice"), model=MODEL, payload=PROMPT,
+                     verification={"redundancy": 2}).job  # fmt: skip
+    judged = []
+
+    def nothing_to_do(parent, attempts, *, past_deadline):  # a decision that finds nothing to do
+        judged.append(parent.pk)
+
+    monkeypatch.setattr(verification, "_decide_verified", nothing_to_do)
+    first = _run(miners[0], "Paris.")
+    _run(miners[1], "Paris.")
+    judged.clear()
+
+    assert verifications_decide_stalled() == 1
+    assert verifications_decide_stalled() == 0
+    assert verifications_decide_stalled() == 0
+    assert judged == [job.pk]
+
+    Job.objects.filter(pk=first.pk).update(updated_at=timezone.now() + timedelta(seconds=1))
+    assert verifications_decide_stalled() == 1
+    monkeypatch.undo()
+    Job.objects.filter(pk=first.pk).update(updated_at=timezone.now() + timedelta(seconds=2))
+    assert verifications_decide_stalled() == 1
+    assert Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
+
+
+@pytest.mark.django_db
 def test_housekeeping_leaves_verified_jobs_with_attempts_still_out_to_them():
     miners = [_register(f"rig-{i}", f"owner-{i}") for i in range(2)]
     job = job_submit(client=user_get_or_create(username="alice"), model=MODEL, payload=PROMPT,
@@ -522,6 +590,35 @@ def test_housekeeping_leaves_verified_jobs_with_attempts_still_out_to_them():
     assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
 
 
+@pytest.mark.django_db
+def test_a_decision_stores_the_reputation_the_selectors_count_and_suspends_a_repeated_liar(settings):
+    settings.VERIFICATION_SUSPEND_AFTER_WRONG_ANSWERS = 2
+    client = user_get_or_create(username="alice")
+    liar, honest_1, honest_2 = (_register(f"rig-{i}", f"owner-{i}") for i in range(3))
+    job_submit(client=client, model=MODEL, payload=PROMPT, pinned_miner=liar)
+    (failing,) = job_claim(miner=liar)
+    job_fail(job_id=failing.pk, miner=liar, error_code="OUT_OF_MEMORY", error_message="oom",
+             lease_token=failing.lease_token)  # fmt: skip
+    _run(liar, "fine")  # the same job, re-queued
+
+    for round_number in (1, 2):
+        job = job_submit(client=client, model=MODEL, payload=PROMPT, payment_amount=1,
+                         verification={"redundancy": 3}).job  # fmt: skip
+        treasury_mint(wallet=wallet_open(user=client), amount=3)
+        for miner, text in ((liar, "Berlin."), (honest_1, "Paris."), (honest_2, "Paris.")):
+            _run(miner, text)
+        job.refresh_from_db()
+        assert (job.status, job.result) == (JobStatus.COMPLETED, {"text": "Paris."})
+        liar.refresh_from_db()
+        assert liar.reputation_score == pytest.approx(miner_reputation(miner=liar))
+        assert (liar.suspended_at is not None) is (round_number == 2)
+
+    assert "2 wrong answers" in liar.suspended_reason and "outvoted answer" in liar.suspended_reason
+    # Completed 3 (one fine, two outvoted), failed 1: (3 - 2) / (3 + 1).
+    assert liar.reputation_score == pytest.approx(1 / 4)
+
+
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_decision_with_a_liar_costs_a_fixed_number_of_statements(monkeypatch):
     client = user_get_or_create(username="alice")
@@ -544,7 +641,7 @@ def test_a_decision_with_a_liar_costs_a_fixed_number_of_statements(monkeypatch):
             job_complete(job_id=attempt.pk, miner=miner, result={"text": text}, lease_token=attempt.lease_token)
         assert Job.objects.get(pk=job.pk).status == JobStatus.COMPLETED
 
-    # BEGIN; lock the job, then its attempts; refund the liar (one statement for every refund); the
-    # payees' wallets, then settle the two that agreed (one statement for all); complete the job; its
-    # receipt; the verdicts; the liar's wrong answers (its stored reputation is written when it changes); COMMIT.
-    assert len(captured[-1]) == 11, "\n".join(captured[-1])
+    # BEGIN; lock the job and its attempts, read with their miners and payments; settle the two that
+    # agreed and refund the liar (one statement, the payees' wallets found in it); complete the job
+    # with its receipt, the verdicts and the liar's reputation (one statement); COMMIT.
+    assert len(captured[-1]) == 5, "\n".join(captured[-1])

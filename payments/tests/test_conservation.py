@@ -7,7 +7,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,3 +126,44 @@ def test_money_is_conserved_over_any_sequence_of_job_operations(operations):
                 pass
             assert_books_balance()
         transaction.set_rollback(True)
+
+
+@pytest.mark.django_db
+def test_a_verified_jobs_decision_settles_and_refunds_in_one_go_and_the_books_balance():
+    client = WalletFactory(user__username="verified-client").user
+    # Owners with no wallet yet: their first settlement opens them.
+    miners = [
+        MinerFactory(owner__username=f"owner-{i}", miner_id=f"rig-{i}", models=("m",), max_concurrent_jobs=9)
+        for i in range(3)
+    ]
+    payload = {"type": "inference", "prompt": "x"}
+    for _ in range(2):  # the second with every wallet in place
+        parent = job_submit(
+            client=client, model="m", payload=payload, payment_amount=Decimal("1.5"), verification={"redundancy": 3}
+        ).job
+        attempts = [job_claim(miner=miner)[0] for miner in miners]
+        for miner, attempt, text in zip(miners, attempts, ("wrong", "right", "right"), strict=True):
+            job_complete(job_id=attempt.pk, miner=miner, result={"text": text}, lease_token=attempt.lease_token)
+        parent.refresh_from_db()
+        assert (parent.status, parent.result) == (JobStatus.COMPLETED, {"text": "right"})
+        statuses = [Payment.objects.get(job=attempt).status for attempt in attempts]
+        assert statuses == ["refunded", "released", "released"]
+        assert_books_balance()
+    assert Wallet.objects.filter(user__username__in=["owner-1", "owner-2"], balance__gt=0).count() == 2
+    assert LedgerTransaction.objects.filter(kind="refund", memo="The answer was outvoted.").count() == 2
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_paid_completion_settles_in_one_statement_that_finds_the_wallets():
+    (user,), miner = make_network(clients=1)
+    for _ in range(2):  # the second with the payee's wallet in place
+        job = submit(user, "2")
+        (claimed,) = job_claim(miner=miner)
+        with CaptureQueriesContext(connections["default"]) as captured:
+            job_complete(job_id=job.pk, miner=miner, result={"text": "ok"}, lease_token=claimed.lease_token)
+    statements = [query["sql"] for query in captured.captured_queries]
+    # The lease read; BEGIN; the job and its receipt; the settlement, wallets and all; COMMIT.
+    assert len(statements) == 5, "\n".join(statements)
+    assert Payment.objects.get(job=job).status == "released"
+    assert_books_balance()

@@ -181,7 +181,9 @@ class CoordinateView(APIView):
             202: SwarmCoordinatedSerializer,
             402: OpenApiResponse(description="Wallet short of the shares' price"),
             409: OpenApiResponse(description="Not enough live members able to run it (NOT_ENOUGH_MEMBERS)"),
-            422: OpenApiResponse(description="Invalid task"),
+            422: OpenApiResponse(
+                description="Invalid task (VALIDATION_ERROR; UNKNOWN_MODEL for a model the platform does not know)"
+            ),
             **ERRORS,
         },
     )
@@ -190,6 +192,7 @@ class CoordinateView(APIView):
         coordinate.is_valid(raise_exception=True)
         data = dict(coordinate.validated_data)
         swarm_id = data.pop("swarm_id")
+        services.model_check(model=data["model"], job_type=data["job_type"])
         if swarm_id is not None:
             swarm = selectors.swarm_get(swarm_id=swarm_id)
         else:

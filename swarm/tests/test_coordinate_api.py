@@ -70,9 +70,26 @@ def test_without_a_swarm_id_the_swarm_able_to_run_the_task_is_chosen(client_api,
     assert response.json()["swarm_id"] == swarm_id
 
 
-def test_without_any_swarm_able_to_run_it_is_404(client_api, swarm_id):
-    response = post(client_api, {"task": {"prompt": "hi", "model": "nobody-serves-this"}})
+def test_without_any_swarm_able_to_run_it_is_404(client_api, swarm_id, make_api, register_miner):
+    register_miner(make_api("miner", "outsider", miner_id="outsider"), models=("served-outside-swarms",))
+    response = post(client_api, {"task": {"prompt": "hi", "model": "served-outside-swarms"}})
     assert (response.status_code, response.json()["error_code"]) == (404, "SWARM_NOT_FOUND")
+
+
+@pytest.mark.parametrize("in_swarm", [True, False])
+def test_a_model_the_platform_does_not_know_is_422(client_api, swarm_id, in_swarm):
+    body = {"task": {"prompt": "hi", "model": "nobody-serves-this"}}
+    response = post(client_api, {"swarm_id": swarm_id, **body} if in_swarm else body)
+    assert (response.status_code, response.json()["error_code"]) == (422, "UNKNOWN_MODEL"), response.content
+    assert "model" in str(response.json()["errors"])
+    assert not SwarmTask.objects.exists()
+
+
+def test_a_known_model_whose_members_are_away_is_still_409(client_api, swarm_id, make_api, register_miner):
+    register_miner(make_api("miner", "outsider", miner_id="outsider"), models=("served-outside-swarms",))
+    body = {"swarm_id": swarm_id, "task": {"prompt": "hi", "model": "served-outside-swarms"}}
+    response = post(client_api, body)
+    assert (response.status_code, response.json()["error_code"]) == (409, "NOT_ENOUGH_MEMBERS")
 
 
 def test_the_original_clis_body_is_understood(client_api, swarm_id, settings):
