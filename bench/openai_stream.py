@@ -133,6 +133,15 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, over: str, p
 
 
 async def one_stream(http, key: str, tokens: int) -> dict:
+    import httpx
+
+    try:
+        return await _one_stream(http, key, tokens)
+    except httpx.HTTPError as error:  # counted, as an answer with an error status is
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+async def _one_stream(http, key: str, tokens: int) -> dict:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens, "stream": True}
     sent_at = time.monotonic()
     first_at, pieces, finished, done = None, [], False, False
