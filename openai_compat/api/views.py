@@ -83,8 +83,8 @@ STREAM = OpenApiResponse(
 
 class OpenAIView(APIView):
     """An async DRF view answering errors as OpenAI does. Authentication, permissions and rate
-    limits are the API's own (a client key, as ``Authorization: Bearer``); a POST's run in the
-    same hop to a thread as the submit of its jobs (``submit``), and refuse it first."""
+    limits are the API's own (a client key, as ``Authorization: Bearer``); for a POST they run in
+    the same hop to a thread as the submit of its jobs (``submit``), before it."""
 
     permission_classes = [IsClient]
     http_method_names = ["post", "options"]
