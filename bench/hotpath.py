@@ -16,7 +16,7 @@ time. ``--profile`` adds cProfile's top functions per route, by own time and by 
 (the profiler's clock is the thread's CPU time), ``--pstats DIR`` writes each route's profile for
 ``pstats``. Rate limits are off as in the other benchmarks unless ``--throttle``.
 
-    .venv/bin/python bench/hotpath.py [--requests 2000] [--profile] [--pstats DIR] [--throttle]
+    .venv/bin/python bench/hotpath.py [--requests 2000] [--profile] [--pstats DIR] [--throttle] [--routes submit,health]
 """
 
 from __future__ import annotations
@@ -183,11 +183,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--pstats", help="write each route's profile (pstats) into this directory")
     parser.add_argument("--throttle", action="store_true", help="rate limits on (very high): the Redis counter is paid")
+    parser.add_argument(
+        "--routes",
+        help="comma-separated routes to run (default: all): submit, poll + result, poll 10 + results, health",
+    )
+    parser.add_argument("--redis-db", type=int, default=0, help="the Redis database the app uses")
     parser.add_argument("--db", default="aitbc_hotpath")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args()
     result: dict = {"benchmark": "hotpath", "machine": {"cpus": os.cpu_count(), "loadavg_start": load_average()}}
-    with bench_env(args.db, keep_db=args.keep_db, throttle=args.throttle) as env:
+    extra = {"REDIS_URL": f"redis://127.0.0.1:6379/{args.redis_db}"}
+    with bench_env(args.db, keep_db=args.keep_db, throttle=args.throttle, extra=extra) as env:
         env.django_setup()
         from django.db import connection
 
@@ -197,6 +203,8 @@ def main() -> None:
         prefill_jobs(args.requests * 12 + 2000)
         call = Caller()
         named = routes(call, client_key, miner_key, miner.miner_id)
+        if args.routes:
+            named = {name: named[name] for name in args.routes.split(",")}
         for route in named.values():  # warm up: imports, prepared statements, caches
             for _ in range(100 // 10):
                 route()

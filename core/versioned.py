@@ -14,6 +14,8 @@ miner's last sign of life) are changed in place; anything else that changes thos
 """
 
 import logging
+import os
+import threading
 import time
 from functools import lru_cache
 
@@ -36,6 +38,42 @@ def guard_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0))
 
 
+_guard_connections = threading.local()
+
+
+def guard_call(url: str, *commands: tuple) -> list:
+    """The replies to ``commands`` (each a tuple: name, then arguments), sent to the guard Redis at
+    ``url`` in one round trip on a connection this thread keeps (one per process and thread).
+
+    On the request path each guard is one or two commands: a connection of the thread's own spares
+    the client's pool, retries and events, most of a command's cost. A connection the server closed
+    while it was idle is opened again before sending; any failure (an error reply included) closes
+    the connection, the next call opening another, and raises ``redis.RedisError``.
+    """
+    kept = getattr(_guard_connections, "by_url", None)
+    if kept is None:
+        kept = _guard_connections.by_url = {}
+    pid, connection = kept.get(url, (None, None))
+    if pid != os.getpid():  # none yet, or the parent's before a fork: never share its socket
+        connection = guard_client(url).connection_pool.make_connection()
+        kept[url] = os.getpid(), connection
+    else:
+        try:
+            # Anything to read on a kept connection between calls: the server closed it (an idle
+            # client's timeout, a restart) or left something; a fresh one is opened as the pool would.
+            stale = connection.can_read(timeout=0)
+        except redis.ConnectionError:
+            stale = True
+        if stale:
+            connection.disconnect()
+    try:
+        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        return [connection.read_response() for _ in commands]
+    except BaseException:
+        connection.disconnect()
+        raise
+
+
 class VersionedCache:
     def __init__(self, name: str, *, max_age: float = 1.0, max_entries: int = 10_000):
         self.name = name
@@ -54,7 +92,7 @@ class VersionedCache:
             return None
         counter = self._counter()
         try:
-            return counter, guard_client(settings.REDIS_URL).get(counter)
+            return counter, guard_call(settings.REDIS_URL, ("GET", counter))[0]
         except redis.RedisError:
             self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
             return None
@@ -97,7 +135,7 @@ class VersionedCache:
         if not settings.REDIS_URL:
             return
         try:
-            guard_client(settings.REDIS_URL).incr(self._counter())
+            guard_call(settings.REDIS_URL, ("INCR", self._counter()))
         except redis.RedisError:
             # The entries then live out their max_age at most.
             logger.warning("Redis does not answer: the %s cache was not invalidated", self.name, exc_info=True)

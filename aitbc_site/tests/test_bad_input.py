@@ -6,7 +6,7 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from core.api.parsers import MAX_JSON_DEPTH, RefusedJSON, load_json
+from core.api.parsers import MAX_JSON_DEPTH, RefusedJSON, accepted_unread, load_json
 
 pytestmark = pytest.mark.django_db
 
@@ -171,3 +171,55 @@ def test_list_parameters_the_schema_does_not_allow_are_422(client_api, query):
 @pytest.mark.parametrize("path", ["/v1/explorer/blocks?offset=null", "/v1/receipts?limit=-5"])
 def test_pagination_parameters_the_schema_does_not_allow_are_422_everywhere(client_api, path):
     assert_api_error(client_api.get(path), 422, "VALIDATION_ERROR")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"prompt": "a \\u0000 b"}',  # a NUL escaped
+        '{"prompt": "' + LONE_SURROGATE + '"}',
+        '{"prompt": "\u00e9t\u00e9"}',  # not ASCII
+        '{"a": "' + "[" * 100 + '"}',  # brackets in a string, counted all the same
+        "[" * (MAX_JSON_DEPTH + 1) + "]" * (MAX_JSON_DEPTH + 1),
+    ],
+)
+def test_text_that_might_be_refused_is_walked(text):
+    assert not accepted_unread(text)
+
+
+def test_plain_ascii_text_of_few_brackets_is_not_walked():
+    assert accepted_unread('{"payload": {"prompt": "hi", "model": "m"}, "ttl_seconds": 900}')
+    assert accepted_unread("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH)
+
+
+def test_a_plain_body_is_not_walked_and_the_others_are(client_api, monkeypatch):
+    from core.api import parsers
+
+    walked = []
+    check_json = parsers.check_json
+    monkeypatch.setattr(parsers, "check_json", lambda document: walked.append(document) or check_json(document))
+    assert client_api.post("/v1/jobs", {"prompt": "hi", "model": "m"}, format="json").status_code == 201
+    assert walked == []
+    body = '{"prompt": "\\u0068i", "model": "m"}'
+    assert client_api.generic("POST", "/v1/jobs", body, content_type="application/json").status_code == 201
+    assert walked == [{"prompt": "hi", "model": "m"}]
+    nul = '{"prompt": "a\\u0000", "model": "m"}'
+    assert_api_error(
+        client_api.generic("POST", "/v1/jobs", nul, content_type="application/json"), 422, "MALFORMED_REQUEST"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (
+            b"{not json",
+            "JSON parse error - Expecting property name enclosed in double quotes: line 1 column 2 (char 1)",
+        ),
+        (b'{"a": NaN}', "JSON parse error - Out of range float values are not JSON compliant: 'NaN'"),
+        (b'{"a": "\xff"}', "JSON parse error - 'utf-8' codec can't decode byte 0xff in position 7: invalid start byte"),
+    ],
+)
+def test_malformed_bodies_keep_drfs_messages(client_api, body, detail):
+    response = client_api.generic("POST", "/v1/jobs", body, content_type="application/json")
+    assert assert_api_error(response, 422, "MALFORMED_REQUEST")["detail"] == detail

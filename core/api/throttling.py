@@ -21,7 +21,7 @@ from rest_framework.throttling import BaseThrottle
 
 from core.api.permissions import request_scope
 from core.env import parse_rate
-from core.versioned import REDIS_RETRY_SECONDS, guard_client
+from core.versioned import REDIS_RETRY_SECONDS, guard_call
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class _RedisCounter:
     """Window counters in the Redis at ``url``; ``None`` for a request counted while it does not answer."""
 
     def __init__(self, url: str):
-        self.client = guard_client(url)
+        self.url = url
         self._retry_at = 0.0
         self._failing = False
 
@@ -55,10 +55,9 @@ class _RedisCounter:
         if time.monotonic() < self._retry_at:
             return None
         try:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.incr(key)
-            pipe.expire(key, ttl + 1, nx=True)
-            count, _ = pipe.execute()
+            *_, (count, _) = guard_call(self.url, ("MULTI",), ("INCR", key), ("EXPIRE", key, ttl + 1, "NX"), ("EXEC",))
+            if isinstance(count, redis.RedisError):  # an error inside the transaction comes back as its reply
+                raise count
         except redis.RedisError:
             self._retry_at = time.monotonic() + REDIS_RETRY_SECONDS
             if not self._failing:

@@ -17,6 +17,7 @@ from jobs.api.serializers import (
     JobSubmitSerializer,
     ReceiptDocumentSerializer,
     ReceiptListSerializer,
+    job_view,
     plain_submission,
 )
 from jobs.filters import JobFilter
@@ -60,8 +61,9 @@ class ClientJobMixin:
         return job
 
     def job_response(self, job: Job, status_code=status.HTTP_200_OK, headers=None) -> Response:
-        outlook = selectors.queue_outlook(jobs=[job])
-        return Response(JobSerializer(job, context={"outlook": outlook}).data, status=status_code, headers=headers)
+        outlook = selectors.queue_outlook(jobs=[job]).get(job.pk, {})
+        # JobSerializer's shape (``job_view``), without a serializer instance around it.
+        return Response(job_view(job, outlook=outlook), status=status_code, headers=headers)
 
 
 class JobListView(ClientJobMixin, generics.ListAPIView):
