@@ -4,10 +4,14 @@
 One daphne process (``aitbc_site.asgi``, embedded workers off, channels-redis on a Redis
 database of its own, ``--redis-db`` 12) serves the streams. A miner in a process of its own
 takes the jobs over ``ws/miners/`` and plays a model decoding as a continuous batch: every
-``--token-ms`` it posts the next piece of every job it runs in one ``POST /v1/miners/tokens``
-(``--tokens`` pieces a job), then each finished job's result, as ``runminer`` does. Its own time to first token (job pushed → first piece sent) is what a real model adds;
-the figure is the client's time to first token (request sent → first content chunk read)
-minus it, both read from CLOCK_MONOTONIC, which the processes share.
+``--token-ms`` it sends the next piece of every job it runs in one message (``--tokens`` pieces a
+job), then each finished job's result over HTTP once those pieces are published. The message is
+a ``job.tokens`` on the same socket (``--tokens-over ws``, the default; a ``ping`` after a step
+that ends jobs, its ``pong`` saying the pieces are out) or ``POST /v1/miners/tokens``
+(``--tokens-over http``, as ``runminer`` streams). Its own time to first token (job pushed →
+first piece sent) is what a real model adds; the figure is the client's time to first token
+(request sent → first content chunk read) minus it, both read from CLOCK_MONOTONIC, which the
+processes share.
 
 Phases: ``ttft``, ``--requests`` streams one after another; ``concurrent``, ``--streams``
 streams at once. Every stream must carry each piece in order as a chunk of its own (a piece the
@@ -16,13 +20,14 @@ and ``data: [DONE]``; ``lost`` counts the pieces that did not arrive as their ow
 
 Targets: overhead p50 <= 15 ms, p99 <= 60 ms; 200 concurrent streams, 0 lost.
 
-    .venv/bin/python bench/openai_stream.py [--requests 30] [--streams 200] [--tokens 8] [--token-ms 50]
+    .venv/bin/python bench/openai_stream.py [--requests 30] [--streams 200] [--tokens 8] [--token-ms 50] [--tokens-over ws]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing as mp
 import os
@@ -43,11 +48,11 @@ MINER_ID = "bench-rig"
 # --- the miner's process -----------------------------------------------------------------
 
 
-def miner_process(port: int, key: str, tokens: int, token_ms: float, pipe) -> None:
-    asyncio.run(_miner(port, key, tokens, token_ms, pipe))
+def miner_process(port: int, key: str, tokens: int, token_ms: float, over: str, pipe) -> None:
+    asyncio.run(_miner(port, key, tokens, token_ms, over, pipe))
 
 
-async def _miner(port: int, key: str, tokens: int, token_ms: float, pipe) -> None:
+async def _miner(port: int, key: str, tokens: int, token_ms: float, over: str, pipe) -> None:
     import httpx
     from websockets.asyncio.client import connect
 
@@ -57,6 +62,7 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, pipe) -> Non
     running: dict[str, dict] = {}  # job id → {"lease", "pushed_at", "sent"}
     own_ttft: dict[str, float] = {}
     reports: set[asyncio.Task] = set()
+    pongs: collections.deque[asyncio.Future] = collections.deque()
 
     async def take() -> None:
         async for frame in socket:
@@ -64,6 +70,22 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, pipe) -> Non
             if message.get("type") == "job.assigned":
                 job = message["job"]
                 running[job["job_id"]] = {"lease": job["lease_token"], "pushed_at": time.monotonic(), "sent": 0}
+            elif message.get("type") == "pong" and pongs:
+                pongs.popleft().set_result(None)
+            elif message.get("type") in ("job.tokens.refused", "error"):
+                print(f"miner: the socket answered {message}", file=sys.stderr, flush=True)
+
+    async def send_pieces(pieces: list[dict], ending: bool) -> None:
+        if over == "http":
+            (await http.post("/v1/miners/tokens", json={"tokens": pieces})).raise_for_status()
+            return
+        await socket.send(json.dumps({"type": "job.tokens", "tokens": pieces}))
+        if ending:
+            # The socket handles its messages in order: the pong says the pieces were published.
+            pong = asyncio.get_running_loop().create_future()
+            pongs.append(pong)
+            await socket.send(json.dumps({"type": "ping"}))
+            await pong
 
     async def report(job_id: str, lease: str) -> None:
         text = "".join(f"w{index} " for index in range(tokens))
@@ -86,8 +108,8 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, pipe) -> Non
                 job["sent"] += 1
                 if job["sent"] == tokens:
                     finished.append((job_id, running.pop(job_id)["lease"]))
-            # As runminer does: the step's pieces go out (published when answered) before any result.
-            (await http.post("/v1/miners/tokens", json={"tokens": pieces})).raise_for_status()
+            # The step's pieces go out (published when answered) before any result, as runminer does.
+            await send_pieces(pieces, ending=bool(finished))
             for job_id, lease in finished:
                 task = asyncio.create_task(report(job_id, lease))
                 reports.add(task)
@@ -111,6 +133,15 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, pipe) -> Non
 
 
 async def one_stream(http, key: str, tokens: int) -> dict:
+    import httpx
+
+    try:
+        return await _one_stream(http, key, tokens)
+    except httpx.HTTPError as error:  # counted, as an answer with an error status is
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+async def _one_stream(http, key: str, tokens: int) -> dict:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens, "stream": True}
     sent_at = time.monotonic()
     first_at, pieces, finished, done = None, [], False, False
@@ -176,6 +207,10 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=200, help="streams of the concurrent phase")
     parser.add_argument("--tokens", type=int, default=8, help="pieces each job streams")
     parser.add_argument("--token-ms", type=float, default=50, help="the played model's time per decoding step")
+    parser.add_argument(
+        "--tokens-over", choices=("ws", "http"), default="ws",
+        help="how the miner streams its pieces: job.tokens messages on its ws/miners/ socket, or POST /v1/miners/tokens",
+    )  # fmt: skip
     parser.add_argument("--db", default="aitbc_bench_openai")
     parser.add_argument("--redis-db", type=int, default=12, help="a Redis database of the benchmark's own")
     parser.add_argument("--keep-db", action="store_true")
@@ -191,7 +226,10 @@ def main() -> None:
         daphne = Daphne(env.env).start()
         ctx = mp.get_context("spawn")
         pipe, child_end = ctx.Pipe()
-        miner = ctx.Process(target=miner_process, args=(daphne.port, miner_key, args.tokens, args.token_ms, child_end))
+        miner = ctx.Process(
+            target=miner_process,
+            args=(daphne.port, miner_key, args.tokens, args.token_ms, args.tokens_over, child_end),
+        )
         miner.start()
         try:
             assert pipe.recv() == "ready"
@@ -224,6 +262,7 @@ def main() -> None:
             "benchmark": "openai_stream",
             "tokens_per_stream": args.tokens,
             "token_ms": args.token_ms,
+            "tokens_over": args.tokens_over,
             "phases": phases,
             "targets": {
                 "ttft_overhead_p50_ms": target(overhead.get("p50_ms"), TARGET_P50_MS, higher_is_better=False),

@@ -106,9 +106,10 @@ class RedisChannelLayer(core.RedisChannelLayer):
 
     # --- Sending ------------------------------------------------------------------------
 
-    async def group_send_many(self, by_group: dict[str, list]) -> list[str]:
+    async def group_send_many(self, by_group: dict[str, list], *, skip: frozenset[str] = frozenset()) -> list[str]:
         """Send each group of ``by_group`` its messages, in order; a message may be a function that
-        builds it, called only for a group with members. Returns the groups that had members."""
+        builds it, called only for a group with members. Members in ``skip`` are left out (they
+        were handed the messages otherwise). Returns the groups that had members."""
         by_host: dict[int, list[str]] = collections.defaultdict(list)
         for group in by_group:
             assert self.require_valid_group_name(group), "Group name not valid"
@@ -126,7 +127,11 @@ class RedisChannelLayer(core.RedisChannelLayer):
                 watched.append(group)
                 channels_by_key: dict[str, list[str]] = collections.defaultdict(list)
                 for channel in (member.decode() for member in members):
+                    if channel in skip:
+                        continue
                     channels_by_key[self.prefix + self.non_local_name(channel)].append(channel)
+                if not channels_by_key:
+                    continue
                 for message in by_group[group]:
                     body = message() if callable(message) else message
                     for key, channels in channels_by_key.items():

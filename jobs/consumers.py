@@ -1,7 +1,8 @@
 import asyncio
 import logging
 import threading
-from contextlib import suppress
+from contextlib import ExitStack, suppress
+from functools import partial
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -149,22 +150,21 @@ class MinerConsumer(ClientSocket):
     "job_ids": [...]}``, and a malformed message ``{"type": "error", ...}``.
 
     Wake-ups are those long polls sleep on (``jobs.wakeup``): the socket registers one waiter
-    for its miner's models, held by a thread of its own that blocks on it and wakes the event
-    loop. That costs one sleeping thread per connected miner — as a long poll does — but nothing
-    on the submit path, reaches every server process through PostgreSQL's ``NOTIFY``, covers
-    re-queued jobs too, and wakes one miner per announced job rather than every miner of the
-    model. A job claimed as the socket closes is put back in the queue at once.
+    for its miner's models, which wakes the event loop straight from the thread relaying the
+    announcement (no thread of its own). That costs nothing on the submit path, reaches every
+    server process through PostgreSQL's ``NOTIFY``, covers re-queued jobs too, and wakes one miner
+    per announced job rather than every miner of the model. A job claimed as the socket closes is
+    put back in the queue at once.
 
     When the server stops, the socket stops claiming and closes with 4503: the
     miner connects again, reaching another server or this one once it is back.
     """
 
     RECHECK_SECONDS = 15.0
-    # How often the waiting thread looks whether its socket has closed.
-    THREAD_POLL_SECONDS = 1.0
 
     miner: Miner | None = None
     pusher: asyncio.Task | None = None
+    waiting: ExitStack | None = None
 
     async def connect(self):
         loop = asyncio.get_running_loop()
@@ -180,12 +180,12 @@ class MinerConsumer(ClientSocket):
         self.miner = miner
         self.closing = threading.Event()
         self.wake = asyncio.Event()
-        self.waiter: wakeup.Waiter | None = None
-        registered = asyncio.Event()
-        threading.Thread(
-            target=self._wait_for_work, args=(loop, wait_scope, registered), name="miner-socket", daemon=True
-        ).start()
-        self.pusher = loop.create_task(self._push_work(registered))
+        # Registered before the first claim: a job committed in between still wakes us.
+        self.waiting = ExitStack()
+        self.waiter = self.waiting.enter_context(
+            wakeup.hub.waiter(*wait_scope, on_wake=partial(loop.call_soon_threadsafe, self.wake.set))
+        )
+        self.pusher = loop.create_task(self._push_work())
 
     async def disconnect(self, code):
         await self._stop_pushing()
@@ -201,6 +201,9 @@ class MinerConsumer(ClientSocket):
         self.wake.set()
         # A claim in progress finishes (and hands back what it could not deliver) first.
         await asyncio.wait({self.pusher}, timeout=10)
+        if self.waiting is not None:
+            waiting, self.waiting = self.waiting, None
+            waiting.close()  # wake-ups it did not use go to other waiters
 
     async def on_message(self, content: dict) -> None:
         if content.get("type") == "ready" and self.pusher is not None:
@@ -217,22 +220,7 @@ class MinerConsumer(ClientSocket):
         if refused:
             await self.send_json({"type": TOKENS_REFUSED, "job_ids": sorted(refused)})
 
-    def _wait_for_work(self, loop: asyncio.AbstractEventLoop, wait_scope: tuple, registered: asyncio.Event) -> None:
-        """The socket's waiting thread: relays this miner's wake-ups (``wakeup.miner_wait_scope``)
-        to the event loop."""
-        try:
-            with wakeup.hub.waiter(*wait_scope) as waiter:
-                self.waiter = waiter
-                loop.call_soon_threadsafe(registered.set)
-                while not self.closing.is_set():
-                    if waiter.wait(self.THREAD_POLL_SECONDS) and not self.closing.is_set():
-                        loop.call_soon_threadsafe(self.wake.set)
-        except RuntimeError:  # the event loop is gone: so is the socket
-            self.closing.set()
-
-    async def _push_work(self, registered: asyncio.Event) -> None:
-        # Registered before the first claim: a job committed in between still wakes us.
-        await registered.wait()
+    async def _push_work(self) -> None:
         while not self.closing.is_set():
             try:
                 jobs = await database_sync_to_async(_claim)(miner=self.miner)

@@ -11,11 +11,16 @@ published in. That loop is the one serving this process's WebSockets where there
 (consumers register it), so that the in-memory layer of the embedded platform wakes them at
 once; else a private loop thread, which keeps its Redis connections between calls. ``flush()``
 waits until everything handed over so far has gone out.
+
+A watch in this process (``watch_locally``: an OpenAI-compatible stream) is handed the events
+of its groups straight from the send, not through Redis and back: the send leaves its channel
+out, so it gets each event once, without two Redis round trips and a receive in between.
 """
 
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -40,6 +45,10 @@ _private_loop_lock = threading.Lock()
 _background_tasks: set[asyncio.Task] = set()
 # Batches waiting on one loop past this are dropped (logged): a dead layer must not grow memory.
 MAX_PENDING_BATCHES = 10_000
+
+# This process's local watches: group → {channel: (the watch's loop, its inbox)}.
+_local_watches: dict[str, dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
+_local_watches_lock = threading.Lock()
 
 
 def job_group(job_id) -> str:
@@ -149,20 +158,76 @@ def _deliver(messages: list[tuple[str, dict]]) -> None:
         logger.warning("%d job event(s) not published: %r", len(messages), error)
 
 
+def watch_locally(layer, groups: Iterable[str], channel: str, inbox: asyncio.Queue) -> bool:
+    """Have the events this process publishes to ``groups`` put in ``inbox`` (an
+    ``asyncio.Queue`` of the running loop) as they are sent, and left out of the layer's send to
+    ``channel``, a member of those groups. Only on a layer that can leave a channel out of a
+    send (the project's Redis layer); returns whether it did. Events published in other
+    processes still reach ``channel`` through the layer. ``unwatch_locally`` ends it."""
+    if not hasattr(layer, "group_send_many"):
+        return False
+    loop = asyncio.get_running_loop()
+    with _local_watches_lock:
+        for group in groups:
+            _local_watches.setdefault(group, {})[channel] = (loop, inbox)
+    return True
+
+
+def unwatch_locally(groups: Iterable[str], channel: str) -> None:
+    with _local_watches_lock:
+        for group in groups:
+            watches = _local_watches.get(group)
+            if watches is not None:
+                watches.pop(channel, None)
+                if not watches:
+                    del _local_watches[group]
+
+
+def _hand_to_local_watches(by_group: dict[str, list]) -> frozenset[str]:
+    """Put each group's messages in the inboxes of its local watches (building those given as
+    functions, once); return the watches' channels, which the layer's send leaves out."""
+    with _local_watches_lock:
+        if not _local_watches:
+            return frozenset()
+        watched = {group: list(_local_watches[group].items()) for group in by_group if group in _local_watches}
+    if not watched:
+        return frozenset()
+    running = asyncio.get_running_loop()
+    skipped = set()
+    for group, watches in watched.items():
+        built = by_group[group] = [message() if callable(message) else message for message in by_group[group]]
+        for channel, (loop, inbox) in watches:
+            skipped.add(channel)
+            if loop is running:
+                for message in built:
+                    inbox.put_nowait(message)
+                continue
+            with contextlib.suppress(RuntimeError):  # its loop is closed: so is the watch
+                loop.call_soon_threadsafe(_put_all, inbox, built)
+    return frozenset(skipped)
+
+
+def _put_all(inbox: asyncio.Queue, messages: list[dict]) -> None:
+    for message in messages:
+        inbox.put_nowait(message)
+
+
 async def _send_all(layer, messages: list[tuple[str, dict]]) -> None:
     by_group: dict[str, list[dict]] = {}
     for group, message in messages:
         by_group.setdefault(group, []).append(message)
-    await send_to_groups(layer, by_group, what="job events")
+    skip = _hand_to_local_watches(by_group) if hasattr(layer, "group_send_many") else frozenset()
+    await send_to_groups(layer, by_group, what="job events", skip=skip)
 
 
-async def send_to_groups(layer, by_group: dict[str, list], *, what: str) -> None:
+async def send_to_groups(layer, by_group: dict[str, list], *, what: str, skip: frozenset[str] = frozenset()) -> None:
     """Send each watched group its messages in order; a message may be a function that builds
-    it. On the project's Redis layer, all of them in two script calls (``group_send_many``);
-    elsewhere, the groups side by side, a group that fails logged. A layer that fails as a
-    whole, or a send past the timeout, raises."""
+    it. On the project's Redis layer, all of them in two script calls (``group_send_many``),
+    leaving out the channels ``skip``; elsewhere, the groups side by side, a group that fails
+    logged. A layer that fails as a whole, or a send past the timeout, raises."""
     if hasattr(layer, "group_send_many"):
-        await asyncio.wait_for(layer.group_send_many(by_group), PUBLISH_TIMEOUT_SECONDS)
+        send = layer.group_send_many(by_group, skip=skip) if skip else layer.group_send_many(by_group)
+        await asyncio.wait_for(send, PUBLISH_TIMEOUT_SECONDS)
         return
 
     async def send_in_order(group: str) -> None:

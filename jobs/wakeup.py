@@ -42,12 +42,21 @@ class Wakeup:
 
 class Waiter:
     """A sleeping poll for ``models``; with ``all_but`` instead, for every model but those (a miner
-    that declares no models waits for the models outside the catalog)."""
+    that declares no models waits for the models outside the catalog). ``on_wake``, if given, is
+    called (from the waking thread, so it must be quick and thread-safe) on each wake-up: an
+    event loop's waiter wakes its loop with it rather than keeping a thread blocked in ``wait``."""
 
-    def __init__(self, hub: "WakeupHub", models: Iterable[str], all_but: frozenset[str] | None = None):
+    def __init__(
+        self,
+        hub: "WakeupHub",
+        models: Iterable[str],
+        all_but: frozenset[str] | None = None,
+        on_wake: Callable[[], None] | None = None,
+    ):
         self.hub = hub
         self.models = frozenset(models)
         self.all_but = all_but
+        self.on_wake = on_wake
         self._event = threading.Event()
         self._pending: list[Wakeup] = []
 
@@ -58,6 +67,13 @@ class Waiter:
         with self.hub._lock:
             self._pending.append(wakeup)
         self._event.set()
+        if self.on_wake is not None:
+            try:
+                self.on_wake()
+            except Exception as error:
+                # Its event loop is gone, so is whoever waited: its wake-ups go to other waiters.
+                logger.warning("wake-up not delivered, waiter dropped: %r", error)
+                self.hub.drop(self)
 
     def wait(self, timeout: float) -> bool:
         woke = self._event.wait(timeout)
@@ -85,17 +101,24 @@ class WakeupHub:
         self._stopping = threading.Event()
 
     @contextmanager
-    def waiter(self, models: Iterable[str], all_but: frozenset[str] | None = None):
-        waiter = Waiter(self, models, all_but)
+    def waiter(
+        self, models: Iterable[str], all_but: frozenset[str] | None = None, on_wake: Callable[[], None] | None = None
+    ):
+        waiter = Waiter(self, models, all_but, on_wake)
         self._ensure_listener()
         with self._lock:
             self._waiters.append(waiter)
         try:
             yield waiter
         finally:
-            with self._lock:
+            self.drop(waiter)
+
+    def drop(self, waiter: Waiter) -> None:
+        """``waiter`` waits no more: the wake-ups it did not use go to other waiters."""
+        with self._lock:
+            if waiter in self._waiters:
                 self._waiters.remove(waiter)
-            waiter.pass_on()
+        waiter.pass_on()
 
     def notify(self, model: str) -> None:
         """Wake the longest-waiting waiter serving ``model``."""

@@ -2,7 +2,8 @@
 
 The view joins its jobs' channel-layer groups (those ``ws/jobs/<id>/`` sockets join), so it
 hears each status change and each piece of text a miner decodes, in-cluster worker or external
-miner alike. Events are hints: the jobs' rows are read when the watch starts (a job may end
+miner alike; what its own process publishes it is handed directly (``events.watch_locally``),
+without the round trips through Redis. Events are hints: the jobs' rows are read when the watch starts (a job may end
 before it subscribed), again every ``RECHECK_SECONDS`` without an event, and whenever a job
 ends, and an answer is built from the stored result. So a lost event costs latency, and a lost
 piece of text only arrives later, with the end of its choice: a stream never misses text.
@@ -125,6 +126,7 @@ class JobWatch:
         self._last_heard: dict[str, float] = {}
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._layer = None
+        self._local = False  # events published in this process are handed over directly
         self._reader: asyncio.Task | None = None
 
     async def __aenter__(self) -> "JobWatch":
@@ -133,13 +135,19 @@ class JobWatch:
             return self
         # Workers of this process publish on this loop (the in-memory layer wakes no other).
         events.use_server_loop(asyncio.get_running_loop())
+        groups = [events.job_group(job_id) for job_id in self.job_ids]
         try:
             self._channel = await layer.new_channel()
-            joins = (layer.group_add(events.job_group(job_id), self._channel) for job_id in self.job_ids)
+            # What this process publishes comes straight to the inbox, from the first event.
+            self._local = events.watch_locally(layer, groups, self._channel, self._inbox)
+            joins = (layer.group_add(group, self._channel) for group in groups)
             await asyncio.wait_for(asyncio.gather(*joins), SUBSCRIBE_TIMEOUT_SECONDS)
         except Exception as error:
             # Without events the jobs' rows still tell when they end (every RECHECK_SECONDS).
             logger.warning("following jobs %s without their events: %r", self.job_ids, error)
+            if self._local:
+                events.unwatch_locally(groups, self._channel)
+                self._local = False
             return self
         self._layer = layer
         self._reader = asyncio.get_running_loop().create_task(self._read())
@@ -148,6 +156,9 @@ class JobWatch:
     async def __aexit__(self, *exc_info) -> None:
         if self._reader is None:
             return
+        if self._local:
+            events.unwatch_locally([events.job_group(job_id) for job_id in self.job_ids], self._channel)
+            self._local = False
         reader, self._reader = self._reader, None
         # A receive cancelled drops what its channel buffered: only done once, at the end.
         reader.cancel()

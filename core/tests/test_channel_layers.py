@@ -124,3 +124,22 @@ def test_messages_past_a_channels_capacity_are_dropped():
         return [m["n"] for m in received]
 
     assert asyncio.run(scenario()) == [0, 1, 2]
+
+
+def test_a_send_leaves_out_the_channels_it_is_told_to_skip():
+    async def scenario():
+        layer = new_layer()
+        channels = await joined(layer, ["job", "other"])
+        handed_over = await layer.new_channel()  # a process's local watch, handed the messages itself
+        await layer.group_add("job", handed_over)
+        await layer.group_send_many(
+            {"job": [{"type": "t", "n": n} for n in range(3)], "other": [{"type": "t", "n": 0}]},
+            skip=frozenset({handed_over, channels["other"]}),
+        )
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(layer.receive(handed_over), 0.3)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(layer.receive(channels["other"]), 0.3)
+        return await receive_all(layer, channels["job"], 3)
+
+    assert [m["n"] for m in asyncio.run(scenario())] == [0, 1, 2]

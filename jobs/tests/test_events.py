@@ -336,3 +336,61 @@ def test_on_redis_only_watched_jobs_groups_are_sent_to_all_in_one_send(settings,
 
     assert [m["text"] for m in received[events.job_group(watched)]] == ["b", "c"]
     assert sends == [[events.job_group(watched)]]
+
+
+@needs_redis
+@pytest.mark.parametrize("publishing_loop", ["the watch's", "a private one"])
+def test_a_local_watch_is_handed_its_events_directly_and_left_out_of_the_layers_send(
+    settings, monkeypatch, publishing_loop
+):
+    use_redis_layer(settings)
+    job_id = str(uuid.uuid4())
+    group = events.job_group(job_id)
+
+    def publish(*tokens):
+        # From a request's thread, as the miners' token relay publishes.
+        events.publish_token_events(list(tokens))
+        events.flush()
+
+    async def scenario():
+        if publishing_loop == "the watch's":
+            events.use_server_loop(asyncio.get_running_loop())
+        else:
+            monkeypatch.setattr(events, "_server_loop", None)
+        layer = get_channel_layer()
+        watch_channel, socket_channel = await layer.new_channel(), await layer.new_channel()
+        for channel in (watch_channel, socket_channel):
+            await layer.group_add(group, channel)
+        inbox = asyncio.Queue()
+        assert events.watch_locally(layer, [group], watch_channel, inbox)
+        try:
+            await sync_to_async(publish, thread_sensitive=False)(
+                TokenEvent(job_id, 0, "a", 1, 4), TokenEvent(job_id, 1, "b", 2, 4)
+            )
+            direct = [await asyncio.wait_for(inbox.get(), 2) for _ in range(2)]
+            # Another member of the group (a ws/jobs socket, a stream in another process) gets them through the layer.
+            relayed = [await asyncio.wait_for(layer.receive(socket_channel), 2) for _ in range(2)]
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(layer.receive(watch_channel), 0.3)
+        finally:
+            events.unwatch_locally([group], watch_channel)
+        await sync_to_async(publish, thread_sensitive=False)(TokenEvent(job_id, 2, "c", 3, 4))
+        after = await asyncio.wait_for(layer.receive(watch_channel), 2)
+        await sync_to_async(events.flush, thread_sensitive=False)()
+        return direct, relayed, after, inbox.empty()
+
+    direct, relayed, after, inbox_empty = async_to_sync(scenario)()
+
+    assert [(m["index"], m["text"]) for m in direct] == [(0, "a"), (1, "b")]
+    assert [(m["index"], m["text"]) for m in relayed] == [(0, "a"), (1, "b")]
+    assert after["text"] == "c" and inbox_empty  # no longer watched locally: through the layer again
+    assert events._local_watches == {}
+
+
+def test_no_local_watch_on_a_layer_that_cannot_leave_a_channel_out():
+    async def scenario():
+        layer = get_channel_layer()  # in memory
+        return events.watch_locally(layer, ["job-x"], await layer.new_channel(), asyncio.Queue())
+
+    assert async_to_sync(scenario)() is False
+    assert events._local_watches == {}

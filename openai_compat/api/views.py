@@ -10,6 +10,8 @@ worker and a stream arrives whole at the end: deployments route these paths to d
 
 import inspect
 import uuid
+from collections.abc import Callable
+from functools import partial
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
@@ -81,7 +83,8 @@ STREAM = OpenApiResponse(
 
 class OpenAIView(APIView):
     """An async DRF view answering errors as OpenAI does. Authentication, permissions and rate
-    limits are the API's own (a client key, as ``Authorization: Bearer``)."""
+    limits are the API's own (a client key, as ``Authorization: Bearer``); for a POST they run in
+    the same hop to a thread as the submit of its jobs (``submit``), before it."""
 
     permission_classes = [IsClient]
     http_method_names = ["post", "options"]
@@ -92,7 +95,8 @@ class OpenAIView(APIView):
         self.request = request
         self.headers = self.default_response_headers
         try:
-            await in_thread(self._initial, request=request, args=args, kwargs=kwargs)
+            if request.method != "POST":
+                await in_thread(self._initial, request=request, args=args, kwargs=kwargs)
             if request.method.lower() not in self.http_method_names:
                 raise exceptions.MethodNotAllowed(request.method)
             response = getattr(self, request.method.lower())(request, *args, **kwargs)
@@ -110,24 +114,39 @@ class OpenAIView(APIView):
         # Streaming clients may accept text/event-stream only; the answer's type is the view's.
         return super().perform_content_negotiation(request, force=True)
 
-    async def submit(self, request, jobs_request: shapes.JobsRequest) -> tuple[list[Job], JobWatch]:
-        """Queue the request's jobs, already followed: the watch joins their groups first, so it
-        hears everything a miner streams from the first piece (close it when done)."""
-        job_ids = [uuid.uuid4() for _ in jobs_request.payloads]
+    async def submit(
+        self, request, read: Callable[[], shapes.JobsRequest]
+    ) -> tuple[shapes.JobsRequest, list[Job], JobWatch]:
+        """The jobs ``read()`` makes of the request's body, queued, already followed: the watch
+        joins their groups first, so it hears everything a miner streams from the first piece
+        (close it when done). Authentication, permissions and rate limits run in the submit's
+        hop to a thread, before it, and come first: an anonymous request with a bad body is a 401."""
+        try:
+            jobs_request, refusal = read(), None
+        except Exception as error:
+            jobs_request, refusal = None, error
+        job_ids = [uuid.uuid4() for _ in jobs_request.payloads] if jobs_request is not None else []
         watch = JobWatch(
             [str(job_id) for job_id in job_ids],
             queue_timeout=settings.OPENAI_QUEUE_TIMEOUT_SECONDS,
             response_timeout=settings.OPENAI_RESPONSE_TIMEOUT_SECONDS,
         )
-        await watch.__aenter__()
+        if job_ids:
+            await watch.__aenter__()
         try:
             jobs = await in_thread(
-                services.request_jobs_submit, client=request.user, request=jobs_request, job_ids=job_ids
+                self._checked_submit, request=request, jobs_request=jobs_request, refusal=refusal, job_ids=job_ids
             )
         except BaseException:
             await watch.__aexit__(None, None, None)
             raise
-        return jobs, watch
+        return jobs_request, jobs, watch
+
+    def _checked_submit(self, *, request, jobs_request, refusal: Exception | None, job_ids: list) -> list[Job]:
+        self.initial(request, *self.args, **self.kwargs)
+        if refusal is not None:
+            raise refusal
+        return services.request_jobs_submit(client=request.user, request=jobs_request, job_ids=job_ids)
 
     async def wait(self, jobs: list[Job], watch: JobWatch) -> tuple[list[Job], dict]:
         """The jobs once ended, completed, with the headers naming them and their receipts."""
@@ -155,15 +174,17 @@ class GenerationView(OpenAIView):
     to_answer = staticmethod(shapes.chat_completion)
 
     async def post(self, request):
-        submitted = self.request_serializer(data=request.data)
-        submitted.is_valid(raise_exception=True)
-        shapes.refuse_unsupported(request.data)
-        jobs_request = self.to_jobs_request(_plain(submitted.validated_data))
-        jobs, watch = await self.submit(request, jobs_request)
+        jobs_request, jobs, watch = await self.submit(request, partial(self.read, request))
         if jobs_request.stream:
             return await self.stream(request, jobs_request, jobs, watch)
         finished, headers = await self.wait(jobs, watch)
         return JsonResponse(self.to_answer(jobs_request, finished), headers=headers)
+
+    def read(self, request) -> shapes.JobsRequest:
+        submitted = self.request_serializer(data=request.data)
+        submitted.is_valid(raise_exception=True)
+        shapes.refuse_unsupported(request.data)
+        return self.to_jobs_request(_plain(submitted.validated_data))
 
     async def stream(self, request, jobs_request: shapes.JobsRequest, jobs: list[Job], watch: JobWatch):
         """Server-sent events, begun once a miner took every job: until then the answer can still
@@ -247,13 +268,17 @@ class EmbeddingsView(OpenAIView):
         parameters=_response_headers(receipts=True),
     )
     async def post(self, request):
-        submitted = EmbeddingCreateSerializer(data=request.data)
-        submitted.is_valid(raise_exception=True)
-        data = _plain(submitted.validated_data)
-        jobs_request = shapes.embedding_request(data)
-        jobs, watch = await self.submit(request, jobs_request)
+        read: dict = {}
+
+        def embedding_request() -> shapes.JobsRequest:
+            submitted = EmbeddingCreateSerializer(data=request.data)
+            submitted.is_valid(raise_exception=True)
+            read.update(_plain(submitted.validated_data))
+            return shapes.embedding_request(read)
+
+        jobs_request, jobs, watch = await self.submit(request, embedding_request)
         finished, headers = await self.wait(jobs, watch)
-        answer = shapes.embedding_list(jobs_request, finished[0], encoding_format=data["encoding_format"])
+        answer = shapes.embedding_list(jobs_request, finished[0], encoding_format=read["encoding_format"])
         return JsonResponse(answer, headers=headers)
 
 

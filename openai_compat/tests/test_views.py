@@ -220,3 +220,28 @@ def test_callers_without_a_client_key_get_openai_errors(client, miner_api, calle
     answer = post(api, "/v1/chat/completions", CHAT)
     assert answer.status_code == status
     error_of(answer)
+
+
+@pytest.mark.parametrize("body", ["{not json", json.dumps({**CHAT, "temperature": 5})])
+@pytest.mark.parametrize(("caller", "status"), [("anonymous", 401), ("miner", 403)])
+def test_a_caller_without_a_client_key_is_refused_before_its_body_is(client, miner_api, caller, status, body):
+    api = client if caller == "anonymous" else miner_api
+    answer = api.post("/v1/chat/completions", body, content_type="application/json")
+    assert answer.status_code == status
+    assert error_of(answer)["code"] in ("invalid_api_key", "permission_denied")
+
+
+def test_authentication_and_the_submit_take_one_hop_to_a_thread(client_api, miner, monkeypatch):
+    from openai_compat.api import views
+
+    hops = []
+
+    async def counted(function, /, **kwargs):
+        hops.append(function.__name__)
+        return await in_thread(function, **kwargs)
+
+    in_thread = views.in_thread
+    monkeypatch.setattr(views, "in_thread", counted)
+    answer = post(client_api, "/v1/chat/completions", {**CHAT, "model": "gpt-17"})
+    assert answer.status_code == 404
+    assert hops == ["_checked_submit"]
