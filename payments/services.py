@@ -353,14 +353,16 @@ def _settle_postgres(*, charges: list[tuple], opened: bool = False) -> dict:
         settled = cursor.fetchall()
     paid = {row[0]: payment for row, payment in zip(settled, rawsql.instances(Payment, settled, start=1), strict=True)}
     left = [(job, charge, payee) for job, charge, payee in charges if job.pk not in paid]
-    if left and not opened and _open_settlement_wallets(payees={payee.pk: payee for _, _, payee in left}):
-        # The first settlement of a payee, or of all: with their wallets open, settle what was left.
+    if left and not opened:
+        # The first settlement of a payee, or of all: with their wallets open (here, or by another
+        # settlement since the statement passed them by), settle what was left.
+        _open_settlement_wallets(payees={payee.pk: payee for _, _, payee in left})
         paid |= _settle_postgres(charges=left, opened=True)
     return paid
 
 
-def _open_settlement_wallets(*, payees: dict) -> bool:
-    """Open the wallets a settlement of ``payees`` (by user id) needs and lacks; whether any was."""
+def _open_settlement_wallets(*, payees: dict) -> None:
+    """Open the wallets a settlement of ``payees`` (by user id) needs and lacks."""
     with connection.cursor() as cursor:
         cursor.execute(sql.WALLETS_OF_SETTLEMENT, {"payees": list(payees)})
         present = {row[0] for row in cursor.fetchall()}
@@ -369,7 +371,6 @@ def _open_settlement_wallets(*, payees: dict) -> bool:
         wallet_open(user=payee)
     if None not in present:
         system_wallet(WalletKind.FEES)
-    return bool(missing) or None not in present
 
 
 def escrows_end(*, charges: list[tuple], refunds: list[tuple]) -> tuple[dict, dict]:
@@ -400,7 +401,8 @@ def escrows_end(*, charges: list[tuple], refunds: list[tuple]) -> tuple[dict, di
     for row, payment in zip(ended, rawsql.instances(Payment, ended, start=1), strict=True):
         (refunded if payment.status == PaymentStatus.REFUNDED else paid)[row[0]] = payment
     left = [(job, charge, payee) for job, charge, payee in charges if job.pk not in paid]
-    if left and _open_settlement_wallets(payees={payee.pk: payee for _, _, payee in left}):
+    if left:
+        _open_settlement_wallets(payees={payee.pk: payee for _, _, payee in left})
         paid |= _settle_postgres(charges=left, opened=True)
     return paid, refunded
 

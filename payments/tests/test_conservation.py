@@ -167,3 +167,28 @@ def test_a_paid_completion_settles_in_one_statement_that_finds_the_wallets():
     assert len(statements) == 5, "\n".join(statements)
     assert Payment.objects.get(job=job).status == "released"
     assert_books_balance()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_wallets_opened_by_another_settlement_meanwhile_still_get_this_one_paid(monkeypatch):
+    from payments import services as payment_services
+
+    (user,), miner = make_network(clients=1)
+    job = submit(user, "2")
+    (claimed,) = job_claim(miner=miner)
+    assert not Wallet.objects.filter(kind=WalletKind.FEES).exists()
+    look_for_wallets = payment_services._open_settlement_wallets
+
+    def opened_meanwhile(*, payees):
+        # Another completion, the platform's first too, opened (and committed) the fees wallet
+        # after this settlement's statement passed it by, and before this one looked for it.
+        payment_services.system_wallet(WalletKind.FEES)
+        return look_for_wallets(payees=payees)
+
+    monkeypatch.setattr(payment_services, "_open_settlement_wallets", opened_meanwhile)
+    job_complete(job_id=job.pk, miner=miner, result={"text": "ok"}, lease_token=claimed.lease_token)
+
+    assert Payment.objects.get(job=job).status == "released"
+    assert Wallet.objects.get(kind=WalletKind.FEES).balance > 0
+    assert_books_balance()
