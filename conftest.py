@@ -1,4 +1,8 @@
+import contextlib
 import os
+import socket
+import threading
+import time
 import uuid
 
 import pytest
@@ -126,6 +130,17 @@ def tiny_model(db, tiny_model_dir):
 
 
 @pytest.fixture
+def redis_server():
+    """A Redis server of the test's own, which the test may stop (an outage) and start again."""
+    from tests.processes import RedisServer
+
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def serve(tmp_path):
     """``serve(models)``: daphne on the test database, as ``bin/start`` runs it, its in-process
     workers serving ``models`` (none: no workers, for external miners). Stopped after the test."""
@@ -161,3 +176,40 @@ def serve(tmp_path):
     for server in servers:
         server.stop(timeout=3)
         print(f"{server.name}'s log:\n" + server.log(5000))  # shown when the test fails
+
+
+@pytest.fixture
+def silent_redis():
+    """The URL of a Redis that takes connections and never answers (a host that hangs); it closes each one
+    after 5 s, so that a client without a timeout of its own fails rather than waits for ever."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    taken = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                taken.append((time.monotonic(), listener.accept()[0]))
+            while taken and time.monotonic() - taken[0][0] > 5:
+                taken.pop(0)[1].close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    stop.set()
+    thread.join()
+    for _, accepted in taken:
+        accepted.close()
+    listener.close()
+
+
+@pytest.fixture
+def hanging_cache(settings, silent_redis):
+    """The cache is Redis on a host that hangs (``silent_redis``)."""
+    from core.backends import redis_cache
+
+    redis_cache._retry_at.clear()
+    settings.CACHES = {"default": {"BACKEND": "core.backends.redis_cache.RedisCache", "LOCATION": silent_redis}}
+    yield
+    redis_cache._retry_at.clear()

@@ -24,6 +24,7 @@ from core.sockets import (
     socket_credentials,
 )
 from jobs import events as job_events
+from jobs.consumers import socket_client
 from jobs.services import job_requeue
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,15 @@ class AgentConsumer(ClientSocket):
         self.agent = agent
         self.closing = asyncio.Event()
         self.pusher = asyncio.get_running_loop().create_task(self._push_tasks())
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Ended without its disconnect (an error of its own, a cancel): it takes no more tasks,
+            # and one taken meanwhile goes back to the queue.
+            if self.pusher is not None:
+                self.closing.set()
 
     async def disconnect(self, code):
         if self.pusher is not None:
@@ -136,7 +146,6 @@ class ExecutionConsumer(ClientSocket):
     user; the execution's client and admins may follow it. Refusals, sent after accepting: 4401
     no or bad credentials, 4403 another scope, 4404 no such execution, or not yours."""
 
-    group: str | None = None
     finished = False
 
     async def connect(self):
@@ -145,23 +154,22 @@ class ExecutionConsumer(ClientSocket):
         credentials = socket_credentials(self.scope)
         user = self.scope.get("user")
         if credentials.raw_key is None and not (user and user.is_authenticated):
-            await self._refuse(CLOSE_UNAUTHENTICATED, credentials.subprotocol)
+            await self.refuse(CLOSE_UNAUTHENTICATED, credentials.subprotocol)
             return
         # Joined before reading, so that no change between the two is missed.
-        self.group = services.execution_group(execution_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.join_group(services.execution_group(execution_id))
         close_code, self.reader = await database_sync_to_async(_execution_reader)(
             execution_id=execution_id, raw_key=credentials.raw_key, user=user
         )
         if close_code is not None:
-            await self._leave_group()
-            await self._refuse(close_code, credentials.subprotocol)
+            await self.leave_group()
+            await self.refuse(close_code, credentials.subprotocol)
             return
         await self.accept(credentials.subprotocol)
         await self.execution_changed({})
 
     async def disconnect(self, code):
-        await self._leave_group()
+        await self.leave_group()
 
     async def execution_changed(self, event):
         if self.finished:
@@ -170,32 +178,16 @@ class ExecutionConsumer(ClientSocket):
         await self.send_json({"type": EXECUTION_STATUS, **state})
         if state["status"] in ExecutionStatus.TERMINAL:
             self.finished = True
-            await self._leave_group()
+            await self.leave_group()
             await self.close(code=CLOSE_DONE)
-
-    async def _refuse(self, code: int, subprotocol: str | None) -> None:
-        await self.accept(subprotocol)
-        await self.close(code=code)
-
-    async def _leave_group(self) -> None:
-        if self.group is not None:
-            group, self.group = self.group, None
-            await self.channel_layer.group_discard(group, self.channel_name)
 
 
 def _execution_reader(*, execution_id, raw_key: str | None, user):
     """``(None, read)`` where ``read()`` is the execution's state now, if the caller may follow it;
     else ``(close code, None)``."""
-    if raw_key is not None:
-        api_key = api_key_authenticate(raw_key=raw_key)
-        if api_key is None:
-            return CLOSE_UNAUTHENTICATED, None
-        user, scope = api_key.user, api_key.scope
-    else:
-        scope = ApiKeyScope.ADMIN if user.is_staff else ApiKeyScope.CLIENT
-    if scope not in (ApiKeyScope.CLIENT, ApiKeyScope.ADMIN):
-        return CLOSE_FORBIDDEN, None
-    is_admin = scope == ApiKeyScope.ADMIN
+    close_code, user, is_admin = socket_client(raw_key=raw_key, user=user)
+    if close_code is not None:
+        return close_code, None
     try:
         selectors.execution_for(user=user, execution_id=execution_id, is_admin=is_admin)
     except NotFound:

@@ -10,13 +10,13 @@ they may in a job's payload. A task without a type is text generation.
 
 import logging
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
 from catalog.payloads import PARAM_NAMES
 from inference import engine
+from inference.agent import RETRY_DELAYS, coordinator_client, request_retried
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ class RunnerError(Exception):
 
 
 class TaskRunner:
-    # Seconds between the retries of a request the coordinator did not answer (a restart).
-    RETRY_DELAYS = (0.5, 1, 2, 5, 10)
+    RETRY_DELAYS = RETRY_DELAYS
 
     def __init__(
         self,
@@ -86,12 +85,7 @@ class TaskRunner:
         self.cache_dir = cache_dir
         self.device = device
         self.max_tasks = max_tasks
-        self.http = httpx.Client(
-            base_url=url.rstrip("/"),
-            headers={"X-Api-Key": api_key},
-            timeout=httpx.Timeout(30, read=poll_wait + 30),
-            transport=transport,
-        )
+        self.http = coordinator_client(url, api_key, poll_wait=poll_wait, transport=transport)
         self.models: dict[str, engine.LoadedModel] = {}
         self.tasks_done = 0
         self._stop = threading.Event()
@@ -175,30 +169,19 @@ class TaskRunner:
     def _request(
         self, method: str, path: str, *, allow_conflict: bool = False, until_stopped: bool = False, **kwargs
     ) -> httpx.Response | None:
-        """A request retried through network errors, 5xx and 429 (a coordinator restarting, a proxy
-        with no server behind it yet); another 4xx is fatal.
-
-        After ``RETRY_DELAYS`` it fails, or, ``until_stopped``, goes on every last delay until the
-        agent is stopped (then ``None``)."""
-        delays = iter(self.RETRY_DELAYS)
-        while True:
-            try:
-                response = self.http.request(method, path, **kwargs)
-            except httpx.TransportError as error:
-                problem = str(error) or type(error).__name__
-            else:
-                if response.status_code < 500 and response.status_code != 429:
-                    return self._checked(response, allow_conflict=allow_conflict)
-                problem = f"{response.status_code} {response.reason_phrase}"
-            delay = next(delays, self.RETRY_DELAYS[-1] if until_stopped else None)
-            if delay is None:
-                raise RunnerError(f"{method} {path} failed: {problem}")
-            logger.warning("%s %s failed (%s); retrying in %ss", method, path, problem, delay)
-            if until_stopped:
-                if self._stop.wait(delay):
-                    return None
-            else:
-                time.sleep(delay)
+        """``inference.agent.request_retried``, failing with a ``RunnerError``; then a refused key is
+        fatal, as is another 4xx but a 409 where ``allow_conflict``."""
+        response = request_retried(
+            self.http,
+            method,
+            path,
+            stop=self._stop,
+            delays=self.RETRY_DELAYS,
+            until_stopped=until_stopped,
+            error=RunnerError,
+            **kwargs,
+        )
+        return None if response is None else self._checked(response, allow_conflict=allow_conflict)
 
     def _checked(self, response: httpx.Response, *, allow_conflict: bool) -> httpx.Response:
         if response.status_code in (401, 403):

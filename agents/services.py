@@ -38,7 +38,7 @@ from agents.models import (
 from agents.strategies import STRATEGIES, Candidate, fits
 from catalog.payloads import PayloadError, requested_max_tokens
 from catalog.selectors import catalog_entry
-from core import rawsql, shutdown
+from core import rawsql
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from jobs import events as job_events
 from jobs import services as job_services
@@ -409,26 +409,20 @@ def agent_poll(*, agent: Agent, limit: int = 1, wait_seconds: float = 0) -> list
     tasks = _deliverable(agent, limit)
     if tasks or wait_seconds <= 0:
         return tasks
-    deadline = time.monotonic() + wait_seconds
-    with wakeup.hub.waiter([AGENT_TASK_MODEL, waiter_name(agent)]) as waiter:
-        tasks = _deliverable(agent, limit)
-        while not tasks and not shutdown.stopping():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if not connection.in_atomic_block:
-                connection.close()  # hand the connection back to the pool while asleep
-            # Woken by a task queued or assigned to this agent; looks again every few seconds
-            # regardless, since an assignment made elsewhere may have been announced before we waited.
-            waiter.wait(min(remaining, 5))
-            if shutdown.stopping():
-                break
-            tasks_assign()
-            tasks = _deliverable(agent, limit)
-            waiter.claimed(len(tasks))
-            if not tasks:
-                waiter.pass_on()
-    return tasks
+
+    def assigned_and_deliverable() -> list[Task]:
+        tasks_assign()
+        return _deliverable(agent, limit)
+
+    # Woken by a task queued or assigned to this agent; looks again every few seconds regardless,
+    # since an assignment made elsewhere may have been announced before it waited.
+    return wakeup.wait_for_work(
+        [AGENT_TASK_MODEL, waiter_name(agent)],
+        assigned_and_deliverable,
+        first=partial(_deliverable, agent, limit),
+        deadline=time.monotonic() + wait_seconds,
+        look_every=5,
+    )
 
 
 def _task_for_agent(task_id) -> Task:

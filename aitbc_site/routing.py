@@ -4,9 +4,10 @@ from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.security.websocket import OriginValidator
 from django.conf import settings
-from django.urls import path
+from django.urls import path, re_path
 
 from agents.consumers import AgentConsumer, ExecutionConsumer
+from core.sockets import UnknownRouteConsumer
 from explorer.consumers import DashboardConsumer
 from jobs.consumers import JobConsumer, MinerConsumer
 
@@ -16,6 +17,7 @@ websocket_urlpatterns: list = [
     path("ws/miners/", MinerConsumer.as_asgi()),
     path("ws/agents/<str:agent_id>/", AgentConsumer.as_asgi()),
     path("ws/executions/<uuid:execution_id>/", ExecutionConsumer.as_asgi()),
+    re_path(r"", UnknownRouteConsumer.as_asgi()),  # last: whatever the routes above do not match
 ]
 
 

@@ -5,6 +5,7 @@ production sets ``DATABASE_URL``, ``REDIS_URL`` and ``DRAMATIQ_BROKER_URL``.
 """
 
 import socket
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -21,7 +22,9 @@ DEBUG = env_bool("DEBUG", False)
 # so every manage.py command finds the key the embedded server runs with.
 SECRET_KEY_FILE = DATA_DIR / "secret_key"
 SECRET_KEY = env_str("SECRET_KEY") or (SECRET_KEY_FILE.read_text().strip() if SECRET_KEY_FILE.is_file() else "")
-if not SECRET_KEY:
+# The external miner agent (``manage.py runminer``) signs nothing of the coordinator's: a miner
+# host needs no key, and Django refuses any use of an empty one.
+if not SECRET_KEY and sys.argv[1:2] != ["runminer"]:
     if not DEBUG:
         raise ImproperlyConfigured(
             f"SECRET_KEY is required when DEBUG is off: set it, or run bin/start once to generate {SECRET_KEY_FILE}"
@@ -176,7 +179,7 @@ LOGGING = {
 # --- Redis, cache and channel layer --------------------------------------------------
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
-    from core.channel_layers import RedisChannelLayer
+    from core import channel_layers
 
     CACHES = {"default": {"BACKEND": "core.backends.redis_cache.RedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
@@ -189,10 +192,7 @@ if REDIS_URL:
                         "address": REDIS_URL,
                         # redis-py caps a pool at 100 connections unless told otherwise.
                         "max_connections": 5000,
-                        # A socket's receive is a blocking pop of brpop_timeout seconds, repeated
-                        # while nothing arrives: a read timeout no longer than that (redis-py's
-                        # default is 5 s, the same) would end every socket idle for that long.
-                        "socket_timeout": RedisChannelLayer.brpop_timeout + 10,
+                        **channel_layers.connection_options(REDIS_URL),
                     }
                 ],
                 # Every socket and stream of one server process is fed from one Redis queue, and
@@ -281,6 +281,8 @@ SPECTACULAR_SETTINGS = {
         "AgentStatusEnum": "agents.models.AgentStatus",
         "SwarmTaskStatusEnum": "swarm.models.TaskStatus",
         "SwarmMemberPriorityEnum": "swarm.models.MemberPriority",
+        "SwarmMemberRoleEnum": "swarm.models.MemberRole",
+        "ChatMessageRoleEnum": "openai_compat.shapes.ROLES",
     },
 }
 

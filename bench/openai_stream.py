@@ -13,14 +13,16 @@ first piece sent) is what a real model adds; the figure is the client's time to 
 (request sent → first content chunk read) minus it, both read from CLOCK_MONOTONIC, which the
 processes share.
 
-Phases: ``ttft``, ``--requests`` streams one after another; ``concurrent``, ``--streams``
-streams at once. Every stream must carry each piece in order as a chunk of its own (a piece the
-channel layer lost would arrive late, merged into its choice's last chunk), its finish chunk
-and ``data: [DONE]``; ``lost`` counts the pieces that did not arrive as their own chunk.
+Phases: ``warmup``, ``--warmup`` streams one after another, reported apart (the first stream
+after daphne starts pays for its first connections and its code's first run); ``ttft``,
+``--requests`` streams one after another; ``concurrent``, ``--streams`` streams at once. Every
+stream must carry each piece in order as a chunk of its own (a piece the channel layer lost would
+arrive late, merged into its choice's last chunk), its finish chunk and ``data: [DONE]``; ``lost``
+counts the pieces that did not arrive as their own chunk.
 
 Targets: overhead p50 <= 15 ms, p99 <= 60 ms; 200 concurrent streams, 0 lost.
 
-    .venv/bin/python bench/openai_stream.py [--requests 30] [--streams 200] [--tokens 8] [--token-ms 50] [--tokens-over ws]
+    .venv/bin/python bench/openai_stream.py [--warmup 3] [--requests 30] [--streams 200] [--tokens 8] [--token-ms 50] [--tokens-over ws]
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, over: str, p
     socket = await connect(f"ws://127.0.0.1:{port}/ws/miners/", additional_headers=headers, max_queue=None)
     running: dict[str, dict] = {}  # job id → {"lease", "pushed_at", "sent"}
     own_ttft: dict[str, float] = {}
+    stamps: dict[str, tuple[float, float]] = {}  # job id → (pushed, first piece sent)
     reports: set[asyncio.Task] = set()
     pongs: collections.deque[asyncio.Future] = collections.deque()
 
@@ -105,6 +108,7 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, over: str, p
                 pieces.append({"job_id": job_id, "index": index, "text": f"w{index} ", "lease_token": job["lease"]})
                 if index == 0:
                     own_ttft[job_id] = now - job["pushed_at"]
+                    stamps[job_id] = (job["pushed_at"], now)
                 job["sent"] += 1
                 if job["sent"] == tokens:
                     finished.append((job_id, running.pop(job_id)["lease"]))
@@ -120,7 +124,7 @@ async def _miner(port: int, key: str, tokens: int, token_ms: float, over: str, p
     while True:
         command = await asyncio.to_thread(pipe.recv)
         if command == "collect":
-            pipe.send(dict(own_ttft))
+            pipe.send((dict(own_ttft), dict(stamps)))
         elif command == "stop":
             break
     for task in tasks:
@@ -167,6 +171,8 @@ async def _one_stream(http, key: str, tokens: int) -> dict:
     expected = [f"w{index} " for index in range(tokens)]
     return {
         "job_id": job_id,
+        "sent_at": sent_at,
+        "first_at": first_at,
         "ttft": (first_at - sent_at) if first_at else None,
         "lost": sum(1 for index, piece in enumerate(expected) if index >= len(pieces) or pieces[index] != piece),
         "whole": "".join(pieces) == "".join(expected) and finished and done,
@@ -184,9 +190,11 @@ async def run_streams(port: int, key: str, *, count: int, concurrent: bool, toke
         return [await one_stream(http, key, tokens) for _ in range(count)]
 
 
-def phase_result(streams: list[dict], own_ttft: dict, *, count: int) -> dict:
+def phase_result(streams: list[dict], miner_said: tuple[dict, dict], *, count: int) -> dict:
+    own_ttft, stamps = miner_said
     errors = [s["error"] for s in streams if "error" in s]
     ok = [s for s in streams if "error" not in s]
+    stamped = [(s, stamps[s["job_id"]]) for s in ok if s["first_at"] and s["job_id"] in stamps]
     overhead = [s["ttft"] - own_ttft[s["job_id"]] for s in ok if s["ttft"] is not None and s["job_id"] in own_ttft]
     return {
         "streams": count,
@@ -197,12 +205,16 @@ def phase_result(streams: list[dict], own_ttft: dict, *, count: int) -> dict:
         "ttft_client": latency_summary_ms([s["ttft"] for s in ok if s["ttft"] is not None]),
         "ttft_miner_own": latency_summary_ms([own_ttft[s["job_id"]] for s in ok if s["job_id"] in own_ttft]),
         "ttft_overhead": latency_summary_ms(overhead),
+        # The overhead's two legs: request sent → job pushed to the miner; first piece sent → read.
+        "to_miner": latency_summary_ms([pushed - s["sent_at"] for s, (pushed, _) in stamped]),
+        "from_miner": latency_summary_ms([s["first_at"] - first for s, (_, first) in stamped]),
         "lost_samples": [s["pieces"] for s in ok if s["lost"]][:3],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--warmup", type=int, default=3, help="streams one at a time before the ttft phase, apart")
     parser.add_argument("--requests", type=int, default=30, help="streams of the ttft phase, one at a time")
     parser.add_argument("--streams", type=int, default=200, help="streams of the concurrent phase")
     parser.add_argument("--tokens", type=int, default=8, help="pieces each job streams")
@@ -239,7 +251,11 @@ def main() -> None:
                 "clients": lambda: [os.getpid()],
             }
             phases = {}
-            for name, count, concurrent in (("ttft", args.requests, False), ("concurrent", args.streams, True)):
+            for name, count, concurrent in (
+                ("warmup", args.warmup, False),
+                ("ttft", args.requests, False),
+                ("concurrent", args.streams, True),
+            ):
                 log(f"phase {name}: {count} streams{' at once' if concurrent else ', one at a time'}")
                 with CpuMeter(groups) as meter:
                     streams = asyncio.run(

@@ -8,21 +8,47 @@ joins a group in one round trip instead of two, and adds:
 
 - ``group_send_many``: many groups, each with its messages in order, in two script calls per
   Redis host whatever their number: one reads the groups' members, one queues every message;
+- ``groups_with_members``: which groups have a member, asked from the calling thread on a
+  connection it keeps, one round trip per Redis host: publishers outside the event loop skip,
+  without a hop to the loop, the groups nobody watches (most jobs' groups);
 - receiving in batches: all the channels of one process (``specific.<process>!<id>``: its
   sockets and streams) share one Redis queue, and a receive that finds nothing handed out yet
   pops everything waiting there (up to ``RECEIVE_BATCH``) in one script call, the rest handed
   out from memory by the receives that follow.
 """
 
+import asyncio
 import collections
 import logging
+import socket
 import time
 
 from channels_redis import core
 
+from core.versioned import guard_call
+
 logger = logging.getLogger(__name__)
 
 RECEIVE_BATCH = 1000
+
+# How long a connection of the layer takes at most to find its Redis gone: TCP keepalive probes
+# while it waits and a bound on unacknowledged writes find a host or network gone, and a receive
+# gives up on a Redis that holds its connection open without answering (a process frozen).
+DEAD_REDIS_SECONDS = 15
+
+
+def connection_options(url: str) -> dict:
+    """The options of the layer's connections to the Redis at ``url``. They find a dead Redis
+    through TCP rather than redis-py's ``socket_timeout`` (5 s unless told): with one, each write
+    goes through ``asyncio.wait_for``, which on Python 3.11 loses a cancellation that lands as the
+    write completes. A closing socket's receive then goes on popping, and its consumer never ends."""
+    options = {"socket_timeout": None}
+    if url.startswith("unix://"):  # no TCP: a Redis gone closes the socket
+        return options
+    tcp = {"TCP_KEEPIDLE": 5, "TCP_KEEPINTVL": 2, "TCP_KEEPCNT": 5, "TCP_USER_TIMEOUT": DEAD_REDIS_SECONDS * 1000}
+    keepalive = {getattr(socket, name): value for name, value in tcp.items() if hasattr(socket, name)}
+    return {**options, "socket_keepalive": True, "socket_keepalive_options": keepalive}
+
 
 # The members of each group (KEYS), past the group expiry (ARGV[1]) dropped first.
 _GROUP_MEMBERS = """
@@ -149,6 +175,27 @@ class RedisChannelLayer(core.RedisChannelLayer):
                 logger.warning("%d message(s) over channel capacity dropped", dropped)
         return watched
 
+    def groups_with_members(self, groups) -> set[str]:
+        """Those of ``groups`` with a member now (one that joined within the group expiry, as
+        ``group_send_many`` counts them), read from the calling thread, not the event loop: one
+        round trip per Redis host, on a connection the process keeps (``core.versioned.guard_call``).
+        Raises ``redis.RedisError`` when a host does not answer, ``ValueError`` for a host given
+        otherwise than as a URL (``address``)."""
+        by_host: dict[int, list[str]] = collections.defaultdict(list)
+        for group in groups:
+            assert self.require_valid_group_name(group), "Group name not valid"
+            by_host[self.consistent_hash(group)].append(group)
+        # group_send_many drops members at or below this score, then sends to the rest.
+        alive = f"({int(time.time()) - self.group_expiry}"
+        found = set()
+        for index, names in by_host.items():
+            url = self.hosts[index].get("address")
+            if not isinstance(url, str) or "://" not in url:
+                raise ValueError(f"Redis host {index} of the channel layer is not given as a URL")
+            counts = guard_call(url, *(("ZCOUNT", self._group_key(group), alive, "+inf") for group in names))
+            found.update(group for group, count in zip(names, counts, strict=True) if count)
+        return found
+
     # --- Receiving ----------------------------------------------------------------------
 
     async def receive_single(self, channel):
@@ -170,14 +217,16 @@ class RedisChannelLayer(core.RedisChannelLayer):
         while True:
             restore = key in self._fetch_unanswered
             self._fetch_unanswered.add(key)  # until the answer is here: a cancelled fetch restores
-            popped = await fetch(keys=[key, backup], args=[int(restore), RECEIVE_BATCH, int(self.expiry)])
-            if not popped:
-                self._fetch_unanswered.discard(key)
-                # Nothing waits: block until something arrives (channels-redis's own pop).
-                result = await connection.bzpopmin(key, timeout=self.brpop_timeout)
-                if result is None:
-                    continue
-                popped = [result[1]]
+            # Raises TimeoutError if Redis does not answer (asyncio.timeout: a cancellation still ends it).
+            async with asyncio.timeout(self.brpop_timeout + DEAD_REDIS_SECONDS):
+                popped = await fetch(keys=[key, backup], args=[int(restore), RECEIVE_BATCH, int(self.expiry)])
+                if not popped:
+                    self._fetch_unanswered.discard(key)
+                    # Nothing waits: block until something arrives (channels-redis's own pop).
+                    result = await connection.bzpopmin(key, timeout=self.brpop_timeout)
+                    if result is None:
+                        continue
+                    popped = [result[1]]
             into.extend(popped)
             self._fetch_unanswered.discard(key)
             return

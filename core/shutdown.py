@@ -9,20 +9,34 @@ a closing socket goes back to the queue). gunicorn's workers hook in through
 """
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
+
+from django.urls import Resolver404, resolve
 
 logger = logging.getLogger(__name__)
 
 # How long a stopping daphne lets the requests in flight and its closing sockets finish.
 DRAIN_SECONDS = 5.0
+# How long it gives what it cancelled then to end, and how long after that it may take to exit
+# before it leaves at once (a thread that waits for the stopped event loop would hold it for ever).
+CANCEL_SECONDS = 1.0
+EXIT_SECONDS = 5.0
+
+_RESTARTING = json.dumps(
+    {"detail": "The server is restarting: try again.", "error_code": "SERVICE_UNAVAILABLE"}
+).encode()
 
 _stopping = threading.Event()
 _on_stop: list[Callable[[], None]] = []
 _on_stop_async: list[Callable[[], Awaitable[None]]] = []
+_served_while_stopping: set[str] = set()
 
 
 def when_stopping(callback: Callable[[], None] | None = None, *, closing=None) -> None:
@@ -33,6 +47,22 @@ def when_stopping(callback: Callable[[], None] | None = None, *, closing=None) -
         _on_stop.append(callback)
     if closing is not None:
         _on_stop_async.append(closing)
+
+
+def serve_while_stopping(*url_names: str) -> None:
+    """Routes (by URL name) a stopping daphne still serves while it drains: those that finish the
+    work in flight, such as a miner's result that a request waiting in the process answers with.
+    Apps register theirs from ``ready()``; every other request is answered ``503``."""
+    _served_while_stopping.update(url_names)
+
+
+def _refused_while_stopping(scope) -> bool:
+    if scope["type"] != "http" or not stopping():
+        return False
+    try:
+        return resolve(scope["path"]).url_name not in _served_while_stopping
+    except Resolver404:
+        return True
 
 
 def stopping() -> bool:
@@ -62,13 +92,21 @@ def on_sigterm(before: Callable[[], None]) -> None:
 
 class ConnectionsInFlight:
     """ASGI middleware around the whole application: it knows the requests and sockets being
-    served, so that a stopping daphne can let them finish before it cancels what is left."""
+    served, so that a stopping daphne can let them finish before it cancels what is left. A
+    request arriving meanwhile is answered ``503`` at once (its client tries again, behind a proxy
+    on another server), but on the routes that finish work in flight (``serve_while_stopping``);
+    a socket is closed with 4503 (``core.sockets``)."""
 
     def __init__(self, application):
         self.application = application
         self.tasks: set[asyncio.Task] = set()
 
     async def __call__(self, scope, receive, send):
+        if _refused_while_stopping(scope):
+            headers = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": _RESTARTING})
+            return None
         task = asyncio.current_task()
         self.tasks.add(task)
         try:
@@ -86,6 +124,14 @@ class ConnectionsInFlight:
             _, unfinished = await asyncio.wait(in_flight, timeout=timeout)
             if unfinished:
                 logger.warning("stopping with %d request(s) or socket(s) unfinished", len(unfinished))
+        # Cancel every task left on the loop, the async views that a request's sync middleware
+        # waits for in its thread among them (daphne cancels only the requests): their threads
+        # end, and the process can exit.
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=CANCEL_SECONDS)
 
 
 def drain_daphne_on_sigterm(application: ConnectionsInFlight) -> None:
@@ -105,17 +151,21 @@ def drain_daphne_on_sigterm(application: ConnectionsInFlight) -> None:
             return  # daphne installed no signal handlers (``runserver``)
         draining: list[asyncio.Task] = []
 
+        def stop():
+            server_handler(signal.SIGTERM, None)
+            threading.Thread(target=_exit_if_still_running, name="aitbc-exit", daemon=True).start()
+
         async def drain_then_stop():
             try:
                 await application.drain(DRAIN_SECONDS)
             except Exception:
                 logger.exception("draining before the stop failed")
             finally:
-                server_handler(signal.SIGTERM, None)
+                stop()
 
         def on_sigterm_in_loop():
             if draining:  # a second SIGTERM: stop now
-                server_handler(signal.SIGTERM, None)
+                stop()
             else:
                 draining.append(asyncio.get_running_loop().create_task(drain_then_stop()))
 
@@ -124,3 +174,13 @@ def drain_daphne_on_sigterm(application: ConnectionsInFlight) -> None:
 
     # After startup: Twisted installs its signal handlers while it starts.
     reactor.callWhenRunning(install)
+
+
+def _exit_if_still_running() -> None:
+    """Leave at once if the interpreter's exit is still waiting, ``EXIT_SECONDS`` after the
+    server stopped, for a thread that can't end."""
+    time.sleep(EXIT_SECONDS)
+    logger.warning("a thread still runs %.0f s after the server stopped: exiting without it", EXIT_SECONDS)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(0)

@@ -1,12 +1,15 @@
-"""The base of every WebSocket: credentials from the handshake, pings, and closing for a restart."""
+"""The base of every WebSocket: credentials from the handshake, pings, refusals that carry their code,
+the channel-layer group it follows, and closing for a restart."""
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from dataclasses import dataclass
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.utils.datastructures import CaseInsensitiveMapping
+from redis.exceptions import RedisError
 
 from core import shutdown
 from core.api.credentials import raw_key_from_headers
@@ -36,13 +39,31 @@ class ClientSocket(AsyncJsonWebsocketConsumer):
     other JSON objects go to ``on_message``, and anything else is ignored.
 
     When the server stops, every open socket is closed with 4503 (``close_sockets_for_restart``),
-    and one that connects meanwhile is accepted and closed the same way.
+    and one that connects meanwhile is accepted and closed the same way; so is a socket whose
+    channel layer loses Redis: its client connects again once the layer is back.
     """
+
+    # The channel-layer group the socket follows, if any: it leaves it with ``leave_group``.
+    group: str | None = None
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        except (RedisError, OSError) as error:
+            logger.warning("%s closed: its channel layer failed (%s)", scope.get("path"), error)
+            _open_sockets.discard(self)
+            with contextlib.suppress(RedisError, OSError):  # memberships left lapse after the layer's expiry
+                await self.disconnect(CLOSE_RESTARTING)
+            await send({"type": "websocket.close", "code": CLOSE_RESTARTING})
+        finally:
+            # Whatever ended it (a disconnect, an error of its own, a cancel): a socket whose
+            # application has returned is open no longer, though its object may live on (an
+            # exception's traceback holds it).
+            _open_sockets.discard(self)
 
     async def websocket_connect(self, message):
         if shutdown.stopping():
-            await self.accept(socket_credentials(self.scope).subprotocol)
-            await self.close(code=CLOSE_RESTARTING)
+            await self.refuse(CLOSE_RESTARTING, socket_credentials(self.scope).subprotocol)
             return
         _open_sockets.add(self)
         await super().websocket_connect(message)
@@ -69,6 +90,24 @@ class ClientSocket(AsyncJsonWebsocketConsumer):
 
     async def on_message(self, content: dict) -> None:
         """A client message other than a ping: ignored unless a subclass says otherwise."""
+
+    async def refuse(self, code: int, subprotocol: str | None) -> None:
+        """Accept, then close with ``code``: a handshake refused outright reaches the client as HTTP
+        403, without the code."""
+        await self.accept(subprotocol)
+        await self.close(code=code)
+
+    async def join_group(self, group: str) -> None:
+        self.group = group
+        await self.channel_layer.group_add(group, self.channel_name)
+
+    async def leave_group(self) -> None:
+        if self.group is not None:
+            group, self.group = self.group, None
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except (RedisError, OSError) as error:  # lapses after the layer's group expiry
+                logger.warning("could not leave %s: %s", group, error)
 
 
 # This process's open sockets (a socket leaves when it disconnects).
@@ -100,3 +139,13 @@ def socket_credentials(scope) -> Credentials:
     if offered:
         return Credentials(raw_key=offered[0], subprotocol=offered[0])
     return Credentials(raw_key=None, subprotocol=None)
+
+
+class UnknownRouteConsumer(AsyncWebsocketConsumer):
+    """A socket at an address no route serves (an unknown path, a job id that is not a UUID): accepted
+    and closed with 4404, as a socket for an unknown job is. Without it the router raised, and daphne
+    answered the handshake 500 and logged a traceback."""
+
+    async def connect(self):
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)

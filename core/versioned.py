@@ -13,6 +13,7 @@ What is kept is shared by the process's requests: only liveness stamps (a key's 
 miner's last sign of life) are changed in place; anything else that changes those rows bumps.
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -38,40 +39,66 @@ def guard_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0))
 
 
-_guard_connections = threading.local()
+# The guard connections not in use, by URL: process-wide rather than kept by each thread, since
+# under daphne each request's sync work runs in a thread of its own, which would open one per request.
+_idle_guard_connections: dict[str, list] = {}
+_idle_guard_lock = threading.Lock()
+# Idle connections kept per URL: as many as the calls that ran at once, up to this.
+GUARD_IDLE_MAX = 64
 
 
-def guard_call(url: str, *commands: tuple) -> list:
-    """The replies to ``commands`` (each a tuple: name, then arguments), sent to the guard Redis at
-    ``url`` in one round trip on a connection this thread keeps (one per process and thread).
+def _forget_parents_connections() -> None:
+    # A forked child never sends on its parent's sockets (nor waits on a lock another thread held).
+    global _idle_guard_connections, _idle_guard_lock
+    _idle_guard_connections, _idle_guard_lock = {}, threading.Lock()
 
-    On the request path each guard is one or two commands: a connection of the thread's own spares
-    the client's pool, retries and events, most of a command's cost. A connection the server closed
-    while it was idle is opened again before sending; any failure (an error reply included) closes
-    the connection, the next call opening another, and raises ``redis.RedisError``.
-    """
-    kept = getattr(_guard_connections, "by_url", None)
-    if kept is None:
-        kept = _guard_connections.by_url = {}
-    pid, connection = kept.get(url, (None, None))
-    if pid != os.getpid():  # none yet, or the parent's before a fork: never share its socket
+
+os.register_at_fork(after_in_child=_forget_parents_connections)
+
+
+@contextlib.contextmanager
+def _guard_connection(url: str):
+    """A connection to ``url`` for this caller alone, taken from the idle ones (or opened), and
+    given back after a call that succeeded; one that failed is closed."""
+    with _idle_guard_lock:
+        idle = _idle_guard_connections.setdefault(url, [])
+        connection = idle.pop() if idle else None
+    if connection is None:
         connection = guard_client(url).connection_pool.make_connection()
-        kept[url] = os.getpid(), connection
     else:
         try:
-            # Anything to read on a kept connection between calls: the server closed it (an idle
-            # client's timeout, a restart) or left something; a fresh one is opened as the pool would.
+            # Anything to read on an idle connection: the server closed it (an idle client's
+            # timeout, a restart) or left something; a fresh one is opened as the pool would.
             stale = connection.can_read(timeout=0)
         except redis.ConnectionError:
             stale = True
         if stale:
             connection.disconnect()
     try:
-        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-        return [connection.read_response() for _ in commands]
+        yield connection
     except BaseException:
         connection.disconnect()
         raise
+    with _idle_guard_lock:
+        idle = _idle_guard_connections.setdefault(url, [])
+        if len(idle) < GUARD_IDLE_MAX:
+            idle.append(connection)
+            return
+    connection.disconnect()
+
+
+def guard_call(url: str, *commands: tuple) -> list:
+    """The replies to ``commands`` (each a tuple: name, then arguments), sent to the guard Redis at
+    ``url`` in one round trip on a connection the process keeps (one for each caller at a time).
+
+    On the request path each guard is one or two commands: a kept connection of its own spares the
+    client's pool, retries and events, most of a command's cost. A connection the server closed
+    while it was idle is opened again before sending; any failure (an error reply included) closes
+    the connection, the next call opening another, and raises ``redis.RedisError``.
+    """
+    with _guard_connection(url) as connection:
+        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        return [connection.read_response() for _ in commands]
 
 
 class VersionedCache:

@@ -28,7 +28,8 @@ class DashboardConsumer(ClientSocket):
     the session's user; none, or an invalid key, is closed 4401 after accepting. The socket gets a
     ``network.stats`` snapshot first, then every feed event published from then on:
     ``{"type": "dashboard.event", "kind": ..., "data": {...}}``, and ``job.updated`` events for
-    each status change of the user's own jobs (the key's user's, for a key).
+    each status change of the user's own jobs (the key's user's, for a key), none older than one
+    already sent for its job (its ``sequence``).
 
     The sockets of one server process do not join the ``dashboard`` group each: the process
     joins it once (see ``_DashboardHub``) and copies each event to its sockets. A Redis channel
@@ -38,8 +39,12 @@ class DashboardConsumer(ClientSocket):
     Client messages are ignored, except ``{"type": "ping"}``, answered ``{"type": "pong"}``.
     """
 
+    # The sequences of the user's jobs heard of last (``jobs.events.status_sequence``), the most
+    # recently changed last: an update older than one already sent is not sent.
+    MAX_JOBS_FOLLOWED = 1000
+
     watching = False
-    own_group: str | None = None
+    sequences: dict | None = None
 
     async def connect(self):
         events.use_server_loop(asyncio.get_running_loop())
@@ -51,13 +56,12 @@ class DashboardConsumer(ClientSocket):
             api_key = await database_sync_to_async(api_key_authenticate)(raw_key=credentials.raw_key)
             user_id = api_key.user_id if api_key is not None else None
         if user_id is None:
-            await self.accept(credentials.subprotocol)
-            await self.close(code=CLOSE_UNAUTHENTICATED)
+            await self.refuse(CLOSE_UNAUTHENTICATED, credentials.subprotocol)
             return
         # The user's own jobs: joined before accepting, so a page reading its list on ``open``
         # misses no change.
-        self.own_group = feed.user_group(user_id)
-        await self.channel_layer.group_add(self.own_group, self.channel_name)
+        self.sequences = {}
+        await self.join_group(feed.user_group(user_id))
         try:
             await self.accept(credentials.subprotocol)
             # The snapshot comes first; the socket's feed starts once it is sent.
@@ -70,20 +74,35 @@ class DashboardConsumer(ClientSocket):
             raise
 
     async def disconnect(self, code):
-        if self.own_group is not None:
-            group, self.own_group = self.own_group, None
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self.leave_group()
         if self.watching:
             self.watching = False
             await _dashboard_hub.unwatch(self)
 
     async def dashboard_event(self, event):
         """One of the user's own ``job.updated`` events."""
-        await self.send_json(event)
+        if self._is_news(event):
+            await self.send_json(event)
 
     async def dashboard_batch(self, message):
         for event in message["events"]:
-            await self.send_json(event)
+            if self._is_news(event):
+                await self.send_json(event)
+
+    def _is_news(self, event: dict) -> bool:
+        """False for a job update older than one of the same job already sent (events come from
+        several processes, each in its own order)."""
+        data = event.get("data") or {}
+        if event.get("kind") != feed.JOB_UPDATED or "sequence" not in data or self.sequences is None:
+            return True
+        job_id = data.get("job_id")
+        if events.is_older(data, self.sequences.get(job_id)):
+            return False
+        self.sequences.pop(job_id, None)
+        self.sequences[job_id] = data["sequence"]
+        if len(self.sequences) > self.MAX_JOBS_FOLLOWED:
+            del self.sequences[next(iter(self.sequences))]
+        return True
 
 
 class _DashboardHub:

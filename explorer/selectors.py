@@ -193,17 +193,10 @@ def network_figures() -> dict:
     seconds = settings.EXPLORER_STATS_CACHE_SECONDS
     if not seconds:
         return _network_figures()
-    try:
-        figures = cache.get(NETWORK_FIGURES_CACHE_KEY)
-    except Exception as error:  # the cache (Redis) is down: the figures are still answered
-        logger.warning("network figures computed without the cache: %r", error)
-        return _network_figures()
+    figures = cache.get(NETWORK_FIGURES_CACHE_KEY)  # None while the cache (Redis) does not answer
     if figures is None:
         figures = _network_figures()
-        try:
-            cache.set(NETWORK_FIGURES_CACHE_KEY, figures, seconds)
-        except Exception as error:
-            logger.warning("network figures not cached: %r", error)
+        cache.set(NETWORK_FIGURES_CACHE_KEY, figures, seconds)
     return figures
 
 

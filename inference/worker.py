@@ -19,6 +19,7 @@ batches at once in a process.
 
 import logging
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ from accounts.services import user_get_or_create
 from catalog.selectors import catalog_entry
 from core.errors import ServiceError
 from inference import engine
-from jobs import events, wakeup
+from jobs import events, matching, wakeup
 from jobs.models import Job
 from jobs.selectors import leases_held
 from jobs.services import TRUSTED_BLAMELESS_ERRORS, Outcome, job_claim, job_fail, jobs_complete, miner_heartbeat
@@ -144,21 +145,42 @@ class ClusterHost:
         connection.close()
 
     def _listen(self, model_name: str) -> None:
-        """Drain ``model_name`` whenever one of its jobs is announced."""
+        """Drain ``model_name`` whenever one of its jobs is announced.
+
+        A miner below full reputation claims a job only once it has waited its head start
+        (``jobs.matching``): a drain woken by an announcement is followed by one more that long
+        after it, or the jobs it could not claim yet would wait for the next announcement or
+        housekeeping's re-send. Each job a drain left for its head start is claimable by then; one
+        announced after the drain's last claim wakes the listener again."""
+        look_again_at = None
         with wakeup.hub.waiter([model_name]) as waiter:
             while not self._stopping.is_set():
-                if not waiter.wait(1.0):
+                wait = 1.0 if look_again_at is None else min(1.0, max(0.0, look_again_at - time.monotonic()))
+                woken = waiter.wait(wait)
+                due = look_again_at is not None and time.monotonic() >= look_again_at
+                if not (woken or due):
                     continue
+                look_again_at = None
                 try:
                     if self.drain(model_name):
                         waiter.claimed(WAKEUPS_ALL)
-                    else:  # nothing this host can run (constraints): let an HTTP miner have it
+                    else:  # nothing this host can run (constraints, head start): let an HTTP miner have it
                         waiter.pass_on()
+                    head_start = self._head_start() if woken else 0.0
+                    if head_start > 0:
+                        look_again_at = time.monotonic() + head_start
                 except Exception:  # a database hiccup: the jobs stay queued for the next wake-up
                     logger.exception("draining %s failed", model_name)
                 finally:
                     close_old_connections()
         connection.close()
+
+    def _head_start(self) -> float:
+        """How long a job waits before this host's miner may claim it, by the reputation stored now
+        (housekeeping and verdicts change it while the host runs)."""
+        stored = Miner.objects.filter(pk=self.miner.pk).values_list("reputation_score", flat=True)
+        self.miner.reputation_score = stored.first()
+        return matching.head_start_seconds(self.miner)
 
     def heartbeat(self) -> int:
         """Report liveness and GPU use; extend the leases of the jobs this process is running."""

@@ -10,7 +10,9 @@ event loop, which sends every batch after the one before, so events keep the ord
 published in. That loop is the one serving this process's WebSockets where there is one
 (consumers register it), so that the in-memory layer of the embedded platform wakes them at
 once; else a private loop thread, which keeps its Redis connections between calls. ``flush()``
-waits until everything handed over so far has gone out.
+waits until everything handed over so far has gone out. On the project's Redis layer, a call
+from a thread first asks which of its groups have a member (one round trip) and hands over only
+their messages: most jobs have no subscriber, and their events then never reach the loop.
 
 A watch in this process (``watch_locally``: an OpenAI-compatible stream) is handed the events
 of its groups straight from the send, not through Redis and back: the send leaves its channel
@@ -24,6 +26,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from functools import partial
@@ -31,7 +34,7 @@ from functools import partial
 from channels.layers import get_channel_layer
 
 from jobs.api.serializers import job_view
-from jobs.models import Job
+from jobs.models import Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +58,43 @@ def job_group(job_id) -> str:
     return f"job-{job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))}"
 
 
+def status_sequence(*, status: str, attempt: int) -> int:
+    """Where a job's ``status`` (at ``attempt``) stands in its life, carried by its events as ``sequence``.
+
+    Events of one job are sent by the processes that change it (a request thread queues it, a
+    worker elsewhere claims it), so they may arrive out of order; a receiver keeps the highest
+    sequence it has seen and ignores an event with a lower one (one with the same sequence is as
+    new: it is shown). The figure needs no counter of its own: it is 2 × ``attempt`` plus 1
+    running, 2 queued, 3 ended. A claim adds one to ``attempt`` (and nothing takes one off), so
+    running after queued is higher; a re-queued job keeps its attempt, higher again; an end is
+    higher than the status it ends, and nothing follows an end.
+    """
+    if status in JobStatus.TERMINAL:
+        return 2 * attempt + 3
+    return 2 * attempt + (1 if status == JobStatus.RUNNING else 2)
+
+
+def is_older(event: dict, sequence_seen: int | None) -> bool:
+    """Whether ``event`` (one carrying ``sequence``) tells a state older than ``sequence_seen``."""
+    sequence = event.get("sequence")
+    return sequence is not None and sequence_seen is not None and sequence < sequence_seen
+
+
 def job_status_event(job: Job, *, outlook: dict | None = None) -> dict:
-    """The job as the REST JobView shows it, as a ``job.status`` event.
+    """The job as the REST JobView shows it, as a ``job.status`` event, with its ``sequence``
+    (``status_sequence``).
 
     ``type`` is the event's, so the job's type is ``job_type``; the submitted ``payload`` is left
     out (the client has it, and it can be large).
     """
     view = job_view(job, outlook=(outlook or {}).get(job.pk, {}))
     del view["payload"]
-    return {"type": JOB_STATUS, "job_type": view.pop("type"), **view}
+    return {
+        "type": JOB_STATUS,
+        "job_type": view.pop("type"),
+        **view,
+        "sequence": status_sequence(status=job.status, attempt=job.attempt),
+    }
 
 
 def job_token_event(*, job_id, index: int, text: str, completion_tokens: int, max_tokens: int | None) -> dict:
@@ -117,6 +148,17 @@ def publish_token_events(events: Iterable) -> None:
     _deliver(messages)
 
 
+async def send_token_events(events: Iterable) -> None:
+    """``publish_token_events`` from the event loop, returning once they are sent: a watch in
+    this process has them before this returns, the channel layer once it does. Never raises."""
+    try:
+        layer = get_channel_layer()
+        if layer is not None:
+            await _send_all(layer, [_token_message(event) for event in events])
+    except Exception as error:
+        logger.warning("token events not published: %r", error)
+
+
 def use_server_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Publish on ``loop``, the event loop serving this process's WebSockets (consumers call it)."""
     global _server_loop
@@ -153,9 +195,39 @@ def _deliver(messages: list[tuple[str, dict]]) -> None:
             _background_tasks.add(task)
             task.add_done_callback(_task_done)
             return
-        _sender(_publishing_loop()).submit(layer, messages)
+        messages = _watched(layer, messages)
+        if messages:
+            _sender(_publishing_loop()).submit(layer, messages)
     except Exception as error:
         logger.warning("%d job event(s) not published: %r", len(messages), error)
+
+
+# After the layer failed to tell which groups are watched, every message goes to the loop this long.
+WATCHED_RETRY_SECONDS = 1.0
+_watched_retry_at = 0.0
+
+
+def _watched(layer, messages: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """``messages`` less those of groups nobody watches, where the layer tells so from this thread
+    (``groups_with_members``): most jobs have no subscriber, and their events then cost one round
+    trip here instead of a hop to the event loop and a script call there. A group joined after
+    this look misses what it dropped, as it would have missed it sent a moment earlier: a
+    subscriber reads the job's state once it has joined. A group watched in this process keeps
+    its messages. When the layer cannot tell, every message goes on."""
+    global _watched_retry_at
+    check = getattr(layer, "groups_with_members", None)
+    if check is None or time.monotonic() < _watched_retry_at:
+        return messages
+    groups = {group for group, _ in messages}
+    with _local_watches_lock:
+        watched = {group for group in groups if group in _local_watches}
+    try:
+        watched |= check(groups - watched)
+    except Exception as error:
+        _watched_retry_at = time.monotonic() + WATCHED_RETRY_SECONDS
+        logger.warning("watched job groups not known, events sent to all: %r", error)
+        return messages
+    return [message for message in messages if message[0] in watched]
 
 
 def watch_locally(layer, groups: Iterable[str], channel: str, inbox: asyncio.Queue) -> bool:
@@ -226,16 +298,16 @@ async def send_to_groups(layer, by_group: dict[str, list], *, what: str, skip: f
     leaving out the channels ``skip``; elsewhere, the groups side by side, a group that fails
     logged. A layer that fails as a whole, or a send past the timeout, raises."""
     if hasattr(layer, "group_send_many"):
-        send = layer.group_send_many(by_group, skip=skip) if skip else layer.group_send_many(by_group)
-        await asyncio.wait_for(send, PUBLISH_TIMEOUT_SECONDS)
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await (layer.group_send_many(by_group, skip=skip) if skip else layer.group_send_many(by_group))
         return
 
     async def send_in_order(group: str) -> None:
         for message in by_group[group]:
             await layer.group_send(group, message() if callable(message) else message)
 
-    sends = asyncio.gather(*(send_in_order(group) for group in by_group), return_exceptions=True)
-    results = await asyncio.wait_for(sends, PUBLISH_TIMEOUT_SECONDS)
+    async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+        results = await asyncio.gather(*(send_in_order(group) for group in by_group), return_exceptions=True)
     failures = [result for result in results if isinstance(result, BaseException)]
     if failures:
         logger.warning("%s for %d of %d group(s) not published: %r", what, len(failures), len(by_group), failures[0])

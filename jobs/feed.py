@@ -1,7 +1,8 @@
 """The live network feed of ``ws/dashboard/`` (served by ``explorer.consumers``): jobs submitted
 and finished, miners coming and going, blocks sealed; plus, to each user's own sockets, every
-status change of that user's jobs (``job.updated``, on the group ``user_group(user_id)``). The
-socket adds the network's figures every few seconds (``network.stats``).
+status change of that user's jobs (``job.updated``, on the group ``user_group(user_id)``), each
+with the job's ``sequence`` (``jobs.events.status_sequence``) to put them in order by. The socket
+adds the network's figures every few seconds (``network.stats``).
 
 The network feed is shared by every signed-in user, so its events carry only what anyone may
 see: ids, models, statuses, block headers — never a payload, prompt or result.
@@ -27,7 +28,7 @@ from collections.abc import Iterable
 
 from channels.layers import get_channel_layer
 
-from jobs.events import _publishing_loop, send_to_groups
+from jobs.events import _publishing_loop, is_older, send_to_groups, status_sequence
 from jobs.models import Job, JobStatus
 from miners.capabilities import AGENT_TASK_MODEL
 
@@ -60,7 +61,10 @@ def dashboard_event(kind: str, data: dict) -> dict:
 
 
 def job_event(kind: str, job: Job) -> dict:
-    return dashboard_event(kind, {"job_id": str(job.pk), "model": job.model, "status": job.status})
+    data = {"job_id": str(job.pk), "model": job.model, "status": job.status}
+    if kind == JOB_UPDATED:  # the owner's alone: the shared feed's events need no order
+        data["sequence"] = status_sequence(status=job.status, attempt=job.attempt)
+    return dashboard_event(kind, data)
 
 
 def publish_jobs_submitted(jobs: Iterable[Job]) -> None:
@@ -202,14 +206,17 @@ def _spawn_send(loop: asyncio.AbstractEventLoop, batches: dict[str, list[dict]])
 
 
 def _by_group(items: list[tuple[str, dict]]) -> dict[str, list[dict]]:
-    """Each group's events in order: a user's coalesced to the latest per job, and at most
+    """Each group's events in order: a user's coalesced to the latest per job (the highest
+    ``sequence``: threads of this process may publish a job's changes out of order), and at most
     ``MAX_EVENTS_PER_FLUSH`` (the newest) per group."""
     by_group: dict[str, dict] = {}
     for index, (group, event) in enumerate(items):
         key = event["data"]["job_id"] if event["kind"] == JOB_UPDATED else index
         events = by_group.setdefault(group, {})
-        events.pop(key, None)  # the latest goes last
-        events[key] = event
+        kept = events.pop(key, None)
+        if kept is not None and is_older(event["data"], kept["data"].get("sequence")):
+            event = kept
+        events[key] = event  # the latest goes last
     batches = {}
     for group, events in by_group.items():
         kept = list(events.values())[-MAX_EVENTS_PER_FLUSH:]

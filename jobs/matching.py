@@ -39,6 +39,7 @@ changing the rule here takes a migration that runs ``create_claim_function`` aga
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Coalesce
 
@@ -157,6 +158,16 @@ def create_claim_function(schema_editor) -> None:
     """Install (or replace) ``jobs_claim`` as this module states it; PostgreSQL only."""
     if schema_editor.connection.vendor == "postgresql":
         schema_editor.execute(CLAIM_FUNCTION, params=None)
+
+
+def head_start_seconds(miner: Miner) -> float:
+    """How long a job waits before ``miner`` may claim it (``PREFERS_REPUTATION``): a wait for work
+    woken by a job's announcement looks again this long after, or it would leave the job to the next
+    announcement."""
+    reputation = miner.reputation_score
+    if reputation is None or reputation >= 1:
+        return 0.0
+    return max(0.0, settings.MATCHING_REPUTATION_HEADSTART_SECONDS * (1 - reputation))
 
 
 def reputation_headstart_filter(jobs: QuerySet[Job], *, miner: Miner, now, headstart: float) -> QuerySet[Job]:

@@ -200,39 +200,15 @@ def with_reputation(miners: QuerySet[Miner], *, now=None) -> QuerySet[Miner]:
     ended that completed with an answer not found wrong (0 to 1; ``None`` for a miner that ended
     no attempt in the window). Subqueries of the same statement."""
     since = (now or timezone.now()) - REPUTATION_WINDOW
-    completed = (
-        Job.objects.filter(miner=OuterRef("pk"), status=JobStatus.COMPLETED, completed_at__gte=since)
-        .order_by()
-        .values("miner")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
-    failed = (
-        FailedAttempt.objects.filter(miner=OuterRef("pk"), created_at__gte=since)
-        .order_by()
-        .values("miner")
-        .annotate(n=Count("id"))
-        .values("n")
-    )
+    mine = OuterRef("pk")
     return miners.annotate(
-        recent_completed=Coalesce(Subquery(completed, IntegerField()), 0),
-        recent_failed=Coalesce(Subquery(failed, IntegerField()), 0),
-        recent_wrong=_wrong_answers(since),
+        recent_completed=_count(Job.objects.filter(miner=mine, status=JobStatus.COMPLETED, completed_at__gte=since)),
+        recent_failed=_count(FailedAttempt.objects.filter(miner=mine, created_at__gte=since)),
+        recent_wrong=_count(Verdict.objects.filter(miner=mine, kind__in=VerdictKind.WRONG, created_at__gte=since)),
     ).annotate(
         reputation=Cast(Greatest(F("recent_completed") - F("recent_wrong"), 0), FloatField())
         / NullIf(F("recent_completed") + F("recent_failed"), 0, output_field=FloatField())
     )
-
-
-def _wrong_answers(since) -> Coalesce:
-    wrong = (
-        Verdict.objects.filter(miner=OuterRef("pk"), kind__in=VerdictKind.WRONG, created_at__gte=since)
-        .order_by()
-        .values("miner")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
-    return Coalesce(Subquery(wrong, IntegerField()), 0)
 
 
 def miner_reputation(*, miner: Miner) -> float | None:
@@ -244,44 +220,30 @@ def with_wrong_answers_counting(miners: QuerySet[Miner], *, now=None) -> QuerySe
     suspension (in the reputation window, after staff last lifted one)."""
     since = (now or timezone.now()) - REPUTATION_WINDOW
     after = Greatest(Value(since), Coalesce(OuterRef("suspension_lifted_at"), Value(since)))
-    counting = (
-        Verdict.objects.filter(miner=OuterRef("pk"), kind__in=VerdictKind.WRONG, created_at__gt=after)
-        .order_by()
-        .values("miner")
-        .annotate(n=Count("*"))
-        .values("n")
-    )
-    return with_reputation(miners, now=now).annotate(wrong_counting=Coalesce(Subquery(counting, IntegerField()), 0))
+    counting = Verdict.objects.filter(miner=OuterRef("pk"), kind__in=VerdictKind.WRONG, created_at__gt=after)
+    return with_reputation(miners, now=now).annotate(wrong_counting=_count(counting))
 
 
 def failed_attempts_by_code(*, miner: Miner, now=None) -> list[tuple[str, int]]:
     """The miner's failed attempts in the reputation window, counted by error code, most first."""
-    since = (now or timezone.now()) - REPUTATION_WINDOW
-    counts = (
-        FailedAttempt.objects.filter(miner=miner, created_at__gte=since)
-        .values_list("error_code")
-        .annotate(n=Count("id"))
-        .order_by("-n", "error_code")
-    )
-    return list(counts)
+    return _counted_in_window(FailedAttempt.objects.filter(miner=miner), "error_code", now=now)
 
 
 def verdicts_by_kind(*, miner: Miner, now=None) -> list[tuple[str, int]]:
     """The verdicts on the miner's answers in the reputation window, counted by kind, most first."""
+    return _counted_in_window(Verdict.objects.filter(miner=miner), "kind", now=now)
+
+
+def _counted_in_window(rows: QuerySet, field: str, *, now) -> list[tuple[str, int]]:
     since = (now or timezone.now()) - REPUTATION_WINDOW
-    counts = (
-        Verdict.objects.filter(miner=miner, created_at__gte=since)
-        .values_list("kind")
-        .annotate(n=Count("id"))
-        .order_by("-n", "kind")
-    )
+    counts = rows.filter(created_at__gte=since).values_list(field).annotate(n=Count("id")).order_by("-n", field)
     return list(counts)
 
 
-def _count(jobs: QuerySet) -> Coalesce:
-    """How many of ``jobs`` (filtered on ``miner=OuterRef("pk")``) each outer miner row has; counted
+def _count(rows: QuerySet) -> Coalesce:
+    """How many of ``rows`` (filtered on ``miner=OuterRef("pk")``) each outer miner row has; counted
     as ``*`` so that an index holding the filter's columns answers alone."""
-    counted = jobs.order_by().values("miner").annotate(n=Count("*")).values("n")
+    counted = rows.order_by().values("miner").annotate(n=Count("*")).values("n")
     return Coalesce(Subquery(counted, IntegerField()), 0)
 
 
@@ -437,8 +399,8 @@ def online_miners_with_work(*, now=None) -> QuerySet[Miner]:
         .select_related("owner")
         .prefetch_related(Prefetch("served_models", queryset=ServedModel.objects.order_by("name")))
         .annotate(
-            jobs_completed=Coalesce(Subquery(completed.annotate(n=Count("id")).values("n"), IntegerField()), 0),
-            jobs_running=Coalesce(Subquery(running.annotate(n=Count("id")).values("n"), IntegerField()), 0),
+            jobs_completed=_count(completed),
+            jobs_running=_count(running),
             units_served=Coalesce(Subquery(completed.annotate(n=Sum(units_of_job())).values("n"), IntegerField()), 0),
             units_last_hour=Coalesce(
                 Subquery(

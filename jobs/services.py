@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from catalog import payloads
 from catalog.selectors import catalog_entry
-from core import rawsql, shutdown
+from core import rawsql
 from core.crypto import signing
 from core.errors import Conflict, Invalid, NotFound, ServiceError
 from jobs import events, feed, matching, sql, wakeup
@@ -574,7 +574,13 @@ def job_claim(*, miner: Miner, limit: int = 1, job_id=None, models: list[str] | 
     else:
         with transaction.atomic():
             jobs = _claim_portable(
-                miner_pk=miner.pk, limit=limit, job_id=job_id, models=models, now=now, lease_until=lease_until
+                miner_pk=miner.pk,
+                limit=limit,
+                job_id=job_id,
+                models=models,
+                now=now,
+                lease_until=lease_until,
+                headstart=settings.MATCHING_REPUTATION_HEADSTART_SECONDS,
             )
     for job in jobs:
         job.miner = miner
@@ -604,7 +610,7 @@ def _jobs_with_payments(rows) -> list[Job]:
     return jobs
 
 
-def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_until) -> list[Job]:
+def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_until, headstart: float) -> list[Job]:
     # SQLite serialises writers (IMMEDIATE transactions), so no row locks are needed here.
     miner = Miner.objects.filter(pk=miner_pk).first()
     if miner is None or not miner.accepts_work:
@@ -614,9 +620,7 @@ def _claim_portable(*, miner_pk: int, limit: int, job_id, models, now, lease_unt
     if limit <= 0:
         return []
     candidates = claimable_jobs(miner=miner, now=now).order_by("rank_at")
-    candidates = matching.reputation_headstart_filter(
-        candidates, miner=miner, now=now, headstart=settings.MATCHING_REPUTATION_HEADSTART_SECONDS
-    )
+    candidates = matching.reputation_headstart_filter(candidates, miner=miner, now=now, headstart=headstart)
     if job_id is not None:
         candidates = candidates.filter(pk=job_id)
     if models is not None:
@@ -647,7 +651,8 @@ def jobs_lease_to(assignments: list[tuple[Miner, object]]) -> list[Job]:
     """Lease each job of ``(miner, job_id)`` pairs to the miner chosen for it: a dispatcher's batch
     (agents' task assignment), where ``job_claim`` is a miner asking for its own. A job is leased
     only while queued and to a miner that takes work, serves its model, meets its constraints and
-    has a free slot (each miner's jobs in the order given); the others are left as they are.
+    has a free slot (each miner's jobs in the order given); the others are left as they are. No
+    reputation head start: that orders miners claiming for themselves, and here the dispatcher chose.
     Returns the leased jobs. Two statements on PostgreSQL however many pairs, in one transaction."""
     if not assignments:
         return []
@@ -672,7 +677,13 @@ def jobs_lease_to(assignments: list[tuple[Miner, object]]) -> list[Job]:
                 job
                 for miner, job_id in assignments
                 for job in _claim_portable(
-                    miner_pk=miner.pk, limit=1, job_id=job_id, models=None, now=now, lease_until=lease_until
+                    miner_pk=miner.pk,
+                    limit=1,
+                    job_id=job_id,
+                    models=None,
+                    now=now,
+                    lease_until=lease_until,
+                    headstart=0,
                 )
             ]
     for job in jobs:
@@ -691,25 +702,12 @@ def job_claim_waiting(*, miner: Miner, limit: int = 1, wait_seconds: float = 0) 
     if jobs or wait_seconds <= 0:
         return jobs
     deadline = time.monotonic() + wait_seconds
-    models = list(ServedModel.objects.filter(miner=miner.pk).values_list("name", flat=True))
-    with wakeup.hub.waiter(*wakeup.miner_wait_scope(models)) as waiter:
-        # Claim again now that we are registered: a job committed in between still wakes us.
-        jobs = job_claim(miner=miner, limit=limit)
-        # A stopping server wakes its waiters after it says so: none sleeps through the stop.
-        while not jobs and not shutdown.stopping():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            if not connection.in_atomic_block:
-                connection.close()  # hand the connection back to the pool while asleep
-            if waiter.wait(remaining) and not shutdown.stopping():
-                jobs = job_claim(miner=miner, limit=limit)
-                # Wake-ups beyond what we claimed go to the next waiter (another miner may
-                # meet constraints this one does not); leaving the waiter hands on the rest.
-                waiter.claimed(len(jobs))
-                if not jobs:
-                    waiter.pass_on()
-    return jobs
+    served = ServedModel.objects.filter(miner=miner.pk).values_list("name", flat=True)
+    models, all_but = wakeup.miner_wait_scope(list(served))
+    claim = partial(job_claim, miner=miner, limit=limit)
+    return wakeup.wait_for_work(
+        models, claim, all_but=all_but, deadline=deadline, look_again_after=matching.head_start_seconds(miner)
+    )
 
 
 class _KeptLeases:

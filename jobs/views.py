@@ -3,9 +3,8 @@
 import json
 
 from django.contrib.auth.mixins import LoginRequiredMixin
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpResponseForbidden
 from django.shortcuts import redirect, render
 from django.views.generic import FormView, TemplateView
 
@@ -29,8 +28,9 @@ class JobListView(LoginRequiredMixin, FormView):
 
     def handle_no_permission(self):
         if "rows" in self.request.GET:
-            # The live list's request: a redirect to the login page is no rows to show.
-            raise PermissionDenied("Signed out.")
+            # The live list's request: a redirect to the login page is no rows to show. Answered,
+            # not raised: a raised PermissionDenied is logged with its traceback, for a routine event.
+            return HttpResponseForbidden("Signed out.")
         return super().handle_no_permission()
 
     def get(self, request, *args, **kwargs):

@@ -25,11 +25,13 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from catalog.selectors import catalog_names
+from core import shutdown
 from miners.capabilities import AGENT_TASK_MODEL
 
 logger = logging.getLogger(__name__)
 
 CHANNEL = "aitbc_jobs"
+HELD_BACK_MEMORY = 1024
 
 
 @dataclass
@@ -99,6 +101,11 @@ class WakeupHub:
         self._waiters: deque[Waiter] = deque()
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Jobs this process offers to a miner of its own (``hold_back``): job id → the model whose
+        # announcement arrived meanwhile (None until it does); then those taken, whose
+        # announcement may still arrive, the last ``HELD_BACK_MEMORY`` of them.
+        self._held_back: dict[str, str | None] = {}
+        self._taken: deque[str] = deque(maxlen=HELD_BACK_MEMORY)
 
     @contextmanager
     def waiter(
@@ -146,6 +153,37 @@ class WakeupHub:
         for waiter in waiters:
             waiter.wake(Wakeup(model="", tried={id(w) for w in waiters}))
 
+    def hold_back(self, job_ids: Iterable) -> None:
+        """Keep the announcements of ``job_ids`` from this process's waiters until ``let_go``: the
+        caller offers those jobs to a miner itself, so a waiter woken by them would only race it."""
+        with self._lock:
+            self._held_back.update((str(job_id), None) for job_id in job_ids)
+
+    def let_go(self, job_ids: Iterable, *, taken: set) -> None:
+        """The offers of ``hold_back`` are over: a job not in ``taken`` is announced to the waiters
+        if its announcement came meanwhile (else it comes as usual); one taken is announced to none."""
+        missed = []
+        with self._lock:
+            for job_id in map(str, job_ids):
+                model = self._held_back.pop(job_id, None)
+                if job_id in taken:
+                    if model is None:
+                        self._taken.append(job_id)
+                elif model is not None:
+                    missed.append(model)
+        for model in missed:
+            self.notify(model)
+
+    def _announced(self, job_id: str, model: str) -> None:
+        with self._lock:
+            if job_id in self._held_back:
+                self._held_back[job_id] = model
+                return
+            if job_id in self._taken:
+                self._taken.remove(job_id)
+                return
+        self.notify(model)
+
     def stop_listener(self) -> None:
         """Close the LISTEN connection (tests drop their database afterwards)."""
         listener = self._listener
@@ -177,14 +215,63 @@ class WakeupHub:
                     self.notify_all()
                     while not self._stopping.is_set():
                         for notification in conn.notifies(timeout=1.0):
-                            _job_id, _, model = notification.payload.partition(" ")
-                            self.notify(model)
+                            job_id, _, model = notification.payload.partition(" ")
+                            self._announced(job_id, model)
             except Exception:
                 logger.exception("wake-up listener lost its connection; reconnecting")
                 time.sleep(1)
 
 
 hub = WakeupHub()
+
+
+def wait_for_work(
+    models: Iterable[str],
+    take: Callable[[], list],
+    *,
+    all_but: frozenset[str] | None = None,
+    deadline: float,
+    first: Callable[[], list] | None = None,
+    look_every: float | None = None,
+    look_again_after: float = 0,
+) -> list:
+    """The sleeping half of a long poll, with a waiter for ``models`` (or ``all_but``, as ``Waiter``):
+    takes once more as it registers (``first``, else ``take``: work committed in between still wakes
+    it), then sleeps until woken, or at most ``look_every`` seconds where given, and ``take``s again,
+    until something is taken, ``deadline`` (``time.monotonic``) passes or the server stops.
+
+    Wake-ups beyond what was taken go to the next waiter (another poller may meet constraints this
+    one does not); leaving the waiter hands on the rest. With ``look_again_after`` (a miner's
+    reputation head start: a job queued or announced is not yet its to claim), the first look and
+    each wake-up that took nothing are followed by one more ``take`` that long after, so the job is
+    not left for the next announcement or the deadline.
+    """
+    with hub.waiter(models, all_but) as waiter:
+        taken = (first or take)()
+        look_again_at = time.monotonic() + look_again_after if look_again_after > 0 else None
+        # A stopping server wakes its waiters after it says so: none sleeps through the stop.
+        while not taken and not shutdown.stopping():
+            now = time.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                break
+            sleep = remaining if look_every is None else min(remaining, look_every)
+            if look_again_at is not None:
+                sleep = min(sleep, max(0.0, look_again_at - now))
+            if not connection.in_atomic_block:
+                connection.close()  # hand the connection back to the pool while asleep
+            woken = waiter.wait(sleep)
+            due = look_again_at is not None and time.monotonic() >= look_again_at
+            if (woken or due or look_every is not None) and not shutdown.stopping():
+                taken = take()
+                waiter.claimed(len(taken))
+                if not taken:
+                    waiter.pass_on()
+                if woken and look_again_after > 0:
+                    look_again_at = time.monotonic() + look_again_after
+                elif due:
+                    look_again_at = None
+    return taken
 
 
 def miner_wait_scope(models: Iterable[str]) -> tuple[frozenset[str], frozenset[str] | None]:

@@ -19,6 +19,9 @@ from openai_compat.errors import REQUEST_ERRORS, OpenAIError
 
 # OpenAI's "developer" role is its newer name for "system", which chat templates know.
 ROLE_ALIASES = {"developer": "system"}
+# The roles a message may have (the request's serializer checks): tools are refused
+# (``refuse_unsupported``), so their "tool" and "function" messages are too.
+ROLES = ("system", "developer", "user", "assistant")
 MAX_CHOICES = 8  # the jobs one request may start (n, times the prompts of a completion)
 
 

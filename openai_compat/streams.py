@@ -3,15 +3,18 @@
 The view joins its jobs' channel-layer groups (those ``ws/jobs/<id>/`` sockets join), so it
 hears each status change and each piece of text a miner decodes, in-cluster worker or external
 miner alike; what its own process publishes it is handed directly (``events.watch_locally``),
-without the round trips through Redis. Events are hints: the jobs' rows are read when the watch starts (a job may end
-before it subscribed), again every ``RECHECK_SECONDS`` without an event, and whenever a job
-ends, and an answer is built from the stored result. So a lost event costs latency, and a lost
-piece of text only arrives later, with the end of its choice: a stream never misses text.
+without the round trips through Redis. Events are hints: the jobs' rows are read when the
+watch starts (a job may end before it subscribed; not for jobs queued after it started), again
+every ``RECHECK_SECONDS`` without an event, and whenever a job ends, and an answer is built from
+the stored result. So a lost event costs latency, and a lost piece of text only arrives later,
+with the end of its choice: a stream never misses text.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -112,13 +115,23 @@ class StreamedChoice:
 class JobWatch:
     """``async with JobWatch(ids, …) as watch: async for update in watch.updates(): …``"""
 
-    def __init__(self, job_ids: list[str], *, queue_timeout: float, response_timeout: float):
+    def __init__(self, job_ids: list[str], *, queue_timeout: float, response_timeout: float, fresh: bool = False):
+        """``fresh``: the watch starts before the jobs are queued, and they are queued once it
+        ``joined`` their groups, so nothing happened to them before it hears their events, and
+        their rows are first read ``RECHECK_SECONDS`` in."""
         self.job_ids = list(job_ids)
+        self.fresh = fresh
+        # Set once the jobs' groups are joined, or given up: another process's event sent before
+        # that does not reach the watch (the Redis layer sends nothing to a group with no member).
+        self.joined = threading.Event()
+        if not self.job_ids:
+            self.joined.set()
         self.queue_timeout = queue_timeout
         now = time.monotonic()
         self.deadline = now + response_timeout
         self.status = dict.fromkeys(self.job_ids, JobStatus.QUEUED)
         self.attempt = dict.fromkeys(self.job_ids, 0)
+        self.sequence = dict.fromkeys(self.job_ids, 0)  # events.status_sequence of the status last taken
         self.queued_since = dict.fromkeys(self.job_ids, now)
         self.choices = {job_id: StreamedChoice() for job_id in self.job_ids}
         self.pending = set(self.job_ids)
@@ -128,32 +141,57 @@ class JobWatch:
         self._layer = None
         self._local = False  # events published in this process are handed over directly
         self._reader: asyncio.Task | None = None
+        self._joining: asyncio.Task | None = None
 
     async def __aenter__(self) -> "JobWatch":
+        """Start following the jobs: what this process publishes reaches the watch from now on;
+        the jobs' groups, for what other processes publish, are joined meanwhile (``joined`` is
+        set then; the first ``updates`` waits for it), so a caller may authenticate while they
+        are, and queue the jobs once they are."""
         layer = get_channel_layer()
         if layer is None:
+            self.joined.set()
             return self
         # Workers of this process publish on this loop (the in-memory layer wakes no other).
-        events.use_server_loop(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        events.use_server_loop(loop)
         groups = [events.job_group(job_id) for job_id in self.job_ids]
         try:
             self._channel = await layer.new_channel()
-            # What this process publishes comes straight to the inbox, from the first event.
-            self._local = events.watch_locally(layer, groups, self._channel, self._inbox)
-            joins = (layer.group_add(group, self._channel) for group in groups)
-            await asyncio.wait_for(asyncio.gather(*joins), SUBSCRIBE_TIMEOUT_SECONDS)
         except Exception as error:
-            # Without events the jobs' rows still tell when they end (every RECHECK_SECONDS).
-            logger.warning("following jobs %s without their events: %r", self.job_ids, error)
-            if self._local:
-                events.unwatch_locally(groups, self._channel)
-                self._local = False
+            self._without_events(error)
+            self.joined.set()
             return self
+        # What this process publishes comes straight to the inbox, from the first event.
+        self._local = events.watch_locally(layer, groups, self._channel, self._inbox)
         self._layer = layer
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self._joining = loop.create_task(self._join(layer, groups))
+        self._joining.add_done_callback(lambda _: self.joined.set())
+        self._reader = loop.create_task(self._read())
         return self
 
+    async def _join(self, layer, groups: list[str]) -> None:
+        async with asyncio.timeout(SUBSCRIBE_TIMEOUT_SECONDS):
+            await asyncio.gather(*(layer.group_add(group, self._channel) for group in groups))
+
+    async def _joined(self) -> None:
+        joining, self._joining = self._joining, None
+        try:
+            await joining
+        except Exception as error:
+            await self.__aexit__(None, None, None)
+            self._without_events(error)
+
+    def _without_events(self, error: Exception) -> None:
+        # Without events the jobs' rows still tell when they end (every RECHECK_SECONDS).
+        logger.warning("following jobs %s without their events: %r", self.job_ids, error)
+        self._layer = None
+
     async def __aexit__(self, *exc_info) -> None:
+        if self._joining is not None:
+            with contextlib.suppress(Exception):
+                await self._joining
+            self._joining = None
         if self._reader is None:
             return
         if self._local:
@@ -165,9 +203,8 @@ class JobWatch:
         await asyncio.wait({reader}, timeout=LAYER_TIMEOUT_SECONDS)
         for job_id in self.job_ids:
             try:
-                await asyncio.wait_for(
-                    self._layer.group_discard(events.job_group(job_id), self._channel), LAYER_TIMEOUT_SECONDS
-                )
+                async with asyncio.timeout(LAYER_TIMEOUT_SECONDS):
+                    await self._layer.group_discard(events.job_group(job_id), self._channel)
             except Exception as error:  # the group expires by itself
                 logger.warning("job group of %s not left: %r", job_id, error)
 
@@ -177,7 +214,9 @@ class JobWatch:
 
     async def updates(self) -> AsyncIterator[Started | Text | Ended | TimedOut]:
         """What happens to the jobs, until all of them ended (or a ``TimedOut``, the last)."""
-        next_check = 0.0
+        if self._joining is not None:
+            await self._joined()
+        next_check = time.monotonic() + RECHECK_SECONDS if self.fresh and self._layer is not None else 0.0
         while self.pending:
             # What was heard comes first, in its order: a row read later may show the job ended.
             for update in self._heard():
@@ -220,7 +259,8 @@ class JobWatch:
                   if self.status[job_id] == JobStatus.QUEUED),
             )  # fmt: skip
             try:
-                event = await asyncio.wait_for(self._inbox.get(), max(0.0, wake_at - now))
+                async with asyncio.timeout(max(0.0, wake_at - now)):
+                    event = await self._inbox.get()
             except TimeoutError:
                 continue
             for update in self._on_event(event):
@@ -239,6 +279,9 @@ class JobWatch:
         if event.get("type") == events.JOB_TOKEN:
             if self.status[job_id] == JobStatus.QUEUED:
                 self.status[job_id] = JobStatus.RUNNING
+                # Running, so claimed at least once: a status sent while it was first queued is older.
+                first_run = events.status_sequence(status=JobStatus.RUNNING, attempt=1)
+                self.sequence[job_id] = max(self.sequence[job_id], first_run)
                 yield Started(job_id)
             text = self.choices[job_id].add(event.get("index", 0), event.get("text") or "")
             if text:
@@ -249,6 +292,10 @@ class JobWatch:
     def _changed(self, job_id: str, status: str, attempt: int):
         if job_id not in self.pending:
             return
+        sequence = events.status_sequence(status=status, attempt=attempt)
+        if sequence < self.sequence[job_id]:
+            return  # sent before a change already taken (events come from several processes)
+        self.sequence[job_id] = sequence
         previous, known_attempt = self.status[job_id], self.attempt[job_id]
         if attempt > known_attempt:
             if known_attempt:

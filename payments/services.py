@@ -337,21 +337,8 @@ def _settle_portable(*, charges: list[tuple], payee) -> dict:
 
 
 def _settle_postgres(*, charges: list[tuple], opened: bool = False) -> dict:
-    rows = [
-        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": str(credits(charge)), "payee": payee.pk}
-        for job, charge, payee in charges
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            sql.SETTLE,
-            {
-                "charges": json.dumps(rows),
-                "fee_percent": str(settings.PLATFORM_FEE_PERCENT),
-                "now": timezone.now(),
-            },
-        )
-        settled = cursor.fetchall()
-    paid = {row[0]: payment for row, payment in zip(settled, rawsql.instances(Payment, settled, start=1), strict=True)}
+    rows = _settlement_rows(charges)
+    paid = dict(_escrows_end_postgres(sql.SETTLE, rows=rows))
     left = [(job, charge, payee) for job, charge, payee in charges if job.pk not in paid]
     if left and not opened:
         # The first settlement of a payee, or of all: with their wallets open (here, or by another
@@ -380,26 +367,12 @@ def escrows_end(*, charges: list[tuple], refunds: list[tuple]) -> tuple[dict, di
     if connection.vendor != "postgresql":
         refunded = escrows_refund(refunds=refunds)
         return (escrows_settle_each(charges=charges) if charges else {}), refunded
-    rows = [
-        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": str(credits(charge)), "payee": payee.pk}
-        for job, charge, payee in charges
-    ]
-    rows += [
-        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": None, "memo": reason[:300]}
-        for job, reason in refunds
-        if job.payment_id
-    ]
+    rows = _settlement_rows(charges) + _refund_rows(refunds)
     if not rows:
         return {}, {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            sql.ESCROWS_END,
-            {"rows": json.dumps(rows), "fee_percent": str(settings.PLATFORM_FEE_PERCENT), "now": timezone.now()},
-        )
-        ended = cursor.fetchall()
     paid, refunded = {}, {}
-    for row, payment in zip(ended, rawsql.instances(Payment, ended, start=1), strict=True):
-        (refunded if payment.status == PaymentStatus.REFUNDED else paid)[row[0]] = payment
+    for job_id, payment in _escrows_end_postgres(sql.ESCROWS_END, rows=rows):
+        (refunded if payment.status == PaymentStatus.REFUNDED else paid)[job_id] = payment
     left = [(job, charge, payee) for job, charge, payee in charges if job.pk not in paid]
     if left:
         _open_settlement_wallets(payees={payee.pk: payee for _, _, payee in left})
@@ -436,19 +409,35 @@ def escrows_refund(*, refunds: list[tuple]) -> dict:
     if connection.vendor != "postgresql":
         refunded = {job.pk: escrow_refund(job=job, reason=reason) for job, reason in refunds}
         return {job_id: payment for job_id, payment in refunded.items() if payment is not None}
-    rows = [
-        {"job_id": str(job.pk), "payment_id": job.payment_id, "memo": reason[:300]}
+    rows = _refund_rows(refunds)
+    return dict(_escrows_end_postgres(sql.REFUND, rows=rows)) if rows else {}
+
+
+def _settlement_rows(charges: list[tuple]) -> list[dict]:
+    return [
+        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": str(credits(charge)), "payee": payee.pk}
+        for job, charge, payee in charges
+    ]
+
+
+def _refund_rows(refunds: list[tuple]) -> list[dict]:
+    return [
+        {"job_id": str(job.pk), "payment_id": job.payment_id, "charge": None, "memo": reason[:300]}
         for job, reason in refunds
         if job.payment_id
     ]
-    if not rows:
-        return {}
+
+
+def _escrows_end_postgres(statement: str, *, rows: list[dict]) -> list[tuple]:
+    """Settle or refund each row's escrow in one ``statement`` of ``payments.sql``; returns ``(job
+    id, payment)`` for each escrow it ended."""
     with connection.cursor() as cursor:
-        cursor.execute(sql.REFUND, {"refunds": json.dumps(rows), "now": timezone.now()})
-        refunded = cursor.fetchall()
-    return {
-        row[0]: payment for row, payment in zip(refunded, rawsql.instances(Payment, refunded, start=1), strict=True)
-    }
+        cursor.execute(
+            statement,
+            {"rows": json.dumps(rows), "fee_percent": str(settings.PLATFORM_FEE_PERCENT), "now": timezone.now()},
+        )
+        ended = cursor.fetchall()
+    return [(row[0], payment) for row, payment in zip(ended, rawsql.instances(Payment, ended, start=1), strict=True)]
 
 
 # --- Budgets: credits held for a run of many payments -------------------------------------

@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 import pytest
 from django.db import connections, transaction
@@ -14,6 +15,7 @@ from jobs.services import job_claim, job_complete, job_submit, jobs_lease_to
 from miners.capabilities import Capabilities
 from miners.models import Miner
 from miners.services import miner_register
+from tests.threads import run_at_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -124,38 +126,18 @@ def test_batch_leases_racing_each_other_and_the_miners_own_claims_lease_each_job
     ]
     connections.close_all()
     leased: list[list] = []
-    errors = []
-    start = threading.Barrier(7)
 
     def dispatch(shift: int):
         # Every job, each to a different miner than the other dispatchers choose.
-        try:
-            start.wait()
-            pairs = [(miners[(n + shift) % len(miners)], job_id) for n, job_id in enumerate(job_ids)]
-            leased.append([job.pk for job in jobs_lease_to(pairs)])
-        except Exception as error:  # reported below: a thread's failure must fail the test
-            errors.append(error)
-        finally:
-            connections.close_all()
+        pairs = [(miners[(n + shift) % len(miners)], job_id) for n, job_id in enumerate(job_ids)]
+        leased.append([job.pk for job in jobs_lease_to(pairs)])
 
     def claim_until_full(miner):
-        try:
-            start.wait()
-            while jobs := job_claim(miner=miner, limit=3):
-                leased.append([job.pk for job in jobs])
-        except Exception as error:
-            errors.append(error)
-        finally:
-            connections.close_all()
+        while jobs := job_claim(miner=miner, limit=3):
+            leased.append([job.pk for job in jobs])
 
-    threads = [threading.Thread(target=dispatch, args=(shift,)) for shift in range(3)]
-    threads += [threading.Thread(target=claim_until_full, args=(miner,)) for miner in miners]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-
-    assert not errors
+    calls = [partial(dispatch, shift) for shift in range(3)] + [partial(claim_until_full, miner) for miner in miners]
+    assert run_at_once(calls) == []
     handed_out = [job_id for batch in leased for job_id in batch]
     assert len(handed_out) == len(set(handed_out)) == 40, "a job was leased twice, or a limit broken"
     running = Job.objects.filter(status=JobStatus.RUNNING)

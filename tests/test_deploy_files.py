@@ -12,7 +12,7 @@ import pytest
 from django.core.management import get_commands
 
 from aitbc_site.testing.pages import PASSWORD, make_user
-from aitbc_site.testing.processes import free_port
+from aitbc_site.testing.processes import free_port, gunicorn_command
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -68,6 +68,34 @@ def test_unit_commands_name_programs_and_commands_of_this_project():
             assert (ROOT / ".venv" / "bin" / Path(program).name).exists(), line
             if args[:1] == ["manage.py"]:
                 assert args[1] in manage_commands, line
+
+
+def _gunicorn_settings(command: list[str]) -> dict[str, str]:
+    """The settings gunicorn would run ``command`` (a gunicorn command line) with, read from this
+    checkout as it starts them (``--print-config``)."""
+    done = subprocess.run(
+        [*command, "--print-config"], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True
+    )
+    pairs = (line.partition(" = ") for line in done.stdout.splitlines() if " = " in line)
+    return {name.strip(): value.strip() for name, _, value in pairs}
+
+
+def _unit_gunicorn_commands() -> list[list[str]]:
+    commands = []
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        for line in unit.read_text().splitlines():
+            if line.startswith("ExecStart=") and "/gunicorn " in line:
+                args = line.removeprefix("ExecStart=").replace("/srv/aitbc", str(ROOT)).replace("%i", "8000")
+                commands.append(args.split())
+    return commands
+
+
+def test_no_gunicorn_opens_the_control_socket_its_neighbours_share():
+    # Every instance on a host would take the same default path from the one before.
+    commands = _unit_gunicorn_commands()
+    assert commands, "no gunicorn unit found"
+    for command in [*commands, gunicorn_command(free_port(), workers=1, threads=1)]:
+        assert _gunicorn_settings(command)["control_socket_disable"] == "True", command
 
 
 def test_nginx_site_passes_nginx_t(tmp_path):

@@ -11,6 +11,7 @@ from accounts.services import user_get_or_create
 from jobs import services
 from jobs.services import job_claim_waiting, job_submit
 from miners.capabilities import Capabilities
+from miners.models import Miner
 from miners.services import miner_register
 from tests.factories import MinerFactory
 
@@ -49,6 +50,39 @@ def test_waiting_poll_returns_within_50ms_of_the_commit(miner):
         assert [j.pk for j in outcome["jobs"]] == [job.pk]
         latencies.append(outcome["returned_at"] - committed_at)
     assert statistics.median(latencies) < 0.05, latencies
+
+
+def test_a_miner_below_full_reputation_takes_a_job_once_its_head_start_has_passed(miner, settings):
+    # Woken by the job's announcement before its head start passed, it claimed nothing, and slept
+    # until the next announcement or its deadline.
+    settings.MATCHING_REPUTATION_HEADSTART_SECONDS = 0.6
+    Miner.objects.filter(pk=miner.pk).update(reputation_score=0.5)  # a head start of 0.3 s
+    miner.refresh_from_db()
+    client = user_get_or_create(username="client")
+    thread, outcome = _poll_in_thread(miner, wait_seconds=10)
+    time.sleep(0.2)  # the poll is now asleep
+    job = job_submit(client=client, model="llama3.2", payload={"prompt": "hi"}).job
+    committed_at = time.perf_counter()
+    thread.join(timeout=15)
+
+    assert [j.pk for j in outcome["jobs"]] == [job.pk]
+    assert 0.25 <= outcome["returned_at"] - committed_at < 2
+
+
+def test_a_miner_below_full_reputation_takes_a_job_queued_before_its_poll_once_its_head_start_has_passed(
+    miner, settings
+):
+    # The poll's first look found the job inside the head start, and nothing woke it again.
+    settings.MATCHING_REPUTATION_HEADSTART_SECONDS = 0.6
+    Miner.objects.filter(pk=miner.pk).update(reputation_score=0.5)  # a head start of 0.3 s
+    miner.refresh_from_db()
+    job = job_submit(client=user_get_or_create(username="client"), model="llama3.2", payload={"prompt": "hi"}).job
+    committed_at = time.perf_counter()
+    thread, outcome = _poll_in_thread(miner, wait_seconds=10)
+    thread.join(timeout=15)
+
+    assert [j.pk for j in outcome["jobs"]] == [job.pk]
+    assert outcome["returned_at"] - committed_at < 2
 
 
 def test_poll_is_not_woken_by_other_models_and_does_not_busy_loop(miner, monkeypatch):

@@ -6,7 +6,6 @@ import time
 import pytest
 
 from core.api import throttling
-from tests.processes import RedisServer
 
 REQUESTS_PER_PROCESS = 125
 LIMIT = 100
@@ -17,14 +16,6 @@ def _serve(connection) -> None:
     while (key := connection.recv()) is not None:
         allowed = [throttling.allows(key, limit=LIMIT, window_seconds=3600) for _ in range(REQUESTS_PER_PROCESS)]
         connection.send(sum(allowed))
-
-
-@pytest.fixture
-def redis_server():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

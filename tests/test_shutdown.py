@@ -1,6 +1,8 @@
 """A server sent SIGTERM answers what waits in it at once and exits: a restart takes about a
 second, not the longest long poll."""
 
+import contextlib
+import signal
 import threading
 import time
 
@@ -90,6 +92,42 @@ def test_sigterm_closes_miner_and_dashboard_sockets_asking_them_to_reconnect(min
                 assert closed.value.rcvd.code == CLOSE_RESTARTING == 4503
     finally:
         server.kill()
+
+
+def test_sigterm_cancels_what_outlasts_the_drain_and_answers_requests_meanwhile_with_503(miner_key, tmp_path):
+    """A chat completion waits for a job no miner takes, past daphne's drain: daphne cancels it
+    and exits all the same. A request arriving during the drain is answered 503 at once, but a
+    miner's report, which finishes work in flight, is served."""
+    client_key = api_key_create(user=user_get_or_create(username="drain-client"), scope="client").raw_key
+    server = Server("daphne", env=server_env(tmp_path), log_path=tmp_path / "daphne.log")
+    try:
+        miner = register(server, miner_key, "drain-rig")  # online: its model is one a miner serves
+        answer = []
+
+        def chat():
+            body = {"model": "restart-model", "messages": [{"role": "user", "content": "hi"}]}
+            with contextlib.suppress(httpx.HTTPError):  # cut when daphne exits
+                answer.append(
+                    httpx.post(
+                        f"{server.url}/v1/chat/completions", json=body, headers={"X-Api-Key": client_key}, timeout=90
+                    )
+                )
+
+        threading.Thread(target=chat, daemon=True).start()
+        time.sleep(1.5)
+        signalled = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        meanwhile = httpx.get(f"{server.url}/health/live", timeout=5)
+        report = miner.post("/v1/miners/tokens", json={"tokens": []})
+        server.proc.wait(timeout=EXIT_SECONDS + 5)
+        exited_after = time.monotonic() - signalled
+    finally:
+        server.kill()
+    assert (meanwhile.status_code, meanwhile.headers.get("retry-after")) == (503, "1"), server.log()
+    assert meanwhile.json()["error_code"] == "SERVICE_UNAVAILABLE"
+    assert report.status_code < 500, report.text
+    assert exited_after < EXIT_SECONDS, server.log()
 
 
 @pytest.fixture

@@ -25,10 +25,17 @@ def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 def check_url(url: str) -> None:
-    """Refuse a URL that is not http(s) with a host, or that names a non-public address itself."""
-    parts = urlsplit(url)
+    """Refuse a URL that is not http(s) with a host and a port from 1 to 65535, or that names a
+    non-public address itself."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a ValueError when it is not a number from 0 to 65535
+    except ValueError:
+        raise UnsafeAddress("A webhook URL is http:// or https:// with a host (and a port from 1 to 65535).") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeAddress("A webhook URL is http:// or https:// with a host.")
+    if port == 0:
+        raise UnsafeAddress("A webhook URL's port is from 1 to 65535.")
     if settings.WEBHOOKS_ALLOW_PRIVATE:
         return
     host = parts.hostname.rstrip(".").lower()

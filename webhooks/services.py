@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 from datetime import timedelta
-from functools import partial
+from functools import partial, update_wrapper
 
 import httpx
 from django.conf import settings
@@ -30,7 +30,7 @@ from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from core.api.formats import iso_datetime
-from core.errors import Conflict, Invalid
+from core.errors import Conflict, Invalid, ServiceError
 from jobs.api.serializers import decimal_text, job_view
 from webhooks import tasks
 from webhooks.addresses import UnsafeAddress, check_resolved, check_url
@@ -196,42 +196,46 @@ def _owner_key(owner_id) -> str:
 
 
 def _owner_has_endpoints(owner_id) -> None:
-    cache.set(_owner_key(owner_id), True, OWNER_MARK_SECONDS)
-    transaction.on_commit(partial(cache.set, _owner_key(owner_id), True, OWNER_MARK_SECONDS), robust=True)
+    key = _owner_key(owner_id)
+    cache.set(key, True, OWNER_MARK_SECONDS)
+    if not cache.get(key):
+        # The cache (Redis) does not answer, and fails quietly: a mark saying "none" that it still
+        # holds from before would hide the endpoint's events once it answers again.
+        raise ServiceError(
+            "Webhooks cannot be added or enabled just now; try again in a moment.",
+            code="SERVICE_UNAVAILABLE",
+            status_code=503,
+        )
+    # Named as what it calls: Django logs a robust hook's failure under its __qualname__, which a
+    # bare partial lacks (the logging would raise instead, after the commit).
+    transaction.on_commit(update_wrapper(partial(cache.set, key, True, OWNER_MARK_SECONDS), cache.set), robust=True)
 
 
 def _owner_changed(owner_id) -> None:
-    try:
-        cache.delete(_owner_key(owner_id))
-    except Exception as error:  # a mark left behind costs a query per event, nothing more
-        logger.warning("webhook mark of user %s not dropped: %r", owner_id, error)
+    cache.delete(_owner_key(owner_id))  # a mark left behind (no cache) costs a query per event, nothing more
 
 
 def _enabled_endpoints(owner_ids: set) -> list[WebhookEndpoint]:
     """The enabled endpoints of ``owner_ids``: read only for the owners marked as having some, or
     not known either way (who are then marked)."""
     keys = {_owner_key(owner_id): owner_id for owner_id in owner_ids}
-    try:
-        marks = cache.get_many(list(keys))
-    except Exception as error:
-        logger.warning("webhook marks not read: %r", error)
-        marks = {}
+    marks = cache.get_many(list(keys))  # none while the cache does not answer: every owner is then read
     unknown = {owner_id for key, owner_id in keys.items() if key not in marks}
     candidates = unknown | {owner_id for key, owner_id in keys.items() if marks.get(key)}
     if not candidates:
         return []
     endpoints = list(WebhookEndpoint.objects.filter(owner__in=candidates, enabled=True))
     for owner_id in unknown:
-        try:
-            cache.add(_owner_key(owner_id), any(e.owner_id == owner_id for e in endpoints), OWNER_MARK_SECONDS)
-        except Exception as error:
-            logger.warning("webhook mark of user %s not stored: %r", owner_id, error)
+        cache.add(_owner_key(owner_id), any(e.owner_id == owner_id for e in endpoints), OWNER_MARK_SECONDS)
     return endpoints
 
 
 def _send_after_commit(message_ids: list[str]) -> None:
     for message_id in message_ids:
-        transaction.on_commit(partial(tasks.deliver_webhook.send, message_id), robust=True)
+        # A broker that does not answer is logged (housekeeping re-sends the delivery), named as
+        # above so that the logging itself does not fail.
+        send = tasks.deliver_webhook.send
+        transaction.on_commit(update_wrapper(partial(send, message_id), send), robust=True)
 
 
 # --- Delivering ------------------------------------------------------------------------------

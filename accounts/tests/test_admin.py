@@ -2,16 +2,12 @@ import hashlib
 import re
 
 import pytest
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from accounts.models import ApiKey, User
+from tests.admin_responses import messages_of
 
 CHANGELIST = reverse("admin:accounts_apikey_changelist")
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def listed_prefixes(response) -> set[str]:

@@ -1,8 +1,8 @@
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from accounts.models import UserSession, WalletNonce
 from accounts.tests.conftest import ask_nonce
+from tests.admin_responses import messages_of
 
 SESSIONS = reverse("admin:accounts_usersession_changelist")
 NONCES = reverse("admin:accounts_walletnonce_changelist")
@@ -35,7 +35,7 @@ def test_revoke_action_signs_the_session_out(admin_client, sign_in, make_wallet)
     signed_out, kept = sign_in(make_wallet()), sign_in(make_wallet())
     session = UserSession.objects.get(user_id=signed_out.signed_in["user_id"])
     response = admin_client.post(SESSIONS, {"action": "revoke_sessions", "_selected_action": [session.pk]}, follow=True)
-    assert "Revoked 1 session(s)." in [str(m) for m in get_messages(response.wsgi_request)]
+    assert "Revoked 1 session(s)." in messages_of(response)
     assert signed_out.get("/v1/users/me").status_code == 401
     assert kept.get("/v1/users/me").status_code == 200
 

@@ -164,7 +164,9 @@ class DiscoverView(APIView):
         now = timezone.now()
         body = {
             "status": "success",
-            "query": request.data if isinstance(request.data, dict) else {},
+            # The query as asked, its fields the discovery reads (validated, so always JSON): the
+            # rest of the body, which may hold anything JSON parses to (1e400 is infinity), is not echoed.
+            "query": {name: request.data[name] for name in query.fields if name in request.data},
             "agents": [agent_info(agent, now=now) for agent in agents],
             "count": len(agents),
             "timestamp": now_text(),
@@ -386,14 +388,7 @@ class TaskResultView(AgentView):
             result=data["result"],
             lease_token=data.get("lease_token") or None,
         )
-        body = {
-            "status": "success",
-            "task_id": str(task_id),
-            "task_status": completion.job.status,
-            "receipt": completion.receipt.document if completion.receipt else None,
-            "timestamp": now_text(),
-        }
-        return Response(TaskReportedSerializer(body).data)
+        return _task_reported(task_id, completion.job, receipt=completion.receipt)
 
 
 class TaskFailView(AgentView):
@@ -412,14 +407,19 @@ class TaskFailView(AgentView):
             error=data["error"],
             lease_token=data.get("lease_token") or None,
         )
-        body = {
-            "status": "success",
-            "task_id": str(task_id),
-            "task_status": job.status,
-            "receipt": None,
-            "timestamp": now_text(),
-        }
-        return Response(TaskReportedSerializer(body).data)
+        return _task_reported(task_id, job)
+
+
+def _task_reported(task_id, job, *, receipt=None) -> Response:
+    """The answer to a task's result or failure: the task's status now, and its receipt if any."""
+    body = {
+        "status": "success",
+        "task_id": str(task_id),
+        "task_status": job.status,
+        "receipt": receipt.document if receipt else None,
+        "timestamp": now_text(),
+    }
+    return Response(TaskReportedSerializer(body).data)
 
 
 # --- Workflows and executions ------------------------------------------------------------

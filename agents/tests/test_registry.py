@@ -100,6 +100,16 @@ def test_discover_filters_by_capabilities_and_services(agent_api, register_agent
     assert [a["agent_id"] for a in served["agents"]] == ["hermes-agent"]
 
 
+def test_discover_echoes_the_fields_it_reads_and_not_the_rest_of_the_body(agent_api):
+    # 1e400 parses to infinity, which no JSON answer can carry: echoed, it made the answer a 500.
+    body = b'{"status": "active", "agent_type": "worker", "limit": 1e400, "note": "x"}'
+
+    response = agent_api.post("/agents/discover", body, content_type="application/json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["query"] == {"status": "active", "agent_type": "worker"}
+
+
 def test_get_agent_and_unknown_agent(agent_api):
     agent_api.post("/agents/register", REGISTER, format="json")
 

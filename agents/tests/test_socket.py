@@ -1,12 +1,15 @@
+import asyncio
+
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 
 from agents.consumers import AgentConsumer
 from aitbc_site.routing import websocket_urlpatterns
+from core import sockets
 from jobs.models import Job, JobStatus
+from tests.sockets import Socket
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
@@ -16,7 +19,7 @@ SUBMIT = {"task_data": {"model": "llama2", "prompt": "test prompt"}, "priority":
 
 def open_socket(agent_id="hermes-agent", key=None):
     headers = [(b"x-api-key", key.encode())] if key else []
-    return WebsocketCommunicator(application, f"/ws/agents/{agent_id}/", headers=headers)
+    return Socket(application, f"/ws/agents/{agent_id}/", headers=headers)
 
 
 def test_a_task_submitted_after_connecting_is_pushed_with_its_lease(client_api, agent_api, register_agent, monkeypatch):
@@ -68,7 +71,7 @@ def test_an_executions_page_socket_follows_its_steps_until_it_ends(client_api, a
     ]
 
     async def scenario():
-        socket = WebsocketCommunicator(
+        socket = Socket(
             application, f"/ws/executions/{execution_id}/", headers=[(b"x-api-key", client_api.raw_key.encode())]
         )
         assert (await socket.connect())[0]
@@ -107,10 +110,25 @@ def test_an_executions_socket_refuses_others(client_api, make_api, scope, code):
     headers = [(b"x-api-key", make_api(scope, f"other-{scope}").raw_key.encode())] if scope else []
 
     async def scenario():
-        socket = WebsocketCommunicator(application, f"/ws/executions/{execution_id}/", headers=headers)
+        socket = Socket(application, f"/ws/executions/{execution_id}/", headers=headers)
         await socket.connect()
         closed = await socket.receive_output()
         await socket.disconnect()
         return closed["code"]
 
     assert async_to_sync(scenario)() == code
+
+
+def test_a_socket_whose_application_is_cancelled_stops_taking_tasks(agent_api, register_agent, monkeypatch):
+    monkeypatch.setattr(AgentConsumer, "WAIT_SECONDS", 1.0)
+    register_agent(agent_api)
+
+    async def scenario():
+        socket = open_socket(key=agent_api.raw_key)
+        assert (await socket.connect())[0]
+        (consumer,) = [open_one for open_one in sockets._open_sockets if isinstance(open_one, AgentConsumer)]
+        socket.future.cancel()  # as a server gives up on an application that outlived its connection
+        _, polling = await asyncio.wait({consumer.pusher}, timeout=AgentConsumer.WAIT_SECONDS + 5)
+        return polling
+
+    assert async_to_sync(scenario)() == set()

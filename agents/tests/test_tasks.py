@@ -8,6 +8,7 @@ from agents.models import Agent, Task
 from agents.services import agents_mark_stale, tasks_assign
 from explorer.verify import verify_receipt
 from jobs.models import Job, JobStatus
+from miners.models import Miner
 from payments.selectors import wallet_of
 
 pytestmark = pytest.mark.django_db
@@ -82,6 +83,7 @@ def test_agent_receives_runs_and_is_paid_for_a_task_with_a_receipt(client_api, a
 
     assert done.status_code == 200, done.content
     assert done.json()["task_status"] == "completed"
+    assert verify_receipt(done.json()["receipt"]) == (True, None)
     shown = client_api.get(f"/v1/tasks/{task['task_id']}").json()["task"]
     assert (shown["status"], shown["result"], shown["agent_id"]) == ("completed", {"answer": 42}, "hermes-agent")
     assert shown["payment_status"] == "released"
@@ -108,6 +110,18 @@ def test_a_task_no_agent_fits_waits_until_one_does(client_api, agent_api, regist
     assert [t["task_id"] for t in poll(agent_api, agent_id="translator")] == [task_id]
 
 
+def test_an_agent_below_full_reputation_is_given_a_task_at_once(client_api, agent_api, register_agent, settings):
+    # The dispatcher chose the agent: the head start, which lets better miners polling for a job
+    # claim it first, has no part in a lease it hands out. On SQLite the lease applied it, and the
+    # task stayed queued until the head start had passed.
+    settings.MATCHING_REPUTATION_HEADSTART_SECONDS = 60
+    register_agent(agent_api)
+    Miner.objects.filter(agent__agent_id="hermes-agent").update(reputation_score=0.5)
+    task_id = client_api.post("/tasks/submit", SUBMIT, format="json").json()["task_id"]
+
+    assert [t["task_id"] for t in poll(agent_api)] == [task_id]
+
+
 def test_a_failed_task_goes_to_another_attempt(client_api, agent_api, register_agent):
     register_agent(agent_api)
     client_api.post("/tasks/submit", SUBMIT, format="json")
@@ -118,6 +132,8 @@ def test_a_failed_task_goes_to_another_attempt(client_api, agent_api, register_a
     )
 
     assert failed.status_code == 200
+    reported = failed.json()
+    assert (reported["task_id"], reported["task_status"], reported["receipt"]) == (task["task_id"], "queued", None)
     (again,) = poll(agent_api)
     assert (again["task_id"], again["attempt"]) == (task["task_id"], 2)
     assert Agent.objects.get().tasks_failed == 1

@@ -3,13 +3,12 @@
 import copy
 import io
 import json
-import threading
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
 
 from agents import services
 from agents.api.serializers import BRIEF
@@ -20,6 +19,7 @@ from explorer.verify import verify_execution_receipt
 from inference import engine
 from jobs.models import Job, JobStatus
 from payments.selectors import wallet_of
+from tests.threads import run_at_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -252,20 +252,7 @@ def test_two_advancers_at_once_start_each_step_once(client_user_workflow, monkey
     monkeypatch.setattr(services, "advance_after_commit", lambda execution_id: None)
     workflow, client = client_user_workflow
     execution = services.workflow_execute(workflow=workflow, client=client, inputs={"topic": "Lima"})
-    barrier = threading.Barrier(6)
-
-    def advance():
-        try:
-            barrier.wait()
-            services.execution_advance(execution_id=execution.pk)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=advance) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    assert run_at_once([partial(services.execution_advance, execution_id=execution.pk)] * 6) == []
 
     assert Job.objects.count() == 2  # facts and poem; merge waits for them
     assert sorted(ExecutionStep.objects.filter(job__isnull=False).values_list("step_id", flat=True)) == [

@@ -11,12 +11,14 @@ import contextlib
 import glob
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,10 +29,22 @@ PYTHON = sys.executable
 logger = logging.getLogger(__name__)
 
 
+_ports_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now and not handed out before by this process: the kernel may offer a port
+    again once the socket that found it is closed, before the server it was meant for binds it,
+    and two servers given one port would answer each other's requests."""
+    with _ports_lock:
+        while True:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            if port not in _ports_handed_out:
+                _ports_handed_out.add(port)
+                return port
 
 
 def children(pid: int) -> list[int]:
@@ -209,8 +223,10 @@ def gunicorn_command(port: int, *, workers: int, threads: int) -> list[str]:
 
 
 def daphne_command(port: int) -> list[str]:
-    """``daphne aitbc_site.asgi:application``: HTTP and the WebSockets."""
-    return [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "aitbc_site.asgi:application"]
+    """``daphne aitbc_site.asgi:application``: HTTP and the WebSockets, listening as deployed (with
+    the backlog of ``deploy/systemd/aitbc-ws@.service``)."""
+    endpoint = f"tcp:port={port}:interface=127.0.0.1:backlog=2048"
+    return [PYTHON, "-m", "daphne", "-e", endpoint, "aitbc_site.asgi:application"]
 
 
 def _log_path(env: dict, log_dir: str | Path | None, name: str) -> Path:
@@ -240,10 +256,19 @@ class Gunicorn(HttpServer):
 
 
 class Daphne(HttpServer):
+    """daphne; with the embedded workers and ``INFERENCE_MODELS`` in its env, ready once its in-cluster
+    miner also serves them, so that a test does not see that miner arrive midway."""
+
+    SERVING = re.compile(r"in-cluster miner \S+ serves")
+
     def __init__(self, env: dict, *, log_dir=None, port: int | None = None, name=None):
         port = port or free_port()
         name = name or f"daphne-{port}"
         super().__init__(daphne_command(port), port=port, env=env, log_path=_log_path(env, log_dir, name), name=name)
+        self.serves_models = env.get("AITBC_EMBEDDED_WORKERS") == "true" and bool(env.get("INFERENCE_MODELS"))
+
+    def ready(self) -> bool:
+        return super().ready() and (not self.serves_models or bool(self.SERVING.search(self.log(10**6))))
 
 
 class DramatiqWorker(Process):

@@ -1,23 +1,14 @@
 import pytest
 from django.contrib.admin.utils import quote
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from jobs.models import Job, JobStatus, Receipt
 from miners.models import Miner, MinerStatus
+from tests.admin_responses import listed, messages_of
 
 JOBS = reverse("admin:jobs_job_changelist")
 MINERS = reverse("admin:miners_miner_changelist")
 RECEIPTS = reverse("admin:jobs_receipt_changelist")
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
-
-
-def listed(response) -> list:
-    assert response.status_code == 200
-    return list(response.context["cl"].result_list)
 
 
 def poll(api):

@@ -2,6 +2,9 @@
 received in batches, each channel's in the order sent."""
 
 import asyncio
+import signal
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -14,8 +17,14 @@ pytestmark = pytest.mark.skipif(not settings.REDIS_URL, reason="needs Redis (set
 
 
 def new_layer(capacity=20_000) -> RedisChannelLayer:
-    # Other test runs share the Redis database.
-    return RedisChannelLayer(hosts=[settings.REDIS_URL], prefix=f"aitbc-test-{uuid.uuid4().hex}", capacity=capacity)
+    # Connected as the settings connect it; other test runs share the Redis database.
+    hosts = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
+    return RedisChannelLayer(hosts=hosts, prefix=f"aitbc-test-{uuid.uuid4().hex}", capacity=capacity)
+
+
+def layer_at(url: str) -> RedisChannelLayer:
+    """A layer on a Redis of the test's own, connected as the settings connect it."""
+    return RedisChannelLayer(hosts=[{"address": url, **channel_layers.connection_options(url)}])
 
 
 async def joined(layer, groups: list[str]) -> dict[str, str]:
@@ -113,6 +122,100 @@ def test_a_fetch_whose_answer_never_came_puts_its_messages_back():
     assert asyncio.run(scenario()) == [0, 1, 2]
 
 
+def test_receives_cancelled_together_end_at_once():
+    """Two sockets of one process close together: the first's receive, fetching for both, is
+    cancelled, then the second's, at each moment of its taking the fetch over. Each ends at once;
+    a cancellation lost in a write would leave a receive popping for ever."""
+
+    async def close_both(delay: float) -> float:
+        layer = new_layer()
+        receives = [asyncio.ensure_future(layer.receive(await layer.new_channel())) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        receives[0].cancel()
+        await asyncio.sleep(delay)
+        receives[1].cancel()
+        started = time.monotonic()
+        await asyncio.wait(receives, timeout=3)
+        return time.monotonic() - started
+
+    async def scenario():
+        return [await close_both(step / 4000) for step in range(24)]
+
+    assert max(asyncio.run(scenario())) < 1
+
+
+def test_a_receive_from_a_redis_that_stopped_answering_fails(redis_server, monkeypatch):
+    """A Redis frozen with its connections open (its host still answers TCP for it) ends a
+    waiting receive with TimeoutError, which closes a socket with 4503, within the pop's own wait
+    plus ``DEAD_REDIS_SECONDS``."""
+    monkeypatch.setattr(channel_layers, "DEAD_REDIS_SECONDS", 1)
+
+    async def scenario():
+        layer = layer_at(redis_server.url)
+        layer.brpop_timeout = 1
+        receive = asyncio.ensure_future(layer.receive(await layer.new_channel()))
+        await asyncio.sleep(0.2)
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(10):
+                    await receive
+            return time.monotonic() - started
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+
+    assert asyncio.run(scenario()) < 5
+
+
+def test_a_receive_begun_on_a_redis_that_stopped_answering_fails(redis_server, monkeypatch):
+    """A receive whose first fetch meets a frozen Redis on a connection already open ends with
+    TimeoutError as one blocked in its pop does."""
+    monkeypatch.setattr(channel_layers, "DEAD_REDIS_SECONDS", 1)
+
+    async def scenario():
+        layer = layer_at(redis_server.url)
+        layer.brpop_timeout = 1
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "hello"})
+        await layer.receive(channel)
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(10):
+                    await layer.receive(channel)
+            return time.monotonic() - started
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+
+    assert asyncio.run(scenario()) < 5
+
+
+def test_a_layer_on_a_unix_socket_sends_and_receives(tmp_path):
+    path = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", str(path), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = f"unix://{path}"
+
+        async def scenario():
+            layer = layer_at(url)
+            [channel] = (await joined(layer, ["job"])).values()
+            await layer.group_send_many({"job": [{"type": "t", "n": 1}]})
+            return await receive_all(layer, channel, 1)
+
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert asyncio.run(scenario()) == [{"type": "t", "n": 1}]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 def test_messages_past_a_channels_capacity_are_dropped():
     async def scenario():
         layer = new_layer(capacity=3)
@@ -143,3 +246,26 @@ def test_a_send_leaves_out_the_channels_it_is_told_to_skip():
         return await receive_all(layer, channels["job"], 3)
 
     assert [m["n"] for m in asyncio.run(scenario())] == [0, 1, 2]
+
+
+def test_groups_with_members_names_the_groups_a_send_would_reach_from_a_plain_thread():
+    layer = new_layer()
+
+    async def join():
+        await joined(layer, ["watched"])
+        # A member that joined past the group expiry: a send drops it, and so does this look.
+        stale = await layer.new_channel()
+        key = layer._group_key("stale")
+        await layer.connection(0).zadd(key, {stale: time.time() - layer.group_expiry - 10})
+
+    asyncio.run(join())
+
+    assert layer.groups_with_members(["watched", "stale", "nobody"]) == {"watched"}
+    assert layer.groups_with_members([]) == set()
+
+
+def test_groups_with_members_asks_only_hosts_given_as_urls():
+    layer = RedisChannelLayer(hosts=[("127.0.0.1", 6379)], prefix=f"aitbc-test-{uuid.uuid4().hex}")
+
+    with pytest.raises(ValueError):
+        layer.groups_with_members(["job"])

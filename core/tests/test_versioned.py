@@ -1,4 +1,4 @@
-"""The guard Redis connection each thread keeps for the request path's counters."""
+"""The guard Redis connections the process keeps for the request path's counters."""
 
 import multiprocessing
 import threading
@@ -9,19 +9,17 @@ import redis
 
 from core import versioned
 from core.api import throttling
-from tests.processes import RedisServer
 
 
-@pytest.fixture
-def redis_server():
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture(autouse=True)
+def _no_idle_connections():
+    # Each test's Redis server is its own: the connections earlier tests left are not its.
+    versioned._idle_guard_connections.clear()
 
 
 def _connection(url: str):
-    return versioned._guard_connections.by_url[url][1]
+    """The connection the next call to ``url`` takes."""
+    return versioned._idle_guard_connections[url][-1]
 
 
 def test_commands_sent_together_answer_in_order_on_one_kept_connection(redis_server):
@@ -32,14 +30,36 @@ def test_commands_sent_together_answer_in_order_on_one_kept_connection(redis_ser
     assert _connection(url) is kept
 
 
-def test_each_thread_keeps_its_own_connection(redis_server):
+def test_a_thread_takes_the_connection_an_ended_thread_used(redis_server):
+    # Under daphne each request's sync work runs in a new thread: it must not open a connection.
     url = redis_server.url
     versioned.guard_call(url, ("PING",))
-    other = []
-    thread = threading.Thread(target=lambda: other.append(versioned.guard_call(url, ("PING",)) and _connection(url)))
+    kept = _connection(url)
+    used = []
+    thread = threading.Thread(target=lambda: used.append(versioned.guard_call(url, ("PING",)) and _connection(url)))
     thread.start()
     thread.join()
-    assert other[0] is not _connection(url)
+    assert used[0] is kept
+    assert versioned._idle_guard_connections[url] == [kept]
+
+
+def test_calls_at_once_each_have_a_connection_of_their_own(redis_server):
+    url = redis_server.url
+    versioned.guard_call(url, ("PING",))
+    with versioned._guard_connection(url) as first, versioned._guard_connection(url) as second:
+        assert first is not second
+        assert versioned._idle_guard_connections[url] == []
+    assert sorted(map(id, versioned._idle_guard_connections[url])) == sorted([id(first), id(second)])
+
+
+def test_idle_connections_beyond_the_most_kept_are_closed(redis_server, monkeypatch):
+    url = redis_server.url
+    monkeypatch.setattr(versioned, "GUARD_IDLE_MAX", 1)
+    with versioned._guard_connection(url) as first, versioned._guard_connection(url) as second:
+        first.send_command("PING"), second.send_command("PING")
+        assert first.read_response() == second.read_response() == b"PONG"
+    assert versioned._idle_guard_connections[url] == [second]
+    assert first._sock is None
 
 
 def _child_call(url: str, pipe) -> None:

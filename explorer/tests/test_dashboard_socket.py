@@ -9,7 +9,6 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.auth import AuthMiddlewareStack
 from channels.layers import get_channel_layer
 from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.test import Client
 
@@ -18,6 +17,7 @@ from aitbc_site.routing import websocket_urlpatterns
 from explorer import consumers, selectors
 from jobs import feed
 from jobs.models import Job
+from tests.sockets import Socket
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
@@ -32,7 +32,7 @@ def _fresh_network_stats():
 
 
 def open_socket(*, headers=None, subprotocols=None):
-    return WebsocketCommunicator(
+    return Socket(
         application,
         "/ws/dashboard/",
         headers=[(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()],
@@ -125,7 +125,11 @@ def test_a_users_socket_follows_each_status_of_its_own_jobs_and_no_one_elses(
         seen.append(await next_event(socket, feed.JOB_UPDATED, job_id=mine, status="completed"))
         others = (await sync_to_async(submit_job)(other_client_api))["job_id"]
         await sync_to_async(other_client_api.post)(f"/v1/jobs/{others}/cancel")
+        # Everything up to the network's news of the cancellation (it may come late), then what
+        # came with it.
         rest = []
+        while not rest or (rest[-1]["kind"], rest[-1]["data"].get("job_id")) != (feed.JOB_FINISHED, others):
+            rest.append(await socket.receive_json_from(timeout=5))
         while not await socket.receive_nothing(timeout=0.3):
             rest.append(await socket.receive_json_from())
         await socket.disconnect()
@@ -134,10 +138,45 @@ def test_a_users_socket_follows_each_status_of_its_own_jobs_and_no_one_elses(
     others, mine, seen, rest = async_to_sync(scenario)()
 
     assert [event["data"] for event in seen] == [
-        {"job_id": mine, "model": "llama3.2", "status": status} for status in ("queued", "running", "completed")
+        {"job_id": mine, "model": "llama3.2", "status": status, "sequence": sequence}
+        for status, sequence in (("queued", 2), ("running", 3), ("completed", 5))
     ]
     assert not [event for event in rest if event["kind"] == feed.JOB_UPDATED]
     assert {"job_id": others, "model": "llama3.2", "status": "cancelled"} in [event["data"] for event in rest]
+
+
+def test_a_users_socket_never_sends_a_jobs_status_older_than_one_it_sent(client_api):
+    def updated(job_id, status, sequence):
+        return feed.dashboard_event(
+            feed.JOB_UPDATED, {"job_id": job_id, "model": "m", "status": status, "sequence": sequence}
+        )
+
+    group = feed.user_group(client_api.user.pk)
+
+    async def scenario():
+        socket = open_socket(headers={"X-Api-Key": client_api.raw_key})
+        assert (await socket.connect())[0]
+        assert (await socket.receive_json_from())["kind"] == feed.NETWORK_STATS
+        layer = get_channel_layer()
+        # As two processes would send them: the claim's news first, the submission's after it.
+        await layer.group_send(group, updated("a", "running", 3))
+        await layer.group_send(group, updated("a", "queued", 2))
+        await layer.group_send(
+            group, {"type": feed.DASHBOARD_BATCH, "events": [updated("a", "queued", 2), updated("b", "queued", 2)]}
+        )
+        await layer.group_send(group, updated("a", "completed", 5))
+        received = []
+        while not await socket.receive_nothing(timeout=0.3):
+            received.append(await socket.receive_json_from())
+        await socket.disconnect()
+        return received
+
+    received = async_to_sync(scenario)()
+
+    updates = [
+        (event["data"]["job_id"], event["data"]["status"]) for event in received if event["kind"] == feed.JOB_UPDATED
+    ]
+    assert updates == [("a", "running"), ("b", "queued"), ("a", "completed")]
 
 
 def test_a_flush_keeps_each_users_latest_status_per_job_and_every_network_event():
@@ -164,6 +203,17 @@ def test_a_flush_keeps_each_users_latest_status_per_job_and_every_network_event(
         "user-1": [updated("b", "queued"), updated("a", "completed")],
         "user-2": [updated("c", "queued")],
     }
+
+
+def test_a_flush_keeps_the_latest_status_of_a_job_published_out_of_order():
+    def updated(status, sequence):
+        return feed.dashboard_event(
+            feed.JOB_UPDATED, {"job_id": "a", "model": "m", "status": status, "sequence": sequence}
+        )
+
+    items = [("user-1", updated("running", 3)), ("user-1", updated("queued", 2))]
+
+    assert feed._by_group(items) == {"user-1": [updated("running", 3)]}
 
 
 def test_a_flush_scheduled_on_another_loop_is_sent_on_the_servers(client_api):
@@ -351,7 +401,7 @@ def test_on_redis_feed_events_go_only_to_groups_someone_watches(settings, monkey
         return watched
 
     monkeypatch.setattr(type(layer), "group_send_many", recording_group_send_many)
-    event = feed.job_event(feed.JOB_UPDATED, SimpleNamespace(pk=uuid.uuid4(), model="m", status="queued"))
+    event = feed.job_event(feed.JOB_UPDATED, SimpleNamespace(pk=uuid.uuid4(), model="m", status="queued", attempt=0))
     watched, unwatched = feed.user_group(1), feed.user_group(2)
 
     async def scenario():

@@ -2,20 +2,16 @@
 recorded in the audit log and the objects' history, and stick: the miner is told why (403)."""
 
 from django.contrib.admin.models import LogEntry
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from core.models import StaffAction
 from jobs.models import Job, JobStatus
 from miners.models import Miner, MinerBan, MinerBanKind, MinerStatus
+from tests.admin_responses import messages_of
 
 MINERS = reverse("admin:miners_miner_changelist")
 BANS = reverse("admin:miners_minerban_changelist")
 REASON = "Returned forged results"
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def act(admin_client, action, miners, **confirmation):

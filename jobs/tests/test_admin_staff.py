@@ -1,24 +1,15 @@
 from decimal import Decimal
 
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from explorer.services import blocks_seal_pending
 from jobs.models import Job, JobStatus
 from payments.models import Payment, PaymentStatus
 from payments.selectors import wallet_of
+from tests.admin_responses import listed, messages_of
 
 JOBS = reverse("admin:jobs_job_changelist")
 HOME = reverse("admin:index")
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
-
-
-def listed(response) -> list:
-    assert response.status_code == 200
-    return list(response.context["cl"].result_list)
 
 
 def poll(api):

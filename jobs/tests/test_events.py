@@ -5,6 +5,7 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
+import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
@@ -394,3 +395,122 @@ def test_no_local_watch_on_a_layer_that_cannot_leave_a_channel_out():
 
     assert async_to_sync(scenario)() is False
     assert events._local_watches == {}
+
+
+@pytest.mark.django_db
+def test_each_status_a_job_moves_to_has_a_higher_sequence_than_the_one_before(
+    client_api, miner_api, register_miner, submit_job
+):
+    from jobs.services import job_requeue
+
+    register_miner(miner_api)
+    job_id = submit_job(client_api)["job_id"]
+    seen = [events.job_status_event(Job.objects.get(pk=job_id))]
+    for _ in range(2):  # claimed, re-queued, claimed again
+        miner_api.post("/v1/miners/poll", {"max_wait_seconds": 0}, format="json")
+        seen.append(events.job_status_event(Job.objects.get(pk=job_id)))
+        if len(seen) < 3:
+            job_requeue(job_id=job_id)
+            seen.append(events.job_status_event(Job.objects.get(pk=job_id)))
+    miner_api.post(f"/v1/miners/{job_id}/result", {"result": {"output": "x"}}, format="json")
+    seen.append(events.job_status_event(Job.objects.get(pk=job_id)))
+
+    assert [event["status"] for event in seen] == ["queued", "running", "queued", "running", "completed"]
+    sequences = [event["sequence"] for event in seen]
+    assert sequences == sorted(set(sequences)), sequences
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later"),
+    [
+        (("queued", 0), ("cancelled", 0)),
+        (("queued", 0), ("expired", 0)),
+        (("running", 0), ("completed", 0)),  # a verified job, which runs as its attempts
+        (("running", 3), ("failed", 3)),
+        (("queued", 3), ("running", 4)),
+    ],
+)
+def test_an_end_or_a_claim_is_later_than_the_status_it_follows(earlier, later):
+    first, then = (events.status_sequence(status=status, attempt=attempt) for status, attempt in (earlier, later))
+    assert first < then
+
+
+def test_an_event_is_older_only_with_a_lower_sequence_than_the_one_seen():
+    assert events.is_older({"sequence": 2}, 3)
+    assert not events.is_older({"sequence": 3}, 3)
+    assert not events.is_older({"sequence": 4}, 3)
+    assert not events.is_older({"sequence": 2}, None)  # nothing seen yet
+
+
+@needs_redis
+def test_on_redis_events_of_groups_nobody_watches_never_reach_the_loop(settings, monkeypatch):
+    use_redis_layer(settings)
+    monkeypatch.setattr(events, "_watched_retry_at", 0.0)
+    watched, unwatched = str(uuid.uuid4()), str(uuid.uuid4())
+    handed_over = []
+    submit = events._OrderedSender.submit
+
+    def recording_submit(self, layer, messages):
+        handed_over.append([group for group, _ in messages])
+        submit(self, layer, messages)
+
+    monkeypatch.setattr(events._OrderedSender, "submit", recording_submit)
+
+    def publish():
+        events.publish_token_events([TokenEvent(unwatched, 0, "a", 1, 4)])  # nobody's: dropped here
+        events.publish_token_events([TokenEvent(unwatched, 1, "b", 2, 4), TokenEvent(watched, 0, "c", 1, 4)])
+        events.flush()
+
+    received = receive_on_groups([events.job_group(watched)], publish, count=1)
+
+    assert [m["text"] for m in received[events.job_group(watched)]] == ["c"]
+    assert handed_over == [[events.job_group(watched)]]
+
+
+@needs_redis
+def test_a_group_watched_in_this_process_keeps_its_events_without_a_member_in_redis(settings, monkeypatch):
+    use_redis_layer(settings)
+    monkeypatch.setattr(events, "_watched_retry_at", 0.0)
+    monkeypatch.setattr(events, "_server_loop", None)
+    job_id = str(uuid.uuid4())
+    group = events.job_group(job_id)
+
+    async def scenario():
+        layer = get_channel_layer()
+        inbox = asyncio.Queue()
+        assert events.watch_locally(layer, [group], await layer.new_channel(), inbox)
+        try:
+            await sync_to_async(events.publish_token_events, thread_sensitive=False)([TokenEvent(job_id, 0, "a", 1, 4)])
+            return await asyncio.wait_for(inbox.get(), 2)
+        finally:
+            events._local_watches.clear()
+
+    assert async_to_sync(scenario)()["text"] == "a"
+
+
+@needs_redis
+def test_when_the_layer_cannot_tell_who_watches_every_event_goes_on_and_it_is_asked_again_later(
+    settings, monkeypatch, caplog
+):
+    use_redis_layer(settings)
+    monkeypatch.setattr(events, "_watched_retry_at", 0.0)
+    layer = get_channel_layer()
+    asked, handed_over = [], []
+
+    def failing(groups):
+        asked.append(sorted(groups))
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(layer, "groups_with_members", failing)
+    monkeypatch.setattr(events._OrderedSender, "submit", lambda self, layer, messages: handed_over.append(messages))
+    job_id = str(uuid.uuid4())
+
+    with caplog.at_level(logging.WARNING, logger="jobs.events"):
+        events.publish_token_events([TokenEvent(job_id, 0, "a", 1, 4)])
+        events.publish_token_events([TokenEvent(job_id, 1, "b", 2, 4)])  # within the retry: not asked
+        monkeypatch.setattr(events, "_watched_retry_at", 0.0)
+        events.publish_token_events([TokenEvent(job_id, 2, "c", 3, 4)])
+
+    assert asked == [[events.job_group(job_id)]] * 2
+    assert [[m["text"] for _, m in messages] for messages in handed_over] == [["a"], ["b"], ["c"]]
+    assert "watched job groups not known" in caplog.text

@@ -5,15 +5,16 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.test import Client
 from django.utils import timezone
 
 from accounts.services import user_get_or_create
 from aitbc_site.routing import websocket_urlpatterns
+from jobs import events
 from jobs.events import publish_job_status, publish_token_events
 from jobs.models import Job, JobStatus
+from tests.sockets import Socket
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
@@ -49,7 +50,7 @@ def job_id(client_api, submit_job):
 
 
 def open_socket(job_id, *, headers=None, subprotocols=None):
-    return WebsocketCommunicator(
+    return Socket(
         application,
         f"/ws/jobs/{job_id}/",
         # ASGI servers lower-case header names.
@@ -101,6 +102,7 @@ def test_client_gets_the_snapshot_then_tokens_in_order_then_the_final_status(
     job_id = submit_job(client_api)["job_id"]
     register_miner(miner_api)
     assert miner_api.post("/v1/miners/poll", {"max_wait_seconds": 0}, format="json").json()["job_id"] == job_id
+    events.flush()  # the claim's status: it comes before the snapshot, not between it and the tokens
     tokens = [TokenEvent(job_id, i, text, i + 1, 4) for i, text in enumerate(["Hel", "lo", "!"])]
 
     async def scenario():
@@ -130,6 +132,30 @@ def test_client_gets_the_snapshot_then_tokens_in_order_then_the_final_status(
     assert (final["result"], final["progress"]) == ({"output": "Hello!"}, 100)
     assert final["completed_at"]
     assert closed == {"type": "websocket.close", "code": 1000}
+
+
+def test_a_status_sent_before_a_newer_one_already_sent_is_not_sent(client_api, miner_api, register_miner, submit_job):
+    job_id = submit_job(client_api)["job_id"]
+    queued = Job.objects.get(pk=job_id)  # as the submitting process published it
+    register_miner(miner_api)
+    miner_api.post("/v1/miners/poll", {"max_wait_seconds": 0}, format="json")
+    events.flush()  # the claim's own status event is not the late one this test sends
+
+    async def scenario():
+        socket = open_socket(job_id, headers={"X-Api-Key": client_api.raw_key})
+        assert (await socket.connect())[0]
+        snapshot = await socket.receive_json_from()
+        # The submission's event, late: it left its process after the claim's.
+        await sync_to_async(publish_job_status)(queued)
+        await sync_to_async(lambda: publish_job_status(complete(job_id, "Hello!")))()
+        following = await socket.receive_json_from()
+        await socket.disconnect()
+        return snapshot, following
+
+    snapshot, following = async_to_sync(scenario)()
+
+    assert (snapshot["status"], snapshot["sequence"]) == ("running", 3)
+    assert (following["status"], following["sequence"]) == ("completed", 5)
 
 
 def test_snapshot_is_the_rest_job_view(client_api, job_id):
@@ -309,7 +335,7 @@ def connects_through_the_production_stack(job_id, headers) -> bool:
     from aitbc_site.routing import websocket_application
 
     async def scenario():
-        socket = WebsocketCommunicator(
+        socket = Socket(
             websocket_application(),
             f"/ws/jobs/{job_id}/",
             headers=[(name.lower().encode(), value.encode()) for name, value in headers.items()],

@@ -2,7 +2,6 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from jobs.models import Job, JobStatus
@@ -10,12 +9,9 @@ from jobs.selectors import miner_earnings
 from jobs.services import miner_ban
 from miners.models import Miner, MinerStatus
 from miners.services import miner_unban
+from tests.admin_responses import messages_of
 
 MINERS = reverse("admin:miners_miner_changelist")
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def poll(api):

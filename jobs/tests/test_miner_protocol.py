@@ -425,27 +425,39 @@ def test_a_job_twice_in_a_batch_is_422(client_api, miner_api, register_miner, su
     assert Job.objects.get(pk=job["job_id"]).status == JobStatus.RUNNING
 
 
-@pytest.mark.postgres  # the portable completion reads its jobs in its own transaction
-def test_a_result_to_the_process_that_answered_the_poll_completes_the_job_as_leased_without_reading_it(
-    client_api, miner_api, register_miner, submit_job
-):
+@pytest.fixture
+def kept_lease(client_api, miner_api, register_miner, submit_job):
+    """A job ``miner_api``'s poll leased, whose lease the process that answered the poll keeps:
+    ``(job, lease)``."""
+    register_miner(miner_api)
+    job = submit_job(client_api)
+    return job, poll(miner_api).json()
+
+
+def post_result_reading_leases(api, job_id: str, body: dict):
+    """Post a result: the response, and whether the server read the job's lease back for it."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
-    from core.crypto import signing
     from jobs import sql
 
-    register_miner(miner_api)
-    job = submit_job(client_api)
-    leased = poll(miner_api).json()
     with CaptureQueriesContext(connection) as queries:
-        response = miner_api.post(
-            f"/v1/miners/{job['job_id']}/result",
-            {"result": {"output": "done"}, "lease_token": leased["lease_token"]},
-            format="json",
-        )
+        response = api.post(f"/v1/miners/{job_id}/result", body, format="json")
+    return response, any(q["sql"].strip().startswith(sql.LEASED.strip()[:40]) for q in queries)
+
+
+@pytest.mark.postgres  # the portable completion reads its jobs in its own transaction
+def test_a_result_to_the_process_that_answered_the_poll_completes_the_job_as_leased_without_reading_it(
+    miner_api, kept_lease
+):
+    from core.crypto import signing
+
+    job, leased = kept_lease
+    response, lease_read = post_result_reading_leases(
+        miner_api, job["job_id"], {"result": {"output": "done"}, "lease_token": leased["lease_token"]}
+    )
     assert response.status_code == 200, response.content
-    assert not [q for q in queries if q["sql"].strip().startswith(sql.LEASED.strip()[:40])]
+    assert not lease_read
     receipt = response.json()["receipt"]
     assert signing.verify(receipt)[0]
     assert receipt["metadata"]["attempt"] == 1
@@ -455,12 +467,10 @@ def test_a_result_to_the_process_that_answered_the_poll_completes_the_job_as_lea
 
 
 @pytest.mark.postgres
-def test_a_job_leased_again_since_the_poll_kept_it_is_read_again(client_api, miner_api, register_miner, submit_job):
+def test_a_job_leased_again_since_the_poll_kept_it_is_read_again(miner_api, kept_lease):
     from django.db.models import F
 
-    register_miner(miner_api)
-    job = submit_job(client_api)
-    leased = poll(miner_api).json()
+    job, leased = kept_lease
     # Its lease lapsed and the same miner leased it again elsewhere: a new token, a second attempt.
     Job.objects.filter(pk=job["job_id"]).update(lease_token="second-lease", attempt=F("attempt") + 1)
     stale = miner_api.post(
@@ -477,31 +487,19 @@ def test_a_job_leased_again_since_the_poll_kept_it_is_read_again(client_api, min
 
 
 @pytest.mark.postgres
-def test_another_miners_result_leaves_the_kept_job_to_its_holder(
-    client_api, miner_api, make_api, register_miner, submit_job
-):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from jobs import sql
-
-    register_miner(miner_api)
+def test_another_miners_result_leaves_the_kept_job_to_its_holder(miner_api, make_api, register_miner, kept_lease):
+    job, leased = kept_lease
     other = make_api("miner", "other-owner", miner_id="miner-2")
     register_miner(other)
-    job = submit_job(client_api)
-    leased = poll(miner_api).json()
     stolen = other.post(
         f"/v1/miners/{job['job_id']}/result",
         {"result": {"output": "stolen"}, "lease_token": leased["lease_token"]},
         format="json",
     )
     assert stolen.status_code == 409
-    with CaptureQueriesContext(connection) as queries:
-        response = miner_api.post(
-            f"/v1/miners/{job['job_id']}/result",
-            {"result": {"output": "mine"}, "lease_token": leased["lease_token"]},
-            format="json",
-        )
+    response, lease_read = post_result_reading_leases(
+        miner_api, job["job_id"], {"result": {"output": "mine"}, "lease_token": leased["lease_token"]}
+    )
     assert response.status_code == 200, response.content
-    assert not [q for q in queries if q["sql"].strip().startswith(sql.LEASED.strip()[:40])]
+    assert not lease_read
     assert Job.objects.get(pk=job["job_id"]).result == {"output": "mine"}

@@ -2,11 +2,12 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from aitbc_site.routing import websocket_urlpatterns
 from jobs.models import Job, JobStatus
+from miners.models import Miner
+from tests.sockets import Socket
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("in_memory_channel_layer")]
 
@@ -14,7 +15,7 @@ application = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
 
 
 def open_socket(*, path="/ws/miners/", headers=None, subprotocols=None):
-    return WebsocketCommunicator(
+    return Socket(
         application,
         path,
         headers=[(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()],
@@ -62,6 +63,49 @@ def test_job_submitted_after_connecting_is_pushed_with_a_real_lease(client_api, 
         "lease_expires_at": assigned["job"]["lease_expires_at"],
     }
     assert assigned["job"]["lease_expires_at"]
+
+
+def test_a_miner_below_full_reputation_is_pushed_a_job_once_its_head_start_has_passed(
+    client_api, miner_api, register_miner, submit_job, settings
+):
+    # Woken by the job before its head start passed, the socket claimed nothing and waited for the
+    # next wake-up or its 15 s recheck.
+    settings.MATCHING_REPUTATION_HEADSTART_SECONDS = 0.6
+    register_miner(miner_api)
+    Miner.objects.filter(miner_id="miner-1").update(reputation_score=0.5)  # a head start of 0.3 s
+
+    async def scenario():
+        socket = open_socket(headers={"X-Api-Key": miner_api.raw_key, "X-Miner-ID": "miner-1"})
+        assert (await socket.connect())[0]
+        assert await socket.receive_nothing(timeout=0.2)
+        job_id = (await sync_to_async(submit_job)(client_api, prompt="push me"))["job_id"]
+        assigned = await socket.receive_json_from(timeout=5)
+        await socket.disconnect()
+        return job_id, assigned
+
+    job_id, assigned = async_to_sync(scenario)()
+
+    assert assigned["job"]["job_id"] == job_id
+
+
+def test_a_miner_below_full_reputation_is_pushed_a_job_queued_before_it_connected_once_its_head_start_has_passed(
+    client_api, miner_api, register_miner, submit_job, settings
+):
+    # The look at connect found the job inside the head start, and nothing woke the socket again
+    # before its 15 s recheck.
+    settings.MATCHING_REPUTATION_HEADSTART_SECONDS = 0.6
+    register_miner(miner_api)
+    Miner.objects.filter(miner_id="miner-1").update(reputation_score=0.5)  # a head start of 0.3 s
+    job_id = submit_job(client_api, prompt="push me")["job_id"]
+
+    async def scenario():
+        socket = open_socket(headers={"X-Api-Key": miner_api.raw_key, "X-Miner-ID": "miner-1"})
+        assert (await socket.connect())[0]
+        assigned = await socket.receive_json_from(timeout=5)
+        await socket.disconnect()
+        return assigned
+
+    assert async_to_sync(scenario)()["job"]["job_id"] == job_id
 
 
 def test_queued_jobs_are_pushed_on_connect_up_to_the_miners_concurrency(

@@ -3,26 +3,14 @@ on ``ws/miners/`` reach the job's ``ws/jobs/<id>/`` subscribers, fenced by the l
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.auth import AuthMiddlewareStack
-from channels.routing import URLRouter
-from channels.testing import WebsocketCommunicator
 
-from aitbc_site.routing import websocket_urlpatterns
+from tests.sockets import events_sent, socket
 
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("in_memory_channel_layer"),
 ]
-
-application = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-
-
-def socket(path: str, key: str, **headers) -> WebsocketCommunicator:
-    pairs = [(b"x-api-key", key.encode())] + [
-        (name.lower().encode(), value.encode()) for name, value in headers.items()
-    ]
-    return WebsocketCommunicator(application, path, headers=pairs)
 
 
 @pytest.fixture
@@ -38,6 +26,7 @@ def watch_while(client_api, job_id: str, action, count: int):
     """``action()`` while a client follows the job; its result and the next ``count`` events."""
 
     async def scenario():
+        await events_sent()  # the claim's status: it comes before the snapshot, not after
         follower = socket(f"/ws/jobs/{job_id}/", client_api.raw_key)
         assert (await follower.connect())[0]
         await follower.receive_json_from(timeout=5)  # the status snapshot
@@ -102,6 +91,7 @@ def test_tokens_sent_over_the_miner_socket_reach_the_jobs_socket(client_api, min
         assert (await miner.connect())[0]
         job_id = (await sync_to_async(submit_job)(client_api))["job_id"]
         assigned = (await miner.receive_json_from(timeout=5))["job"]
+        await events_sent()
         follower = socket(f"/ws/jobs/{job_id}/", client_api.raw_key)
         assert (await follower.connect())[0]
         await follower.receive_json_from(timeout=5)

@@ -3,9 +3,9 @@ the answer a majority agree on, the liars paid nothing; canaries; no consensus."
 
 import json
 import re
-import threading
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 
 import pytest
 from django.db import connections
@@ -24,6 +24,7 @@ from miners.models import Miner
 from miners.services import miner_register
 from payments.models import Payment, PaymentStatus, Wallet
 from payments.services import treasury_mint, wallet_open
+from tests.threads import run_at_once
 
 MODEL = "llama3.2"
 PROMPT = {"type": "inference", "model": MODEL, "prompt": "What is the capital of France?"}
@@ -314,21 +315,12 @@ def test_distinct_owners_hold_under_concurrent_claims():
         job_submit(client=client, model=MODEL, payload=PROMPT, verification={"redundancy": 3}).job for _ in range(10)
     ]
     connections.close_all()
-    barrier = threading.Barrier(len(farm_miners))
 
     def claim_all(miner):
-        try:
-            barrier.wait()
-            while job_claim(miner=miner, limit=5):
-                pass
-        finally:
-            connections.close_all()
+        while job_claim(miner=miner, limit=5):
+            pass
 
-    threads = [threading.Thread(target=claim_all, args=(miner,)) for miner in farm_miners]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    assert run_at_once([partial(claim_all, miner) for miner in farm_miners]) == []
 
     for parent in parents:
         claimed = Job.objects.filter(parent=parent, miner__isnull=False)
@@ -480,22 +472,12 @@ def test_attempts_answering_at_once_decide_their_job_once():
     connections.close_all()
 
     for claimed in claims:
-        barrier = threading.Barrier(3)
-
-        def answer_now(rig, attempt, barrier=barrier):
-            try:
-                barrier.wait()
-                job_complete(job_id=attempt.pk, miner=rig, result=TRUTH_TEXT, lease_token=attempt.lease_token)
-            except Conflict:  # the one after the agreement is refused: its attempt was cancelled
-                pass
-            finally:
-                connections.close_all()
-
-        threads = [threading.Thread(target=answer_now, args=pair) for pair in zip(rigs, claimed, strict=True)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
+        answers = [
+            partial(job_complete, job_id=attempt.pk, miner=rig, result=TRUTH_TEXT, lease_token=attempt.lease_token)
+            for rig, attempt in zip(rigs, claimed, strict=True)
+        ]
+        # The one after the agreement is refused: its attempt was cancelled.
+        assert [error for error in run_at_once(answers) if not isinstance(error, Conflict)] == []
 
     for parent in parents:
         parent.refresh_from_db()

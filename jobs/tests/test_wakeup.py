@@ -33,3 +33,33 @@ def test_a_waiter_whose_on_wake_fails_is_dropped_and_its_wake_up_goes_to_another
         assert dead not in hub._waiters
         hub.notify("chat")
         assert woken == ["live", "live", "live"]
+
+
+def test_an_announcement_held_back_wakes_no_waiter_while_the_job_is_offered():
+    hub, woken = quiet_hub(), []
+    with hub.waiter(["chat"], on_wake=lambda: woken.append("chat")):
+        hub.hold_back(["job-1"])
+        hub._announced("job-1", "chat")
+        assert woken == []
+        hub.let_go(["job-1"], taken={"job-1"})
+        assert woken == []
+
+
+def test_an_announcement_held_back_for_a_job_nobody_took_wakes_a_waiter_once_let_go():
+    hub, woken = quiet_hub(), []
+    with hub.waiter(["chat"], on_wake=lambda: woken.append("chat")):
+        hub.hold_back(["job-1"])
+        hub._announced("job-1", "chat")
+        hub.let_go(["job-1"], taken=set())
+        assert woken == ["chat"]
+
+
+def test_an_announcement_arriving_after_its_job_was_taken_wakes_no_waiter():
+    hub, woken = quiet_hub(), []
+    with hub.waiter(["chat"], on_wake=lambda: woken.append("chat")):
+        hub.hold_back(["job-1", "job-2"])
+        hub.let_go(["job-1", "job-2"], taken={"job-1"})
+        hub._announced("job-1", "chat")
+        hub._announced("job-2", "chat")  # not taken: announced as usual
+        hub._announced("job-3", "chat")  # never held back
+        assert woken == ["chat", "chat"]

@@ -5,7 +5,7 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from catalog import payloads
-from openai_compat.shapes import MAX_CHOICES
+from openai_compat.shapes import MAX_CHOICES, ROLES
 
 
 class StreamOptionsSerializer(serializers.Serializer):
@@ -37,7 +37,7 @@ class GenerationCreateSerializer(serializers.Serializer):
 
 
 class ChatMessageSerializer(serializers.Serializer):
-    role = serializers.CharField(max_length=32, help_text="system, developer, user or assistant")
+    role = serializers.ChoiceField(choices=ROLES, help_text="system, developer, user or assistant")
     content = serializers.JSONField(required=False, allow_null=True, help_text="Text, or a list of text parts.")
 
 

@@ -34,7 +34,7 @@ from openai_compat.api.serializers import (
     OpenAIErrorSerializer,
 )
 from openai_compat.errors import REQUEST_ERRORS, OpenAIError, as_openai_error
-from openai_compat.streams import Ended, JobWatch, Started, Text, TimedOut, in_thread, sse
+from openai_compat.streams import SUBSCRIBE_TIMEOUT_SECONDS, Ended, JobWatch, Started, Text, TimedOut, in_thread, sse
 
 JOB_ID_HEADER = "X-AITBC-Job-Id"
 RECEIPT_ID_HEADER = "X-AITBC-Receipt-Id"
@@ -118,9 +118,11 @@ class OpenAIView(APIView):
         self, request, read: Callable[[], shapes.JobsRequest]
     ) -> tuple[shapes.JobsRequest, list[Job], JobWatch]:
         """The jobs ``read()`` makes of the request's body, queued, already followed: the watch
-        joins their groups first, so it hears everything a miner streams from the first piece
-        (close it when done). Authentication, permissions and rate limits run in the submit's
-        hop to a thread, before it, and come first: an anonymous request with a bad body is a 401."""
+        starts first, so it hears everything a miner streams from the first piece (what this
+        process publishes at once; the jobs are queued once their groups are joined, which goes
+        on while the request is authenticated; close it when done). Authentication, permissions
+        and rate limits run in the submit's hop to a thread, before it, and come first: an
+        anonymous request with a bad body is a 401."""
         try:
             jobs_request, refusal = read(), None
         except Exception as error:
@@ -130,22 +132,32 @@ class OpenAIView(APIView):
             [str(job_id) for job_id in job_ids],
             queue_timeout=settings.OPENAI_QUEUE_TIMEOUT_SECONDS,
             response_timeout=settings.OPENAI_RESPONSE_TIMEOUT_SECONDS,
+            fresh=True,
         )
         if job_ids:
             await watch.__aenter__()
         try:
             jobs = await in_thread(
-                self._checked_submit, request=request, jobs_request=jobs_request, refusal=refusal, job_ids=job_ids
+                self._checked_submit,
+                request=request,
+                jobs_request=jobs_request,
+                refusal=refusal,
+                job_ids=job_ids,
+                watch=watch,
             )
         except BaseException:
             await watch.__aexit__(None, None, None)
             raise
         return jobs_request, jobs, watch
 
-    def _checked_submit(self, *, request, jobs_request, refusal: Exception | None, job_ids: list) -> list[Job]:
+    def _checked_submit(
+        self, *, request, jobs_request, refusal: Exception | None, job_ids: list, watch: JobWatch
+    ) -> list[Job]:
         self.initial(request, *self.args, **self.kwargs)
         if refusal is not None:
             raise refusal
+        # An event another process sends before the watch joined the jobs' groups would be lost.
+        watch.joined.wait(SUBSCRIBE_TIMEOUT_SECONDS + 1)
         return services.request_jobs_submit(client=request.user, request=jobs_request, job_ids=job_ids)
 
     async def wait(self, jobs: list[Job], watch: JobWatch) -> tuple[list[Job], dict]:

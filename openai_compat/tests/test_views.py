@@ -1,5 +1,6 @@
 """The OpenAI-compatible routes in process: jobs made of requests, waits, timeouts and errors."""
 
+import asyncio
 import json
 import threading
 import time
@@ -9,6 +10,7 @@ import pytest
 from django.db import connection
 
 from catalog.models import CatalogModel
+from jobs import events
 from jobs.models import Job, JobStatus
 from jobs.services import StreamedText, job_claim, job_complete, job_tokens_relay
 from miners.models import Miner
@@ -169,6 +171,8 @@ def test_a_disabled_catalog_model_is_not_found(client_api):
         ({"temperature": 5}, "temperature"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "wizard", "content": "x"}]}, "messages.1.role"),
+        ({"messages": [{"role": "tool", "content": "42"}]}, "messages.0.role"),
         ({"n": 9}, "n"),
         ({"tools": [{"type": "function"}]}, "tools"),
         ({"top_p": 0}, "top_p"),
@@ -192,6 +196,17 @@ def test_a_generation_model_refuses_embeddings(client_api):
     answer = post(client_api, "/v1/embeddings", {"model": "chatty", "input": "hi"})
     assert answer.status_code == 400
     assert error_of(answer)["code"] == "model_not_supported"
+    assert error_of(answer)["message"].startswith("The model `chatty` is a chat model")
+
+
+def test_an_embedding_model_refuses_chat(client_api):
+    CatalogModel.objects.create(name="vectors", task="embedding", source_kind="hub", source="x/y")
+    answer = post(
+        client_api, "/v1/chat/completions", {"model": "vectors", "messages": [{"role": "user", "content": "hi"}]}
+    )
+    assert answer.status_code == 400
+    assert error_of(answer)["code"] == "model_not_supported"
+    assert error_of(answer)["message"].startswith("The model `vectors` is an embedding model")
 
 
 def test_a_short_wallet_is_429_insufficient_quota_and_queues_nothing(client_api):
@@ -245,3 +260,31 @@ def test_authentication_and_the_submit_take_one_hop_to_a_thread(client_api, mine
     answer = post(client_api, "/v1/chat/completions", {**CHAT, "model": "gpt-17"})
     assert answer.status_code == 404
     assert hops == ["_checked_submit"]
+
+
+def test_the_jobs_are_queued_once_their_watch_joined_their_groups(client_api, monkeypatch):
+    from channels.layers import InMemoryChannelLayer
+
+    from openai_compat import streams
+    from openai_compat.api import views
+
+    class SlowLayer(InMemoryChannelLayer):
+        async def group_add(self, group, channel):
+            await asyncio.sleep(0.3)
+            await super().group_add(group, channel)
+
+    layer = SlowLayer()
+    monkeypatch.setattr(streams, "get_channel_layer", lambda: layer)
+    members_at_submit = []
+
+    def submit(**kwargs):
+        groups = [events.job_group(job_id) for job_id in kwargs["job_ids"]]
+        members_at_submit.extend(len(layer.groups.get(group, {})) for group in groups)
+        return request_jobs_submit(**kwargs)
+
+    request_jobs_submit = views.services.request_jobs_submit
+    monkeypatch.setattr(views.services, "request_jobs_submit", submit)
+    # Another process's miner takes the jobs once they are committed: its events reach members only.
+    answer = post(client_api, "/v1/chat/completions", {**CHAT, "model": "gpt-17", "n": 2})
+    assert answer.status_code == 404
+    assert members_at_submit == [1, 1]

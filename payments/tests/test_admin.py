@@ -2,13 +2,13 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from accounts.services import user_get_or_create
 from jobs.models import Job
 from payments.models import LedgerTransaction, PaymentStatus, TransactionKind, WalletKind
 from payments.services import system_wallet
+from tests.admin_responses import messages_of
 from tests.factories import WalletFactory
 
 WALLETS = reverse("admin:payments_wallet_changelist")
@@ -19,10 +19,6 @@ PAYMENTS = reverse("admin:payments_payment_changelist")
 @pytest.fixture
 def alice_wallet(db):
     return WalletFactory(user__username="alice")
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def credit(admin_client, wallets, *, amount="25", reason="Support ticket 42", token="t" * 32):

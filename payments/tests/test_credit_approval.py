@@ -4,12 +4,12 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
 
 from core.models import StaffAction
 from payments.models import LedgerTransaction, PendingCredit, PendingCreditStatus, TransactionKind
+from tests.admin_responses import messages_of
 from tests.factories import WalletFactory
 
 WALLETS = reverse("admin:payments_wallet_changelist")
@@ -31,10 +31,6 @@ def second_staff(django_user_model) -> Client:
     browser = Client()
     browser.force_login(django_user_model.objects.create_superuser("approver", "approver@example.com", "pw"))
     return browser
-
-
-def messages_of(response) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def credit(browser, wallets, amount):

@@ -8,7 +8,6 @@ from decimal import Decimal
 import bech32
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.messages import get_messages
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.urls import reverse
@@ -22,6 +21,7 @@ from core.errors import Invalid
 from payments import bitcoin
 from payments.exchange import exchange_payment_confirm, exchange_payment_create, exchange_payments_expire_due
 from payments.models import ExchangePayment, ExchangePaymentStatus, LedgerTransaction, TransactionKind, Wallet
+from tests.admin_responses import messages_of
 
 # BIP-84's published test vectors: the account m/84'/0'/0' of the mnemonic "abandon abandon … about",
 # and its first two receiving addresses. The default testnet key is the same mnemonic's m/84'/1'/0'.
@@ -488,9 +488,7 @@ class TestAdminAction:
 
         response = self.confirm(admin_client, [payment_id])
 
-        assert "Confirmed 1 payment(s) and minted their credits." in [
-            str(message) for message in get_messages(response.wsgi_request)
-        ]
+        assert "Confirmed 1 payment(s) and minted their credits." in messages_of(response)
         stored = ExchangePayment.objects.get(pk=payment_id)
         assert (stored.status, stored.confirmed_by) == (ExchangePaymentStatus.CONFIRMED, admin_user)
         assert LedgerTransaction.objects.get(business_key=f"exchange:{payment_id}").actor == admin_user
@@ -503,7 +501,7 @@ class TestAdminAction:
 
         response = self.confirm(admin_client, [confirmed, expired])
 
-        messages = [str(message) for message in get_messages(response.wsgi_request)]
+        messages = messages_of(response)
         assert "1 payment(s) were already confirmed." in messages
         assert any(
             message.startswith(f"Not confirmed: {expired}: This payment request has expired") for message in messages

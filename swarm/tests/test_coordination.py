@@ -1,12 +1,11 @@
 """Coordinated tasks end to end: fake miners answer through the real HTTP miner API, the jobs' hook
 advances the task, and the money and reputations follow the verdicts. On PostgreSQL, committed."""
 
-import threading
 from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from jobs import services as job_services
@@ -18,6 +17,7 @@ from swarm.models import SwarmShare, SwarmTask
 from swarm.services import task_advance, tasks_advance_running
 from swarm.tests.conftest import MODEL
 from tests.factories import JobFactory
+from tests.threads import run_at_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -234,23 +234,8 @@ def test_processes_advancing_a_task_at_once_replace_a_silent_member_once(swarm_o
     ]
     # Silent, and not yet noticed: no job of its ended, so no hook ran.
     Miner.objects.filter(miner_id=silent.miner_id).update(status="offline")
-    barrier, errors = threading.Barrier(6), []
-
-    def advance():
-        barrier.wait()
-        try:
-            task_advance(task_id=task_id)
-        except Exception as error:  # what a process without the task's lock would meet
-            errors.append(error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=advance) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    # Errors are what a process without the task's lock would meet.
+    assert run_at_once([partial(task_advance, task_id=task_id)] * 6) == []
     shares = SwarmShare.objects.filter(task=task_id)
     assert shares.count() == 3
     assert shares.filter(outcome="replaced").get().member.miner.miner_id == silent.miner_id

@@ -1,5 +1,6 @@
 """In a real browser: submit a job and follow it live, watch the network page move, drain a miner."""
 
+import json
 import re
 import time
 
@@ -131,3 +132,28 @@ def test_a_miner_drained_in_the_admin_gets_no_job(page, log_in, make_api, regist
     miner_services.miner_set_draining(miner=Miner.objects.get(miner_id="drainee"), draining=False)
     response = miner_api.post("/v1/miners/poll", {"max_wait_seconds": 1}, format="json")
     assert response.status_code == 200 and response.json()["job_id"] == job["job_id"]
+
+
+def test_a_jobs_page_never_replaces_its_status_by_an_older_one(page, log_in):
+    from tests.factories import JobFactory
+
+    user = get_user_model().objects.create_user(username="ivan", password=PASSWORD)
+    job = JobFactory(client=user)  # a model no miner here serves: it stays queued
+    sockets = []
+    # The job's socket, played by the test: events as processes that changed the job sent them.
+    page.route_web_socket(re.compile(r"/ws/jobs/[0-9a-f-]{36}/$"), lambda socket: sockets.append(socket))
+    log_in(page, "ivan", PASSWORD)
+    page.goto(f"/jobs/{job.pk}/")
+    expect(page.locator("#job-live-note")).to_have_text("This page follows the job live.")
+
+    def status(state: str, sequence: int) -> str:
+        return json.dumps({"type": "job.status", "job_id": str(job.pk), "status": state, "sequence": sequence})
+
+    sockets[-1].send(status("running", 3))
+    expect(page.locator("#job-status")).to_have_text("Running")
+    sockets[-1].send(status("queued", 2))  # sent before the claim's, arriving after it
+    sockets[-1].send(status("completed", 5))
+    expect(page.locator("#job-status")).to_have_text("Completed")
+    sockets[-1].send(status("running", 3))
+    page.wait_for_timeout(200)
+    expect(page.locator("#job-status")).to_have_text("Completed")

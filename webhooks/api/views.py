@@ -20,6 +20,8 @@ ERRORS = {
     403: OpenApiResponse(description="The key's scope does not allow this"),
     404: OpenApiResponse(description="No such webhook (or not yours)"),
 }
+# Adding or enabling one while the cache (Redis) does not answer.
+CACHE_DOWN = {503: OpenApiResponse(description="The cache does not answer just now: try again shortly")}
 
 
 class OwnWebhookMixin:
@@ -52,6 +54,7 @@ class WebhookListView(OwnWebhookMixin, generics.GenericAPIView):
             409: OpenApiResponse(description="Too many webhooks"),
             422: OpenApiResponse(description="Invalid, or a private address"),
             **ERRORS,
+            **CACHE_DOWN,
         },
     )
     def post(self, request):
@@ -100,7 +103,7 @@ class WebhookEnableView(OwnWebhookMixin, APIView):
     @extend_schema(
         summary="Enable a disabled webhook again; its pending deliveries are sent",
         request=None,
-        responses={200: WebhookSerializer, **ERRORS},
+        responses={200: WebhookSerializer, **ERRORS, **CACHE_DOWN},
     )
     def post(self, request, webhook_id):
         return Response(WebhookSerializer(services.endpoint_enable(endpoint=self.endpoint(webhook_id))).data)

@@ -91,6 +91,32 @@ def test_a_private_loopback_or_link_local_address_is_refused(client_api, url):
     assert not WebhookEndpoint.objects.exists()
 
 
+@pytest.mark.parametrize("url", ["http://hooks.example.com:99999/hook", "https://hooks.example.com:0/hook"])
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_a_port_out_of_range_is_refused(client_api, settings, url, allow_private):
+    settings.WEBHOOKS_ALLOW_PRIVATE = allow_private
+    response = client_api.post("/v1/webhooks", {"url": url, "events": ["job.completed"]}, format="json")
+
+    assert response.status_code == 422
+    assert response.json()["error_code"] == "WEBHOOK_URL_REFUSED"
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_a_stored_url_with_a_port_out_of_range_fails_its_attempt(client_api, submit_job, receiver, settings):
+    # One accepted before such ports were refused: its attempts fail, they do not raise.
+    create_webhook(client_api, receiver.url, events=["job.cancelled"])
+    WebhookEndpoint.objects.update(url="http://hooks.example.com:99999/hook")
+    job_id = submit_job(client_api, model="llama3")["job_id"]
+    client_api.post(f"/v1/jobs/{job_id}/cancel")
+    settings.WEBHOOKS_ALLOW_PRIVATE = False
+    [delivery] = deliveries_of(job_id)
+
+    assert services.delivery_attempt(message_id=delivery.message_id) == services.RETRY
+
+    delivery.refresh_from_db()
+    assert "port" in delivery.last_error
+
+
 def test_private_addresses_are_allowed_when_the_setting_says_so(client_api, settings):
     settings.WEBHOOKS_ALLOW_PRIVATE = True
 
@@ -241,6 +267,24 @@ def test_enabling_a_disabled_webhook_sends_what_waits(
     sends = [c for c in callbacks if getattr(c, "func", None) == tasks.deliver_webhook.send]
     assert [send.args for send in sends] == [(delivery.message_id,)]
     assert services.delivery_attempt(message_id=delivery.message_id) == services.DELIVERED
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_broker_that_does_not_answer_leaves_the_miners_result_accepted_and_the_delivery_recorded(
+    client_api, miner_api, register_miner, submit_job, receiver, monkeypatch, caplog
+):
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to the broker")
+
+    create_webhook(client_api, receiver.url)
+    monkeypatch.setattr(tasks.deliver_webhook, "send", broker_down)
+
+    job_id = complete_paid_job(client_api, miner_api, register_miner, submit_job)  # 200, not a 500
+
+    [delivery] = deliveries_of(job_id)
+    assert delivery.status == DeliveryStatus.PENDING
+    assert any("broker_down" in record.getMessage() for record in caplog.records if record.levelname == "ERROR")
 
 
 @pytest.mark.postgres
@@ -421,3 +465,35 @@ def test_a_verified_jobs_events_are_its_own_not_its_attempts(client_api, make_ap
     assert [(d.job_id, d.event_type) for d in WebhookDelivery.objects.order_by("id")] == [
         (uuid.UUID(job_id), "job.completed")
     ]
+
+
+def test_while_the_cache_hangs_a_webhook_is_refused_503_and_one_that_exists_still_gets_its_events(
+    client_api, miner_api, register_miner, submit_job, receiver, request
+):
+    register_miner(miner_api)
+    create_webhook(client_api, receiver.url, events=["job.completed"])
+    request.getfixturevalue("hanging_cache")
+
+    refused = client_api.post("/v1/webhooks", {"url": receiver.url, "events": ["job.completed"]}, format="json")
+    job_id = complete_job(client_api, miner_api, submit_job)
+
+    assert (refused.status_code, refused.json()["error_code"]) == (503, "SERVICE_UNAVAILABLE")
+    assert WebhookEndpoint.objects.count() == 1
+    assert [d.event_type for d in deliveries_of(job_id)] == ["job.completed"]
+
+
+def test_enabling_a_webhook_while_the_cache_hangs_is_refused_503_and_leaves_it_disabled(client_api, request):
+    hook = create_webhook(client_api, PUBLIC_URL)
+    services.endpoint_disable(endpoint=WebhookEndpoint.objects.get(pk=hook["id"]), reason="test")
+    request.getfixturevalue("hanging_cache")
+
+    response = client_api.post(f"/v1/webhooks/{hook['id']}/enable")
+
+    assert response.status_code == 503
+    assert WebhookEndpoint.objects.get(pk=hook["id"]).enabled is False
+
+
+def test_the_schema_says_adding_or_enabling_a_webhook_may_be_503(client_api):
+    paths = client_api.get("/openapi.json").json()["paths"]
+    assert "503" in paths["/v1/webhooks"]["post"]["responses"]
+    assert "503" in paths["/v1/webhooks/{webhook_id}/enable"]["post"]["responses"]

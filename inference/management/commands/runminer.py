@@ -15,7 +15,7 @@ class Command(BaseCommand):
     help = (
         "Join a coordinator as a GPU miner over HTTP: load the named catalog models, register, "
         "long-poll for jobs, run them and post the results. SIGTERM stops polling, finishes the running "
-        "jobs (within --grace seconds, else hands them back) and exits."
+        "jobs (within --grace seconds, else hands them back), deregisters the miner and exits."
     )
 
     def add_arguments(self, parser):
@@ -45,7 +45,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-stream",
             action="store_true",
-            help="Send each job's text with its result only, not as it is decoded (POST /v1/miners/tokens).",
+            help="Send each job's text with its result only, not as it is decoded.",
+        )
+        parser.add_argument(
+            "--tokens-over",
+            choices=("auto", "http"),
+            default="auto",
+            help="How decoded text is streamed: auto (the default) over a ws/miners/ socket where the coordinator "
+            "offers one, else POST /v1/miners/tokens; http always posts.",
         )
 
     def handle(self, *args, **options):
@@ -71,6 +78,7 @@ class Command(BaseCommand):
             max_jobs=options["max_jobs"],
             threads=options["threads"],
             stream_tokens=not options["no_stream"],
+            tokens_over=options["tokens_over"],
         )
 
         def shut_down(signum, frame):
@@ -89,4 +97,4 @@ class Command(BaseCommand):
             done = agent.run()
         except AgentError as error:
             raise CommandError(str(error)) from None
-        self.stdout.write(f"stopped after answering {done} jobs")
+        self.stdout.write(f"stopped after answering {done} job{'' if done == 1 else 's'}")

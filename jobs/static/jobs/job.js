@@ -17,6 +17,9 @@
   var opening = JSON.parse(document.getElementById("opening-data").textContent);
   var contents = JSON.parse(document.getElementById("contents-data").textContent);
   var lastIndex = -1;
+  // The highest ``sequence`` shown: a status event with a lower one was sent before a change
+  // already shown (the processes changing a job send its events each in its own order).
+  var lastSequence = -1;
 
   function setText(id, value) {
     var element = document.getElementById(id);
@@ -36,6 +39,10 @@
   }
 
   function showStatus(event) {
+    if (typeof event.sequence === "number") {
+      if (event.sequence < lastSequence) return;
+      lastSequence = event.sequence;
+    }
     statusBadge.textContent = LABELS[event.status] || event.status;
     statusBadge.className = "badge status-" + event.status;
     setProgress(event.progress);

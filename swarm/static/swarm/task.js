@@ -10,8 +10,14 @@
 
   jobs.forEach(function (jobId) {
     var cell = document.querySelector('[data-job-status="' + jobId + '"]');
+    var lastSequence = -1;
     var socket = window.aitbcSocket("/ws/jobs/" + jobId + "/", function (event) {
       if (event.type !== "job.status") return;
+      // An event with a lower ``sequence`` than one shown tells an older status: it is passed over.
+      if (typeof event.sequence === "number") {
+        if (event.sequence < lastSequence) return;
+        lastSequence = event.sequence;
+      }
       if (cell) cell.textContent = event.status;
       if (TERMINAL.indexOf(event.status) !== -1 && !reloading) {
         reloading = true;
