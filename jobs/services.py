@@ -980,7 +980,9 @@ def _store_completions(held: list[Job], receipts: list[Receipt], *, miner: Miner
 
 def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, Receipt]]:
     # As on PostgreSQL, in one transaction: complete, charge and sign, store the jobs and their
-    # receipts, then settle.
+    # receipts, then settle. The listeners hear of the jobs' ends in it when it settled a payment,
+    # right after it otherwise: what a listener of a free job's end fails at (a verified job's
+    # decision) does not undo the completion.
     with transaction.atomic():
         held = []
         for job in Job.objects.filter(pk__in=list(outcomes), miner=miner, status=JobStatus.RUNNING):
@@ -996,6 +998,9 @@ def _complete_portable(*, miner: Miner, outcomes: dict, now) -> list[tuple[Job, 
             ])  # fmt: skip
         receipts_store(receipts)
         _settle(charges, miner=miner)
+        if charges:
+            _jobs_changed(held)
+    if not charges:
         _jobs_changed(held)
     return list(zip(held, receipts, strict=True))
 

@@ -1,9 +1,9 @@
-"""The same job flow on PostgreSQL and on SQLite.
+"""The same job flows on PostgreSQL and on SQLite.
 
 Submitting, claiming, completing and settling each have two implementations: hand-written SQL
 on PostgreSQL (``jobs/sql.py``, ``payments/sql.py``, one round trip each) and the ORM on SQLite
-(the embedded setup), chosen by the connection's vendor. One scenario drives both over the API
-and must end the same way. The backend the test run is not on runs the scenario in a fresh
+(the embedded setup), chosen by the connection's vendor. Each scenario drives both and must end
+the same way: a job's way over the API, and a verified job whose decision breaks. The backend the test run is not on runs the scenario in a fresh
 interpreter: with ``DATABASE_URL`` unset, that is SQLite in a temporary data dir.
 """
 
@@ -11,12 +11,20 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 from django.conf import settings
 from django.db import connection
 from rest_framework.test import APIClient
 
+from accounts.services import user_get_or_create
+from jobs import verification
+from jobs.models import Job
+from jobs.services import job_claim, job_complete, job_submit
+from jobs.verification import verifications_decide_stalled
+from miners.capabilities import Capabilities
+from miners.services import miner_register
 from payments.models import LedgerTransaction, Wallet, WalletKind
 from tests.factories import ApiKeyFactory
 
@@ -134,13 +142,50 @@ def authenticated(api_key, *, miner_id: str | None = None) -> APIClient:
     return api
 
 
-def drive_the_job_flow_on_sqlite(tmp_path) -> dict:
-    """The scenario in a fresh interpreter on a new SQLite database."""
+def drive_a_decision_that_fails() -> dict:
+    """A verified job's last answer comes in and the decision on it breaks: the answer is kept (the
+    miner is not asked for it again), and housekeeping decides the job."""
+    capabilities = Capabilities(models=("llama3.2",), max_concurrent_jobs=1)
+    miners = [
+        miner_register(owner=user_get_or_create(username=f"owner-{n}"), miner_id=f"rig-{n}", capabilities=capabilities)[
+            0
+        ]
+        for n in (1, 2)
+    ]
+    payload = {"type": "inference", "model": "llama3.2", "prompt": "What is the capital of France?"}
+    job = job_submit(client=user_get_or_create(username="client"), model="llama3.2", payload=payload,
+                     verification={"redundancy": 2}).job  # fmt: skip
+    outcome = {}
+    for miner in miners:
+        (attempt,) = job_claim(miner=miner)
+        try:
+            with mock.patch.object(verification, "_decide_verified", side_effect=RuntimeError("broken")):
+                job_complete(job_id=attempt.pk, miner=miner, result={"text": "Paris."}, lease_token=attempt.lease_token)
+        except RuntimeError as error:
+            outcome[f"{miner.miner_id}'s answer"] = [Job.objects.get(pk=attempt.pk).status, str(error)]
+    outcome["verified job, meanwhile"] = Job.objects.get(pk=job.pk).status
+    outcome["decided by housekeeping"] = verifications_decide_stalled()
+    job.refresh_from_db()
+    outcome["verified job"] = [job.status, job.result]
+    return outcome
+
+
+A_DECISION_THAT_FAILS = {
+    "rig-1's answer": ["completed", "broken"],
+    "rig-2's answer": ["completed", "broken"],
+    "verified job, meanwhile": "running",
+    "decided by housekeeping": 1,
+    "verified job": ["completed", {"text": "Paris."}],
+}
+
+
+def on_sqlite(scenario: str, tmp_path) -> dict:
+    """``scenario`` (a function of this module) in a fresh interpreter on a new SQLite database."""
     script = (
         "import json, django; django.setup()\n"
         "from django.core.management import call_command; from django.test.utils import setup_test_environment\n"
         "setup_test_environment(); call_command('migrate', verbosity=0)\n"
-        "from tests.test_backends import drive_the_job_flow; print(json.dumps(drive_the_job_flow()))\n"
+        f"from tests.test_backends import {scenario}; print(json.dumps({scenario}()))\n"
     )
     unset = ("DATABASE_URL", "REDIS_URL", "DRAMATIQ_BROKER_URL")
     env = {k: v for k, v in os.environ.items() if k not in unset}
@@ -152,13 +197,21 @@ def drive_the_job_flow_on_sqlite(tmp_path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def on_backend(backend: str, scenario, tmp_path) -> dict:
+    if backend == connection.vendor:
+        return json.loads(json.dumps(scenario()))
+    if backend == "sqlite":
+        return on_sqlite(scenario.__name__, tmp_path)
+    pytest.skip("needs PostgreSQL (set DATABASE_URL); CI always runs it")
+
+
 @pytest.mark.django_db
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_a_job_travels_the_same_way_on_postgresql_and_sqlite(backend, tmp_path):
-    if backend == connection.vendor:
-        outcome = json.loads(json.dumps(drive_the_job_flow()))
-    elif backend == "sqlite":
-        outcome = drive_the_job_flow_on_sqlite(tmp_path)
-    else:
-        pytest.skip("needs PostgreSQL (set DATABASE_URL); CI always runs it")
-    assert outcome == EXPECTED
+    assert on_backend(backend, drive_the_job_flow, tmp_path) == EXPECTED
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_a_verified_job_whose_decision_fails_keeps_the_answer_on_postgresql_and_sqlite(backend, tmp_path):
+    assert on_backend(backend, drive_a_decision_that_fails, tmp_path) == A_DECISION_THAT_FAILS
