@@ -7,11 +7,14 @@ actors are idempotent, so a second scheduler only repeats harmless work.
 
 import logging
 import threading
+from functools import partial
 
 import dramatiq
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.blocking import BlockingScheduler
 from django.conf import settings
+
+from core import shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +94,18 @@ def start_embedded() -> None:
         if _embedded_started or not settings.EMBEDDED_WORKERS:
             return
         _embedded_started = True
-    start_workers()
+    worker, scheduler = start_workers()
+    shutdown.when_stopping(partial(_stop_embedded, worker, scheduler))
     logger.info(
         "embedded Dramatiq workers (%d threads) and housekeeping schedule started", settings.EMBEDDED_WORKER_THREADS
     )
+
+
+def _stop_embedded(worker: dramatiq.Worker, scheduler: BackgroundScheduler) -> None:
+    """A stopping server stops its workers as ``rundramatiq`` does: the in-cluster host hands its
+    running jobs back to the queue (``MINER_SHUTDOWN``, not held against its miner) rather than
+    leave them leased to a process that is gone until their leases lapse. In a thread of its own
+    (this is called from the event loop), not a daemon: the exit waits for it."""
+    scheduler.shutdown(wait=False)
+    stop = partial(worker.stop, timeout=int(shutdown.DRAIN_SECONDS * 1000))
+    threading.Thread(target=stop, name="embedded-workers-stop").start()

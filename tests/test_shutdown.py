@@ -152,3 +152,30 @@ def test_a_poll_arriving_while_the_server_stops_answers_at_once(stopping, miner_
     started = time.monotonic()
     assert miner_api.post("/v1/miners/poll", {"max_wait_seconds": 30}, format="json").status_code == 204
     assert time.monotonic() - started < 2
+
+
+def test_sigterm_hands_the_embedded_workers_running_jobs_back_to_the_queue(serve, tiny_model, client_api):
+    """As ``bin/start`` runs it: the server's own in-cluster miner gives its running jobs back as it
+    stops (not held against it), rather than holding them until their leases lapse."""
+    from inference.testing import TINY
+    from jobs.models import FailedAttempt, Job, JobStatus
+
+    server = serve(TINY)
+    submitted = httpx.post(
+        f"{server.url}/v1/jobs",
+        headers={"X-Api-Key": client_api.raw_key},
+        json={"prompt": "The coordinator", "model": TINY, "params": {"max_tokens": 2000, "temperature": 0}},
+    )
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["job_id"]
+    deadline = time.monotonic() + 30
+    while Job.objects.get(pk=job_id).status == JobStatus.QUEUED and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert Job.objects.get(pk=job_id).status == JobStatus.RUNNING, server.log()
+    exited_after = server.terminate(timeout=EXIT_SECONDS)
+    job = Job.objects.get(pk=job_id)
+    assert exited_after < EXIT_SECONDS, server.log()
+    assert job.status == JobStatus.QUEUED, server.log()
+    assert job.error_code == "MINER_SHUTDOWN"
+    assert not FailedAttempt.objects.exists()
