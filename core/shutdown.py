@@ -135,7 +135,7 @@ class ConnectionsInFlight:
 
 
 def drain_daphne_on_sigterm(application: ConnectionsInFlight) -> None:
-    """Under daphne, SIGTERM drains ``application`` first, then stops daphne as its handler does.
+    """Under daphne, SIGTERM (or Ctrl-C) drains ``application`` first, then stops daphne as its handler does.
 
     daphne's own handler stops the reactor at once, and daphne then cancels every connection
     still open: a long poll would keep the process alive until its wait ran out (its thread
@@ -169,8 +169,11 @@ def drain_daphne_on_sigterm(application: ConnectionsInFlight) -> None:
             else:
                 draining.append(asyncio.get_running_loop().create_task(drain_then_stop()))
 
-        # Twisted's own way to leave a signal handler for the event loop.
-        signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(on_sigterm_in_loop))
+        # Twisted's own way to leave a signal handler for the event loop. Ctrl-C (SIGINT) stops the
+        # server the same way, unless it is ignored (as in a job a shell started in the background).
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if callable(signal.getsignal(signum)):
+                signal.signal(signum, lambda signum, frame: reactor.callFromThread(on_sigterm_in_loop))
 
     # After startup: Twisted installs its signal handlers while it starts.
     reactor.callWhenRunning(install)

@@ -154,7 +154,10 @@ def test_a_poll_arriving_while_the_server_stops_answers_at_once(stopping, miner_
     assert time.monotonic() - started < 2
 
 
-def test_sigterm_hands_the_embedded_workers_running_jobs_back_to_the_queue(serve, tiny_model, client_api):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_hands_the_embedded_workers_running_jobs_back_to_the_queue(
+    signum, serve, tiny_model, client_api
+):
     """As ``bin/start`` runs it: the server's own in-cluster miner gives its running jobs back as it
     stops (not held against it), rather than holding them until their leases lapse."""
     from inference.testing import TINY
@@ -173,7 +176,10 @@ def test_sigterm_hands_the_embedded_workers_running_jobs_back_to_the_queue(serve
         time.sleep(0.05)
 
     assert Job.objects.get(pk=job_id).status == JobStatus.RUNNING, server.log()
-    exited_after = server.terminate(timeout=EXIT_SECONDS)
+    signalled = time.monotonic()
+    server.proc.send_signal(signum)
+    server.proc.wait(timeout=EXIT_SECONDS)
+    exited_after = time.monotonic() - signalled
     job = Job.objects.get(pk=job_id)
     assert exited_after < EXIT_SECONDS, server.log()
     assert job.status == JobStatus.QUEUED, server.log()
