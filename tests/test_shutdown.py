@@ -154,7 +154,18 @@ def test_a_poll_arriving_while_the_server_stops_answers_at_once(stopping, miner_
     assert time.monotonic() - started < 2
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@contextlib.contextmanager
+def ctrl_c_not_ignored():
+    """A test run started in the background (a shell's job, a CI runner's) ignores SIGINT, and a
+    server it starts would inherit that; a handler of its own is reset to the default in the server."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_or_ctrl_c_hands_the_embedded_workers_running_jobs_back_to_the_queue(
     signum, serve, tiny_model, client_api
 ):
@@ -163,7 +174,8 @@ def test_sigterm_or_ctrl_c_hands_the_embedded_workers_running_jobs_back_to_the_q
     from inference.testing import TINY
     from jobs.models import FailedAttempt, Job, JobStatus
 
-    server = serve(TINY)
+    with ctrl_c_not_ignored():
+        server = serve(TINY)
     submitted = httpx.post(
         f"{server.url}/v1/jobs",
         headers={"X-Api-Key": client_api.raw_key},
